@@ -1,0 +1,27 @@
+"""Hand-derived ops: every function here is a ``jax.custom_vjp`` whose backward rule is
+the formula derived in the lecture notes (see each function's docstring).
+
+Forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``) does not apply to
+``custom_vjp`` functions and raises ``TypeError``; use reverse mode (``jax.grad``,
+``jax.vjp``, ``jax.jacrev``), or the same function from :mod:`jaxcnn.reference`, which
+supports both modes.
+"""
+
+from jaxcnn.ops.activations import relu, sigmoid, softmax, tanh
+from jaxcnn.ops.dense import dense
+from jaxcnn.ops.flatten import flatten
+from jaxcnn.ops.losses import euclidean_loss, l2_penalty, softmax_cross_entropy
+from jaxcnn.ops.mean_subtraction import mean_subtraction
+
+__all__ = [
+    "dense",
+    "euclidean_loss",
+    "flatten",
+    "l2_penalty",
+    "mean_subtraction",
+    "relu",
+    "sigmoid",
+    "softmax",
+    "softmax_cross_entropy",
+    "tanh",
+]

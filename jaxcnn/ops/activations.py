@@ -1,0 +1,234 @@
+"""Activation functions with hand-derived backward rules.
+
+Lectures: Hu & Zhu ("BP in vector-matrix form": ``δ⁽ˡ⁻¹⁾ = δ⁽ˡ⁾ ⊙ f'(y⁽ˡ⁻¹⁾)`` with
+``f' = f(1 − f)`` for the sigmoid and ``[x ≥ 0]`` for ReLU); Jearanaitanakij (the ReLU
+gradient flows where the activation "is positive or zero"; the sigmoid derivative
+``f(1 − f)`` in the worked example); Bell (softmax and its Jacobian).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxcnn import _checks
+
+# --------------------------------------------------------------------------- ReLU
+
+
+def relu(x: jax.Array) -> jax.Array:
+    """Rectified linear unit ``max(0, x)``.
+
+    Backward: ``dx = g · [x ≥ 0]``.
+
+    The kink follows the lectures (Hu & Zhu: ``f'(x) = 1 if x ≥ 0``; Jearanaitanakij: the
+    gradient flows if the activation "is positive or zero"): at exactly ``x = 0`` the
+    gradient passes. ``jax.nn.relu`` makes the other choice and gives 0 there; away from
+    0 the two agree. The residual is the boolean mask ``x ≥ 0`` (one byte per element).
+
+    Args:
+      x: floating array of any shape.
+
+    Returns:
+      ``max(0, x)``, same shape and dtype.
+
+    Raises:
+      TypeError: ``x`` is not floating point.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxcnn import ops
+    >>> jax.grad(lambda x: ops.relu(x).sum())(jnp.array([-1.0, 0.0, 2.0])).tolist()
+    [0.0, 1.0, 1.0]
+    """
+    return _relu(_checks.float_array("relu", "x", x))
+
+
+@jax.custom_vjp
+def _relu(x):
+    return jnp.maximum(x, jnp.zeros((), x.dtype))
+
+
+def _relu_fwd(x):
+    return _relu(x), x >= 0  # residual: the mask [x >= 0]
+
+
+def _relu_bwd(mask, g):
+    return (jnp.where(mask, g, jnp.zeros((), g.dtype)),)
+
+
+_relu.defvjp(_relu_fwd, _relu_bwd)
+
+
+# --------------------------------------------------------------------------- sigmoid
+
+
+def sigmoid(x: jax.Array) -> jax.Array:
+    """Logistic sigmoid ``f(x) = 1 / (1 + e⁻ˣ)``.
+
+    Backward: ``dx = g · f (1 − f)``, computed from the saved output ``f`` (Hu & Zhu,
+    Jearanaitanakij), so the residual is the output alone.
+
+    Args:
+      x: floating array of any shape.
+
+    Returns:
+      ``f(x)``, same shape and dtype; stable for large ``|x|``.
+
+    Raises:
+      TypeError: ``x`` is not floating point.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxcnn import ops
+    >>> float(jax.grad(lambda x: ops.sigmoid(x))(jnp.float32(0.0)))
+    0.25
+    """
+    return _sigmoid(_checks.float_array("sigmoid", "x", x))
+
+
+@jax.custom_vjp
+def _sigmoid(x):
+    return lax.logistic(x)
+
+
+def _sigmoid_fwd(x):
+    y = _sigmoid(x)
+    return y, y  # residual: f
+
+
+def _sigmoid_bwd(y, g):
+    return (g * y * (1 - y),)
+
+
+_sigmoid.defvjp(_sigmoid_fwd, _sigmoid_bwd)
+
+
+# --------------------------------------------------------------------------- tanh
+
+
+def tanh(x: jax.Array) -> jax.Array:
+    """Hyperbolic tangent ``f(x) = tanh(x)``.
+
+    Backward: ``dx = g · (1 − f²)``, computed from the saved output ``f``.
+
+    Args:
+      x: floating array of any shape.
+
+    Returns:
+      ``tanh(x)``, same shape and dtype.
+
+    Raises:
+      TypeError: ``x`` is not floating point.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxcnn import ops
+    >>> float(jax.grad(ops.tanh)(jnp.float32(0.0)))
+    1.0
+    """
+    return _tanh(_checks.float_array("tanh", "x", x))
+
+
+@jax.custom_vjp
+def _tanh(x):
+    return jnp.tanh(x)
+
+
+def _tanh_fwd(x):
+    y = _tanh(x)
+    return y, y  # residual: f
+
+
+def _tanh_bwd(y, g):
+    return (g * (1 - y * y),)
+
+
+_tanh.defvjp(_tanh_fwd, _tanh_bwd)
+
+
+# --------------------------------------------------------------------------- softmax
+
+
+def softmax(x: jax.Array, axis: int = -1) -> jax.Array:
+    """Softmax ``p_k = e^{x_k} / Σ_j e^{x_j}`` along ``axis``.
+
+    Computed stably as ``e^{x − max x}``. Backward (the softmax Jacobian
+    ``∂p_i/∂x_k = p_i (δ_ik − p_k)`` applied to ``g``): ``dx = p ⊙ (g − Σ_k g_k p_k)``,
+    from the saved output ``p``.
+
+    Args:
+      x: floating array of any shape.
+      axis: the axis that sums to one (a Python int).
+
+    Returns:
+      ``p``, same shape and dtype.
+
+    Raises:
+      TypeError: ``x`` is not floating point.
+      ValueError: ``axis`` is out of range.
+
+    >>> import jax.numpy as jnp
+    >>> from jaxcnn import ops
+    >>> [round(v, 4) for v in ops.softmax(jnp.log(jnp.array([0.3, 0.7]))).tolist()]
+    [0.3, 0.7]
+    """
+    x = _checks.float_array("softmax", "x", x)
+    _checks.min_rank("softmax", "x", x, 1, "(..., K)")
+    (axis,) = _checks.axis("softmax", "axis", axis, x.ndim)
+    return _softmax(x, axis)
+
+
+class SoftmaxResiduals(NamedTuple):
+    p: jax.Array
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _softmax(x, axis):
+    e = jnp.exp(x - jnp.max(x, axis=axis, keepdims=True))
+    return e / jnp.sum(e, axis=axis, keepdims=True)
+
+
+def _softmax_fwd(x, axis):
+    p = _softmax(x, axis)
+    return p, SoftmaxResiduals(p)
+
+
+def _softmax_bwd(axis, res: SoftmaxResiduals, g):
+    p = res.p
+    return (p * (g - jnp.sum(g * p, axis=axis, keepdims=True)),)
+
+
+_softmax.defvjp(_softmax_fwd, _softmax_bwd)
+
+
+# --------------------------------------------------------------------------- references
+
+
+def relu_reference(x):
+    """Autodiff reference for :func:`relu`, with the same kink convention.
+
+    ``jnp.where(x >= 0, x, 0)`` differentiates to ``[x ≥ 0]``, the lectures' choice.
+    """
+    x = _checks.float_array("relu", "x", x)
+    return jnp.where(x >= 0, x, jnp.zeros((), x.dtype))
+
+
+def sigmoid_reference(x):
+    """Autodiff reference for :func:`sigmoid` (``jax.nn.sigmoid``)."""
+    return jax.nn.sigmoid(_checks.float_array("sigmoid", "x", x))
+
+
+def tanh_reference(x):
+    """Autodiff reference for :func:`tanh` (``jnp.tanh``)."""
+    return jnp.tanh(_checks.float_array("tanh", "x", x))
+
+
+def softmax_reference(x, axis=-1):
+    """Autodiff reference for :func:`softmax`; the max shift carries no gradient."""
+    x = _checks.float_array("softmax", "x", x)
+    _checks.min_rank("softmax", "x", x, 1, "(..., K)")
+    (axis,) = _checks.axis("softmax", "axis", axis, x.ndim)
+    e = jnp.exp(x - lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True)))
+    return e / jnp.sum(e, axis=axis, keepdims=True)

@@ -1,0 +1,105 @@
+"""Fully connected (dense) layer with its hand-derived backward.
+
+Lectures: Hu & Zhu, "Backpropagation in vector-matrix form" (the FC layer answers);
+Park, "FC layer" forward/backward; Bell, the chain rule for a linear layer.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxcnn import _checks
+
+
+def dense(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None) -> jax.Array:
+    r"""Fully connected layer ``y = x Wᵀ + b``.
+
+    Forward, for every leading index (batch, time, ...):
+    ``y_j = Σ_i w_ji x_i + b_j``.
+
+    Backward (Hu & Zhu: ``∂E/∂W = δ yᵀ``, ``∂E/∂b = δ``, ``δ⁽ˡ⁻¹⁾ = Wᵀ δ⁽ˡ⁾``, written
+    for row vectors and summed over the leading axes):
+
+    * ``dx = g W``
+    * ``dW = gᵀ x`` (summed over every leading axis)
+    * ``db = Σ g`` (over every leading axis)
+
+    Args:
+      x: input of shape ``(..., n_in)``.
+      w: weights of shape ``(n_out, n_in)``, as in the lectures (not ``(n_in, n_out)``).
+      b: optional bias of shape ``(n_out,)``.
+
+    Returns:
+      ``y`` of shape ``(..., n_out)`` and the dtype of ``x``.
+
+    Raises:
+      TypeError: an argument is not floating point, or the dtypes differ.
+      ValueError: ``w`` is not 2-D, its ``n_in`` differs from ``x.shape[-1]``, or ``b``
+        is not ``(n_out,)``.
+
+    >>> import jax.numpy as jnp
+    >>> from jaxcnn import ops
+    >>> x = jnp.array([[1.0, 2.0]])
+    >>> w = jnp.array([[1.0, 0.0], [1.0, -1.0], [0.5, 0.5]])
+    >>> ops.dense(x, w, jnp.array([0.0, 1.0, 0.0])).tolist()
+    [[1.0, 0.0, 1.5]]
+    """
+    x, w, b = _validate(x, w, b)
+    return _dense(x, w, b)
+
+
+class DenseResiduals(NamedTuple):
+    x: jax.Array  # the input, for dW = gᵀ x
+    w: jax.Array  # the weights, for dx = g W
+    b: Optional[jax.Array]  # only tells bwd whether a bias exists (None: no db)
+
+
+@jax.custom_vjp
+def _dense(x, w, b):
+    y = lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())))
+    return y if b is None else y + b
+
+
+def _dense_fwd(x, w, b):
+    return _dense(x, w, b), DenseResiduals(x, w, b)
+
+
+def _dense_bwd(res: DenseResiduals, g):
+    lead = tuple(range(g.ndim - 1))
+    dx = g @ res.w
+    dw = lax.dot_general(g, res.x, ((lead, lead), ((), ())))
+    db = None if res.b is None else jnp.sum(g, axis=lead)
+    return dx, dw, db
+
+
+_dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+def _validate(x, w, b):
+    op = "dense"
+    x = _checks.float_array(op, "x", x)
+    w = _checks.float_array(op, "w", w)
+    b = None if b is None else _checks.float_array(op, "b", b)
+    _checks.min_rank(op, "x", x, 1, "(..., n_in)")
+    _checks.rank(op, "w", w, 2, "(n_out, n_in)")
+    if w.shape[1] != x.shape[-1]:
+        raise ValueError(
+            f"dense: `w` must have shape (n_out, n_in) with n_in = x.shape[-1] = {x.shape[-1]}, "
+            f"got w of shape {tuple(w.shape)}. jaxcnn stores dense weights (n_out, n_in) as in "
+            f"the lectures (y = x Wᵀ + b); if yours are (n_in, n_out), pass `w.T`."
+        )
+    if b is not None:
+        _checks.shape(op, "b", b, (w.shape[0],), "(n_out,) with n_out = w.shape[0]")
+    _checks.same_dtype(op, x=x, w=w, b=b)
+    return x, w, b
+
+
+def dense_reference(x, w, b=None):
+    """Autodiff reference for :func:`dense`: plain ``x @ w.T + b``."""
+    x, w, b = _validate(x, w, b)
+    y = x @ w.T
+    return y if b is None else y + b

@@ -1,0 +1,439 @@
+"""The gradient checker: a hand VJP against autodiff of a reference, and against finite
+differences in float64.
+
+Both checks work on any function with a ``jax.custom_vjp`` (or any reverse-mode
+differentiable function) whose positional arguments are arrays or pytrees of arrays;
+keyword arguments are settings passed unchanged to both sides. Only floating leaves are
+differentiated; integer leaves (labels, indices) are held fixed.
+
+Tolerances. An element passes when ``|rule − expected| ≤ atol · max(1, S) + rtol · |expected|``
+where ``S`` is the largest ``|expected|`` of that argument, so that elements which cancel
+to near zero inside a large gradient are judged on the gradient's scale. The defaults
+depend on the dtype compared (:data:`TOLERANCES`); finite differences, always taken in
+float64, use :data:`FINITE_DIFFERENCE_TOLERANCE`. The reported relative error is
+``max |rule − expected| / max |expected|``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class Tolerance(NamedTuple):
+    rtol: float
+    atol: float
+
+
+#: Default tolerances for comparing a hand VJP with autodiff in the same dtype.
+TOLERANCES: dict[str, Tolerance] = {
+    "float64": Tolerance(rtol=1e-9, atol=1e-9),
+    "float32": Tolerance(rtol=1e-4, atol=1e-5),
+    "float16": Tolerance(rtol=1e-2, atol=1e-2),
+    "bfloat16": Tolerance(rtol=5e-2, atol=5e-2),
+}
+
+#: Default tolerance for a float64 hand VJP against float64 central differences.
+FINITE_DIFFERENCE_TOLERANCE = Tolerance(rtol=1e-5, atol=1e-6)
+
+
+class GradientMismatch(AssertionError):
+    """Raised by :meth:`CheckResult.assert_ok` when a check failed; the message is the report."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ArgumentReport:
+    """How one array (an argument's gradient, or the forward output) compared.
+
+    Attributes:
+      name: the argument, e.g. ``"w"`` or ``"params['conv']['w']"``; ``"output"`` for the
+        forward value.
+      shape: its shape.
+      max_abs_error: ``max |rule − expected|``.
+      max_rel_error: ``max |rule − expected| / max |expected|``.
+      index: the element that is worst relative to its tolerance (for a projection check,
+        ``("direction", k)``).
+      rule: the hand rule's value there.
+      expected: the autodiff or finite-difference value there.
+      tolerance: the error allowed there.
+      ok: whether every element is within its tolerance.
+      note: why the comparison could not be made element by element, if it could not.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    max_abs_error: float
+    max_rel_error: float
+    index: tuple
+    rule: float
+    expected: float
+    tolerance: float
+    ok: bool
+    note: str = ""
+
+    def describe(self, expected_label: str) -> str:
+        head = f"{self.name:<16} {str(self.shape):<18}"
+        if self.note:
+            return f"{head} {'ok' if self.ok else 'MISMATCH'}: {self.note}"
+        errors = f"max abs {self.max_abs_error:.2e}  max rel {self.max_rel_error:.2e}"
+        if self.ok:
+            return f"{head} {errors}  ok"
+        where = ", ".join(str(i) for i in self.index)
+        return (
+            f"{head} {errors}  MISMATCH at [{where}]: rule {self.rule:.6g}, "
+            f"{expected_label} {self.expected:.6g}, tolerance {self.tolerance:.2e}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckResult:
+    """The outcome of :func:`check_vjp` or :func:`check_numerical`.
+
+    ``ok`` tells whether everything agreed; ``str(result)`` is a readable report;
+    :meth:`assert_ok` raises :class:`GradientMismatch` with that report.
+    """
+
+    op: str
+    against: str  # "autodiff of <reference>" or "finite differences"
+    dtype: str
+    forward: Optional[ArgumentReport]
+    arguments: tuple[ArgumentReport, ...]
+    error: str = ""  # an exception raised while checking
+
+    @property
+    def ok(self) -> bool:
+        reports = self.arguments + ((self.forward,) if self.forward else ())
+        return not self.error and all(r.ok for r in reports)
+
+    def failures(self) -> tuple[ArgumentReport, ...]:
+        reports = ((self.forward,) if self.forward else ()) + self.arguments
+        return tuple(r for r in reports if not r.ok)
+
+    def __getitem__(self, name: str) -> ArgumentReport:
+        for r in self.arguments:
+            if r.name == name:
+                return r
+        raise KeyError(f"no argument named {name!r}; have {[r.name for r in self.arguments]}")
+
+    def __str__(self) -> str:
+        status = "ok" if self.ok else "FAILED"
+        lines = [f"{self.op}: hand VJP vs {self.against} ({self.dtype}): {status}"]
+        if self.error:
+            lines.append(f"  error: {self.error}")
+        label = "finite-diff" if self.against.startswith("finite") else "autodiff"
+        if self.forward is not None:
+            lines.append("  " + self.forward.describe("reference"))
+        lines.extend("  " + r.describe(label) for r in self.arguments)
+        return "\n".join(lines)
+
+    def assert_ok(self) -> "CheckResult":
+        """Returns self if the check passed; raises :class:`GradientMismatch` otherwise."""
+        if not self.ok:
+            raise GradientMismatch(str(self))
+        return self
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def compare(name: str, rule: Any, expected: Any, tol: Tolerance) -> ArgumentReport:
+    """Element-wise comparison of two arrays under ``tol``; NaNs agree with NaNs."""
+    rule, expected = np.asarray(rule), np.asarray(expected)
+    shape = tuple(expected.shape)
+    if rule.shape != expected.shape:
+        note = f"rule returned shape {tuple(rule.shape)}, expected {shape}"
+        return ArgumentReport(name, shape, np.inf, np.inf, (), np.nan, np.nan, 0.0, False, note)
+    rule = rule.astype(np.float64)
+    expected = expected.astype(np.float64)
+    if expected.size == 0:
+        return ArgumentReport(name, shape, 0.0, 0.0, (), 0.0, 0.0, 0.0, True)
+    both_nan = np.isnan(rule) & np.isnan(expected)
+    with np.errstate(invalid="ignore"):
+        err = np.where(both_nan, 0.0, np.abs(rule - expected))
+    err = np.where(np.isnan(err), np.inf, err)
+    finite = np.abs(expected[np.isfinite(expected)])
+    scale = float(finite.max()) if finite.size else 0.0
+    allowed = tol.atol * max(1.0, scale) + tol.rtol * np.where(np.isfinite(expected), np.abs(expected), 0)
+    worst = np.unravel_index(int(np.argmax(err / allowed)), shape)
+    max_abs = float(err.max())
+    return ArgumentReport(
+        name=name,
+        shape=shape,
+        max_abs_error=max_abs,
+        max_rel_error=max_abs / scale if scale > 0 else max_abs,
+        index=tuple(int(i) for i in worst),
+        rule=float(rule[worst]),
+        expected=float(expected[worst]),
+        tolerance=float(allowed[worst]),
+        ok=bool(np.all(err <= allowed)),
+    )
+
+
+def _is_float(leaf: Any) -> bool:
+    return jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+
+
+def _name_of(fn: Callable) -> str:
+    return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def _arg_names(op: Callable, n: int) -> list[str]:
+    """Names of the first n positional parameters of op (arg0, arg1, ... if unknown)."""
+    try:
+        params = list(inspect.signature(op).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    names = []
+    for i in range(n):
+        if i < len(params) and params[i].kind in (params[i].POSITIONAL_ONLY, params[i].POSITIONAL_OR_KEYWORD):
+            names.append(params[i].name)
+        else:
+            names.append(f"arg{i}")
+    return names
+
+
+def _float_leaves(op: Callable, args: Sequence[Any]):
+    """(name, arg index, path, leaf) for every floating leaf of the positional args."""
+    out = []
+    for i, (name, arg) in enumerate(zip(_arg_names(op, len(args)), args)):
+        for path, leaf in jax.tree_util.tree_leaves_with_path(arg):
+            if _is_float(leaf):
+                out.append((name + jax.tree_util.keystr(path), i, path, leaf))
+    return out
+
+
+def _random_like(rng: np.random.Generator, tree: Any) -> Any:
+    """A standard-normal pytree with the shapes and dtypes of tree's floating leaves."""
+    return jax.tree_util.tree_map(
+        lambda t: jnp.asarray(rng.standard_normal(np.shape(t)), dtype=jnp.result_type(t)), tree
+    )
+
+
+def _dtype_name(args: Sequence[Any]) -> str:
+    dtypes = sorted({str(jnp.result_type(l)) for a in args for l in jax.tree_util.tree_leaves(a) if _is_float(l)})
+    return "/".join(dtypes) or "none"
+
+
+def _tolerance(dtype: str, rtol: Optional[float], atol: Optional[float]) -> Tolerance:
+    base = TOLERANCES.get(dtype.split("/")[0], TOLERANCES["float32"])
+    # With mixed dtypes the loosest one governs.
+    for d in dtype.split("/"):
+        t = TOLERANCES.get(d, base)
+        base = Tolerance(max(base.rtol, t.rtol), max(base.atol, t.atol))
+    return Tolerance(base.rtol if rtol is None else rtol, base.atol if atol is None else atol)
+
+
+def _cotangent_leaf(ct: Any, path: tuple) -> Any:
+    for key in path:
+        if isinstance(key, jax.tree_util.SequenceKey):
+            ct = ct[key.idx]
+        elif isinstance(key, jax.tree_util.DictKey):
+            ct = ct[key.key]
+        elif isinstance(key, jax.tree_util.GetAttrKey):
+            ct = getattr(ct, key.name)
+        else:  # FlattenedIndexKey and custom nodes
+            ct = jax.tree_util.tree_leaves(ct)[key.key]
+    return ct
+
+
+def _worst(reports: list[ArgumentReport]) -> ArgumentReport:
+    """The failing report with the largest error (or the largest error if all pass)."""
+    return max(reports, key=lambda r: (not r.ok, r.max_abs_error / max(r.tolerance, 1e-300)))
+
+
+# --------------------------------------------------------------------------- check_vjp
+
+
+def check_vjp(
+    op: Callable,
+    reference: Callable,
+    *args: Any,
+    cotangents: int = 3,
+    seed: int = 0,
+    rtol: Optional[float] = None,
+    atol: Optional[float] = None,
+    **settings: Any,
+) -> CheckResult:
+    """Compares ``op``'s forward and VJP with ``reference`` and ``jax.vjp`` of ``reference``.
+
+    Both functions are called as ``f(*args, **settings)``. The VJP is taken with respect
+    to every floating leaf of ``args``, for ``cotangents`` random normal cotangents drawn
+    from ``seed``; per argument the worst element over all cotangents is reported.
+
+    Args:
+      op: the function with the hand-derived rule.
+      reference: the same forward, differentiated by autodiff.
+      *args: arrays or pytrees of arrays.
+      cotangents: how many random cotangents to try.
+      seed: seed of the cotangents.
+      rtol, atol: override the dtype's defaults (:data:`TOLERANCES`).
+      **settings: keyword arguments passed unchanged to both functions.
+
+    Returns:
+      A :class:`CheckResult`; call ``.assert_ok()`` to raise on mismatch.
+
+    >>> import jax.numpy as jnp
+    >>> from jaxcnn import ops, reference, verify
+    >>> x = jnp.array([[0.5, -1.0, 2.0]])
+    >>> verify.check_vjp(ops.softmax, reference.softmax, x).ok
+    True
+    """
+    dtype = _dtype_name(args)
+    tol = _tolerance(dtype, rtol, atol)
+    against = f"autodiff of {_name_of(reference)}"
+    leaves = _float_leaves(op, args)
+    try:
+        out, vjp_op = jax.vjp(lambda *a: op(*a, **settings), *args)
+        out_ref, vjp_ref = jax.vjp(lambda *a: reference(*a, **settings), *args)
+    except Exception as e:  # report, do not crash: the rule may be the culprit
+        return CheckResult(_name_of(op), against, dtype, None, (), f"{type(e).__name__}: {e}")
+
+    fwd_reports = [
+        compare("output" + jax.tree_util.keystr(p), a, b, tol)
+        for (p, a), b in zip(jax.tree_util.tree_leaves_with_path(out), jax.tree_util.tree_leaves(out_ref))
+    ]
+    forward = _worst(fwd_reports) if fwd_reports else None
+
+    rng = np.random.default_rng(seed)
+    per_arg: dict[str, list[ArgumentReport]] = {name: [] for name, *_ in leaves}
+    try:
+        for _ in range(cotangents):
+            v = _random_like(rng, out_ref)
+            ct_op, ct_ref = vjp_op(v), vjp_ref(v)
+            for name, i, path, _leaf in leaves:
+                a = _cotangent_leaf(ct_op[i], path)
+                b = _cotangent_leaf(ct_ref[i], path)
+                per_arg[name].append(compare(name, _as_array(a, b), b, tol))
+    except Exception as e:
+        return CheckResult(_name_of(op), against, dtype, forward, (), f"{type(e).__name__}: {e}")
+    arguments = tuple(_worst(r) for r in per_arg.values())
+    return CheckResult(_name_of(op), against, dtype, forward, arguments)
+
+
+def _as_array(ct: Any, like: Any) -> Any:
+    """A rule's cotangent as an array (None, or a symbolic zero, means zeros)."""
+    if ct is None or getattr(ct, "dtype", None) == jax.dtypes.float0:
+        return np.zeros(np.shape(like))
+    return ct
+
+
+# --------------------------------------------------------------------------- check_numerical
+
+
+def check_numerical(
+    op: Callable,
+    *args: Any,
+    eps: float = 1e-5,
+    elementwise_max: int = 512,
+    directions: int = 4,
+    seed: int = 0,
+    rtol: Optional[float] = None,
+    atol: Optional[float] = None,
+    **settings: Any,
+) -> CheckResult:
+    """Compares ``op``'s VJP with central finite differences, in float64.
+
+    64-bit mode is switched on only inside this call (the global flag is left as it
+    was) and every floating leaf of ``args`` is cast to float64. With a random cotangent
+    ``v`` and ``φ(x) = ⟨op(x), v⟩``, the rule's ``Jᵀv`` is compared
+
+    * element by element with ``(φ(x + h eᵢ) − φ(x − h eᵢ)) / 2h`` for arguments of at
+      most ``elementwise_max`` elements (all perturbations evaluated in one vmapped map),
+    * by projections on ``directions`` random directions ``u``,
+      ``⟨u, Jᵀv⟩`` against ``(φ(x + h u) − φ(x − h u)) / 2h``, for larger arguments.
+
+    Args:
+      op: the function with the hand-derived rule.
+      *args: arrays or pytrees of arrays; draw them away from kinks (ReLU at 0, ties in
+        a max-pooling window) by more than ``eps``.
+      eps: the step ``h``.
+      elementwise_max: the largest argument checked element by element.
+      directions: number of random directions for larger arguments.
+      seed: seed of the cotangent and directions.
+      rtol, atol: override :data:`FINITE_DIFFERENCE_TOLERANCE`.
+      **settings: keyword arguments passed unchanged to ``op``.
+
+    Returns:
+      A :class:`CheckResult`; call ``.assert_ok()`` to raise on mismatch.
+
+    >>> import jax.numpy as jnp
+    >>> from jaxcnn import ops, verify
+    >>> verify.check_numerical(ops.sigmoid, jnp.array([0.3, -1.2])).ok
+    True
+    """
+    base = FINITE_DIFFERENCE_TOLERANCE
+    tol = Tolerance(base.rtol if rtol is None else rtol, base.atol if atol is None else atol)
+    with jax.enable_x64(True):
+        return _check_numerical_x64(op, args, eps, elementwise_max, directions, seed, tol, settings)
+
+
+def _check_numerical_x64(op, args, eps, elementwise_max, directions, seed, tol, settings):
+    args = jax.tree_util.tree_map(
+        lambda a: jnp.asarray(a, jnp.float64) if _is_float(a) else jnp.asarray(a), tuple(args)
+    )
+    against = "finite differences"
+    rng = np.random.default_rng(seed)
+    try:
+        out, vjp_fn = jax.vjp(lambda *a: op(*a, **settings), *args)
+        v = _random_like(rng, out)
+        ct = vjp_fn(v)
+    except Exception as e:
+        return CheckResult(_name_of(op), against, "float64", None, (), f"{type(e).__name__}: {e}")
+
+    def phi(*a):
+        outs = jax.tree_util.tree_leaves(op(*a, **settings))
+        return sum(jnp.vdot(o, w) for o, w in zip(outs, jax.tree_util.tree_leaves(v)))
+
+    reports = []
+    for name, i, path, leaf in _float_leaves(op, args):
+        rule = np.asarray(_as_array(_cotangent_leaf(ct[i], path), leaf), np.float64)
+
+        def phi_at(value, i=i, path=path):
+            arg = _replace_leaf(args[i], path, value)
+            return phi(*args[:i], arg, *args[i + 1:])
+
+        if leaf.size <= elementwise_max:
+            reports.append(_elementwise(name, phi_at, leaf, rule, eps, tol))
+        else:
+            reports.append(_projections(name, phi_at, leaf, rule, eps, tol, rng, directions))
+    return CheckResult(_name_of(op), against, "float64", None, tuple(reports))
+
+
+def _replace_leaf(tree: Any, path: tuple, value: Any) -> Any:
+    return jax.tree_util.tree_map_with_path(lambda p, l: value if p == path else l, tree)
+
+
+def _elementwise(name, phi_at, leaf, rule, eps, tol) -> ArgumentReport:
+    n = leaf.size
+    flat = leaf.reshape(-1)
+    steps = eps * jnp.eye(n, dtype=leaf.dtype)
+    f = jax.jit(lambda x: phi_at(x.reshape(leaf.shape)))
+    plus = jax.lax.map(f, flat + steps, batch_size=64)
+    minus = jax.lax.map(f, flat - steps, batch_size=64)
+    numeric = ((plus - minus) / (2 * eps)).reshape(leaf.shape)
+    return compare(name, rule, numeric, tol)
+
+
+def _projections(name, phi_at, leaf, rule, eps, tol, rng, directions) -> ArgumentReport:
+    worst = None
+    for k in range(directions):
+        u = jnp.asarray(rng.standard_normal(leaf.shape), jnp.float64)
+        numeric = float((phi_at(leaf + eps * u) - phi_at(leaf - eps * u)) / (2 * eps))
+        analytic = float(jnp.vdot(u, rule))
+        scale = float(jnp.linalg.norm(u) * np.linalg.norm(rule))
+        allowed = tol.atol * max(1.0, scale) + tol.rtol * abs(numeric)
+        err = abs(analytic - numeric)
+        if not np.isfinite(err):
+            err = np.inf
+        report = ArgumentReport(
+            name, tuple(leaf.shape), err, err / scale if scale > 0 else err,
+            ("direction", k), analytic, numeric, allowed, bool(err <= allowed),
+        )
+        if worst is None or (not report.ok, err / allowed) > (not worst.ok, worst.max_abs_error / worst.tolerance):
+            worst = report
+    return worst
