@@ -70,10 +70,11 @@ def shape(op: str, name: str, x: Any, expected: tuple[int, ...], why: str) -> No
 def axis(op: str, name: str, value: Any, ndim: int) -> tuple[int, ...]:
     """Normalises an int or tuple of ints to sorted non-negative axes of an ndim array."""
     axes = (value,) if isinstance(value, (int, np.integer)) else value
-    try:
-        axes = tuple(int(a) for a in axes)
-    except TypeError as e:
-        raise TypeError(f"{op}: `{name}` must be an int or a tuple of ints, got {value!r}.") from e
+    if not isinstance(axes, (tuple, list)) or not all(
+        isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in axes
+    ):
+        raise TypeError(f"{op}: `{name}` must be an int or a tuple of ints, got {value!r}.")
+    axes = tuple(int(a) for a in axes)
     for a in axes:
         if not -ndim <= a < ndim:
             raise ValueError(

@@ -24,6 +24,8 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
     Backward (Bell, Hu & Zhu, Jearanaitanakij): ``dL/ds = g (p − t) / N``; for
     probability labels also ``dL/dt = −g log p / N``; integer labels get no gradient.
+    Target rows that do not sum to one get the exact ``dL/ds = g (p Σ_k t_k − t) / N``,
+    which is the lecture's formula whenever ``Σ_k t_k = 1``.
 
     ``log p = s − max s − log Σ e^{s − max s}`` is computed stably (logits of magnitude
     1e4 are fine) and saved as the residual; ``p = exp(log p)`` is recomputed in the
@@ -92,10 +94,12 @@ def _softmax_cross_entropy_fwd(logits, labels):
 
 def _softmax_cross_entropy_bwd(res: CrossEntropyResiduals, g):
     n = res.log_p.size // res.log_p.shape[-1]
-    t = _targets(res.labels, res.log_p)
-    ds = g * (jnp.exp(res.log_p) - t) / n
-    dt = None if jnp.issubdtype(res.labels.dtype, jnp.integer) else -g * res.log_p / n
-    return ds, dt
+    p = jnp.exp(res.log_p)
+    if jnp.issubdtype(res.labels.dtype, jnp.integer):
+        return g * (p - _targets(res.labels, res.log_p)) / n, None
+    t = res.labels  # rows need not sum to one: in general ds = (p Σt − t) / N
+    ds = g * (p * jnp.sum(t, axis=-1, keepdims=True) - t) / n
+    return ds, -g * res.log_p / n
 
 
 _softmax_cross_entropy.defvjp(_softmax_cross_entropy_fwd, _softmax_cross_entropy_bwd)

@@ -1,0 +1,92 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import opcheck
+from conftest import away_from_zero
+from jaxcnn import ops, reference, verify
+
+
+@pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh"])
+@pytest.mark.parametrize("shape", [(7,), (3, 4), (2, 3, 4)])
+def test_elementwise_gradients_all_transforms(rng, name, shape):
+    x = jnp.asarray(away_from_zero(rng, shape, 0.05, 3.0))
+    opcheck.assert_all(name, x)
+
+
+@pytest.mark.parametrize("axis", [-1, 0, 1])
+def test_softmax_gradients_all_transforms(rng, axis):
+    x = jnp.asarray(rng.normal(size=(3, 5)) * 2)
+    opcheck.assert_all("softmax", x, axis=axis)
+
+
+@pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh", "softmax"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_low_precision_vjp(rng, name, dtype):
+    opcheck.assert_vjp(name, jnp.asarray(away_from_zero(rng, (6, 5), 0.05, 3.0), dtype))
+
+
+def test_relu_kink_passes_gradient_at_zero():
+    # Lectures (Hu & Zhu, Jearanaitanakij): f'(x) = 1 if x >= 0.  jax.nn.relu says 0 at 0.
+    x = jnp.array([-1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(jax.grad(lambda v: ops.relu(v).sum())(x), [0.0, 1.0, 1.0])
+    np.testing.assert_array_equal(jax.grad(lambda v: jax.nn.relu(v).sum())(x), [0.0, 0.0, 1.0])
+    np.testing.assert_array_equal(jax.grad(lambda v: reference.relu(v).sum())(x), [0.0, 1.0, 1.0])
+
+
+def test_relu_saves_a_boolean_mask_not_the_input():
+    x = jnp.ones((64, 64), jnp.float32)
+    _, vjp = jax.vjp(ops.relu, x)
+    leaves = jax.tree_util.tree_leaves(vjp)
+    assert [l.dtype for l in leaves] == [jnp.bool_]
+
+
+def test_sigmoid_and_tanh_backward_use_the_output():
+    x = jnp.array([-2.0, 0.0, 0.7], jnp.float64)
+    f = ops.sigmoid(x)
+    np.testing.assert_allclose(jax.vjp(ops.sigmoid, x)[1](jnp.ones(3))[0], f * (1 - f), rtol=1e-15)
+    t = ops.tanh(x)
+    np.testing.assert_allclose(jax.vjp(ops.tanh, x)[1](jnp.ones(3))[0], 1 - t**2, rtol=1e-15)
+
+
+def test_sigmoid_is_stable_for_large_inputs():
+    x = jnp.array([-1000.0, 1000.0], jnp.float32)
+    np.testing.assert_array_equal(ops.sigmoid(x), [0.0, 1.0])
+    np.testing.assert_array_equal(jax.grad(lambda v: ops.sigmoid(v).sum())(x), [0.0, 0.0])
+
+
+def test_softmax_backward_formula():
+    x = jnp.array([[0.1, 1.0, -0.5]], jnp.float64)
+    g = jnp.array([[1.0, -2.0, 0.5]], jnp.float64)
+    p = ops.softmax(x)
+    expected = p * (g - jnp.sum(g * p, axis=-1, keepdims=True))
+    np.testing.assert_allclose(jax.vjp(ops.softmax, x)[1](g)[0], expected, rtol=1e-15)
+
+
+def test_softmax_large_logits():
+    x = jnp.array([[1e4, 0.0, -1e4]], jnp.float32)
+    np.testing.assert_allclose(ops.softmax(x), [[1.0, 0.0, 0.0]])
+
+
+def test_checker_catches_sigmoid_backward_from_x_instead_of_f(rng):
+    @jax.custom_vjp
+    def wrong(x):
+        return jax.nn.sigmoid(x)
+
+    wrong.defvjp(lambda x: (wrong(x), x), lambda x, g: (g * x * (1 - x),))  # f'(x) from x, not f(x)
+    x = jnp.asarray(rng.normal(size=(5,)))
+    result = verify.check_vjp(wrong, reference.sigmoid, x)
+    assert not result.ok and not result["x"].ok
+    assert "MISMATCH" in str(result) and result["x"].name == "x"
+
+
+def test_activation_errors():
+    with pytest.raises(TypeError, match=r"relu: `x` must be a floating-point array .* got dtype int32 with shape \(3,\)"):
+        ops.relu(jnp.array([1, 2, 3], jnp.int32))
+    with pytest.raises(TypeError, match=r"sigmoid: `x` must be a floating-point array .* got dtype bool"):
+        ops.sigmoid(jnp.array([True]))
+    with pytest.raises(ValueError, match=r"softmax: `axis`=2 is out of range for an array with 2 dimensions"):
+        ops.softmax(jnp.ones((2, 3)), axis=2)
+    with pytest.raises(ValueError, match=r"softmax: `x` must have at least 1 dimension"):
+        ops.softmax(jnp.float32(1.0))

@@ -1,0 +1,168 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import opcheck
+from jaxcnn import ops, reference, verify
+
+
+def _logits(rng, shape, dtype=jnp.float64, scale=2.0):
+    return jnp.asarray(rng.normal(size=shape) * scale, dtype)
+
+
+# ----------------------------------------------------------------- softmax cross-entropy
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 5)])
+def test_ce_integer_labels_all_transforms(rng, shape):
+    labels = jnp.asarray(rng.integers(0, shape[-1], size=shape[:-1]))
+    opcheck.assert_all("softmax_cross_entropy", _logits(rng, shape), labels)
+
+
+def test_ce_probability_labels_all_transforms(rng):
+    t = jax.nn.softmax(_logits(rng, (4, 3)))
+    opcheck.assert_all("softmax_cross_entropy", _logits(rng, (4, 3)), t)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_ce_low_precision(rng, dtype):
+    opcheck.assert_vjp("softmax_cross_entropy", _logits(rng, (8, 5), dtype), jnp.arange(8) % 5)
+
+
+def test_ce_lecture_example_p_03_07_target_2():
+    # Jearanaitanakij: p = (0.3, 0.7), target p2 → ∂L/∂f = (0.3, 0.7 − 1) = (0.3, −0.3)
+    s = jnp.log(jnp.array([[0.3, 0.7]], jnp.float64))
+    np.testing.assert_allclose(jax.grad(ops.softmax_cross_entropy)(s, jnp.array([1])), [[0.3, -0.3]], rtol=1e-12)
+    one_hot = jnp.array([[0.0, 1.0]], jnp.float64)
+    np.testing.assert_allclose(jax.grad(ops.softmax_cross_entropy)(s, one_hot), [[0.3, -0.3]], rtol=1e-12)
+
+
+def test_ce_gradient_carries_one_over_n():
+    # (p − t) / N: the same example twice halves each row's gradient (Bell, Hu & Zhu)
+    s = jnp.log(jnp.array([[0.3, 0.7], [0.3, 0.7]], jnp.float64))
+    np.testing.assert_allclose(jax.grad(ops.softmax_cross_entropy)(s, jnp.array([1, 1])),
+                               [[0.15, -0.15], [0.15, -0.15]], rtol=1e-12)
+
+
+def test_ce_stable_for_huge_logits():
+    s = jnp.array([[1e4, -1e4, 0.0], [0.0, 1e4, 1e4]], jnp.float32)
+    loss = ops.softmax_cross_entropy(s, jnp.array([0, 0]))
+    np.testing.assert_allclose(loss, (0.0 + (1e4 + np.log(2))) / 2, rtol=1e-6)
+    g = jax.grad(ops.softmax_cross_entropy)(s, jnp.array([0, 0]))
+    assert np.all(np.isfinite(g))
+    np.testing.assert_allclose(g, [[0, 0, 0], [-0.5, 0.25, 0.25]], atol=1e-7)
+    t = jnp.array([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]], jnp.float32)
+    assert np.all(np.isfinite(jax.grad(ops.softmax_cross_entropy, argnums=(0, 1))(s, t)[1]))
+
+
+def test_ce_out_of_range_label_is_nan_not_silently_wrong():
+    s = jnp.zeros((2, 3), jnp.float32)
+    assert np.isnan(ops.softmax_cross_entropy(s, jnp.array([0, 3])))
+    assert np.isnan(ops.softmax_cross_entropy(s, jnp.array([-1, 0])))
+    assert np.isnan(reference.softmax_cross_entropy(s, jnp.array([0, 3])))
+
+
+def test_ce_integer_labels_get_no_gradient(rng):
+    _, vjp = jax.vjp(ops.softmax_cross_entropy, _logits(rng, (3, 4)), jnp.array([0, 1, 2]))
+    assert vjp(jnp.float64(1.0))[1].dtype == jax.dtypes.float0
+
+
+def test_checker_catches_ce_without_one_over_n(rng):
+    @jax.custom_vjp
+    def wrong(logits, labels):
+        return reference.softmax_cross_entropy(logits, labels)
+
+    def bwd(res, g):
+        p, labels = res
+        return g * (p - jax.nn.one_hot(labels, p.shape[-1], dtype=p.dtype)), None  # missing / N
+
+    wrong.defvjp(lambda s, t: (wrong(s, t), (jax.nn.softmax(s), t)), bwd)
+    result = verify.check_vjp(wrong, reference.softmax_cross_entropy, _logits(rng, (4, 3)), jnp.array([0, 1, 2, 0]))
+    assert not result.ok and not result["logits"].ok
+    assert "logits" in str(result)
+
+
+def test_ce_errors(rng):
+    s = _logits(rng, (4, 3), jnp.float32)
+    with pytest.raises(ValueError, match=r"softmax_cross_entropy: `labels` must have shape \(4,\) \(integer class ids: logits.shape\[:-1\]\), got \(4, 1\)"):
+        ops.softmax_cross_entropy(s, jnp.zeros((4, 1), jnp.int32))
+    with pytest.raises(ValueError, match=r"softmax_cross_entropy: `labels` must have shape \(4, 3\) \(one-hot or probability rows: logits.shape\), got \(4, 2\)"):
+        ops.softmax_cross_entropy(s, jnp.zeros((4, 2), jnp.float32))
+    with pytest.raises(TypeError, match=r"softmax_cross_entropy: `labels` must be integer class ids of shape \(4,\) or floating target rows of shape \(4, 3\), got dtype bool"):
+        ops.softmax_cross_entropy(s, jnp.zeros((4,), bool))
+    with pytest.raises(ValueError, match=r"softmax_cross_entropy: `logits` must have at least 2 dimensions \(N, K\), got shape \(3,\)"):
+        ops.softmax_cross_entropy(s[0], jnp.array(1))
+    with pytest.raises(TypeError, match=r"softmax_cross_entropy: `logits` must be a floating-point array"):
+        ops.softmax_cross_entropy(jnp.zeros((4, 3), jnp.int32), jnp.zeros((4,), jnp.int32))
+    with pytest.raises(TypeError, match=r"share one dtype, but `logits` is float32, `labels` is float64"):
+        ops.softmax_cross_entropy(s, jnp.zeros((4, 3), jnp.float64))
+
+
+# ----------------------------------------------------------------- Euclidean loss
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 2)])
+def test_euclidean_all_transforms(rng, shape):
+    z, y = (jnp.asarray(rng.normal(size=shape)) for _ in range(2))
+    opcheck.assert_all("euclidean_loss", z, y)
+
+
+def test_euclidean_gradients_carry_one_over_n():
+    # Bell: ∂L_i/∂z = z − y, ∂L_i/∂y = y − z, and L = (1/N) Σ L_i
+    z = jnp.array([[1.0, 2.0], [3.0, -1.0]], jnp.float64)
+    y = jnp.array([[0.0, 2.0], [1.0, 1.0]], jnp.float64)
+    assert float(ops.euclidean_loss(z, y)) == pytest.approx(0.5 * (1 + 0 + 4 + 4) / 2)
+    dz, dy = jax.grad(ops.euclidean_loss, argnums=(0, 1))(z, y)
+    np.testing.assert_allclose(dz, (z - y) / 2)
+    np.testing.assert_allclose(dy, (y - z) / 2)
+
+
+def test_euclidean_low_precision(rng):
+    z, y = (jnp.asarray(rng.normal(size=(6, 4)), jnp.bfloat16) for _ in range(2))
+    opcheck.assert_vjp("euclidean_loss", z, y)
+
+
+def test_euclidean_errors():
+    with pytest.raises(ValueError, match=r"euclidean_loss: `target` must have shape \(2, 3\) \(the shape of `pred`\), got \(3, 2\)"):
+        ops.euclidean_loss(jnp.zeros((2, 3)), jnp.zeros((3, 2)))
+    with pytest.raises(TypeError, match=r"euclidean_loss: `target` must be a floating-point array"):
+        ops.euclidean_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3), jnp.int32))
+
+
+# ----------------------------------------------------------------- L2 penalty
+
+
+def _params(rng, dtype=jnp.float64):
+    return {"conv": {"w": jnp.asarray(rng.normal(size=(3, 3, 2)), dtype)},
+            "dense": [jnp.asarray(rng.normal(size=(4, 5)), dtype), jnp.asarray(rng.normal(size=(4,)), dtype)]}
+
+
+def test_l2_penalty_gradients(rng):
+    params, lam = _params(rng), jnp.float64(0.3)
+    opcheck.assert_vjp("l2_penalty", params, lam)
+    opcheck.assert_jit("l2_penalty", params, lam)
+    opcheck.assert_grad_of_grad("l2_penalty", params, lam)
+    opcheck.assert_numerical("l2_penalty", params, lam)
+    opcheck.assert_vmap("l2_penalty", params, lam, in_axes=(0, None))
+
+
+def test_l2_penalty_is_half_lambda_sum_of_squares_with_gradient_lambda_w(rng):
+    params = _params(rng)
+    leaves = jax.tree_util.tree_leaves(params)
+    expected = 0.5 * 0.1 * sum(float(jnp.sum(l**2)) for l in leaves)
+    assert float(ops.l2_penalty(params, 0.1)) == pytest.approx(expected, rel=1e-12)
+    grads = jax.grad(ops.l2_penalty)(params, 0.1)
+    for g, w in zip(jax.tree_util.tree_leaves(grads), leaves):
+        np.testing.assert_allclose(g, 0.1 * w, rtol=1e-12)
+
+
+def test_l2_penalty_of_empty_tree_is_zero():
+    assert float(ops.l2_penalty({}, 0.5)) == 0.0
+
+
+def test_l2_penalty_errors(rng):
+    with pytest.raises(TypeError, match=r"l2_penalty: `params\['step'\]` must be a floating-point array .* got dtype int32"):
+        ops.l2_penalty({"w": jnp.ones(3), "step": jnp.array(3, jnp.int32)}, 0.1)
+    with pytest.raises(ValueError, match=r"l2_penalty: `lam` must have 0 dimensions \(a scalar\), got 1 dimensions with shape \(2,\)"):
+        ops.l2_penalty({"w": jnp.ones(3)}, jnp.array([0.1, 0.2]))
