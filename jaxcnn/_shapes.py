@@ -148,3 +148,114 @@ def geometry(
     dilation = spatial_tuple(op, "dilation", dilation, n)
     pads = padding_pairs(op, padding, in_shape, window, stride, dilation)
     return Geometry(window, stride, dilation, pads, output_shape(op, in_shape, window, stride, dilation, pads))
+
+
+def unreached(in_shape: Sequence[int], geom: Geometry) -> tuple[int, ...]:
+    """Per spatial axis, how many trailing elements of the padded input no window reaches.
+
+    With a stride ``s`` that does not divide ``n + lo + hi − k_d``, the last
+    ``(n + lo + hi − k_d) mod s`` padded elements are never read: the forward ignores
+    them and the backward gives them zero gradient (the transposed ops must pad or crop
+    for them to recover the input's shape).
+    """
+    return tuple(
+        (size + lo + hi - kd) % s
+        for size, kd, s, (lo, hi) in zip(in_shape, dilated(geom.window, geom.dilation), geom.stride, geom.pads)
+    )
+
+
+def spatial_length(op: str, name: str, value, n: int, source: str) -> None:
+    """Raises ValueError when a per-axis setting is a sequence whose length is not ``n``.
+
+    ``source`` says where ``n`` comes from, e.g. ``"`x` of shape (2, 8, 8, 3) has 2"``.
+    Ints (one value for every axis) and non-sequences pass through to
+    :func:`spatial_tuple`, which checks the values themselves.
+    """
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        return
+    if len(value) != n:
+        raise ValueError(
+            f"{op}: `{name}` has {len(value)} entries but {source} spatial axes; give one "
+            f"entry per spatial axis, or a single int for all of them, got {value!r}."
+        )
+
+
+def transpose_geometry(op: str, in_shape: Sequence[int], window, stride, padding: Padding) -> Geometry:
+    """Geometry of a transposed ("fractionally strided") convolution of stride ``s``.
+
+    The transposed convolution upsamples its input of size ``n`` to ``(n − 1) s + 1``
+    (``s − 1`` zeros between neighbours), pads it by ``(p_lo, p_hi)`` and correlates it
+    with a window of size ``k`` at stride 1, so its output has size
+    ``(n − 1) s + 1 + p_lo + p_hi − k + 1``.
+
+    ``padding`` names the padding of the strided convolution whose input-gradient the
+    transposed convolution is, as ``lax.conv_transpose(..., use_consistent_padding=True)``
+    (and PyTorch) read it:
+
+    * an int or ``(lo, hi)`` pairs, each at most ``k − 1``: ``(p_lo, p_hi) = (k − 1 − lo,
+      k − 1 − hi)``, output ``(n − 1) s + k − lo − hi``;
+    * ``"FULL"``: ``lo = hi = k − 1``, so ``p = (0, 0)``, output ``(n − 1) s − k + 2``;
+    * ``"VALID"`` and ``"SAME"``: as ``lax.conv_transpose`` and Keras' ``Conv2DTranspose``,
+      outputs ``n s + max(k − s, 0)`` and ``n s``. For ``k ≥ s``, ``"VALID"`` is the
+      pairs ``(0, 0)`` (output ``(n − 1) s + k``); for ``k < s`` both strings add
+      ``s − k`` trailing zeros of padding (output elements that only the bias reaches).
+
+    Returns:
+      A :class:`Geometry` whose ``pads`` are ``(p_lo, p_hi)``, the padding of the
+      *upsampled* input, and whose ``dilation`` is all ones.
+    """
+    n = len(in_shape)
+    window = spatial_tuple(op, "window", window, n)
+    stride = spatial_tuple(op, "stride", stride, n)
+    if isinstance(padding, str) and padding.upper() in ("VALID", "SAME"):
+        pads = []
+        for k, s in zip(window, stride):
+            total = max(k - s, 0)  # total padding of the conv of an n·s input ("SAME")
+            lo, hi = (total // 2, total - total // 2) if padding.upper() == "SAME" else (0, 0)
+            pads.append((k - 1 - lo, k - 1 - hi + max(s - k, 0)))
+        pads = tuple(pads)
+    else:
+        conv_pads = padding_pairs(op, padding, in_shape, window, stride, (1,) * n)
+        if any(lo > k - 1 or hi > k - 1 for (lo, hi), k in zip(conv_pads, window)):
+            raise ValueError(
+                f"{op}: `padding` is the padding of the convolution being transposed and must "
+                f"be at most k − 1 = {tuple(k - 1 for k in window)} on every axis, got "
+                f"{padding!r}; use less padding or a larger window."
+            )
+        pads = tuple((k - 1 - lo, k - 1 - hi) for (lo, hi), k in zip(conv_pads, window))
+    out = tuple((size - 1) * s + 1 + lo + hi - k + 1 for size, s, k, (lo, hi) in zip(in_shape, stride, window, pads))
+    for axis, size in enumerate(out):
+        if size < 1:
+            raise ValueError(
+                f"{op}: the output would be empty along spatial axis {axis}: an input of size "
+                f"{in_shape[axis]} upsampled by {stride[axis]} and padded by {pads[axis]} is "
+                f"smaller than the window {window[axis]} (padding {padding!r}); use less "
+                f"padding, a smaller window or a larger input."
+            )
+    return Geometry(window, stride, (1,) * n, pads, out)
+
+
+def pool_geometry(op: str, in_shape: Sequence[int], window, stride, padding: Padding) -> Geometry:
+    """:func:`geometry` for pooling: ``stride=None`` means ``window``, and no window may
+    cover padding only (each padding side smaller than the window), so that every max
+    and mean is over at least one real element."""
+    geom = geometry(op, in_shape, window, window if stride is None else stride, padding)
+    if any(lo >= k or hi >= k for (lo, hi), k in zip(geom.pads, geom.window)):
+        raise ValueError(
+            f"{op}: the padding {geom.pads} must be smaller than the window {geom.window} on "
+            f"every side, otherwise a window covers padding only (padding={padding!r}); use "
+            f"less padding or a larger window."
+        )
+    return geom
+
+
+def upsampled_shape(op: str, in_shape: Sequence[int], factor) -> tuple[int, ...]:
+    """Spatial shape after inserting ``S − 1`` zeros between neighbours: ``(n − 1) S + 1``."""
+    factor = spatial_tuple(op, "factor", factor, len(in_shape))
+    return tuple((n - 1) * s + 1 for n, s in zip(in_shape, factor))
+
+
+def downsampled_shape(op: str, in_shape: Sequence[int], factor) -> tuple[int, ...]:
+    """Spatial shape after keeping every ``S``-th element (the first included): ``⌈n / S⌉``."""
+    factor = spatial_tuple(op, "factor", factor, len(in_shape))
+    return tuple(-(-n // s) for n, s in zip(in_shape, factor))

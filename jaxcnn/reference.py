@@ -8,22 +8,44 @@ from jaxcnn.ops.activations import relu_reference as relu
 from jaxcnn.ops.activations import sigmoid_reference as sigmoid
 from jaxcnn.ops.activations import softmax_reference as softmax
 from jaxcnn.ops.activations import tanh_reference as tanh
+from jaxcnn.ops.conv import LENET5_C3_TABLE
+from jaxcnn.ops.conv import conv1d_reference as conv1d
+from jaxcnn.ops.conv import conv2d_reference as conv2d
+from jaxcnn.ops.conv import conv3d_reference as conv3d
+from jaxcnn.ops.conv import conv_reference as conv
+from jaxcnn.ops.conv_transpose import conv_transpose_reference as conv_transpose
 from jaxcnn.ops.dense import dense_reference as dense
 from jaxcnn.ops.flatten import flatten_reference as flatten
+from jaxcnn.ops.im2col import im2col_reference as im2col
 from jaxcnn.ops.losses import euclidean_loss_reference as euclidean_loss
 from jaxcnn.ops.losses import l2_penalty_reference as l2_penalty
 from jaxcnn.ops.losses import softmax_cross_entropy_reference as softmax_cross_entropy
 from jaxcnn.ops.mean_subtraction import mean_subtraction_reference as mean_subtraction
+from jaxcnn.ops.pooling import max_pool_reference as max_pool
+from jaxcnn.ops.pooling import mean_pool_reference as mean_pool
+from jaxcnn.ops.resample import downsample_reference as downsample
+from jaxcnn.ops.resample import upsample_reference as upsample
 
 __all__ = [
+    "LENET5_C3_TABLE",
+    "conv",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "conv_transpose",
     "dense",
+    "downsample",
     "euclidean_loss",
     "flatten",
+    "im2col",
     "l2_penalty",
+    "max_pool",
+    "mean_pool",
     "mean_subtraction",
     "relu",
     "sigmoid",
     "softmax",
     "softmax_cross_entropy",
     "tanh",
+    "upsample",
 ]

@@ -8,20 +8,36 @@ supports both modes.
 """
 
 from jaxcnn.ops.activations import relu, sigmoid, softmax, tanh
+from jaxcnn.ops.conv import LENET5_C3_TABLE, conv, conv1d, conv2d, conv3d
+from jaxcnn.ops.conv_transpose import conv_transpose
 from jaxcnn.ops.dense import dense
 from jaxcnn.ops.flatten import flatten
+from jaxcnn.ops.im2col import im2col
 from jaxcnn.ops.losses import euclidean_loss, l2_penalty, softmax_cross_entropy
 from jaxcnn.ops.mean_subtraction import mean_subtraction
+from jaxcnn.ops.pooling import max_pool, mean_pool
+from jaxcnn.ops.resample import downsample, upsample
 
 __all__ = [
+    "LENET5_C3_TABLE",
+    "conv",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "conv_transpose",
     "dense",
+    "downsample",
     "euclidean_loss",
     "flatten",
+    "im2col",
     "l2_penalty",
+    "max_pool",
+    "mean_pool",
     "mean_subtraction",
     "relu",
     "sigmoid",
     "softmax",
     "softmax_cross_entropy",
     "tanh",
+    "upsample",
 ]

@@ -1,0 +1,168 @@
+"""im2col (image to columns) with its hand-derived backward, col2im (overlap-add).
+
+Lecture: Park, "Training CNN" (``Im2col(A, [2,2], ...)``; convolution via im2col: the
+forward is one matrix product with the column matrix, ``dW`` comes from ``im2col(x)`` and
+``dx`` from col2im of the "row version" of ``dL/dx``). The convolution op's
+``method="im2col"`` is built on :func:`patches` and :func:`col2im` from this module.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxcnn import _checks, _shapes
+
+
+def im2col(x: jax.Array, window, *, stride=1, padding: _shapes.Padding = "VALID", dilation=1) -> jax.Array:
+    r"""Every window of ``x`` unrolled into one row (Park's ``Im2col``), channels-last.
+
+    Forward, with ``x_pad`` the input zero-padded by ``(lo, hi)`` per spatial axis,
+    window offset ``k`` (row-major over the window) and output position ``o``:
+
+        ``cols[n, o, k·C + c] = x_pad[n, o·s + k·d, c]``
+
+    so that ``cols @ w.reshape(-1, C_out)`` is the convolution with a kernel ``w`` of
+    shape ``(*window, C_in, C_out)``. Output size per spatial axis:
+    ``⌊(n + lo + hi − k_d) / s⌋ + 1`` with ``k_d = (k − 1) d + 1``.
+
+    Backward (col2im, Park's "row version of dL/dx" folded back): every entry of the
+    cotangent is added to the input element it was copied from (overlap-add; an input
+    element covered by ``m`` windows receives the sum of ``m`` entries), then the
+    padding is cropped (Raj: the zero-padding regions are deleted before further
+    backprop).
+
+    Park's slides print MATLAB's layout: patches and positions in column-major order.
+    This layout is row-major with channels fastest, the layout of ``w.reshape(-1, C_out)``.
+    MATLAB's ``'distinct'`` blocks are ``stride=window``; its ``'sliding'`` is ``stride=1``.
+
+    Args:
+      x: input ``(N, *spatial, C)`` with 1 or more spatial axes.
+      window: window size, an int or one per spatial axis.
+      stride: an int or one per spatial axis, each ``>= 1``.
+      padding: ``"VALID"``, ``"SAME"``, ``"FULL"``, an int, or one ``(low, high)`` pair per
+        spatial axis (see :mod:`jaxcnn._shapes`).
+      dilation: spacing of the window taps, an int or one per spatial axis, ``>= 1``.
+
+    Returns:
+      ``cols`` of shape ``(N, *out_spatial, prod(window) · C)`` and the dtype of ``x``.
+
+    Raises:
+      TypeError: ``x`` is not floating point, or a setting has the wrong type.
+      ValueError: ``x`` has fewer than 3 dimensions, a stride or dilation is below 1, the
+        padding is unknown or negative, or the window is larger than the padded input.
+
+    >>> import jax.numpy as jnp
+    >>> from jaxcnn import ops
+    >>> A = jnp.array([[3., 2, 3, 1], [0, 5, 3, 4], [1, 2, 2, 2], [7, 3, 1, 7]])
+    >>> ops.im2col(A[None, :, :, None], 2, stride=2)[0].reshape(4, 4).tolist()  # 'distinct'
+    [[3.0, 2.0, 0.0, 5.0], [3.0, 1.0, 3.0, 4.0], [1.0, 2.0, 7.0, 3.0], [2.0, 2.0, 1.0, 7.0]]
+    """
+    x, geom = _validate(x, window, stride, padding, dilation)
+    return _im2col(x, geom, tuple(x.shape[1:-1]))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _im2col(x, geom, spatial_shape):
+    return patches(x, geom)
+
+
+def _im2col_fwd(x, geom, spatial_shape):
+    return _im2col(x, geom, spatial_shape), None  # linear: no residuals
+
+
+def _im2col_bwd(geom, spatial_shape, _, g):
+    return (col2im(g, geom, spatial_shape),)
+
+
+_im2col.defvjp(_im2col_fwd, _im2col_bwd)
+
+
+# --------------------------------------------------------------------------- the two maps
+
+
+def _offsets(window: Sequence[int]):
+    """Window offsets ``k`` in row-major order (the order of ``w.reshape(-1, C_out)``)."""
+    return itertools.product(*(range(k) for k in window))
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def patches(x: jax.Array, geom: _shapes.Geometry) -> jax.Array:
+    """The column matrix of ``x`` ``(N, *spatial, C)``: one strided slice per window offset.
+
+    Plain JAX with no custom rule (used inside hand-derived rules, and differentiable
+    again for grad-of-grad). Jitted so that eager calls compile once, not once per slice.
+    """
+    x_pad = jnp.pad(x, ((0, 0), *geom.pads, (0, 0)))
+    n, c = x.shape[0], x.shape[-1]
+    strides = (1, *geom.stride, 1)
+    columns = []
+    for offset in _offsets(geom.window):
+        start = (0, *(o * d for o, d in zip(offset, geom.dilation)), 0)
+        limit = (n, *(st + (m - 1) * s + 1 for st, m, s in zip(start[1:], geom.out_shape, geom.stride)), c)
+        columns.append(lax.slice(x_pad, start, limit, strides))  # x_pad[:, k·d + o·s, :]
+    return jnp.stack(columns, axis=-2).reshape(n, *geom.out_shape, -1)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def col2im(cols: jax.Array, geom: _shapes.Geometry, spatial_shape: tuple[int, ...]) -> jax.Array:
+    """Overlap-add of a column matrix back onto the input grid ``(N, *spatial, C)``.
+
+    The transpose of :func:`patches`: the entries of window offset ``k`` are spread onto
+    the padded grid at ``o·s + k·d`` (a zero pad with ``s − 1`` interior zeros, Raj's
+    upsampling), the offsets are summed, and the padding is cropped. Jitted like
+    :func:`patches`; ``spatial_shape`` must be a tuple.
+    """
+    n = cols.shape[0]
+    parts = cols.reshape(n, *geom.out_shape, math.prod(geom.window), -1)
+    c = parts.shape[-1]
+    padded = [size + lo + hi for size, (lo, hi) in zip(spatial_shape, geom.pads)]
+    zero = jnp.zeros((), cols.dtype)
+    total = None
+    for i, offset in enumerate(_offsets(geom.window)):
+        config = [(0, 0, 0)]
+        for o, d, s, m, p in zip(offset, geom.dilation, geom.stride, geom.out_shape, padded):
+            config.append((o * d, p - o * d - (m - 1) * s - 1, s - 1))
+        config.append((0, 0, 0))
+        term = lax.pad(parts[..., i, :], zero, config)
+        total = term if total is None else total + term
+    start = (0, *(lo for lo, _ in geom.pads), 0)
+    limit = (n, *(lo + size for (lo, _), size in zip(geom.pads, spatial_shape)), c)
+    return lax.slice(total, start, limit)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _validate(x, window, stride, padding, dilation):
+    op = "im2col"
+    x = _checks.float_array(op, "x", x)
+    _checks.min_rank(op, "x", x, 3, "(N, *spatial, C)")
+    geom = _shapes.geometry(op, x.shape[1:-1], window, stride, padding, dilation)
+    return x, geom
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def im2col_reference(x, window, *, stride=1, padding="VALID", dilation=1):
+    """Autodiff reference for :func:`im2col`: ``lax.conv_general_dilated_patches``.
+
+    That function orders each patch channel-major (``c · K + k``); the features are
+    reordered to this module's offset-major layout (``k · C + c``).
+    """
+    x, geom = _validate(x, window, stride, padding, dilation)
+    n = len(geom.window)
+    spatial = tuple(range(1, n + 1))
+    dimension_numbers = lax.ConvDimensionNumbers((0, n + 1, *spatial), (n + 1, n, *range(n)), (0, n + 1, *spatial))
+    cols = lax.conv_general_dilated_patches(
+        x, geom.window, geom.stride, geom.pads, rhs_dilation=geom.dilation, dimension_numbers=dimension_numbers
+    )
+    channel_major = cols.reshape(*cols.shape[:-1], x.shape[-1], math.prod(geom.window))
+    return jnp.swapaxes(channel_major, -1, -2).reshape(cols.shape)

@@ -1,0 +1,157 @@
+"""Downsampling and upsampling with hand-derived backward rules: each is the other's adjoint.
+
+Lecture: Raj, "Resampling": a downsampling layer "drops S − 1 of S rows and columns", an
+upsampling (or dilation) layer "introduces S − 1 rows and columns" of zeros between
+adjacent entries; "upsampling followed by a convolutional layer" is the transposed
+("fractionally strided") convolution (:func:`jaxcnn.ops.conv_transpose`), and a strided
+conv is a stride-1 conv followed by downsampling. In the backward pass the derivative
+maps are upsampled where the forward downsampled, and downsampled where it upsampled.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxcnn import _checks, _shapes
+
+# --------------------------------------------------------------------------- downsample
+
+
+def downsample(x: jax.Array, factor) -> jax.Array:
+    r"""Keeps every ``S``-th row/column (Raj: "drops S − 1 of S rows and columns").
+
+    Forward, along each spatial axis: ``y[i] = x[S·i]``, so an axis of size ``n`` becomes
+    ``⌈n / S⌉``: ``x[0], x[S], x[2S], …`` are kept, and ``(n − 1) mod S`` of the dropped
+    entries lie after the last kept one.
+
+    Backward (the adjoint, an upsampling): ``dx[S·i] = g[i]`` and ``dx = 0`` at every
+    dropped position — :func:`upsample` of ``g``, followed by ``(n − 1) mod S`` zeros at
+    the end of each axis so that ``dx`` has the input's shape.
+
+    Args:
+      x: input of shape ``(N, *spatial, C)`` (channels last) with 1, 2 or 3 spatial axes.
+      factor: ``S ≥ 1``, an int or one per spatial axis.
+
+    Returns:
+      ``y`` of shape ``(N, ⌈n₁ / S₁⌉, …, C)`` and the dtype of ``x``.
+
+    Raises:
+      TypeError: ``x`` is not floating point, or ``factor`` is not an int/sequence of ints.
+      ValueError: ``x`` does not have 3 to 5 dimensions, ``factor`` has the wrong number
+        of entries or is < 1.
+
+    >>> import jax.numpy as jnp
+    >>> from jaxcnn import ops
+    >>> ops.downsample(jnp.arange(5.0).reshape(1, 5, 1), 2)[0, :, 0].tolist()
+    [0.0, 2.0, 4.0]
+    """
+    x, factor = _validate("downsample", x, factor)
+    return _downsample(x, factor, x.shape[1:-1])
+
+
+# `fine_shape` is the spatial shape of the full-resolution grid: the input of
+# `_downsample`, the output of `_upsample`. With it each is exactly the other's adjoint.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _downsample(x, factor, fine_shape):
+    return lax.slice(x, (0,) * x.ndim, x.shape, (1, *factor, 1))
+
+
+def _downsample_fwd(x, factor, fine_shape):
+    return _downsample(x, factor, fine_shape), ()  # linear: no residual
+
+
+def _downsample_bwd(factor, fine_shape, res, g):
+    return (_upsample(g, factor, fine_shape),)  # dx[S·i] = g[i], zeros where rows were dropped
+
+
+_downsample.defvjp(_downsample_fwd, _downsample_bwd)
+
+
+# --------------------------------------------------------------------------- upsample
+
+
+def upsample(x: jax.Array, factor) -> jax.Array:
+    r"""Inserts ``S − 1`` zeros between adjacent entries (Raj's upsampling, or dilation).
+
+    Forward, along each spatial axis: ``y[S·i] = x[i]`` and ``y = 0`` between, so an axis
+    of size ``n`` becomes ``(n − 1) S + 1`` (no zeros after the last entry; this is the
+    ``lhs_dilation`` of ``lax.conv_general_dilated``).
+
+    Backward (the adjoint, a downsampling): ``dx[i] = g[S·i]`` — :func:`downsample` of
+    ``g``; the δ that reaches the inserted zeros is dropped.
+
+    ``downsample(upsample(x, S), S) == x``; ``upsample(downsample(x, S), S)`` restores
+    ``x`` with zeros at the dropped positions, without the ``(n − 1) mod S`` trailing ones.
+
+    Args:
+      x: input of shape ``(N, *spatial, C)`` (channels last) with 1, 2 or 3 spatial axes.
+      factor: ``S ≥ 1``, an int or one per spatial axis.
+
+    Returns:
+      ``y`` of shape ``(N, (n₁ − 1) S₁ + 1, …, C)`` and the dtype of ``x``.
+
+    Raises:
+      TypeError: ``x`` is not floating point, or ``factor`` is not an int/sequence of ints.
+      ValueError: ``x`` does not have 3 to 5 dimensions, ``factor`` has the wrong number
+        of entries or is < 1.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxcnn import ops
+    >>> x = jnp.array([1.0, 2.0, 3.0]).reshape(1, 3, 1)
+    >>> ops.upsample(x, 2)[0, :, 0].tolist()
+    [1.0, 0.0, 2.0, 0.0, 3.0]
+    >>> jax.grad(lambda x: (ops.upsample(x, 2) * jnp.arange(5.0)[:, None]).sum())(x)[0, :, 0].tolist()
+    [0.0, 2.0, 4.0]
+    """
+    x, factor = _validate("upsample", x, factor)
+    return _upsample(x, factor, _shapes.upsampled_shape("upsample", x.shape[1:-1], factor))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _upsample(x, factor, fine_shape):
+    # S − 1 interior zeros, then zeros at the end up to fine_shape (none for `upsample`).
+    tail = (f - ((n - 1) * s + 1) for n, s, f in zip(x.shape[1:-1], factor, fine_shape))
+    config = [(0, 0, 0), *((0, t, s - 1) for t, s in zip(tail, factor)), (0, 0, 0)]
+    return lax.pad(x, jnp.zeros((), x.dtype), config)
+
+
+def _upsample_fwd(x, factor, fine_shape):
+    return _upsample(x, factor, fine_shape), ()  # linear: no residual
+
+
+def _upsample_bwd(factor, fine_shape, res, g):
+    return (_downsample(g, factor, fine_shape),)  # dx[i] = g[S·i]
+
+
+_upsample.defvjp(_upsample_fwd, _upsample_bwd)
+
+
+def _validate(op, x, factor):
+    x = _checks.float_array(op, "x", x)
+    _checks.rank(op, "x", x, (3, 4, 5), "(N, *spatial, C): 1 to 3 spatial axes, channels last")
+    n = x.ndim - 2
+    _shapes.spatial_length(op, "factor", factor, n, f"`x` of shape {tuple(x.shape)} (N, *spatial, C) has {n}")
+    return x, _shapes.spatial_tuple(op, "factor", factor, n)
+
+
+# --------------------------------------------------------------------------- references
+
+
+def downsample_reference(x, factor):
+    """Autodiff reference for :func:`downsample`: NumPy-style strided indexing."""
+    x, factor = _validate("downsample", x, factor)
+    return x[(slice(None), *(slice(None, None, s) for s in factor), slice(None))]
+
+
+def upsample_reference(x, factor):
+    """Autodiff reference for :func:`upsample`: zeros with ``x`` scattered at every
+    ``S``-th position (``.at[::S].set``)."""
+    x, factor = _validate("upsample", x, factor)
+    shape = (x.shape[0], *_shapes.upsampled_shape("upsample", x.shape[1:-1], factor), x.shape[-1])
+    return jnp.zeros(shape, x.dtype).at[(slice(None), *(slice(None, None, s) for s in factor), slice(None))].set(x)

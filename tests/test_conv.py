@@ -1,0 +1,486 @@
+"""Convolution: the lectures' worked examples, the gradient checks, the classic mistakes, the errors."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax import lax
+
+import opcheck
+from jaxcnn import ops, reference, verify
+
+METHODS = ["xla", "im2col"]
+
+
+def _normal(rng, *shape, dtype=jnp.float64):
+    return jnp.asarray(rng.normal(size=shape), dtype)
+
+
+def _as_1d(seq):
+    """A sequence as one example with one channel, (1, len, 1)."""
+    return jnp.asarray(seq, jnp.float64).reshape(1, -1, 1)
+
+
+def _kernel_1d(seq):
+    return jnp.asarray(seq, jnp.float64).reshape(-1, 1, 1)
+
+
+# --------------------------------------------------------------------------- worked examples: forward
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_hu_1d_sequences_valid_full_same(method):
+    # Hu & Zhu: f = [0, 1, 2, −1, 3], g = [1, 1, 0]; convolution is correlation with the
+    # flipped kernel (rot180), so the kernel handed to the op is g reversed.
+    f, g = _as_1d([0, 1, 2, -1, 3]), _kernel_1d([1, 1, 0][::-1])
+    expected = {"VALID": [3, 1, 2], "FULL": [0, 1, 3, 1, 2, 3, 0], "SAME": [1, 3, 1, 2, 3]}
+    for padding, values in expected.items():
+        np.testing.assert_array_equal(ops.conv(f, g, padding=padding, method=method).ravel(), values)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_hu_conv2_matlab_example(method):
+    # Hu & Zhu's MATLAB example: conv2(A, B, 'full' | 'valid' | 'same') as printed.
+    A = jnp.array([[0, 0, 1, 2], [2, 2, 0, 0], [2, 1, 2, 2], [3, 0, 1, 1]], jnp.float64)
+    B = jnp.array([[0, 0, -1], [1, -1, 1], [-1, 1, 1]], jnp.float64)
+    full = [[0, 0, 0, 0, -1, -2], [0, 0, -1, -1, -1, 2], [2, 0, -3, 0, 1, 0],
+            [0, -1, 4, 3, -1, 1], [1, -2, 5, 1, 4, 3], [-3, 3, 2, 0, 2, 1]]
+    valid = [[-3, 0], [4, 3]]
+    same = [[0, -1, -1, -1], [0, -3, 0, 1], [-1, 4, 3, -1], [-2, 5, 1, 4]]
+    x, rot180_B = A[None, :, :, None], B[::-1, ::-1, None, None]
+    for padding, printed in [("FULL", full), ("VALID", valid), ("SAME", same)]:
+        y = ops.conv(x, rot180_B, padding=padding, method=method)
+        np.testing.assert_array_equal(y[0, :, :, 0], printed)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_forward_is_the_raj_loop(rng, method):
+    # Raj's pseudocode: z(n, m, x', y') = Σ W(n, :, i, j) · Y(:, x'·S + i, y'·S + j) + b,
+    # over the zero-padded, dilated input; written here as plain loops.
+    x, w, b = _normal(rng, 2, 7, 6, 3), _normal(rng, 3, 2, 3, 4), _normal(rng, 4)
+    stride, dilation, pads = (2, 1), (1, 2), ((1, 2), (0, 1))
+    xp = np.pad(np.asarray(x), ((0, 0), *pads, (0, 0)))
+    y = ops.conv(x, w, b, stride=stride, padding=pads, dilation=dilation, method=method)
+    expected = np.zeros(y.shape)
+    for i in range(y.shape[1]):
+        for j in range(y.shape[2]):
+            for ki in range(3):
+                for kj in range(2):
+                    patch = xp[:, i * 2 + ki * 1, j * 1 + kj * 2, :]
+                    expected[:, i, j, :] += patch @ np.asarray(w)[ki, kj]
+    np.testing.assert_allclose(y, expected + np.asarray(b), rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- worked examples: backward
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_hu_1d_local_sensitivities(method):
+    # Hu & Zhu "Local sensitivity in the example": y (5) ⋆ w (3) → 3 outputs.
+    y = jnp.array([0.5, -1.0, 2.0, 3.0, -0.25], jnp.float64)
+    w1, w2, w3 = 2.0, 3.0, 5.0
+    d1, d2, d3 = 7.0, 11.0, 13.0
+    _, vjp = jax.vjp(lambda y, w, b: ops.conv(y, w, b, method=method), _as_1d(y), _kernel_1d([w1, w2, w3]), jnp.zeros(1, jnp.float64))
+    dy, dw, db = vjp(_as_1d([d1, d2, d3]))
+    np.testing.assert_array_equal(
+        dy.ravel(), [d1 * w1, d1 * w2 + d2 * w1, d1 * w3 + d2 * w2 + d3 * w1, d2 * w3 + d3 * w2, d3 * w3]
+    )
+    np.testing.assert_array_equal(dy.ravel(), np.convolve([d1, d2, d3], [w1, w2, w3], "full"))  # δ *full w
+    # ∂E/∂w_k = Σ_i δ_i y_{i+k−1} = y *valid rot180(δ); ∂E/∂b = Σ δ_i
+    np.testing.assert_array_equal(dw.ravel(), [d1 * y[0] + d2 * y[1] + d3 * y[2],
+                                              d1 * y[1] + d2 * y[2] + d3 * y[3],
+                                              d1 * y[2] + d2 * y[3] + d3 * y[4]])
+    np.testing.assert_array_equal(dw.ravel(), np.convolve(y, [d3, d2, d1], "valid"))
+    np.testing.assert_array_equal(db, [d1 + d2 + d3])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_hu_2d_local_sensitivity_table(method):
+    # Hu & Zhu: a 3×3 map, a 2×2 filter, the 2×2 δ; the nine δ⁽ˡ⁻¹⁾ entries as printed.
+    w11, w12, w21, w22 = 2.0, 3.0, 5.0, 7.0
+    d11, d12, d21, d22 = 11.0, 13.0, 17.0, 19.0
+    y = jnp.asarray(np.arange(9.0).reshape(1, 3, 3, 1) - 4)
+    w = jnp.array([[w11, w12], [w21, w22]], jnp.float64)[:, :, None, None]
+    _, vjp = jax.vjp(lambda y, w: ops.conv(y, w, method=method), y, w)
+    dy, _ = vjp(jnp.array([[d11, d12], [d21, d22]], jnp.float64)[None, :, :, None])
+    expected = [
+        [d11 * w11, d11 * w12 + d12 * w11, d12 * w12],
+        [d11 * w21 + d21 * w11, d11 * w22 + d12 * w21 + d21 * w12 + d22 * w11, d12 * w22 + d22 * w12],
+        [d21 * w21, d21 * w22 + d22 * w21, d22 * w22],
+    ]
+    np.testing.assert_array_equal(dy[0, :, :, 0], expected)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_hu_feature_combination_quiz(rng, method):
+    # Hu & Zhu, case 2: y₁ = y₁' ⋆ w₁₁ + y₂' ⋆ w₁₂ + b₁, y₂ = y₂' ⋆ w₂₂ + b₂, i.e. the
+    # connection table M₁ = {1, 2}, M₂ = {2}. Quiz answer: δ₁' = δ₁ *full w₁₁ and
+    # δ₂' = δ₁ *full w₁₂ + δ₂ *full w₂₂; ∂E/∂w_qp = y_p *valid rot180(δ_q); w₂₁ is absent.
+    table = np.array([[True, False], [True, True]])  # table[p, q]: input p feeds output q
+    y_prev, w, b = _normal(rng, 1, 8, 2), _normal(rng, 3, 2, 2), _normal(rng, 2)
+    delta = _normal(rng, 1, 6, 2)
+    _, vjp = jax.vjp(lambda *a: ops.conv(*a, connections=table, method=method), y_prev, w, b)
+    dy, dw, db = vjp(delta)
+    d, wn, yn = np.asarray(delta[0]), np.asarray(w), np.asarray(y_prev[0])
+    w_qp = lambda q, p: wn[:, p, q]  # noqa: E731  (lecture index order: to q from p)
+    np.testing.assert_allclose(dy[0, :, 0], np.convolve(d[:, 0], w_qp(0, 0), "full"), rtol=1e-12)
+    np.testing.assert_allclose(
+        dy[0, :, 1], np.convolve(d[:, 0], w_qp(0, 1), "full") + np.convolve(d[:, 1], w_qp(1, 1), "full"), rtol=1e-12
+    )
+    for q, p in [(0, 0), (0, 1), (1, 1)]:
+        np.testing.assert_allclose(dw[:, p, q], np.convolve(yn[:, p], d[::-1, q], "valid"), rtol=1e-12)
+    np.testing.assert_array_equal(dw[:, 0, 1], 0.0)  # w₂₁ is not a parameter: exactly zero
+    np.testing.assert_allclose(db, d.sum(0), rtol=1e-12)
+    # and the forward ignores whatever w₂₁ holds
+    np.testing.assert_array_equal(
+        ops.conv(y_prev, w, b, connections=table, method=method),
+        ops.conv(y_prev, w.at[:, 0, 1].set(1e3), b, connections=table, method=method),
+    )
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_raj_stride_upsamples_delta_and_crops_padding(rng, method):
+    # Raj: with stride S, insert S − 1 zeros between the entries of δ, pad by K − 1,
+    # convolve with the filter, then delete the forward's zero-padding (here 1 and 2).
+    x, w = _normal(rng, 1, 11, 1), _normal(rng, 4, 1, 1)
+    _, vjp = jax.vjp(lambda x: ops.conv(x, w, stride=3, padding=((1, 2),), method=method), x)
+    delta = _normal(rng, 1, 4, 1)  # ⌊(11 + 3 − 4) / 3⌋ + 1 = 4
+    (dx,) = vjp(delta)
+    upsampled = np.zeros(10)  # (4 − 1)·3 + 1
+    upsampled[::3] = np.asarray(delta).ravel()
+    padded_map_derivative = np.convolve(upsampled, np.asarray(w).ravel(), "full")  # 13 of the 14 padded inputs
+    padded_map_derivative = np.append(padded_map_derivative, 0.0)  # the last one no window reached
+    np.testing.assert_allclose(dx.ravel(), padded_map_derivative[1:-2], rtol=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_park_index_formulas_multichannel(rng, method):
+    # Park: ∂L/∂w_ijcd = Σ_kl L_kld x_{k+i,l+j,c} and ∂L/∂x = Σ L_mn w_{m−i,n−j} summed over
+    # the output channels d, written as explicit scatter loops over the forward's terms.
+    x, w, L = _normal(rng, 2, 5, 6, 3), _normal(rng, 3, 2, 3, 4), _normal(rng, 2, 3, 5, 4)
+    _, vjp = jax.vjp(lambda x, w: ops.conv(x, w, method=method), x, w)
+    dx, dw = vjp(L)
+    xn, wn, Ln = map(np.asarray, (x, w, L))
+    dx_loop, dw_loop = np.zeros(x.shape), np.zeros(w.shape)
+    for k in range(3):
+        for l in range(5):
+            for i in range(3):
+                for j in range(2):
+                    dw_loop[i, j] += np.einsum("nc,nd->cd", xn[:, k + i, l + j], Ln[:, k, l])
+                    dx_loop[:, k + i, l + j] += Ln[:, k, l] @ wn[i, j].T
+    np.testing.assert_allclose(dw, dw_loop, rtol=1e-12)
+    np.testing.assert_allclose(dx, dx_loop, rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- LeNet-5's table
+
+
+def test_lenet5_c3_table_is_the_lecture_table():
+    # Hu & Zhu's slide (LeCun et al. 1998, Table I): the C3 maps each S2 map feeds.
+    feeds = {
+        0: [0, 4, 5, 6, 9, 10, 11, 12, 14, 15],
+        1: [0, 1, 5, 6, 7, 10, 11, 12, 13, 15],
+        2: [0, 1, 2, 6, 7, 8, 11, 13, 14, 15],
+        3: [1, 2, 3, 6, 7, 8, 9, 12, 14, 15],
+        4: [2, 3, 4, 7, 8, 9, 10, 12, 13, 15],
+        5: [3, 4, 5, 8, 9, 10, 11, 13, 14, 15],
+    }
+    table = ops.LENET5_C3_TABLE
+    assert table.shape == (6, 16) and table.dtype == np.bool_ and int(table.sum()) == 60
+    for p, qs in feeds.items():
+        assert np.flatnonzero(table[p]).tolist() == qs
+    assert table.sum(0).tolist() == [3] * 6 + [4] * 9 + [6]
+    assert not table.flags.writeable
+    assert reference.LENET5_C3_TABLE is table
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_lenet5_c3_absent_connections_get_exactly_zero_gradient(rng, method):
+    x, w, b = _normal(rng, 2, 9, 9, 6), _normal(rng, 5, 5, 6, 16), _normal(rng, 16)
+    settings = dict(connections=ops.LENET5_C3_TABLE, method=method)
+    verify.check_vjp(ops.conv, reference.conv, x, w, b, **settings).assert_ok()
+    dw = jax.grad(lambda w: jnp.sum(ops.conv(x, w, b, **settings) ** 2))(w)
+    absent = ~ops.LENET5_C3_TABLE
+    assert np.all(np.asarray(dw)[:, :, absent] == 0.0)
+    assert np.all(np.asarray(dw)[:, :, ~absent] != 0.0)
+
+
+# --------------------------------------------------------------------------- gradient checks
+
+
+@st.composite
+def conv_cases(draw):
+    rank = draw(st.integers(1, 3))
+    if rank < 3:
+        window = tuple(draw(st.integers(1, 5)) for _ in range(rank))
+    else:  # any axis may reach 5, at most 30 taps (the im2col route compiles one slice per tap)
+        window = tuple(draw(st.permutations([draw(st.integers(1, 5)), draw(st.integers(1, 3)), draw(st.integers(1, 2))])))
+    per_axis = lambda lo, hi: st.one_of(st.integers(lo, hi), st.tuples(*[st.integers(lo, hi)] * rank))  # noqa: E731
+    stride, dilation = draw(per_axis(1, 3)), draw(per_axis(1, 2))
+    padding = draw(st.one_of(
+        st.sampled_from(["VALID", "SAME", "FULL"]),
+        st.integers(0, 2),
+        st.tuples(*[st.tuples(st.integers(0, 2), st.integers(0, 2))] * rank),
+    ))
+    dil = (dilation,) * rank if isinstance(dilation, int) else dilation
+    extent = [(k - 1) * d + 1 for k, d in zip(window, dil)]
+    if isinstance(padding, str):
+        total = [2 * (k - 1) if padding == "FULL" else (k - 1 if padding == "SAME" else 0) for k in extent]
+        total = [0] * rank if padding == "SAME" else total  # SAME always fits: keep sizes free
+    elif isinstance(padding, int):
+        total = [2 * padding] * rank
+    else:
+        total = [lo + hi for lo, hi in padding]
+    spread = 4 if rank < 3 else 2
+    spatial = tuple(
+        draw(st.integers(max(1, k - t) if padding != "SAME" else 1, max(1, k - t) + spread))
+        for k, t in zip(extent, total)
+    )
+    n, c_in, c_out = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    connections = draw(st.one_of(
+        st.none(), st.lists(st.booleans(), min_size=c_in * c_out, max_size=c_in * c_out)
+    ))
+    if connections is not None:
+        connections = np.array(connections).reshape(c_in, c_out)
+    return dict(
+        x_shape=(n, *spatial, c_in), w_shape=(*window, c_in, c_out), bias=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**16)),
+        settings=dict(stride=stride, padding=padding, dilation=dilation, connections=connections),
+    )
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=conv_cases())
+def test_vjp_matches_autodiff_and_finite_differences(case):
+    rng = np.random.default_rng(case["seed"])
+    x, w = _normal(rng, *case["x_shape"]), _normal(rng, *case["w_shape"])
+    args = (x, w, _normal(rng, case["w_shape"][-1])) if case["bias"] else (x, w)
+    for method in METHODS:
+        verify.check_vjp(ops.conv, reference.conv, *args, method=method, **case["settings"]).assert_ok()
+        verify.check_numerical(ops.conv, *args, method=method, **case["settings"]).assert_ok()
+
+
+TRANSFORM_CASES = [
+    ((2, 9, 2), (3, 2, 3), dict(stride=2, padding="SAME", dilation=2)),
+    ((2, 7, 6, 3), (3, 2, 3, 2), dict(stride=(2, 3), padding=((1, 0), (2, 1)))),
+    ((2, 6, 7, 6), (5, 5, 6, 16), dict(padding="FULL", connections=ops.LENET5_C3_TABLE)),
+    ((1, 5, 4, 6, 2), (2, 3, 2, 2, 3), dict(stride=(1, 2, 2), padding=1, dilation=(2, 1, 1))),
+]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("x_shape,w_shape,settings", TRANSFORM_CASES, ids=["1d", "2d", "2d-lenet-c3", "3d"])
+def test_gradients_under_jit_vmap_and_grad_of_grad(rng, method, x_shape, w_shape, settings):
+    x, w, b = _normal(rng, *x_shape), _normal(rng, *w_shape), _normal(rng, w_shape[-1])
+    settings = dict(settings, method=method)
+    opcheck.assert_jit("conv", x, w, b, **settings)
+    opcheck.assert_vmap("conv", x, w, b, in_axes=(0, 0, None), **settings)  # per-example kernels too
+    opcheck.assert_grad_of_grad("conv", x, w, b, **settings)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_vjp_low_precision(rng, method, dtype):
+    x, w, b = _normal(rng, 2, 8, 7, 3, dtype=dtype), _normal(rng, 3, 3, 3, 4, dtype=dtype), _normal(rng, 4, dtype=dtype)
+    result = verify.check_vjp(ops.conv, reference.conv, x, w, b, stride=2, padding="SAME", method=method)
+    result.assert_ok()
+    assert result.dtype == dtype
+    assert ops.conv(x, w, b, method=method).dtype == dtype
+
+
+@pytest.mark.parametrize("name,rank", [("conv1d", 1), ("conv2d", 2), ("conv3d", 3)])
+def test_rank_aliases(rng, name, rank):
+    x, w = _normal(rng, 2, *[6] * rank, 2), _normal(rng, *[3] * rank, 2, 3)
+    alias = getattr(ops, name)
+    np.testing.assert_array_equal(alias(x, w, stride=2, padding="SAME"), ops.conv(x, w, stride=2, padding="SAME"))
+    verify.check_vjp(alias, getattr(reference, name), x, w, stride=2, padding="SAME").assert_ok()
+    wrong = _normal(rng, *[3] * (rank % 3 + 1), 2, 3)
+    with pytest.raises(ValueError, match=rf"{name}: `w` must have {rank + 2} dimensions"):
+        alias(x, wrong)
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize("padding", ["VALID", "SAME", "FULL", 1, ((2, 0), (0, 3))])
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("window", [1, 2, 3, 5])
+def test_output_shape_formula(padding, stride, window):
+    # out = ⌊(n + lo + hi − k) / s⌋ + 1, SAME: ⌈n / s⌉; the reference lets lax pad SAME itself.
+    n_h, n_w = 11, 8
+    x, w = jnp.ones((1, n_h, n_w, 2), jnp.float32), jnp.ones((window, window, 2, 3), jnp.float32)
+    if padding == "SAME":
+        expected = (-(-n_h // stride), -(-n_w // stride))
+    else:
+        pads = {"VALID": ((0, 0),) * 2, "FULL": ((window - 1,) * 2,) * 2, 1: ((1, 1),) * 2}.get(padding, padding)
+        expected = tuple((n + lo + hi - window) // stride + 1 for n, (lo, hi) in zip((n_h, n_w), pads))
+    for method in METHODS:
+        assert ops.conv(x, w, stride=stride, padding=padding, method=method).shape == (1, *expected, 3)
+    assert reference.conv(x, w, stride=stride, padding=padding).shape == (1, *expected, 3)
+
+
+# --------------------------------------------------------------------------- the checker catches the classic mistakes
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+_TRANSPOSED = ("NHWC", "HWOI", "NHWC")  # the kernel's in/out planes swapped
+_BATCH_CONTRACTED = ("CHWN", "IHWO", "HWNC")  # x and δ contracted over the batch → (kh, kw, C_in, C_out)
+
+
+def _wrong_conv(stride, padding, dx_rule=None, dw_rule=None):
+    """A 2-D conv whose backward is autodiff's except for the rules given (the mistakes)."""
+    ref = functools.partial(reference.conv, stride=stride, padding=padding)
+
+    @jax.custom_vjp
+    def conv(x, w, b):
+        return ref(x, w, b)
+
+    def fwd(x, w, b):
+        return ref(x, w, b), (x, w, b)
+
+    def bwd(res, g):
+        x, w, b = res
+        dx, dw, db = jax.vjp(ref, x, w, b)[1](g)
+        dx = dx if dx_rule is None else dx_rule(g, w, x)
+        dw = dw if dw_rule is None else dw_rule(g, w, x)
+        return dx, dw, db
+
+    conv.defvjp(fwd, bwd)
+    return conv, ref
+
+
+def _rot180(w):
+    return w[::-1, ::-1]
+
+
+def _assert_caught(result, wrong_args, right_args=("b",)):
+    assert not result.ok
+    for name in wrong_args:
+        assert not result[name].ok, result
+    for name in right_args:
+        assert result[name].ok, result
+
+
+def test_checker_catches_missing_kernel_flip(rng):
+    # Hu's quiz option C / Raj's poll 3: the filter planes must be flipped (δ *full w is a
+    # correlation with rot180(w)); correlating with w itself is wrong.
+    def no_flip(g, w, x):
+        return lax.conv_general_dilated(g, w, (1, 1), [(2, 2), (2, 2)], dimension_numbers=_TRANSPOSED)
+
+    wrong, ref = _wrong_conv(1, "VALID", dx_rule=no_flip)
+    args = (_normal(rng, 2, 6, 7, 2), _normal(rng, 3, 3, 2, 3), _normal(rng, 3))
+    _assert_caught(verify.check_vjp(wrong, ref, *args), ["x"], ["w", "b"])
+    # the same formula with the flip is the right one (so the harness itself is sound)
+    flipped, _ = _wrong_conv(1, "VALID", dx_rule=lambda g, w, x: no_flip(g, _rot180(w), x))
+    assert verify.check_vjp(flipped, ref, *args).ok
+    verify.check_vjp(ops.conv, reference.conv, *args).assert_ok()
+
+
+def test_checker_catches_stride_without_upsampling_delta(rng):
+    # Raj: with stride 2, δ must be upsampled (S − 1 zeros inserted) before the full
+    # convolution and before correlating with the input; skipping it, then padding or
+    # cropping to the right shape, is wrong in both dx and dw.
+    def dx_no_upsampling(g, w, x):
+        small = lax.conv_general_dilated(g, _rot180(w), (1, 1), [(2, 2), (2, 2)], dimension_numbers=_TRANSPOSED)
+        return jnp.pad(small, ((0, 0), (0, 9 - small.shape[1]), (0, 9 - small.shape[2]), (0, 0)))
+
+    def dw_no_upsampling(g, w, x):
+        big = lax.conv_general_dilated(x, g, (1, 1), "VALID", dimension_numbers=_BATCH_CONTRACTED)
+        return big[:3, :3]
+
+    wrong, ref = _wrong_conv(2, "VALID", dx_no_upsampling, dw_no_upsampling)
+    args = (_normal(rng, 2, 9, 9, 2), _normal(rng, 3, 3, 2, 3), _normal(rng, 3))
+    _assert_caught(verify.check_vjp(wrong, ref, *args), ["x", "w"])
+    verify.check_vjp(ops.conv, reference.conv, *args, stride=2).assert_ok()
+
+
+def test_checker_catches_padding_not_cropped(rng):
+    # Raj: the derivative map has the size of the zero-padded map; its padding regions
+    # must be deleted. Keeping the first n entries instead leaves the low padding in.
+    def dx_padding_kept(g, w, x):
+        padded_map = lax.conv_general_dilated(g, _rot180(w), (1, 1), [(2, 2), (2, 2)], dimension_numbers=_TRANSPOSED)
+        return padded_map[:, : x.shape[1], : x.shape[2]]
+
+    wrong, ref = _wrong_conv(1, "SAME", dx_rule=dx_padding_kept)
+    args = (_normal(rng, 2, 6, 5, 2), _normal(rng, 3, 3, 2, 3), _normal(rng, 3))
+    _assert_caught(verify.check_vjp(wrong, ref, *args), ["x"], ["w", "b"])
+    verify.check_vjp(ops.conv, reference.conv, *args, padding="SAME").assert_ok()
+
+
+def test_checker_catches_missing_sum_over_output_maps(rng):
+    # Hu's quiz: δ₂' = δ₂ *full w₂₂ alone is wrong; every output map q fed by p
+    # contributes, δ_p' = Σ_q δ_q *full w_qp.
+    def dx_own_map_only(g, w, x):
+        diagonal = w * jnp.eye(w.shape[-1], dtype=w.dtype)  # keep w_pp, drop q ≠ p
+        return lax.conv_general_dilated(g, _rot180(diagonal), (1, 1), [(2, 2), (2, 2)], dimension_numbers=_TRANSPOSED)
+
+    wrong, ref = _wrong_conv(1, "VALID", dx_rule=dx_own_map_only)
+    args = (_normal(rng, 2, 6, 7, 3), _normal(rng, 3, 3, 3, 3), _normal(rng, 3))
+    _assert_caught(verify.check_vjp(wrong, ref, *args), ["x"], ["w", "b"])
+
+
+def test_checker_catches_flipped_delta_in_weight_gradient(rng):
+    # Raj's poll 4: "the output map must be flipped before convolution" is false —
+    # ∂E/∂w = y *valid rot180(δ) is a correlation of y with δ as it is.
+    def dw_flipped_delta(g, w, x):
+        return lax.conv_general_dilated(x, g[:, ::-1, ::-1], (1, 1), "VALID", dimension_numbers=_BATCH_CONTRACTED)
+
+    wrong, ref = _wrong_conv(1, "VALID", dw_rule=dw_flipped_delta)
+    args = (_normal(rng, 2, 6, 7, 2), _normal(rng, 3, 3, 2, 3), _normal(rng, 3))
+    _assert_caught(verify.check_vjp(wrong, ref, *args), ["w"], ["x", "b"])
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_errors(rng):
+    x, w, b = _normal(rng, 2, 8, 8, 3, dtype=jnp.float32), _normal(rng, 3, 3, 3, 4, dtype=jnp.float32), _normal(rng, 4, dtype=jnp.float32)
+    for conv in (ops.conv, reference.conv):  # the reference validates identically
+        with pytest.raises(ValueError, match=r"conv: `w` must have C_in = x.shape\[-1\] = 3 input channels .* got w of shape \(3, 3, 2, 4\).*HWIO"):
+            conv(x, w[:, :, :2], b)
+        with pytest.raises(ValueError, match=r"conv: the window \(3 with dilation 4, extent 9\) is larger than the padded input \(8 \+ 0 \+ 0 = 8\) along spatial axis 0"):
+            conv(x, w, b, dilation=(4, 1))
+        with pytest.raises(ValueError, match=r"conv: the window \(9 with dilation 1, extent 9\) is larger than the padded input \(3 \+ 2 \+ 2 = 7\)"):
+            conv(x[:, :3], _normal(rng, 9, 1, 3, 4, dtype=jnp.float32), padding=2)
+        with pytest.raises(ValueError, match=r"conv: `stride` must be >= 1 on every axis, got \(1, 0\)"):
+            conv(x, w, b, stride=(1, 0))
+        with pytest.raises(ValueError, match=r"conv: `dilation` must be >= 1 on every axis, got 0"):
+            conv(x, w, b, dilation=0)
+        with pytest.raises(TypeError, match=r"conv: `stride` must be an int or a sequence of 2 ints \(one per spatial axis\), got \(1, 1, 1\)"):
+            conv(x, w, b, stride=(1, 1, 1))
+        with pytest.raises(ValueError, match=r"conv: unknown `padding` 'HALF'; use 'VALID', 'SAME', 'FULL', an int, or 2 \(low, high\) pairs"):
+            conv(x, w, b, padding="HALF")
+        with pytest.raises(ValueError, match=r"conv: `padding` must be 'VALID', 'SAME', 'FULL', an int, or 2 \(low, high\) pairs .* got \(\(1, 1\),\)"):
+            conv(x, w, b, padding=((1, 1),))
+        with pytest.raises(ValueError, match=r"conv: `padding` must not be negative, got -1"):
+            conv(x, w, b, padding=-1)
+        with pytest.raises(ValueError, match=r"conv: `connections` must have shape \(C_in, C_out\) = \(3, 4\) .* got \(4, 3\)"):
+            conv(x, w, b, connections=np.ones((4, 3), bool))
+        with pytest.raises(TypeError, match=r"conv: `connections` must be a boolean table, got dtype int64; use"):
+            conv(x, w, b, connections=np.ones((3, 4), np.int64))
+        with pytest.raises(ValueError, match=r"conv: `x` must have 4 dimensions \(N, \*spatial, C_in\) to match the 2-D kernel `w` of shape \(3, 3, 3, 4\), got x of shape \(8, 8, 3\)"):
+            conv(x[0], w, b)
+        with pytest.raises(ValueError, match=r"conv: `x` must have 3 dimensions .* 1-D kernel `w` of shape \(3, 3, 4\), got x of shape \(2, 8, 8, 3\)"):
+            conv(x, w[0], b)
+        with pytest.raises(ValueError, match=r"conv: `w` must have 3 or 4 or 5 dimensions \(\*window, C_in, C_out\) for 1, 2 or 3 spatial axes, got 2 dimensions"):
+            conv(x, w[0, 0], b)
+        with pytest.raises(ValueError, match=r"conv: `b` must have shape \(4,\) \(C_out,\) with C_out = w.shape\[-1\], got \(3,\)"):
+            conv(x, w, b[:3])
+        with pytest.raises(ValueError, match=r"conv: unknown `method` 'fft'; use 'xla' or 'im2col'"):
+            conv(x, w, b, method="fft")
+        with pytest.raises(TypeError, match=r"conv: all floating arguments must share one dtype, but `x` is float64, `w` is float32"):
+            conv(x.astype(jnp.float64), w, b)
+        with pytest.raises(TypeError, match=r"conv: `x` must be a floating-point array .* got dtype int32"):
+            conv(x.astype(jnp.int32), w, b)
+
+
+def test_traced_connection_table_is_rejected(rng):
+    x, w = _normal(rng, 1, 5, 5, 2), _normal(rng, 3, 3, 2, 2)
+    with pytest.raises(TypeError, match=r"conv: `connections` must be a concrete boolean table .* got a traced value"):
+        jax.jit(lambda t: ops.conv(x, w, connections=t))(np.ones((2, 2), bool))
+    # closed over (static), a table works under jit
+    y = jax.jit(lambda x: ops.conv(x, w, connections=np.eye(2, dtype=bool)))(x)
+    np.testing.assert_allclose(y, reference.conv(x, w * jnp.eye(2)[None, None]), rtol=1e-12)

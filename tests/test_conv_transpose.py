@@ -1,0 +1,238 @@
+"""Transposed convolution: Raj's "upsample, then convolve", the input-gradient of a strided
+conv, agreement with lax/Flax, the gradient checks, the classic mistakes, the errors."""
+
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from jax import lax
+
+import opcheck
+from jaxcnn import _shapes, ops, reference, verify
+
+LAYOUT = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}
+
+
+def _normal(rng, *shape, dtype=jnp.float64):
+    return jnp.asarray(rng.normal(size=shape), dtype)
+
+
+# --------------------------------------------------------------------------- forward
+
+
+def test_hand_computed_1d():
+    # upsample [1, 2] by 2 → [1, 0, 2], pad k − 1 = 2 zeros each side, correlate with w.
+    x = jnp.asarray([1.0, 2.0], jnp.float64).reshape(1, 2, 1)
+    w = jnp.asarray([1.0, 10.0, 100.0], jnp.float64).reshape(3, 1, 1)
+    np.testing.assert_array_equal(ops.conv_transpose(x, w, stride=2)[0, :, 0], [100, 10, 201, 20, 2])
+    np.testing.assert_array_equal(ops.conv_transpose(x, w, stride=2, padding=1)[0, :, 0], [10, 201, 20])
+    np.testing.assert_array_equal(ops.conv_transpose(x, w, stride=2, padding="FULL")[0, :, 0], [201])
+
+
+@pytest.mark.parametrize("padding", ["VALID", ((1, 0), (0, 1)), 1])
+def test_forward_is_upsample_then_correlate(rng, padding):
+    # Raj: upsampling followed by a convolution is the transposed convolution. Written as
+    # ops.upsample, zero padding (k − 1 − p) and a plain loop over window offsets.
+    x, w, b = _normal(rng, 2, 3, 4, 3), _normal(rng, 3, 2, 3, 4), _normal(rng, 4)
+    stride = (3, 2)  # ≤ window: "VALID" is the pairs (0, 0), see the output-size test
+    pads = {"VALID": ((0, 0), (0, 0)), 1: ((1, 1), (1, 1))}.get(padding, padding)
+    u = np.asarray(ops.upsample(x, stride))
+    u = np.pad(u, ((0, 0), *((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip((3, 2), pads)), (0, 0)))
+    y = ops.conv_transpose(x, w, b, stride=stride, padding=padding)
+    expected = np.zeros(y.shape) + np.asarray(b)
+    for i, j in itertools.product(range(3), range(2)):
+        expected += u[:, i:i + y.shape[1], j:j + y.shape[2], :] @ np.asarray(w)[i, j]
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+
+
+GRADIENT_OF_CONV_CASES = [
+    (window, stride, padding)
+    for window, stride in [(3, 2), (2, 3), (4, 1), (1, 2)]
+    for padding in ["VALID", "SAME", "FULL", 0, ((window - 1, 0),)]
+]
+
+
+@pytest.mark.parametrize("window,stride,padding", GRADIENT_OF_CONV_CASES)
+def test_is_the_input_gradient_of_a_strided_conv(rng, window, stride, padding):
+    # conv_transpose(x, w) = ∂/∂z ⟨conv(z, flip(w)ᵀ; stride, padding), x⟩ for the input z
+    # of the op's output size: the transposed conv "is" the conv's backward.
+    x, w = _normal(rng, 2, 4, 3), _normal(rng, window, 3, 2)
+    y = ops.conv_transpose(x, w, stride=stride, padding=padding)
+    lax_padding = {"FULL": ((window - 1, window - 1),), 0: ((0, 0),)}.get(padding, padding)
+    v = jnp.flip(w, 0).swapaxes(1, 2)  # (k, C_out, C_in): the conv maps C_out → C_in
+    z = jnp.zeros((2, y.shape[1], 2), jnp.float64)
+    conv = lambda z: lax.conv_general_dilated(z, v, (stride,), lax_padding, dimension_numbers=LAYOUT[1])
+    out, vjp = jax.vjp(conv, z)
+    assert out.shape == x.shape
+    np.testing.assert_allclose(y, vjp(x)[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("padding", ["VALID", "SAME"])
+@pytest.mark.parametrize("window,stride", [(3, 2), (2, 3), (3, 1), (4, 2)])
+def test_string_paddings_equal_lax_and_flax_conv_transpose(rng, padding, window, stride):
+    # Flax's ConvTranspose calls lax.conv_transpose(..., transpose_kernel=False) like this.
+    x, w = _normal(rng, 2, 5, 4, 3), _normal(rng, window, 2, 3, 2)
+    expected = lax.conv_transpose(x, w, (stride, stride), padding, dimension_numbers=LAYOUT[2])
+    np.testing.assert_allclose(ops.conv_transpose(x, w, stride=stride, padding=padding), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("window", [1, 2, 3, 4])
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_output_shape_formula(window, stride):
+    n = 5
+    x, w = jnp.zeros((1, n, 2), jnp.float32), jnp.zeros((window, 2, 3), jnp.float32)
+    expected = {
+        "VALID": n * stride + max(window - stride, 0),
+        "SAME": n * stride,
+        "FULL": (n - 1) * stride - window + 2,
+        0: (n - 1) * stride + window,
+        ((window - 1, 0),): (n - 1) * stride + 1,
+    }
+    if window >= stride:
+        assert expected["VALID"] == (n - 1) * stride + window
+    for padding, size in expected.items():
+        shape = jax.eval_shape(functools.partial(ops.conv_transpose, stride=stride, padding=padding), x, w).shape
+        assert shape == (1, size, 3), padding
+        assert _shapes.transpose_geometry("t", (n,), window, stride, padding).out_shape == (size,)
+
+
+# --------------------------------------------------------------------------- gradient checks
+
+
+@st.composite
+def conv_transpose_cases(draw):
+    rank = draw(st.integers(1, 3))
+    window = tuple(draw(st.integers(1, 3)) for _ in range(rank))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(rank))
+    kind = draw(st.sampled_from(["VALID", "SAME", "FULL", "int", "pairs"]))
+    if kind == "int":
+        padding = draw(st.integers(0, min(window) - 1))
+    elif kind == "pairs":
+        padding = tuple((draw(st.integers(0, k - 1)), draw(st.integers(0, k - 1))) for k in window)
+    else:
+        padding = kind
+    spatial = tuple(draw(st.integers(1, 4 if rank < 3 else 3)) for _ in range(rank))
+    try:
+        _shapes.transpose_geometry("case", spatial, window, stride, padding)
+    except ValueError:
+        assume(False)
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    x, w = _normal(rng, 2, *spatial, 2), _normal(rng, *window, 2, 3)
+    args = (x, w, _normal(rng, 3)) if draw(st.booleans()) else (x, w)
+    return args, dict(stride=stride, padding=padding)
+
+
+@settings(max_examples=20, deadline=None)
+@given(case=conv_transpose_cases())
+def test_vjp_matches_autodiff_and_finite_differences(case):
+    args, settings_ = case
+    verify.check_vjp(ops.conv_transpose, reference.conv_transpose, *args, **settings_).assert_ok()
+    verify.check_numerical(ops.conv_transpose, *args, **settings_).assert_ok()
+
+
+TRANSFORM_CASES = [
+    ((2, 5, 3), (3, 3, 2), dict(stride=2)),
+    ((2, 3, 4, 2), (2, 3, 2, 3), dict(stride=(3, 2), padding="SAME")),
+    ((1, 2, 3, 2, 2), (2, 2, 3, 2, 2), dict(stride=(2, 1, 2), padding=((1, 0), (0, 1), (2, 2)))),
+]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,settings_", TRANSFORM_CASES, ids=["1d", "2d", "3d"])
+def test_under_jit_vmap_and_grad_of_grad(rng, x_shape, w_shape, settings_):
+    x, w, b = _normal(rng, *x_shape), _normal(rng, *w_shape), _normal(rng, w_shape[-1])
+    opcheck.assert_vjp("conv_transpose", x, w, b, **settings_)
+    opcheck.assert_jit("conv_transpose", x, w, b, **settings_)
+    opcheck.assert_vmap("conv_transpose", x, w, b, in_axes=(0, None, None), **settings_)
+    opcheck.assert_grad_of_grad("conv_transpose", x, w, b, **settings_)
+    opcheck.assert_numerical("conv_transpose", x, w, b, **settings_)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_vjp_low_precision(rng, dtype):
+    x, w, b = _normal(rng, 2, 4, 5, 3, dtype=dtype), _normal(rng, 3, 3, 3, 4, dtype=dtype), _normal(rng, 4, dtype=dtype)
+    assert ops.conv_transpose(x, w, b, stride=2).dtype == x.dtype
+    opcheck.assert_vjp("conv_transpose", x, w, b, stride=2, padding="SAME")
+
+
+# --------------------------------------------------------------------------- the checker catches wrong rules
+
+
+def _with_rules(flip_dx=True, flip_dw=True):
+    """A 2-D "VALID" conv_transpose whose backward is the hand rule, optionally without a flip."""
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+    def op(x, w, b, stride):
+        return reference.conv_transpose(x, w, b, stride=stride)
+
+    def bwd(stride, res, g):
+        x, w = res
+        kernel = jnp.flip(w, (0, 1)) if flip_dx else w
+        dx = lax.conv_general_dilated(g, kernel, stride, "VALID", dimension_numbers=("NHWC", "HWOI", "NHWC"))
+        dw = lax.conv_general_dilated(g, x, (1, 1), "VALID", rhs_dilation=stride,
+                                      dimension_numbers=("CHWN", "IHWO", "HWCN"))
+        dw = jnp.flip(dw, (0, 1)) if flip_dw else dw
+        return dx, dw, g.sum(axis=(0, 1, 2))
+
+    op.defvjp(lambda x, w, b, stride: (op(x, w, b, stride), (x, w)), bwd)
+    return lambda x, w, b, stride: op(x, w, b, tuple(stride))
+
+
+@pytest.fixture
+def args(rng):
+    return _normal(rng, 2, 3, 4, 2), _normal(rng, 3, 3, 2, 3), _normal(rng, 3)
+
+
+def test_checker_accepts_the_rule(args):
+    result = verify.check_vjp(_with_rules(), reference.conv_transpose, *args, stride=(2, 2))
+    result.assert_ok()
+
+
+def test_checker_catches_missing_kernel_flip_in_dx(args):
+    result = verify.check_vjp(_with_rules(flip_dx=False), reference.conv_transpose, *args, stride=(2, 2))
+    assert result.forward.ok and not result["x"].ok and result["w"].ok and result["b"].ok
+    assert not verify.check_numerical(_with_rules(flip_dx=False), *args, stride=(2, 2))["x"].ok
+
+
+def test_checker_catches_unflipped_filter_gradient(args):
+    result = verify.check_vjp(_with_rules(flip_dw=False), reference.conv_transpose, *args, stride=(2, 2))
+    assert result.forward.ok and result["x"].ok and not result["w"].ok and result["b"].ok
+    assert not verify.check_numerical(_with_rules(flip_dw=False), *args, stride=(2, 2))["w"].ok
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_errors():
+    x, w, b = jnp.zeros((2, 4, 4, 3), jnp.float32), jnp.zeros((3, 3, 3, 5), jnp.float32), jnp.zeros((5,), jnp.float32)
+    op = ops.conv_transpose
+    with pytest.raises(ValueError, match=r"conv_transpose: `w` must have 3 or 4 or 5 dimensions \(\*window, C_in, C_out\): 1 to 3 spatial axes, got 2 dimensions"):
+        op(x, w[0, 0], b)
+    with pytest.raises(ValueError, match=r"conv_transpose: `x` must have 4 dimensions \(N, \*spatial, C_in\) to match the 2 spatial axes of `w` with shape \(3, 3, 3, 5\) \(\*window, C_in, C_out\), got `x` of shape \(2, 4, 3\)"):
+        op(x[:, 0], w, b)
+    with pytest.raises(ValueError, match=r"conv_transpose: `w` must have shape \(\*window, C_in, C_out\) with C_in = x.shape\[-1\] = 2, got `w` of shape \(3, 3, 3, 5\)"):
+        op(x[..., :2], w, b)
+    with pytest.raises(ValueError, match=r"conv_transpose: `b` must have shape \(5,\) \(C_out,\) with C_out = w.shape\[-1\], got \(3,\)"):
+        op(x, w, b[:3])
+    with pytest.raises(TypeError, match=r"conv_transpose: all floating arguments must share one dtype, but `x` is float32, `w` is float64"):
+        op(x, w.astype(jnp.float64), b)
+    with pytest.raises(TypeError, match=r"conv_transpose: `w` must be a floating-point array .* got dtype int32"):
+        op(x, w.astype(jnp.int32), b)
+    with pytest.raises(ValueError, match=r"conv_transpose: `stride` must be >= 1 on every axis, got \(2, 0\)"):
+        op(x, w, b, stride=(2, 0))
+    with pytest.raises(ValueError, match=r"conv_transpose: `stride` has 3 entries but `w` of shape \(3, 3, 3, 5\) \(\*window, C_in, C_out\) has 2 spatial axes"):
+        op(x, w, b, stride=(2, 2, 2))
+    with pytest.raises(ValueError, match=r"conv_transpose: unknown `padding` 'same-ish'"):
+        op(x, w, b, padding="same-ish")
+    with pytest.raises(ValueError, match=r"conv_transpose: `padding` must not be negative, got \(\(0, -1\), \(0, 0\)\)"):
+        op(x, w, b, padding=((0, -1), (0, 0)))
+    with pytest.raises(ValueError, match=r"conv_transpose: `padding` is the padding of the convolution being transposed and must be at most k − 1 = \(2, 2\) on every axis, got 3"):
+        op(x, w, b, padding=3)
+    with pytest.raises(ValueError, match=r"conv_transpose: the output would be empty along spatial axis 0: an input of size 1 upsampled by 1 and padded by \(0, 0\) is smaller than the window 3 \(padding 'FULL'\)"):
+        op(x[:, :1, :1], w, b, padding="FULL")
+    with pytest.raises(ValueError, match=r"conv_transpose: `stride` has 3 entries"):  # the reference validates alike
+        reference.conv_transpose(x, w, b, stride=(2, 2, 2))

@@ -1,0 +1,387 @@
+"""Max and mean pooling: the lectures' worked examples, the tie convention, the gradient
+checks, the classic mistakes, the residual memory, the errors."""
+
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import opcheck
+from conftest import distinct
+from jaxcnn import _shapes, ops, reference, verify
+
+PARK = [[3, 2, 3, 1], [0, 5, 3, 4], [1, 2, 2, 2], [7, 3, 1, 7]]
+
+
+def _image(rows):
+    """A 2-D list as one example with one channel, (1, H, W, 1), float64."""
+    return jnp.asarray(rows, jnp.float64)[None, :, :, None]
+
+
+def _grad(op, x, g, **settings):
+    """dx for the cotangent g."""
+    _, vjp = jax.vjp(lambda x: op(x, **settings), x)
+    return vjp(jnp.asarray(g, x.dtype))[0]
+
+
+# --------------------------------------------------------------------------- worked examples
+
+
+def test_park_max_pool_example():
+    # Park: 2×2 max-pool, stride 2, of the 4×4 map gives [[5, 4], [7, 7]].
+    x = _image(PARK)
+    y = ops.max_pool(x, 2)
+    np.testing.assert_array_equal(y[0, :, :, 0], [[5, 4], [7, 7]])
+    # Maxpool_back: each δ lands on its window's maximum, every other entry gets 0.
+    dx = _grad(ops.max_pool, x, _image([[1, 2], [3, 4]]), window=2)
+    np.testing.assert_array_equal(dx[0, :, :, 0], [[0, 0, 0, 0], [0, 1, 0, 2], [0, 0, 0, 0], [3, 0, 0, 4]])
+
+
+def test_jearanaitanakij_gradient_flows_only_through_the_largest():
+    x = _image([[0.2, 0.9, 0.1, 0.4], [0.5, 0.3, 0.8, 0.7]])
+    dx = _grad(ops.max_pool, x, _image([[10.0, 20.0]]), window=2)
+    np.testing.assert_array_equal(dx[0, :, :, 0], [[0, 10, 0, 0], [0, 0, 20, 0]])
+
+
+def test_overlapping_windows_sum_their_delta_on_a_shared_maximum():
+    # Raj: "+=" because this entry may be selected in multiple adjacent overlapping windows.
+    x = jnp.asarray([0.0, 1.0, 5.0, 2.0, 3.0], jnp.float64).reshape(1, 5, 1)
+    dx = _grad(ops.max_pool, x, jnp.asarray([1.0, 10.0, 100.0], jnp.float64).reshape(1, 3, 1), window=3, stride=1)
+    np.testing.assert_array_equal(dx[0, :, 0], [0, 0, 111, 0, 0])
+    # 2-D: the centre of a 4×4 map is the maximum of all four 3×3 windows at stride 1.
+    x = _image(np.arange(16.0).reshape(4, 4) / 100).at[0, 1, 2, 0].set(9.0)
+    dx = _grad(ops.max_pool, x, _image([[1, 2], [4, 8]]), window=3, stride=1)
+    expected = np.zeros((4, 4))
+    expected[1, 2] = 1 + 2 + 4 + 8
+    np.testing.assert_array_equal(dx[0, :, :, 0], expected)
+
+
+def test_tie_goes_to_the_first_maximum_in_window_order():
+    # A window of equal values: exactly one element, the first (top-left), receives δ.
+    x = jnp.full((1, 2, 2, 1), 3.0, jnp.float64)
+    np.testing.assert_array_equal(_grad(ops.max_pool, x, [[[[7.0]]]], window=2)[0, :, :, 0], [[7, 0], [0, 0]])
+    # A partial tie: (0, 1) comes before (1, 0) in row-major window order.
+    x = _image([[1.0, 3.0], [3.0, 2.0]])
+    np.testing.assert_array_equal(_grad(ops.max_pool, x, [[[[7.0]]]], window=2)[0, :, :, 0], [[0, 7], [0, 0]])
+    # Overlapping windows over a constant map: every window gives δ to its own first entry.
+    x = jnp.full((1, 3, 3, 1), 2.0, jnp.float64)
+    dx = _grad(ops.max_pool, x, _image([[1, 2], [4, 8]]), window=2, stride=1)
+    np.testing.assert_array_equal(dx[0, :, :, 0], [[1, 2, 0], [4, 8, 0], [0, 0, 0]])
+    # 3-D window order: the first axis is slowest, the last axis fastest.
+    x = jnp.zeros((1, 2, 2, 2, 1), jnp.float64).at[0, 1, 0, 0, 0].set(1.0).at[0, 0, 1, 1, 0].set(1.0)
+    dx = _grad(ops.max_pool, x, jnp.ones((1, 1, 1, 1, 1), jnp.float64), window=2)
+    assert float(dx[0, 0, 1, 1, 0]) == 1.0 and float(dx.sum()) == 1.0
+
+
+def test_mean_pool_spreads_delta_over_k_squared():
+    # Raj: dy(l−1, ·) += dy(l, ·) / K² over the window.
+    x = jnp.asarray(np.arange(36.0).reshape(1, 6, 6, 1), jnp.float64)
+    dx = _grad(ops.mean_pool, x, jnp.ones((1, 2, 2, 1), jnp.float64), window=3)
+    np.testing.assert_allclose(dx, np.full((1, 6, 6, 1), 1 / 9), rtol=1e-15)
+    y = ops.mean_pool(x, 2)
+    np.testing.assert_array_equal(y[0, :, :, 0], [[3.5, 5.5, 7.5], [15.5, 17.5, 19.5], [27.5, 29.5, 31.5]])
+    # Overlapping windows: an entry in two windows receives both shares (+=).
+    x1 = jnp.arange(4.0, dtype=jnp.float64).reshape(1, 4, 1)
+    dx = _grad(ops.mean_pool, x1, jnp.asarray([1.0, 10.0, 100.0], jnp.float64).reshape(1, 3, 1), window=2, stride=1)
+    np.testing.assert_allclose(dx[0, :, 0], [0.5, 5.5, 55.0, 50.0], rtol=1e-15)
+
+
+def test_mean_pool_count_padding():
+    x = jnp.asarray([1.0, 2.0, 3.0, 4.0], jnp.float64).reshape(1, 4, 1)
+    np.testing.assert_allclose(ops.mean_pool(x, 3, 1, "SAME")[0, :, 0], [1.0, 2.0, 3.0, 7 / 3], rtol=1e-15)
+    y = ops.mean_pool(x, 3, 1, "SAME", count_padding=False)
+    np.testing.assert_allclose(y[0, :, 0], [1.5, 2.0, 3.0, 3.5], rtol=1e-15)
+    dx = _grad(ops.mean_pool, x, jnp.ones((1, 4, 1), jnp.float64), window=3, stride=1, padding="SAME", count_padding=False)
+    np.testing.assert_allclose(dx[0, :, 0], [1 / 2 + 1 / 3, 1 / 2 + 2 / 3, 2 / 3 + 1 / 2, 1 / 3 + 1 / 2], rtol=1e-15)
+
+
+def test_padding_never_wins_max_but_counts_as_zero_in_mean():
+    x = -1.0 - jnp.asarray(np.arange(9.0).reshape(1, 3, 3, 1), jnp.float64)  # all negative
+    y = ops.max_pool(x, 2, 2, "SAME")  # pads one row and column of −∞ at the end
+    np.testing.assert_array_equal(y[0, :, :, 0], [[-1, -3], [-7, -9]])
+    dx = _grad(ops.max_pool, x, jnp.ones((1, 2, 2, 1), jnp.float64), window=2, stride=2, padding="SAME")
+    np.testing.assert_array_equal(dx[0, :, :, 0], [[1, 0, 1], [0, 0, 0], [1, 0, 1]])
+    np.testing.assert_allclose(ops.mean_pool(x, 2, 2, "SAME")[0, :, :, 0], [[-3, -9 / 4], [-15 / 4, -9 / 4]])
+
+
+@pytest.mark.parametrize("count_padding", [True, False])
+def test_forward_is_the_raj_loop(rng, count_padding):
+    # Raj's pseudocode with downsampling, over the padded map, written as plain loops.
+    x = np.asarray(distinct(rng, (2, 7, 6, 3)))
+    window, stride, pads = (3, 2), (2, 1), ((1, 2), (0, 1))
+    real = np.pad(np.ones(x.shape), ((0, 0), *pads, (0, 0)))
+    x_max = np.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-np.inf)
+    x_sum = np.pad(x, ((0, 0), *pads, (0, 0)))
+    y_max = ops.max_pool(jnp.asarray(x), window, stride, pads)
+    y_mean = ops.mean_pool(jnp.asarray(x), window, stride, pads, count_padding)
+    for i, j in itertools.product(range(y_max.shape[1]), range(y_max.shape[2])):
+        rows, cols = slice(i * 2, i * 2 + 3), slice(j, j + 2)
+        np.testing.assert_array_equal(y_max[:, i, j], x_max[:, rows, cols].max(axis=(1, 2)))
+        count = 6 if count_padding else real[:, rows, cols].sum(axis=(1, 2))
+        np.testing.assert_allclose(y_mean[:, i, j], x_sum[:, rows, cols].sum(axis=(1, 2)) / count, rtol=1e-13)
+
+
+def test_nan_in_a_window_propagates_like_lax_max(rng):
+    x = jnp.asarray(distinct(rng, (1, 4, 4, 1))).at[0, 1, 1, 0].set(jnp.nan)
+    y, vjp = jax.vjp(lambda x: ops.max_pool(x, 2), x)
+    assert np.isnan(y[0, 0, 0, 0]) and not np.isnan(y[0, 1:, :, 0]).any() and not np.isnan(y[0, :, 1, 0]).any()
+    dx = vjp(jnp.ones_like(y))[0]
+    assert not np.isnan(dx).any() and float(dx[0, :2, :2].sum()) == 1.0  # one element of that window
+
+
+# --------------------------------------------------------------------------- gradient checks
+
+
+@st.composite
+def pool_cases(draw):
+    rank = draw(st.integers(1, 3))
+    window = tuple(draw(st.integers(1, 3)) for _ in range(rank))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(rank))  # often < window: overlap
+    kind = draw(st.sampled_from(["VALID", "SAME", "FULL", "int", "pairs"]))
+    if kind == "int":
+        padding = draw(st.integers(0, min(window) - 1))
+    elif kind == "pairs":
+        padding = tuple((draw(st.integers(0, k - 1)), draw(st.integers(0, k - 1))) for k in window)
+    else:
+        padding = kind
+    largest = 7 if rank < 3 else 4
+    spatial = tuple(draw(st.integers(1, largest)) for _ in range(rank))
+    try:
+        _shapes.pool_geometry("case", spatial, window, stride, padding)
+    except ValueError:
+        assume(False)
+    seed = draw(st.integers(0, 2**16))
+    x = distinct(np.random.default_rng(seed), (2, *spatial, 2))  # tie-free
+    return jnp.asarray(x, jnp.float64), dict(window=window, stride=stride, padding=padding)
+
+
+@settings(max_examples=20, deadline=None)
+@given(case=pool_cases())
+def test_max_pool_vjp_matches_autodiff_and_finite_differences(case):
+    x, settings_ = case
+    verify.check_vjp(ops.max_pool, reference.max_pool, x, **settings_).assert_ok()
+    verify.check_numerical(ops.max_pool, x, **settings_).assert_ok()
+
+
+@settings(max_examples=20, deadline=None)
+@given(case=pool_cases(), count_padding=st.booleans())
+def test_mean_pool_vjp_matches_autodiff_and_finite_differences(case, count_padding):
+    x, settings_ = case
+    verify.check_vjp(ops.mean_pool, reference.mean_pool, x, count_padding=count_padding, **settings_).assert_ok()
+    verify.check_numerical(ops.mean_pool, x, count_padding=count_padding, **settings_).assert_ok()
+
+
+TRANSFORM_CASES = [
+    ((2, 6, 6, 3), dict(window=2)),  # tiled windows (the reshape path)
+    ((2, 7, 6, 2), dict(window=3, stride=2, padding="SAME")),  # overlapping
+    ((2, 9, 2), dict(window=3, stride=1, padding=((1, 2),))),
+    ((1, 4, 5, 3, 2), dict(window=(2, 3, 2), stride=(1, 2, 2), padding="FULL")),
+]
+
+
+@pytest.mark.parametrize("x_shape,settings_", TRANSFORM_CASES, ids=["2d-tiled", "2d-overlap", "1d", "3d"])
+def test_max_pool_under_jit_vmap_and_grad_of_grad(rng, x_shape, settings_):
+    opcheck.assert_all("max_pool", jnp.asarray(distinct(rng, x_shape)), **settings_)
+
+
+@pytest.mark.parametrize("x_shape,settings_", TRANSFORM_CASES, ids=["2d-tiled", "2d-overlap", "1d", "3d"])
+def test_mean_pool_under_jit_vmap_and_grad_of_grad(rng, x_shape, settings_):
+    count_padding = "padding" not in settings_  # exercise both divisors
+    opcheck.assert_all("mean_pool", jnp.asarray(distinct(rng, x_shape)), count_padding=count_padding, **settings_)
+
+
+@pytest.mark.parametrize("count_padding", [True, False])
+def test_tiled_windows_with_padding_and_an_unreached_tail(rng, count_padding):
+    # stride = window (the reshape path), padded (1, 0) and (2, 0): padded sizes 8 and 10,
+    # so the last column is in no window and must get exactly zero gradient.
+    x = jnp.asarray(distinct(rng, (2, 7, 8, 2)))
+    settings_ = dict(window=(2, 3), padding=((1, 0), (2, 0)))
+    verify.check_vjp(ops.max_pool, reference.max_pool, x, **settings_).assert_ok()
+    verify.check_numerical(ops.max_pool, x, **settings_).assert_ok()
+    verify.check_vjp(ops.mean_pool, reference.mean_pool, x, count_padding=count_padding, **settings_).assert_ok()
+    verify.check_numerical(ops.mean_pool, x, count_padding=count_padding, **settings_).assert_ok()
+    dx = _grad(ops.mean_pool, x, jnp.ones((2, 4, 3, 2), jnp.float64), count_padding=count_padding, **settings_)
+    assert not np.asarray(dx[:, :, -1]).any() and np.asarray(dx[:, :, :-1]).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("name", ["max_pool", "mean_pool"])
+@pytest.mark.parametrize("settings_", [dict(window=2), dict(window=3, stride=2, padding="SAME")])
+def test_vjp_low_precision(rng, dtype, name, settings_):
+    x = jnp.asarray(distinct(rng, (2, 8, 8, 3), gap=0.05), dtype)  # distinct after rounding to bfloat16
+    assert len(np.unique(np.asarray(x, np.float64))) == x.size
+    y = getattr(ops, name)(x, **settings_)
+    assert y.dtype == x.dtype
+    opcheck.assert_vjp(name, x, **settings_)
+
+
+# --------------------------------------------------------------------------- the checker catches wrong rules
+
+
+def _windows(out_shape, window, stride):
+    """(output position, input slices) of every window of a 2-D VALID pool."""
+    for i, j in itertools.product(range(out_shape[1]), range(out_shape[2])):
+        yield (i, j), (slice(i * stride, i * stride + window), slice(j * stride, j * stride + window))
+
+
+def _pool_with_backward(reference_op, backward):
+    """A 2-D VALID pool: the reference's forward, ``backward(x, g, window, stride)`` as its rule."""
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+    def pool(x, window, stride):
+        return reference_op(x, window, stride)
+
+    pool.defvjp(lambda x, window, stride: (pool(x, window, stride), x),
+                lambda window, stride, x, g: (backward(x, g, window, stride),))
+
+    def op(x, window, stride=None):
+        return pool(x, window, window if stride is None else stride)
+
+    return op
+
+
+def _spread(x, g, window, stride):  # every entry of the window gets δ (no arg-max, no 1/K)
+    dx = jnp.zeros_like(x)
+    for (i, j), (rows, cols) in _windows(g.shape, window, stride):
+        dx = dx.at[:, rows, cols, :].add(g[:, i, j, None, None, :])
+    return dx
+
+
+def _routed(x, g, window, stride, accumulate):  # δ to each window's maximum, with += or =
+    dx = jnp.zeros_like(x)
+    for (i, j), (rows, cols) in _windows(g.shape, window, stride):
+        patch = x[:, rows, cols, :]
+        is_max = patch == patch.max(axis=(1, 2), keepdims=True)
+        delta = jnp.where(is_max, g[:, i, j, None, None, :], 0.0)
+        if accumulate:
+            dx = dx.at[:, rows, cols, :].add(delta)
+        else:  # the slip: assignment overwrites what an earlier window routed there
+            dx = dx.at[:, rows, cols, :].set(jnp.where(is_max, delta, dx[:, rows, cols, :]))
+    return dx
+
+
+def _shared_maxima(x, window, stride):
+    """How many windows pick as their maximum an entry that another window picked too."""
+    winners = []
+    for _, (rows, cols) in _windows(reference.max_pool(x, window, stride).shape, window, stride):
+        a, b = np.unravel_index(np.argmax(x[0, rows, cols, 0]), (window, window))
+        winners.append((rows.start + a, cols.start + b))
+    return len(winners) - len(set(winners))
+
+
+@pytest.fixture
+def overlapping_x(rng):
+    x = jnp.asarray(distinct(rng, (1, 6, 6, 1)))
+    assert _shared_maxima(x, 3, 1) > 0  # the case where = and += differ
+    return x
+
+
+def test_checker_accepts_the_loop_rule(overlapping_x):
+    correct = _pool_with_backward(reference.max_pool, functools.partial(_routed, accumulate=True))
+    verify.check_vjp(correct, reference.max_pool, overlapping_x, window=3, stride=1).assert_ok()
+    verify.check_numerical(correct, overlapping_x, window=3, stride=1).assert_ok()
+
+
+def test_checker_catches_max_pool_delta_spread_over_the_window(overlapping_x):
+    wrong = _pool_with_backward(reference.max_pool, _spread)
+    for window, stride in [(2, 2), (3, 1)]:
+        result = verify.check_vjp(wrong, reference.max_pool, overlapping_x, window=window, stride=stride)
+        assert result.forward.ok and not result["x"].ok and not result.ok
+        assert not verify.check_numerical(wrong, overlapping_x, window=window, stride=stride)["x"].ok
+
+
+def test_checker_catches_mean_pool_without_one_over_k_squared(overlapping_x):
+    wrong = _pool_with_backward(reference.mean_pool, _spread)
+    for window, stride in [(2, 2), (3, 1)]:
+        result = verify.check_vjp(wrong, reference.mean_pool, overlapping_x, window=window, stride=stride)
+        assert result.forward.ok and not result["x"].ok and not result.ok
+        assert not verify.check_numerical(wrong, overlapping_x, window=window, stride=stride)["x"].ok
+
+
+def test_checker_catches_overlap_assigned_instead_of_accumulated(overlapping_x):
+    wrong = _pool_with_backward(reference.max_pool, functools.partial(_routed, accumulate=False))
+    result = verify.check_vjp(wrong, reference.max_pool, overlapping_x, window=3, stride=1)
+    assert result.forward.ok and not result["x"].ok and not result.ok
+    assert not verify.check_numerical(wrong, overlapping_x, window=3, stride=1)["x"].ok
+    # Without overlap the slip is invisible: = and += agree when windows are disjoint.
+    verify.check_vjp(wrong, reference.max_pool, overlapping_x, window=3, stride=3).assert_ok()
+
+
+# --------------------------------------------------------------------------- residual memory
+
+
+def _residuals(fn, x):
+    """(shape, dtype) of every array that ``jax.vjp`` keeps for the backward pass (traced only)."""
+    vjp = jax.eval_shape(lambda x: jax.vjp(fn, x)[1], x)
+    return [(leaf.shape, leaf.dtype) for leaf in jax.tree_util.tree_leaves(vjp)]
+
+
+def _nbytes(leaves):
+    return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in leaves)
+
+
+@pytest.mark.parametrize("window,stride,expected", [(2, 2, (4, 8, 8, 8)), (3, 2, (4, 7, 7, 8))])
+def test_max_pool_keeps_the_argmax_not_the_input(rng, window, stride, expected):
+    x = jnp.asarray(rng.normal(size=(4, 16, 16, 8)), jnp.float32)
+    kept = _residuals(lambda x: ops.max_pool(x, window, stride), x)
+    assert kept == [(expected, jnp.int8)]  # one byte per output element; shapes are static
+    assert _nbytes(kept) == np.prod(expected) < x.nbytes / 4
+    assert _nbytes(_residuals(lambda x: reference.max_pool(x, window, stride), x)) >= x.nbytes
+
+
+def test_max_pool_argmax_widens_for_large_windows(rng):
+    x = jnp.asarray(rng.normal(size=(1, 24, 24, 2)), jnp.float32)
+    assert _residuals(lambda x: ops.max_pool(x, 12), x) == [((1, 2, 2, 2), jnp.int32)]  # 144 offsets > 127
+    assert _residuals(lambda x: ops.max_pool(x, (11, 11)), x) == [((1, 2, 2, 2), jnp.int8)]  # 121 offsets
+
+
+def test_mean_pool_keeps_nothing(rng):
+    x = jnp.asarray(rng.normal(size=(2, 8, 8, 3)), jnp.float32)
+    assert _residuals(lambda x: ops.mean_pool(x, 3, 2, "SAME", count_padding=False), x) == []
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("name", ["max_pool", "mean_pool"])
+def test_errors(name):
+    op, ref = getattr(ops, name), getattr(reference, name)
+    x = jnp.zeros((2, 5, 5, 3), jnp.float32)
+    with pytest.raises(ValueError, match=rf"{name}: the window \(6 with dilation 1, extent 6\) is larger than the padded input \(5 \+ 0 \+ 0 = 5\) along spatial axis 0"):
+        op(x, 6)
+    with pytest.raises(ValueError, match=rf"{name}: the window \(4 with dilation 1, extent 4\) is larger than the padded input \(2 \+ 1 \+ 0 = 3\) along spatial axis 1"):
+        op(jnp.zeros((1, 4, 2, 1), jnp.float32), (2, 4), padding=((0, 0), (1, 0)))
+    with pytest.raises(ValueError, match=rf"{name}: `stride` must be >= 1 on every axis, got 0"):
+        op(x, 2, 0)
+    with pytest.raises(ValueError, match=rf"{name}: `window` must be >= 1 on every axis, got \(2, 0\)"):
+        op(x, (2, 0))
+    with pytest.raises(ValueError, match=rf"{name}: `x` must have 3 or 4 or 5 dimensions \(N, \*spatial, C\): 1 to 3 spatial axes, channels last, got 2 dimensions with shape \(5, 5\)"):
+        op(x[0, :, :, 0], 2)
+    with pytest.raises(ValueError, match=rf"{name}: `window` has 3 entries but `x` of shape \(2, 5, 5, 3\) \(N, \*spatial, C\) has 2 spatial axes; give one entry per spatial axis"):
+        op(x, (2, 2, 2))
+    with pytest.raises(ValueError, match=rf"{name}: `stride` has 1 entries but `x` of shape \(2, 5, 5, 3\) \(N, \*spatial, C\) has 2 spatial axes"):
+        op(x, 2, (1,))
+    with pytest.raises(ValueError, match=rf"{name}: unknown `padding` 'HALF'; use 'VALID', 'SAME', 'FULL', an int, or 2 \(low, high\) pairs"):
+        op(x, 2, padding="HALF")
+    with pytest.raises(ValueError, match=rf"{name}: `padding` must not be negative, got -1"):
+        op(x, 2, padding=-1)
+    with pytest.raises(ValueError, match=rf"{name}: `padding` must be 'VALID', 'SAME', 'FULL', an int, or 2 \(low, high\) pairs \(one per spatial axis\), got \(\(1, 1\),\)"):
+        op(x, 2, padding=((1, 1),))
+    with pytest.raises(ValueError, match=rf"{name}: the padding \(\(0, 2\), \(0, 0\)\) must be smaller than the window \(2, 2\) on every side, otherwise a window covers padding only"):
+        op(x, 2, padding=((0, 2), (0, 0)))
+    with pytest.raises(TypeError, match=rf"{name}: `window` must be an int or a sequence of 2 ints \(one per spatial axis\), got 2.0"):
+        op(x, 2.0)
+    with pytest.raises(TypeError, match=rf"{name}: `x` must be a floating-point array .* got dtype int32"):
+        op(jnp.zeros((2, 5, 5, 3), jnp.int32), 2)
+    with pytest.raises(ValueError, match=rf"{name}: `window` has 3 entries"):  # the reference validates alike
+        ref(x, (2, 2, 2))
+
+
+def test_count_padding_must_be_a_bool():
+    with pytest.raises(TypeError, match=r"mean_pool: `count_padding` must be True or False, got 'no'"):
+        ops.mean_pool(jnp.zeros((1, 4, 4, 1), jnp.float32), 2, count_padding="no")
