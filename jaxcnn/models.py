@@ -1,0 +1,205 @@
+"""The model zoo: the networks of the lectures and of the papers the experiments reproduce.
+
+Every function returns a :class:`jaxcnn.nn.Layer` and takes ``ops=`` (default
+:mod:`jaxcnn.ops`; :mod:`jaxcnn.reference` for plain autodiff). Classifiers end in
+logits: train them with :func:`jaxcnn.ops.softmax_cross_entropy`, which applies the
+softmax (the "softmax output" of the lectures). :data:`ZOO` lists each model with its
+input shape and loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from types import ModuleType
+from typing import Callable, Optional
+
+from jaxcnn import nn
+from jaxcnn.ops.conv import LENET5_C3_TABLE
+
+#: PyTorch's default initialisation, ``U(±1/√fan_in)`` for weights and biases, used where
+#: a model reproduces a PyTorch reference (MNIST-1D).
+_TORCH_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+# --------------------------------------------------------------------------- Jearanaitanakij: seesaw
+
+
+def seesaw_mlp(output: str = "softmax", hidden: int = 2, *, ops: Optional[ModuleType] = None) -> nn.Layer:
+    """The seesaw multilayer NN: 5 board positions → ``hidden`` sigmoid units → 2 outputs.
+
+    ``output="sigmoid"`` ends in a sigmoid layer (trained with the Euclidean loss on the
+    one-hot state); ``output="softmax"`` ends in logits (softmax cross-entropy). Input
+    ``(N, 5)``.
+    """
+    if output not in ("sigmoid", "softmax"):
+        raise ValueError(f"seesaw_mlp: `output` must be 'sigmoid' or 'softmax', got {output!r}.")
+    layers = [nn.Dense(hidden, ops=ops), nn.Sigmoid(ops=ops), nn.Dense(2, ops=ops)]
+    if output == "sigmoid":
+        layers.append(nn.Sigmoid(ops=ops))
+    return nn.serial(*layers, name=f"seesaw_mlp({output})")
+
+
+def seesaw_cnn(*, ops: Optional[ModuleType] = None) -> nn.Layer:
+    """The seesaw CNN: conv (window 2, stride 1) → ReLU → max-pool (window 3, stride 1)
+    → fully connected to 2 sigmoid units → 2 logits. Input ``(N, 5, 1)``.
+
+    The lecture's figures give the 2-tap filter (``w1``, ``w2``), stride 1 throughout,
+    two pooled units A, B feeding two sigmoid units C, D (``w5…w8``) and the two-way
+    softmax output (``w1…w4``); the pooling window of 3 follows from 4 conv outputs and
+    2 pooled units at stride 1.
+    """
+    return nn.serial(
+        nn.Conv(1, 2, ops=ops), nn.Relu(ops=ops), nn.MaxPool(3, stride=1, ops=ops), nn.Flatten(ops=ops),
+        nn.Dense(2, ops=ops), nn.Sigmoid(ops=ops), nn.Dense(2, ops=ops), name="seesaw_cnn",
+    )
+
+
+# --------------------------------------------------------------------------- Park: homework networks
+
+
+def linear_perceptron(num_classes: int = 10, *, ops: Optional[ModuleType] = None) -> nn.Layer:
+    """Single-layer linear perceptron: flatten → fully connected; trained with the
+    Euclidean loss against one-hot labels (Park's homework). Input ``(N, 14, 14, 1)``."""
+    return nn.serial(nn.Flatten(ops=ops), nn.Dense(num_classes, ops=ops), name="linear_perceptron")
+
+
+def perceptron(num_classes: int = 10, *, ops: Optional[ModuleType] = None) -> nn.Layer:
+    """Single-layer perceptron: flatten → fully connected → softmax cross-entropy."""
+    return nn.serial(nn.Flatten(ops=ops), nn.Dense(num_classes, ops=ops), name="perceptron")
+
+
+def mlp(hidden: int = 30, num_classes: int = 10, *, ops: Optional[ModuleType] = None) -> nn.Layer:
+    """Park's MLP: flatten → fc(``hidden``) → ReLU → fc(10)."""
+    return nn.serial(
+        nn.Flatten(ops=ops), nn.Dense(hidden, ops=ops), nn.Relu(ops=ops), nn.Dense(num_classes, ops=ops), name="mlp"
+    )
+
+
+def homework_cnn(num_classes: int = 10, *, ops: Optional[ModuleType] = None) -> nn.Layer:
+    """Park's CNN: conv 3×3, 3 channels (SAME) → ReLU → 2×2 max-pool → flatten (147 for
+    14×14 input) → fc(10)."""
+    return nn.serial(
+        nn.Conv(3, (3, 3), padding="SAME", ops=ops), nn.Relu(ops=ops), nn.MaxPool((2, 2), ops=ops),
+        nn.Flatten(ops=ops), nn.Dense(num_classes, ops=ops), name="homework_cnn",
+    )
+
+
+# --------------------------------------------------------------------------- LeNet-5
+
+
+def lenet5(num_classes: int = 10, *, full_c3: bool = False, activation: str = "tanh",
+           ops: Optional[ModuleType] = None) -> nn.Layer:
+    """LeNet-5 (LeCun et al. 1998, in Hu & Zhu) for ``(N, 32, 32, 1)`` input.
+
+    C1 conv 5×5, 6 maps → S2 2×2 mean pooling → C3 conv 5×5, 16 maps through the
+    connection table :data:`~jaxcnn.ops.LENET5_C3_TABLE` (60 of 96 connections; all 96
+    with ``full_c3=True``) → S4 2×2 mean pooling → C5 conv 5×5, 120 maps → F6 fc 84 →
+    fc ``num_classes`` (logits). Subsampling is pooling without trainable coefficients.
+    60,806 trainable parameters (C3: 1,516); 61,706 with the full C3.
+    """
+    act = {"tanh": nn.Tanh, "relu": nn.Relu, "sigmoid": nn.Sigmoid}.get(activation)
+    if act is None:
+        raise ValueError(f"lenet5: `activation` must be 'tanh', 'relu' or 'sigmoid', got {activation!r}.")
+    table = None if full_c3 else LENET5_C3_TABLE
+    return nn.serial(
+        nn.Conv(6, (5, 5), ops=ops), act(ops=ops), nn.MeanPool((2, 2), ops=ops),
+        nn.Conv(16, (5, 5), connections=table, ops=ops), act(ops=ops), nn.MeanPool((2, 2), ops=ops),
+        nn.Conv(120, (5, 5), ops=ops), act(ops=ops), nn.Flatten(ops=ops),
+        nn.Dense(84, ops=ops), act(ops=ops), nn.Dense(num_classes, ops=ops),
+        name="lenet5",
+    )
+
+
+# --------------------------------------------------------------------------- MNIST-1D (Greydanus)
+
+
+def mnist1d_cnn(channels: int = 25, num_classes: int = 10, *, ops: Optional[ModuleType] = None) -> nn.Layer:
+    """Greydanus' ConvBase: conv1d 1→25 k5 s2 p1, 25→25 k3 s2 p1, 25→25 k3 s2 p1, each
+    ReLU → flatten (125 for length 40) → fc 10. Input ``(N, 40, 1)``."""
+    def conv(window):
+        return nn.Conv(channels, (window,), stride=2, padding=1, w_init=_TORCH_INIT, b_init=_TORCH_INIT, ops=ops)
+
+    return nn.serial(
+        conv(5), nn.Relu(ops=ops), conv(3), nn.Relu(ops=ops), conv(3), nn.Relu(ops=ops),
+        nn.Flatten(ops=ops), nn.Dense(num_classes, w_init=_TORCH_INIT, b_init=_TORCH_INIT, ops=ops),
+        name="mnist1d_cnn",
+    )
+
+
+def mnist1d_mlp(hidden: int = 100, num_classes: int = 10, *, ops: Optional[ModuleType] = None) -> nn.Layer:
+    """Greydanus' MLPBase: ``h = relu(W₁x)``, ``h = h + relu(W₂h)``, ``y = W₃h``. Input ``(N, 40)``."""
+    def dense(n):
+        return nn.Dense(n, w_init=_TORCH_INIT, b_init=_TORCH_INIT, ops=ops)
+
+    return nn.serial(
+        dense(hidden), nn.Relu(ops=ops), nn.residual(nn.serial(dense(hidden), nn.Relu(ops=ops))), dense(num_classes),
+        name="mnist1d_mlp",
+    )
+
+
+def mnist1d_logistic(num_classes: int = 10, *, ops: Optional[ModuleType] = None) -> nn.Layer:
+    """Greydanus' LinearBase: logistic regression. Input ``(N, 40)``."""
+    return nn.serial(nn.Dense(num_classes, w_init=_TORCH_INIT, b_init=_TORCH_INIT, ops=ops), name="mnist1d_logistic")
+
+
+# --------------------------------------------------------------------------- small ResNet / DenseNet
+
+
+def small_resnet(channels: int = 16, num_classes: int = 10, *, ops: Optional[ModuleType] = None) -> nn.Layer:
+    """Conv 3×3 → two stages of [residual block of two 3×3 convs → ReLU → 2×2 max-pool]
+    → flatten → fc. Image input ``(N, H, W, C)``."""
+    def block():
+        return nn.residual(nn.serial(
+            nn.Conv(channels, (3, 3), padding="SAME", w_init=nn.initializers.he_normal(), ops=ops), nn.Relu(ops=ops),
+            nn.Conv(channels, (3, 3), padding="SAME", w_init=nn.initializers.he_normal(), ops=ops),
+        ))
+
+    return nn.serial(
+        nn.Conv(channels, (3, 3), padding="SAME", ops=ops), nn.Relu(ops=ops),
+        block(), nn.Relu(ops=ops), nn.MaxPool((2, 2), ops=ops),
+        block(), nn.Relu(ops=ops), nn.MaxPool((2, 2), ops=ops),
+        nn.Flatten(ops=ops), nn.Dense(num_classes, ops=ops), name="small_resnet",
+    )
+
+
+def small_densenet(growth: int = 8, layers: int = 3, num_classes: int = 10, *,
+                   ops: Optional[ModuleType] = None) -> nn.Layer:
+    """Raj's DenseNet outline: conv → a dense block (each 3×3 conv sees the concatenation of
+    all earlier maps) → 1×1 transition conv → 2×2 max-pool → flatten → fc."""
+    grow = [nn.serial(nn.Conv(growth, (3, 3), padding="SAME", ops=ops), nn.Relu(ops=ops)) for _ in range(layers)]
+    return nn.serial(
+        nn.Conv(2 * growth, (3, 3), padding="SAME", ops=ops), nn.Relu(ops=ops),
+        nn.dense_block(*grow),
+        nn.Conv(2 * growth, (1, 1), ops=ops), nn.Relu(ops=ops), nn.MaxPool((2, 2), ops=ops),
+        nn.Flatten(ops=ops), nn.Dense(num_classes, ops=ops), name="small_densenet",
+    )
+
+
+# --------------------------------------------------------------------------- catalogue
+
+
+@dataclasses.dataclass(frozen=True)
+class ZooEntry:
+    """A zoo model with what training it needs: its input shape (batch axis ``-1``) and loss."""
+
+    build: Callable[..., nn.Layer]
+    input_shape: tuple[int, ...]
+    loss: str  # "softmax_cross_entropy" or "euclidean_loss" (against one-hot labels)
+
+
+ZOO: dict[str, ZooEntry] = {
+    "seesaw_mlp_sigmoid": ZooEntry(lambda ops=None: seesaw_mlp("sigmoid", ops=ops), (-1, 5), "euclidean_loss"),
+    "seesaw_mlp": ZooEntry(seesaw_mlp, (-1, 5), "softmax_cross_entropy"),
+    "seesaw_cnn": ZooEntry(seesaw_cnn, (-1, 5, 1), "softmax_cross_entropy"),
+    "linear_perceptron": ZooEntry(linear_perceptron, (-1, 14, 14, 1), "euclidean_loss"),
+    "perceptron": ZooEntry(perceptron, (-1, 14, 14, 1), "softmax_cross_entropy"),
+    "mlp": ZooEntry(mlp, (-1, 14, 14, 1), "softmax_cross_entropy"),
+    "homework_cnn": ZooEntry(homework_cnn, (-1, 14, 14, 1), "softmax_cross_entropy"),
+    "lenet5": ZooEntry(lenet5, (-1, 32, 32, 1), "softmax_cross_entropy"),
+    "lenet5_full_c3": ZooEntry(lambda ops=None: lenet5(full_c3=True, ops=ops), (-1, 32, 32, 1), "softmax_cross_entropy"),
+    "mnist1d_cnn": ZooEntry(mnist1d_cnn, (-1, 40, 1), "softmax_cross_entropy"),
+    "mnist1d_mlp": ZooEntry(mnist1d_mlp, (-1, 40), "softmax_cross_entropy"),
+    "mnist1d_logistic": ZooEntry(mnist1d_logistic, (-1, 40), "softmax_cross_entropy"),
+    "small_resnet": ZooEntry(small_resnet, (-1, 28, 28, 1), "softmax_cross_entropy"),
+    "small_densenet": ZooEntry(small_densenet, (-1, 28, 28, 1), "softmax_cross_entropy"),
+}

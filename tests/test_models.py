@@ -1,0 +1,85 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcnn import models, nn, ops, reference
+
+KEY = jax.random.PRNGKey(0)
+
+
+def _data(entry, rng, batch=3):
+    x = rng.normal(size=(batch, *entry.input_shape[1:]))
+    labels = np.arange(batch) % 2
+    return jnp.asarray(x), jnp.asarray(labels)
+
+
+def _loss(entry, model):
+    def loss(params, x, labels):
+        out = model.apply(params, x)
+        if entry.loss == "euclidean_loss":
+            return ops.euclidean_loss(out, jax.nn.one_hot(labels, out.shape[-1], dtype=out.dtype))
+        return ops.softmax_cross_entropy(out, labels)
+
+    return loss
+
+
+@pytest.mark.parametrize("name", sorted(models.ZOO))
+def test_zoo_model_trains_under_jit_and_matches_autodiff(name, rng):
+    entry = models.ZOO[name]
+    hand, auto = entry.build(ops=ops), entry.build(ops=reference)
+    params, out_shape = hand.init(KEY, entry.input_shape)
+    x, labels = _data(entry, rng)
+    y = jax.jit(hand.apply)(params, x.astype(jnp.float32))
+    assert y.shape == (3, *out_shape[1:])
+
+    params64 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
+    loss_hand, loss_auto = _loss(entry, hand), _loss(entry, auto)
+    v_hand, g_hand = jax.jit(jax.value_and_grad(loss_hand))(params64, x, labels)
+    v_auto, g_auto = jax.value_and_grad(loss_auto)(params64, x, labels)
+    assert np.isfinite(v_hand)
+    np.testing.assert_allclose(v_hand, v_auto, rtol=1e-12)
+    for a, b in zip(jax.tree_util.tree_leaves(g_hand), jax.tree_util.tree_leaves(g_auto)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_lenet5_parameter_counts():
+    model = models.lenet5()
+    params, shape = model.init(KEY, (-1, 32, 32, 1))
+    assert shape == (-1, 10)
+    assert model.count(params) == 60_806
+    c3 = model.children[3]
+    assert c3.count(params[3]) == 1_516
+    full = models.lenet5(full_c3=True)
+    assert full.count(full.init(KEY, (-1, 32, 32, 1))[0]) == 60_806 - 1_516 + 2_416
+
+
+def test_mnist1d_cnn_matches_greydanus_shapes():
+    model = models.mnist1d_cnn()
+    params, shape = model.init(KEY, (-1, 40, 1))
+    assert shape == (-1, 10)
+    assert params[7]["w"].shape == (10, 125)  # flatten of 5 positions × 25 channels
+    assert model.count(params) == (5 * 25 + 25) + 2 * (3 * 25 * 25 + 25) + (125 * 10 + 10)
+
+
+EXPECTED_LENET5_SUMMARY = """\
+layer              output shape      params
+-------------------------------------------
+Conv(6, (5, 5))    (-1, 28, 28, 6)      156
+Tanh               (-1, 28, 28, 6)        0
+MeanPool((2, 2))   (-1, 14, 14, 6)        0
+Conv(16, (5, 5))   (-1, 10, 10, 16)   1,516
+Tanh               (-1, 10, 10, 16)       0
+MeanPool((2, 2))   (-1, 5, 5, 16)         0
+Conv(120, (5, 5))  (-1, 1, 1, 120)   48,120
+Tanh               (-1, 1, 1, 120)        0
+Flatten            (-1, 120)              0
+Dense(84)          (-1, 84)          10,164
+Tanh               (-1, 84)               0
+Dense(10)          (-1, 10)             850
+-------------------------------------------
+total trainable parameters: 60,806"""
+
+
+def test_lenet5_summary_is_pinned():
+    assert nn.summary(models.lenet5(), (-1, 32, 32, 1)) == EXPECTED_LENET5_SUMMARY

@@ -1,0 +1,199 @@
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxcnn import nn, ops, reference
+
+KEY = jax.random.PRNGKey(0)
+
+
+def _check_shapes(layer, input_shape, batch=2):
+    params, out_shape = layer.init(KEY, (-1, *input_shape[1:]))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, *input_shape[1:])), jnp.float32)
+    y = layer.apply(params, x)
+    assert (-1, *y.shape[1:]) == tuple(out_shape), (layer, input_shape)
+    return params, y
+
+
+@pytest.mark.parametrize("input_shape", [(-1, 3), (-1, 4, 3)])
+def test_dense_shapes(input_shape):
+    _check_shapes(nn.Dense(5), input_shape)
+
+
+CONV_GRID = list(itertools.product([1, 2, 3], [1, 3], [1, 2], ["VALID", "SAME", "FULL", 1], [1, 2]))
+
+
+@pytest.mark.parametrize("rank,window,stride,padding,dilation", CONV_GRID)
+def test_conv_shapes(rank, window, stride, padding, dilation):
+    spatial = {1: (9,), 2: (7, 6), 3: (5, 6, 5)}[rank]
+    layer = nn.Conv(3, (window,) * rank, stride=stride, padding=padding, dilation=dilation)
+    _check_shapes(layer, (-1, *spatial, 2))
+
+
+@pytest.mark.parametrize("window,stride,padding", list(itertools.product([1, 2, 3], [1, 2, 3], ["VALID", "SAME", "FULL", 0, 1])))
+def test_conv_transpose_shapes(window, stride, padding):
+    if isinstance(padding, int) and padding > window - 1:
+        pytest.raises(ValueError, nn.ConvTranspose(2, (window, window), stride=stride, padding=padding).init, KEY, (-1, 5, 4, 3))
+        return
+    _check_shapes(nn.ConvTranspose(2, (window, window), stride=stride, padding=padding), (-1, 5, 4, 3))
+
+
+@pytest.mark.parametrize("layer_cls", [nn.MaxPool, nn.MeanPool])
+@pytest.mark.parametrize("window,stride,padding", list(itertools.product([2, 3], [None, 1, 2], ["VALID", "SAME", 1])))
+def test_pool_shapes(layer_cls, window, stride, padding):
+    _check_shapes(layer_cls((window, window), stride, padding), (-1, 7, 6, 3))
+    _check_shapes(layer_cls(window, stride, padding), (-1, 9, 2))
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3])
+@pytest.mark.parametrize("spatial", [(7,), (5, 6), (3, 4, 5)])
+def test_resample_shapes(factor, spatial):
+    _check_shapes(nn.Upsample(factor), (-1, *spatial, 2))
+    _check_shapes(nn.Downsample(factor), (-1, *spatial, 2))
+
+
+@pytest.mark.parametrize("layer", [nn.Relu(), nn.Sigmoid(), nn.Tanh(), nn.Softmax(), nn.MeanSubtraction(), nn.Flatten(), nn.identity()])
+def test_parameter_free_layer_shapes(layer):
+    params, _ = _check_shapes(layer, (-1, 4, 3, 2))
+    assert params == ()
+
+
+def test_bad_settings_fail_at_init():
+    with pytest.raises(ValueError, match=r"Conv: the window .* is larger than the padded input"):
+        nn.Conv(4, (5, 5)).init(KEY, (-1, 3, 3, 1))
+    with pytest.raises(ValueError, match=r"Conv: `stride` must be >= 1"):
+        nn.Conv(4, (3, 3), stride=0).init(KEY, (-1, 8, 8, 1))
+    with pytest.raises(ValueError, match=r"Conv: unknown `padding` 'HALF'"):
+        nn.Conv(4, (3, 3), padding="HALF").init(KEY, (-1, 8, 8, 1))
+    with pytest.raises(ValueError, match=r"Conv: `connections` must have shape \(C_in, C_out\) = \(6, 16\), got \(16, 6\)"):
+        nn.Conv(16, (5, 5), connections=ops.LENET5_C3_TABLE.T).init(KEY, (-1, 14, 14, 6))
+    with pytest.raises(ValueError, match=r"Conv: input shape must have 4 dimensions \(N, \*spatial, C\) for a 2-D window \(3, 3\), got \(-1, 8, 1\)"):
+        nn.Conv(4, (3, 3)).init(KEY, (-1, 8, 1))
+    with pytest.raises(ValueError, match=r"MaxPool: the window .* is larger than the padded input"):
+        nn.MaxPool((4, 4)).init(KEY, (-1, 3, 3, 1))
+    with pytest.raises(ValueError, match=r"Dense: `n_out` must be a positive int, got 0"):
+        nn.Dense(0)
+    with pytest.raises(ValueError, match=r"residual: the block must keep the input shape \(-1, 8, 8, 3\) to be added to it, but it gives \(-1, 6, 6, 3\)"):
+        nn.residual(nn.Conv(3, (3, 3))).init(KEY, (-1, 8, 8, 3))
+    with pytest.raises(ValueError, match=r"fan_in_sum: every branch must have the same output shape"):
+        nn.serial(nn.fan_out(2), nn.parallel(nn.Dense(3), nn.Dense(4)), nn.fan_in_sum()).init(KEY, (-1, 5))
+    with pytest.raises(ValueError, match=r"parallel: the input must be a tuple of 2 shapes"):
+        nn.parallel(nn.Dense(3), nn.Dense(4)).init(KEY, (-1, 5))
+
+
+def test_combinators_compute_what_they_say(rng):
+    x = jnp.asarray(rng.normal(size=(2, 5)))
+    dense = nn.Dense(5, dtype=jnp.float64)
+    p_dense, _ = dense.init(KEY, (-1, 5))
+    res = nn.residual(dense)
+    p_res, shape = res.init(KEY, (-1, 5))
+    assert shape == (-1, 5)
+    np.testing.assert_allclose(res.apply(p_res, x), x + dense.apply(p_res, x), rtol=1e-14)
+    chain = nn.serial(nn.fan_out(2), nn.parallel(dense, nn.identity()), nn.fan_in_sum())
+    np.testing.assert_allclose(chain.apply(((), (p_res, ()), ()), x), res.apply(p_res, x), rtol=1e-14)
+
+    concat = nn.serial(nn.fan_out(2), nn.parallel(nn.identity(), nn.Dense(3, dtype=jnp.float64)), nn.fan_in_concat())
+    p, shape = concat.init(KEY, (-1, 5))
+    y = concat.apply(p, x)
+    assert shape == (-1, 8) and y.shape == (2, 8)
+    np.testing.assert_array_equal(y[:, :5], x)
+
+
+def test_residual_adds_the_skip_paths_gradient(rng):
+    # Bell: gradients add at branches. d/dx [x + f(x)] = I + J_f.
+    x = jnp.asarray(rng.normal(size=(3, 4)))
+    block = nn.serial(nn.Dense(4, dtype=jnp.float64), nn.Tanh())
+    model = nn.residual(block)
+    params, _ = model.init(KEY, (-1, 4))
+    block_params = params
+    g_model = jax.grad(lambda x: jnp.sum(model.apply(params, x) ** 2))(x)
+    g_hand = jax.grad(lambda x: jnp.sum((x + block.apply(block_params, x)) ** 2))(x)
+    np.testing.assert_allclose(g_model, g_hand, rtol=1e-13)
+    g_block_only = jax.grad(lambda x: jnp.sum((block.apply(block_params, x)) ** 2))(x)
+    assert not np.allclose(g_model, g_block_only)
+
+
+def test_dense_block_grows_the_channels():
+    block = nn.dense_block(*[nn.serial(nn.Conv(4, (3, 3), padding="SAME"), nn.Relu()) for _ in range(3)])
+    params, y = _check_shapes(block, (-1, 6, 6, 5))
+    assert y.shape == (2, 6, 6, 5 + 3 * 4)
+
+
+def test_params_are_plain_pytrees_for_optax_and_jit(rng):
+    model = nn.serial(nn.Conv(4, (3, 3), padding="SAME"), nn.Relu(), nn.Flatten(), nn.Dense(3))
+    params, _ = model.init(KEY, (-1, 5, 5, 1))
+    x = jnp.asarray(rng.normal(size=(2, 5, 5, 1)), jnp.float32)
+    opt = optax.adam(1e-2)
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state):
+        loss, grads = jax.value_and_grad(lambda p: ops.softmax_cross_entropy(model.apply(p, x), jnp.array([0, 2])))(params)
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, loss
+
+    params2, state, loss0 = step(params, state)
+    _, _, loss1 = step(params2, state)
+    assert float(loss1) < float(loss0)
+    assert jax.tree_util.tree_structure(params2) == jax.tree_util.tree_structure(params)
+
+
+def test_connection_table_weights_start_at_zero_and_stay_there(rng):
+    layer = nn.Conv(16, (5, 5), connections=ops.LENET5_C3_TABLE)
+    params, _ = layer.init(KEY, (-1, 14, 14, 6))
+    absent = ~ops.LENET5_C3_TABLE
+    assert np.all(np.asarray(params["w"])[:, :, absent] == 0)
+    x = jnp.asarray(rng.normal(size=(2, 14, 14, 6)), jnp.float32)
+    g = jax.grad(lambda p: jnp.sum(layer.apply(p, x) ** 2))(params)
+    assert np.all(np.asarray(g["w"])[:, :, absent] == 0)
+    assert layer.count(params) == 1516
+
+
+@pytest.mark.parametrize("name,scale,mode", [
+    ("lecun_normal", 1, "in"), ("lecun_uniform", 1, "in"), ("glorot_normal", 1, "avg"),
+    ("glorot_uniform", 1, "avg"), ("he_normal", 2, "in"), ("he_uniform", 2, "in"),
+])
+def test_initializer_variances(name, scale, mode):
+    fan_in, fan_out = 300, 100
+    w = getattr(nn.initializers, name)()(KEY, (400, 300), jnp.float32, fan_in, fan_out)
+    n = fan_in if mode == "in" else (fan_in + fan_out) / 2
+    assert float(jnp.var(w)) == pytest.approx(scale / n, rel=0.05)
+    assert float(jnp.mean(w)) == pytest.approx(0.0, abs=0.01 * np.sqrt(scale / n))
+
+
+def test_conv_fans_follow_layout_and_custom_initializers_are_used():
+    seen = {}
+
+    def recording(key, shape, dtype, fan_in, fan_out):
+        seen.update(shape=shape, fan_in=fan_in, fan_out=fan_out)
+        return jnp.full(shape, 0.5, dtype)
+
+    params, _ = nn.Conv(8, (3, 3), w_init=recording).init(KEY, (-1, 6, 6, 4))
+    assert seen == {"shape": (3, 3, 4, 8), "fan_in": 36, "fan_out": 72}
+    assert np.all(np.asarray(params["w"]) == 0.5)
+    params, _ = nn.Dense(3, w_init=nn.initializers.from_jax(jax.nn.initializers.ones)).init(KEY, (-1, 2))
+    assert params["w"].shape == (3, 2) and np.all(np.asarray(params["w"]) == 1)
+
+
+def test_ops_backend_switch_gives_equal_gradients(rng):
+    def build(backend):
+        return nn.serial(nn.Conv(3, (3, 3), stride=2, padding="SAME", ops=backend), nn.Relu(ops=backend),
+                         nn.MaxPool((2, 2), ops=backend), nn.Flatten(ops=backend), nn.Dense(4, ops=backend))
+
+    hand, auto = build(ops), build(reference)
+    params, _ = hand.init(KEY, (-1, 8, 8, 2))
+    params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
+    x = jnp.asarray(rng.normal(size=(3, 8, 8, 2)))
+    labels = jnp.array([0, 1, 3])
+
+    def loss(model):
+        return lambda p: ops.softmax_cross_entropy(model.apply(p, x), labels)
+
+    g_hand = jax.grad(loss(hand))(params)
+    g_auto = jax.grad(loss(auto))(params)
+    for a, b in zip(jax.tree_util.tree_leaves(g_hand), jax.tree_util.tree_leaves(g_auto)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
