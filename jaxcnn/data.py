@@ -1,0 +1,190 @@
+"""Datasets: the seesaw board, MNIST-1D (generated locally) and MNIST-format IDX files.
+
+Every loader returns a :class:`Dataset` of NumPy arrays: images channels-last
+``(N, *spatial, C)`` as float32, labels as int32. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import struct
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_ENV = "JAXCNN_FASHION_MNIST"
+
+_INSTALL_HINT = (
+    "Install Debian's package with `sudo apt-get install dataset-fashion-mnist` (files land in "
+    f"{FASHION_MNIST_DIR}), or point --data-dir / ${FASHION_MNIST_ENV} at a folder holding "
+    "train-images-idx3-ubyte(.gz), train-labels-idx1-ubyte(.gz), t10k-images-idx3-ubyte(.gz) "
+    "and t10k-labels-idx1-ubyte(.gz)."
+)
+
+
+class Dataset(NamedTuple):
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+
+# --------------------------------------------------------------------------- seesaw
+
+
+def seesaw() -> Dataset:
+    """The seesaw board of the Jearanaitanakij lecture: two adjacent boxes on five
+    positions; state 0 = tilt left, 1 = tilt right. The 4 patterns are both the training
+    and the test set. ``x`` has shape ``(4, 5)``."""
+    x = np.array(
+        [[1, 1, 0, 0, 0], [0, 1, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 1, 1]], np.float32
+    )
+    y = np.array([0, 0, 1, 1], np.int32)
+    return Dataset(x, y, x.copy(), y.copy(), 2)
+
+
+# --------------------------------------------------------------------------- MNIST-1D
+
+
+def mnist1d(seed: int = 42, shuffle_seq: bool = False) -> Dataset:
+    """MNIST-1D (Greydanus & Kobak), generated locally with the ``mnist1d`` package's
+    ``make_dataset(get_dataset_args())``: 4,000 train / 1,000 test sequences of length 40,
+    returned as ``(N, 40)``. ``shuffle_seq=True`` gives the paper's shuffled-sequence
+    variant (one fixed permutation of the 40 positions)."""
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as e:
+        raise ImportError("MNIST-1D needs the `mnist1d` package: pip install 'jaxcnn[train]'.") from e
+    args = get_dataset_args()
+    args.seed, args.shuffle_seq = seed, shuffle_seq
+    d = make_dataset(args)
+    return Dataset(
+        d["x"].astype(np.float32), d["y"].astype(np.int32),
+        d["x_test"].astype(np.float32), d["y_test"].astype(np.int32), 10,
+    )
+
+
+# --------------------------------------------------------------------------- IDX files
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_MAX_IDX_BYTES = 1 << 31  # refuse to allocate more than 2 GiB for one file
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Reads an IDX file (the MNIST format), raw or ``.gz``.
+
+    The header (magic ``0x0000``, a type byte, the number of dimensions, the sizes) is
+    validated and the declared payload size is checked against the file's real size
+    *before* any payload is read or allocated, so a truncated file, a foreign file or
+    one declaring a huge size fails with a clear ``ValueError``.
+    """
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            header = f.read(4)
+            if len(header) < 4 or header[:2] != b"\x00\x00" or header[2] not in _IDX_DTYPES:
+                raise ValueError(
+                    f"{path}: not an IDX file (magic bytes {header.hex() or 'missing'}; expected "
+                    f"00 00, a type byte in {sorted(hex(k) for k in _IDX_DTYPES)}, and the rank)."
+                )
+            dtype, ndim = np.dtype(_IDX_DTYPES[header[2]]), header[3]
+            raw_dims = f.read(4 * ndim)
+            if ndim == 0 or len(raw_dims) < 4 * ndim:
+                raise ValueError(f"{path}: IDX header declares {ndim} dimensions but is truncated or empty.")
+            dims = struct.unpack(f">{ndim}I", raw_dims)
+            expected = math.prod(dims) * dtype.itemsize
+            if expected > _MAX_IDX_BYTES:
+                raise ValueError(f"{path}: IDX header declares shape {dims} ({expected:,} bytes), over the 2 GiB limit.")
+            available = _payload_size(path) - 4 - 4 * ndim
+            if available != expected:
+                raise ValueError(
+                    f"{path}: IDX header declares shape {dims} ({expected:,} bytes of {dtype}) but the "
+                    f"file holds {available:,} bytes after the header (truncated or corrupt)."
+                )
+            data = f.read(expected)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: cannot read as IDX ({type(e).__name__}: {e}).") from e
+    return np.frombuffer(data, dtype).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _payload_size(path: str) -> int:
+    """Uncompressed size: the file size, or for gzip the trailer's ISIZE (size mod 2³²)."""
+    size = os.path.getsize(path)
+    if not path.endswith(".gz"):
+        return size
+    with open(path, "rb") as f:
+        if size < 18:
+            raise ValueError(f"{path}: too short to be a gzip file ({size} bytes).")
+        f.seek(-4, os.SEEK_END)
+        return struct.unpack("<I", f.read(4))[0]
+
+
+def _find(directory: str, stem: str) -> str:
+    for name in (stem, stem + ".gz"):
+        path = os.path.join(directory, name)
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError(f"Fashion-MNIST file {stem}(.gz) not found in {directory}. {_INSTALL_HINT}")
+
+
+def idx_dataset(directory: str, num_classes: int = 10) -> Dataset:
+    """An MNIST-format dataset (MNIST, Fashion-MNIST, KMNIST, ...) from its four IDX files,
+    as ``(N, 28, 28, 1)`` float32 images scaled to [0, 1] and int32 labels."""
+    def images(stem):
+        a = read_idx(_find(directory, stem))
+        if a.ndim != 3:
+            raise ValueError(f"{stem}: expected images of shape (N, H, W), got {a.shape}.")
+        return (a.astype(np.float32) / 255.0)[..., None]
+
+    def labels(stem, n):
+        a = read_idx(_find(directory, stem))
+        if a.shape != (n,):
+            raise ValueError(f"{stem}: expected {n} labels, got shape {a.shape}.")
+        return a.astype(np.int32)
+
+    x_train, x_test = images("train-images-idx3-ubyte"), images("t10k-images-idx3-ubyte")
+    return Dataset(
+        x_train, labels("train-labels-idx1-ubyte", len(x_train)),
+        x_test, labels("t10k-labels-idx1-ubyte", len(x_test)), num_classes,
+    )
+
+
+def fashion_mnist(directory: Optional[str] = None, size: int = 28) -> Dataset:
+    """Fashion-MNIST from IDX files: ``directory``, else ``$JAXCNN_FASHION_MNIST``, else
+    Debian's ``/usr/share/datasets/fashion-mnist``. ``size=14`` averages 2×2 blocks (Park's
+    homework input); ``size=32`` zero-pads 2 pixels on each side (LeNet-5's input)."""
+    directory = directory or os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DIR
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"Fashion-MNIST folder {directory} does not exist. {_INSTALL_HINT}")
+    d = idx_dataset(directory)
+    return Dataset(resize(d.x_train, size), d.y_train, resize(d.x_test, size), d.y_test, d.num_classes)
+
+
+def resize(images: np.ndarray, size: int) -> np.ndarray:
+    """28×28 images to 14×14 (2×2 block means), 28 (unchanged) or 32 (zero padding)."""
+    n, h, w, c = images.shape
+    if size == h:
+        return images
+    if size * 2 == h and size * 2 == w:
+        return images.reshape(n, size, 2, size, 2, c).mean(axis=(2, 4))
+    if size == h + 4 and size == w + 4:
+        return np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    raise ValueError(f"resize: cannot turn {h}×{w} images into {size}×{size}; use {h // 2}, {h} or {h + 4}.")
+
+
+#: Loaders by name, for the command line.
+DATASETS = {
+    "seesaw": lambda **kw: seesaw(),
+    "mnist1d": lambda **kw: mnist1d(),
+    "mnist1d_shuffled": lambda **kw: mnist1d(shuffle_seq=True),
+    "fashion_mnist": lambda directory=None, **kw: fashion_mnist(directory, 28),
+    "fashion_mnist14": lambda directory=None, **kw: fashion_mnist(directory, 14),
+    "fashion_mnist32": lambda directory=None, **kw: fashion_mnist(directory, 32),
+}

@@ -1,0 +1,90 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from jaxcnn import data
+
+
+def _write_idx(path, array, type_byte=0x08, dims=None, truncate=0, gz=False):
+    dims = array.shape if dims is None else dims
+    payload = struct.pack(">BBBB", 0, 0, type_byte, len(dims)) + struct.pack(f">{len(dims)}I", *dims)
+    payload += array.astype(">u1" if type_byte == 0x08 else array.dtype).tobytes()
+    payload = payload[: len(payload) - truncate]
+    with (gzip.open if gz else open)(path, "wb") as f:
+        f.write(payload)
+    return str(path)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_round_trip(tmp_path, gz):
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    path = _write_idx(tmp_path / ("a.idx" + (".gz" if gz else "")), images, gz=gz)
+    np.testing.assert_array_equal(data.read_idx(path), images)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_truncated(tmp_path, gz):
+    path = _write_idx(tmp_path / ("t.idx" + (".gz" if gz else "")), np.zeros((5, 4, 4), np.uint8), truncate=7, gz=gz)
+    with pytest.raises(ValueError, match=r"declares shape \(5, 4, 4\) \(80 bytes of uint8\) but the file holds 73 bytes"):
+        data.read_idx(path)
+
+
+def test_idx_wrong_magic(tmp_path):
+    path = tmp_path / "bad.idx"
+    path.write_bytes(b"PK\x03\x04" + b"\x00" * 20)
+    with pytest.raises(ValueError, match=r"not an IDX file \(magic bytes 504b0304"):
+        data.read_idx(str(path))
+
+
+def test_idx_huge_declared_size_is_refused_before_allocating(tmp_path):
+    path = _write_idx(tmp_path / "huge.idx", np.zeros((1, 1, 1), np.uint8), dims=(100000, 100000, 1000))
+    with pytest.raises(ValueError, match=r"over the 2 GiB limit"):
+        data.read_idx(path)
+    path = _write_idx(tmp_path / "big.idx", np.zeros((1, 1, 1), np.uint8), dims=(1000, 1000, 100))
+    with pytest.raises(ValueError, match=r"but the file holds 1 bytes"):
+        data.read_idx(path)
+
+
+def _fake_fashion(directory, n_train=12, n_test=6):
+    rng = np.random.default_rng(0)
+    for stem, n in (("train", n_train), ("t10k", n_test)):
+        _write_idx(directory / f"{stem}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)).astype(np.uint8), gz=True)
+        _write_idx(directory / f"{stem}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
+    return directory
+
+
+@pytest.mark.parametrize("size", [14, 28, 32])
+def test_fashion_mnist_from_a_folder(tmp_path, size):
+    d = data.fashion_mnist(str(_fake_fashion(tmp_path)), size)
+    assert d.x_train.shape == (12, size, size, 1) and d.x_test.shape == (6, size, size, 1)
+    assert d.x_train.dtype == np.float32 and 0 <= d.x_train.min() and d.x_train.max() <= 1
+    assert d.y_train.tolist() == [i % 10 for i in range(12)]
+
+
+def test_fashion_mnist_env_variable_and_missing_hint(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.FASHION_MNIST_ENV, str(_fake_fashion(tmp_path)))
+    assert data.fashion_mnist().x_train.shape == (12, 28, 28, 1)
+    monkeypatch.setenv(data.FASHION_MNIST_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=r"apt-get install dataset-fashion-mnist"):
+        data.fashion_mnist()
+
+
+def test_downsampling_to_14_averages_2x2_blocks():
+    x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
+    np.testing.assert_array_equal(data.resize(x, 2)[0, :, :, 0], [[2.5, 4.5], [10.5, 12.5]])
+
+
+def test_seesaw_board():
+    d = data.seesaw()
+    assert d.x_train.shape == (4, 5) and d.y_train.tolist() == [0, 0, 1, 1]
+    assert np.all(d.x_train.sum(1) == 2)
+
+
+def test_mnist1d_is_generated_locally():
+    d = data.mnist1d()
+    assert d.x_train.shape == (4000, 40) and d.x_test.shape == (1000, 40)
+    assert set(np.unique(d.y_train)) == set(range(10))
+    shuffled = data.mnist1d(shuffle_seq=True)
+    assert shuffled.x_train.shape == (4000, 40) and not np.allclose(shuffled.x_train, d.x_train)

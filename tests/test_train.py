@@ -1,0 +1,199 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxcnn import checkpoint, cli, data, models, nn, ops, train
+
+KEY = jax.random.PRNGKey(0)
+
+
+def _toy(n_train=64, n_test=32, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n_train + n_test, 8)).astype(np.float32)
+    y = (x[:, :4].sum(1) > 0).astype(np.int32) + 2 * (x[:, 4] > 0)
+    return data.Dataset(x[:n_train], y[:n_train], x[n_train:], y[n_train:], 4)
+
+
+def _model():
+    return nn.serial(nn.Dense(16), nn.Relu(), nn.Dense(4))
+
+
+def test_step_is_plain_optax_sgd_with_the_lectures_weight_decay():
+    model, d = _model(), _toy()
+    params, _ = model.init(KEY, (-1, 8))
+    lr, lam = 0.1, 0.01
+    loss_fn = train.make_loss(model, weight_decay=lam)
+    step = jax.jit(train.make_step(loss_fn, optax.sgd(lr)))
+    state = train.TrainState(params, optax.sgd(lr).init(params), jnp.int32(0), KEY)
+    x, y = jnp.asarray(d.x_train[:8]), jnp.asarray(d.y_train[:8])
+    new, (loss, acc) = step(state, (x, y))
+    # W ← W − α (∂L/∂W + λ W), b ← b − α ∂L/∂b  (Hu & Zhu; Jearanaitanakij)
+    data_grads = jax.grad(lambda p: ops.softmax_cross_entropy(model.apply(p, x), y))(params)
+    for p_new, p_old, g in zip(new.params, params, data_grads):
+        for k in p_old:
+            decay = lam * p_old[k] if k == "w" else 0.0
+            np.testing.assert_allclose(p_new[k], p_old[k] - lr * (g[k] + decay), rtol=1e-5, atol=1e-7)
+    assert int(new.step) == 1 and 0 <= float(acc) <= 1
+
+
+def test_scan_epoch_equals_python_loop_of_steps():
+    model, d = _model(), _toy()
+    params, _ = model.init(KEY, (-1, 8))
+    opt = optax.adam(1e-2)
+    step = train.make_step(train.make_loss(model), opt)
+    state = train.TrainState(params, opt.init(params), jnp.int32(0), KEY)
+    x, y = jnp.asarray(d.x_train), jnp.asarray(d.y_train)
+    donated = jax.tree_util.tree_map(jnp.copy, state)  # the epoch donates its input state
+    scanned, losses, _ = train.make_epoch(step, 16)(donated, x, y, 4)
+
+    key, shuffle_key = jax.random.split(KEY)
+    order = jax.random.permutation(shuffle_key, 64)[:64].reshape(4, 16)
+    looped = train.TrainState(params, opt.init(params), jnp.int32(0), key)
+    looped_losses = []
+    for idx in order:
+        looped, (loss, _) = jax.jit(step)(looped, (x[idx], y[idx]))
+        looped_losses.append(loss)
+    np.testing.assert_allclose(losses, looped_losses, rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(scanned.params), jax.tree_util.tree_leaves(looped.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert int(scanned.step) == 4
+
+
+def test_fit_learns_and_evaluates():
+    result = train.fit(_model(), _toy(256, 128), epochs=30, batch_size=32, quiet=True)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.test.accuracy > 0.8
+    assert result.test.confusion.sum() == 128 and result.test.confusion.shape == (4, 4)
+    assert result.test.accuracy == pytest.approx(np.trace(result.test.confusion) / 128)
+
+
+def test_checkpoint_resume_gives_exactly_the_same_params(tmp_path):
+    d, path = _toy(), str(tmp_path / "ckpt.npz")
+    straight = train.fit(_model(), d, epochs=6, batch_size=16, quiet=True)
+    train.fit(_model(), d, epochs=3, batch_size=16, quiet=True, checkpoint_path=path)
+    resumed = train.fit(_model(), d, epochs=6, batch_size=16, quiet=True, checkpoint_path=path, resume=True)
+    for a, b in zip(jax.tree_util.tree_leaves(straight.state), jax.tree_util.tree_leaves(resumed.state)):
+        np.testing.assert_array_equal(a, b)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4, 5, 6]
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path):
+    tree = {"w": jnp.arange(6.0, dtype=jnp.float32).reshape(2, 3), "opt": (jnp.int32(3), jnp.ones(2, jnp.float32))}
+    path = str(tmp_path / "c.npz")
+    checkpoint.save(path, tree, {"note": "x"})
+    loaded, meta = checkpoint.load(path, tree)
+    assert meta == {"note": "x"}
+    for a, b in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(loaded)):
+        np.testing.assert_array_equal(a, b)
+        assert np.asarray(a).dtype == np.asarray(b).dtype
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+
+    good = Path(path).read_bytes()
+    truncated = tmp_path / "trunc.npz"
+    truncated.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match=r"not a readable jaxcnn checkpoint \(truncated or foreign"):
+        checkpoint.load(str(truncated), tree)
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, a=np.ones(3))
+    with pytest.raises(ValueError, match=r"not a jaxcnn checkpoint \(no valid header"):
+        checkpoint.load(str(foreign), tree)
+    with pytest.raises(ValueError, match=r"does not match the expected structure"):
+        checkpoint.load(path, {"w": tree["w"]})
+    with pytest.raises(ValueError, match=r"leaf \['w'\] is float32\(2, 3\) in the checkpoint but float32\(3, 2\) is expected"):
+        checkpoint.load(path, {"w": jnp.zeros((3, 2), jnp.float32), "opt": tree["opt"]})
+
+
+def test_failed_save_leaves_the_old_checkpoint(tmp_path, monkeypatch):
+    path = str(tmp_path / "c.npz")
+    checkpoint.save(path, {"w": jnp.ones(3)})
+    before = Path(path).read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", boom)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save(path, {"w": jnp.zeros(3)})
+    assert Path(path).read_bytes() == before
+    assert os.listdir(tmp_path) == ["c.npz"]
+
+
+def test_data_parallel_run_equals_single_device(tmp_path):
+    script = textwrap.dedent("""
+        import json, sys
+        import jax, numpy as np
+        from jaxcnn import data, nn, train
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(96, 6, 6, 1)).astype(np.float32)
+        y = (x.mean(axis=(1, 2, 3)) > 0).astype(np.int32)
+        d = data.Dataset(x[:64], y[:64], x[64:], y[64:], 2)
+        model = nn.serial(nn.Conv(4, (3, 3), padding="SAME"), nn.Relu(), nn.MaxPool((2, 2)), nn.Flatten(), nn.Dense(2))
+        out = {}
+        for n in (1, 4):
+            r = train.fit(model, d, epochs=3, batch_size=16, devices=n, quiet=True)
+            out[n] = [np.asarray(l).tolist() for l in jax.tree_util.tree_leaves(r.state.params)]
+            sharding = r.state.params[0]["w"].sharding
+            out[f"spread{n}"] = [sharding.is_fully_replicated, len(sharding.device_set)]
+        out["devices"] = len(jax.devices())
+        json.dump(out, sys.stdout)
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["devices"] == 4 and out["spread4"] == [True, 4] and out["spread1"][1] == 1
+    for a, b in zip(out["1"], out["4"]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_fit_argument_errors():
+    with pytest.raises(ValueError, match=r"fit: give exactly one of `epochs` and `steps`"):
+        train.fit(_model(), _toy(), quiet=True)
+    with pytest.raises(ValueError, match=r"fit: `batch_size` 10 must be divisible by devices=4"):
+        train.fit(_model(), _toy(), epochs=1, batch_size=10, devices=4, quiet=True)
+    with pytest.raises(ValueError, match=r"devices=4 requested but 1 available"):
+        train.fit(_model(), _toy(), epochs=1, batch_size=16, devices=4, quiet=True)
+
+
+def test_cli_train_writes_metrics_plot_and_checkpoint_and_resumes(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert cli.main(["train", "--model", "seesaw_cnn", "--data", "seesaw", "--epochs", "5", "--batch-size", "1",
+                     "--optimizer", "sgd", "--lr", "0.1", "--weight-decay", "0.1", "--out", out, "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed
+    metrics = json.loads(Path(out, "metrics.json").read_text())
+    assert len(metrics["history"]) == 5 and 0 <= metrics["test_accuracy"] <= 1 and "test_loss" in metrics
+    assert Path(out, "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli.main(["train", "--model", "seesaw_cnn", "--data", "seesaw", "--epochs", "8", "--batch-size", "1",
+                     "--optimizer", "sgd", "--lr", "0.1", "--weight-decay", "0.1", "--out", out, "--quiet", "--resume"]) == 0
+    assert len(json.loads(Path(out, "metrics.json").read_text())["history"]) == 8
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--model", "nope"], "argument --model: invalid choice: 'nope'"),
+    (["train", "--epochs", "0"], "argument --epochs: expected a positive integer, got '0'"),
+    (["train", "--epochs", "2", "--steps", "5"], "argument --steps: not allowed with argument --epochs"),
+    (["train", "--lr", "-1"], "argument --lr: expected a positive number, got '-1'"),
+])
+def test_cli_train_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_cli_train_mismatched_model_and_data(capsys, tmp_path):
+    assert cli.main(["train", "--model", "lenet5", "--data", "seesaw", "--out", str(tmp_path)]) == 2
+    assert "model lenet5 takes inputs of shape (32, 32, 1) but dataset seesaw has (5,)" in capsys.readouterr().err
+    assert cli.main(["train", "--data", "fashion_mnist", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
+    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
