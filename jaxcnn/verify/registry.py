@@ -133,6 +133,82 @@ def _l2_penalty(rng):
     return [Sample((params, np.float64(0.3)), label="nested dict/list params, lam=0.3")]
 
 
+def _distinct(rng, *shape, gap=0.05):
+    """Values at least ``gap`` apart: no ties inside any pooling window."""
+    n = int(np.prod(shape))
+    return rng.permutation((np.arange(n) - n / 2) * gap).reshape(shape)
+
+
+def _conv(rng):
+    table = rng.random((4, 3)) < 0.6
+    table[0] = True  # every output map fed by at least one input
+    return [
+        Sample((_normal(rng, 2, 9, 3), _normal(rng, 3, 3, 4), _normal(rng, 4)), label="1-D k3 VALID"),
+        Sample((_normal(rng, 2, 7, 6, 3), _normal(rng, 3, 3, 3, 2), _normal(rng, 2)),
+               {"stride": 2, "padding": "SAME"}, label="2-D k3 s2 SAME, odd sizes"),
+        Sample((_normal(rng, 1, 6, 6, 2), _normal(rng, 2, 2, 2, 3)), {"stride": 3}, label="2-D k2 s3 (stride > window)"),
+        Sample((_normal(rng, 2, 8, 7, 2), _normal(rng, 3, 2, 2, 2), _normal(rng, 2)),
+               {"dilation": (2, 1), "padding": ((1, 2), (0, 1))}, label="2-D dilation (2, 1), explicit pads"),
+        Sample((_normal(rng, 1, 4, 4, 1), _normal(rng, 2, 2, 1, 2)), {"padding": 3}, label="2-D k2 padding 3 > kernel"),
+        Sample((_normal(rng, 1, 5, 6, 4), _normal(rng, 3, 3, 4, 3), _normal(rng, 3)),
+               {"padding": "FULL", "connections": table}, label="2-D FULL with a connection table"),
+        Sample((_normal(rng, 1, 5, 4, 6, 2), _normal(rng, 2, 3, 2, 2, 2), _normal(rng, 2)),
+               {"stride": (1, 2, 2), "padding": "SAME"}, label="3-D k(2,3,2) s(1,2,2) SAME"),
+        Sample((_normal(rng, 2, 7, 6, 3), _normal(rng, 3, 3, 3, 2), _normal(rng, 2)),
+               {"stride": 2, "padding": 1, "method": "im2col"}, label="2-D im2col k3 s2 p1"),
+        Sample((_normal(rng, 1, 6, 5, 4), _normal(rng, 3, 3, 4, 3)),
+               {"dilation": 2, "padding": "SAME", "connections": table, "method": "im2col"},
+               label="2-D im2col dilation 2 SAME with a table"),
+    ]
+
+
+def _im2col(rng):
+    return [
+        Sample((_normal(rng, 2, 5, 6, 3),), {"window": (2, 3)}),
+        Sample((_normal(rng, 1, 7, 2),), {"window": 3, "stride": 2, "padding": "SAME"}),
+        Sample((_normal(rng, 1, 6, 6, 2),), {"window": (2, 2), "stride": 2, "dilation": 2, "padding": 1}),
+    ]
+
+
+def _max_pool(rng):
+    return [
+        Sample((_distinct(rng, 2, 6, 6, 3),), {"window": 2}, label="2-D 2×2/2"),
+        Sample((_distinct(rng, 1, 7, 7, 2),), {"window": 3, "stride": 2}, label="2-D 3×3/2 overlapping"),
+        Sample((_distinct(rng, 1, 7, 5, 2),), {"window": 3, "stride": 1, "padding": "SAME"}, label="2-D 3×3/1 SAME"),
+        Sample((_distinct(rng, 2, 9, 2),), {"window": 2, "stride": 3}, label="1-D stride > window"),
+        Sample((_distinct(rng, 1, 4, 5, 4, 2),), {"window": (2, 3, 2), "stride": (2, 1, 2), "padding": 1},
+               label="3-D padded"),
+    ]
+
+
+def _mean_pool(rng):
+    return [
+        Sample((_normal(rng, 2, 6, 6, 3),), {"window": 2}, label="2-D 2×2/2"),
+        Sample((_normal(rng, 1, 7, 7, 2),), {"window": 3, "stride": 2, "padding": "SAME", "count_padding": False},
+               label="2-D 3×3/2 SAME, count_padding=False"),
+        Sample((_normal(rng, 2, 8, 2),), {"window": 3, "stride": 2, "padding": 1}, label="1-D padded"),
+        Sample((_normal(rng, 1, 4, 4, 4, 2),), {"window": 2, "stride": 1}, label="3-D overlapping"),
+    ]
+
+
+def _resample(rng):
+    return [
+        Sample((_normal(rng, 2, 5, 6, 3),), {"factor": 2}),
+        Sample((_normal(rng, 1, 7, 2),), {"factor": 3}),
+        Sample((_normal(rng, 1, 3, 4, 5, 2),), {"factor": (1, 2, 3)}),
+    ]
+
+
+def _conv_transpose(rng):
+    return [
+        Sample((_normal(rng, 2, 4, 5, 3), _normal(rng, 3, 3, 3, 2), _normal(rng, 2)), {"stride": 2}, label="k3 s2 VALID"),
+        Sample((_normal(rng, 1, 5, 4, 2), _normal(rng, 2, 2, 2, 3)), {"stride": 3, "padding": "SAME"},
+               label="k2 s3 SAME (stride > window)"),
+        Sample((_normal(rng, 1, 6, 3), _normal(rng, 4, 3, 2), _normal(rng, 2)), {"stride": 2, "padding": 1},
+               label="1-D k4 s2 p1"),
+    ]
+
+
 #: Every op in :mod:`jaxcnn.ops`, by name.
 REGISTRY: dict[str, OpInfo] = {
     info.name: info
@@ -147,5 +223,12 @@ REGISTRY: dict[str, OpInfo] = {
         OpInfo("mean_subtraction", _mean_subtraction),
         OpInfo("flatten", _flatten),
         OpInfo("l2_penalty", _l2_penalty, quick=1),
+        OpInfo("conv", _conv, quick=3),
+        OpInfo("im2col", _im2col),
+        OpInfo("max_pool", _max_pool),
+        OpInfo("mean_pool", _mean_pool),
+        OpInfo("upsample", _resample),
+        OpInfo("downsample", _resample),
+        OpInfo("conv_transpose", _conv_transpose),
     ]
 }
