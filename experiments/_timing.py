@@ -6,9 +6,12 @@ so that machine noise hits them alike; the median of the repeats is reported.
 
 from __future__ import annotations
 
+import argparse
+import json
+import platform
 import statistics
 import time
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
 
@@ -49,3 +52,32 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+class BenchSettings(NamedTuple):
+    quick: bool
+    repeats: int
+    warmup: int
+    json: Optional[str]
+
+
+def bench_settings(description: str, argv=None) -> BenchSettings:
+    """The benchmark scripts' shared command line: ``--quick``, ``--repeats``, ``--json``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, few repeats (smoke test)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per function (default 30, quick 3)")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    return BenchSettings(args.quick, args.repeats or (3 if args.quick else 30), 1 if args.quick else 3, args.json)
+
+
+def machine_line(repeats: int, what: str) -> str:
+    return (f"jax {jax.__version__}, {jax.devices()[0].platform}, {platform.processor() or platform.machine()}, "
+            f"float32, median of {repeats}, {what}")
+
+
+def write_json(path: Optional[str], repeats: int, results: list) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump({"jax": jax.__version__, "device": str(jax.devices()[0]), "repeats": repeats,
+                       "results": results}, f, indent=2)

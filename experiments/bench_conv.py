@@ -16,9 +16,6 @@ should cost nothing, so timing differences there are machine noise.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import re
 from typing import NamedTuple, Optional
 
@@ -26,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from _timing import compile_seconds, interleaved_medians, markdown_table, residual_bytes
+from _timing import (bench_settings, compile_seconds, interleaved_medians, machine_line, markdown_table,
+                     residual_bytes, write_json)
 from jaxcnn import ops, reference
 
 
@@ -104,14 +102,9 @@ def run(case: Case, repeats: int, warmup: int) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny shapes, few repeats (smoke test)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per function (default 30, quick 3)")
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
-    args = parser.parse_args(argv)
+    args = bench_settings(__doc__.splitlines()[0], argv)
     cases = QUICK_CASES if args.quick else CASES
-    repeats = args.repeats or (3 if args.quick else 30)
-    warmup = 1 if args.quick else 3
+    repeats, warmup = args.repeats, args.warmup
 
     results = [run(case, repeats, warmup) for case in cases]
     rows = [
@@ -129,15 +122,11 @@ def main(argv=None) -> None:
     ]
     header = ["shape", "autodiff ms", "xla ms", "xla/autodiff", "im2col ms", "im2col/autodiff",
               "residual bytes (autodiff / xla / im2col)", "xla HLO convs = autodiff's"]
-    print(f"jax {jax.__version__}, {jax.devices()[0].platform}, {platform.processor() or platform.machine()}, "
-          f"float32, median of {repeats}, jit(grad wrt x and w)")
+    print(machine_line(repeats, "jit(grad wrt x and w)"))
     print(markdown_table(header, rows))
     worst = max(r["ratio"]["xla"] for r in results)
     print(f"worst xla/autodiff ratio: {worst:.2f} (target <= 1.10)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"jax": jax.__version__, "device": str(jax.devices()[0]), "repeats": repeats,
-                       "results": results}, f, indent=2)
+    write_json(args.json, repeats, results)
 
 
 if __name__ == "__main__":

@@ -186,56 +186,46 @@ def ConvTranspose(
 # --------------------------------------------------------------------------- pooling and resampling
 
 
+def _spatial(name: str, setting, out_spatial, apply) -> Layer:
+    """A parameter-free layer on ``(N, *spatial, C)`` whose spatial output shape is
+    ``out_spatial(spatial)``; ``setting`` (a window or factor) fixes the spatial rank."""
+
+    def init(key, input_shape):
+        _spatial_rank(name, setting, input_shape)
+        return (), (input_shape[0], *out_spatial(tuple(input_shape[1:-1])), input_shape[-1])
+
+    return Layer(init, lambda params, x: apply(x), name=f"{name}({setting})")
+
+
 def MaxPool(window, stride=None, padding: _shapes.Padding = "VALID", *, ops: Optional[ModuleType] = None) -> Layer:
     """Max pooling (:func:`jaxcnn.ops.max_pool`); ``stride`` defaults to ``window``."""
     ops = _backend(ops)
-
-    def init(key, input_shape):
-        _spatial_rank("MaxPool", window, input_shape)
-        geom = _shapes.pool_geometry("MaxPool", input_shape[1:-1], window, stride, padding)
-        return (), (input_shape[0], *geom.out_shape, input_shape[-1])
-
-    return Layer(init, lambda params, x: ops.max_pool(x, window, stride, padding), name=f"MaxPool({window})")
+    return _spatial("MaxPool", window,
+                    lambda n: _shapes.pool_geometry("MaxPool", n, window, stride, padding).out_shape,
+                    lambda x: ops.max_pool(x, window, stride, padding))
 
 
 def MeanPool(window, stride=None, padding: _shapes.Padding = "VALID", count_padding: bool = True, *,
              ops: Optional[ModuleType] = None) -> Layer:
     """Mean pooling (:func:`jaxcnn.ops.mean_pool`); ``stride`` defaults to ``window``."""
     ops = _backend(ops)
-
-    def init(key, input_shape):
-        _spatial_rank("MeanPool", window, input_shape)
-        geom = _shapes.pool_geometry("MeanPool", input_shape[1:-1], window, stride, padding)
-        return (), (input_shape[0], *geom.out_shape, input_shape[-1])
-
-    def apply(params, x):
-        return ops.mean_pool(x, window, stride, padding, count_padding)
-
-    return Layer(init, apply, name=f"MeanPool({window})")
+    return _spatial("MeanPool", window,
+                    lambda n: _shapes.pool_geometry("MeanPool", n, window, stride, padding).out_shape,
+                    lambda x: ops.mean_pool(x, window, stride, padding, count_padding))
 
 
 def Upsample(factor, *, ops: Optional[ModuleType] = None) -> Layer:
     """Zero-insertion upsampling (:func:`jaxcnn.ops.upsample`)."""
     ops = _backend(ops)
-
-    def init(key, input_shape):
-        _spatial_rank("Upsample", factor, input_shape)
-        out = _shapes.upsampled_shape("Upsample", input_shape[1:-1], factor)
-        return (), (input_shape[0], *out, input_shape[-1])
-
-    return Layer(init, lambda params, x: ops.upsample(x, factor), name=f"Upsample({factor})")
+    return _spatial("Upsample", factor, lambda n: _shapes.upsampled_shape("Upsample", n, factor),
+                    lambda x: ops.upsample(x, factor))
 
 
 def Downsample(factor, *, ops: Optional[ModuleType] = None) -> Layer:
     """Keeps every ``factor``-th row/column (:func:`jaxcnn.ops.downsample`)."""
     ops = _backend(ops)
-
-    def init(key, input_shape):
-        _spatial_rank("Downsample", factor, input_shape)
-        out = _shapes.downsampled_shape("Downsample", input_shape[1:-1], factor)
-        return (), (input_shape[0], *out, input_shape[-1])
-
-    return Layer(init, lambda params, x: ops.downsample(x, factor), name=f"Downsample({factor})")
+    return _spatial("Downsample", factor, lambda n: _shapes.downsampled_shape("Downsample", n, factor),
+                    lambda x: ops.downsample(x, factor))
 
 
 # --------------------------------------------------------------------------- parameter-free
