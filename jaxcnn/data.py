@@ -15,6 +15,9 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+#: Fashion-MNIST's class names, by label.
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
 FASHION_MNIST_ENV = "JAXCNN_FASHION_MNIST"
 
 _INSTALL_HINT = (
@@ -112,6 +115,30 @@ def read_idx(path: str) -> np.ndarray:
             raise
         raise ValueError(f"{path}: cannot read as IDX ({type(e).__name__}: {e}).") from e
     return np.frombuffer(data, dtype).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def write_idx(path: str, array: np.ndarray) -> str:
+    """Writes ``array`` as an IDX file (the inverse of :func:`read_idx`), gzipped when
+    ``path`` ends in ``.gz``; for exporting data or making small MNIST-format test sets.
+
+    Raises:
+      TypeError: if the dtype has no IDX type code (uint8, int8, int16, int32, float32,
+        float64).
+      ValueError: for a 0-d array or more than 255 dimensions.
+    """
+    array = np.asarray(array)
+    codes = {np.dtype(v).newbyteorder("=").str: k for k, v in _IDX_DTYPES.items()}
+    code = codes.get(array.dtype.newbyteorder("=").str)
+    if code is None:
+        raise TypeError(f"write_idx: dtype {array.dtype} has no IDX type code; use uint8, int8, int16, int32, "
+                        f"float32 or float64.")
+    if not 1 <= array.ndim <= 255:
+        raise ValueError(f"write_idx: IDX holds arrays of 1 to 255 dimensions, got shape {array.shape}.")
+    header = struct.pack(">BBBB", 0, 0, code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = array.astype(np.dtype(_IDX_DTYPES[code]).newbyteorder(">")).tobytes()
+    with (gzip.open if path.endswith(".gz") else open)(path, "wb") as f:
+        f.write(header + payload)
+    return path
 
 
 def _payload_size(path: str) -> int:

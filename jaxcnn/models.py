@@ -39,17 +39,26 @@ def seesaw_mlp(output: str = "softmax", hidden: int = 2, *, ops: Optional[Module
     return nn.serial(*layers, name=f"seesaw_mlp({output})")
 
 
-def seesaw_cnn(*, ops: Optional[ModuleType] = None) -> nn.Layer:
-    """The seesaw CNN: conv (window 2, stride 1) → ReLU → max-pool (window 3, stride 1)
-    → fully connected to 2 sigmoid units → 2 logits. Input ``(N, 5, 1)``.
+def seesaw_cnn(pool: int = 3, pool_stride: int = 1, *, ops: Optional[ModuleType] = None) -> nn.Layer:
+    """The seesaw CNN: conv (window 2, stride 1) → ReLU → max-pool (window ``pool``,
+    stride ``pool_stride``) → fully connected to 2 sigmoid units → 2 logits. Input ``(N, 5, 1)``.
 
-    The lecture's figures give the 2-tap filter (``w1``, ``w2``), stride 1 throughout,
-    two pooled units A, B feeding two sigmoid units C, D (``w5…w8``) and the two-way
-    softmax output (``w1…w4``); the pooling window of 3 follows from 4 conv outputs and
-    2 pooled units at stride 1.
+    The lecture's figures give the 2-tap filter (``w1``, ``w2``), stride 1 for the
+    convolution, two pooled units A, B feeding two sigmoid units C, D (``w5…w8``) and the
+    two-way softmax output (``w1…w4``). Two geometries turn the 4 conv outputs into the
+    two pooled units: window 3 at stride 1 (the default; A and B overlap) and window 2 at
+    stride 2 (A over conv outputs 1–2, B over 3–4), which is what the worked example's
+    conv-layer gradient (0, −0.0147, 0.0196, 0.0196) points to.
+
+    Raises:
+      ValueError: if the pooling does not give exactly the two pooled units A, B.
     """
+    if pool < 1 or pool_stride < 1 or (4 - pool) // pool_stride + 1 != 2 or pool > 4:
+        raise ValueError(f"seesaw_cnn: max-pool window {pool}, stride {pool_stride} over the 4 conv outputs gives "
+                         f"{max(0, (4 - pool) // max(pool_stride, 1) + 1)} pooled units, not the lecture's two (A, B); "
+                         f"use window 3 stride 1 or window 2 stride 2.")
     return nn.serial(
-        nn.Conv(1, 2, ops=ops), nn.Relu(ops=ops), nn.MaxPool(3, stride=1, ops=ops), nn.Flatten(ops=ops),
+        nn.Conv(1, 2, ops=ops), nn.Relu(ops=ops), nn.MaxPool(pool, stride=pool_stride, ops=ops), nn.Flatten(ops=ops),
         nn.Dense(2, ops=ops), nn.Sigmoid(ops=ops), nn.Dense(2, ops=ops), name="seesaw_cnn",
     )
 
@@ -191,6 +200,7 @@ ZOO: dict[str, ZooEntry] = {
     "seesaw_mlp_sigmoid": ZooEntry(lambda ops=None: seesaw_mlp("sigmoid", ops=ops), (-1, 5), "euclidean_loss"),
     "seesaw_mlp": ZooEntry(seesaw_mlp, (-1, 5), "softmax_cross_entropy"),
     "seesaw_cnn": ZooEntry(seesaw_cnn, (-1, 5, 1), "softmax_cross_entropy"),
+    "seesaw_cnn_pool2": ZooEntry(lambda ops=None: seesaw_cnn(2, 2, ops=ops), (-1, 5, 1), "softmax_cross_entropy"),
     "linear_perceptron": ZooEntry(linear_perceptron, (-1, 14, 14, 1), "euclidean_loss"),
     "perceptron": ZooEntry(perceptron, (-1, 14, 14, 1), "softmax_cross_entropy"),
     "mlp": ZooEntry(mlp, (-1, 14, 14, 1), "softmax_cross_entropy"),

@@ -25,7 +25,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -99,16 +99,19 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Cal
     return step
 
 
-def make_epoch(step: Callable, batch_size: int, mesh: Optional[Mesh] = None) -> Callable:
+def make_epoch(step: Callable, batch_size: int, mesh: Optional[Mesh] = None, shuffle: bool = True) -> Callable:
     """``epoch(state, x, y, num_steps) -> (state, losses, accuracies)``, jitted.
 
-    Shuffles with a key split off ``state.key`` and runs ``num_steps`` (static) steps of
-    ``batch_size`` examples in one ``lax.scan``; ``x``, ``y`` are the whole training set
-    on the device. The incoming state's buffers are donated.
+    Shuffles with a key split off ``state.key`` (or, with ``shuffle=False``, keeps the
+    examples in their stored order, as the lectures' per-pattern updates do) and runs
+    ``num_steps`` (static) steps of ``batch_size`` examples in one ``lax.scan``; ``x``,
+    ``y`` are the whole training set on the device. The incoming state's buffers are
+    donated.
     """
     def epoch(state: TrainState, x, y, num_steps: int):
         key, shuffle_key = jax.random.split(state.key)
-        order = jax.random.permutation(shuffle_key, x.shape[0])[: num_steps * batch_size]
+        order = jax.random.permutation(shuffle_key, x.shape[0]) if shuffle else jnp.arange(x.shape[0])
+        order = order[: num_steps * batch_size]
 
         def body(state, idx):
             xb, yb = x[idx], y[idx]
@@ -124,14 +127,28 @@ def make_epoch(step: Callable, batch_size: int, mesh: Optional[Mesh] = None) -> 
 
 
 class Evaluation(NamedTuple):
+    """A model's scores on a dataset.
+
+    Attributes:
+      loss: mean data loss (no weight decay).
+      accuracy: fraction of arg-max predictions equal to the label.
+      confusion: ``[true class, predicted class]`` counts, ``(num_classes, num_classes)``.
+      sse: summed squared error ``Σ_n ‖p_n − t_n‖²`` of the output probabilities ``p``
+        (the softmax of the logits under softmax cross-entropy, the outputs themselves
+        under the Euclidean loss) against the one-hot labels ``t`` — the "SSE" of the
+        Jearanaitanakij lecture's comparison table.
+    """
+
     loss: float
     accuracy: float
-    confusion: np.ndarray  # [true class, predicted class] counts
+    confusion: np.ndarray
+    sse: float
 
 
 def make_evaluator(model: Layer, num_classes: int, loss: str = "softmax_cross_entropy",
                    batch_size: int = 1000, ops=None) -> Callable:
     """``evaluate(params, x, y) -> Evaluation``, compiled once and reused across calls."""
+    ops = ops or jaxcnn.ops
     loss_fn = make_loss(model, loss, 0.0, ops)
 
     @jax.jit
@@ -139,15 +156,18 @@ def make_evaluator(model: Layer, num_classes: int, loss: str = "softmax_cross_en
         value, out = loss_fn(params, xb, yb)
         pred = jnp.argmax(out, axis=-1)
         confusion = jnp.zeros((num_classes, num_classes), jnp.int32).at[yb, pred].add(1)
-        return value * xb.shape[0], confusion
+        probs = out if loss == "euclidean_loss" else ops.softmax(out)
+        sse = jnp.sum((probs - jax.nn.one_hot(yb, num_classes, dtype=out.dtype)) ** 2)
+        return value * xb.shape[0], confusion, sse
 
     def evaluate(params, x, y) -> Evaluation:
-        total, confusion = 0.0, np.zeros((num_classes, num_classes), np.int64)
+        total, sse, confusion = 0.0, 0.0, np.zeros((num_classes, num_classes), np.int64)
         for start in range(0, len(x), batch_size):
-            value, conf = batch_stats(params, x[start:start + batch_size], y[start:start + batch_size])
+            value, conf, err = batch_stats(params, x[start:start + batch_size], y[start:start + batch_size])
             total += float(value)
+            sse += float(err)
             confusion += np.asarray(conf)
-        return Evaluation(total / len(x), float(np.trace(confusion) / len(x)), confusion)
+        return Evaluation(total / len(x), float(np.trace(confusion) / len(x)), confusion, sse)
 
     return evaluate
 
@@ -191,6 +211,9 @@ def fit(
     quiet: bool = False,
     ops=None,
     dtype: Any = jnp.float32,
+    shuffle: bool = True,
+    stop_when: Optional[Callable[[dict], bool]] = None,
+    step_losses: bool = False,
 ) -> FitResult:
     """Trains ``model`` on ``data`` for ``epochs`` epochs or ``steps`` steps.
 
@@ -199,6 +222,21 @@ def fit(
     ``eval_every`` epochs and at the end. With ``checkpoint_path`` the state is saved
     after every epoch; ``resume=True`` continues from it exactly (same final params as an
     uninterrupted run).
+
+    Each epoch appends a record to the history: ``epoch``, ``step``, ``train_loss`` and
+    ``train_accuracy`` (means over the epoch's steps), ``seconds``, and on evaluated
+    epochs ``test_loss``, ``test_accuracy`` and ``test_sse`` (see :class:`Evaluation`).
+
+    Args:
+      shuffle: shuffle the training set every epoch; ``False`` visits it in stored
+        order (the lectures' pattern-by-pattern updates with ``batch_size=1``).
+      stop_when: called with each epoch's record after it is appended; training stops
+        early once it returns True (e.g. ``lambda r: r.get("test_sse", 1) < 0.005``;
+        ``len(history)`` is then the number of epochs to converge).
+      step_losses: also keep every step's training loss (the loss the update was
+        computed from) in the record, under ``step_losses``.
+      Others as named; ``ops`` (default :mod:`jaxcnn.ops`) computes the loss and the
+      evaluation, the model's own ops are chosen when it is built.
 
     Returns:
       The final state, the per-epoch history and the final test evaluation.
@@ -237,13 +275,14 @@ def fit(
         state = jax.device_put(state, replicated)
         x_train, y_train = jax.device_put((x_train, y_train), replicated)
 
-    epoch_fn = make_epoch(make_step(make_loss(model, loss, weight_decay, ops), optimizer), batch_size, mesh)
+    epoch_fn = make_epoch(make_step(make_loss(model, loss, weight_decay, ops), optimizer), batch_size, mesh, shuffle)
     evaluator = make_evaluator(model, data.num_classes, loss, ops=ops)
     evaluate_ = lambda p: evaluator(p, x_test, data.y_test)
 
     bar = _progress(total_steps, int(state.step), quiet)
     epoch = len(history)
-    while int(state.step) < total_steps:
+    stopped = bool(stop_when and history and stop_when(history[-1]))
+    while int(state.step) < total_steps and not stopped:
         start = time.perf_counter()
         n = min(steps_per_epoch, total_steps - int(state.step))
         state, losses, accuracies = epoch_fn(state, x_train, y_train, n)
@@ -252,10 +291,13 @@ def fit(
         record = {"epoch": epoch, "step": int(state.step), "train_loss": float(losses.mean()),
                   "train_accuracy": float(np.asarray(accuracies).mean()),
                   "seconds": time.perf_counter() - start}
+        if step_losses:
+            record["step_losses"] = losses.tolist()
         if eval_every and (epoch % eval_every == 0 or int(state.step) >= total_steps):
             ev = evaluate_(state.params)
-            record.update(test_loss=ev.loss, test_accuracy=ev.accuracy)
+            record.update(test_loss=ev.loss, test_accuracy=ev.accuracy, test_sse=ev.sse)
         history.append(record)
+        stopped = bool(stop_when and stop_when(record))
         if checkpoint_path:
             checkpoint.save(checkpoint_path, state, {"history": history})
         bar.update(n, record)
@@ -287,7 +329,7 @@ class _progress:
 
 
 def save_metrics(directory: str, result: FitResult, config: dict) -> str:
-    """Writes ``metrics.json`` (history, final test loss/accuracy, confusion, config)."""
+    """Writes ``metrics.json`` (history, final test loss/accuracy/SSE, confusion, config)."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, "metrics.json")
     with open(path, "w") as f:
@@ -296,6 +338,7 @@ def save_metrics(directory: str, result: FitResult, config: dict) -> str:
             "history": result.history,
             "test_loss": result.test.loss,
             "test_accuracy": result.test.accuracy,
+            "test_sse": result.test.sse,
             "confusion": result.test.confusion.tolist(),
         }, f, indent=1)
     return path
@@ -331,7 +374,53 @@ def plot_history(history: list[dict], path: str, title: str = "") -> str:
     return path
 
 
+def plot_confusion(confusion: np.ndarray, path: str, class_names: Optional[Sequence[str]] = None,
+                   title: str = "") -> str:
+    """A confusion-matrix PNG: rows are true classes, columns predicted classes, each
+    cell the fraction of its row (the per-class recall on the diagonal), with counts.
+
+    Args:
+      confusion: ``(K, K)`` counts, ``[true class, predicted class]`` (:class:`Evaluation`).
+      path: the PNG to write.
+      class_names: ``K`` tick labels (default ``0 … K−1``).
+      title: the figure title.
+
+    Returns:
+      ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    confusion = np.asarray(confusion)
+    k = confusion.shape[0]
+    if confusion.shape != (k, k):
+        raise ValueError(f"plot_confusion: `confusion` must be square (K, K), got shape {confusion.shape}.")
+    names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
+    if len(names) != k:
+        raise ValueError(f"plot_confusion: {len(names)} class names for a {k}×{k} confusion matrix.")
+    rows = confusion.sum(axis=1, keepdims=True)
+    fractions = confusion / np.maximum(rows, 1)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k))
+    ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            if confusion[i, j]:
+                ax.text(j, i, f"{confusion[i, j]}", ha="center", va="center", fontsize=7,
+                        color="white" if fractions[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), names, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
 __all__ = [
     "Evaluation", "FitResult", "TrainState", "evaluate", "fit", "make_epoch", "make_evaluator", "make_loss", "make_mesh",
-    "make_optimizer", "make_step", "plot_history", "save_metrics", "weights",
+    "make_optimizer", "make_step", "plot_confusion", "plot_history", "save_metrics", "weights",
 ]

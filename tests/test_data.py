@@ -88,3 +88,28 @@ def test_mnist1d_is_generated_locally():
     assert set(np.unique(d.y_train)) == set(range(10))
     shuffled = data.mnist1d(shuffle_seq=True)
     assert shuffled.x_train.shape == (4000, 40) and not np.allclose(shuffled.x_train, d.x_train)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64])
+@pytest.mark.parametrize("gz", [False, True])
+def test_write_idx_round_trips_through_read_idx(tmp_path, dtype, gz):
+    array = (np.arange(24) - 5).reshape(2, 3, 4).astype(dtype)
+    path = data.write_idx(str(tmp_path / ("a.idx" + (".gz" if gz else ""))), array)
+    back = data.read_idx(path)
+    np.testing.assert_array_equal(back, array)
+    assert back.dtype == array.dtype
+
+
+def test_write_idx_matches_the_mnist_layout_and_checks_its_input(tmp_path):
+    labels = np.array([3, 1, 4], np.uint8)
+    path = data.write_idx(str(tmp_path / "labels"), labels)
+    with open(path, "rb") as f:
+        assert f.read() == bytes([0, 0, 8, 1, 0, 0, 0, 3, 3, 1, 4])
+    with pytest.raises(TypeError, match=r"write_idx: dtype int64 has no IDX type code"):
+        data.write_idx(str(tmp_path / "x"), np.zeros(3, np.int64))
+    with pytest.raises(ValueError, match=r"write_idx: IDX holds arrays of 1 to 255 dimensions, got shape \(\)"):
+        data.write_idx(str(tmp_path / "x"), np.uint8(3))
+
+
+def test_fashion_mnist_class_names():
+    assert len(data.FASHION_MNIST_CLASSES) == 10 and data.FASHION_MNIST_CLASSES[9] == "Ankle boot"

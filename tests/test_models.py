@@ -83,3 +83,20 @@ total trainable parameters: 60,806"""
 
 def test_lenet5_summary_is_pinned():
     assert nn.summary(models.lenet5(), (-1, 32, 32, 1)) == EXPECTED_LENET5_SUMMARY
+
+
+@pytest.mark.parametrize("pool,stride", [(3, 1), (2, 2)])
+def test_seesaw_cnn_pools_the_four_conv_outputs_into_two_units(pool, stride):
+    model = models.seesaw_cnn(pool, stride)
+    params, shape = model.init(KEY, (-1, 5, 1))
+    assert shape == (-1, 2) and params[4]["w"].shape == (2, 2)  # A, B → C, D
+    x = jnp.array([[1.0, 1.0, 0.0, 0.0, 0.0]])[..., None]
+    conv = {"w": jnp.array([1.0, 2.0]).reshape(2, 1, 1), "b": jnp.zeros(1)}
+    pooled = nn.serial(*model.children[:4]).apply((conv, (), (), ()), x)
+    # conv outputs (3, 1, 0, 0): window 3 stride 1 pools (3, 1, 0), (1, 0, 0); window 2 stride 2 (3, 1), (0, 0)
+    np.testing.assert_array_equal(pooled, [[3.0, 1.0]] if pool == 3 else [[3.0, 0.0]])
+
+
+def test_seesaw_cnn_rejects_pooling_that_does_not_give_two_units():
+    with pytest.raises(ValueError, match=r"max-pool window 2, stride 1 over the 4 conv outputs gives 3 pooled units"):
+        models.seesaw_cnn(2, 1)

@@ -197,3 +197,127 @@ def test_cli_train_mismatched_model_and_data(capsys, tmp_path):
     assert "model lenet5 takes inputs of shape (32, 32, 1) but dataset seesaw has (5,)" in capsys.readouterr().err
     assert cli.main(["train", "--data", "fashion_mnist", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+
+
+def _logit(p):
+    return float(np.log(p / (1 - p)))
+
+
+def test_seesaw_worked_example_single_step():
+    """Jearanaitanakij's worked example: one per-pattern SGD step of the seesaw CNN with
+    α = λ = 0.1 on the first pattern (boxes on positions 1–2, target "tilt left").
+
+    The lecture's figures are not in its text; its printed formulas fix the values used
+    here: filter weights 0.1, 0.1; pooled unit A = 0.1; w5 (A → C) = −0.1; sigmoid unit
+    C = 0.49; output weights from C 0.1 (target) and 0.2 (other); p_target = 0.51. The
+    remaining weights are free; the biases are set so that the network hits those values.
+    """
+    alpha = lam = 0.1
+    x = jnp.array([[1.0, 1.0, 0.0, 0.0, 0.0]])[..., None]
+    y = jnp.array([0])
+    conv = {"w": jnp.full((2, 1, 1), 0.1), "b": jnp.array([-0.1])}     # ReLU(conv) = [0.1, 0, 0, 0]
+    a, b = 0.1, 0.0                                                     # max-pool, window 3, stride 1
+    w_hidden = jnp.array([[-0.1, 0.3], [0.1, -0.2]])                   # rows C, D; columns A, B
+    hidden = {"w": w_hidden, "b": jnp.array([_logit(0.49) - (-0.1 * a + 0.3 * b), 0.0])}
+    c, d = 0.49, float(jax.nn.sigmoid(0.1 * a - 0.2 * b))
+    w_out = jnp.array([[0.1, 0.3], [0.2, -0.1]])                       # rows target, other; columns C, D
+    margin = (0.1 - 0.2) * c + (0.3 - -0.1) * d
+    out = {"w": w_out, "b": jnp.array([_logit(0.51) - margin, 0.0])}
+    params = (conv, (), (), (), hidden, (), out)
+    params = jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float64), params)
+    model = models.seesaw_cnn()
+
+    p = jax.nn.softmax(model.apply(params, x))[0]
+    np.testing.assert_allclose(p, [0.51, 0.49], rtol=1e-12)
+    data_loss, _ = train.make_loss(model)(params, x, y)
+    # "Data loss = 0.29": the lecture's figure is −log₁₀ p_target; the natural-log
+    # cross-entropy whose gradient is p − 1 (the lecture's own derivation) is 0.673.
+    assert float(data_loss) == pytest.approx(-np.log(0.51), rel=1e-12)
+    assert round(float(data_loss) / np.log(10), 2) == 0.29
+
+    opt = optax.sgd(alpha)
+    step = train.make_step(train.make_loss(model, weight_decay=lam), opt)
+    new, _ = step(train.TrainState(params, opt.init(params), jnp.int32(0), KEY), (x, y))
+    delta = jax.tree_util.tree_map(lambda n, o: n - o, new.params, params)
+    # Δw = −0.1 · (−0.49 · 0.49 + 0.1 · 0.1) = 0.023  (weight C → target output)
+    assert float(delta[6]["w"][0, 0]) == pytest.approx(-alpha * ((0.51 - 1) * c + lam * 0.1), rel=1e-9)
+    assert round(float(delta[6]["w"][0, 0]), 3) == 0.023
+    # Δw5 = −0.1 · ([−0.49 · 0.1 + 0.49 · 0.2] · 0.49 (1 − 0.49) · 0.1 + 0.1 · (−0.1)) = 0.000878
+    expected_w5 = -alpha * ((-0.49 * 0.1 + 0.49 * 0.2) * c * (1 - c) * a + lam * -0.1)
+    assert float(delta[4]["w"][0, 0]) == pytest.approx(expected_w5, rel=1e-9)
+    assert round(float(delta[4]["w"][0, 0]), 6) == 0.000878
+    # Biases are not decayed: Δb_target = −α (p_target − 1) exactly.
+    assert float(delta[6]["b"][0]) == pytest.approx(-alpha * (0.51 - 1), rel=1e-9)
+
+
+def test_seesaw_worked_example_filter_update():
+    """The lecture's filter step: with the conv-layer gradients it prints,
+    δ = (0, −0.0147, 0.0196, 0.0196) on the input 1 1 0 0 0, ∂L/∂w1 = −0.0147 and
+    ∂L/∂w2 = 0, so Δw1 = −0.1 (−0.0147 + 0.1 · 0.1) = 0.00047 and Δw2 = −0.001.
+
+    (That δ has gradient at three of the four conv units, which two max-pooled units
+    cannot route on this board, so it is fed to the conv rule directly.)
+    """
+    alpha = lam = 0.1
+    x = jnp.array([[1.0, 1.0, 0.0, 0.0, 0.0]], jnp.float64)[..., None]
+    w = jnp.full((2, 1, 1), 0.1, jnp.float64)
+    delta = jnp.array([0.0, -0.0147, 0.0196, 0.0196], jnp.float64).reshape(1, 4, 1)
+    _, vjp = jax.vjp(lambda w: ops.conv(x, w), w)
+    (dw,) = vjp(delta)
+    np.testing.assert_allclose(dw.ravel(), [-0.0147, 0.0], atol=1e-15)
+    update = -alpha * (dw.ravel() + lam * w.ravel())
+    np.testing.assert_allclose(np.round(update, 5), [0.00047, -0.001])
+
+
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "euclidean_loss"])
+def test_evaluation_sse_is_the_summed_squared_error_of_the_output_probabilities(loss):
+    model, d = _model(), _toy()
+    params, _ = model.init(KEY, (-1, 8))
+    ev = train.evaluate(model, params, d.x_test, d.y_test, 4, loss=loss, batch_size=10)
+    out = np.asarray(model.apply(params, jnp.asarray(d.x_test)), np.float64)
+    probs = out if loss == "euclidean_loss" else np.exp(out) / np.exp(out).sum(1, keepdims=True)
+    expected = np.sum((probs - np.eye(4)[d.y_test]) ** 2)
+    assert ev.sse == pytest.approx(expected, rel=1e-5)
+    if loss == "euclidean_loss":  # (1/N) Σ ½‖z − t‖² = SSE / 2N
+        assert ev.loss == pytest.approx(ev.sse / (2 * len(d.x_test)), rel=1e-5)
+
+
+def test_unshuffled_epoch_visits_the_patterns_in_order():
+    model, d = _model(), _toy(n_train=6)
+    params, _ = model.init(KEY, (-1, 8))
+    opt = optax.sgd(0.1)
+    step = train.make_step(train.make_loss(model, weight_decay=0.1), opt)
+    state = train.TrainState(params, opt.init(params), jnp.int32(0), KEY)
+    x, y = jnp.asarray(d.x_train), jnp.asarray(d.y_train)
+    scanned, losses, _ = train.make_epoch(step, 1, shuffle=False)(jax.tree_util.tree_map(jnp.copy, state), x, y, 6)
+    looped, looped_losses = state, []
+    for i in range(6):
+        looped, (loss, _) = jax.jit(step)(looped, (x[i:i + 1], y[i:i + 1]))
+        looped_losses.append(loss)
+    np.testing.assert_allclose(losses, looped_losses, rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(scanned.params), jax.tree_util.tree_leaves(looped.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fit_stops_early_and_keeps_step_losses(tmp_path):
+    d, path = _toy(), str(tmp_path / "ckpt.npz")
+    stop = lambda record: record["epoch"] == 3
+    result = train.fit(_model(), d, epochs=10, batch_size=16, quiet=True, stop_when=stop, step_losses=True,
+                       checkpoint_path=path)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3] and int(result.state.step) == 3 * 4
+    for h in result.history:
+        assert len(h["step_losses"]) == 4 and h["train_loss"] == pytest.approx(np.mean(h["step_losses"]))
+        assert h["test_sse"] >= 0 and "test_accuracy" in h
+    resumed = train.fit(_model(), d, epochs=10, batch_size=16, quiet=True, stop_when=stop, checkpoint_path=path,
+                        resume=True)
+    assert len(resumed.history) == 3 and int(resumed.state.step) == 12
+
+
+def test_plot_confusion_writes_a_png_and_checks_its_input(tmp_path):
+    path = str(tmp_path / "confusion.png")
+    assert train.plot_confusion(np.array([[5, 1], [0, 4]]), path, ["left", "right"], "seesaw") == path
+    assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match=r"`confusion` must be square \(K, K\), got shape \(2, 3\)"):
+        train.plot_confusion(np.zeros((2, 3)), path)
+    with pytest.raises(ValueError, match=r"3 class names for a 2×2 confusion matrix"):
+        train.plot_confusion(np.eye(2), path, ["a", "b", "c"])
