@@ -1,10 +1,13 @@
 import json
+import os
+import subprocess
+import sys
 
 import jax
-import jax.numpy as jnp
 import pytest
 
 from jaxcnn import cli, ops
+from jaxcnn.verify.registry import REGISTRY
 
 
 def test_verify_prints_a_table_and_writes_json(tmp_path, capsys):
@@ -16,24 +19,52 @@ def test_verify_prints_a_table_and_writes_json(tmp_path, capsys):
     records = json.loads(path.read_text())
     assert {r["op"] for r in records} == {"relu", "dense"}
     assert all(r["ok"] for r in records)
+    assert {r["transform"] for r in records} == {"eager", "finite differences"}
+    assert all("suite.check_sample(" in r["snippet"] for r in records)
 
 
-def test_verify_exits_1_and_explains_a_wrong_rule(monkeypatch, capsys):
+def test_verify_exits_1_explains_a_wrong_rule_and_prints_code_that_reproduces_it(monkeypatch, capsys):
     @jax.custom_vjp
     def wrong_sigmoid(x):
         return jax.nn.sigmoid(x)
 
     wrong_sigmoid.defvjp(lambda x: (wrong_sigmoid(x), x), lambda x, g: (g * x * (1 - x),))
     monkeypatch.setattr(ops, "sigmoid", wrong_sigmoid)
-    code = cli.main(["verify", "--op", "sigmoid", "--dtype", "float32", "--quick"])
+    code = cli.main(["verify", "--op", "sigmoid", "--dtype", "float32", "--quick", "--transform", "eager"])
     out = capsys.readouterr().out
     assert code == 1
     assert "FAILED" in out and "MISMATCH at [" in out and "x " in out
+    assert "verdict: rule wrong" in out and "finite-diff" in out and "tolerance" in out
+    snippet = out.split("reproduce:\n")[1].split("\n\n")[0]
+    exec("\n".join(line[4:] for line in snippet.splitlines()), {})
+    assert "sigmoid #0" in capsys.readouterr().out
+
+
+def test_verify_mutants_prints_the_catch_rate(capsys):
+    code = cli.main(["verify", "--mutants", "--op", "sigmoid", "--op", "mean_subtraction"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "sigmoid.derivative_from_input" in out and "mean_subtraction.identity_backward" in out
+    assert "caught 2 of 2 mutants" in out
+
+
+def test_python_m_jaxcnn_verify_checks_data_parallel_sharding_on_4_devices(tmp_path):
+    path = tmp_path / "sharding.json"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    command = [sys.executable, "-m", "jaxcnn", "verify", "--quick", "--dtype", "float32", "--transform", "sharding",
+               "--json", str(path)]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    records = json.loads(path.read_text())
+    assert {r["op"] for r in records} == set(REGISTRY)  # every op has a sample with a batch axis to split
+    assert all(r["transform"] == "sharding" and r["ok"] for r in records)
+    assert "0 failed" in proc.stdout
 
 
 def test_bad_arguments_give_one_line_and_exit_2(capsys):
-    with pytest.raises(SystemExit) as e:
-        cli.main(["verify", "--op", "nonexistent"])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("jaxcnn: error:") and "nonexistent" in err and "\n" not in err
+    for argv in (["verify", "--op", "nonexistent"], ["verify", "--transform", "pmap"]):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("jaxcnn: error:") and argv[-1] in err and "\n" not in err

@@ -120,3 +120,128 @@ def test_integer_arguments_are_held_fixed(rng):
     result = verify.check_vjp(ops.softmax_cross_entropy, reference.softmax_cross_entropy,
                               jnp.asarray(rng.normal(size=(3, 4))), jnp.array([0, 3, 1]))
     assert result.ok and [r.name for r in result.arguments] == ["logits"]
+
+
+# --------------------------------------------------------------------------- the custom_vjp contract
+
+
+def _with_bwd(bwd, fwd_out=None):
+    """sigmoid with the given backward (and, optionally, a fwd whose output differs)."""
+
+    @jax.custom_vjp
+    def f(x):
+        return jax.nn.sigmoid(x)
+
+    f.defvjp(lambda x: (f(x) if fwd_out is None else fwd_out(x), jax.nn.sigmoid(x)), bwd)
+    return f
+
+
+def test_contract_holds_for_every_op_and_names_each_broken_clause(rng):
+    x = jnp.asarray(rng.normal(size=(3, 4)))
+    right = lambda y, g: (g * y * (1 - y),)  # noqa: E731
+    assert verify.check_contract(_with_bwd(right), x).ok
+    cases = {
+        "fwd = primal": _with_bwd(right, fwd_out=lambda x: jax.nn.sigmoid(x) + 1e-3),
+        "vjp(0) = 0": _with_bwd(lambda y, g: (g * y * (1 - y) + 1e-3,)),
+        "linear in g": _with_bwd(lambda y, g: (g * g * y,)),
+        "shape/dtype": _with_bwd(lambda y, g: ((g * y * (1 - y)).astype(jnp.float32),)),
+    }
+    for what, op in cases.items():
+        result = verify.check_contract(op, x)
+        failed = result.failures()
+        assert not result.ok and [r.what for r in failed] == [what], result
+        assert what in str(result)
+    assert "float32[3, 4], the primal is float64[3, 4]" in str(verify.check_contract(cases["shape/dtype"], x))
+
+
+def test_contract_reports_a_wrong_number_of_cotangents_as_an_error():
+    @jax.custom_vjp
+    def f(x, y):
+        return x * y
+
+    f.defvjp(lambda x, y: (f(x, y), (x, y)), lambda res, g: (g * res[1],))
+    result = verify.check_contract(f, jnp.ones(3), jnp.ones(3))
+    assert not result.ok and "error:" in str(result)
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+def test_every_transform_passes_a_right_rule_with_weights_and_labels(rng):
+    x, w, b = (jnp.asarray(rng.normal(size=s)) for s in ((4, 3), (5, 3), (5,)))
+    for transform in set(verify.TRANSFORMS) - {"sharding"}:
+        assert verify.check_transform(transform, ops.dense, reference.dense, x, w, b).ok, transform
+    logits, labels = jnp.asarray(rng.normal(size=(4, 3))), jnp.array([0, 2, 1, 1])
+    ce = (ops.softmax_cross_entropy, reference.softmax_cross_entropy)
+    assert verify.check_transform("vmap", *ce, logits, labels, batched=(0, 1)).ok
+    assert verify.check_transform("grad-of-grad", *ce, logits, labels).ok
+
+
+def test_vmap_compares_per_example_gradients_of_the_shared_weights(rng):
+    x, w = jnp.asarray(rng.normal(size=(4, 3))), jnp.asarray(rng.normal(size=(5, 3)))
+    result = verify.check_transform("vmap", ops.dense, reference.dense, x, w)
+    assert result["x"].shape == (3, 4, 3) and result["w"].shape == (3, 5, 3)  # a batch of 3 examples
+    assert "loop over examples" in str(result)
+
+
+def test_grad_of_grad_catches_a_backward_that_is_right_only_to_first_order(rng):
+    x = jnp.asarray(rng.normal(size=(6,)))
+    frozen = _with_bwd(lambda y, g: (g * jax.lax.stop_gradient(y * (1 - y)),))  # no second derivative
+    assert verify.check_transform("eager", frozen, reference.sigmoid, x).ok
+    assert verify.check_transform("finite differences", frozen, reference.sigmoid, x).ok
+    result = verify.check_transform("grad-of-grad", frozen, reference.sigmoid, x)
+    assert result.forward.ok and not result["x"].ok
+
+
+def test_transform_errors():
+    x = jnp.ones((2, 3))
+    with pytest.raises(ValueError, match=r"unknown `transform` 'pmap'; use one of contract, eager"):
+        verify.check_transform("pmap", ops.relu, reference.relu, x)
+    if jax.device_count() == 1:
+        with pytest.raises(ValueError, match=r"'sharding' needs more than one device \(have 1\)"):
+            verify.check_transform("sharding", ops.relu, reference.relu, x)
+
+
+# --------------------------------------------------------------------------- the three-way verdict
+
+
+def test_verdict_rule_wrong_names_the_argument_and_element(rng):
+    x = jnp.asarray(rng.normal(size=(3, 4)))
+    d = verify.diagnose(_one_wrong_element((2, 1)), reference.sigmoid, x)
+    assert d.verdict == "rule wrong" and d["x"].worst[0].index == (2, 1)
+    e = d["x"].worst[0]
+    assert e.rule == pytest.approx(2 * e.autodiff) and e.central == pytest.approx(e.autodiff, rel=1e-6)
+
+
+def _sine(frequency):
+    @jax.custom_vjp
+    def f(x):
+        return jnp.sin(frequency * x)
+
+    f.defvjp(lambda x: (f(x), x), lambda x, g: (g * frequency * jnp.cos(frequency * x),))
+    return f, lambda x: jnp.sin(frequency * x)
+
+
+@pytest.mark.parametrize("eps", [1e-5, 1e-3, 1e-13])  # curvature, far too large a step, rounding
+def test_verdict_finite_differences_untrustworthy(eps):
+    x = jnp.array([0.1, 0.2, 0.3])
+    op, ref = _sine(3e3)
+    assert not verify.check_numerical(op, x, eps=eps).ok
+    assert verify.diagnose(op, ref, x, eps=eps).verdict == "finite differences untrustworthy"
+
+
+def test_verdict_non_smooth_point_at_a_kink():
+    x = jnp.array([-1.0, 0.0, 2.0])
+    d = verify.diagnose(ops.relu, reference.relu, x)
+    assert d.verdict == "non-smooth point" and d["x"].worst[0].index == (1,)
+    e = d["x"].worst[0]
+    assert e.rule == e.autodiff and abs(e.forward - e.backward) > 0.1 * abs(e.rule)
+    # against a reference with the other convention (0 at 0) the three values all differ: still a kink
+    assert verify.diagnose(ops.relu, lambda x: jnp.where(x > 0, x, 0.0), x)["x"].verdict == "non-smooth point"
+
+
+def test_verdict_agree_and_projections_for_large_arguments(rng):
+    x = jnp.asarray(rng.normal(size=(30, 30)))
+    assert verify.diagnose(ops.tanh, reference.tanh, x, elementwise_max=100).verdict == "agree"
+    wrong = verify.diagnose(_one_wrong_element((7, 9)), reference.sigmoid, x, elementwise_max=100)
+    assert wrong.verdict == "rule wrong" and wrong["x"].worst[0].index[0] == "direction"

@@ -2,8 +2,17 @@
 
 * :func:`check_vjp`: the rule against ``jax.vjp`` of an autodiff reference.
 * :func:`check_numerical`: the rule against float64 central finite differences.
+* :func:`check_contract`: the ``custom_vjp`` contract (fwd = primal, one cotangent per
+  argument with its shape and dtype, ``vjp(0) = 0``, linear in the cotangent).
+* :func:`check_transform`: :func:`check_vjp` under ``jit``, ``vmap`` (per-example
+  gradients), grad-of-grad (Hessian-vector products), ``jax.checkpoint`` or sharding.
+* :func:`diagnose`: when they disagree, the verdict: rule wrong, finite differences
+  untrustworthy, or a non-smooth point.
 
-Both return a :class:`CheckResult` that names the worst element of every argument.
+The checks return a :class:`CheckResult` that names the worst element of every argument.
+``jaxcnn verify`` runs them over every op of :mod:`jaxcnn.ops`
+(:mod:`jaxcnn.verify.registry`, :mod:`jaxcnn.verify.suite`) and, with ``--mutants``,
+over deliberately wrong rules (:mod:`jaxcnn.verify.mutants`).
 """
 
 from jaxcnn.verify.checks import (
@@ -16,14 +25,23 @@ from jaxcnn.verify.checks import (
     check_numerical,
     check_vjp,
 )
+from jaxcnn.verify.contract import check_contract
+from jaxcnn.verify.diagnose import VERDICTS, Diagnosis, diagnose
+from jaxcnn.verify.transforms import TRANSFORMS, check_transform
 
 __all__ = [
     "FINITE_DIFFERENCE_TOLERANCE",
     "TOLERANCES",
+    "TRANSFORMS",
+    "VERDICTS",
     "ArgumentReport",
     "CheckResult",
+    "Diagnosis",
     "GradientMismatch",
     "Tolerance",
+    "check_contract",
     "check_numerical",
+    "check_transform",
     "check_vjp",
+    "diagnose",
 ]

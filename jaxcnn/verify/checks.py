@@ -42,6 +42,14 @@ TOLERANCES: dict[str, Tolerance] = {
 FINITE_DIFFERENCE_TOLERANCE = Tolerance(rtol=1e-5, atol=1e-6)
 
 
+def by_name(items: Sequence[Any], name: str) -> Any:
+    """The item whose ``.name`` is ``name`` (an argument's report), or a KeyError listing the names."""
+    for item in items:
+        if item.name == name:
+            return item
+    raise KeyError(f"no argument named {name!r}; have {[item.name for item in items]}")
+
+
 class GradientMismatch(AssertionError):
     """Raised by :meth:`CheckResult.assert_ok` when a check failed; the message is the report."""
 
@@ -63,6 +71,7 @@ class ArgumentReport:
       tolerance: the error allowed there.
       ok: whether every element is within its tolerance.
       note: why the comparison could not be made element by element, if it could not.
+      what: the property compared, when not the value itself (e.g. ``"vjp(0) = 0"``).
     """
 
     name: str
@@ -75,9 +84,11 @@ class ArgumentReport:
     tolerance: float
     ok: bool
     note: str = ""
+    what: str = ""
 
     def describe(self, expected_label: str) -> str:
-        head = f"{self.name:<16} {str(self.shape):<18}"
+        name = f"{self.name} [{self.what}]" if self.what else self.name
+        head = f"{name:<16} {str(self.shape):<18}"
         if self.note:
             return f"{head} {'ok' if self.ok else 'MISMATCH'}: {self.note}"
         errors = f"max abs {self.max_abs_error:.2e}  max rel {self.max_rel_error:.2e}"
@@ -115,17 +126,15 @@ class CheckResult:
         return tuple(r for r in reports if not r.ok)
 
     def __getitem__(self, name: str) -> ArgumentReport:
-        for r in self.arguments:
-            if r.name == name:
-                return r
-        raise KeyError(f"no argument named {name!r}; have {[r.name for r in self.arguments]}")
+        return by_name(self.arguments, name)
 
     def __str__(self) -> str:
         status = "ok" if self.ok else "FAILED"
-        lines = [f"{self.op}: hand VJP vs {self.against} ({self.dtype}): {status}"]
+        title = self.against if self.against == "custom_vjp contract" else f"hand VJP vs {self.against}"
+        lines = [f"{self.op}: {title} ({self.dtype}): {status}"]
         if self.error:
             lines.append(f"  error: {self.error}")
-        label = "finite-diff" if self.against.startswith("finite") else "autodiff"
+        label = {"finite differences": "finite-diff", "custom_vjp contract": "expected"}.get(self.against, "autodiff")
         if self.forward is not None:
             lines.append("  " + self.forward.describe("reference"))
         lines.extend("  " + r.describe(label) for r in self.arguments)
@@ -178,7 +187,7 @@ def _is_float(leaf: Any) -> bool:
     return jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
 
 
-def _name_of(fn: Callable) -> str:
+def name_of(fn: Callable) -> str:
     return getattr(fn, "__name__", None) or type(fn).__name__
 
 
@@ -197,7 +206,7 @@ def _arg_names(op: Callable, n: int) -> list[str]:
     return names
 
 
-def _float_leaves(op: Callable, args: Sequence[Any]):
+def float_leaves(op: Callable, args: Sequence[Any]):
     """(name, arg index, path, leaf) for every floating leaf of the positional args."""
     out = []
     for i, (name, arg) in enumerate(zip(_arg_names(op, len(args)), args)):
@@ -207,19 +216,19 @@ def _float_leaves(op: Callable, args: Sequence[Any]):
     return out
 
 
-def _random_like(rng: np.random.Generator, tree: Any) -> Any:
+def random_like(rng: np.random.Generator, tree: Any) -> Any:
     """A standard-normal pytree with the shapes and dtypes of tree's floating leaves."""
     return jax.tree_util.tree_map(
         lambda t: jnp.asarray(rng.standard_normal(np.shape(t)), dtype=jnp.result_type(t)), tree
     )
 
 
-def _dtype_name(args: Sequence[Any]) -> str:
+def dtype_name(args: Sequence[Any]) -> str:
     dtypes = sorted({str(jnp.result_type(l)) for a in args for l in jax.tree_util.tree_leaves(a) if _is_float(l)})
     return "/".join(dtypes) or "none"
 
 
-def _tolerance(dtype: str, rtol: Optional[float], atol: Optional[float]) -> Tolerance:
+def tolerance_for(dtype: str, rtol: Optional[float], atol: Optional[float]) -> Tolerance:
     base = TOLERANCES.get(dtype.split("/")[0], TOLERANCES["float32"])
     # With mixed dtypes the loosest one governs.
     for d in dtype.split("/"):
@@ -228,7 +237,7 @@ def _tolerance(dtype: str, rtol: Optional[float], atol: Optional[float]) -> Tole
     return Tolerance(base.rtol if rtol is None else rtol, base.atol if atol is None else atol)
 
 
-def _cotangent_leaf(ct: Any, path: tuple) -> Any:
+def cotangent_leaf(ct: Any, path: tuple) -> Any:
     for key in path:
         if isinstance(key, jax.tree_util.SequenceKey):
             ct = ct[key.idx]
@@ -241,7 +250,7 @@ def _cotangent_leaf(ct: Any, path: tuple) -> Any:
     return ct
 
 
-def _worst(reports: list[ArgumentReport]) -> ArgumentReport:
+def worst(reports: list[ArgumentReport]) -> ArgumentReport:
     """The failing report with the largest error (or the largest error if all pass)."""
     return max(reports, key=lambda r: (not r.ok, r.max_abs_error / max(r.tolerance, 1e-300)))
 
@@ -283,39 +292,63 @@ def check_vjp(
     >>> verify.check_vjp(ops.softmax, reference.softmax, x).ok
     True
     """
-    dtype = _dtype_name(args)
-    tol = _tolerance(dtype, rtol, atol)
-    against = f"autodiff of {_name_of(reference)}"
-    leaves = _float_leaves(op, args)
+    dtype = dtype_name(args)
+    against = f"autodiff of {name_of(reference)}"
+    return compare_pullbacks(
+        name_of(op), against, float_leaves(op, args), tolerance_for(dtype, rtol, atol), dtype,
+        rule=lambda: jax.vjp(lambda *a: op(*a, **settings), *args),
+        expected=lambda: jax.vjp(lambda *a: reference(*a, **settings), *args),
+        cotangents=cotangents, seed=seed,
+    )
+
+
+def compare_pullbacks(
+    op_name: str,
+    against: str,
+    leaves: list,
+    tol: Tolerance,
+    dtype: str,
+    rule: Callable[[], tuple[Any, Callable]],
+    expected: Callable[[], tuple[Any, Callable]],
+    cotangents: int = 3,
+    seed: int = 0,
+) -> CheckResult:
+    """The engine of :func:`check_vjp` and of the transformed checks.
+
+    ``rule()`` and ``expected()`` each return ``(output, pullback)`` as ``jax.vjp`` does;
+    the outputs are compared, then both pullbacks at ``cotangents`` random cotangents,
+    leaf by leaf for the floating ``leaves`` (from :func:`float_leaves`). An exception
+    raised by either side becomes the result's ``error``.
+    """
     try:
-        out, vjp_op = jax.vjp(lambda *a: op(*a, **settings), *args)
-        out_ref, vjp_ref = jax.vjp(lambda *a: reference(*a, **settings), *args)
+        out, pullback = rule()
+        out_ref, pullback_ref = expected()
     except Exception as e:  # report, do not crash: the rule may be the culprit
-        return CheckResult(_name_of(op), against, dtype, None, (), f"{type(e).__name__}: {e}")
+        return CheckResult(op_name, against, dtype, None, (), f"{type(e).__name__}: {e}")
 
     fwd_reports = [
         compare("output" + jax.tree_util.keystr(p), a, b, tol)
         for (p, a), b in zip(jax.tree_util.tree_leaves_with_path(out), jax.tree_util.tree_leaves(out_ref))
     ]
-    forward = _worst(fwd_reports) if fwd_reports else None
+    forward = worst(fwd_reports) if fwd_reports else None
 
     rng = np.random.default_rng(seed)
     per_arg: dict[str, list[ArgumentReport]] = {name: [] for name, *_ in leaves}
     try:
         for _ in range(cotangents):
-            v = _random_like(rng, out_ref)
-            ct_op, ct_ref = vjp_op(v), vjp_ref(v)
+            v = random_like(rng, out_ref)
+            ct_op, ct_ref = pullback(v), pullback_ref(v)
             for name, i, path, _leaf in leaves:
-                a = _cotangent_leaf(ct_op[i], path)
-                b = _cotangent_leaf(ct_ref[i], path)
-                per_arg[name].append(compare(name, _as_array(a, b), b, tol))
+                a = cotangent_leaf(ct_op[i], path)
+                b = cotangent_leaf(ct_ref[i], path)
+                per_arg[name].append(compare(name, as_array(a, b), b, tol))
     except Exception as e:
-        return CheckResult(_name_of(op), against, dtype, forward, (), f"{type(e).__name__}: {e}")
-    arguments = tuple(_worst(r) for r in per_arg.values())
-    return CheckResult(_name_of(op), against, dtype, forward, arguments)
+        return CheckResult(op_name, against, dtype, forward, (), f"{type(e).__name__}: {e}")
+    arguments = tuple(worst(r) for r in per_arg.values())
+    return CheckResult(op_name, against, dtype, forward, arguments)
 
 
-def _as_array(ct: Any, like: Any) -> Any:
+def as_array(ct: Any, like: Any) -> Any:
     """A rule's cotangent as an array (None, or a symbolic zero, means zeros)."""
     if ct is None or getattr(ct, "dtype", None) == jax.dtypes.float0:
         return np.zeros(np.shape(like))
@@ -380,18 +413,18 @@ def _check_numerical_x64(op, args, eps, elementwise_max, directions, seed, tol, 
     rng = np.random.default_rng(seed)
     try:
         out, vjp_fn = jax.vjp(lambda *a: op(*a, **settings), *args)
-        v = _random_like(rng, out)
+        v = random_like(rng, out)
         ct = vjp_fn(v)
     except Exception as e:
-        return CheckResult(_name_of(op), against, "float64", None, (), f"{type(e).__name__}: {e}")
+        return CheckResult(name_of(op), against, "float64", None, (), f"{type(e).__name__}: {e}")
 
     def phi(*a):
         outs = jax.tree_util.tree_leaves(op(*a, **settings))
         return sum(jnp.vdot(o, w) for o, w in zip(outs, jax.tree_util.tree_leaves(v)))
 
     reports = []
-    for name, i, path, leaf in _float_leaves(op, args):
-        rule = np.asarray(_as_array(_cotangent_leaf(ct[i], path), leaf), np.float64)
+    for name, i, path, leaf in float_leaves(op, args):
+        rule = np.asarray(as_array(cotangent_leaf(ct[i], path), leaf), np.float64)
 
         def phi_at(value, i=i, path=path):
             arg = _replace_leaf(args[i], path, value)
@@ -401,39 +434,41 @@ def _check_numerical_x64(op, args, eps, elementwise_max, directions, seed, tol, 
             reports.append(_elementwise(name, phi_at, leaf, rule, eps, tol))
         else:
             reports.append(_projections(name, phi_at, leaf, rule, eps, tol, rng, directions))
-    return CheckResult(_name_of(op), against, "float64", None, tuple(reports))
+    return CheckResult(name_of(op), against, "float64", None, tuple(reports))
 
 
 def _replace_leaf(tree: Any, path: tuple, value: Any) -> Any:
     return jax.tree_util.tree_map_with_path(lambda p, l: value if p == path else l, tree)
 
 
+def perturbed(phi_at: Callable, leaf: jax.Array, directions: jax.Array, step: float) -> tuple[jax.Array, jax.Array]:
+    """``φ(x + step·d)`` and ``φ(x − step·d)`` for every row ``d`` of ``directions``.
+
+    ``phi_at`` maps a value of the leaf ``x`` to the scalar ``φ``; each row of
+    ``directions`` has ``leaf.size`` entries. All rows are evaluated in one jitted map.
+    """
+    f = jax.jit(lambda d: phi_at(leaf + d.reshape(leaf.shape)))
+    return (jax.lax.map(f, step * directions, batch_size=64), jax.lax.map(f, -step * directions, batch_size=64))
+
+
 def _elementwise(name, phi_at, leaf, rule, eps, tol) -> ArgumentReport:
-    n = leaf.size
-    flat = leaf.reshape(-1)
-    steps = eps * jnp.eye(n, dtype=leaf.dtype)
-    f = jax.jit(lambda x: phi_at(x.reshape(leaf.shape)))
-    plus = jax.lax.map(f, flat + steps, batch_size=64)
-    minus = jax.lax.map(f, flat - steps, batch_size=64)
-    numeric = ((plus - minus) / (2 * eps)).reshape(leaf.shape)
-    return compare(name, rule, numeric, tol)
+    plus, minus = perturbed(phi_at, leaf, jnp.eye(leaf.size, dtype=leaf.dtype), eps)
+    return compare(name, rule, ((plus - minus) / (2 * eps)).reshape(leaf.shape), tol)
 
 
 def _projections(name, phi_at, leaf, rule, eps, tol, rng, directions) -> ArgumentReport:
-    worst = None
+    u = jnp.asarray(rng.standard_normal((directions, leaf.size)), jnp.float64)
+    plus, minus = perturbed(phi_at, leaf, u, eps)
+    numeric = np.asarray((plus - minus) / (2 * eps))
+    analytic = np.asarray(u @ rule.reshape(-1))
+    reports = []
     for k in range(directions):
-        u = jnp.asarray(rng.standard_normal(leaf.shape), jnp.float64)
-        numeric = float((phi_at(leaf + eps * u) - phi_at(leaf - eps * u)) / (2 * eps))
-        analytic = float(jnp.vdot(u, rule))
-        scale = float(jnp.linalg.norm(u) * np.linalg.norm(rule))
-        allowed = tol.atol * max(1.0, scale) + tol.rtol * abs(numeric)
-        err = abs(analytic - numeric)
-        if not np.isfinite(err):
-            err = np.inf
-        report = ArgumentReport(
+        scale = float(np.linalg.norm(u[k]) * np.linalg.norm(rule))
+        allowed = tol.atol * max(1.0, scale) + tol.rtol * abs(numeric[k])
+        err = abs(analytic[k] - numeric[k])
+        err = err if np.isfinite(err) else np.inf
+        reports.append(ArgumentReport(
             name, tuple(leaf.shape), err, err / scale if scale > 0 else err,
-            ("direction", k), analytic, numeric, allowed, bool(err <= allowed),
-        )
-        if worst is None or (not report.ok, err / allowed) > (not worst.ok, worst.max_abs_error / worst.tolerance):
-            worst = report
-    return worst
+            ("direction", k), float(analytic[k]), float(numeric[k]), allowed, bool(err <= allowed),
+        ))
+    return worst(reports)

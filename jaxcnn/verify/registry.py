@@ -1,29 +1,43 @@
 """The op registry: for every op in :mod:`jaxcnn.ops`, its reference and sample inputs.
 
 Samples are drawn away from kinks (no ReLU input near 0, no ties in a pooling window)
-and cover every option an op has. Arrays are float64 NumPy here; :func:`cast` turns
-them into the dtype under test, leaving integer leaves (labels) alone.
+and cover every option an op has, the awkward values included (stride larger than the
+window, odd sizes with ``"SAME"``, padding larger than the kernel where that is legal,
+connection tables, integer / one-hot / probability labels, dilation). The few samples
+that sit on a kink on purpose say so in ``Sample.kink``: they pin the op's convention
+there against its reference, and finite differences must call them non-smooth.
+Arrays are float64 NumPy here; :func:`cast` turns them into the dtype under test,
+leaving integer leaves (labels) alone.
+
+To register a new op (or a new option of an old one), add an :class:`OpInfo` (or a
+:class:`Sample`) below; ``jaxcnn verify`` and the tests pick it up.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn import ops, reference
+from jaxcnn.ops.conv import METHODS as CONV_METHODS
 
 
 @dataclasses.dataclass(frozen=True)
 class Sample:
-    """One input of an op: positional ``args`` (arrays or pytrees) and keyword ``settings``."""
+    """One input of an op: positional ``args`` (arrays or pytrees) and keyword ``settings``.
+
+    ``kink`` is empty for the usual samples, drawn away from kinks; otherwise it names
+    the convention that the sample pins at a kink on purpose.
+    """
 
     args: tuple
     settings: dict = dataclasses.field(default_factory=dict)
     label: str = ""
+    kink: str = ""
 
     def describe(self) -> str:
         shapes = ", ".join(_describe(a) for a in self.args)
@@ -41,11 +55,17 @@ def _describe(arg: Any) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class OpInfo:
-    """An op, its autodiff reference, and a catalogue of sample inputs."""
+    """An op, its autodiff reference, and a catalogue of sample inputs.
+
+    ``batched`` lists the per-example arguments (vmapped, and split over devices by the
+    sharding check); the others are shared weights or settings.
+    """
 
     name: str
     samples: Callable[[np.random.Generator], list[Sample]]
-    quick: int = 2  # how many samples ``--quick`` keeps
+    few: int = 2  # how many samples the costly transforms of the full sweep use
+    quick: int = 1  # how many samples ``--quick`` keeps
+    batched: tuple[int, ...] = (0,)
 
     @property
     def op(self) -> Callable:
@@ -76,9 +96,9 @@ def _away_from_zero(rng, *shape, low=0.1, high=2.0):
 def _dense(rng):
     return [
         Sample((_normal(rng, 4, 3), _normal(rng, 5, 3), _normal(rng, 5))),
-        Sample((_normal(rng, 4, 3), _normal(rng, 2, 3))),
-        Sample((_normal(rng, 2, 3, 6), _normal(rng, 4, 6), _normal(rng, 4))),
-        Sample((_normal(rng, 7), _normal(rng, 1, 7), _normal(rng, 1))),
+        Sample((_normal(rng, 4, 3), _normal(rng, 2, 3)), label="no bias"),
+        Sample((_normal(rng, 2, 3, 6), _normal(rng, 4, 6), _normal(rng, 4)), label="leading axes (2, 3, 6)"),
+        Sample((_normal(rng, 7), _normal(rng, 1, 7), _normal(rng, 1)), label="1-D input, one output"),
     ]
 
 
@@ -86,7 +106,15 @@ def _elementwise(rng):
     return [
         Sample((_away_from_zero(rng, 4, 5),)),
         Sample((_away_from_zero(rng, 2, 3, 4, 2),)),
-        Sample((_away_from_zero(rng, 9),)),
+        Sample((_away_from_zero(rng, 9, low=4.0, high=9.0),), label="saturating (9,), |x| in [4, 9)"),
+    ]
+
+
+def _relu(rng):
+    at_zero = _away_from_zero(rng, 3, 4)
+    at_zero[:, ::2] = 0.0
+    return _elementwise(rng) + [
+        Sample((at_zero,), label="exact zeros (3, 4)", kink="the gradient passes at x = 0 (x >= 0)"),
     ]
 
 
@@ -95,6 +123,7 @@ def _softmax(rng):
         Sample((_normal(rng, 4, 5, scale=2),)),
         Sample((_normal(rng, 4, 5, scale=2),), {"axis": 0}),
         Sample((_normal(rng, 2, 3, 4, scale=2),), {"axis": 1}),
+        Sample((_normal(rng, 3, 6, scale=30),), label="large logits (3, 6), scale 30"),
     ]
 
 
@@ -106,6 +135,8 @@ def _softmax_cross_entropy(rng):
         Sample((logits, np.eye(4)[rng.integers(0, 4, size=6)]), label="one-hot labels (6, 4)"),
         Sample((logits, probs / probs.sum(-1, keepdims=True)), label="probability labels (6, 4)"),
         Sample((_normal(rng, 2, 3, 5, scale=2), rng.integers(0, 5, size=(2, 3))), label="leading axes (2, 3, 5)"),
+        Sample((logits, probs), label="target rows not summing to one (6, 4)"),
+        Sample((_normal(rng, 3, 5, scale=30), rng.integers(0, 5, size=3)), label="large logits (3, 5), scale 30"),
     ]
 
 
@@ -113,6 +144,7 @@ def _euclidean_loss(rng):
     return [
         Sample((_normal(rng, 4, 3), _normal(rng, 4, 3))),
         Sample((_normal(rng, 2, 3, 2), _normal(rng, 2, 3, 2))),
+        Sample((_normal(rng, 5), _normal(rng, 5)), label="1-D (5,)"),
     ]
 
 
@@ -121,16 +153,30 @@ def _mean_subtraction(rng):
         Sample((_normal(rng, 4, 5),)),
         Sample((_normal(rng, 2, 3, 4),), {"axis": (1, 2)}),
         Sample((_normal(rng, 3, 4),), {"axis": 0}),
+        Sample((_normal(rng, 2, 3, 4),), {"axis": -2}),
     ]
 
 
 def _flatten(rng):
-    return [Sample((_normal(rng, 2, 3, 4, 2),)), Sample((_normal(rng, 3, 5),))]
+    return [
+        Sample((_normal(rng, 2, 3, 4, 2),)),
+        Sample((_normal(rng, 3, 5),)),
+        Sample((_normal(rng, 4),), label="1-D (4,) -> (4, 1)"),
+    ]
+
+
+class _Params(NamedTuple):
+    w: Any
+    b: Any
 
 
 def _l2_penalty(rng):
     params = {"conv": {"w": _normal(rng, 3, 3, 2, 4)}, "dense": [_normal(rng, 5, 4), _normal(rng, 5)]}
-    return [Sample((params, np.float64(0.3)), label="nested dict/list params, lam=0.3")]
+    return [
+        Sample((params, np.float64(0.3)), label="nested dict/list params, lam=0.3"),
+        Sample((_Params(_normal(rng, 4, 3), _normal(rng, 3)), np.float64(2.0)), label="NamedTuple params, lam=2"),
+        Sample((_normal(rng, 6), np.float64(0.05)), label="one array, lam=0.05"),
+    ]
 
 
 def _distinct(rng, *shape, gap=0.05):
@@ -154,11 +200,20 @@ def _conv(rng):
                {"padding": "FULL", "connections": table}, label="2-D FULL with a connection table"),
         Sample((_normal(rng, 1, 5, 4, 6, 2), _normal(rng, 2, 3, 2, 2, 2), _normal(rng, 2)),
                {"stride": (1, 2, 2), "padding": "SAME"}, label="3-D k(2,3,2) s(1,2,2) SAME"),
-        Sample((_normal(rng, 2, 7, 6, 3), _normal(rng, 3, 3, 3, 2), _normal(rng, 2)),
-               {"stride": 2, "padding": 1, "method": "im2col"}, label="2-D im2col k3 s2 p1"),
+        Sample((_normal(rng, 2, 7, 3), _normal(rng, 1, 3, 2), _normal(rng, 2)), {"stride": 2, "padding": "SAME"},
+               label="1-D 1x1 kernel s2 SAME, odd size"),
+        Sample((_normal(rng, 2, 5, 5, 2), _normal(rng, 2, 2, 2, 2), _normal(rng, 2)),
+               {"stride": 2, "dilation": 2, "padding": 1}, label="2-D k2 s2 dilation 2 p1"),
+        *(
+            Sample((_normal(rng, 2, 7, 6, 3), _normal(rng, 3, 3, 3, 2), _normal(rng, 2)),
+                   {"stride": 2, "padding": 1, "method": method}, label=f"2-D k3 s2 p1, method={method}")
+            for method in CONV_METHODS
+        ),
         Sample((_normal(rng, 1, 6, 5, 4), _normal(rng, 3, 3, 4, 3)),
                {"dilation": 2, "padding": "SAME", "connections": table, "method": "im2col"},
                label="2-D im2col dilation 2 SAME with a table"),
+        Sample((_normal(rng, 1, 5, 5, 2), _normal(rng, 2, 2, 2, 2)), {"stride": 3, "padding": 3, "method": "im2col"},
+               label="2-D im2col k2 s3 padding 3 > kernel"),
     ]
 
 
@@ -167,27 +222,37 @@ def _im2col(rng):
         Sample((_normal(rng, 2, 5, 6, 3),), {"window": (2, 3)}),
         Sample((_normal(rng, 1, 7, 2),), {"window": 3, "stride": 2, "padding": "SAME"}),
         Sample((_normal(rng, 1, 6, 6, 2),), {"window": (2, 2), "stride": 2, "dilation": 2, "padding": 1}),
+        Sample((_normal(rng, 1, 7, 2),), {"window": 2, "stride": 3, "padding": 3}, label="1-D k2 s3 padding 3 > window"),
+        Sample((_normal(rng, 1, 4, 5, 3, 1),), {"window": 2, "padding": "FULL"}, label="3-D k2 FULL"),
     ]
 
 
 def _max_pool(rng):
+    tied = _distinct(rng, 1, 4, 4, 1)
+    tied[0, 1, 0, 0] = tied[0, 0, 1, 0] = tied[0, :2, :2, 0].max() + 0.5  # a tie for the maximum
     return [
-        Sample((_distinct(rng, 2, 6, 6, 3),), {"window": 2}, label="2-D 2×2/2"),
-        Sample((_distinct(rng, 1, 7, 7, 2),), {"window": 3, "stride": 2}, label="2-D 3×3/2 overlapping"),
-        Sample((_distinct(rng, 1, 7, 5, 2),), {"window": 3, "stride": 1, "padding": "SAME"}, label="2-D 3×3/1 SAME"),
+        Sample((_distinct(rng, 2, 6, 6, 3),), {"window": 2}, label="2-D 2x2/2"),
+        Sample((_distinct(rng, 1, 7, 7, 2),), {"window": 3, "stride": 2}, label="2-D 3x3/2 overlapping"),
+        Sample((_distinct(rng, 1, 7, 5, 2),), {"window": 3, "stride": 1, "padding": "SAME"}, label="2-D 3x3/1 SAME, odd sizes"),
         Sample((_distinct(rng, 2, 9, 2),), {"window": 2, "stride": 3}, label="1-D stride > window"),
         Sample((_distinct(rng, 1, 4, 5, 4, 2),), {"window": (2, 3, 2), "stride": (2, 1, 2), "padding": 1},
                label="3-D padded"),
+        Sample((_distinct(rng, 1, 5, 3),), {"window": 3, "stride": 2, "padding": "FULL"}, label="1-D 3/2 FULL"),
+        Sample((tied,), {"window": 2}, label="2-D 2x2/2 with a tie",
+               kink="ties go to the first maximum in window order"),
     ]
 
 
 def _mean_pool(rng):
     return [
-        Sample((_normal(rng, 2, 6, 6, 3),), {"window": 2}, label="2-D 2×2/2"),
+        Sample((_normal(rng, 2, 6, 6, 3),), {"window": 2}, label="2-D 2x2/2"),
         Sample((_normal(rng, 1, 7, 7, 2),), {"window": 3, "stride": 2, "padding": "SAME", "count_padding": False},
-               label="2-D 3×3/2 SAME, count_padding=False"),
+               label="2-D 3x3/2 SAME, count_padding=False"),
         Sample((_normal(rng, 2, 8, 2),), {"window": 3, "stride": 2, "padding": 1}, label="1-D padded"),
         Sample((_normal(rng, 1, 4, 4, 4, 2),), {"window": 2, "stride": 1}, label="3-D overlapping"),
+        Sample((_normal(rng, 2, 9, 2),), {"window": 2, "stride": 3}, label="1-D stride > window"),
+        Sample((_normal(rng, 1, 5, 4, 2),), {"window": 3, "padding": "FULL", "count_padding": False},
+               label="2-D 3x3/3 FULL, count_padding=False"),
     ]
 
 
@@ -196,6 +261,7 @@ def _resample(rng):
         Sample((_normal(rng, 2, 5, 6, 3),), {"factor": 2}),
         Sample((_normal(rng, 1, 7, 2),), {"factor": 3}),
         Sample((_normal(rng, 1, 3, 4, 5, 2),), {"factor": (1, 2, 3)}),
+        Sample((_normal(rng, 2, 3, 2),), {"factor": 5}, label="1-D factor 5 > size 3"),
     ]
 
 
@@ -206,6 +272,12 @@ def _conv_transpose(rng):
                label="k2 s3 SAME (stride > window)"),
         Sample((_normal(rng, 1, 6, 3), _normal(rng, 4, 3, 2), _normal(rng, 2)), {"stride": 2, "padding": 1},
                label="1-D k4 s2 p1"),
+        Sample((_normal(rng, 2, 3, 2), _normal(rng, 2, 2, 2), _normal(rng, 2)), {"stride": 3},
+               label="1-D k2 s3 VALID (bias-only tail)"),
+        Sample((_normal(rng, 1, 4, 4, 2), _normal(rng, 3, 3, 2, 2), _normal(rng, 2)), {"stride": 2, "padding": "FULL"},
+               label="2-D k3 s2 FULL"),
+        Sample((_normal(rng, 1, 2, 3, 2, 2), _normal(rng, 2, 2, 2, 2, 2)), {"stride": (1, 2, 2), "padding": ((1, 0), (0, 1), (1, 1))},
+               label="3-D k2 s(1,2,2) explicit pads"),
     ]
 
 
@@ -214,16 +286,16 @@ REGISTRY: dict[str, OpInfo] = {
     info.name: info
     for info in [
         OpInfo("dense", _dense),
-        OpInfo("relu", _elementwise),
+        OpInfo("relu", _relu),
         OpInfo("sigmoid", _elementwise),
         OpInfo("tanh", _elementwise),
         OpInfo("softmax", _softmax),
-        OpInfo("softmax_cross_entropy", _softmax_cross_entropy),
-        OpInfo("euclidean_loss", _euclidean_loss),
+        OpInfo("softmax_cross_entropy", _softmax_cross_entropy, batched=(0, 1)),
+        OpInfo("euclidean_loss", _euclidean_loss, batched=(0, 1)),
         OpInfo("mean_subtraction", _mean_subtraction),
         OpInfo("flatten", _flatten),
-        OpInfo("l2_penalty", _l2_penalty, quick=1),
-        OpInfo("conv", _conv, quick=3),
+        OpInfo("l2_penalty", _l2_penalty, few=1),
+        OpInfo("conv", _conv, few=3, quick=2),
         OpInfo("im2col", _im2col),
         OpInfo("max_pool", _max_pool),
         OpInfo("mean_pool", _mean_pool),

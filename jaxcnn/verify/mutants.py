@@ -1,0 +1,494 @@
+"""The mutation suite: deliberately wrong backward rules, to prove the checker catches them.
+
+Each :class:`Mutant` is an op of :mod:`jaxcnn.ops` with the real forward and the real
+backward rule, except for the cotangent of one argument, which a classic mistake
+replaces (a missing kernel flip, δ not upsampled by the stride, the padding not cropped,
+a missing ``1/N``, max-pool δ spread over the window, ``=`` instead of ``+=`` on
+overlapping windows, ...). :func:`run` puts every mutant through the same checks as
+``jaxcnn verify`` (hand VJP vs autodiff of the reference, float64), on the registry's
+samples where its mistake can show, until one catches it; the mutant counts as caught
+when the report blames exactly the broken argument, and the failing check is diagnosed
+(it should read "rule wrong"). ``jaxcnn verify --mutants`` prints the table.
+
+The wrong rules are written as the right formula at a wrong operand where possible
+(no kernel flip = the right rule at the flipped kernel), so that each stays one line
+that says what the mistake is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import math
+import time
+from typing import Any, Callable, Iterable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxcnn import _shapes, ops
+from jaxcnn.verify import suite
+from jaxcnn.verify.registry import REGISTRY, Sample
+from jaxcnn.verify.suite import Record
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutant:
+    """A wrong backward rule for one argument of one op.
+
+    Attributes:
+      name: ``"<op>.<mistake>"``.
+      op: the op of :mod:`jaxcnn.ops` (and of the registry) it breaks.
+      argument: the argument whose cotangent is wrong (what the report must blame).
+      description: the mistake, in words.
+      wrong: ``(g, args, settings) -> cotangent`` of ``argument``.
+      applies: whether a registry sample can show the mistake (a stride to forget, a
+        batch to sum over, overlapping windows, ...).
+    """
+
+    name: str
+    op: str
+    argument: str
+    description: str
+    wrong: Callable
+    applies: Callable[[Sample], bool] = lambda sample: True
+
+    def build(self) -> Callable:
+        """The mutated op, ``f(*args, **settings)``: real forward, this mistake in the backward."""
+        real_op = getattr(ops, self.op)
+        position = _positions(real_op)[self.argument]
+
+        @functools.wraps(real_op)
+        def mutated(*args, **settings):
+            real = functools.partial(real_op, **settings)
+
+            @jax.custom_vjp
+            def f(*a):
+                return real(*a)
+
+            def bwd(a, g):
+                cotangents = list(jax.vjp(real, *a)[1](g))
+                cotangents[position] = self.wrong(g, a, settings)
+                return tuple(None if _is_float0(c) else c for c in cotangents)
+
+            f.defvjp(lambda *a: (real(*a), a), bwd)
+            return f(*args)
+
+        mutated.__name__ = self.name
+        return mutated
+
+
+def _positions(fn: Callable) -> dict[str, int]:
+    return {name: i for i, name in enumerate(inspect.signature(fn).parameters)}
+
+
+def _is_float0(c: Any) -> bool:
+    return all(getattr(l, "dtype", None) == jax.dtypes.float0 for l in jax.tree_util.tree_leaves(c))
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def _right(op: str, args, settings, g, argument: int):
+    """The real rule's cotangent of ``args[argument]`` (at possibly altered operands)."""
+    return jax.vjp(functools.partial(getattr(ops, op), **settings), *args)[1](g)[argument]
+
+
+def _flip(w):
+    """rot180 of a kernel ``(*window, C_in, C_out)`` over its spatial axes."""
+    return lax.rev(w, tuple(range(w.ndim - 2)))
+
+
+def _spatial(a) -> tuple[int, ...]:
+    return tuple(range(1, a.ndim - 1))
+
+
+def _pads(args, settings, pool: bool = False):
+    """The forward's resolved ``(lo, hi)`` padding per spatial axis (``args[0]`` is the input)."""
+    x, window = args[0], settings.get("window")
+    if pool:
+        return _shapes.pool_geometry("mutant", x.shape[1:-1], window, settings.get("stride"),
+                                     settings.get("padding", "VALID")).pads
+    if window is None:  # conv: the window is the kernel's
+        window = args[1].shape[:-2]
+    return _shapes.geometry("mutant", x.shape[1:-1], window, settings.get("stride", 1),
+                            settings.get("padding", "VALID"), settings.get("dilation", 1)).pads
+
+
+def _window_positions(x_shape, settings, pool: bool) -> np.ndarray:
+    """Flat positions in the padded grid of every window's entries, ``(*out, K)``, window order."""
+    window = _shapes.spatial_tuple("mutant", "window", settings["window"], len(x_shape) - 2)
+    stride = settings.get("stride") if pool else settings.get("stride", 1)
+    stride = window if stride is None else _shapes.spatial_tuple("mutant", "stride", stride, len(window))
+    dilation = (1,) * len(window) if pool else _shapes.spatial_tuple("mutant", "dilation", settings.get("dilation", 1),
+                                                                      len(window))
+    pads = _pads((np.zeros(x_shape),), settings, pool)
+    padded = tuple(n + lo + hi for n, (lo, hi) in zip(x_shape[1:-1], pads))
+    extent = [(k - 1) * d + 1 for k, d in zip(window, dilation)]
+    out = [(p - e) // s + 1 for p, e, s in zip(padded, extent, stride)]
+    per_axis = [np.arange(o)[:, None] * s + np.arange(k)[None, :] * d for o, s, k, d in zip(out, stride, window, dilation)]
+    grids = np.meshgrid(*[p.reshape(-1) for p in per_axis], indexing="ij")  # over (o₁, k₁, o₂, k₂, ...)
+    flat = np.ravel_multi_index(tuple(grids), padded).reshape([d for o, k in zip(out, window) for d in (o, k)])
+    n = len(window)
+    return flat.transpose([*range(0, 2 * n, 2), *range(1, 2 * n, 2)]).reshape(*out, math.prod(window))
+
+
+def _overlapping(pool: bool) -> Callable[[Sample], bool]:
+    """Whether some input element lies in more than one window (where ``+=`` matters)."""
+    def applies(sample: Sample) -> bool:
+        positions = _window_positions(np.shape(sample.args[0]), sample.settings, pool)
+        return len(np.unique(positions)) < positions.size
+
+    return applies
+
+
+def _assign_windows(values, x_shape, settings, pool: bool, positions=None):
+    """``dx_pad[p] = value`` (assignment, the mistake) for every window entry, then cropped.
+
+    ``values`` is ``(N, *out, K, C)`` (or ``(N, *out, C)`` with ``positions`` per entry).
+    """
+    pads = _pads((np.zeros(x_shape),), settings, pool)
+    padded = tuple(n + lo + hi for n, (lo, hi) in zip(x_shape[1:-1], pads))
+    n, c = x_shape[0], x_shape[-1]
+    if positions is None:
+        positions = jnp.broadcast_to(_window_positions(x_shape, settings, pool), values.shape[:-1])
+    batch = jnp.arange(n).reshape((n,) + (1,) * (positions.ndim - 1))
+    flat = jnp.zeros((n, math.prod(padded), c), values.dtype)
+    if positions.ndim == values.ndim:  # one position per (example, window, channel)
+        channel = jnp.arange(c).reshape((1,) * (positions.ndim - 1) + (c,))
+        flat = flat.at[batch, positions, channel].set(values)
+    else:
+        flat = flat.at[batch, positions].set(values)
+    grid = flat.reshape(n, *padded, c)
+    return grid[(slice(None), *(slice(lo, lo + size) for (lo, _), size in zip(pads, x_shape[1:-1])), slice(None))]
+
+
+def _bias_mean_over_batch(g, args, settings):
+    """``db`` averaged instead of summed over the batch (summed over positions only)."""
+    return jnp.mean(jnp.sum(g, axis=tuple(range(1, g.ndim - 1))), axis=0)
+
+
+def _has(i: int, predicate: Callable = lambda a: True) -> Callable[[Sample], bool]:
+    """Whether positional argument ``i`` is given and satisfies ``predicate``."""
+    return lambda sample: len(sample.args) > i and sample.args[i] is not None and bool(predicate(np.asarray(sample.args[i])))
+
+
+def _setting(predicate: Callable[[dict], bool]) -> Callable[[Sample], bool]:
+    return lambda sample: bool(predicate(sample.settings))
+
+
+def _both(*predicates) -> Callable[[Sample], bool]:
+    return lambda sample: all(p(sample) for p in predicates)
+
+
+def _batch_gt_1(sample: Sample) -> bool:
+    return np.ndim(sample.args[0]) >= 2 and np.shape(sample.args[0])[0] > 1
+
+
+def _strided(settings: dict) -> bool:
+    return np.max(settings.get("stride", 1)) > 1
+
+
+def _padded_low(sample: Sample) -> bool:
+    return any(lo > 0 for lo, _ in _pads(sample.args, sample.settings))
+
+
+def _window_gt_1(sample: Sample) -> bool:
+    return math.prod(np.shape(sample.args[1])[:-2]) > 1
+
+
+# --------------------------------------------------------------------------- the mistakes: conv
+
+
+def _conv_no_stride_upsampling(argument: int):
+    """The rule at stride 1 with δ packed at the start: its S − 1 zeros never inserted."""
+    def wrong(g, args, settings):
+        dense = dict(settings, stride=1)
+        full = jax.eval_shape(functools.partial(ops.conv, **dense), *args).shape
+        packed = jnp.zeros(full, g.dtype).at[tuple(slice(0, n) for n in g.shape)].set(g)
+        return _right("conv", args, dense, packed, argument)
+
+    return wrong
+
+
+def _conv_padding_not_cropped(g, args, settings):
+    """``dx`` of the padded map keeps its first n entries instead of deleting the padding."""
+    x = args[0]
+    pads = _pads(args, settings)
+    unpadded = dict(settings, padding="VALID")
+    padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    dx_padded = _right("conv", (padded, *args[1:]), unpadded, g, 0)
+    return dx_padded[(slice(None), *(slice(0, n) for n in x.shape[1:-1]), slice(None))]
+
+
+def _conv_transposed_kernel(g, args, settings):
+    """The spatially transposed kernel used where the lectures rotate it by 180°."""
+    x, w = args[0], args[1]
+    n = w.ndim - 2
+    transposed = jnp.transpose(w, (*reversed(range(n)), n, n + 1))
+    return _right("conv", (x, _flip(transposed), *args[2:]), settings, g, 0)
+
+
+def _conv_channels_permuted(g, args, settings):
+    """``dw`` laid out ``(…, C_out, C_in)`` and read as ``(…, C_in, C_out)`` (OIHW vs HWIO)."""
+    dw = _right("conv", args, settings, g, 1)
+    return dw.reshape(*dw.shape[:-2], dw.shape[-1], dw.shape[-2]).swapaxes(-1, -2)
+
+
+def _conv_connections_ignored(g, args, settings):
+    """Absent connections get the gradient of a fully connected kernel."""
+    full = {k: v for k, v in settings.items() if k != "connections"}
+    return _right("conv", args, full, g, 1)
+
+
+# --------------------------------------------------------------------------- the mistakes: pooling
+
+
+def _max_pool_overwrite(g, args, settings):
+    """δ routed to the arg-max with ``=``: a maximum shared by overlapping windows keeps one δ."""
+    x = args[0]
+    pads = _pads(args, settings, pool=True)
+    padded = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+    positions = _window_positions(x.shape, settings, pool=True)  # (*out, K)
+    entries = padded.reshape(x.shape[0], -1, x.shape[-1])[:, positions]  # (N, *out, K, C)
+    first_max = jnp.argmax(entries, axis=-2)  # (N, *out, C)
+    where = jnp.take_along_axis(jnp.broadcast_to(positions[None, ..., None], entries.shape), first_max[..., None, :], -2)
+    return _assign_windows(g, x.shape, settings, True, positions=where[..., 0, :])
+
+
+def _mean_pool_overwrite(g, args, settings):
+    """``δ / K`` spread with ``=``: an element shared by overlapping windows keeps one share."""
+    x = args[0]
+    per_window = g / _mean_pool_divisor(x, settings)
+    k = _window_positions(x.shape, settings, pool=True).shape[-1]
+    return _assign_windows(jnp.repeat(per_window[..., None, :], k, axis=-2), x.shape, settings, True)
+
+
+def _mean_pool_divisor(x, settings):
+    """``K``, or with ``count_padding=False`` the number of real elements of each window."""
+    window = _shapes.spatial_tuple("mutant", "window", settings["window"], x.ndim - 2)
+    ones = jnp.ones((1, *x.shape[1:-1], 1), x.dtype)
+    counted = dict(settings, count_padding=True)
+    real = ops.mean_pool(ones, **counted) * math.prod(window)
+    return real if settings.get("count_padding", True) is False else jnp.asarray(math.prod(window), x.dtype)
+
+
+def _im2col_overwrite(g, args, settings):
+    """col2im with ``=`` instead of overlap-add: an element in several windows keeps one entry."""
+    x = args[0]
+    k = _window_positions(x.shape, settings, pool=False).shape[-1]
+    return _assign_windows(g.reshape(*g.shape[:-1], k, x.shape[-1]), x.shape, settings, False)
+
+
+# --------------------------------------------------------------------------- the mistakes: resampling
+
+
+def _factors(x, settings):
+    return _shapes.spatial_tuple("mutant", "factor", settings["factor"], x.ndim - 2)
+
+
+def _upsample_nearest_adjoint(g, args, settings):
+    """``dx[i] = Σ_j g[S·i + j]``: the adjoint of nearest-neighbour upsampling, not of zero insertion."""
+    x = args[0]
+    factor = _factors(x, settings)
+    tail = [(0, 0), *((0, n * s - m) for n, s, m in zip(x.shape[1:-1], factor, g.shape[1:-1])), (0, 0)]
+    blocks = jnp.pad(g, tail).reshape(x.shape[0], *(d for n, s in zip(x.shape[1:-1], factor) for d in (n, s)), x.shape[-1])
+    return jnp.sum(blocks, axis=tuple(range(2, 2 * len(factor) + 1, 2)))
+
+
+def _downsample_nearest_adjoint(g, args, settings):
+    """δ copied to all ``S`` positions of a block instead of zeros at the dropped ones."""
+    x = args[0]
+    for axis, s in enumerate(_factors(x, settings), start=1):
+        g = jnp.repeat(g, s, axis=axis)
+    return g[tuple(slice(0, n) for n in x.shape)]
+
+
+def _any_factor_gt_1(sample: Sample) -> bool:
+    return np.max(sample.settings["factor"]) > 1
+
+
+# --------------------------------------------------------------------------- the catalogue
+
+
+def _scaled_rule(op: str, argument: int, factor: Callable) -> Callable:
+    """The right rule times ``factor(args)`` (a missing ``1/N``, a missing ``½``, ...)."""
+    return lambda g, args, settings: _right(op, args, settings, g, argument) * factor(args)
+
+
+def _elementwise(formula: Callable) -> Callable:
+    """A wrong ``dx = formula(g, x, settings)`` for a one-argument op."""
+    return lambda g, args, settings: formula(g, args[0], settings)
+
+
+MUTANTS: dict[str, Mutant] = {m.name: m for m in [
+    Mutant("conv.no_kernel_flip", "conv", "x", "δ correlated with w itself, not rot180(w)",
+           lambda g, a, s: _right("conv", (a[0], _flip(a[1]), *a[2:]), s, g, 0), _window_gt_1),
+    Mutant("conv.transposed_kernel", "conv", "x", "the spatially transposed kernel instead of the flipped one",
+           _conv_transposed_kernel,
+           _both(_window_gt_1, lambda s: np.ndim(s.args[1]) >= 4 and len(set(np.shape(s.args[1])[:-2])) == 1)),
+    Mutant("conv.no_stride_upsampling", "conv", "x", "δ not upsampled by the stride before the full convolution",
+           _conv_no_stride_upsampling(0), _setting(_strided)),
+    Mutant("conv.dw_no_stride_upsampling", "conv", "w", "δ not upsampled by the stride before correlating with x",
+           _conv_no_stride_upsampling(1), _setting(_strided)),
+    Mutant("conv.padding_not_cropped", "conv", "x", "the padded derivative map cut to n entries, not cropped",
+           _conv_padding_not_cropped, _padded_low),
+    Mutant("conv.dw_flipped_delta", "conv", "w", "dW correlates x with rot180(δ) instead of δ",
+           lambda g, a, s: _right("conv", a, s, lax.rev(g, _spatial(g)), 1)),
+    Mutant("conv.channels_permuted", "conv", "w", "dW in (C_out, C_in) order read as (C_in, C_out)",
+           _conv_channels_permuted, _has(1, lambda w: w.shape[-1] > 1 and w.shape[-2] > 1)),
+    Mutant("conv.connections_ignored", "conv", "w", "absent connections of the table get a gradient",
+           _conv_connections_ignored,
+           _setting(lambda s: s.get("connections") is not None and not np.all(s["connections"]))),
+    Mutant("conv.bias_not_summed_over_batch", "conv", "b", "db averaged over the batch instead of summed",
+           _bias_mean_over_batch, _both(_has(2), _batch_gt_1)),
+    Mutant("conv_transpose.no_kernel_flip", "conv_transpose", "x", "dx correlates δ with w, not with flip(w)",
+           lambda g, a, s: _right("conv_transpose", (a[0], _flip(a[1]), *a[2:]), s, g, 0), _window_gt_1),
+    Mutant("conv_transpose.dw_flipped", "conv_transpose", "w", "dW left flipped",
+           lambda g, a, s: _flip(_right("conv_transpose", a, s, g, 1)), _window_gt_1),
+    Mutant("conv_transpose.bias_not_summed_over_batch", "conv_transpose", "b",
+           "db averaged over the batch instead of summed", _bias_mean_over_batch, _both(_has(2), _batch_gt_1)),
+    Mutant("dense.bias_not_summed_over_batch", "dense", "b", "db averaged over the batch instead of summed",
+           lambda g, a, s: jnp.mean(g.reshape(-1, g.shape[-1]), axis=0),
+           _both(_has(2), lambda s: np.ndim(s.args[0]) >= 2)),
+    Mutant("dense.dw_first_example_only", "dense", "w", "dW = δ xᵀ of the first example, not summed over the batch",
+           lambda g, a, s: jnp.outer(g.reshape(-1, g.shape[-1])[0], a[0].reshape(-1, a[0].shape[-1])[0]),
+           lambda s: np.ndim(s.args[0]) >= 2),
+    Mutant("relu.kink_strict", "relu", "x", "dx = g·[x > 0]: the gradient stopped at x = 0",
+           _elementwise(lambda g, x, s: jnp.where(x > 0, g, 0)), lambda s: bool(s.kink)),
+    Mutant("sigmoid.derivative_from_input", "sigmoid", "x", "f'(x) taken as x (1 − x) instead of f (1 − f)",
+           _elementwise(lambda g, x, s: g * x * (1 - x))),
+    Mutant("tanh.missing_square", "tanh", "x", "f'(x) taken as 1 − f instead of 1 − f²",
+           _elementwise(lambda g, x, s: g * (1 - jnp.tanh(x)))),
+    Mutant("softmax.diagonal_jacobian_only", "softmax", "x", "dx = g p (1 − p): the off-diagonal p_i p_k dropped",
+           _elementwise(lambda g, x, s: g * ops.softmax(x, **s) * (1 - ops.softmax(x, **s)))),
+    Mutant("softmax_cross_entropy.missing_1_over_N", "softmax_cross_entropy", "logits", "ds = g (p − t), no 1/N",
+           _scaled_rule("softmax_cross_entropy", 0, lambda a: a[0].size // a[0].shape[-1]), _batch_gt_1),
+    Mutant("softmax_cross_entropy.label_gradient_sign", "softmax_cross_entropy", "labels",
+           "dt = +g log p / N (sign lost)", _scaled_rule("softmax_cross_entropy", 1, lambda a: -1.0),
+           _has(1, lambda t: np.issubdtype(t.dtype, np.floating))),
+    Mutant("euclidean_loss.missing_1_over_N", "euclidean_loss", "pred", "dz = g (z − y), no 1/N",
+           _scaled_rule("euclidean_loss", 0, lambda a: a[0].shape[0]), lambda s: np.shape(s.args[0])[0] > 1),
+    Mutant("euclidean_loss.target_gradient_sign", "euclidean_loss", "target", "dy = g (z − y) / N: sign of dz",
+           _scaled_rule("euclidean_loss", 1, lambda a: -1.0)),
+    Mutant("mean_subtraction.identity_backward", "mean_subtraction", "x", "dx = g: the mean of g not subtracted",
+           _elementwise(lambda g, x, s: g)),
+    Mutant("flatten.column_major", "flatten", "x", "g reshaped back in column-major (Fortran) order",
+           _elementwise(lambda g, x, s: jnp.reshape(g, x.shape, order="F")), lambda s: np.ndim(s.args[0]) >= 2),
+    Mutant("l2_penalty.lam_missing_half", "l2_penalty", "lam", "dλ = g Σ w², the ½ lost",
+           _scaled_rule("l2_penalty", 1, lambda a: 2.0)),
+    Mutant("l2_penalty.params_missing_lam", "l2_penalty", "params", "dw = g w, λ lost",
+           lambda g, a, s: jax.tree_util.tree_map(lambda w: g * w, a[0]), lambda s: float(s.args[1]) != 1.0),
+    Mutant("max_pool.spread_over_window", "max_pool", "x", "δ spread over the whole window, not routed to the max",
+           lambda g, a, s: _right("mean_pool", a, s, g, 0) * math.prod(_shapes.spatial_tuple(
+               "mutant", "window", s["window"], a[0].ndim - 2))),
+    Mutant("max_pool.overwrite_on_overlap", "max_pool", "x", "dx[argmax] = δ with = instead of +=",
+           _max_pool_overwrite, _overlapping(pool=True)),
+    Mutant("mean_pool.missing_1_over_K", "mean_pool", "x", "δ spread without dividing by the window size",
+           lambda g, a, s: _right("mean_pool", a, s, g, 0) * math.prod(_shapes.spatial_tuple(
+               "mutant", "window", s["window"], a[0].ndim - 2)), lambda s: s.settings.get("count_padding", True)),
+    Mutant("mean_pool.overwrite_on_overlap", "mean_pool", "x", "δ / K spread with = instead of +=",
+           _mean_pool_overwrite, _overlapping(pool=True)),
+    Mutant("im2col.overwrite_on_overlap", "im2col", "x", "col2im with = instead of overlap-add (+=)",
+           _im2col_overwrite, _overlapping(pool=False)),
+    Mutant("upsample.nearest_neighbour_adjoint", "upsample", "x", "dx[i] = Σ_j g[S·i + j] instead of g[S·i]",
+           _upsample_nearest_adjoint, _any_factor_gt_1),
+    Mutant("downsample.nearest_neighbour_adjoint", "downsample", "x", "δ copied over the block instead of zeros",
+           _downsample_nearest_adjoint, _any_factor_gt_1),
+]}
+
+
+# --------------------------------------------------------------------------- running them
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """How one mutant fared: the record of the check that caught it (None if none did)."""
+
+    mutant: Mutant
+    record: Optional[Record]
+    samples_tried: int
+
+    @property
+    def blamed(self) -> tuple[str, ...]:
+        """The arguments the failing check's report names."""
+        if self.record is None:
+            return ()
+        return tuple(dict.fromkeys(r.name.split("[")[0] for r in self.record.result.arguments if not r.ok))
+
+    @property
+    def caught(self) -> bool:
+        return self.record is not None
+
+    @property
+    def ok(self) -> bool:
+        """Caught, and blamed on exactly the argument it breaks."""
+        return self.caught and self.blamed == (self.mutant.argument,)
+
+    def __str__(self) -> str:
+        m = self.mutant
+        head = f"{m.name} ({m.description}; breaks {m.argument})"
+        if self.record is None:
+            return f"{head}: NOT CAUGHT on {self.samples_tried} samples"
+        return f"{head}: blamed {', '.join(self.blamed) or 'nothing'}\n{self.record}"
+
+    def to_json(self) -> dict:
+        r = self.record
+        return {
+            "mutant": self.mutant.name, "op": self.mutant.op, "argument": self.mutant.argument,
+            "description": self.mutant.description, "caught": self.caught, "blamed": list(self.blamed),
+            "ok": self.ok, "verdict": r.verdict if r else "", "sample": r.sample if r else "",
+            "index": r.index if r else None, "samples_tried": self.samples_tried,
+        }
+
+
+def reproduce(name: str, index: int, transform: str = "eager", seed: int = 0) -> Record:
+    """The check of mutant ``name`` at registry sample ``index`` (float64), diagnosed when it fails."""
+    m = MUTANTS[name]
+    snippet = f"from jaxcnn.verify import mutants\nprint(mutants.reproduce({name!r}, {index}, {transform!r}))"
+    return suite.check_sample(m.op, index, "float64", transform, op=m.build(), label=name, snippet=snippet, seed=seed)
+
+
+def run_one(m: Mutant, seed: int = 0) -> Outcome:
+    """Checks ``m`` on its applicable samples in registry order until one catches it."""
+    samples = REGISTRY[m.op].samples(np.random.default_rng(seed))
+    tried = 0
+    for index, sample in enumerate(samples):
+        if not m.applies(sample):
+            continue
+        tried += 1
+        record = reproduce(m.name, index, seed=seed)
+        if not record.ok:
+            return Outcome(m, record, tried)
+    return Outcome(m, None, tried)
+
+
+def run(names: Optional[Iterable[str]] = None, seed: int = 0) -> list[Outcome]:
+    """Every mutant (or those of the ops ``names``), each checked until caught."""
+    ops_wanted = set(names or REGISTRY)
+    return [run_one(m, seed) for m in MUTANTS.values() if m.op in ops_wanted]
+
+
+def timed_run(**kwargs) -> tuple[list[Outcome], float]:
+    start = time.perf_counter()
+    outcomes = run(**kwargs)
+    return outcomes, time.perf_counter() - start
+
+
+def format_table(outcomes: list[Outcome]) -> str:
+    header = ("mutant", "argument", "caught by sample", "blamed", "verdict", "status")
+    rows = [
+        (
+            o.mutant.name,
+            o.mutant.argument,
+            f"#{o.record.index} {o.record.sample}" if o.record else f"none of {o.samples_tried}",
+            ", ".join(o.blamed) or "-",
+            o.record.verdict if o.record else "-",
+            "caught" if o.ok else ("WRONG ARGUMENT" if o.caught else "MISSED"),
+        )
+        for o in outcomes
+    ]
+    return suite.format_rows(header, rows)

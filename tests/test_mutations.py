@@ -1,0 +1,81 @@
+"""The mutation suite: every deliberately wrong backward rule is caught and blamed on the
+argument it breaks; where its mistake cannot show, the mutant passes (so the mutants are
+the right rules but for the one mistake, and the checker is not merely strict)."""
+
+import numpy as np
+import pytest
+
+from jaxcnn import ops
+from jaxcnn.verify import mutants, suite
+from jaxcnn.verify.registry import REGISTRY
+
+LISTED = [  # the mistakes the issue names, and one per remaining op
+    "conv.no_kernel_flip", "conv.no_stride_upsampling", "conv.padding_not_cropped",
+    "softmax_cross_entropy.missing_1_over_N", "max_pool.spread_over_window", "max_pool.overwrite_on_overlap",
+    "conv.transposed_kernel", "conv.channels_permuted", "conv.bias_not_summed_over_batch",
+]
+
+
+@pytest.fixture(scope="module")
+def outcomes():
+    return {o.mutant.name: o for o in mutants.run()}
+
+
+def test_every_op_has_a_mutant_and_the_listed_mistakes_are_there():
+    assert {m.op for m in mutants.MUTANTS.values()} == set(REGISTRY)
+    assert set(LISTED) <= set(mutants.MUTANTS)
+
+
+def test_every_mutant_is_caught_and_blamed_on_its_argument(outcomes):
+    missed = [str(o) for o in outcomes.values() if not o.ok]
+    assert not missed, "\n\n".join(missed)
+    for o in outcomes.values():
+        assert o.blamed == (o.mutant.argument,)
+        assert not o.record.result[_first_leaf(o)].ok
+
+
+def _first_leaf(outcome):
+    return next(r.name for r in outcome.record.result.arguments if r.name.split("[")[0] == outcome.mutant.argument)
+
+
+def test_the_diagnosis_says_rule_wrong_except_at_a_pinned_kink(outcomes):
+    for o in outcomes.values():
+        expected = "non-smooth point" if o.record.kink else "rule wrong"
+        assert o.record.verdict == expected, str(o)
+
+
+@pytest.mark.parametrize("name, index", [
+    ("max_pool.overwrite_on_overlap", 0),  # 2×2/2: no overlap, = and += agree
+    ("mean_pool.overwrite_on_overlap", 0),
+    ("im2col.overwrite_on_overlap", 3),  # window 2, stride 3
+    ("conv.no_stride_upsampling", 0),  # stride 1
+    ("conv.padding_not_cropped", 0),  # VALID
+    ("softmax_cross_entropy.missing_1_over_N", 5),  # control: stays caught (N = 3)
+])
+def test_a_mutant_passes_where_its_mistake_cannot_show(name, index):
+    m = mutants.MUTANTS[name]
+    sample = REGISTRY[m.op].samples(np.random.default_rng(0))[index]
+    record = mutants.reproduce(name, index)
+    assert record.ok != m.applies(sample), str(record)
+
+
+def test_the_report_of_a_caught_mutant_reproduces_it(outcomes, capsys):
+    record = outcomes["conv.padding_not_cropped"].record
+    exec(record.snippet, {})
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "rule wrong" in out and f"conv.padding_not_cropped #{record.index}" in out
+
+
+def test_the_mutation_table_counts_the_catches(outcomes):
+    table = mutants.format_table(list(outcomes.values()))
+    assert table.count("caught") == len(mutants.MUTANTS) + 1  # the header's column and one per row
+    assert "MISSED" not in table and "WRONG ARGUMENT" not in table
+
+
+def test_a_mutant_keeps_the_real_forward_and_the_other_arguments_rules(rng):
+    m = mutants.MUTANTS["conv.no_kernel_flip"]
+    x, w, b = rng.normal(size=(2, 6, 3)), rng.normal(size=(3, 3, 2)), rng.normal(size=2)
+    mutated = m.build()
+    np.testing.assert_allclose(mutated(x, w, b, stride=2), ops.conv(x, w, b, stride=2))
+    record = suite.check_sample("conv", 0, "float64", "eager", op=mutated)
+    assert record.result["w"].ok and record.result["b"].ok and not record.result["x"].ok
