@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from jax import lax
 
 import opcheck
-from jaxcnn import ops, reference, verify
+from jaxcnn import _shapes, ops, reference, verify
+from jaxcnn.ops.conv import METHODS, Plan, auto_plan
 
-METHODS = ["xla", "im2col"]
 
 
 def _normal(rng, *shape, dtype=jnp.float64):
@@ -469,7 +469,7 @@ def test_errors(rng):
             conv(x, w[0, 0], b)
         with pytest.raises(ValueError, match=r"conv: `b` must have shape \(4,\) \(C_out,\) with C_out = w.shape\[-1\], got \(3,\)"):
             conv(x, w, b[:3])
-        with pytest.raises(ValueError, match=r"conv: unknown `method` 'fft'; use 'xla' or 'im2col'"):
+        with pytest.raises(ValueError, match=r"conv: unknown `method` 'fft'; use one of 'auto', 'xla', 'im2col', 'taps'"):
             conv(x, w, b, method="fft")
         with pytest.raises(TypeError, match=r"conv: all floating arguments must share one dtype, but `x` is float64, `w` is float32"):
             conv(x.astype(jnp.float64), w, b)
@@ -484,3 +484,26 @@ def test_traced_connection_table_is_rejected(rng):
     # closed over (static), a table works under jit
     y = jax.jit(lambda x: ops.conv(x, w, connections=np.eye(2, dtype=bool)))(x)
     np.testing.assert_allclose(y, reference.conv(x, w * jnp.eye(2)[None, None]), rtol=1e-12)
+
+
+AUTO_CASES = [  # (x_shape, w_shape, settings, the plan auto picks on the CPU)
+    ((3, 12, 12, 1), (5, 5, 1, 6), {}, ("taps", "taps", "col2im")),  # LeNet-5's C1: one input map
+    ((3, 5, 5, 16), (5, 5, 16, 12), {}, ("im2col", "im2col", "col2im")),  # C5: the window is the input
+    ((2, 9, 9, 24), (3, 3, 24, 48), dict(padding="SAME"), ("xla", "xla", "xla")),  # many channels
+    ((2, 9, 9, 24), (3, 3, 24, 48), dict(stride=2, padding="SAME"), ("xla", "xla", "col2im")),  # strided δ
+    ((4, 19, 25), (3, 25, 25), dict(stride=2, padding=1), ("xla", "xla", "col2im")),  # MNIST-1D conv2
+]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,settings,plan", AUTO_CASES, ids=["c1", "c5", "wide", "wide-s2", "1d"])
+def test_auto_plan_picks_per_shape_and_stays_exact(rng, x_shape, w_shape, settings, plan):
+    geom = _shapes.geometry("conv", x_shape[1:-1], w_shape[:-2], settings.get("stride", 1),
+                            settings.get("padding", "VALID"), 1)
+    assert auto_plan(geom, x_shape[1:-1], *w_shape[-2:], backend="cpu") == Plan(*plan)
+    assert auto_plan(geom, x_shape[1:-1], *w_shape[-2:], backend="gpu") == Plan("xla", "xla", "xla")
+    x, w, b = _normal(rng, *x_shape), _normal(rng, *w_shape), _normal(rng, w_shape[-1])
+    expected = reference.conv(x, w, b, **settings)
+    for method in METHODS:
+        np.testing.assert_allclose(ops.conv(x, w, b, method=method, **settings), expected, rtol=1e-10, atol=1e-10)
+    verify.check_vjp(ops.conv, reference.conv, x, w, b, **settings).assert_ok()
+    verify.check_numerical(ops.conv, x, w, b, **settings).assert_ok()

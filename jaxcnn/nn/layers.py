@@ -94,7 +94,7 @@ def Conv(
     padding: _shapes.Padding = "VALID",
     dilation: int | Sequence[int] = 1,
     connections: Optional[np.ndarray] = None,
-    method: str = "xla",
+    method: str = "auto",
     use_bias: bool = True,
     w_init: initializers.Initializer = initializers.lecun_normal(),
     b_init: initializers.Initializer = initializers.zeros(),

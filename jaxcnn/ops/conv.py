@@ -20,7 +20,7 @@ import numpy as np
 from jax import lax
 
 from jaxcnn import _checks, _shapes
-from jaxcnn.ops.im2col import col2im, patches
+from jaxcnn.ops.im2col import col2im, patches, taps, whole_window
 
 #: LeNet-5's S2 → C3 connection table (LeCun et al. 1998, Table I; Hu & Zhu's slide
 #: "Feature map selection"): ``LENET5_C3_TABLE[p, q]`` is true when input map ``p`` of
@@ -40,7 +40,22 @@ LENET5_C3_TABLE = np.array(
 )
 LENET5_C3_TABLE.flags.writeable = False
 
-METHODS = ("xla", "im2col")
+METHODS = ("auto", "xla", "im2col", "taps")
+
+
+class Plan(NamedTuple):
+    """Which exact formula computes each of the three products (see :func:`conv`)."""
+
+    forward: str  # "xla" | "im2col" | "taps"
+    weight: str  # dW: "xla" | "im2col" | "taps"
+    input: str  # dx: "xla" | "col2im"
+
+
+_PLANS = {
+    "xla": Plan("xla", "xla", "xla"),
+    "im2col": Plan("im2col", "im2col", "col2im"),
+    "taps": Plan("taps", "taps", "col2im"),
+}
 
 _LAYOUTS = {1: "(kw, C_in, C_out)", 2: "(kh, kw, C_in, C_out)", 3: "(kd, kh, kw, C_in, C_out)"}
 
@@ -54,7 +69,7 @@ def conv(
     padding: _shapes.Padding = "VALID",
     dilation=1,
     connections=None,
-    method: str = "xla",
+    method: str = "auto",
 ) -> jax.Array:
     r"""Convolution layer over 1, 2 or 3 spatial axes (chosen by ``w.ndim``), channels-last.
 
@@ -82,11 +97,19 @@ def conv(
     * Connections absent from ``M`` act as zero weights: they are zero in the forward
       and in ``dx``, and their ``dw`` is exactly zero.
 
-    ``method="xla"`` writes the forward and both gradients as ``lax.conv_general_dilated``
-    calls (the same convolutions JAX's own transpose rules emit). ``method="im2col"``
-    follows Park: ``y = im2col(x) · W`` with ``W = w.reshape(-1, C_out)``,
-    ``dW = im2col(x)ᵀ · δ`` and ``dx = col2im(δ · Wᵀ)`` (overlap-add, then crop). Both are
-    hand-derived ``custom_vjp`` rules; the residuals are ``x`` and the connected ``w``.
+    The same sums can be ordered three ways, all exact; ``method`` picks one:
+
+    * ``"xla"``: the forward and both gradients as ``lax.conv_general_dilated`` calls (the
+      same convolutions JAX's own transpose rules emit).
+    * ``"im2col"`` (Park): ``y = im2col(x) · W`` with ``W = w.reshape(-1, C_out)``,
+      ``dW = im2col(x)ᵀ · δ`` and ``dx = col2im(δ · Wᵀ)`` (overlap-add, then crop).
+    * ``"taps"``: ``y = Σ_k Σ_p x_pad[:, o·s + k·d, p] · w[k, p, :]`` as broadcast products
+      (one fused loop, fast for few input channels), ``dW`` as one matrix product of the
+      taps with δ, and ``dx`` by col2im.
+    * ``"auto"`` (default): per product, the fastest of these for the shapes at hand
+      (:func:`auto_plan`).
+
+    All are hand-derived ``custom_vjp`` rules; the residuals are ``x`` and the connected ``w``.
 
     Args:
       x: input ``(N, *spatial, C_in)``: ``(N, W, C)``, ``(N, H, W, C)`` or ``(N, D, H, W, C)``.
@@ -99,7 +122,7 @@ def conv(
       connections: optional boolean table ``M`` of shape ``(C_in, C_out)``, ``M[p, q]``
         true when input map ``p`` feeds output map ``q`` (e.g. :data:`LENET5_C3_TABLE`).
         A concrete array, fixed at trace time.
-      method: ``"xla"`` or ``"im2col"``.
+      method: ``"auto"``, ``"xla"``, ``"im2col"`` or ``"taps"``.
 
     Returns:
       ``y`` of shape ``(N, *out_spatial, C_out)`` and the dtype of ``x``.
@@ -124,7 +147,7 @@ def conv(
     return _conv(x, w, b, spec)
 
 
-def conv1d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, method="xla"):
+def conv1d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, method="auto"):
     """:func:`conv` over one spatial axis: ``x (N, W, C_in)``, ``w (kw, C_in, C_out)``.
 
     >>> import jax.numpy as jnp
@@ -136,7 +159,7 @@ def conv1d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=N
     return _conv(x, w, b, spec)
 
 
-def conv2d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, method="xla"):
+def conv2d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, method="auto"):
     """:func:`conv` over two spatial axes: ``x (N, H, W, C_in)``, ``w (kh, kw, C_in, C_out)``.
 
     >>> import jax.numpy as jnp
@@ -148,7 +171,7 @@ def conv2d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=N
     return _conv(x, w, b, spec)
 
 
-def conv3d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, method="xla"):
+def conv3d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, method="auto"):
     """:func:`conv` over three spatial axes: ``x (N, D, H, W, C_in)``, ``w (kd, kh, kw, C_in, C_out)``.
 
     >>> import jax.numpy as jnp
@@ -165,7 +188,7 @@ class ConvSpec(NamedTuple):
 
     geometry: _shapes.Geometry  # window, stride, dilation, resolved pads, output shape
     connections: Optional[tuple[tuple[bool, ...], ...]]  # M[p][q], or None for all
-    method: str
+    plan: Plan  # the formula for y, dW and dx (method resolved against the shapes)
     bias: bool  # whether b was given (db is None otherwise)
 
 
@@ -185,14 +208,17 @@ def _conv_fwd(x, w, b, spec):
 
 
 def _conv_bwd(spec: ConvSpec, res: ConvResiduals, g):
-    geom, in_shape = spec.geometry, res.x.shape[1:-1]
-    if spec.method == "xla":
+    geom, in_shape, plan = spec.geometry, res.x.shape[1:-1], spec.plan
+    if plan.input == "xla":
         dx = _input_gradient(g, res.w, geom, in_shape)  # Σ_q δ_q *full w_qp, cropped
-        dw = _weight_gradient(res.x, g, geom, in_shape)  # x_p *valid rot180(δ_q)
     else:
-        cols, w_mat = patches(res.x, geom), res.w.reshape(-1, res.w.shape[-1])
-        dw = _contract_leading(cols, g).reshape(res.w.shape)  # dW = im2col(x)ᵀ δ
-        dx = col2im(g @ w_mat.T, geom, in_shape)  # col2im of the row version δ Wᵀ
+        dx = col2im(g @ res.w.reshape(-1, res.w.shape[-1]).T, geom, in_shape)  # col2im(δ Wᵀ)
+    if plan.weight == "xla":
+        dw = _weight_gradient(res.x, g, geom, in_shape)  # x_p *valid rot180(δ_q)
+    elif plan.weight == "im2col":
+        dw = _contract_leading(patches(res.x, geom), g).reshape(res.w.shape)  # im2col(x)ᵀ δ
+    else:
+        dw = _weight_gradient_taps(res.x, g, geom).reshape(res.w.shape)
     dw = _connected(dw, spec.connections)  # absent connections: exactly zero
     db = jnp.sum(g, axis=tuple(range(g.ndim - 1))) if spec.bias else None  # Σ δ_q
     return dx, dw, db
@@ -205,14 +231,24 @@ _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
 def _forward(x, w, b, spec: ConvSpec):
-    geom = spec.geometry
-    if spec.method == "xla":
+    geom, formula = spec.geometry, spec.plan.forward
+    if formula == "xla":
         y = lax.conv_general_dilated(
             x, w, geom.stride, geom.pads, rhs_dilation=geom.dilation, dimension_numbers=_numbers(len(geom.window))
         )
-    else:
+    elif formula == "im2col":
         y = patches(x, geom) @ w.reshape(-1, w.shape[-1])  # im2col(x) · W
+    else:  # Σ_k Σ_p x_pad[n, o·s + k·d, p] w[k, p, :]: one fused loop of broadcast products
+        w_taps = w.reshape(-1, *w.shape[-2:])
+        y = sum(x_k[..., p, None] * w_k[p] for x_k, w_k in zip(taps(x, geom), w_taps) for p in range(w.shape[-2]))
     return y if b is None else y + b
+
+
+def _weight_gradient_taps(x, g, geom: _shapes.Geometry):
+    """``dW[k, p, q] = Σ_{n,o} x_pad[n, o·s + k·d, p] δ[n, o, q]``: one matrix product whose
+    contraction runs over the batch and every position (im2col with positions last)."""
+    cols = jnp.stack([jnp.moveaxis(x_k, -1, 0) for x_k in taps(x, geom)])  # (K, C_in, N, *out)
+    return lax.dot_general(cols, g, ((tuple(range(2, cols.ndim)), tuple(range(g.ndim - 1))), ((), ())))
 
 
 def _input_gradient(g, w, geom: _shapes.Geometry, in_shape):
@@ -298,10 +334,33 @@ def _validate(op, rank, x, w, b, stride, padding, dilation, connections, method)
         _checks.shape(op, "b", b, (w.shape[-1],), "(C_out,) with C_out = w.shape[-1]")
     _checks.same_dtype(op, x=x, w=w, b=b)
     if method not in METHODS:
-        raise ValueError(f"{op}: unknown `method` {method!r}; use 'xla' or 'im2col'.")
+        raise ValueError(f"{op}: unknown `method` {method!r}; use one of {', '.join(map(repr, METHODS))}.")
     geom = _shapes.geometry(op, x.shape[1:-1], w.shape[:-2], stride, padding, dilation)
     table = None if connections is None else _connection_table(op, connections, w.shape[-2:])
-    return x, w, b, ConvSpec(geom, table, method, b is not None)
+    plan = auto_plan(geom, x.shape[1:-1], *w.shape[-2:]) if method == "auto" else _PLANS[method]
+    return x, w, b, ConvSpec(geom, table, plan, b is not None)
+
+
+def auto_plan(geom: _shapes.Geometry, in_shape, c_in: int, c_out: int, backend: Optional[str] = None) -> Plan:
+    """The formulas ``method="auto"`` picks: all exact, chosen by shape for speed.
+
+    Off the CPU, XLA's own convolutions (cuDNN on GPUs). On the CPU, from the crossovers
+    ``experiments/bench.py`` measures: a window covering the whole input (LeNet-5's C5)
+    is a dense layer, im2col without a copy; few input channels (LeNet-5's C1, RGB
+    images) run the forward as broadcast products per tap and ``dW`` as one matrix
+    product; ``dx`` overlap-adds ``δ Wᵀ`` (col2im) where XLA's transposed convolution
+    would multiply the zeros of a strided δ or its channels are too few to vectorise.
+    """
+    if (backend or jax.default_backend()) != "cpu":
+        return _PLANS["xla"]
+    if whole_window(geom, in_shape):
+        return _PLANS["im2col"]
+    few_inputs = c_in <= 4
+    return Plan(
+        forward="taps" if few_inputs else "xla",
+        weight="taps" if few_inputs else "xla",
+        input="col2im" if max(geom.stride) > 1 or c_in * c_out <= 1024 else "xla",
+    )
 
 
 def _connection_table(op, connections, expected):
@@ -330,7 +389,7 @@ def _connection_table(op, connections, expected):
 # --------------------------------------------------------------------------- references
 
 
-def conv_reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, method="xla"):
+def conv_reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, method="auto"):
     """Autodiff reference for :func:`conv`: ``lax.conv_general_dilated``, no custom rule.
 
     The absent connections are multiplied by zero. ``"VALID"`` and ``"SAME"`` are handed
@@ -341,19 +400,19 @@ def conv_reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, conne
     return _reference(x, w, b, spec, padding)
 
 
-def conv1d_reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, method="xla"):
+def conv1d_reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, method="auto"):
     """Autodiff reference for :func:`conv1d`."""
     x, w, b, spec = _validate("conv1d", 1, x, w, b, stride, padding, dilation, connections, method)
     return _reference(x, w, b, spec, padding)
 
 
-def conv2d_reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, method="xla"):
+def conv2d_reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, method="auto"):
     """Autodiff reference for :func:`conv2d`."""
     x, w, b, spec = _validate("conv2d", 2, x, w, b, stride, padding, dilation, connections, method)
     return _reference(x, w, b, spec, padding)
 
 
-def conv3d_reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, method="xla"):
+def conv3d_reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, method="auto"):
     """Autodiff reference for :func:`conv3d`."""
     x, w, b, spec = _validate("conv3d", 3, x, w, b, stride, padding, dilation, connections, method)
     return _reference(x, w, b, spec, padding)

@@ -92,22 +92,38 @@ def _offsets(window: Sequence[int]):
     return itertools.product(*(range(k) for k in window))
 
 
+def taps(x: jax.Array, geom: _shapes.Geometry) -> list[jax.Array]:
+    """One strided slice of the zero-padded ``x`` per window offset ``k`` (row-major):
+    ``x_pad[:, o·s + k·d, :]`` of shape ``(N, *out_spatial, C)``, the inputs tap ``k`` sees."""
+    x_pad = jnp.pad(x, ((0, 0), *geom.pads, (0, 0)))
+    n, c = x.shape[0], x.shape[-1]
+    strides = (1, *geom.stride, 1)
+    slices = []
+    for offset in _offsets(geom.window):
+        start = (0, *(o * d for o, d in zip(offset, geom.dilation)), 0)
+        limit = (n, *(st + (m - 1) * s + 1 for st, m, s in zip(start[1:], geom.out_shape, geom.stride)), c)
+        slices.append(lax.slice(x_pad, start, limit, strides))
+    return slices
+
+
+def whole_window(geom: _shapes.Geometry, spatial_shape: Sequence[int]) -> bool:
+    """Whether the single window position covers the whole unpadded input (LeNet-5's C5):
+    then the column matrix is ``x`` itself, reshaped, and convolution is a dense layer."""
+    return geom.window == tuple(spatial_shape) and all(p == (0, 0) for p in geom.pads) and all(
+        d == 1 for d in geom.dilation)
+
+
 @functools.partial(jax.jit, static_argnums=(1,))
 def patches(x: jax.Array, geom: _shapes.Geometry) -> jax.Array:
-    """The column matrix of ``x`` ``(N, *spatial, C)``: one strided slice per window offset.
+    """The column matrix of ``x`` ``(N, *spatial, C)``: the :func:`taps`, stacked per position.
 
     Plain JAX with no custom rule (used inside hand-derived rules, and differentiable
     again for grad-of-grad). Jitted so that eager calls compile once, not once per slice.
     """
-    x_pad = jnp.pad(x, ((0, 0), *geom.pads, (0, 0)))
-    n, c = x.shape[0], x.shape[-1]
-    strides = (1, *geom.stride, 1)
-    columns = []
-    for offset in _offsets(geom.window):
-        start = (0, *(o * d for o, d in zip(offset, geom.dilation)), 0)
-        limit = (n, *(st + (m - 1) * s + 1 for st, m, s in zip(start[1:], geom.out_shape, geom.stride)), c)
-        columns.append(lax.slice(x_pad, start, limit, strides))  # x_pad[:, k·d + o·s, :]
-    return jnp.stack(columns, axis=-2).reshape(n, *geom.out_shape, -1)
+    n = x.shape[0]
+    if whole_window(geom, x.shape[1:-1]):
+        return x.reshape(n, *geom.out_shape, -1)  # one window: no copy
+    return jnp.stack(taps(x, geom), axis=-2).reshape(n, *geom.out_shape, -1)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -120,6 +136,8 @@ def col2im(cols: jax.Array, geom: _shapes.Geometry, spatial_shape: tuple[int, ..
     :func:`patches`; ``spatial_shape`` must be a tuple.
     """
     n = cols.shape[0]
+    if whole_window(geom, spatial_shape):
+        return cols.reshape(n, *spatial_shape, -1)
     parts = cols.reshape(n, *geom.out_shape, math.prod(geom.window), -1)
     c = parts.shape[-1]
     padded = [size + lo + hi for size, (lo, hi) in zip(spatial_shape, geom.pads)]
