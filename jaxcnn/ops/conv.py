@@ -47,7 +47,7 @@ class Plan(NamedTuple):
     """Which exact formula computes each of the three products (see :func:`conv`)."""
 
     forward: str  # "xla" | "im2col" | "taps"
-    weight: str  # dW: "xla" | "im2col" | "taps"
+    weight: str  # dW: "xla" | "im2col" | "taps" | "rows"
     input: str  # dx: "xla" | "col2im"
 
 
@@ -217,6 +217,8 @@ def _conv_bwd(spec: ConvSpec, res: ConvResiduals, g):
         dw = _weight_gradient(res.x, g, geom, in_shape)  # x_p *valid rot180(δ_q)
     elif plan.weight == "im2col":
         dw = _contract_leading(patches(res.x, geom), g).reshape(res.w.shape)  # im2col(x)ᵀ δ
+    elif plan.weight == "rows":
+        dw = _weight_gradient_rows(res.x, g, geom).reshape(res.w.shape)
     else:
         dw = _weight_gradient_taps(res.x, g, geom).reshape(res.w.shape)
     dw = _connected(dw, spec.connections)  # absent connections: exactly zero
@@ -238,9 +240,14 @@ def _forward(x, w, b, spec: ConvSpec):
         )
     elif formula == "im2col":
         y = patches(x, geom) @ w.reshape(-1, w.shape[-1])  # im2col(x) · W
-    else:  # Σ_k Σ_p x_pad[n, o·s + k·d, p] w[k, p, :]: one fused loop of broadcast products
-        w_taps = w.reshape(-1, *w.shape[-2:])
-        y = sum(x_k[..., p, None] * w_k[p] for x_k, w_k in zip(taps(x, geom), w_taps) for p in range(w.shape[-2]))
+    else:  # y = Σ_k Σ_p x_pad[n, o·s + k·d, p] w[k, p, :]: scaled taps, one fused loop
+        w_taps, x_taps = w.reshape(-1, *w.shape[-2:]), taps(x, geom)
+        c_in, c_out = w.shape[-2:]
+        if c_in * c_out <= 32:  # one loop per output map vectorises best (a broadcast minor axis of 6 does not)
+            y = jnp.stack([sum(x_k[..., p] * w_k[p, q] for x_k, w_k in zip(x_taps, w_taps) for p in range(c_in))
+                           for q in range(c_out)], axis=-1)
+        else:  # K · C_in broadcast products: compile time stays linear in the channels
+            y = sum(x_k[..., p, None] * w_k[p] for x_k, w_k in zip(x_taps, w_taps) for p in range(c_in))
     return y if b is None else y + b
 
 
@@ -249,6 +256,26 @@ def _weight_gradient_taps(x, g, geom: _shapes.Geometry):
     contraction runs over the batch and every position (im2col with positions last)."""
     cols = jnp.stack([jnp.moveaxis(x_k, -1, 0) for x_k in taps(x, geom)])  # (K, C_in, N, *out)
     return lax.dot_general(cols, g, ((tuple(range(2, cols.ndim)), tuple(range(g.ndim - 1))), ((), ())))
+
+
+def _weight_gradient_rows(x, g, geom: _shapes.Geometry):
+    """``dW[k, p, q] = Σ_{n,o} x_pad[n, o·s + k·d, p] δ[n, o, q]``, with the last spatial
+    axis kept whole: ``M[k', u, p, j, q] = Σ_{n,o'} x_pad[n, o'·s' + k'·d', u, p] δ[n, o', j, q]``
+    is one well-shaped matrix product (taps over the other axes only), and
+    ``dW[k', k_L, p, q] = Σ_j M[k', j·s_L + k_L·d_L, p, j, q]`` sums its diagonals. It spends
+    ``W_pad / k_L`` times the minimal multiply-adds to avoid a column matrix ``k_L`` times larger."""
+    x_pad = jnp.pad(x, ((0, 0), *geom.pads, (0, 0)))
+    lead = len(geom.window) - 1
+    n, width, c_in = x.shape[0], x_pad.shape[-2], x.shape[-1]
+    lead_geom = geom._replace(window=geom.window[:lead], stride=geom.stride[:lead], dilation=geom.dilation[:lead],
+                              pads=((0, 0),) * lead, out_shape=geom.out_shape[:lead])
+    rows = taps(x_pad.reshape(n, *x_pad.shape[1:-2], width * c_in), lead_geom)  # K' × (N, *o', W·C)
+    cols = jnp.stack(rows, axis=-2).reshape(-1, len(rows) * width * c_in)  # (N·Πo', K'·W·C)
+    m = cols.T @ g.reshape(cols.shape[0], -1)  # (K'·W·C, o_L·C_out)
+    m = m.reshape(len(rows), width, c_in, geom.out_shape[-1], g.shape[-1])
+    j = np.arange(geom.out_shape[-1])
+    diagonals = [m[:, j * geom.stride[-1] + k * geom.dilation[-1], :, j, :].sum(0) for k in range(geom.window[-1])]
+    return jnp.stack(diagonals, axis=1)  # (K', k_L, C_in, C_out)
 
 
 def _input_gradient(g, w, geom: _shapes.Geometry, in_shape):
@@ -347,18 +374,26 @@ def auto_plan(geom: _shapes.Geometry, in_shape, c_in: int, c_out: int, backend: 
     Off the CPU, XLA's own convolutions (cuDNN on GPUs). On the CPU, from the crossovers
     ``experiments/bench.py`` measures: a window covering the whole input (LeNet-5's C5)
     is a dense layer, im2col without a copy; few input channels (LeNet-5's C1, RGB
-    images) run the forward as broadcast products per tap and ``dW`` as one matrix
-    product; ``dx`` overlap-adds ``δ Wᵀ`` (col2im) where XLA's transposed convolution
-    would multiply the zeros of a strided δ or its channels are too few to vectorise.
+    images) run the forward as scaled taps summed per output map and ``dW`` as one
+    matrix product of the taps with δ — on narrow inputs (padded width at most 8 window
+    widths) of row taps with δ, summing diagonals (:func:`_weight_gradient_rows`); few channel pairs (C3's 6 × 16) use im2col, whose
+    column matrix the forward and ``dW`` share inside one jitted step; ``dx``
+    overlap-adds ``δ Wᵀ`` (col2im) where XLA's transposed convolution would multiply the
+    zeros of a strided δ or the channels are too few to vectorise. Elsewhere XLA's own
+    convolutions win.
     """
     if (backend or jax.default_backend()) != "cpu":
         return _PLANS["xla"]
     if whole_window(geom, in_shape):
         return _PLANS["im2col"]
-    few_inputs = c_in <= 4
+    if len(geom.window) == 1:  # 1-D (MNIST-1D): XLA's convolutions were the fastest or tied at every shape
+        products = "xla"
+    else:
+        products = "taps" if c_in <= 4 else "im2col" if c_in * c_out <= 128 else "xla"
+    padded_width = in_shape[-1] + sum(geom.pads[-1])
     return Plan(
-        forward="taps" if few_inputs else "xla",
-        weight="taps" if few_inputs else "xla",
+        forward=products,
+        weight="rows" if products == "taps" and padded_width <= 8 * geom.window[-1] else products,
         input="col2im" if max(geom.stride) > 1 or c_in * c_out <= 1024 else "xla",
     )
 
