@@ -27,9 +27,10 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     Target rows that do not sum to one get the exact ``dL/ds = g (p Σ_k t_k − t) / N``,
     which is the lecture's formula whenever ``Σ_k t_k = 1``.
 
-    ``log p = s − max s − log Σ e^{s − max s}`` is computed stably (logits of magnitude
-    1e4 are fine) and saved as the residual; ``p = exp(log p)`` is recomputed in the
-    backward pass, so saturated probabilities never produce ``0 · log 0``.
+    ``log p = (s − max s) − log Σ e^{s − max s}`` is computed stably (logits of magnitude
+    1e4 are fine); the residuals are the logits themselves and two numbers per row
+    (``max s`` and the log-sum), and ``p = exp(log p)`` is recomputed in the backward
+    pass, so saturated probabilities never produce ``0 · log 0``.
 
     Args:
       logits: scores ``s`` of shape ``(N, K)``, or ``(..., K)`` where every leading axis
@@ -57,7 +58,9 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 class CrossEntropyResiduals(NamedTuple):
-    log_p: jax.Array  # log softmax(s); p = exp(log_p)
+    logits: jax.Array  # s (the input itself: nothing new is stored at full size)
+    top: jax.Array  # max_k s_k per row, shape (..., 1)
+    log_sum: jax.Array  # log Σ_k e^{s_k − top} per row: log p = (s − top) − log_sum, exactly as in the forward
     labels: jax.Array  # class ids or target rows t
 
 
@@ -68,38 +71,41 @@ def _targets(labels, log_p):
     return labels
 
 
-def _log_softmax(s):
-    shifted = s - jnp.max(s, axis=-1, keepdims=True)
-    return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
+def _normaliser(s):
+    """``max s`` and ``log Σ e^{s − max s}`` per row (``log p = s − max s − log Σ``)."""
+    top = jnp.max(s, axis=-1, keepdims=True)
+    return top, jnp.log(jnp.sum(jnp.exp(s - top), axis=-1, keepdims=True))
 
 
-def _mean_ce(log_p, labels):
-    n = log_p.size // log_p.shape[-1]
-    loss = -jnp.sum(_targets(labels, log_p) * log_p) / n
-    if jnp.issubdtype(labels.dtype, jnp.integer):
-        valid = jnp.all((labels >= 0) & (labels < log_p.shape[-1]))
-        loss = jnp.where(valid, loss, jnp.nan)
-    return loss
+def _mean_ce(s, top, log_sum, labels):
+    n = s.size // s.shape[-1]
+    if jnp.issubdtype(labels.dtype, jnp.integer):  # −(1/N) Σ_n log p[n, label_n]: pick, do not mask
+        picked = jnp.take_along_axis(s, jnp.clip(labels, 0, s.shape[-1] - 1)[..., None], -1)
+        loss = -jnp.sum((picked - top) - log_sum) / n
+        valid = jnp.all((labels >= 0) & (labels < s.shape[-1]))
+        return jnp.where(valid, loss, jnp.nan)
+    return -jnp.sum(labels * ((s - top) - log_sum)) / n
 
 
 @jax.custom_vjp
 def _softmax_cross_entropy(logits, labels):
-    return _mean_ce(_log_softmax(logits), labels)
+    return _mean_ce(logits, *_normaliser(logits), labels)
 
 
 def _softmax_cross_entropy_fwd(logits, labels):
-    log_p = _log_softmax(logits)
-    return _mean_ce(log_p, labels), CrossEntropyResiduals(log_p, labels)
+    top, log_sum = _normaliser(logits)
+    return _mean_ce(logits, top, log_sum, labels), CrossEntropyResiduals(logits, top, log_sum, labels)
 
 
 def _softmax_cross_entropy_bwd(res: CrossEntropyResiduals, g):
-    n = res.log_p.size // res.log_p.shape[-1]
-    p = jnp.exp(res.log_p)
+    n = res.logits.size // res.logits.shape[-1]
+    log_p = (res.logits - res.top) - res.log_sum
+    p = jnp.exp(log_p)
     if jnp.issubdtype(res.labels.dtype, jnp.integer):
-        return g * (p - _targets(res.labels, res.log_p)) / n, None
+        return g * (p - _targets(res.labels, log_p)) / n, None
     t = res.labels  # rows need not sum to one: in general ds = (p Σt − t) / N
     ds = g * (p * jnp.sum(t, axis=-1, keepdims=True) - t) / n
-    return ds, -g * res.log_p / n
+    return ds, -g * log_p / n
 
 
 _softmax_cross_entropy.defvjp(_softmax_cross_entropy_fwd, _softmax_cross_entropy_bwd)
