@@ -45,7 +45,8 @@ def test_step_is_plain_optax_sgd_with_the_lectures_weight_decay():
     assert int(new.step) == 1 and 0 <= float(acc) <= 1
 
 
-def test_scan_epoch_equals_python_loop_of_steps():
+@pytest.mark.parametrize("loop", ["scan", "steps"])
+def test_epoch_equals_python_loop_of_steps(loop):
     model, d = _model(), _toy()
     params, _ = model.init(KEY, (-1, 8))
     opt = optax.adam(1e-2)
@@ -53,7 +54,7 @@ def test_scan_epoch_equals_python_loop_of_steps():
     state = train.TrainState(params, opt.init(params), jnp.int32(0), KEY)
     x, y = jnp.asarray(d.x_train), jnp.asarray(d.y_train)
     donated = jax.tree_util.tree_map(jnp.copy, state)  # the epoch donates its input state
-    scanned, losses, _ = train.make_epoch(step, 16)(donated, x, y, 4)
+    scanned, losses, _ = train.make_epoch(step, 16, loop=loop)(donated, x, y, 4)
 
     key, shuffle_key = jax.random.split(KEY)
     order = jax.random.permutation(shuffle_key, 64)[:64].reshape(4, 16)
@@ -282,14 +283,15 @@ def test_evaluation_sse_is_the_summed_squared_error_of_the_output_probabilities(
         assert ev.loss == pytest.approx(ev.sse / (2 * len(d.x_test)), rel=1e-5)
 
 
-def test_unshuffled_epoch_visits_the_patterns_in_order():
+@pytest.mark.parametrize("loop", ["scan", "steps"])
+def test_unshuffled_epoch_visits_the_patterns_in_order(loop):
     model, d = _model(), _toy(n_train=6)
     params, _ = model.init(KEY, (-1, 8))
     opt = optax.sgd(0.1)
     step = train.make_step(train.make_loss(model, weight_decay=0.1), opt)
     state = train.TrainState(params, opt.init(params), jnp.int32(0), KEY)
     x, y = jnp.asarray(d.x_train), jnp.asarray(d.y_train)
-    scanned, losses, _ = train.make_epoch(step, 1, shuffle=False)(jax.tree_util.tree_map(jnp.copy, state), x, y, 6)
+    scanned, losses, _ = train.make_epoch(step, 1, shuffle=False, loop=loop)(jax.tree_util.tree_map(jnp.copy, state), x, y, 6)
     looped, looped_losses = state, []
     for i in range(6):
         looped, (loss, _) = jax.jit(step)(looped, (x[i:i + 1], y[i:i + 1]))
@@ -321,3 +323,9 @@ def test_plot_confusion_writes_a_png_and_checks_its_input(tmp_path):
         train.plot_confusion(np.zeros((2, 3)), path)
     with pytest.raises(ValueError, match=r"3 class names for a 2×2 confusion matrix"):
         train.plot_confusion(np.eye(2), path, ["a", "b", "c"])
+
+
+def test_make_epoch_rejects_an_unknown_loop():
+    step = train.make_step(train.make_loss(_model()), optax.sgd(0.1))
+    with pytest.raises(ValueError, match=r"make_epoch: unknown `loop` 'while'; use 'auto', 'scan' or 'steps'"):
+        train.make_epoch(step, 4, loop="while")
