@@ -41,6 +41,21 @@ def interleaved_medians(fns: Sequence[Callable], args: Sequence, repeats: int = 
     return [statistics.median(t) for t in times]
 
 
+def blocked_medians(fns: Sequence[Callable], repeats: int = 20, calls: int = 4) -> list[float]:
+    """Median seconds per call of each argument-free ``fns[i]``, run in rounds of ``calls``
+    consecutive calls per function; the first call of each round is not counted, so that
+    threads another framework leaves spinning (PyTorch's OpenMP pool) cost nobody."""
+    times = [[] for _ in fns]
+    for _ in range(max(1, -(-repeats // (calls - 1)))):
+        for i, fn in enumerate(fns):
+            for j in range(calls):
+                start = time.perf_counter()
+                block(fn())
+                if j:
+                    times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
 def residual_bytes(fn: Callable, *args, argnums=0) -> int:
     """Bytes of the residuals that ``jax.vjp`` of ``fn`` keeps for the backward pass."""
     _, vjp_fn = jax.vjp(lambda *a: fn(*a), *args)
@@ -76,7 +91,7 @@ def machine_line(repeats: int, what: str) -> str:
             f"float32, median of {repeats}, {what}")
 
 
-def write_json(path: Optional[str], repeats: int, results: list) -> None:
+def write_json(path: Optional[str], repeats: int, results) -> None:
     if path:
         with open(path, "w") as f:
             json.dump({"jax": jax.__version__, "device": str(jax.devices()[0]), "repeats": repeats,
