@@ -115,14 +115,15 @@ def make_epoch(step: Callable, batch_size: int, mesh: Optional[Mesh] = None, shu
     * ``"steps"``: one jitted, donated step per batch dispatched from Python. XLA:CPU
       compiles convolutions inside a loop body to far slower code than the same
       convolutions at the top level of a program (measured: a LeNet-5 step on
-      ``jaxcnn.reference`` 57 ms in the scan vs 21 ms as a step, the MNIST-1D CNN 3.2 vs
-      1.0 ms; ``experiments/bench.py``), so on the CPU steps are the robust choice;
-    * ``"auto"`` (default): ``"steps"`` on the CPU, ``"scan"`` elsewhere.
+      ``jaxcnn.reference`` 55 ms in the scan vs 20 ms as a step, the MNIST-1D CNN 3.0 vs
+      1.1 ms; ``experiments/bench.py``);
+    * ``"auto"`` (default): ``"scan"``, except on the CPU when the step contains an XLA
+      convolution (``lax.conv_general_dilated``, found by tracing the step once): then
+      ``"steps"``. Tiny steps (the lectures' per-pattern updates) keep the scan, which
+      saves a host round trip per step.
     """
     if loop not in ("auto", "scan", "steps"):
         raise ValueError(f"make_epoch: unknown `loop` {loop!r}; use 'auto', 'scan' or 'steps'.")
-    if loop == "auto":
-        loop = "steps" if jax.default_backend() == "cpu" else "scan"
 
     def batch_step(state, x, y, idx):
         xb, yb = x[idx], y[idx]
@@ -136,19 +137,16 @@ def make_epoch(step: Callable, batch_size: int, mesh: Optional[Mesh] = None, shu
         order = jax.random.permutation(shuffle_key, n) if shuffle else jnp.arange(n)
         return key, order[: num_steps * batch_size].reshape(num_steps, batch_size)
 
-    if loop == "scan":
-        def epoch(state: TrainState, x, y, num_steps: int):
-            key, order = batches(state.key, x.shape[0], num_steps)
-            state, (losses, accuracies) = lax.scan(lambda s, idx: batch_step(s, x, y, idx),
-                                                   state._replace(key=key), order)
-            return state, losses, accuracies
+    def scan_epoch(state: TrainState, x, y, num_steps: int):
+        key, order = batches(state.key, x.shape[0], num_steps)
+        state, (losses, accuracies) = lax.scan(lambda s, idx: batch_step(s, x, y, idx), state._replace(key=key), order)
+        return state, losses, accuracies
 
-        return jax.jit(epoch, static_argnums=3, donate_argnums=0)
-
+    scan_epoch = jax.jit(scan_epoch, static_argnums=3, donate_argnums=0)
     batches_jit = jax.jit(batches, static_argnums=(1, 2))
     step_jit = jax.jit(batch_step, donate_argnums=0)
 
-    def epoch(state: TrainState, x, y, num_steps: int):
+    def steps_epoch(state: TrainState, x, y, num_steps: int):
         key, order = batches_jit(state.key, x.shape[0], num_steps)
         state, metrics = state._replace(key=key), []
         for idx in np.asarray(order):
@@ -157,7 +155,31 @@ def make_epoch(step: Callable, batch_size: int, mesh: Optional[Mesh] = None, shu
         losses, accuracies = (jnp.stack(m) for m in zip(*metrics)) if metrics else (jnp.zeros(0), jnp.zeros(0))
         return state, losses, accuracies
 
+    if loop != "auto":
+        return scan_epoch if loop == "scan" else steps_epoch
+    chosen: list[Callable] = []
+
+    def epoch(state: TrainState, x, y, num_steps: int):
+        if not chosen:  # decided once, on the first call's shapes
+            convolves = jax.default_backend() == "cpu" and _has_convolution(
+                jax.make_jaxpr(batch_step)(state, x, y, jnp.zeros(batch_size, jnp.int32)).jaxpr)
+            chosen.append(steps_epoch if convolves else scan_epoch)
+        return chosen[0](state, x, y, num_steps)
+
     return epoch
+
+
+def _has_convolution(jaxpr) -> bool:
+    """Whether ``jaxpr`` or any jaxpr nested in it (custom rules, jit, cond) convolves."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            return True
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                sub = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
+                if hasattr(sub, "eqns") and _has_convolution(sub):
+                    return True
+    return False
 
 
 class Evaluation(NamedTuple):
@@ -251,8 +273,9 @@ def fit(
 ) -> FitResult:
     """Trains ``model`` on ``data`` for ``epochs`` epochs or ``steps`` steps.
 
-    Each epoch runs shuffled batches through :func:`make_epoch` (one compiled scan off the
-    CPU, jitted donated steps on it; a trailing partial batch is dropped); with ``steps`` the last epoch is cut short. The test set is evaluated every
+    Each epoch runs shuffled batches through :func:`make_epoch` with ``loop="auto"`` (one
+    compiled scan, or jitted donated steps where XLA:CPU would run convolutions inside the
+    scan; a trailing partial batch is dropped); with ``steps`` the last epoch is cut short. The test set is evaluated every
     ``eval_every`` epochs and at the end. With ``checkpoint_path`` the state is saved
     after every epoch; ``resume=True`` continues from it exactly (same final params as an
     uninterrupted run).

@@ -329,3 +329,26 @@ def test_make_epoch_rejects_an_unknown_loop():
     step = train.make_step(train.make_loss(_model()), optax.sgd(0.1))
     with pytest.raises(ValueError, match=r"make_epoch: unknown `loop` 'while'; use 'auto', 'scan' or 'steps'"):
         train.make_epoch(step, 4, loop="while")
+
+
+def test_auto_loop_steps_on_the_cpu_only_when_the_step_convolves():
+    """XLA:CPU convolutions are slow inside loop bodies: "auto" dispatches steps then, scans otherwise."""
+    conv_model = nn.serial(nn.Conv(3, (3,), padding=1, method="xla"), nn.Relu(), nn.Flatten(), nn.Dense(2))
+    taps_model = nn.serial(nn.Conv(3, (3, 3), padding=1, method="taps"), nn.Relu(), nn.Flatten(), nn.Dense(2))
+    mlp = _model()
+    for model, shape, convolves in ((conv_model, (6, 1), True), (taps_model, (4, 4, 1), False), (mlp, (8,), False)):
+        params, _ = model.init(KEY, (-1, *shape))
+        x = jnp.asarray(np.random.default_rng(0).normal(size=(8, *shape)), jnp.float32)
+        y = jnp.asarray([0, 1] * 4)
+        grads = jax.make_jaxpr(jax.grad(lambda p: model.apply(p, x).sum()))(params)
+        assert train._has_convolution(grads.jaxpr) == convolves  # found in the custom rule's backward too
+        opt = optax.sgd(0.1)
+        step = train.make_step(train.make_loss(model), opt)
+        results = {}
+        for loop in ("auto", "scan", "steps"):
+            state = train.TrainState(jax.tree_util.tree_map(jnp.copy, params), opt.init(params), jnp.int32(0), jnp.copy(KEY))
+            state, losses, _ = train.make_epoch(step, 4, loop=loop)(state, x, y, 2)
+            assert losses.shape == (2,) and int(state.step) == 2
+            results[loop] = losses
+        np.testing.assert_allclose(results["auto"], results["scan"], rtol=1e-5)
+        np.testing.assert_allclose(results["auto"], results["steps"], rtol=1e-5)
