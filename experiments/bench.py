@@ -208,12 +208,18 @@ def _batch(net: Network, batch: int, seed: int = 0):
     return x, y
 
 
-def jaxcnn_step(net: Network, backend, batch: int) -> Callable[[], object]:
-    """One jitted, donated optimiser step on a fixed batch."""
+def _jaxcnn_training(net: Network, backend, batch: int):
+    """The network built on ``backend``, its unjitted ``train.make_step`` and a fresh state."""
     model, optimizer = net.jaxcnn_model(ops=backend), net.optimizer()
     params, _ = model.init(jax.random.PRNGKey(0), (batch, *net.input_shape))
     state = train.TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), jax.random.PRNGKey(1))
-    step = jax.jit(train.make_step(train.make_loss(model, ops=backend), optimizer), donate_argnums=0)
+    return train.make_step(train.make_loss(model, ops=backend), optimizer), state
+
+
+def jaxcnn_step(net: Network, backend, batch: int) -> Callable[[], object]:
+    """One jitted, donated optimiser step on a fixed batch."""
+    step, state = _jaxcnn_training(net, backend, batch)
+    step = jax.jit(step, donate_argnums=0)
     x, y = map(jnp.asarray, _batch(net, batch))
 
     def run():
@@ -226,10 +232,8 @@ def jaxcnn_step(net: Network, backend, batch: int) -> Callable[[], object]:
 
 def jaxcnn_epoch(net: Network, backend, batch: int, steps: int, loop: str) -> Callable[[], object]:
     """``steps`` steps through ``train.make_epoch(loop=loop)`` (time is divided by ``steps``)."""
-    model, optimizer = net.jaxcnn_model(ops=backend), net.optimizer()
-    params, _ = model.init(jax.random.PRNGKey(0), (batch, *net.input_shape))
-    state = train.TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), jax.random.PRNGKey(1))
-    epoch = train.make_epoch(train.make_step(train.make_loss(model, ops=backend), optimizer), batch, loop=loop)
+    step, state = _jaxcnn_training(net, backend, batch)
+    epoch = train.make_epoch(step, batch, loop=loop)
     x, y = map(jnp.asarray, _batch(net, batch * steps))
 
     def run():

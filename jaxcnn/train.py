@@ -108,7 +108,7 @@ def make_epoch(step: Callable, batch_size: int, mesh: Optional[Mesh] = None, shu
     ``num_steps`` steps of ``batch_size`` examples; ``x``, ``y`` are the whole training
     set on the device. The incoming state's buffers are donated.
 
-    ``loop`` says how the steps run; both give the same batches and the same updates:
+    ``loop`` says how the steps run; the two loops give the same batches and the same updates:
 
     * ``"scan"``: the whole epoch is one compiled ``lax.scan`` (``num_steps`` static) —
       no host round trip per step, the fastest on GPUs and TPUs;

@@ -103,8 +103,9 @@ def conv(
       same convolutions JAX's own transpose rules emit).
     * ``"im2col"`` (Park): ``y = im2col(x) · W`` with ``W = w.reshape(-1, C_out)``,
       ``dW = im2col(x)ᵀ · δ`` and ``dx = col2im(δ · Wᵀ)`` (overlap-add, then crop).
-    * ``"taps"``: ``y = Σ_k Σ_p x_pad[:, o·s + k·d, p] · w[k, p, :]`` as broadcast products
-      (one fused loop, fast for few input channels), ``dW`` as one matrix product of the
+    * ``"taps"``: ``y = Σ_k Σ_p x_pad[:, o·s + k·d, p] · w[k, p, :]``, the window's strided
+      slices scaled and summed in one fused loop (per output map when there are few
+      channel pairs; fast for few input channels), ``dW`` as one matrix product of the
       taps with δ, and ``dx`` by col2im.
     * ``"auto"`` (default): per product, the fastest of these for the shapes at hand
       (:func:`auto_plan`).
@@ -374,10 +375,11 @@ def auto_plan(geom: _shapes.Geometry, in_shape, c_in: int, c_out: int, backend: 
     Off the CPU, XLA's own convolutions (cuDNN on GPUs). On the CPU, from the crossovers
     ``experiments/bench.py`` measures: a window covering the whole input (LeNet-5's C5)
     is a dense layer, im2col without a copy; few input channels (LeNet-5's C1, RGB
-    images) run the forward as scaled taps summed per output map and ``dW`` as one
-    matrix product of the taps with δ — on narrow inputs (padded width at most 8 window
-    widths) of row taps with δ, summing diagonals (:func:`_weight_gradient_rows`); few channel pairs (C3's 6 × 16) use im2col, whose
-    column matrix the forward and ``dW`` share inside one jitted step; ``dx``
+    images) run the forward as scaled taps and ``dW`` as one matrix product of the taps
+    with δ — on narrow inputs (padded width at most 8 window widths) of row taps with δ,
+    summing diagonals (:func:`_weight_gradient_rows`); few channel pairs (C3's 6 × 16) use
+    im2col, whose column matrix the forward and ``dW`` share inside one jitted step; 1-D
+    convolutions keep XLA's (fastest or tied at every measured shape); ``dx``
     overlap-adds ``δ Wᵀ`` (col2im) where XLA's transposed convolution would multiply the
     zeros of a strided δ or the channels are too few to vectorise. Elsewhere XLA's own
     convolutions win.
@@ -386,7 +388,7 @@ def auto_plan(geom: _shapes.Geometry, in_shape, c_in: int, c_out: int, backend: 
         return _PLANS["xla"]
     if whole_window(geom, in_shape):
         return _PLANS["im2col"]
-    if len(geom.window) == 1:  # 1-D (MNIST-1D): XLA's convolutions were the fastest or tied at every shape
+    if len(geom.window) == 1:
         products = "xla"
     else:
         products = "taps" if c_in <= 4 else "im2col" if c_in * c_out <= 128 else "xla"
