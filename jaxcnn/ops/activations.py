@@ -100,7 +100,7 @@ def _sigmoid_fwd(x):
 
 
 def _sigmoid_bwd(y, g):
-    return (g * y * (1 - y),)
+    return (g * (y * (1 - y)),)  # δ · f(1 − f), the derivative formed first
 
 
 _sigmoid.defvjp(_sigmoid_fwd, _sigmoid_bwd)

@@ -6,13 +6,18 @@ the others get zero); Raj (max pooling keeps the arg-max ``P(l, m, i, j)`` and r
 there with ``+=`` "because this entry may be selected in multiple adjacent overlapping
 windows"; mean pooling spreads ``δ / K²`` over the window, again with ``+=``).
 
-Both ops visit the window one offset ``j`` at a time: ``x[:, j + s·i, :]`` over all
-output positions ``i`` is one strided slice of the padded input, and its transpose (put
-``c[i]`` back at ``j + s·i``) is one ``lax.pad`` with ``s − 1`` interior zeros. The
-backward sums those pads over the ``K`` offsets — the lectures' ``+=`` on overlaps.
-When the windows tile the input (``stride == window``) nothing overlaps, and the
-backward (and mean pooling's forward) instead views the input as one block per window
-with a reshape, which is cheaper and computes the same values.
+Forward: both ops visit the window one offset ``j`` at a time — ``x[:, s·i + j, :]``
+over all output positions ``i`` is one strided slice of the padded input (for mean
+pooling with ``stride == window``, one block sum of a reshaped view instead).
+
+Backward: the transpose of those slices, summed (``+=``), built from output-sized
+pieces. Along each axis write the padded input position as ``s·b + r`` (block ``b``,
+*phase* ``0 ≤ r < s``). Offset ``j = r + s·m`` of output ``i`` is block ``i + m`` of
+phase ``r``, so its contribution lands in one phase, shifted by ``m`` blocks (a plain
+zero pad of an output-sized array). Each phase sums the offsets that land in it — with
+``stride < window`` an element is in up to ``⌈k / s⌉`` windows per axis, the lectures'
+``+=`` — and the phases interleave into the input-sized gradient with one stack and a
+reshape, the only input-sized buffer written.
 """
 
 from __future__ import annotations
@@ -116,16 +121,8 @@ def _max_pool_fwd(x, geom: Geometry, in_shape):
 
 def _max_pool_bwd(geom: Geometry, in_shape, res: MaxPoolResiduals, g):
     zero = jnp.zeros((), g.dtype)
-    if geom.stride == geom.window:  # the windows tile the input: no overlap, no += needed
-        blocks = jnp.where(_per_block(res.argmax) == _offset_index(geom.window), _per_block(g), zero)
-        return (_unblock(blocks, geom, in_shape),)
-    padded = _padded_shape(in_shape, geom.pads)
-    # dx[s·i − lo + P(i)] += g[i]: one placement per window offset j, summed (+=).
-    dx = sum(
-        _place(jnp.where(res.argmax == j, g, zero), offset, geom, padded)
-        for j, offset in enumerate(_offsets(geom.window))
-    )
-    return (_crop(dx, geom.pads),)
+    # dx[s·i − lo + P(i)] += g[i]: offset j receives g[i] where P(i) = j.
+    return (_place_all(lambda j: jnp.where(res.argmax == j, g, zero), geom, in_shape),)
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
@@ -192,7 +189,7 @@ def mean_pool(
 def _mean_pool(x, geom: Geometry, in_shape, count_padding):
     xp = _pad(x, geom.pads, 0)
     if geom.stride == geom.window:  # the windows tile the input: sum each block
-        total = jnp.sum(_into_blocks(xp, geom), axis=tuple(range(2, 2 * len(in_shape) + 1, 2)))
+        total = _block_sums(xp, geom)
     else:
         total = sum(_window_entry(xp, offset, geom) for offset in _offsets(geom.window))
     return total / _divisor(geom, in_shape, count_padding, x.dtype)
@@ -204,13 +201,8 @@ def _mean_pool_fwd(x, geom: Geometry, in_shape, count_padding):
 
 def _mean_pool_bwd(geom: Geometry, in_shape, count_padding, res, g):
     share = g / _divisor(geom, in_shape, count_padding, g.dtype)  # δ / K
-    if geom.stride == geom.window:  # the windows tile the input: each block gets its share
-        blocks = jnp.broadcast_to(_per_block(share), _blocks_shape(g.shape, geom))
-        return (_unblock(blocks, geom, in_shape),)
-    padded = _padded_shape(in_shape, geom.pads)
     # dx[s·i − lo + j] += g[i] / K for every offset j of the window.
-    dx = sum(_place(share, offset, geom, padded) for offset in _offsets(geom.window))
-    return (_crop(dx, geom.pads),)
+    return (_place_all(lambda j: share, geom, in_shape),)
 
 
 _mean_pool.defvjp(_mean_pool_fwd, _mean_pool_bwd)
@@ -232,19 +224,6 @@ def _pad(x, pads, value):
     return lax.pad(x, jnp.asarray(value, x.dtype), config)
 
 
-def _crop(xp, pads):
-    """Removes the spatial padding ``pads`` again (the transpose of :func:`_pad`)."""
-    if not any(lo or hi for lo, hi in pads):
-        return xp
-    start = (0, *(lo for lo, _ in pads), 0)
-    limit = (xp.shape[0], *(n - hi for n, (_, hi) in zip(xp.shape[1:-1], pads)), xp.shape[-1])
-    return lax.slice(xp, start, limit)
-
-
-def _padded_shape(in_shape, pads):
-    return tuple(n + lo + hi for n, (lo, hi) in zip(in_shape, pads))
-
-
 def _window_entry(xp, offset, geom: Geometry):
     """``xp[:, j + s·i, :]`` for every output position ``i``: one strided slice."""
     start = (0, *offset, 0)
@@ -256,46 +235,47 @@ def _window_entry(xp, offset, geom: Geometry):
     return lax.slice(xp, start, limit, (1, *geom.stride, 1))
 
 
-def _place(c, offset, geom: Geometry, padded_shape):
-    """The transpose of :func:`_window_entry`: ``c[i]`` put at ``j + s·i``, zeros elsewhere."""
-    config = [(0, 0, 0)]
-    for j, o, s, size in zip(offset, geom.out_shape, geom.stride, padded_shape):
-        config.append((j, size - j - (o - 1) * s - 1, s - 1))
-    config.append((0, 0, 0))
-    return lax.pad(c, jnp.zeros((), c.dtype), config)
-
-
-def _into_blocks(xp, geom: Geometry):
-    """Tiled windows (stride = window): the padded input as ``(N, o₁, k₁, …, o_d, k_d, C)``,
-    without the tail that no window reaches."""
+def _block_sums(xp, geom: Geometry):
+    """Tiled windows (stride = window): the sum over each window, by viewing the padded
+    input as ``(N, o₁, k₁, …, o_d, k_d, C)`` (without the tail no window reaches)."""
     covered = (xp.shape[0], *(o * k for o, k in zip(geom.out_shape, geom.window)), xp.shape[-1])
-    return lax.slice(xp, (0,) * xp.ndim, covered).reshape(_blocks_shape(xp.shape, geom))
+    blocks = lax.slice(xp, (0,) * xp.ndim, covered).reshape(
+        (xp.shape[0], *(d for o, k in zip(geom.out_shape, geom.window) for d in (o, k)), xp.shape[-1]))
+    return jnp.sum(blocks, axis=tuple(range(2, 2 * len(geom.window) + 1, 2)))
 
 
-def _blocks_shape(shape, geom: Geometry):
-    """``(N, o₁, k₁, …, o_d, k_d, C)`` for an array of shape ``(N, …, C)``."""
-    return (shape[0], *(d for o, k in zip(geom.out_shape, geom.window) for d in (o, k)), shape[-1])
+def _place_all(contribution, geom: Geometry, in_shape):
+    """``Σ_j c_j[i]`` placed at ``s·i + j − lo`` over the window offsets ``j`` — the
+    transpose of the window slices, with ``+=`` where windows overlap — as an array of
+    ``(N, *in_shape, C)``; ``c_j = contribution(j)`` is output-sized, ``j`` the offset's
+    window-order index.
 
+    Offset ``j = r + s·m`` lands in phase ``r`` (``x[s·b + r]`` is block ``b``, phase
+    ``r``), shifted by ``m`` blocks: a zero pad of ``c_j`` to the ``B = o + ⌈k / s⌉ − 1``
+    blocks of a phase. Each phase sums its offsets, and the phases interleave into one
+    array by a stack and a reshape, so every buffer but the result is output-sized."""
+    blocks = tuple(o + -(-k // s) - 1 for o, k, s in zip(geom.out_shape, geom.window, geom.stride))
+    per_phase: dict[tuple[int, ...], jax.Array] = {}
+    for j, offset in enumerate(_offsets(geom.window)):
+        m, r = zip(*(divmod(t, s) for t, s in zip(offset, geom.stride)))
+        c = contribution(j)
+        config = [(0, 0, 0), *((mi, b - o - mi, 0) for mi, b, o in zip(m, blocks, geom.out_shape)), (0, 0, 0)]
+        shifted = lax.pad(c, jnp.zeros((), c.dtype), config)  # c[i] at block i + m
+        per_phase[r] = per_phase[r] + shifted if r in per_phase else shifted  # +=
+    some = next(iter(per_phase.values()))
+    n, channels = some.shape[0], some.shape[-1]
 
-def _per_block(a):
-    """``(N, o₁, …, o_d, C)`` viewed as ``(N, o₁, 1, …, o_d, 1, C)``: one value per block."""
-    return a.reshape((a.shape[0], *(d for o in a.shape[1:-1] for d in (o, 1)), a.shape[-1]))
+    def interleave(r):  # the phases r + (q, …) stacked after block axis len(r)
+        if len(r) == len(blocks):
+            return per_phase[r] if r in per_phase else jnp.zeros_like(some)  # no offset lands here
+        return jnp.stack([interleave((*r, q)) for q in range(geom.stride[len(r)])], axis=len(r) + 2)
 
-
-def _offset_index(window):
-    """The index ``j`` of each window offset, shaped ``(1, 1, k₁, …, 1, k_d, 1)`` to meet
-    :func:`_per_block`."""
-    index = np.arange(np.prod(window)).reshape(window)  # row-major: window order
-    return index.reshape((1, *(d for k in window for d in (1, k)), 1))
-
-
-def _unblock(blocks, geom: Geometry, in_shape):
-    """The transpose of :func:`_into_blocks` and :func:`_pad`: blocks ``(N, o₁, k₁, …, C)``
-    merged, zeros for the tail that no window reached, the padding cropped."""
-    merged = blocks.reshape((blocks.shape[0], *(o * k for o, k in zip(geom.out_shape, geom.window)), blocks.shape[-1]))
-    padded = _padded_shape(in_shape, geom.pads)
-    tail = [(0, 0, 0), *((0, p - o * k, 0) for p, o, k in zip(padded, geom.out_shape, geom.window)), (0, 0, 0)]
-    return _crop(lax.pad(merged, jnp.zeros((), merged.dtype), tail), geom.pads)
+    xp = interleave(()).reshape((n, *(b * s for b, s in zip(blocks, geom.stride)), channels))
+    config = [(0, 0, 0)]
+    for size, (lo, _), b, s in zip(in_shape, geom.pads, blocks, geom.stride):
+        config.append((-lo, size + lo - b * s, 0))  # crop the padding; zeros (or a cut) at the tail
+    config.append((0, 0, 0))
+    return lax.pad(xp, jnp.zeros((), xp.dtype), config)
 
 
 def _divisor(geom: Geometry, in_shape, count_padding, dtype):
