@@ -121,6 +121,9 @@ def _max_pool_fwd(x, geom: Geometry, in_shape):
 
 def _max_pool_bwd(geom: Geometry, in_shape, res: MaxPoolResiduals, g):
     zero = jnp.zeros((), g.dtype)
+    if geom.stride == geom.window:  # the windows tile the input: no overlap, no += needed
+        blocks = jnp.where(_per_block(res.argmax) == _offset_index(geom.window), _per_block(g), zero)
+        return (_unblock(blocks, geom, in_shape),)
     # dx[s·i − lo + P(i)] += g[i]: offset j receives g[i] where P(i) = j.
     return (_place_all(lambda j: jnp.where(res.argmax == j, g, zero), geom, in_shape),)
 
@@ -189,7 +192,7 @@ def mean_pool(
 def _mean_pool(x, geom: Geometry, in_shape, count_padding):
     xp = _pad(x, geom.pads, 0)
     if geom.stride == geom.window:  # the windows tile the input: sum each block
-        total = _block_sums(xp, geom)
+        total = jnp.sum(_into_blocks(xp, geom), axis=tuple(range(2, 2 * len(in_shape) + 1, 2)))
     else:
         total = sum(_window_entry(xp, offset, geom) for offset in _offsets(geom.window))
     return total / _divisor(geom, in_shape, count_padding, x.dtype)
@@ -201,6 +204,9 @@ def _mean_pool_fwd(x, geom: Geometry, in_shape, count_padding):
 
 def _mean_pool_bwd(geom: Geometry, in_shape, count_padding, res, g):
     share = g / _divisor(geom, in_shape, count_padding, g.dtype)  # δ / K
+    if geom.stride == geom.window:  # the windows tile the input: each block gets its share
+        blocks = jnp.broadcast_to(_per_block(share), _blocks_shape(g.shape, geom))
+        return (_unblock(blocks, geom, in_shape),)
     # dx[s·i − lo + j] += g[i] / K for every offset j of the window.
     return (_place_all(lambda j: share, geom, in_shape),)
 
@@ -235,13 +241,39 @@ def _window_entry(xp, offset, geom: Geometry):
     return lax.slice(xp, start, limit, (1, *geom.stride, 1))
 
 
-def _block_sums(xp, geom: Geometry):
-    """Tiled windows (stride = window): the sum over each window, by viewing the padded
-    input as ``(N, o₁, k₁, …, o_d, k_d, C)`` (without the tail no window reaches)."""
+def _into_blocks(xp, geom: Geometry):
+    """Tiled windows (stride = window): the padded input as ``(N, o₁, k₁, …, o_d, k_d, C)``,
+    without the tail that no window reaches."""
     covered = (xp.shape[0], *(o * k for o, k in zip(geom.out_shape, geom.window)), xp.shape[-1])
-    blocks = lax.slice(xp, (0,) * xp.ndim, covered).reshape(
-        (xp.shape[0], *(d for o, k in zip(geom.out_shape, geom.window) for d in (o, k)), xp.shape[-1]))
-    return jnp.sum(blocks, axis=tuple(range(2, 2 * len(geom.window) + 1, 2)))
+    return lax.slice(xp, (0,) * xp.ndim, covered).reshape(_blocks_shape(xp.shape, geom))
+
+
+def _blocks_shape(shape, geom: Geometry):
+    """``(N, o₁, k₁, …, o_d, k_d, C)`` for an array of shape ``(N, …, C)``."""
+    return (shape[0], *(d for o, k in zip(geom.out_shape, geom.window) for d in (o, k)), shape[-1])
+
+
+def _per_block(a):
+    """``(N, o₁, …, o_d, C)`` viewed as ``(N, o₁, 1, …, o_d, 1, C)``: one value per block."""
+    return a.reshape((a.shape[0], *(d for o in a.shape[1:-1] for d in (o, 1)), a.shape[-1]))
+
+
+def _offset_index(window):
+    """The index ``j`` of each window offset, shaped ``(1, 1, k₁, …, 1, k_d, 1)`` to meet
+    :func:`_per_block`."""
+    index = np.arange(np.prod(window)).reshape(window)  # row-major: window order
+    return index.reshape((1, *(d for k in window for d in (1, k)), 1))
+
+
+def _unblock(blocks, geom: Geometry, in_shape):
+    """The transpose of :func:`_into_blocks` and :func:`_pad`: blocks ``(N, o₁, k₁, …, C)``
+    merged, zeros for the tail that no window reached, the padding cropped."""
+    merged = blocks.reshape((blocks.shape[0], *(o * k for o, k in zip(geom.out_shape, geom.window)), blocks.shape[-1]))
+    config = [(0, 0, 0)]
+    for size, (lo, _), o, k in zip(in_shape, geom.pads, geom.out_shape, geom.window):
+        config.append((-lo, size + lo - o * k, 0))  # crop the padding; zeros at the unreached tail
+    config.append((0, 0, 0))
+    return lax.pad(merged, jnp.zeros((), merged.dtype), config)
 
 
 def _place_all(contribution, geom: Geometry, in_shape):
