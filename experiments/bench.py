@@ -161,11 +161,11 @@ def ops_table(results: list[dict]) -> str:
 
 
 def run_conv_methods(case: OpCase, repeats: int, warmup: int) -> dict:
-    """The conv case under every ``method`` (``taps`` only for few input channels), and the
+    """The conv case under every ``method`` (``taps``/``rows`` only for few input channels), and the
     plan ``auto`` picks: the crossovers behind :func:`jaxcnn.ops.conv.auto_plan`."""
     rng = np.random.default_rng(0)
     x, w, b = (_build(a, rng) for a in case.args)
-    methods = [m for m in METHODS if m != "taps" or w.shape[-2] <= 8]
+    methods = [m for m in METHODS if m not in ("taps", "rows") or w.shape[-2] <= 8]
     v = jnp.asarray(rng.normal(size=jaxcnn.reference.conv(x, w, b, **case.settings).shape), jnp.float32)
     grads = {m: jax.jit(jax.value_and_grad(
         lambda v, x, w, b, m=m: jnp.vdot(jaxcnn.ops.conv(x, w, b, method=m, **case.settings), v), argnums=(1, 2, 3)))

@@ -12,6 +12,7 @@ convolution via im2col); Bell (filters are 4-D: window × input depth × output 
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple, Optional
 
 import jax
@@ -40,13 +41,13 @@ LENET5_C3_TABLE = np.array(
 )
 LENET5_C3_TABLE.flags.writeable = False
 
-METHODS = ("auto", "xla", "im2col", "taps")
+METHODS = ("auto", "xla", "im2col", "taps", "rows")
 
 
 class Plan(NamedTuple):
     """Which exact formula computes each of the three products (see :func:`conv`)."""
 
-    forward: str  # "xla" | "im2col" | "taps"
+    forward: str  # "xla" | "im2col" | "taps" | "rows"
     weight: str  # dW: "xla" | "im2col" | "taps" | "rows"
     input: str  # dx: "xla" | "col2im"
 
@@ -55,6 +56,7 @@ _PLANS = {
     "xla": Plan("xla", "xla", "xla"),
     "im2col": Plan("im2col", "im2col", "col2im"),
     "taps": Plan("taps", "taps", "col2im"),
+    "rows": Plan("rows", "rows", "col2im"),
 }
 
 _LAYOUTS = {1: "(kw, C_in, C_out)", 2: "(kh, kw, C_in, C_out)", 3: "(kd, kh, kw, C_in, C_out)"}
@@ -97,7 +99,7 @@ def conv(
     * Connections absent from ``M`` act as zero weights: they are zero in the forward
       and in ``dx``, and their ``dw`` is exactly zero.
 
-    The same sums can be ordered three ways, all exact; ``method`` picks one:
+    The same sums can be ordered four ways, all exact; ``method`` picks one:
 
     * ``"xla"``: the forward and both gradients as ``lax.conv_general_dilated`` calls (the
       same convolutions JAX's own transpose rules emit).
@@ -107,6 +109,11 @@ def conv(
       slices scaled and summed in one fused loop (per output map when there are few
       channel pairs; fast for few input channels), ``dW`` as one matrix product of the
       taps with δ, and ``dx`` by col2im.
+    * ``"rows"``: im2col over the leading spatial axes only, and along the last axis
+      blocks of ``J`` outputs with the ``U`` input columns they read: ``y`` is that column
+      matrix times a banded matrix built from ``w``, ``dW`` its transpose times δ with the
+      band's diagonals summed (``U / k`` times the minimal multiply-adds; see
+      :func:`_weight_gradient_rows`), ``dx`` by col2im. Fast for few input channels.
     * ``"auto"`` (default): per product, the fastest of these for the shapes at hand
       (:func:`auto_plan`).
 
@@ -123,7 +130,7 @@ def conv(
       connections: optional boolean table ``M`` of shape ``(C_in, C_out)``, ``M[p, q]``
         true when input map ``p`` feeds output map ``q`` (e.g. :data:`LENET5_C3_TABLE`).
         A concrete array, fixed at trace time.
-      method: ``"auto"``, ``"xla"``, ``"im2col"`` or ``"taps"``.
+      method: ``"auto"``, ``"xla"``, ``"im2col"``, ``"taps"`` or ``"rows"``.
 
     Returns:
       ``y`` of shape ``(N, *out_spatial, C_out)`` and the dtype of ``x``.
@@ -241,6 +248,8 @@ def _forward(x, w, b, spec: ConvSpec):
         )
     elif formula == "im2col":
         y = patches(x, geom) @ w.reshape(-1, w.shape[-1])  # im2col(x) · W
+    elif formula == "rows":
+        y = _forward_rows(x, w, geom)
     else:  # y = Σ_k Σ_p x_pad[n, o·s + k·d, p] w[k, p, :]: scaled taps, one fused loop
         w_taps, x_taps = w.reshape(-1, *w.shape[-2:]), taps(x, geom)
         c_in, c_out = w.shape[-2:]
@@ -259,46 +268,86 @@ def _weight_gradient_taps(x, g, geom: _shapes.Geometry):
     return lax.dot_general(cols, g, ((tuple(range(2, cols.ndim)), tuple(range(g.ndim - 1))), ((), ())))
 
 
-def _weight_gradient_rows(x, g, geom: _shapes.Geometry):
-    """``dW[k, p, q] = Σ_{n,o} x_pad[n, o·s + k·d, p] δ[n, o, q]`` as one well-shaped matrix
-    product over *row blocks*: taps over the leading axes only, and along the last axis
-    blocks of ``J`` outputs, each reading the ``U = (J − 1)·s_L + (k_L − 1)·d_L + 1`` input
-    columns its windows cover. With ``t`` the block and ``v < J`` the output in it,
-    ``M[k', u, p, v, q] = Σ_{n,o',t} x_pad[n, o'·s' + k'·d', t·J·s_L + u, p] δ[n, o', t·J + v, q]``
-    and ``dW[k', k_L, p, q] = Σ_v M[k', v·s_L + k_L·d_L, p, v, q]`` sums its diagonals.
+class _RowBlocks(NamedTuple):
+    """Along the last spatial axis, blocks of ``J`` outputs (``T`` of them), each reading
+    the ``U = (J − 1)·s_L + (k_L − 1)·d_L + 1`` input columns its windows cover."""
 
-    ``J`` is the largest divisor of ``o_L`` up to ``k_L`` (no padded outputs), or ``k_L``
-    when that divisor is under half of it. The product spends ``U / k_L`` times the
-    minimal multiply-adds (LeNet-5's C1: ``J = 4``, 8/5) to avoid a column matrix ``k_L``
-    times larger than the input; one block of the whole width spent ``W / k_L`` (C1: 32/5)
-    and took about 0.7 ms more of a 12 ms LeNet-5 step, ``J = 5`` about 0.6 ms more."""
-    lead = len(geom.window) - 1
+    block: int  # J
+    blocks: int  # T
+    span: int  # U
+
+
+def _row_blocks(geom: _shapes.Geometry) -> _RowBlocks:
+    """``J``: the largest divisor of ``o_L`` up to ``k_L`` (no padded outputs), or ``k_L``
+    when that divisor is under half of it (LeNet-5's C1: 4 of 28)."""
     k, s, d, o = geom.window[-1], geom.stride[-1], geom.dilation[-1], geom.out_shape[-1]
-    block = max(j for j in range(1, min(k, o) + 1) if o % j == 0)  # J outputs per block
+    block = max(j for j in range(1, min(k, o) + 1) if o % j == 0)
     if 2 * block < min(k, o):  # too small to be worth it: pad δ with zero outputs instead
         block = min(k, o)
-    blocks = -(-o // block)  # T
-    span = (block - 1) * s + (k - 1) * d + 1  # U input columns per block
+    return _RowBlocks(block, -(-o // block), (block - 1) * s + (k - 1) * d + 1)
+
+
+def _row_block_columns(x, geom: _shapes.Geometry):
+    """The column matrix of row blocks, ``(N·Πo'·T, K'·U·C_in)``: row ``(n, o', t)``,
+    column ``(k', u, p)`` holds ``x_pad[n, o'·s' + k'·d', t·J·s_L + u, p]`` — taps over
+    the leading axes only, and along the last axis the ``U`` columns block ``t`` reads."""
+    rb, lead = _row_blocks(geom), len(geom.window) - 1
+    width = (rb.blocks - 1) * rb.block * geom.stride[-1] + rb.span  # the padded width the last block reaches
     lo = geom.pads[-1][0]
-    width = (blocks - 1) * block * s + span  # the padded width the last block reaches
-    zero = jnp.zeros((), x.dtype)
     config = [(0, 0, 0), *((a, b, 0) for a, b in geom.pads[:-1]), (lo, width - x.shape[-2] - lo, 0), (0, 0, 0)]
-    x_pad = lax.pad(x, zero, config)  # a negative high pad cuts columns no window reads
-    g_pad = lax.pad(g, zero, [(0, 0, 0)] * (g.ndim - 2) + [(0, blocks * block - o, 0), (0, 0, 0)])  # δ = 0 past the end
-    n, c_in, c_out = x.shape[0], x.shape[-1], g.shape[-1]
+    x_pad = lax.pad(x, jnp.zeros((), x.dtype), config)  # a negative high pad cuts columns no window reads
+    n, c_in = x.shape[0], x.shape[-1]
     lead_geom = geom._replace(window=geom.window[:lead], stride=geom.stride[:lead], dilation=geom.dilation[:lead],
                               pads=((0, 0),) * lead, out_shape=geom.out_shape[:lead])
     rows = taps(x_pad.reshape(n, *x_pad.shape[1:-2], width * c_in), lead_geom)  # K' × (N, *o', W·C)
-    step = block * s
+    step = rb.block * geom.stride[-1]
     cols = jnp.stack([  # (N, *o', T, K', U, C): block t of row tap k' at column u
-        jnp.stack([lax.slice_in_dim(r.reshape(*r.shape[:-1], width, c_in), u, u + (blocks - 1) * step + 1, step, axis=-2)
-                   for u in range(span)], axis=-2)
+        jnp.stack([lax.slice_in_dim(r.reshape(*r.shape[:-1], width, c_in), u, u + (rb.blocks - 1) * step + 1, step,
+                                    axis=-2) for u in range(rb.span)], axis=-2)
         for r in rows], axis=-3)
-    m = _contract_leading(cols.reshape(-1, len(rows) * span * c_in), g_pad.reshape(-1, block * c_out))
-    m = m.reshape(len(rows), span, c_in, block, c_out)
-    v = np.arange(block)
-    diagonals = [m[:, v * s + b * d, :, v, :].sum(0) for b in range(k)]
-    return jnp.stack(diagonals, axis=1)  # (K', k_L, C_in, C_out)
+    return cols.reshape(-1, len(rows) * rb.span * c_in)
+
+
+def _row_block_diagonals(geom: _shapes.Geometry, dtype) -> np.ndarray:
+    """``E[u, v, b] = 1`` where block column ``u`` is tap ``b`` of block output ``v``:
+    ``u = v·s_L + b·d_L``."""
+    rb, k = _row_blocks(geom), geom.window[-1]
+    u, v, b = np.ix_(np.arange(rb.span), np.arange(rb.block), np.arange(k))
+    return (u == v * geom.stride[-1] + b * geom.dilation[-1]).astype(dtype)
+
+
+def _forward_rows(x, w, geom: _shapes.Geometry):
+    """``y = cols · T`` with the row-block columns and the banded matrix
+    ``T[(k', u, p), (v, q)] = w[k', b, p, q]`` where ``u = v·s_L + b·d_L`` (else 0): the
+    taps of one block's ``J`` outputs in one product, ``U / k_L`` times the minimal
+    multiply-adds. Shares its column matrix with :func:`_weight_gradient_rows`."""
+    rb = _row_blocks(geom)
+    lead_taps, c_in, c_out = math.prod(geom.window[:-1]), w.shape[-2], w.shape[-1]
+    banded = jnp.einsum("uvb,kbpq->kupvq", _row_block_diagonals(geom, np.dtype(w.dtype)),
+                        w.reshape(lead_taps, geom.window[-1], c_in, c_out))
+    y = _row_block_columns(x, geom) @ banded.reshape(lead_taps * rb.span * c_in, rb.block * c_out)
+    y = y.reshape(x.shape[0], *geom.out_shape[:-1], rb.blocks * rb.block, c_out)
+    return lax.slice_in_dim(y, 0, geom.out_shape[-1], axis=-2)  # drop the padded outputs
+
+
+def _weight_gradient_rows(x, g, geom: _shapes.Geometry):
+    """``dW[k, p, q] = Σ_{n,o} x_pad[n, o·s + k·d, p] δ[n, o, q]`` as one well-shaped matrix
+    product of the row-block columns (:func:`_row_block_columns`) with δ in blocks of
+    ``J`` outputs: with ``t`` the block and ``v < J`` the output in it,
+    ``M[k', u, p, v, q] = Σ_{n,o',t} x_pad[n, o'·s' + k'·d', t·J·s_L + u, p] δ[n, o', t·J + v, q]``
+    and ``dW[k', k_L, p, q] = Σ_v M[k', v·s_L + k_L·d_L, p, v, q]`` sums its diagonals.
+
+    It spends ``U / k_L`` times the minimal multiply-adds (LeNet-5's C1: ``J = 4``, 8/5)
+    to avoid a column matrix ``k_L`` times larger than the input; one block of the whole
+    width spent ``W / k_L`` (C1: 32/5) and took about 0.7 ms more of a 12 ms LeNet-5
+    step, ``J = 5`` about 0.6 ms more."""
+    rb = _row_blocks(geom)
+    lead_taps, c_in, c_out = math.prod(geom.window[:-1]), x.shape[-1], g.shape[-1]
+    g_pad = lax.pad(g, jnp.zeros((), g.dtype),  # δ = 0 for the padded outputs
+                    [(0, 0, 0)] * (g.ndim - 2) + [(0, rb.blocks * rb.block - geom.out_shape[-1], 0), (0, 0, 0)])
+    m = _contract_leading(_row_block_columns(x, geom), g_pad.reshape(-1, rb.block * c_out))
+    m = m.reshape(lead_taps, rb.span, c_in, rb.block, c_out)
+    return jnp.einsum("kupvq,uvb->kbpq", m, _row_block_diagonals(geom, np.dtype(m.dtype)))  # (K', k_L, C_in, C_out)
 
 
 def _input_gradient(g, w, geom: _shapes.Geometry, in_shape):
@@ -399,11 +448,11 @@ def auto_plan(geom: _shapes.Geometry, in_shape, c_in: int, c_out: int, backend: 
     Off the CPU, XLA's own convolutions (cuDNN on GPUs). On the CPU, from the crossovers
     ``experiments/bench.py`` measures: a window covering the whole input (LeNet-5's C5)
     is a dense layer, im2col without a copy; few input channels (LeNet-5's C1, RGB
-    images) run the forward as scaled taps and ``dW`` as one matrix product of the taps
-    with δ — on narrow inputs (padded width at most 8 window widths) of row taps with δ,
-    summing diagonals (:func:`_weight_gradient_rows`); few channel pairs (C3's 6 × 16) use
-    im2col, whose column matrix the forward and ``dW`` share inside one jitted step; 1-D
-    convolutions keep XLA's (fastest or tied at every measured shape); ``dx``
+    images) use row blocks for ``y`` and ``dW``, whose column matrix the two share inside
+    one jitted step (fwd + bwd, 2 cores: C1 4.0 ms vs taps 5.0, im2col 7.9, XLA 19.3; RGB
+    3×3 → 16 on 64×64 9.4 vs XLA 16.8; 7×7/2 → 32 on 128×128 57 vs 74; even with XLA at
+    4 input channels); few channel pairs (C3's 6 × 16) use im2col, shared the same way;
+    1-D convolutions keep XLA's (fastest or tied at every measured shape); ``dx``
     overlap-adds ``δ Wᵀ`` (col2im) where XLA's transposed convolution would multiply the
     zeros of a strided δ or the channels are too few to vectorise. Elsewhere XLA's own
     convolutions win.
@@ -415,11 +464,10 @@ def auto_plan(geom: _shapes.Geometry, in_shape, c_in: int, c_out: int, backend: 
     if len(geom.window) == 1:
         products = "xla"
     else:
-        products = "taps" if c_in <= 4 else "im2col" if c_in * c_out <= 128 else "xla"
-    padded_width = in_shape[-1] + sum(geom.pads[-1])
+        products = "rows" if c_in <= 4 else "im2col" if c_in * c_out <= 128 else "xla"
     return Plan(
         forward=products,
-        weight="rows" if products == "taps" and padded_width <= 8 * geom.window[-1] else products,
+        weight=products,
         input="col2im" if max(geom.stride) > 1 or c_in * c_out <= 1024 else "xla",
     )
 
