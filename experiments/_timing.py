@@ -41,17 +41,18 @@ def interleaved_medians(fns: Sequence[Callable], args: Sequence, repeats: int = 
     return [statistics.median(t) for t in times]
 
 
-def blocked_medians(fns: Sequence[Callable], repeats: int = 20, calls: int = 4) -> list[float]:
+def blocked_medians(fns: Sequence[Callable], repeats: int = 20, calls: int = 10, skip: int = 2) -> list[float]:
     """Median seconds per call of each argument-free ``fns[i]``, run in rounds of ``calls``
-    consecutive calls per function; the first call of each round is not counted, so that
-    threads another framework leaves spinning (PyTorch's OpenMP pool) cost nobody."""
+    consecutive calls per function; the first ``skip`` calls of each round are not
+    counted, so that threads another framework leaves spinning (PyTorch's OpenMP pool),
+    or a thread pool the previous one left asleep, cost nobody."""
     times = [[] for _ in fns]
-    for _ in range(max(1, -(-repeats // (calls - 1)))):
+    for _ in range(max(1, -(-repeats // (calls - skip)))):
         for i, fn in enumerate(fns):
             for j in range(calls):
                 start = time.perf_counter()
                 block(fn())
-                if j:
+                if j >= skip:
                     times[i].append(time.perf_counter() - start)
     return [statistics.median(t) for t in times]
 
