@@ -4,7 +4,8 @@ Four tables, all float32, jitted, compiled first and then timed interleaved (med
 repeats; see ``_timing``). Figures are printed and written as JSON, never asserted.
 
 1. **ops** — per op and shape, ``jax.value_and_grad`` of ``⟨op(args), v⟩`` for a fixed random
-   cotangent ``v`` with respect to every floating argument: ``jaxcnn.ops`` (the hand rule)
+   cotangent ``v`` (an argument, so XLA cannot fold a linear op's backward at compile time)
+   with respect to every floating argument: ``jaxcnn.ops`` (the hand rule)
    against autodiff of ``jaxcnn.reference``. Ratio (target ≤ 1.0; max pooling ≥ 5× faster),
    compile times, and the bytes of residuals ``jax.vjp`` keeps for the backward pass.
 2. **conv-methods** — each convolution shape of table 1 under every ``method`` of
@@ -13,8 +14,8 @@ repeats; see ``_timing``). Figures are printed and written as JSON, never assert
    LeNet-5 with the C3 table (batch 128, SGD with momentum) and the MNIST-1D CNN (batch 100,
    Adam): jaxcnn on ``ops`` and on ``reference`` (a jitted step with the state donated, and
    ``train.make_epoch``'s two loops: jitted steps and one ``lax.scan``), Flax linen, and
-   PyTorch on the CPU with one thread per core. Timed in rounds of consecutive calls per
-   implementation (the first of each round not counted), so PyTorch's spinning OpenMP
+   PyTorch on the CPU with one thread per core. Timed in rounds of ten consecutive calls per
+   implementation (the first two of each round not counted), so PyTorch's spinning OpenMP
    threads slow no one else down. Peers are optional (``pip install -e ".[bench]"``); missing ones are skipped.
 4. **flops** — the FLOP/s the LeNet-5 step achieves (its multiply-adds counted by hand, the
    C3 table's 60 connections only) against a jitted 2048² float32 matmul.

@@ -21,3 +21,14 @@ def test_benchmark_quick_mode(tmp_path):
     assert all(r["ms"]["ops"] > 0 and r["ms"]["autodiff"] > 0 for r in results["ops"])
     steps = results["train"][0]["ms_per_step"]
     assert "jaxcnn ops (jit step)" in steps and "jaxcnn reference (make_epoch, lax.scan)" in steps
+
+
+def test_profile_step_prints_the_kernels_of_a_step(tmp_path):
+    hlo = tmp_path / "step.hlo"
+    proc = subprocess.run([sys.executable, "profile_step.py", "--batch", "4", "--steps", "2", "--top", "5",
+                           "--hlo", str(hlo)], cwd=EXPERIMENTS, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "lenet5 on jaxcnn.ops" in proc.stdout and "| kernel | µs / step | share | result |" in proc.stdout
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "kernel" not in line]
+    assert len(rows) == 5  # every kernel name printed is one the compiled HLO defines
+    assert all(f"%{row.split(' | ')[0][2:]} = " in hlo.read_text() for row in rows)

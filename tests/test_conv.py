@@ -255,7 +255,7 @@ def conv_cases(draw):
 
 
 @pytest.mark.parametrize("method", METHODS)
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(case=conv_cases())
 def test_vjp_matches_autodiff_and_finite_differences(method, case):
     rng = np.random.default_rng(case["seed"])

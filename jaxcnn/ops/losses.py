@@ -101,11 +101,12 @@ def _softmax_cross_entropy_bwd(res: CrossEntropyResiduals, g):
     n = res.logits.size // res.logits.shape[-1]
     log_p = (res.logits - res.top) - res.log_sum
     p = jnp.exp(log_p)
+    scale = g / n  # one scalar: a multiply per element, not a multiply and a divide
     if jnp.issubdtype(res.labels.dtype, jnp.integer):
-        return g * (p - _targets(res.labels, log_p)) / n, None
+        return (p - _targets(res.labels, log_p)) * scale, None
     t = res.labels  # rows need not sum to one: in general ds = (p Σt − t) / N
-    ds = g * (p * jnp.sum(t, axis=-1, keepdims=True) - t) / n
-    return ds, -g * log_p / n
+    ds = (p * jnp.sum(t, axis=-1, keepdims=True) - t) * scale
+    return ds, log_p * -scale
 
 
 _softmax_cross_entropy.defvjp(_softmax_cross_entropy_fwd, _softmax_cross_entropy_bwd)
