@@ -132,8 +132,9 @@ def col2im(cols: jax.Array, geom: _shapes.Geometry, spatial_shape: tuple[int, ..
 
     The transpose of :func:`patches`: the entries of window offset ``k`` are spread onto
     the padded grid at ``o·s + k·d`` (a zero pad with ``s − 1`` interior zeros, Raj's
-    upsampling), the offsets are summed, and the padding is cropped. Jitted like
-    :func:`patches`; ``spatial_shape`` must be a tuple.
+    upsampling), the offsets are summed, and the padding is cropped. Sums of 9 or more
+    terms per element are computed into a buffer of their own on the CPU
+    (:func:`_materialized`). Jitted like :func:`patches`; ``spatial_shape`` must be a tuple.
     """
     n = cols.shape[0]
     if whole_window(geom, spatial_shape):
