@@ -501,9 +501,10 @@ ROW_BLOCK_CASES = [  # (x spatial, window, stride, padding, dilation, C_in, C_ou
 
 
 @pytest.mark.parametrize("spatial,window,stride,padding,dilation,c_in,c_out", ROW_BLOCK_CASES)
-def test_weight_gradient_by_row_blocks_matches_autodiff(rng, spatial, window, stride, padding, dilation, c_in, c_out):
-    # The "rows" dW formula (blocks of J outputs along the last axis, diagonals summed) at
-    # geometries auto_plan does not send it today, against autodiff of the reference.
+def test_row_blocks_match_the_reference_and_autodiff(rng, spatial, window, stride, padding, dilation, c_in, c_out):
+    # The row-block formulas (blocks of J outputs along the last axis: y by a banded matrix,
+    # dW with its diagonals summed) at uneven geometries — prime output widths, dilation,
+    # 1-D and 3-D — against the reference and its autodiff.
     conv_module = sys.modules["jaxcnn.ops.conv"]  # the module, not the `ops.conv` function
     geom = _shapes.geometry("conv", spatial, window, stride, padding, dilation)
     x, w = _normal(rng, 2, *spatial, c_in), _normal(rng, *window, c_in, c_out)
@@ -512,6 +513,8 @@ def test_weight_gradient_by_row_blocks_matches_autodiff(rng, spatial, window, st
     expected = vjp(g)[0]
     got = conv_module._weight_gradient_rows(x, g, geom).reshape(w.shape)
     np.testing.assert_allclose(got, expected, rtol=1e-11, atol=1e-11)
+    y = reference.conv(x, w, stride=stride, padding=padding, dilation=dilation)
+    np.testing.assert_allclose(conv_module._forward_rows(x, w, geom), y, rtol=1e-11, atol=1e-11)
 
 
 AUTO_CASES = [  # (x_shape, w_shape, settings, the plan auto picks on the CPU)
