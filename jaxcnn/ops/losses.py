@@ -28,9 +28,12 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     which is the lecture's formula whenever ``Σ_k t_k = 1``.
 
     ``log p = (s − max s) − log Σ e^{s − max s}`` is computed stably (logits of magnitude
-    1e4 are fine); the residuals are the logits themselves and two numbers per row
-    (``max s`` and the log-sum), and ``p = exp(log p)`` is recomputed in the backward
-    pass, so saturated probabilities never produce ``0 · log 0``.
+    1e4 are fine). Residuals: with class ids, ``e^{s − max s}`` (which the forward pass
+    computes anyway) and its row sums, so the backward pass is one multiply-subtract per
+    element, ``p − t = e^{s − max s} / Σ − t``; with target rows, the logits themselves
+    and two numbers per row (``max s`` and the log-sum), and ``p = exp(log p)`` is
+    recomputed in the backward pass, so saturated probabilities never produce
+    ``0 · log 0`` in ``dL/dt``.
 
     Args:
       logits: scores ``s`` of shape ``(N, K)``, or ``(..., K)`` where every leading axis
@@ -57,24 +60,24 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return _softmax_cross_entropy(logits, labels)
 
 
-class CrossEntropyResiduals(NamedTuple):
+class ClassIdResiduals(NamedTuple):
+    exp_shifted: jax.Array  # e^{s − max s}, computed by the forward pass for the log-sum
+    total: jax.Array  # Σ_k e^{s_k − max s} per row, shape (..., 1): p = exp_shifted / total
+    labels: jax.Array  # integer class ids
+
+
+class TargetRowResiduals(NamedTuple):
     logits: jax.Array  # s (the input itself: nothing new is stored at full size)
     top: jax.Array  # max_k s_k per row, shape (..., 1)
     log_sum: jax.Array  # log Σ_k e^{s_k − top} per row: log p = (s − top) − log_sum, exactly as in the forward
-    labels: jax.Array  # class ids or target rows t
-
-
-def _targets(labels, log_p):
-    """Target rows t: one-hot for integer ids, the labels themselves otherwise."""
-    if jnp.issubdtype(labels.dtype, jnp.integer):
-        return (labels[..., None] == jnp.arange(log_p.shape[-1])).astype(log_p.dtype)
-    return labels
+    labels: jax.Array  # target rows t
 
 
 def _normaliser(s):
-    """``max s`` and ``log Σ e^{s − max s}`` per row (``log p = s − max s − log Σ``)."""
+    """``max s``, ``e^{s − max s}`` and its row sums."""
     top = jnp.max(s, axis=-1, keepdims=True)
-    return top, jnp.log(jnp.sum(jnp.exp(s - top), axis=-1, keepdims=True))
+    exp_shifted = jnp.exp(s - top)
+    return top, exp_shifted, jnp.sum(exp_shifted, axis=-1, keepdims=True)
 
 
 def _mean_ce(s, top, log_sum, labels):
@@ -89,23 +92,27 @@ def _mean_ce(s, top, log_sum, labels):
 
 @jax.custom_vjp
 def _softmax_cross_entropy(logits, labels):
-    return _mean_ce(logits, *_normaliser(logits), labels)
+    return _softmax_cross_entropy_fwd(logits, labels)[0]
 
 
 def _softmax_cross_entropy_fwd(logits, labels):
-    top, log_sum = _normaliser(logits)
-    return _mean_ce(logits, top, log_sum, labels), CrossEntropyResiduals(logits, top, log_sum, labels)
+    top, exp_shifted, total = _normaliser(logits)
+    log_sum = jnp.log(total)
+    loss = _mean_ce(logits, top, log_sum, labels)
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        return loss, ClassIdResiduals(exp_shifted, total, labels)
+    return loss, TargetRowResiduals(logits, top, log_sum, labels)
 
 
-def _softmax_cross_entropy_bwd(res: CrossEntropyResiduals, g):
-    n = res.logits.size // res.logits.shape[-1]
-    log_p = (res.logits - res.top) - res.log_sum
-    p = jnp.exp(log_p)
-    scale = g / n  # one scalar: a multiply per element, not a multiply and a divide
-    if jnp.issubdtype(res.labels.dtype, jnp.integer):
-        return (p - _targets(res.labels, log_p)) * scale, None
-    t = res.labels  # rows need not sum to one: in general ds = (p Σt − t) / N
-    ds = (p * jnp.sum(t, axis=-1, keepdims=True) - t) * scale
+def _softmax_cross_entropy_bwd(res, g):
+    if isinstance(res, ClassIdResiduals):  # dL/ds = g (p − t) / N, t one-hot
+        scale = g / res.labels.size  # one scalar: a multiply per element, not a multiply and a divide
+        target = res.labels[..., None] == jnp.arange(res.exp_shifted.shape[-1])
+        return res.exp_shifted * (scale / res.total) - jnp.where(target, scale, 0), None
+    s, t = res.logits, res.labels  # rows t need not sum to one: in general ds = (p Σt − t) / N
+    scale = g / (s.size // s.shape[-1])
+    log_p = (s - res.top) - res.log_sum
+    ds = (jnp.exp(log_p) * jnp.sum(t, axis=-1, keepdims=True) - t) * scale
     return ds, log_p * -scale
 
 
