@@ -23,6 +23,7 @@ repeats; see ``_timing``). Figures are printed and written as JSON, never assert
     python experiments/bench.py                      # all four tables
     python experiments/bench.py --only ops --json experiments/results/bench_cpu.json
     python experiments/bench.py --quick              # tiny shapes, smoke test
+    python experiments/bench.py --only ops --cases relu --cases MNIST-1D   # a few rows
 """
 
 from __future__ import annotations
@@ -405,15 +406,19 @@ def main(argv=None) -> None:
                         help="run only these tables (repeatable; default all)")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per function (default 30, quick 3)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--cases", action="append", default=None, metavar="TEXT",
+                        help="per-op and per-method tables: only the shapes whose name contains TEXT (repeatable)")
     args = parser.parse_args(argv)
     repeats, warmup = args.repeats or (3 if args.quick else 30), 1 if args.quick else 3
     only = set(args.only or ["ops", "conv-methods", "train", "flops"])
     results: dict = {}
     print(machine_line(repeats, f"{os.cpu_count()} cores"))
 
+    op_cases = [c for c in (QUICK_OP_CASES if args.quick else OP_CASES)
+                if args.cases is None or any(text in c.name for text in args.cases)]
     if "ops" in only:
         results["ops"] = []
-        for case in QUICK_OP_CASES if args.quick else OP_CASES:
+        for case in op_cases:
             results["ops"].append(run_op(case, repeats, warmup))
             r = results["ops"][-1]
             print(f"  {r['case']}: ops/autodiff {r['ratio']:.2f}", flush=True)
@@ -424,7 +429,7 @@ def main(argv=None) -> None:
         print(f"\nworst ops/autodiff ratio: {ratios[worst]:.2f} ({worst}); target <= 1.0")
 
     if "conv-methods" in only:
-        cases = [c for c in (QUICK_OP_CASES if args.quick else OP_CASES) if c.op == "conv"]
+        cases = [c for c in op_cases if c.op == "conv"]
         results["conv_methods"] = [run_conv_methods(c, repeats, warmup) for c in cases]
         print("\n## Convolution, forward + backward, per method (auto picks per product)\n")
         print(conv_methods_table(results["conv_methods"]))
