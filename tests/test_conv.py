@@ -509,12 +509,18 @@ def test_row_blocks_match_the_reference_and_autodiff(rng, spatial, window, strid
     geom = _shapes.geometry("conv", spatial, window, stride, padding, dilation)
     x, w = _normal(rng, 2, *spatial, c_in), _normal(rng, *window, c_in, c_out)
     g = _normal(rng, 2, *geom.out_shape, c_out)
-    _, vjp = jax.vjp(lambda w: reference.conv(x, w, stride=stride, padding=padding, dilation=dilation), w)
-    expected = vjp(g)[0]
-    got = conv_module._weight_gradient_rows(x, g, geom).reshape(w.shape)
-    np.testing.assert_allclose(got, expected, rtol=1e-11, atol=1e-11)
+    b = _normal(rng, c_out)
+    _, vjp = jax.vjp(lambda w, b: reference.conv(x, w, b, stride=stride, padding=padding, dilation=dilation), w, b)
+    expected_dw, expected_db = vjp(g)
+    dw, db = conv_module._weight_gradient_rows(x, g, geom)
+    np.testing.assert_allclose(dw.reshape(w.shape), expected_dw, rtol=1e-11, atol=1e-11)
+    assert db is None
+    dw, db = conv_module._weight_gradient_rows(x, g, geom, bias=True)  # db from the column of ones
+    np.testing.assert_allclose(dw.reshape(w.shape), expected_dw, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(db, expected_db, rtol=1e-11, atol=1e-11)
     y = reference.conv(x, w, stride=stride, padding=padding, dilation=dilation)
     np.testing.assert_allclose(conv_module._forward_rows(x, w, geom), y, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(conv_module._forward_rows(x, w, geom, b), y + b, rtol=1e-11, atol=1e-11)
 
 
 AUTO_CASES = [  # (x_shape, w_shape, settings, the plan auto picks on the CPU)

@@ -114,6 +114,8 @@ def conv(
       matrix times a banded matrix built from ``w``, ``dW`` its transpose times δ with the
       band's diagonals summed (``U / k`` times the minimal multiply-adds; see
       :func:`_weight_gradient_rows`), ``dx`` by col2im. Fast for few input channels.
+      With a bias, the column matrix gets a column of ones and the banded matrix the row
+      ``b``, so ``y + b`` and ``[dW; db]`` come out of the same two products.
     * ``"auto"`` (default): per product, the fastest of these for the shapes at hand
       (:func:`auto_plan`).
 
@@ -226,12 +228,20 @@ def _conv_bwd(spec: ConvSpec, res: ConvResiduals, g):
     elif plan.weight == "im2col":
         dw = _contract_leading(patches(res.x, geom), g).reshape(res.w.shape)  # im2col(x)ᵀ δ
     elif plan.weight == "rows":
-        dw = _weight_gradient_rows(res.x, g, geom).reshape(res.w.shape)
+        dw, db = _weight_gradient_rows(res.x, g, geom, _bias_in_rows(spec))
+        dw = dw.reshape(res.w.shape)
     else:
         dw = _weight_gradient_taps(res.x, g, geom).reshape(res.w.shape)
     dw = _connected(dw, spec.connections)  # absent connections: exactly zero
-    db = jnp.sum(g, axis=tuple(range(g.ndim - 1))) if spec.bias else None  # Σ δ_q
+    if not _bias_in_rows(spec):
+        db = jnp.sum(g, axis=tuple(range(g.ndim - 1))) if spec.bias else None  # Σ δ_q
     return dx, dw, db
+
+
+def _bias_in_rows(spec: ConvSpec) -> bool:
+    """Whether ``b`` rides in the row-block products (a column of ones in the column
+    matrix): ``y = [cols 1] [T; b]`` and ``[dM; db] = [cols 1]ᵀ δ``, no separate pass."""
+    return spec.bias and spec.plan.forward == spec.plan.weight == "rows"
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
@@ -248,6 +258,8 @@ def _forward(x, w, b, spec: ConvSpec):
         )
     elif formula == "im2col":
         y = patches(x, geom) @ w.reshape(-1, w.shape[-1])  # im2col(x) · W
+    elif formula == "rows" and _bias_in_rows(spec):
+        return _forward_rows(x, w, geom, b)
     elif formula == "rows":
         y = _forward_rows(x, w, geom)
     else:  # y = Σ_k Σ_p x_pad[n, o·s + k·d, p] w[k, p, :]: scaled taps, one fused loop
@@ -287,7 +299,7 @@ def _row_blocks(geom: _shapes.Geometry) -> _RowBlocks:
     return _RowBlocks(block, -(-o // block), (block - 1) * s + (k - 1) * d + 1)
 
 
-def _row_block_columns(x, geom: _shapes.Geometry):
+def _row_block_columns(x, geom: _shapes.Geometry, ones: bool = False):
     """The column matrix of row blocks, ``(N·Πo'·T, K'·U·C_in)``: row ``(n, o', t)``,
     column ``(k', u, p)`` holds ``x_pad[n, o'·s' + k'·d', t·J·s_L + u, p]`` — taps over
     the leading axes only, and along the last axis the ``U`` columns block ``t`` reads."""
@@ -305,7 +317,8 @@ def _row_block_columns(x, geom: _shapes.Geometry):
         jnp.stack([lax.slice_in_dim(r.reshape(*r.shape[:-1], width, c_in), u, u + (rb.blocks - 1) * step + 1, step,
                                     axis=-2) for u in range(rb.span)], axis=-2)
         for r in rows], axis=-3)
-    return cols.reshape(-1, len(rows) * rb.span * c_in)
+    cols = cols.reshape(-1, len(rows) * rb.span * c_in)
+    return jnp.concatenate([cols, jnp.ones((cols.shape[0], 1), cols.dtype)], axis=1) if ones else cols
 
 
 def _row_block_diagonals(geom: _shapes.Geometry, dtype) -> np.ndarray:
@@ -316,7 +329,7 @@ def _row_block_diagonals(geom: _shapes.Geometry, dtype) -> np.ndarray:
     return (u == v * geom.stride[-1] + b * geom.dilation[-1]).astype(dtype)
 
 
-def _forward_rows(x, w, geom: _shapes.Geometry):
+def _forward_rows(x, w, geom: _shapes.Geometry, b=None):
     """``y = cols · T`` with the row-block columns and the banded matrix
     ``T[(k', u, p), (v, q)] = w[k', b, p, q]`` where ``u = v·s_L + b·d_L`` (else 0): the
     taps of one block's ``J`` outputs in one product, ``U / k_L`` times the minimal
@@ -325,12 +338,15 @@ def _forward_rows(x, w, geom: _shapes.Geometry):
     lead_taps, c_in, c_out = math.prod(geom.window[:-1]), w.shape[-2], w.shape[-1]
     banded = jnp.einsum("uvb,kbpq->kupvq", _row_block_diagonals(geom, np.dtype(w.dtype)),
                         w.reshape(lead_taps, geom.window[-1], c_in, c_out))
-    y = _row_block_columns(x, geom) @ banded.reshape(lead_taps * rb.span * c_in, rb.block * c_out)
+    banded = banded.reshape(lead_taps * rb.span * c_in, rb.block * c_out)
+    if b is not None:  # the bias as one more row, against the column of ones
+        banded = jnp.concatenate([banded, jnp.tile(b, rb.block)[None]])
+    y = _row_block_columns(x, geom, ones=b is not None) @ banded
     y = y.reshape(x.shape[0], *geom.out_shape[:-1], rb.blocks * rb.block, c_out)
     return lax.slice_in_dim(y, 0, geom.out_shape[-1], axis=-2)  # drop the padded outputs
 
 
-def _weight_gradient_rows(x, g, geom: _shapes.Geometry):
+def _weight_gradient_rows(x, g, geom: _shapes.Geometry, bias: bool = False):
     """``dW[k, p, q] = Σ_{n,o} x_pad[n, o·s + k·d, p] δ[n, o, q]`` as one well-shaped matrix
     product of the row-block columns (:func:`_row_block_columns`) with δ in blocks of
     ``J`` outputs: with ``t`` the block and ``v < J`` the output in it,
@@ -345,9 +361,10 @@ def _weight_gradient_rows(x, g, geom: _shapes.Geometry):
     lead_taps, c_in, c_out = math.prod(geom.window[:-1]), x.shape[-1], g.shape[-1]
     g_pad = lax.pad(g, jnp.zeros((), g.dtype),  # δ = 0 for the padded outputs
                     [(0, 0, 0)] * (g.ndim - 2) + [(0, rb.blocks * rb.block - geom.out_shape[-1], 0), (0, 0, 0)])
-    m = _contract_leading(_row_block_columns(x, geom), g_pad.reshape(-1, rb.block * c_out))
-    m = m.reshape(lead_taps, rb.span, c_in, rb.block, c_out)
-    return jnp.einsum("kupvq,uvb->kbpq", m, _row_block_diagonals(geom, np.dtype(m.dtype)))  # (K', k_L, C_in, C_out)
+    m = _contract_leading(_row_block_columns(x, geom, ones=bias), g_pad.reshape(-1, rb.block * c_out))
+    db = m[-1].reshape(rb.block, c_out).sum(0) if bias else None  # the ones column: Σ δ per block output
+    m = m[:lead_taps * rb.span * c_in].reshape(lead_taps, rb.span, c_in, rb.block, c_out)
+    return jnp.einsum("kupvq,uvb->kbpq", m, _row_block_diagonals(geom, np.dtype(m.dtype))), db  # (K', k_L, C_in, C_out)
 
 
 def _input_gradient(g, w, geom: _shapes.Geometry, in_shape):
