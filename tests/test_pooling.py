@@ -178,34 +178,36 @@ def test_mean_pool_vjp_matches_autodiff_and_finite_differences(case, count_paddi
 
 TRANSFORM_CASES = [
     ((2, 6, 6, 3), dict(window=2)),  # tiled windows (the reshape path)
+    ((2, 4, 6, 8), dict(window=2)),  # tiled, 8 channels: mean pool's block-sum forward
     ((2, 7, 6, 2), dict(window=3, stride=2, padding="SAME")),  # overlapping
     ((2, 9, 2), dict(window=3, stride=1, padding=((1, 2),))),
     ((1, 4, 5, 3, 2), dict(window=(2, 3, 2), stride=(1, 2, 2), padding="FULL")),
 ]
 
 
-@pytest.mark.parametrize("x_shape,settings_", TRANSFORM_CASES, ids=["2d-tiled", "2d-overlap", "1d", "3d"])
+@pytest.mark.parametrize("x_shape,settings_", TRANSFORM_CASES, ids=["2d-tiled", "2d-tiled-8", "2d-overlap", "1d", "3d"])
 def test_max_pool_under_jit_vmap_and_grad_of_grad(rng, x_shape, settings_):
     opcheck.assert_all("max_pool", jnp.asarray(distinct(rng, x_shape)), **settings_)
 
 
-@pytest.mark.parametrize("x_shape,settings_", TRANSFORM_CASES, ids=["2d-tiled", "2d-overlap", "1d", "3d"])
+@pytest.mark.parametrize("x_shape,settings_", TRANSFORM_CASES, ids=["2d-tiled", "2d-tiled-8", "2d-overlap", "1d", "3d"])
 def test_mean_pool_under_jit_vmap_and_grad_of_grad(rng, x_shape, settings_):
     count_padding = "padding" not in settings_  # exercise both divisors
     opcheck.assert_all("mean_pool", jnp.asarray(distinct(rng, x_shape)), count_padding=count_padding, **settings_)
 
 
+@pytest.mark.parametrize("channels", [2, 8], ids=["slices", "block-sum"])  # mean pool's two tiled forwards
 @pytest.mark.parametrize("count_padding", [True, False])
-def test_tiled_windows_with_padding_and_an_unreached_tail(rng, count_padding):
+def test_tiled_windows_with_padding_and_an_unreached_tail(rng, count_padding, channels):
     # stride = window (the reshape path), padded (1, 0) and (2, 0): padded sizes 8 and 10,
     # so the last column is in no window and must get exactly zero gradient.
-    x = jnp.asarray(distinct(rng, (2, 7, 8, 2)))
+    x = jnp.asarray(distinct(rng, (2, 7, 8, channels)))
     settings_ = dict(window=(2, 3), padding=((1, 0), (2, 0)))
     verify.check_vjp(ops.max_pool, reference.max_pool, x, **settings_).assert_ok()
     verify.check_numerical(ops.max_pool, x, **settings_).assert_ok()
     verify.check_vjp(ops.mean_pool, reference.mean_pool, x, count_padding=count_padding, **settings_).assert_ok()
     verify.check_numerical(ops.mean_pool, x, count_padding=count_padding, **settings_).assert_ok()
-    dx = _grad(ops.mean_pool, x, jnp.ones((2, 4, 3, 2), jnp.float64), count_padding=count_padding, **settings_)
+    dx = _grad(ops.mean_pool, x, jnp.ones((2, 4, 3, channels), jnp.float64), count_padding=count_padding, **settings_)
     assert not np.asarray(dx[:, :, -1]).any() and np.asarray(dx[:, :, :-1]).all()
 
 
