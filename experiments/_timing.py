@@ -1,6 +1,6 @@
 """Timing helpers shared by the benchmark scripts (figures are printed, never asserted).
 
-Both sides of a comparison are compiled first, then timed interleaved (a, b, a, b, ...)
+Both sides of a comparison are compiled first, then timed interleaved (a, b, b, a, ...)
 so that machine noise hits them alike; the median of the repeats is reported.
 """
 
@@ -27,14 +27,29 @@ def compile_seconds(fn: Callable, *args) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_medians(fns: Sequence[Callable], args: Sequence, repeats: int = 20, warmup: int = 3) -> list[float]:
-    """Median seconds per call of each ``fns[i](*args[i])``, timed interleaved."""
+def interleaved_medians(fns: Sequence[Callable], args: Sequence, repeats: int = 20, warmup: int = 3,
+                        min_seconds: float = 0.0, max_repeats: int = 2000) -> list[float]:
+    """Median seconds per call of each ``fns[i](*args[i])``, timed interleaved, the order
+    reversed every other round.
+
+    At least ``repeats`` rounds, and more for fast functions — enough for ``min_seconds``
+    of the slowest, up to ``max_repeats`` — so that sub-millisecond medians are not ruled
+    by a few dozen noisy samples."""
     for fn, a in zip(fns, args):
         for _ in range(warmup):
             block(fn(*a))
+    if min_seconds > 0:
+        slowest = 0.0
+        for fn, a in zip(fns, args):
+            start = time.perf_counter()
+            block(fn(*a))
+            slowest = max(slowest, time.perf_counter() - start)
+        repeats = max(repeats, min(max_repeats, int(min_seconds / max(slowest, 1e-9))))
     times = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, (fn, a) in enumerate(zip(fns, args)):
+    for r in range(repeats):
+        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))  # a b, b a: no side always first
+        for i in order:
+            fn, a = fns[i], args[i]
             start = time.perf_counter()
             block(fn(*a))
             times[i].append(time.perf_counter() - start)

@@ -7,7 +7,8 @@ repeats; see ``_timing``). Figures are printed and written as JSON, never assert
    cotangent ``v`` (an argument, so XLA cannot fold a linear op's backward at compile time)
    with respect to every floating argument: ``jaxcnn.ops`` (the hand rule)
    against autodiff of ``jaxcnn.reference``. Ratio (target ≤ 1.0; max pooling ≥ 5× faster),
-   compile times, and the bytes of residuals ``jax.vjp`` keeps for the backward pass.
+   compile times, and the bytes of residuals ``jax.vjp`` keeps for the backward pass. Fast
+   ops get more rounds than ``--repeats``: enough for ``OP_SECONDS`` per side (at most 2,000).
 2. **conv-methods** — each convolution shape of table 1 under every ``method`` of
    ``jaxcnn.ops.conv``, and the plan ``method="auto"`` picks from these crossovers.
 3. **train** — one optimiser step of the same network at the same batch in every framework:
@@ -65,6 +66,7 @@ class OpCase(NamedTuple):
     settings: dict = {}
 
 
+OP_SECONDS = 0.5  # per side and op: fast ops get more rounds than ``--repeats`` (quick runs: none)
 IMAGES = (32, 32, 32, 64)  # batch 32, 32×32, 64 channels: the shapes of the performance issue
 
 OP_CASES = [
@@ -147,7 +149,8 @@ def run_op(case: OpCase, repeats: int, warmup: int) -> dict:
 
     grads = {side: grad_fn(fn) for side, fn in fns.items()}
     compile_s = {side: compile_seconds(g, v, *args) for side, g in grads.items()}
-    times = interleaved_medians(list(grads.values()), [(v, *args)] * 2, repeats=repeats, warmup=warmup)
+    times = interleaved_medians(list(grads.values()), [(v, *args)] * 2, repeats=repeats, warmup=warmup,
+                                min_seconds=0 if repeats < 10 else OP_SECONDS)
     ms = {side: t * 1e3 for side, t in zip(grads, times)}
     res = {side: residual_bytes(fn, *args) for side, fn in fns.items()}
     return {"case": case.name, "op": case.op, "ms": ms, "ratio": ms["ops"] / ms["autodiff"],
