@@ -16,8 +16,8 @@ repeats; see ``_timing``). Figures are printed and written as JSON, never assert
    Adam): jaxcnn on ``ops`` and on ``reference`` (a jitted step with the state donated, and
    ``train.make_epoch``'s two loops: jitted steps and one ``lax.scan``), Flax linen, and
    PyTorch on the CPU with one thread per core. Timed in rounds of ten consecutive calls per
-   implementation (the first two of each round not counted), so PyTorch's spinning OpenMP
-   threads slow no one else down. Peers are optional (``pip install -e ".[bench]"``); missing ones are skipped.
+   implementation (the first two of each round not counted, the order rotating from round
+   to round), so PyTorch's spinning OpenMP threads slow no one else down. Peers are optional (``pip install -e ".[bench]"``); missing ones are skipped.
 4. **flops** — the FLOP/s the LeNet-5 step achieves (its multiply-adds counted by hand, the
    C3 table's 60 connections only) against a jitted 2048² float32 matmul.
 
@@ -134,7 +134,7 @@ def _is_float(arg) -> bool:
     return all(jnp.issubdtype(leaf.dtype, jnp.floating) for leaf in jax.tree_util.tree_leaves(arg))
 
 
-def run_op(case: OpCase, repeats: int, warmup: int) -> dict:
+def run_op(case: OpCase, repeats: int, warmup: int, min_seconds: float = OP_SECONDS) -> dict:
     rng = np.random.default_rng(0)
     args = tuple(_build(a, rng) for a in case.args)
     float_argnums = tuple(i + 1 for i, a in enumerate(args) if _is_float(a))  # after v
@@ -150,7 +150,7 @@ def run_op(case: OpCase, repeats: int, warmup: int) -> dict:
     grads = {side: grad_fn(fn) for side, fn in fns.items()}
     compile_s = {side: compile_seconds(g, v, *args) for side, g in grads.items()}
     times = interleaved_medians(list(grads.values()), [(v, *args)] * 2, repeats=repeats, warmup=warmup,
-                                min_seconds=0 if repeats < 10 else OP_SECONDS)
+                                min_seconds=min_seconds)
     ms = {side: t * 1e3 for side, t in zip(grads, times)}
     res = {side: residual_bytes(fn, *args) for side, fn in fns.items()}
     return {"case": case.name, "op": case.op, "ms": ms, "ratio": ms["ops"] / ms["autodiff"],
@@ -422,7 +422,7 @@ def main(argv=None) -> None:
     if "ops" in only:
         results["ops"] = []
         for case in op_cases:
-            results["ops"].append(run_op(case, repeats, warmup))
+            results["ops"].append(run_op(case, repeats, warmup, 0 if args.quick else OP_SECONDS))
             r = results["ops"][-1]
             print(f"  {r['case']}: ops/autodiff {r['ratio']:.2f}", flush=True)
         print("\n## Forward + backward per op: hand rule (ops) vs autodiff of the reference\n")

@@ -228,12 +228,12 @@ def _conv_bwd(spec: ConvSpec, res: ConvResiduals, g):
     elif plan.weight == "im2col":
         dw = _contract_leading(patches(res.x, geom), g).reshape(res.w.shape)  # im2col(x)ᵀ δ
     elif plan.weight == "rows":
-        dw, db = _weight_gradient_rows(res.x, g, geom, _bias_in_rows(spec))
+        dw, db = _weight_gradient_rows(res.x, g, geom, bias=_bias_in_rows(spec))
         dw = dw.reshape(res.w.shape)
     else:
         dw = _weight_gradient_taps(res.x, g, geom).reshape(res.w.shape)
     dw = _connected(dw, spec.connections)  # absent connections: exactly zero
-    if not _bias_in_rows(spec):
+    if not _bias_in_rows(spec):  # else db came with dW
         db = jnp.sum(g, axis=tuple(range(g.ndim - 1))) if spec.bias else None  # Σ δ_q
     return dx, dw, db
 
@@ -258,9 +258,9 @@ def _forward(x, w, b, spec: ConvSpec):
         )
     elif formula == "im2col":
         y = patches(x, geom) @ w.reshape(-1, w.shape[-1])  # im2col(x) · W
-    elif formula == "rows" and _bias_in_rows(spec):
-        return _forward_rows(x, w, geom, b)
     elif formula == "rows":
+        if _bias_in_rows(spec):  # y + b straight from the product
+            return _forward_rows(x, w, geom, b)
         y = _forward_rows(x, w, geom)
     else:  # y = Σ_k Σ_p x_pad[n, o·s + k·d, p] w[k, p, :]: scaled taps, one fused loop
         w_taps, x_taps = w.reshape(-1, *w.shape[-2:]), taps(x, geom)
@@ -363,7 +363,7 @@ def _weight_gradient_rows(x, g, geom: _shapes.Geometry, bias: bool = False):
                     [(0, 0, 0)] * (g.ndim - 2) + [(0, rb.blocks * rb.block - geom.out_shape[-1], 0), (0, 0, 0)])
     m = _contract_leading(_row_block_columns(x, geom, ones=bias), g_pad.reshape(-1, rb.block * c_out))
     db = m[-1].reshape(rb.block, c_out).sum(0) if bias else None  # the ones column: Σ δ per block output
-    m = m[:lead_taps * rb.span * c_in].reshape(lead_taps, rb.span, c_in, rb.block, c_out)
+    m = (m[:-1] if bias else m).reshape(lead_taps, rb.span, c_in, rb.block, c_out)
     return jnp.einsum("kupvq,uvb->kbpq", m, _row_block_diagonals(geom, np.dtype(m.dtype))), db  # (K', k_L, C_in, C_out)
 
 

@@ -195,6 +195,9 @@ def mean_pool(
     return _mean_pool(x, geom, x.shape[1:-1], bool(count_padding))
 
 
+_BLOCK_SUM_CHANNELS = 8  # a float32 vector: fewer channels, and XLA:CPU's block sum runs scalar
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _mean_pool(x, geom: Geometry, in_shape, count_padding):
     xp = _pad(x, geom.pads, 0)
@@ -203,9 +206,6 @@ def _mean_pool(x, geom: Geometry, in_shape, count_padding):
     else:
         total = sum(_window_entry(xp, offset, geom) for offset in _offsets(geom.window))
     return total / _divisor(geom, in_shape, count_padding, x.dtype)
-
-
-_BLOCK_SUM_CHANNELS = 8  # a float32 vector: fewer channels, and XLA:CPU's block sum runs scalar
 
 
 def _mean_pool_fwd(x, geom: Geometry, in_shape, count_padding):
