@@ -52,20 +52,20 @@ def test_sigmoid_and_tanh_backward_use_the_output():
 
 def test_tanh_float32_matches_tanh_to_a_few_ulp():
     # On the CPU, float32 tanh is XLA's rational approximation written out (it fuses at full
-    # speed); it must stay as accurate as jnp.tanh, over every normal magnitude and the
-    # specials (subnormal inputs flush to ±0, as in XLA:CPU's other float32 arithmetic).
+    # speed); it must stay as accurate as jnp.tanh over every magnitude, and map the specials.
     rng = np.random.default_rng(0)
-    magnitudes = 10.0 ** rng.uniform(np.log10(np.finfo(np.float32).tiny), 1.5, size=200_000)
-    x = np.concatenate([magnitudes, -magnitudes, [0.0, -0.0, 7.9, 8.0, 9.0, 1e4, np.inf, -np.inf]]).astype(np.float32)
+    magnitudes = 10.0 ** rng.uniform(-35, 1.5, size=200_000)
+    x = np.concatenate([magnitudes, -magnitudes, rng.uniform(-10, 10, 200_000), [8.5, 9.0, 1e4]]).astype(np.float32)
     exact = np.tanh(x.astype(np.float64))
     ulp = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
     for f in (ops.tanh, jax.jit(ops.tanh), reference.tanh):
-        y = np.asarray(f(jnp.asarray(x)), np.float64)
-        assert np.max(np.abs(y - exact) / ulp) <= 8
-    y = np.asarray(ops.tanh(jnp.asarray(x)))
-    np.testing.assert_array_equal(np.signbit(y), np.signbit(x))  # odd, and ±0 keep their sign
-    assert y[-2] == 1.0 and y[-1] == -1.0
-    assert np.isnan(ops.tanh(jnp.float32(np.nan)))
+        assert np.max(np.abs(np.asarray(f(jnp.asarray(x)), np.float64) - exact) / ulp) <= 7
+    specials = jnp.array([np.inf, -np.inf, 0.0, -0.0, 1e-37, -1e-37, np.nan], jnp.float32)
+    y = np.asarray(ops.tanh(specials))
+    np.testing.assert_array_equal(y[:4], [1.0, -1.0, 0.0, -0.0])
+    np.testing.assert_array_equal(np.signbit(y[:6]), [False, True, False, True, False, True])  # odd
+    np.testing.assert_allclose(y[4:6], [1e-37, -1e-37], rtol=0, atol=3e-36)  # tiny: ±0 or x
+    assert np.isnan(y[6])
 
 
 def test_sigmoid_is_stable_for_large_inputs():
