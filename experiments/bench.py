@@ -17,7 +17,8 @@ repeats; see ``_timing``). Figures are printed and written as JSON, never assert
    ``train.make_epoch``'s two loops: jitted steps and one ``lax.scan``), Flax linen, and
    PyTorch on the CPU with one thread per core. Timed in rounds of ten consecutive calls per
    implementation (the first two of each round not counted, the order rotating from round
-   to round), so PyTorch's spinning OpenMP threads slow no one else down. Peers are optional (``pip install -e ".[bench]"``); missing ones are skipped.
+   to round), so PyTorch's spinning OpenMP threads slow no one else down. Peers are
+   optional (``pip install -e ".[bench]"``); missing ones are skipped.
 4. **flops** — the FLOP/s the LeNet-5 step achieves (its multiply-adds counted by hand, the
    C3 table's 60 connections only) against a jitted 2048² float32 matmul.
 

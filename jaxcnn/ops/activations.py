@@ -118,8 +118,9 @@ def tanh(x: jax.Array) -> jax.Array:
     Backward: ``dx = g · (1 − f²)``, computed from the saved output ``f``.
 
     In float32 on the CPU the forward is XLA's own rational approximation written out
-    (:func:`_tanh_rational`: within 6.5 ulp of the exact value), which XLA:CPU fuses with the
-    layer before it at full speed; elsewhere it is ``jnp.tanh``.
+    (:func:`_tanh_rational`: within 6.5 ulp of the exact value; ``|x| < 2.4·10⁻³⁶`` gives
+    ``±0``), which XLA:CPU fuses with the layer before it at full speed; elsewhere it is
+    ``jnp.tanh``.
 
     Args:
       x: floating array of any shape.
@@ -156,7 +157,7 @@ _TANH_DENOMINATOR = (1.19825839466702e-06, 1.18534705686654e-04, 2.2684346324390
 def _tanh_rational(x):
     """float32 ``tanh`` on the CPU: the rational approximation XLA itself uses, written out.
 
-    ``tanh(x) ≈ z · p(z²) / q(z²)`` with ``z = clip(x, ±9)``, Horner's rule in ``z²``.
+    ``tanh(x) ≈ z · p(z²) / q(z²)`` with ``z = clip(x, ±9)`` (``jnp.polyval``: Horner's rule).
     XLA:CPU computes ``jnp.tanh`` fast as a kernel of its own but about 3× slower inside a
     fused loop (a conv's ``+ b`` fused with the tanh after it: LeNet-5's C3, 204,800
     elements, 0.32 → 0.12 ms); the same arithmetic spelled out in multiplies, adds and one
@@ -168,12 +169,8 @@ def _tanh_rational(x):
     ``±0``, ``±inf`` and NaN map as ``tanh`` does."""
     z = jnp.clip(x, -_TANH_CLAMP, _TANH_CLAMP)
     z2 = z * z
-    return (z * _horner(_TANH_NUMERATOR, z2)) / _horner(_TANH_DENOMINATOR, z2)
-
-
-def _horner(coefficients, t):
-    """The polynomial with these coefficients (highest power first) at ``t``."""
-    return functools.reduce(lambda acc, c: acc * t + c, coefficients[1:], coefficients[0])
+    p, q = (jnp.polyval(jnp.asarray(c, x.dtype), z2) for c in (_TANH_NUMERATOR, _TANH_DENOMINATOR))
+    return (z * p) / q
 
 
 def _tanh_fwd(x):

@@ -219,6 +219,7 @@ def _conv_fwd(x, w, b, spec):
 
 def _conv_bwd(spec: ConvSpec, res: ConvResiduals, g):
     geom, in_shape, plan = spec.geometry, res.x.shape[1:-1], spec.plan
+    db = None
     if plan.input == "xla":
         dx = _input_gradient(g, res.w, geom, in_shape)  # Σ_q δ_q *full w_qp, cropped
     else:
@@ -233,8 +234,8 @@ def _conv_bwd(spec: ConvSpec, res: ConvResiduals, g):
     else:
         dw = _weight_gradient_taps(res.x, g, geom).reshape(res.w.shape)
     dw = _connected(dw, spec.connections)  # absent connections: exactly zero
-    if not _bias_in_rows(spec):  # else db came with dW
-        db = jnp.sum(g, axis=tuple(range(g.ndim - 1))) if spec.bias else None  # Σ δ_q
+    if spec.bias and db is None:  # unless it came with dW from the row blocks' column of ones
+        db = jnp.sum(g, axis=tuple(range(g.ndim - 1)))  # Σ δ_q
     return dx, dw, db
 
 
