@@ -184,7 +184,7 @@ def _euclidean_loss_fwd(pred, target):
 
 
 def _euclidean_loss_bwd(res: EuclideanResiduals, g):
-    dz = g * res.diff / res.diff.shape[0]
+    dz = res.diff * (g / res.diff.shape[0])  # (z − y) g / N: one scalar, one multiply per element
     return dz, -dz
 
 
