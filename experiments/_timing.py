@@ -1,13 +1,15 @@
 """Timing helpers shared by the benchmark scripts (figures are printed, never asserted).
 
 Both sides of a comparison are compiled first, then timed interleaved (a, b, b, a, ...)
-so that machine noise hits them alike; the median of the repeats is reported.
+so that machine noise hits them alike; the median of the repeats is reported, and a
+ratio of two sides is the median of the per-round ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import time
@@ -27,14 +29,16 @@ def compile_seconds(fn: Callable, *args) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_medians(fns: Sequence[Callable], args: Sequence, repeats: int = 20, warmup: int = 3,
-                        min_seconds: float = 0.0, max_repeats: int = 2000) -> list[float]:
-    """Median seconds per call of each ``fns[i](*args[i])``, timed interleaved, the order
-    reversed every other round.
+def interleaved_times(fns: Sequence[Callable], args: Sequence, repeats: int = 20, warmup: int = 3,
+                      min_seconds: float = 0.0, max_repeats: int = 2000) -> list[list[float]]:
+    """Seconds of every call of each ``fns[i](*args[i])``, timed interleaved in rounds of one
+    call each; entry ``r`` of every list comes from round ``r``.
 
-    At least ``repeats`` rounds, and more for fast functions — enough for ``min_seconds``
-    of the slowest, up to ``max_repeats`` — so that sub-millisecond medians are not ruled
-    by a few dozen noisy samples."""
+    The order within a round rotates and reverses from round to round (for two functions
+    a b, b a, b a, a b; for three, all six orders in turn), so that no function always
+    runs first, last or right after another one. At least ``repeats`` rounds, and more for
+    fast functions — enough for ``min_seconds`` of the slowest, up to ``max_repeats`` — so
+    that sub-millisecond figures are not ruled by a few dozen noisy samples."""
     for fn, a in zip(fns, args):
         for _ in range(warmup):
             block(fn(*a))
@@ -45,15 +49,32 @@ def interleaved_medians(fns: Sequence[Callable], args: Sequence, repeats: int = 
             block(fn(*a))
             slowest = max(slowest, time.perf_counter() - start)
         repeats = max(repeats, min(max_repeats, int(min_seconds / max(slowest, 1e-9))))
+    n = len(fns)
     times = [[] for _ in fns]
     for r in range(repeats):
-        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))  # a b, b a: no side always first
-        for i in order:
+        order = [(k + r) % n for k in range(n)]
+        for i in (order if (r // n) % 2 == 0 else order[::-1]):
             fn, a = fns[i], args[i]
             start = time.perf_counter()
             block(fn(*a))
             times[i].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
+    return times
+
+
+def interleaved_medians(fns: Sequence[Callable], args: Sequence, **kwargs) -> list[float]:
+    """Median seconds per call of each ``fns[i](*args[i])``, timed by :func:`interleaved_times`."""
+    return [statistics.median(t) for t in interleaved_times(fns, args, **kwargs)]
+
+
+def paired_ratio(times: Sequence[float], baseline: Sequence[float]) -> tuple[float, float, float]:
+    """The median over rounds of ``times[r] / baseline[r]`` (two sides timed moments apart
+    in the same round, so that load which drifts over seconds cancels), with a 95%
+    distribution-free interval for that median (order statistics ``n/2 ± 0.98·√n``)."""
+    ratios = sorted(t / b for t, b in zip(times, baseline))
+    n = len(ratios)
+    half = 0.98 * math.sqrt(n)
+    lo, hi = max(0, math.floor(n / 2 - half)), min(n - 1, math.ceil(n / 2 + half))
+    return statistics.median(ratios), ratios[lo], ratios[hi]
 
 
 def blocked_medians(fns: Sequence[Callable], repeats: int = 20, calls: int = 10, skip: int = 2) -> list[float]:
