@@ -113,14 +113,15 @@ def make_epoch(step: Callable, batch_size: int, mesh: Optional[Mesh] = None, shu
     * ``"scan"``: the whole epoch is one compiled ``lax.scan`` (``num_steps`` static) —
       no host round trip per step, the fastest on GPUs and TPUs;
     * ``"steps"``: one jitted, donated step per batch dispatched from Python. XLA:CPU
-      compiles convolutions inside a loop body to far slower code than the same
-      convolutions at the top level of a program (measured: a LeNet-5 step on
-      ``jaxcnn.reference`` 55 ms in the scan vs 20 ms as a step, the MNIST-1D CNN 3.0 vs
-      1.1 ms; ``experiments/bench.py``);
-    * ``"auto"`` (default): ``"scan"``, except on the CPU when the step contains an XLA
-      convolution (``lax.conv_general_dilated``, found by tracing the step once): then
-      ``"steps"``. Tiny steps (the lectures' per-pattern updates) keep the scan, which
-      saves a host round trip per step.
+      compiles a convolution that is not in its canonical channels-last form (autodiff's
+      transposed convolutions) to far slower code inside a loop body than at the top
+      level of a program (measured: a LeNet-5 step on ``jaxcnn.reference`` 55 ms in the
+      scan vs 20 ms as a step, the MNIST-1D CNN 3.0 vs 1.1 ms; ``experiments/bench.py``);
+    * ``"auto"`` (default): ``"scan"``, except on the CPU when the step contains such a
+      convolution (found by tracing the step once): then ``"steps"``. ``jaxcnn.ops.conv``
+      writes all of its convolutions in the canonical form, so their steps scan; tiny
+      steps (the lectures' per-pattern updates) keep the scan too, which saves a host
+      round trip per step.
     """
     if loop not in ("auto", "scan", "steps"):
         raise ValueError(f"make_epoch: unknown `loop` {loop!r}; use 'auto', 'scan' or 'steps'.")
@@ -161,25 +162,38 @@ def make_epoch(step: Callable, batch_size: int, mesh: Optional[Mesh] = None, shu
 
     def epoch(state: TrainState, x, y, num_steps: int):
         if not chosen:  # decided once, on the first call's shapes
-            convolves = jax.default_backend() == "cpu" and _has_convolution(
+            slow = jax.default_backend() == "cpu" and _has_slow_loop_convolution(
                 jax.make_jaxpr(batch_step)(state, x, y, jnp.zeros(batch_size, jnp.int32)).jaxpr)
-            chosen.append(steps_epoch if convolves else scan_epoch)
+            chosen.append(steps_epoch if slow else scan_epoch)
         return chosen[0](state, x, y, num_steps)
 
     return epoch
 
 
-def _has_convolution(jaxpr) -> bool:
-    """Whether ``jaxpr`` or any jaxpr nested in it (custom rules, jit, cond) convolves."""
+def _has_slow_loop_convolution(jaxpr) -> bool:
+    """Whether ``jaxpr``, or any jaxpr nested in it (custom rules, jit, cond), has a
+    convolution that XLA:CPU runs slowly inside a loop body: one not in its canonical
+    form (batch first and channels last, kernel ``(*window, in, out)``, no groups), as
+    autodiff's transposed convolutions are. XLA reorders such a convolution's operands
+    with copies at the top level of a program, not in a loop body, where it falls back
+    to a far slower loop (the MNIST-1D CNN's conv2 weight gradient: 0.63 ms vs 0.03)."""
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "conv_general_dilated":
+        if eqn.primitive.name == "conv_general_dilated" and not _canonical_convolution(eqn.params):
             return True
         for value in eqn.params.values():
             for sub in value if isinstance(value, (tuple, list)) else (value,):
                 sub = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
-                if hasattr(sub, "eqns") and _has_convolution(sub):
+                if hasattr(sub, "eqns") and _has_slow_loop_convolution(sub):
                     return True
     return False
+
+
+def _canonical_convolution(params) -> bool:
+    lhs, rhs, out = params["dimension_numbers"]
+    n = len(lhs) - 2
+    spatial = tuple(range(1, n + 1))
+    return (tuple(lhs) == tuple(out) == (0, n + 1, *spatial) and tuple(rhs) == (n + 1, n, *range(n))
+            and params["feature_group_count"] == params["batch_group_count"] == 1)
 
 
 class Evaluation(NamedTuple):

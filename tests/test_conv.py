@@ -530,13 +530,14 @@ AUTO_CASES = [  # (x_shape, w_shape, settings, the plan auto picks on the CPU)
     ((2, 9, 9, 6), (5, 5, 6, 16), dict(connections=ops.LENET5_C3_TABLE), ("im2col", "im2col", "col2im")),  # C3
     ((2, 9, 9, 24), (3, 3, 24, 48), dict(padding="SAME"), ("xla", "xla", "xla")),  # many channels
     ((2, 9, 9, 24), (3, 3, 24, 48), dict(stride=2, padding="SAME"), ("xla", "xla", "col2im")),  # strided δ
-    ((4, 19, 25), (3, 25, 25), dict(stride=2, padding=1), ("im2col", "im2col", "col2im")),  # MNIST-1D conv2
+    ((4, 19, 25), (3, 25, 25), dict(stride=2, padding=1), ("xla", "xla", "col2im")),  # MNIST-1D conv2
+    ((4, 9, 25), (3, 25, 25), dict(stride=2, padding=1), ("im2col", "im2col", "col2im")),  # conv3: a small sample
     ((4, 40, 1), (5, 1, 25), dict(stride=2, padding=1), ("taps", "taps", "col2im")),  # MNIST-1D conv1
     ((2, 30, 32), (3, 32, 48), dict(padding="SAME"), ("xla", "xla", "xla")),  # 1-D, many channels
 ]
 
 
-@pytest.mark.parametrize("x_shape,w_shape,settings,plan", AUTO_CASES, ids=["c1", "rgb-wide", "c5", "c3", "wide", "wide-s2", "1d", "1d-one-input", "1d-wide"])
+@pytest.mark.parametrize("x_shape,w_shape,settings,plan", AUTO_CASES, ids=["c1", "rgb-wide", "c5", "c3", "wide", "wide-s2", "1d", "1d-small", "1d-one-input", "1d-wide"])
 def test_auto_plan_picks_per_shape_and_stays_exact(rng, x_shape, w_shape, settings, plan):
     geom = _shapes.geometry("conv", x_shape[1:-1], w_shape[:-2], settings.get("stride", 1),
                             settings.get("padding", "VALID"), 1)

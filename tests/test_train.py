@@ -331,17 +331,24 @@ def test_make_epoch_rejects_an_unknown_loop():
         train.make_epoch(step, 4, loop="while")
 
 
-def test_auto_loop_steps_on_the_cpu_only_when_the_step_convolves():
-    """XLA:CPU convolutions are slow inside loop bodies: "auto" dispatches steps then, scans otherwise."""
-    conv_model = nn.serial(nn.Conv(3, (3,), padding=1, method="xla"), nn.Relu(), nn.Flatten(), nn.Dense(2))
+def test_auto_loop_steps_on_the_cpu_only_when_a_convolution_is_slow_in_a_loop():
+    """XLA:CPU runs non-canonical convolutions (autodiff's transposed ones) slowly inside loop
+    bodies: "auto" dispatches steps then, and scans otherwise — ops.conv's XLA route included."""
+    from jaxcnn import reference
+    xla_model = nn.serial(nn.Conv(3, (3,), padding=1, method="xla"), nn.Relu(), nn.Flatten(), nn.Dense(2))
+    autodiff_model = nn.serial(nn.Conv(3, (3,), stride=2, padding=1, ops=reference), nn.Relu(), nn.Flatten(), nn.Dense(2))
+    transpose_model = nn.serial(nn.ConvTranspose(3, (3,), stride=2), nn.Relu(), nn.Flatten(), nn.Dense(2))
     taps_model = nn.serial(nn.Conv(3, (3, 3), padding=1, method="taps"), nn.Relu(), nn.Flatten(), nn.Dense(2))
     mlp = _model()
-    for model, shape, convolves in ((conv_model, (6, 1), True), (taps_model, (4, 4, 1), False), (mlp, (8,), False)):
+    for model, shape, slow in ((xla_model, (6, 1), False), (autodiff_model, (6, 2), True), (transpose_model, (6, 2), True),
+                               (taps_model, (4, 4, 1), False), (mlp, (8,), False)):
         params, _ = model.init(KEY, (-1, *shape))
         x = jnp.asarray(np.random.default_rng(0).normal(size=(8, *shape)), jnp.float32)
         y = jnp.asarray([0, 1] * 4)
         grads = jax.make_jaxpr(jax.grad(lambda p: model.apply(p, x).sum()))(params)
-        assert train._has_convolution(grads.jaxpr) == convolves  # found in the custom rule's backward too
+        assert train._has_slow_loop_convolution(grads.jaxpr) == slow  # found in the custom rule's backward too
+        forward = jax.make_jaxpr(lambda p: model.apply(p, x))(params)
+        assert not train._has_slow_loop_convolution(forward.jaxpr)  # a forward convolution is canonical
         opt = optax.sgd(0.1)
         step = train.make_step(train.make_loss(model), opt)
         results = {}
