@@ -38,6 +38,7 @@ import jaxcnn.ops
 from jaxcnn import checkpoint
 from jaxcnn.data import Dataset
 from jaxcnn.nn import Layer
+from jaxcnn.ops.conv import canonical_numbers
 
 
 class TrainState(NamedTuple):
@@ -118,8 +119,9 @@ def make_epoch(step: Callable, batch_size: int, mesh: Optional[Mesh] = None, shu
       level of a program (measured: a LeNet-5 step on ``jaxcnn.reference`` 55 ms in the
       scan vs 20 ms as a step, the MNIST-1D CNN 3.0 vs 1.1 ms; ``experiments/bench.py``);
     * ``"auto"`` (default): ``"scan"``, except on the CPU when the step contains such a
-      convolution (found by tracing the step once): then ``"steps"``. ``jaxcnn.ops.conv``
-      writes all of its convolutions in the canonical form, so their steps scan; tiny
+      convolution (found by tracing the step once): then ``"steps"``. ``jaxcnn.ops``
+      writes all of its convolutions (``conv``, ``conv_transpose``, forward and backward)
+      in the canonical form, so their steps scan; tiny
       steps (the lectures' per-pattern updates) keep the scan too, which saves a host
       round trip per step.
     """
@@ -189,10 +191,8 @@ def _has_slow_loop_convolution(jaxpr) -> bool:
 
 
 def _canonical_convolution(params) -> bool:
-    lhs, rhs, out = params["dimension_numbers"]
-    n = len(lhs) - 2
-    spatial = tuple(range(1, n + 1))
-    return (tuple(lhs) == tuple(out) == (0, n + 1, *spatial) and tuple(rhs) == (n + 1, n, *range(n))
+    n = len(params["dimension_numbers"].lhs_spec) - 2
+    return (params["dimension_numbers"] == canonical_numbers(n)
             and params["feature_group_count"] == params["batch_group_count"] == 1)
 
 

@@ -333,15 +333,16 @@ def test_make_epoch_rejects_an_unknown_loop():
 
 def test_auto_loop_steps_on_the_cpu_only_when_a_convolution_is_slow_in_a_loop():
     """XLA:CPU runs non-canonical convolutions (autodiff's transposed ones) slowly inside loop
-    bodies: "auto" dispatches steps then, and scans otherwise — ops.conv's XLA route included."""
+    bodies: "auto" dispatches steps then, and scans otherwise — the ops' XLA convolutions included."""
     from jaxcnn import reference
     xla_model = nn.serial(nn.Conv(3, (3,), padding=1, method="xla"), nn.Relu(), nn.Flatten(), nn.Dense(2))
     autodiff_model = nn.serial(nn.Conv(3, (3,), stride=2, padding=1, ops=reference), nn.Relu(), nn.Flatten(), nn.Dense(2))
     transpose_model = nn.serial(nn.ConvTranspose(3, (3,), stride=2), nn.Relu(), nn.Flatten(), nn.Dense(2))
+    transpose_autodiff = nn.serial(nn.ConvTranspose(3, (3,), stride=2, ops=reference), nn.Relu(), nn.Flatten(), nn.Dense(2))
     taps_model = nn.serial(nn.Conv(3, (3, 3), padding=1, method="taps"), nn.Relu(), nn.Flatten(), nn.Dense(2))
     mlp = _model()
-    for model, shape, slow in ((xla_model, (6, 1), False), (autodiff_model, (6, 2), True), (transpose_model, (6, 2), True),
-                               (taps_model, (4, 4, 1), False), (mlp, (8,), False)):
+    for model, shape, slow in ((xla_model, (6, 1), False), (autodiff_model, (6, 2), True), (transpose_model, (6, 2), False),
+                               (transpose_autodiff, (6, 2), True), (taps_model, (4, 4, 1), False), (mlp, (8,), False)):
         params, _ = model.init(KEY, (-1, *shape))
         x = jnp.asarray(np.random.default_rng(0).normal(size=(8, *shape)), jnp.float32)
         y = jnp.asarray([0, 1] * 4)

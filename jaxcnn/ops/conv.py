@@ -255,7 +255,7 @@ def _forward(x, w, b, spec: ConvSpec):
     geom, formula = spec.geometry, spec.plan.forward
     if formula == "xla":
         y = lax.conv_general_dilated(
-            x, w, geom.stride, geom.pads, rhs_dilation=geom.dilation, dimension_numbers=_numbers(len(geom.window))
+            x, w, geom.stride, geom.pads, rhs_dilation=geom.dilation, dimension_numbers=canonical_numbers(len(geom.window))
         )
     elif formula == "im2col":
         y = patches(x, geom) @ w.reshape(-1, w.shape[-1])  # im2col(x) · W
@@ -379,7 +379,7 @@ def _input_gradient(g, w, geom: _shapes.Geometry, in_shape):
     flipped = jnp.swapaxes(lax.rev(w, tuple(range(n))), -1, -2)  # rot180 over the spatial axes, (C_out, C_in) planes
     return lax.conv_general_dilated(  # lhs_dilation inserts the s − 1 zeros between δ's entries
         g, flipped, (1,) * n, pads, lhs_dilation=geom.stride, rhs_dilation=geom.dilation,
-        dimension_numbers=_numbers(n),
+        dimension_numbers=canonical_numbers(n),
     )
 
 
@@ -396,7 +396,7 @@ def _weight_gradient(x, g, geom: _shapes.Geometry, in_shape):
     xt = jnp.transpose(x, (n + 1, *spatial, 0))
     gt = jnp.transpose(g, (*spatial, 0, n + 1))
     dw = lax.conv_general_dilated(xt, gt, geom.dilation, pads, rhs_dilation=geom.stride,
-                                  dimension_numbers=_numbers(n))  # (C_in, *window, C_out)
+                                  dimension_numbers=canonical_numbers(n))  # (C_in, *window, C_out)
     return jnp.transpose(dw, (*spatial, 0, n + 1))
 
 
@@ -408,7 +408,7 @@ def _contract_leading(a, b):
     return lax.dot_general(b, a, ((lead, lead), ((), ()))).T
 
 
-def _numbers(n: int) -> lax.ConvDimensionNumbers:
+def canonical_numbers(n: int) -> lax.ConvDimensionNumbers:
     """x ``(N, *spatial, C_in)``, w ``(*window, C_in, C_out)``, y ``(N, *spatial, C_out)``:
     XLA:CPU's canonical form, which it runs as one library convolution at the top level of
     a program and inside loop bodies alike."""

@@ -21,6 +21,7 @@ from jax import lax
 
 from jaxcnn import _checks, _shapes
 from jaxcnn._shapes import Geometry, Padding
+from jaxcnn.ops.conv import canonical_numbers
 
 
 def conv_transpose(
@@ -104,7 +105,7 @@ class ConvTransposeResiduals(NamedTuple):
 def _conv_transpose(x, w, b, geom: Geometry):
     nd = w.ndim - 2
     y = lax.conv_general_dilated(
-        x, w, (1,) * nd, geom.pads, lhs_dilation=geom.stride, dimension_numbers=_numbers(nd, "x", "w", "y")
+        x, w, (1,) * nd, geom.pads, lhs_dilation=geom.stride, dimension_numbers=canonical_numbers(nd)
     )
     return y if b is None else y + b
 
@@ -119,43 +120,25 @@ def _conv_transpose_bwd(geom: Geometry, res: ConvTransposeResiduals, g):
     spatial = tuple(range(nd))
     # (lo, hi): the padding of the strided conv being transposed (hi < 0 crops g's tail).
     pads = tuple((k - 1 - p_lo, k - 1 - p_hi) for k, (p_lo, p_hi) in zip(geom.window, geom.pads))
+    # Every convolution below is in XLA:CPU's canonical form (channels last, kernel
+    # (*window, in, out)), its operands moved there explicitly: read through swapped
+    # dimension numbers instead, XLA:CPU runs them far slower inside a loop body.
     # dx[i] = Σ_j g[S·i − lo + j] · flip(w)[j]ᵀ: a stride-S correlation of δ.
-    dx = lax.conv_general_dilated(
-        g, lax.rev(w, spatial), geom.stride, pads, dimension_numbers=_numbers(nd, "g", "w_swapped", "dx")
-    )
-    # dw[j] = Σ_o u[o + j] ⊗ g[o] = flip(Σ_i g[S·i − lo + j'] ⊗ x[i]): δ against x dilated by S.
+    w_swapped = jnp.swapaxes(lax.rev(w, spatial), -1, -2)  # flip(w)[j]ᵀ: (*window, C_out, C_in)
+    dx = lax.conv_general_dilated(g, w_swapped, geom.stride, pads, dimension_numbers=canonical_numbers(nd))
+    # dw[j] = Σ_o u[o + j] ⊗ g[o] = flip(Σ_i g[S·i − lo + j'] ⊗ x[i]): δ against x dilated by S,
+    # contracted over the batch: C_out plays the batch of δ, N its feature, x the kernel N → C_in.
+    g_by_channel = jnp.transpose(g, (nd + 1, *range(1, nd + 1), 0))  # (C_out, *spatial, N)
+    x_as_kernel = jnp.transpose(x, (*range(1, nd + 1), 0, nd + 1))  # (*spatial, N, C_in)
     dw_flipped = lax.conv_general_dilated(
-        g, x, (1,) * nd, pads, rhs_dilation=geom.stride, dimension_numbers=_numbers(nd, "g_by_channel", "x_as_kernel", "dw")
-    )
-    dw = lax.rev(dw_flipped, spatial)
+        g_by_channel, x_as_kernel, (1,) * nd, pads, rhs_dilation=geom.stride, dimension_numbers=canonical_numbers(nd)
+    )  # (C_out, *window, C_in)
+    dw = lax.rev(jnp.transpose(dw_flipped, (*range(1, nd + 1), nd + 1, 0)), spatial)
     db = None if res.b is None else jnp.sum(g, axis=tuple(range(nd + 1)))
     return dx, dw, db
 
 
 _conv_transpose.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
-
-
-def _numbers(nd, lhs, rhs, out):
-    """``lax.ConvDimensionNumbers`` for the three convolutions, channels-last arrays.
-
-    Each spec lists dimension indices: lhs ``(batch, feature, *spatial)``, rhs
-    ``(out_feature, in_feature, *spatial)``, out ``(batch, feature, *spatial)``.
-    """
-    image = (0, nd + 1, *range(1, nd + 1))  # (N, *spatial, C): batch N, feature C
-    specs = {
-        "x": image,
-        "g": image,
-        "y": image,
-        "dx": image,
-        "w": (nd + 1, nd, *range(nd)),  # (*window, C_in, C_out): C_in → C_out
-        "w_swapped": (nd, nd + 1, *range(nd)),  # the same array read C_out → C_in
-        # dw: contract over the batch, so N plays the feature and C_out the batch of g,
-        # and x is the "kernel" mapping N → C_in; the output (*window, C_in, C_out).
-        "g_by_channel": (nd + 1, 0, *range(1, nd + 1)),
-        "x_as_kernel": (nd + 1, 0, *range(1, nd + 1)),
-        "dw": (nd + 1, nd, *range(nd)),
-    }
-    return lax.ConvDimensionNumbers(specs[lhs], specs[rhs], specs[out])
 
 
 def _validate(x, w, b, stride, padding):
