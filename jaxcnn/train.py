@@ -121,9 +121,8 @@ def make_epoch(step: Callable, batch_size: int, mesh: Optional[Mesh] = None, shu
     * ``"auto"`` (default): ``"scan"``, except on the CPU when the step contains such a
       convolution (found by tracing the step once): then ``"steps"``. ``jaxcnn.ops``
       writes all of its convolutions (``conv``, ``conv_transpose``, forward and backward)
-      in the canonical form, so their steps scan; tiny
-      steps (the lectures' per-pattern updates) keep the scan too, which saves a host
-      round trip per step.
+      in the canonical form, so their steps scan; tiny steps (the lectures' per-pattern
+      updates) keep the scan too, which saves a host round trip per step.
     """
     if loop not in ("auto", "scan", "steps"):
         raise ValueError(f"make_epoch: unknown `loop` {loop!r}; use 'auto', 'scan' or 'steps'.")
