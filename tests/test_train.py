@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcnn import checkpoint, cli, data, models, nn, ops, train
+from jaxcnn import checkpoint, cli, data, models, nn, ops, reference, train
 
 KEY = jax.random.PRNGKey(0)
 
@@ -334,7 +334,6 @@ def test_make_epoch_rejects_an_unknown_loop():
 def test_auto_loop_steps_on_the_cpu_only_when_a_convolution_is_slow_in_a_loop():
     """XLA:CPU runs non-canonical convolutions (autodiff's transposed ones) slowly inside loop
     bodies: "auto" dispatches steps then, and scans otherwise — the ops' XLA convolutions included."""
-    from jaxcnn import reference
     xla_model = nn.serial(nn.Conv(3, (3,), padding=1, method="xla"), nn.Relu(), nn.Flatten(), nn.Dense(2))
     autodiff_model = nn.serial(nn.Conv(3, (3,), stride=2, padding=1, ops=reference), nn.Relu(), nn.Flatten(), nn.Dense(2))
     transpose_model = nn.serial(nn.ConvTranspose(3, (3,), stride=2), nn.Relu(), nn.Flatten(), nn.Dense(2))

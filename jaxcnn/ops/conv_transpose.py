@@ -21,7 +21,7 @@ from jax import lax
 
 from jaxcnn import _checks, _shapes
 from jaxcnn._shapes import Geometry, Padding
-from jaxcnn.ops.conv import canonical_numbers
+from jaxcnn.ops.conv import canonical_numbers, correlate_over_batch
 
 
 def conv_transpose(
@@ -127,13 +127,9 @@ def _conv_transpose_bwd(geom: Geometry, res: ConvTransposeResiduals, g):
     w_swapped = jnp.swapaxes(lax.rev(w, spatial), -1, -2)  # flip(w)[j]ᵀ: (*window, C_out, C_in)
     dx = lax.conv_general_dilated(g, w_swapped, geom.stride, pads, dimension_numbers=canonical_numbers(nd))
     # dw[j] = Σ_o u[o + j] ⊗ g[o] = flip(Σ_i g[S·i − lo + j'] ⊗ x[i]): δ against x dilated by S,
-    # contracted over the batch: C_out plays the batch of δ, N its feature, x the kernel N → C_in.
-    g_by_channel = jnp.transpose(g, (nd + 1, *range(1, nd + 1), 0))  # (C_out, *spatial, N)
-    x_as_kernel = jnp.transpose(x, (*range(1, nd + 1), 0, nd + 1))  # (*spatial, N, C_in)
-    dw_flipped = lax.conv_general_dilated(
-        g_by_channel, x_as_kernel, (1,) * nd, pads, rhs_dilation=geom.stride, dimension_numbers=canonical_numbers(nd)
-    )  # (C_out, *window, C_in)
-    dw = lax.rev(jnp.transpose(dw_flipped, (*range(1, nd + 1), nd + 1, 0)), spatial)
+    # contracted over the batch.
+    dw_flipped = correlate_over_batch(g, x, (1,) * nd, pads, geom.stride)  # (*window, C_out, C_in)
+    dw = lax.rev(jnp.swapaxes(dw_flipped, -1, -2), spatial)
     db = None if res.b is None else jnp.sum(g, axis=tuple(range(nd + 1)))
     return dx, dw, db
 
