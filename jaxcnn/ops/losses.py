@@ -40,7 +40,11 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
         counts towards ``N``.
       labels: integer class ids of shape ``logits.shape[:-1]`` with values in ``[0, K)``,
         or one-hot / probability rows of shape ``logits.shape`` (same dtype as logits).
-        An out-of-range class id makes the loss NaN rather than silently wrong.
+        A class id outside ``[0, K)`` anywhere in the batch makes the loss NaN and every
+        element of ``dL/ds`` NaN — what autodiff of the reference and finite differences
+        of a NaN loss give — so an update from such a batch is never silently finite.
+        (Labels cannot be checked here: under ``jit`` they are traced. ``jaxcnn.data``,
+        ``train.fit`` and ``train.evaluate`` refuse them where they are concrete.)
 
     Returns:
       The scalar mean loss, in the dtype of ``logits``.
@@ -84,10 +88,14 @@ def _mean_ce(s, top, log_sum, labels):
     n = s.size // s.shape[-1]
     if jnp.issubdtype(labels.dtype, jnp.integer):  # −(1/N) Σ_n log p[n, label_n]: pick, do not mask
         picked = jnp.take_along_axis(s, jnp.clip(labels, 0, s.shape[-1] - 1)[..., None], -1)
-        loss = -jnp.sum((picked - top) - log_sum) / n
-        valid = jnp.all((labels >= 0) & (labels < s.shape[-1]))
-        return jnp.where(valid, loss, jnp.nan)
+        return -jnp.sum((picked - top) - log_sum) / n * _nan_unless_in_range(labels, s.shape[-1], s.dtype)
     return -jnp.sum(labels * ((s - top) - log_sum)) / n
+
+
+def _nan_unless_in_range(labels, k, dtype):
+    """1, or NaN when any class id lies outside ``[0, K)``: a factor of the loss and of its
+    gradient, so that both are NaN for such a batch (in the rule and under autodiff)."""
+    return jnp.where(jnp.all((labels >= 0) & (labels < k)), jnp.ones((), dtype), jnp.asarray(jnp.nan, dtype))
 
 
 @jax.custom_vjp
@@ -106,7 +114,8 @@ def _softmax_cross_entropy_fwd(logits, labels):
 
 def _softmax_cross_entropy_bwd(res, g):
     if isinstance(res, ClassIdResiduals):  # dL/ds = g (p − t) / N, t one-hot
-        scale = g / res.labels.size  # one scalar: a multiply per element, not a multiply and a divide
+        # one scalar (NaN for out-of-range ids): a multiply per element, not a multiply and a divide
+        scale = g / res.labels.size * _nan_unless_in_range(res.labels, res.exp_shifted.shape[-1], g.dtype)
         target = res.labels[..., None] == jnp.arange(res.exp_shifted.shape[-1])
         return res.exp_shifted * (scale / res.total) - jnp.where(target, scale, 0), None
     s, t = res.logits, res.labels  # rows t need not sum to one: in general ds = (p Σt − t) / N
@@ -286,8 +295,7 @@ def softmax_cross_entropy_reference(logits, labels):
     n = logits.size // logits.shape[-1]
     if jnp.issubdtype(labels.dtype, jnp.integer):
         picked = jnp.take_along_axis(log_p, jnp.clip(labels, 0, logits.shape[-1] - 1)[..., None], -1)
-        valid = (labels >= 0) & (labels < logits.shape[-1])
-        return jnp.where(jnp.all(valid), -jnp.sum(picked) / n, jnp.nan)
+        return -jnp.sum(picked) / n * _nan_unless_in_range(labels, logits.shape[-1], logits.dtype)
     return -jnp.sum(labels * log_p) / n
 
 

@@ -137,6 +137,8 @@ def _softmax_cross_entropy(rng):
         Sample((_normal(rng, 2, 3, 5, scale=2), rng.integers(0, 5, size=(2, 3))), label="leading axes (2, 3, 5)"),
         Sample((logits, probs), label="target rows not summing to one (6, 4)"),
         Sample((_normal(rng, 3, 5, scale=30), rng.integers(0, 5, size=3)), label="large logits (3, 5), scale 30"),
+        Sample((logits, np.array([0, 4, 1, -1, 3, 2])),
+               label="out-of-range class ids 4 and -1 (6,): NaN loss and NaN gradient"),
     ]
 
 
