@@ -86,7 +86,7 @@ def padding_pairs(
         pairs = ((int(padding), int(padding)),) * n
     else:
         try:
-            pairs = tuple((int(lo), int(hi)) for lo, hi in padding)
+            pairs = tuple((lo, hi) for lo, hi in padding)
         except (TypeError, ValueError):
             pairs = ()
         if len(pairs) != n:
@@ -94,6 +94,12 @@ def padding_pairs(
                 f"{op}: `padding` must be 'VALID', 'SAME', 'FULL', an int, or {n} (low, high) "
                 f"pairs (one per spatial axis), got {padding!r}."
             )
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for pair in pairs for v in pair):
+            raise TypeError(  # int(1.5) would truncate silently
+                f"{op}: `padding` must be {n} (low, high) pairs of ints, got {padding!r}; a fractional "
+                f"(or bool) padding is refused rather than truncated."
+            )
+        pairs = tuple((int(lo), int(hi)) for lo, hi in pairs)
     if any(lo < 0 or hi < 0 for lo, hi in pairs):
         raise ValueError(f"{op}: `padding` must not be negative, got {padding!r}.")
     return pairs
@@ -207,6 +213,11 @@ def transpose_geometry(op: str, in_shape: Sequence[int], window, stride, padding
     n = len(in_shape)
     window = spatial_tuple(op, "window", window, n)
     stride = spatial_tuple(op, "stride", stride, n)
+    if 0 in in_shape:  # (0 − 1)·s + 1 is negative: there is no upsampled input to pad
+        raise ValueError(
+            f"{op}: the input has size 0 along spatial axis {list(in_shape).index(0)} (spatial shape "
+            f"{tuple(in_shape)}); a transposed convolution needs at least one input position per axis."
+        )
     if isinstance(padding, str) and padding.upper() in ("VALID", "SAME"):
         pads = []
         for k, s in zip(window, stride):
@@ -250,9 +261,10 @@ def pool_geometry(op: str, in_shape: Sequence[int], window, stride, padding: Pad
 
 
 def upsampled_shape(op: str, in_shape: Sequence[int], factor) -> tuple[int, ...]:
-    """Spatial shape after inserting ``S − 1`` zeros between neighbours: ``(n − 1) S + 1``."""
+    """Spatial shape after inserting ``S − 1`` zeros between neighbours: ``(n − 1) S + 1``
+    (0 for an empty axis)."""
     factor = spatial_tuple(op, "factor", factor, len(in_shape))
-    return tuple((n - 1) * s + 1 for n, s in zip(in_shape, factor))
+    return tuple((n - 1) * s + 1 if n else 0 for n, s in zip(in_shape, factor))  # nothing to spread: empty
 
 
 def downsampled_shape(op: str, in_shape: Sequence[int], factor) -> tuple[int, ...]:

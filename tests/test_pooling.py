@@ -372,6 +372,8 @@ def test_errors(name):
         op(x, 2, padding="HALF")
     with pytest.raises(ValueError, match=rf"{name}: `padding` must not be negative, got -1"):
         op(x, 2, padding=-1)
+    with pytest.raises(TypeError, match=rf"{name}: `padding` must be 2 \(low, high\) pairs of ints, got \(\(1, 1\), \(0.5, 0\)\)"):
+        op(x, 2, padding=((1, 1), (0.5, 0)))
     with pytest.raises(ValueError, match=rf"{name}: `padding` must be 'VALID', 'SAME', 'FULL', an int, or 2 \(low, high\) pairs \(one per spatial axis\), got \(\(1, 1\),\)"):
         op(x, 2, padding=((1, 1),))
     with pytest.raises(ValueError, match=rf"{name}: the padding \(\(0, 2\), \(0, 0\)\) must be smaller than the window \(2, 2\) on every side, otherwise a window covers padding only"):

@@ -203,7 +203,7 @@ def softmax(x: jax.Array, axis: int = -1) -> jax.Array:
       axis: the axis that sums to one (a Python int).
 
     Returns:
-      ``p``, same shape and dtype.
+      ``p``, same shape and dtype (empty when the axis is: no classes, nothing to normalise).
 
     Raises:
       TypeError: ``x`` is not floating point.
@@ -217,6 +217,8 @@ def softmax(x: jax.Array, axis: int = -1) -> jax.Array:
     x = _checks.float_array("softmax", "x", x)
     _checks.min_rank("softmax", "x", x, 1, "(..., K)")
     (axis,) = _checks.axis("softmax", "axis", axis, x.ndim)
+    if x.shape[axis] == 0:  # no classes: an empty result, as jax.nn.softmax and PyTorch give
+        return jnp.zeros_like(x)
     return _softmax(x, axis)
 
 
@@ -270,5 +272,7 @@ def softmax_reference(x, axis=-1):
     x = _checks.float_array("softmax", "x", x)
     _checks.min_rank("softmax", "x", x, 1, "(..., K)")
     (axis,) = _checks.axis("softmax", "axis", axis, x.ndim)
+    if x.shape[axis] == 0:
+        return jnp.zeros_like(x)
     e = jnp.exp(x - lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True)))
     return e / jnp.sum(e, axis=axis, keepdims=True)

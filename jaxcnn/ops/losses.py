@@ -52,7 +52,8 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     Raises:
       TypeError: ``logits`` is not floating point; ``labels`` is neither integer nor of
         the logits' dtype.
-      ValueError: ``logits`` has fewer than 2 dimensions; ``labels`` has the wrong shape.
+      ValueError: ``logits`` has fewer than 2 dimensions or no classes; ``labels`` has
+        the wrong shape.
 
     >>> import jax, jax.numpy as jnp
     >>> from jaxcnn import ops
@@ -132,6 +133,9 @@ def _validate_ce(logits, labels):
     op = "softmax_cross_entropy"
     logits = _checks.float_array(op, "logits", logits)
     _checks.min_rank(op, "logits", logits, 2, "(N, K)")
+    if logits.shape[-1] == 0:
+        raise ValueError(f"{op}: `logits` must have at least one class (K = logits.shape[-1] >= 1), "
+                         f"got shape {tuple(logits.shape)}.")
     labels = jnp.asarray(labels)
     if jnp.issubdtype(labels.dtype, jnp.integer):
         _checks.shape(op, "labels", labels, logits.shape[:-1],
