@@ -54,7 +54,7 @@ def write_atomically(path: str, write: Callable[[Any], None]) -> None:
     os.makedirs(directory, exist_ok=True)
     remove_stale_temporaries(path)
     with _interrupts_deferred():
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.tmp-{os.getpid()}-", suffix=".npz")
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.tmp-{os.getpid()}-")
         try:
             with os.fdopen(fd, "wb") as f:
                 write(f)
@@ -66,6 +66,28 @@ def write_atomically(path: str, write: Callable[[Any], None]) -> None:
             if os.path.exists(tmp):
                 os.remove(tmp)
             raise
+
+
+def check_writable(path: str, what: str = "checkpoint") -> None:
+    """Raises ValueError unless :func:`write_atomically` can write ``path``: it is not a
+    folder, and its folder is one (created if missing) that accepts new files. For checking
+    an output location before the work that produces the output."""
+    directory, name = os.path.split(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: the {what} path is a folder; give a file path.")
+    above = directory
+    while not os.path.exists(above) and os.path.dirname(above) != above:
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise ValueError(f"{path}: cannot write the {what}: {above} is a file, not a folder.")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=f".{name}.tmp-{os.getpid()}-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot write the {what} in {directory} ({type(e).__name__}: "
+                         f"{e.strerror or e}).") from e
 
 
 def remove_stale_temporaries(path: str) -> list[str]:

@@ -21,6 +21,7 @@ every host's devices, the same mesh spans them, and each process runs the same p
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -36,7 +37,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import jaxcnn.ops
 from jaxcnn import checkpoint
-from jaxcnn.data import Dataset
+from jaxcnn.data import Dataset, check_labels
 from jaxcnn.nn import Layer
 from jaxcnn.ops.conv import canonical_numbers
 
@@ -51,12 +52,45 @@ class TrainState(NamedTuple):
 
 
 def make_optimizer(name: str = "adam", lr: float = 1e-2, momentum: float = 0.0) -> optax.GradientTransformation:
-    """``"sgd"`` (with optional ``momentum``, the lectures' recipe) or ``"adam"``."""
+    """``"sgd"`` (with optional ``momentum``, the lectures' recipe) or ``"adam"``.
+
+    Raises:
+      ValueError: an unknown ``name``, ``lr`` not finite and positive, ``momentum`` not in ``[0, 1)``.
+    """
+    check_number("make_optimizer", "lr", lr, low=0.0, low_open=True)
+    check_number("make_optimizer", "momentum", momentum, low=0.0, high=1.0)
     if name == "sgd":
         return optax.sgd(lr, momentum=momentum or None)
     if name == "adam":
         return optax.adam(lr)
     raise ValueError(f"make_optimizer: unknown optimizer {name!r}; use 'sgd' or 'adam'.")
+
+
+def check_number(op: str, name: str, value: Any, low: float = -np.inf, high: float = np.inf,
+                 low_open: bool = False) -> float:
+    """``value`` as a float, or an error naming ``op`` and ``name``: it must be a real
+    number (not a bool), finite, ``>= low`` (``> low`` when ``low_open``) and ``< high``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{op}: `{name}` must be a number, got {value!r} ({type(value).__name__}).")
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g})"
+    if not (np.isfinite(value) and (value > low if low_open else value >= low) and value < high):
+        raise ValueError(f"{op}: `{name}` must be a finite number in {interval}, got {value!r}.")
+    return float(value)
+
+
+def check_int(op: str, name: str, value: Any, low: int, high: Optional[int] = None) -> int:
+    """``value`` as an int, or an error naming ``op`` and ``name``: an int (not a bool, not
+    a float such as 2.5), ``>= low`` and, when given, ``< high``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{op}: `{name}` must be an int, got {value!r} ({type(value).__name__}).")
+    if value < low or high is not None and value >= high:
+        bound = f">= {low}" if high is None else f"in [{low}, {high})"
+        raise ValueError(f"{op}: `{name}` must be an int {bound}, got {value}.")
+    return int(value)
+
+
+#: PRNG seeds: jax.random.PRNGKey takes a signed 64-bit integer.
+SEED_RANGE = (-(2**63), 2**63)
 
 
 def weights(params: Any) -> Any:
@@ -72,6 +106,7 @@ def make_loss(model: Layer, loss: str = "softmax_cross_entropy", weight_decay: f
     ops = ops or jaxcnn.ops
     if loss not in ("softmax_cross_entropy", "euclidean_loss"):
         raise ValueError(f"make_loss: unknown loss {loss!r}; use 'softmax_cross_entropy' or 'euclidean_loss'.")
+    weight_decay = check_number("make_loss", "weight_decay", weight_decay, low=0.0)
 
     def loss_fn(params, x, y):
         out = model.apply(params, x)
@@ -223,6 +258,8 @@ def make_evaluator(model: Layer, num_classes: int, loss: str = "softmax_cross_en
     @jax.jit
     def batch_stats(params, xb, yb):
         value, out = loss_fn(params, xb, yb)
+        if out.shape[-1] != num_classes:  # a prediction >= num_classes would drop out of the confusion matrix
+            raise ValueError(f"evaluate: the model has {out.shape[-1]} outputs but num_classes={num_classes}.")
         pred = jnp.argmax(out, axis=-1)
         confusion = jnp.zeros((num_classes, num_classes), jnp.int32).at[yb, pred].add(1)
         probs = out if loss == "euclidean_loss" else ops.softmax(out)
@@ -230,6 +267,7 @@ def make_evaluator(model: Layer, num_classes: int, loss: str = "softmax_cross_en
         return value * xb.shape[0], confusion, sse
 
     def evaluate(params, x, y) -> Evaluation:
+        _check_examples("evaluate", "x", x, "y", y, num_classes)
         total, sse, confusion = 0.0, 0.0, np.zeros((num_classes, num_classes), np.int64)
         for start in range(0, len(x), batch_size):
             value, conf, err = batch_stats(params, x[start:start + batch_size], y[start:start + batch_size])
@@ -243,8 +281,26 @@ def make_evaluator(model: Layer, num_classes: int, loss: str = "softmax_cross_en
 
 def evaluate(model: Layer, params: Any, x: np.ndarray, y: np.ndarray, num_classes: int,
              loss: str = "softmax_cross_entropy", batch_size: int = 1000, ops=None) -> Evaluation:
-    """Mean data loss, accuracy and confusion matrix over ``(x, y)``, in jitted batches."""
+    """Mean data loss, accuracy and confusion matrix over ``(x, y)``, in jitted batches.
+
+    Raises:
+      ValueError: ``x`` and ``y`` differ in length or are empty, a label is outside
+        ``[0, num_classes)``, or the model does not have ``num_classes`` outputs: every
+        example lands in the confusion matrix, none is dropped.
+    """
     return make_evaluator(model, num_classes, loss, batch_size, ops)(params, x, y)
+
+
+def _check_examples(op: str, x_name: str, x: Any, y_name: str, y: Any, num_classes: int) -> None:
+    """Same number of inputs and labels, at least one, labels 1-D class ids in range."""
+    if len(x) != len(y):
+        raise ValueError(f"{op}: `{x_name}` has {len(x)} examples but `{y_name}` has {len(y)} labels; "
+                         f"they must pair one to one.")
+    if len(x) == 0:
+        raise ValueError(f"{op}: `{x_name}` is empty; it needs at least one example.")
+    if np.ndim(y) != 1:
+        raise ValueError(f"{op}: `{y_name}` must be a 1-D array of class ids, got shape {np.shape(y)}.")
+    check_labels(f"{op}: `{y_name}`", np.asarray(y), num_classes)
 
 
 @dataclasses.dataclass
@@ -276,6 +332,9 @@ def fit(
     devices: int = 1,
     checkpoint_path: Optional[str] = None,
     resume: bool = False,
+    overwrite: bool = False,
+    settings: Optional[dict] = None,
+    allow_changed_settings: bool = False,
     eval_every: int = 1,
     quiet: bool = False,
     ops=None,
@@ -290,8 +349,16 @@ def fit(
     compiled scan, or jitted donated steps where XLA:CPU would run convolutions inside the
     scan; a trailing partial batch is dropped); with ``steps`` the last epoch is cut short. The test set is evaluated every
     ``eval_every`` epochs and at the end. With ``checkpoint_path`` the state is saved
-    after every epoch; ``resume=True`` continues from it exactly (same final params as an
-    uninterrupted run).
+    after every epoch, with the run's settings (``seed``, ``batch_size``, ``loss``,
+    ``weight_decay``, ``dtype``, ``shuffle``, ``input_shape``, a fingerprint of the data, and
+    the caller's ``settings``, e.g. the optimiser's); ``resume=True`` continues from it
+    exactly (the same final params as an uninterrupted run with the same settings) and
+    refuses a checkpoint written with other settings unless ``allow_changed_settings``.
+    An existing checkpoint is never overwritten unless ``resume`` or ``overwrite``.
+
+    Everything is checked before the first step: the arguments' types and ranges, that
+    inputs and labels pair up, that labels are class ids in ``[0, num_classes)``, that the
+    test set is not empty, and that the checkpoint can be written where asked.
 
     Each epoch appends a record to the history: ``epoch``, ``step``, ``train_loss`` and
     ``train_accuracy`` (means over the epoch's steps), ``seconds``, and on evaluated
@@ -305,23 +372,44 @@ def fit(
         ``len(history)`` is then the number of epochs to converge).
       step_losses: also keep every step's training loss (the loss the update was
         computed from) in the record, under ``step_losses``.
+      settings: JSON-able settings the caller wants a resume checked against (the
+        command line passes the model, dataset, optimiser, learning rate and momentum).
+      allow_changed_settings: resume even from a checkpoint whose settings differ.
       Others as named; ``ops`` (default :mod:`jaxcnn.ops`) computes the loss and the
       evaluation, the model's own ops are chosen when it is built.
+
+    Raises:
+      TypeError, ValueError: a bad argument or dataset, as listed above, before any work.
+      FileNotFoundError: ``resume`` without a checkpoint.
 
     Returns:
       The final state, the per-epoch history and the final test evaluation.
     """
     if (epochs is None) == (steps is None):
         raise ValueError("fit: give exactly one of `epochs` and `steps`.")
+    for name, value in (("epochs", epochs), ("steps", steps)):
+        if value is not None:
+            check_int("fit", name, value, 1)
+    _check_examples("fit", "data.x_train", data.x_train, "data.y_train", data.y_train, data.num_classes)
+    _check_examples("fit", "data.x_test", data.x_test, "data.y_test", data.y_test, data.num_classes)
     n_train = len(data.x_train)
-    if not 1 <= batch_size <= n_train:
+    check_int("fit", "batch_size", batch_size, 1)
+    if batch_size > n_train:
         raise ValueError(f"fit: `batch_size` must be between 1 and the training set size {n_train}, got {batch_size}.")
+    check_int("fit", "devices", devices, 1)
     if batch_size % devices:
         raise ValueError(f"fit: `batch_size` {batch_size} must be divisible by devices={devices}.")
+    check_int("fit", "seed", seed, *SEED_RANGE)
+    check_int("fit", "eval_every", eval_every, 0)
+    weight_decay = check_number("fit", "weight_decay", weight_decay, low=0.0)
     steps_per_epoch = n_train // batch_size
     total_steps = steps if steps is not None else epochs * steps_per_epoch
     optimizer = optimizer or make_optimizer()
     input_shape = input_shape or (-1, *data.x_train.shape[1:])
+    run_settings = _run_settings(data, input_shape, seed=seed, batch_size=batch_size, loss=loss,
+                                 weight_decay=weight_decay, dtype=jnp.dtype(dtype).name, shuffle=shuffle,
+                                 **(settings or {}))
+    check_run_location(checkpoint_path, resume, overwrite)
 
     x_train = jnp.asarray(data.x_train.reshape(-1, *input_shape[1:]), dtype)
     y_train = jnp.asarray(data.y_train)
@@ -334,8 +422,8 @@ def fit(
     state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), key)
     history: list[dict] = []
     if resume:
-        if checkpoint_path is None or not os.path.exists(checkpoint_path):
-            raise FileNotFoundError(f"fit: resume=True but there is no checkpoint at {checkpoint_path!r}.")
+        saved = checkpoint.read_header(checkpoint_path)["metadata"].get("settings")
+        _check_resumed_settings(checkpoint_path, saved, run_settings, allow_changed_settings)
         state, meta = checkpoint.load(checkpoint_path, state)
         history = meta.get("history", [])
 
@@ -369,10 +457,51 @@ def fit(
         history.append(record)
         stopped = bool(stop_when and stop_when(record))
         if checkpoint_path:
-            checkpoint.save(checkpoint_path, state, {"history": history})
+            checkpoint.save(checkpoint_path, state, {"history": history, "settings": run_settings})
         bar.update(n, record)
     bar.close()
     return FitResult(state, history, evaluate_(state.params))
+
+
+def check_run_location(checkpoint_path: Optional[str], resume: bool, overwrite: bool) -> None:
+    """Before any work: the checkpoint can be written there; ``resume`` needs one to exist,
+    and an existing one is replaced only with ``overwrite``."""
+    if resume and (checkpoint_path is None or not os.path.exists(checkpoint_path)):
+        raise FileNotFoundError(f"fit: resume=True but there is no checkpoint at {checkpoint_path!r}.")
+    if checkpoint_path is None:
+        return
+    checkpoint.check_writable(checkpoint_path)
+    if os.path.exists(checkpoint_path) and not resume and not overwrite:
+        raise ValueError(
+            f"fit: {checkpoint_path} already holds a checkpoint; continue it with resume=True "
+            f"(--resume) or start over with overwrite=True (--overwrite)."
+        )
+
+
+def _run_settings(dataset: Dataset, input_shape, /, **settings) -> dict:
+    """The settings a resumed run must share, as JSON would give them back, with a
+    fingerprint of the data (a changed dataset under the same name is caught too)."""
+    digest = hashlib.blake2b(digest_size=8)
+    for a in dataset[:4]:
+        a = np.ascontiguousarray(a)
+        digest.update(f"{a.dtype}{a.shape}".encode())
+        digest.update(a.data)
+    settings.update(input_shape=list(input_shape), num_classes=dataset.num_classes, data_fingerprint=digest.hexdigest())
+    return json.loads(json.dumps(settings))
+
+
+def _check_resumed_settings(path: str, saved: Optional[dict], now: dict, allow: bool) -> None:
+    if saved is None:
+        changed = "it was written without its settings (by an older jaxcnn)"
+    else:
+        diffs = [f"{k} {saved.get(k, '(unset)')!r} -> {now.get(k, '(unset)')!r}"
+                 for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+        changed = "its settings differ: " + ", ".join(diffs) if diffs else ""
+    if changed and not allow:
+        raise ValueError(
+            f"fit: cannot resume from {path}: {changed}. Resume with the checkpoint's settings, or pass "
+            f"allow_changed_settings=True (--allow-changed-settings) to continue under the new ones."
+        )
 
 
 class _progress:
@@ -399,18 +528,18 @@ class _progress:
 
 
 def save_metrics(directory: str, result: FitResult, config: dict) -> str:
-    """Writes ``metrics.json`` (history, final test loss/accuracy/SSE, confusion, config)."""
-    os.makedirs(directory, exist_ok=True)
+    """Writes ``metrics.json`` (history, final test loss/accuracy/SSE, confusion, config),
+    atomically: a reader sees the previous file or the new one, never half of one."""
     path = os.path.join(directory, "metrics.json")
-    with open(path, "w") as f:
-        json.dump({
-            "config": config,
-            "history": result.history,
-            "test_loss": result.test.loss,
-            "test_accuracy": result.test.accuracy,
-            "test_sse": result.test.sse,
-            "confusion": result.test.confusion.tolist(),
-        }, f, indent=1)
+    text = json.dumps({
+        "config": config,
+        "history": result.history,
+        "test_loss": result.test.loss,
+        "test_accuracy": result.test.accuracy,
+        "test_sse": result.test.sse,
+        "confusion": result.test.confusion.tolist(),
+    }, indent=1)
+    checkpoint.write_atomically(path, lambda f: f.write(text.encode()))
     return path
 
 
@@ -491,6 +620,8 @@ def plot_confusion(confusion: np.ndarray, path: str, class_names: Optional[Seque
 
 
 __all__ = [
-    "Evaluation", "FitResult", "TrainState", "evaluate", "fit", "make_epoch", "make_evaluator", "make_loss", "make_mesh",
-    "make_optimizer", "make_step", "plot_confusion", "plot_history", "save_metrics", "weights",
+    "Evaluation", "FitResult", "SEED_RANGE", "TrainState", "check_int", "check_number", "check_run_location", "evaluate",
+    "fit", "make_epoch",
+    "make_evaluator", "make_loss", "make_mesh", "make_optimizer", "make_step", "plot_confusion", "plot_history",
+    "save_metrics", "weights",
 ]
