@@ -38,7 +38,7 @@ import jaxcnn.ops
 from jaxcnn import checkpoint
 from jaxcnn.data import Dataset
 from jaxcnn.nn import Layer
-from jaxcnn.ops.conv import canonical_numbers
+from jaxcnn.ops._conv import canonical_numbers
 
 
 class TrainState(NamedTuple):

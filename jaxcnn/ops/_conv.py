@@ -21,7 +21,7 @@ import numpy as np
 from jax import lax
 
 from jaxcnn import _checks, _shapes
-from jaxcnn.ops.im2col import col2im, patches, taps, whole_window
+from jaxcnn.ops._im2col import col2im, patches, taps, whole_window
 
 #: LeNet-5's S2 → C3 connection table (LeCun et al. 1998, Table I; Hu & Zhu's slide
 #: "Feature map selection"): ``LENET5_C3_TABLE[p, q]`` is true when input map ``p`` of
