@@ -5,6 +5,11 @@ Forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``) does not 
 ``custom_vjp`` functions and raises ``TypeError``; use reverse mode (``jax.grad``,
 ``jax.vjp``, ``jax.jacrev``), or the same function from :mod:`jaxcnn.reference`, which
 supports both modes.
+
+Each op family lives in a private module (``_conv.py``, ``_pooling.py``, ...; read
+``jaxcnn/ops/_conv.py`` for the convolution's forward and backward), and this package
+exports the functions; the same names in :mod:`jaxcnn.reference` are the autodiff
+references, and :data:`jaxcnn.verify.registry.REGISTRY` certifies each of them.
 """
 
 from jaxcnn.ops._activations import relu, sigmoid, softmax, tanh
