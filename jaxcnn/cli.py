@@ -130,7 +130,7 @@ def _missing_train_packages(args) -> list[str]:
 def _train(args) -> int:
     import jaxcnn.ops
     import jaxcnn.reference
-    from jaxcnn import checkpoint, data, models, train
+    from jaxcnn import checkpoint, data, models, reporting, train
 
     # Everything that can be checked before the data is loaded and the first step runs.
     missing = _missing_train_packages(args)
@@ -161,8 +161,8 @@ def _train(args) -> int:
         allow_changed_settings=args.allow_changed_settings, quiet=args.quiet, ops=backend,
     )
     config = {k: v for k, v in vars(args).items() if k != "command"}
-    train.save_metrics(out, result, config)
-    train.plot_history(result.history, os.path.join(out, "learning_curve.png"), f"{args.model} on {args.data}")
+    reporting.save_metrics(out, result, config)
+    reporting.plot_history(result.history, os.path.join(out, "learning_curve.png"), f"{args.model} on {args.data}")
     seconds = sum(h["seconds"] for h in result.history)
     print(f"{args.model} on {args.data}: test accuracy {result.test.accuracy:.4f}, test loss "
           f"{result.test.loss:.4f} after {int(result.state.step)} steps ({seconds:.1f} s of training); "
