@@ -196,9 +196,9 @@ def _check_member(where: str, archive: zipfile.ZipFile, name: str, shape: tuple,
         read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
         if read is None:
             raise ValueError(f"{where} is stored in .npy format version {version}; jaxcnn writes 1.0 or 2.0.")
-        stored_shape, fortran, stored_dtype = read(f)
+        stored_shape, _, stored_dtype = read(f)  # Fortran order reads back correctly
         data_bytes = info.file_size - f.tell()
-    if tuple(stored_shape) != shape or stored_dtype != dtype or fortran and len(shape) > 1:
+    if tuple(stored_shape) != shape or stored_dtype != dtype:
         raise ValueError(f"{where} is stored as {stored_dtype}{tuple(stored_shape)} but its header and the "
                          f"template say {dtype}{shape}.")
     if data_bytes != math.prod(shape) * dtype.itemsize:

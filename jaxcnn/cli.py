@@ -171,7 +171,11 @@ def _train(args) -> int:
 
 
 def _verify(args) -> int:
+    from jaxcnn import checkpoint
     from jaxcnn.verify import mutants, suite
+
+    if args.json:  # before the sweep, not after it
+        checkpoint.check_writable(args.json, "--json file")
 
     if args.mutants:
         outcomes, seconds = mutants.timed_run(names=args.op)
@@ -197,8 +201,10 @@ def _verify(args) -> int:
 
 def _write_json(path: Optional[str], data) -> None:
     if path:
-        with open(path, "w") as f:
-            json.dump(data, f, indent=1, default=float)
+        from jaxcnn import checkpoint
+
+        text = json.dumps(data, indent=1, default=float)
+        checkpoint.write_atomically(path, lambda f: f.write(text.encode()))
 
 
 def _out(args) -> str:
