@@ -94,3 +94,13 @@ def test_ctrl_c_during_a_save_takes_effect_after_it(tmp_path, monkeypatch):
     np.testing.assert_array_equal(loaded["w"], TREE["w"])
     assert os.listdir(tmp_path) == ["c.npz"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_check_writable_names_the_folder_it_cannot_write(tmp_path, monkeypatch):
+    # A read-only folder (simulated: these tests may run as root, who may write anywhere).
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", read_only)
+    with pytest.raises(ValueError, match=r"c.npz: cannot write the checkpoint in .* \(PermissionError: Permission denied\)"):
+        checkpoint.check_writable(str(tmp_path / "c.npz"))
