@@ -150,8 +150,7 @@ def make_epoch(step: Callable, batch_size: int, mesh: Optional[Mesh] = None, shu
     * ``"steps"``: one jitted, donated step per batch dispatched from Python. XLA:CPU
       compiles a convolution that is not in its canonical channels-last form (autodiff's
       transposed convolutions) to far slower code inside a loop body than at the top
-      level of a program (measured: a LeNet-5 step on ``jaxcnn.reference`` 55 ms in the
-      scan vs 20 ms as a step, the MNIST-1D CNN 3.0 vs 1.1 ms; ``experiments/bench.py``);
+      level of a program (performance.md, "Scan vs steps");
     * ``"auto"`` (default): ``"scan"``, except on the CPU when the step contains such a
       convolution (found by tracing the step once): then ``"steps"``. ``jaxcnn.ops``
       writes all of its convolutions (``conv``, ``conv_transpose``, forward and backward)
@@ -322,14 +321,15 @@ def fit(
 
     Each epoch runs shuffled batches through :func:`make_epoch` with ``loop="auto"`` (one
     compiled scan, or jitted donated steps where XLA:CPU would run convolutions inside the
-    scan; a trailing partial batch is dropped); with ``steps`` the last epoch is cut short. The test set is evaluated every
-    ``eval_every`` epochs and at the end. With ``checkpoint_path`` the state is saved
-    after every epoch, with the run's settings (``seed``, ``batch_size``, ``loss``,
-    ``weight_decay``, ``dtype``, ``shuffle``, ``input_shape``, a fingerprint of the data, and
-    the caller's ``settings``, e.g. the optimiser's); ``resume=True`` continues from it
-    exactly (the same final params as an uninterrupted run with the same settings) and
-    refuses a checkpoint written with other settings unless ``allow_changed_settings``.
-    An existing checkpoint is never overwritten unless ``resume`` or ``overwrite``.
+    scan; a trailing partial batch is dropped); with ``steps`` the last epoch is cut short.
+    The test set is evaluated every ``eval_every`` epochs and at the end. With
+    ``checkpoint_path`` the state is saved after every epoch, with the run's settings
+    (``seed``, ``batch_size``, ``loss``, ``weight_decay``, ``dtype``, ``shuffle``,
+    ``input_shape``, a fingerprint of the data, and the caller's ``settings``, e.g. the
+    optimiser's); ``resume=True`` continues from it exactly (the same final params as an
+    uninterrupted run with the same settings) and refuses a checkpoint written with other
+    settings unless ``allow_changed_settings``. An existing checkpoint is never overwritten
+    unless ``resume`` or ``overwrite``.
 
     Everything is checked before the first step: the arguments' types and ranges, that
     inputs and labels pair up, that labels are class ids in ``[0, num_classes)``, that the
@@ -410,7 +410,8 @@ def fit(
 
     epoch_fn = make_epoch(make_step(make_loss(model, loss, weight_decay, ops), optimizer), batch_size, mesh, shuffle)
     evaluator = make_evaluator(model, data.num_classes, loss, ops=ops)
-    evaluate_ = lambda p: evaluator(p, x_test, data.y_test)
+    def evaluate_(p):
+        return evaluator(p, x_test, data.y_test)
 
     bar = _progress(total_steps, int(state.step), quiet)
     epoch = len(history)
