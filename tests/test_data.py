@@ -1,4 +1,5 @@
 import gzip
+import re
 import struct
 
 import numpy as np
@@ -116,22 +117,17 @@ def test_fashion_mnist_class_names():
 
 
 def test_idx_gz_corruption_anywhere_is_a_value_error_naming_the_file(tmp_path):
-    # Flip each byte of the deflate stream and the trailer (CRC-32, length) in turn: the
-    # result is a ValueError naming the file, never different pixels.
+    # Flip each byte of the deflate stream and the trailer (CRC-32, length) in turn: each
+    # is a ValueError naming the file, never different pixels.
     images = np.random.default_rng(0).integers(0, 256, (3, 5, 7)).astype(np.uint8)
     good = gzip.compress(struct.pack(">BBBB", 0, 0, 8, 3) + struct.pack(">3I", *images.shape) + images.tobytes())
     path = tmp_path / "flipped-idx3-ubyte.gz"
-    raised = 0
     for position in range(10, len(good)):  # bytes 0-9 are the gzip header (mtime, flags: no CRC)
         corrupt = bytearray(good)
         corrupt[position] ^= 0xFF
         path.write_bytes(bytes(corrupt))
-        try:
-            np.testing.assert_array_equal(data.read_idx(str(path)), images)  # harmless, or ...
-        except ValueError as e:  # ... refused, naming the file
-            assert str(path) in str(e)
-            raised += 1
-    assert raised >= len(good) - 11
+        with pytest.raises(ValueError, match=re.escape(str(path))):
+            data.read_idx(str(path))
 
 
 def test_idx_gz_with_two_members_reads_as_one_stream(tmp_path):
