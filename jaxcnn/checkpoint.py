@@ -175,7 +175,8 @@ def load(path: str, like: Any) -> tuple[Any, dict]:
             ref_dtype = np.dtype(ref.dtype if hasattr(ref, "dtype") else np.asarray(ref).dtype)
             where = f"{path}: leaf {jax.tree_util.keystr(p)}"
             if tuple(shape) != ref_shape or dtype != str(ref_dtype):
-                raise ValueError(f"{where} is {dtype}{tuple(shape)} in the checkpoint but {ref_dtype}{ref_shape} is expected.")
+                raise ValueError(f"{where} is {dtype}{tuple(shape)} in the checkpoint but {ref_dtype}{ref_shape} is "
+                                 f"expected.")
             try:
                 _check_member(where, npz.zip, f"leaf_{i}.npy", ref_shape, ref_dtype)
                 leaves.append(npz[f"leaf_{i}"])

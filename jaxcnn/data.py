@@ -107,7 +107,8 @@ def read_idx(path: str) -> np.ndarray:
             dims = struct.unpack(f">{ndim}I", raw_dims)
             expected = math.prod(dims) * dtype.itemsize
             if expected > _MAX_IDX_BYTES:
-                raise ValueError(f"{path}: IDX header declares shape {dims} ({expected:,} bytes), over the 2 GiB limit.")
+                raise ValueError(f"{path}: IDX header declares shape {dims} ({expected:,} bytes), "
+                                 "over the 2 GiB limit.")
             mismatch = (f"{path}: IDX header declares shape {dims} ({expected:,} bytes of {dtype}) but the "
                         f"file holds {{:,}} bytes after the header (truncated or corrupt).")
             if not gz and os.path.getsize(path) - 4 - 4 * ndim != expected:
@@ -119,7 +120,8 @@ def read_idx(path: str) -> np.ndarray:
     except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
         if isinstance(e, FileNotFoundError):
             raise
-        raise ValueError(f"{path}: cannot read as IDX, the file is corrupt or truncated ({type(e).__name__}: {e}).") from e
+        raise ValueError(f"{path}: cannot read as IDX, the file is corrupt or truncated "
+                         f"({type(e).__name__}: {e}).") from e
     return np.frombuffer(data, dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -197,7 +199,8 @@ def check_labels(where: str, labels: np.ndarray, num_classes: int) -> None:
     if bad.size:
         raise ValueError(
             f"{where}: labels must be class ids in [0, {num_classes}), got {bad.size} outside it "
-            f"(the first: label {labels.flat[bad[0]]} at index {bad[0]}; values {np.unique(labels.flat[bad])[:5].tolist()})."
+            f"(the first: label {labels.flat[bad[0]]} at index {bad[0]}; values "
+            f"{np.unique(labels.flat[bad])[:5].tolist()})."
         )
 
 

@@ -504,6 +504,7 @@ class _progress:
 
 
 __all__ = [
-    "Evaluation", "FitResult", "SEED_RANGE", "TrainState", "check_int", "check_number", "check_run_location", "evaluate",
-    "fit", "make_epoch", "make_evaluator", "make_loss", "make_mesh", "make_optimizer", "make_step", "weights",
+    "Evaluation", "FitResult", "SEED_RANGE", "TrainState", "check_int", "check_number", "check_run_location",
+    "evaluate", "fit", "make_epoch", "make_evaluator", "make_loss", "make_mesh", "make_optimizer", "make_step",
+    "weights",
 ]

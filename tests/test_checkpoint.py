@@ -33,12 +33,14 @@ def _npy(array):
 
 def test_stored_arrays_are_checked_against_the_template_before_reading(tmp_path):
     path = _archive(tmp_path / "a.npz", (2, 3), _npy(np.zeros((3, 2), np.float64)))
-    with pytest.raises(ValueError, match=r"a.npz: leaf \['w'\] is stored as float64\(3, 2\) but its header and the template say float32\(2, 3\)"):
+    with pytest.raises(ValueError, match=r"a.npz: leaf \['w'\] is stored as float64\(3, 2\) but its header and the "
+                                         r"template say float32\(2, 3\)"):
         checkpoint.load(path, TREE)
     huge = io.BytesIO()  # an entry claiming 2**42 elements: refused, nothing allocated
     np.lib.format.write_array_header_1_0(huge, {"descr": "<f4", "fortran_order": False, "shape": (2**42,)})
     path = _archive(tmp_path / "b.npz", (2, 3), huge.getvalue() + b"\0" * 24)
-    with pytest.raises(ValueError, match=r"b.npz: leaf \['w'\] is stored as float32\(4398046511104,\) but its header and the template say float32\(2, 3\)"):
+    with pytest.raises(ValueError, match=r"b.npz: leaf \['w'\] is stored as float32\(4398046511104,\) but its header "
+                                         r"and the template say float32\(2, 3\)"):
         checkpoint.load(path, TREE)
     short = _npy(np.zeros((2, 3), np.float32))[:-8]
     path = _archive(tmp_path / "c.npz", (2, 3), short)
@@ -102,5 +104,6 @@ def test_check_writable_names_the_folder_it_cannot_write(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(checkpoint.tempfile, "mkstemp", read_only)
-    with pytest.raises(ValueError, match=r"c.npz: cannot write the checkpoint in .* \(PermissionError: Permission denied\)"):
+    with pytest.raises(ValueError, match=r"c.npz: cannot write the checkpoint in .* \(PermissionError: Permission "
+                                         r"denied\)"):
         checkpoint.check_writable(str(tmp_path / "c.npz"))

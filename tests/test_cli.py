@@ -77,4 +77,5 @@ def test_verify_checks_the_json_path_before_the_sweep(tmp_path, capsys, monkeypa
     (tmp_path / "file").write_text("x")
     assert cli.main(["verify", "--op", "relu", "--json", str(tmp_path / "file" / "v.json")]) == 2
     err = capsys.readouterr().err
-    assert err == f"jaxcnn: error: {tmp_path}/file/v.json: cannot write the --json file: {tmp_path}/file is a file, not a folder.\n"
+    assert err == (f"jaxcnn: error: {tmp_path}/file/v.json: cannot write the --json file: {tmp_path}/file is a "
+                   f"file, not a folder.\n")

@@ -28,7 +28,8 @@ def test_idx_round_trip(tmp_path, gz):
 @pytest.mark.parametrize("gz", [False, True])
 def test_idx_truncated(tmp_path, gz):
     path = _write_idx(tmp_path / ("t.idx" + (".gz" if gz else "")), np.zeros((5, 4, 4), np.uint8), truncate=7, gz=gz)
-    with pytest.raises(ValueError, match=r"declares shape \(5, 4, 4\) \(80 bytes of uint8\) but the file holds 73 bytes"):
+    with pytest.raises(ValueError, match=r"declares shape \(5, 4, 4\) \(80 bytes of uint8\) but the file holds 73 "
+                                         r"bytes"):
         data.read_idx(path)
 
 
@@ -51,7 +52,8 @@ def test_idx_huge_declared_size_is_refused_before_allocating(tmp_path):
 def _fake_fashion(directory, n_train=12, n_test=6):
     rng = np.random.default_rng(0)
     for stem, n in (("train", n_train), ("t10k", n_test)):
-        _write_idx(directory / f"{stem}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)).astype(np.uint8), gz=True)
+        images = rng.integers(0, 256, (n, 28, 28)).astype(np.uint8)
+        _write_idx(directory / f"{stem}-images-idx3-ubyte.gz", images, gz=True)
         _write_idx(directory / f"{stem}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
     return directory
 
@@ -140,12 +142,14 @@ def test_idx_gz_with_two_members_reads_as_one_stream(tmp_path):
 
 def test_idx_gz_with_more_bytes_than_declared_is_refused(tmp_path):
     path = _write_idx(tmp_path / "long.gz", np.zeros((2, 3), np.uint8), dims=(2, 2), gz=True)
-    with pytest.raises(ValueError, match=r"long.gz: IDX header declares shape \(2, 2\) \(4 bytes of uint8\) but the file holds 6 bytes after the header"):
+    with pytest.raises(ValueError, match=r"long.gz: IDX header declares shape \(2, 2\) \(4 bytes of uint8\) but the "
+                                         r"file holds 6 bytes after the header"):
         data.read_idx(path)
 
 
 def test_idx_labels_outside_the_classes_are_refused(tmp_path):
     directory = _fake_fashion(tmp_path)
     _write_idx(directory / "t10k-labels-idx1-ubyte", np.array([0, 1, 12, 3, 255, 5], np.uint8))
-    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte: labels must be class ids in \[0, 10\), got 2 outside it \(the first: label 12 at index 2; values \[12, 255\]\)"):
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte: labels must be class ids in \[0, 10\), got 2 "
+                                         r"outside it \(the first: label 12 at index 2; values \[12, 255\]\)"):
         data.fashion_mnist(str(directory))

@@ -21,7 +21,8 @@ def _samples(name):
 
 
 def _value_and_grads(f, args, settings):
-    floating = tuple(i for i, a in enumerate(args) if jnp.issubdtype(jax.tree_util.tree_leaves(a)[0].dtype, jnp.floating))
+    floating = tuple(i for i, a in enumerate(args)
+                     if jnp.issubdtype(jax.tree_util.tree_leaves(a)[0].dtype, jnp.floating))
     y = f(*args, **settings)
     grads = jax.grad(lambda *a: jnp.sum(f(*a, **settings)), argnums=floating)(*args)
     return y, grads, [args[i] for i in floating]
@@ -78,7 +79,9 @@ def test_resample_of_an_empty_spatial_axis_is_empty(name):
 def test_conv_transpose_refuses_an_empty_spatial_axis():
     x, w = jnp.ones((2, 0, 4, 3), jnp.float32), jnp.ones((3, 3, 3, 2), jnp.float32)
     for op in (ops.conv_transpose, reference.conv_transpose):
-        with pytest.raises(ValueError, match=r"conv_transpose: the input has size 0 along spatial axis 0 \(spatial shape \(0, 4\)\); a transposed convolution needs at least one input position per axis"):
+        with pytest.raises(ValueError, match=r"conv_transpose: the input has size 0 along spatial axis 0 \(spatial "
+                                             r"shape \(0, 4\)\); a transposed convolution needs at least one input "
+                                             r"position per axis"):
             op(x, w, stride=2)
 
 
@@ -91,5 +94,6 @@ def test_softmax_over_an_empty_axis_is_empty_like_jax_nn(axis):
 
 def test_cross_entropy_refuses_zero_classes():
     for op in (ops.softmax_cross_entropy, reference.softmax_cross_entropy):
-        with pytest.raises(ValueError, match=r"softmax_cross_entropy: `logits` must have at least one class \(K = logits.shape\[-1\] >= 1\), got shape \(3, 0\)"):
+        with pytest.raises(ValueError, match=r"softmax_cross_entropy: `logits` must have at least one class \(K = "
+                                             r"logits.shape\[-1\] >= 1\), got shape \(3, 0\)"):
             op(jnp.ones((3, 0), jnp.float32), jnp.zeros(3, jnp.int32))

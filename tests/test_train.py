@@ -112,7 +112,8 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
         checkpoint.load(str(foreign), tree)
     with pytest.raises(ValueError, match=r"does not match the expected structure"):
         checkpoint.load(path, {"w": tree["w"]})
-    with pytest.raises(ValueError, match=r"leaf \['w'\] is float32\(2, 3\) in the checkpoint but float32\(3, 2\) is expected"):
+    with pytest.raises(ValueError, match=r"leaf \['w'\] is float32\(2, 3\) in the checkpoint but float32\(3, 2\) is "
+                                         r"expected"):
         checkpoint.load(path, {"w": jnp.zeros((3, 2), jnp.float32), "opt": tree["opt"]})
 
 
@@ -178,7 +179,8 @@ def test_cli_train_writes_metrics_plot_and_checkpoint_and_resumes(tmp_path, caps
     assert len(metrics["history"]) == 5 and 0 <= metrics["test_accuracy"] <= 1 and "test_loss" in metrics
     assert Path(out, "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli.main(["train", "--model", "seesaw_cnn", "--data", "seesaw", "--epochs", "8", "--batch-size", "1",
-                     "--optimizer", "sgd", "--lr", "0.1", "--weight-decay", "0.1", "--out", out, "--quiet", "--resume"]) == 0
+                     "--optimizer", "sgd", "--lr", "0.1", "--weight-decay", "0.1", "--out", out, "--quiet",
+                     "--resume"]) == 0
     assert len(json.loads(Path(out, "metrics.json").read_text())["history"]) == 8
 
 
@@ -206,7 +208,8 @@ def test_cli_train_bad_arguments(argv, message, capsys):
 def test_cli_train_mismatched_model_and_data(capsys, tmp_path):
     assert cli.main(["train", "--model", "lenet5", "--data", "seesaw", "--out", str(tmp_path)]) == 2
     assert "model lenet5 takes inputs of shape (32, 32, 1) but dataset seesaw has (5,)" in capsys.readouterr().err
-    assert cli.main(["train", "--data", "fashion_mnist", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
+    missing = str(tmp_path / "none")
+    assert cli.main(["train", "--data", "fashion_mnist", "--data-dir", missing, "--out", str(tmp_path)]) == 2
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
 
 
@@ -301,7 +304,8 @@ def test_unshuffled_epoch_visits_the_patterns_in_order(loop):
     step = train.make_step(train.make_loss(model, weight_decay=0.1), opt)
     state = train.TrainState(params, opt.init(params), jnp.int32(0), KEY)
     x, y = jnp.asarray(d.x_train), jnp.asarray(d.y_train)
-    scanned, losses, _ = train.make_epoch(step, 1, shuffle=False, loop=loop)(jax.tree_util.tree_map(jnp.copy, state), x, y, 6)
+    epoch = train.make_epoch(step, 1, shuffle=False, loop=loop)
+    scanned, losses, _ = epoch(jax.tree_util.tree_map(jnp.copy, state), x, y, 6)
     looped, looped_losses = state, []
     for i in range(6):
         looped, (loss, _) = jax.jit(step)(looped, (x[i:i + 1], y[i:i + 1]))
@@ -313,7 +317,8 @@ def test_unshuffled_epoch_visits_the_patterns_in_order(loop):
 
 def test_fit_stops_early_and_keeps_step_losses(tmp_path):
     d, path = _toy(), str(tmp_path / "ckpt.npz")
-    stop = lambda record: record["epoch"] == 3
+    def stop(record):
+        return record["epoch"] == 3
     result = train.fit(_model(), d, epochs=10, batch_size=16, quiet=True, stop_when=stop, step_losses=True,
                        checkpoint_path=path)
     assert [h["epoch"] for h in result.history] == [1, 2, 3] and int(result.state.step) == 3 * 4
@@ -345,13 +350,16 @@ def test_auto_loop_steps_on_the_cpu_only_when_a_convolution_is_slow_in_a_loop():
     """XLA:CPU runs non-canonical convolutions (autodiff's transposed ones) slowly inside loop
     bodies: "auto" dispatches steps then, and scans otherwise — the ops' XLA convolutions included."""
     xla_model = nn.serial(nn.Conv(3, (3,), padding=1, method="xla"), nn.Relu(), nn.Flatten(), nn.Dense(2))
-    autodiff_model = nn.serial(nn.Conv(3, (3,), stride=2, padding=1, ops=reference), nn.Relu(), nn.Flatten(), nn.Dense(2))
+    autodiff_model = nn.serial(nn.Conv(3, (3,), stride=2, padding=1, ops=reference), nn.Relu(), nn.Flatten(),
+                               nn.Dense(2))
     transpose_model = nn.serial(nn.ConvTranspose(3, (3,), stride=2), nn.Relu(), nn.Flatten(), nn.Dense(2))
-    transpose_autodiff = nn.serial(nn.ConvTranspose(3, (3,), stride=2, ops=reference), nn.Relu(), nn.Flatten(), nn.Dense(2))
+    transpose_autodiff = nn.serial(nn.ConvTranspose(3, (3,), stride=2, ops=reference), nn.Relu(), nn.Flatten(),
+                                   nn.Dense(2))
     taps_model = nn.serial(nn.Conv(3, (3, 3), padding=1, method="taps"), nn.Relu(), nn.Flatten(), nn.Dense(2))
     mlp = _model()
-    for model, shape, slow in ((xla_model, (6, 1), False), (autodiff_model, (6, 2), True), (transpose_model, (6, 2), False),
-                               (transpose_autodiff, (6, 2), True), (taps_model, (4, 4, 1), False), (mlp, (8,), False)):
+    for model, shape, slow in ((xla_model, (6, 1), False), (autodiff_model, (6, 2), True),
+                               (transpose_model, (6, 2), False), (transpose_autodiff, (6, 2), True),
+                               (taps_model, (4, 4, 1), False), (mlp, (8,), False)):
         params, _ = model.init(KEY, (-1, *shape))
         x = jnp.asarray(np.random.default_rng(0).normal(size=(8, *shape)), jnp.float32)
         y = jnp.asarray([0, 1] * 4)
@@ -363,7 +371,8 @@ def test_auto_loop_steps_on_the_cpu_only_when_a_convolution_is_slow_in_a_loop():
         step = train.make_step(train.make_loss(model), opt)
         results = {}
         for loop in ("auto", "scan", "steps"):
-            state = train.TrainState(jax.tree_util.tree_map(jnp.copy, params), opt.init(params), jnp.int32(0), jnp.copy(KEY))
+            state = train.TrainState(jax.tree_util.tree_map(jnp.copy, params), opt.init(params), jnp.int32(0),
+                                     jnp.copy(KEY))
             state, losses, _ = train.make_epoch(step, 4, loop=loop)(state, x, y, 2)
             assert losses.shape == (2,) and int(state.step) == 2
             results[loop] = losses
@@ -382,9 +391,12 @@ def _bad(d, **changes):
     (dict(epochs=2.5), TypeError, r"fit: `epochs` must be an int, got 2.5 \(float\)"),
     (dict(epochs=1, devices=0), ValueError, r"fit: `devices` must be an int >= 1, got 0"),
     (dict(epochs=1, batch_size=True), TypeError, r"fit: `batch_size` must be an int, got True \(bool\)"),
-    (dict(epochs=1, weight_decay=-1.0), ValueError, r"fit: `weight_decay` must be a finite number in \[0, inf\), got -1.0"),
-    (dict(epochs=1, weight_decay=float("nan")), ValueError, r"fit: `weight_decay` must be a finite number in \[0, inf\), got nan"),
-    (dict(epochs=1, seed=2**64), ValueError, r"fit: `seed` must be an int in \[-9223372036854775808, 9223372036854775808\), got 18446744073709551616"),
+    (dict(epochs=1, weight_decay=-1.0), ValueError, r"fit: `weight_decay` must be a finite number in \[0, inf\), got "
+                                                    r"-1.0"),
+    (dict(epochs=1, weight_decay=float("nan")), ValueError, r"fit: `weight_decay` must be a finite number in \[0, "
+                                                            r"inf\), got nan"),
+    (dict(epochs=1, seed=2**64), ValueError, r"fit: `seed` must be an int in \[-9223372036854775808, "
+                                             r"9223372036854775808\), got 18446744073709551616"),
     (dict(epochs=1, eval_every=-1), ValueError, r"fit: `eval_every` must be an int >= 0, got -1"),
 ])
 def test_fit_refuses_bad_arguments_before_any_work(kwargs, error, message):
@@ -395,13 +407,17 @@ def test_fit_refuses_bad_arguments_before_any_work(kwargs, error, message):
 def test_fit_refuses_bad_datasets_before_any_work():
     d = _toy()
     cases = [
-        (_bad(d, y_train=d.y_train[:60]), r"fit: `data.x_train` has 64 examples but `data.y_train` has 60 labels; they must pair one to one"),
+        (_bad(d, y_train=d.y_train[:60]), r"fit: `data.x_train` has 64 examples but `data.y_train` has 60 labels; "
+                                          r"they must pair one to one"),
         (_bad(d, y_test=d.y_test[:-1]), r"fit: `data.x_test` has 32 examples but `data.y_test` has 31 labels"),
-        (_bad(d, x_test=d.x_test[:0], y_test=d.y_test[:0]), r"fit: `data.x_test` is empty; it needs at least one example"),
+        (_bad(d, x_test=d.x_test[:0], y_test=d.y_test[:0]), r"fit: `data.x_test` is empty; it needs at least one "
+                                                            r"example"),
         (_bad(d, y_train=np.where(np.arange(64) == 5, 4, d.y_train).astype(np.int32)),
-         r"fit: `data.y_train`: labels must be class ids in \[0, 4\), got 1 outside it \(the first: label 4 at index 5; values \[4\]\)"),
+         r"fit: `data.y_train`: labels must be class ids in \[0, 4\), got 1 outside it \(the first: label 4 at index "
+         r"5; values \[4\]\)"),
         (_bad(d, y_test=np.where(np.arange(32) == 0, -1, d.y_test).astype(np.int32)),
-         r"fit: `data.y_test`: labels must be class ids in \[0, 4\), got 1 outside it \(the first: label -1 at index 0"),
+         r"fit: `data.y_test`: labels must be class ids in \[0, 4\), got 1 outside it \(the first: label -1 at "
+         r"index 0"),
     ]
     for bad, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -413,7 +429,8 @@ def test_evaluate_never_drops_an_example_from_the_confusion_matrix():
     params, _ = _model().init(KEY, (-1, 8))
     ev = train.evaluate(_model(), params, d.x_test, d.y_test, 4)
     assert ev.confusion.sum() == len(d.y_test)
-    with pytest.raises(ValueError, match=r"evaluate: `y`: labels must be class ids in \[0, 4\), got 1 outside it \(the first: label 7 at index 3"):
+    with pytest.raises(ValueError, match=r"evaluate: `y`: labels must be class ids in \[0, 4\), got 1 outside it "
+                                         r"\(the first: label 7 at index 3"):
         train.evaluate(_model(), params, d.x_test, np.where(np.arange(32) == 3, 7, d.y_test), 4)
     with pytest.raises(ValueError, match=r"evaluate: the model has 4 outputs but num_classes=5"):
         train.evaluate(_model(), params, d.x_test, d.y_test, 5)
@@ -437,7 +454,8 @@ def test_make_optimizer_refuses_non_finite_and_out_of_range_values(kwargs, messa
 def test_fit_checks_where_the_checkpoint_goes_before_the_first_step(tmp_path):
     (tmp_path / "file").write_text("x")
     (tmp_path / "folder.npz").mkdir()
-    for path, message in [(tmp_path / "file" / "c.npz", r"file/c.npz: cannot write the checkpoint: .*/file is a file, not a folder"),
+    for path, message in [(tmp_path / "file" / "c.npz", r"file/c.npz: cannot write the checkpoint: .*/file is a file, "
+                                                        r"not a folder"),
                           (tmp_path / "folder.npz", r"folder.npz: the checkpoint path is a folder; give a file path")]:
         with pytest.raises(ValueError, match=message):
             train.fit(_model(), _toy(), epochs=1, batch_size=16, quiet=True, checkpoint_path=str(path))
@@ -449,9 +467,11 @@ def test_resume_refuses_other_settings_and_a_run_is_never_overwritten_silently(t
     saved = checkpoint.read_header(path)["metadata"]["settings"]
     assert saved["seed"] == 0 and saved["batch_size"] == 16 and saved["lr"] == 0.1 and saved["data_fingerprint"]
     before = Path(path).read_bytes()
-    with pytest.raises(ValueError, match=r"c.npz already holds a checkpoint; continue it with resume=True \(--resume\) or start over with overwrite=True \(--overwrite\)"):
+    with pytest.raises(ValueError, match=r"c.npz already holds a checkpoint; continue it with resume=True "
+                                         r"\(--resume\) or start over with overwrite=True \(--overwrite\)"):
         train.fit(_model(), d, epochs=2, batch_size=16, quiet=True, checkpoint_path=path, settings={"lr": 0.1})
-    with pytest.raises(ValueError, match=r"cannot resume from .*c.npz: its settings differ: batch_size 16 -> 8, lr 0.1 -> 0.2, seed 0 -> 1\. .*allow_changed_settings=True"):
+    with pytest.raises(ValueError, match=r"cannot resume from .*c.npz: its settings differ: batch_size 16 -> 8, lr "
+                                         r"0.1 -> 0.2, seed 0 -> 1\. .*allow_changed_settings=True"):
         train.fit(_model(), d, epochs=2, batch_size=8, seed=1, quiet=True, checkpoint_path=path, resume=True,
                   settings={"lr": 0.2})
     with pytest.raises(ValueError, match=r"its settings differ: data_fingerprint '[0-9a-f]{16}' -> '[0-9a-f]{16}'"):
@@ -494,7 +514,8 @@ def test_cli_train_checks_the_output_folder_and_the_run_before_loading_data(tmp_
     for out, message in [
         ("file", r"file/checkpoint.npz: cannot write the output: .*/file is a file, not a folder"),
         ("dir", r"dir/checkpoint.npz: the output path is a folder; give a file path"),
-        ("old", r"old/checkpoint.npz already holds a checkpoint; continue it with resume=True \(--resume\) or start over with overwrite=True \(--overwrite\)"),
+        ("old", r"old/checkpoint.npz already holds a checkpoint; continue it with resume=True \(--resume\) or start "
+                r"over with overwrite=True \(--overwrite\)"),
         ("new --resume", r"resume=True but there is no checkpoint at '.*new/checkpoint.npz'"),
     ]:
         folder, *extra = out.split()
@@ -509,7 +530,8 @@ def test_cli_train_names_the_extra_to_install_before_training(tmp_path, capsys, 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as on a bare install: import fails
     assert cli.main([*SEESAW, "--epochs", "1", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "jaxcnn train needs matplotlib (learning_curve.png), not installed; install the train extra: pip install 'jaxcnn[train]'" in err
+    assert ("jaxcnn train needs matplotlib (learning_curve.png), not installed; install the train extra: "
+            "pip install 'jaxcnn[train]'") in err
     assert not os.listdir(tmp_path)  # nothing trained, nothing written
 
 
@@ -523,7 +545,8 @@ def test_cli_ctrl_c_names_the_last_checkpoint_without_a_traceback(tmp_path, caps
     monkeypatch.setattr(train, "fit", interrupted_after_two_epochs)
     assert cli.main([*SEESAW, "--epochs", "5", "--out", str(tmp_path)]) == 130
     err = capsys.readouterr().err
-    assert err == f"jaxcnn: interrupted; last checkpoint at epoch 2 ({tmp_path}/checkpoint.npz; continue with --resume)\n"
+    assert err == (f"jaxcnn: interrupted; last checkpoint at epoch 2 ({tmp_path}/checkpoint.npz; continue with "
+                   f"--resume)\n")
     monkeypatch.setattr(train, "fit", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     assert cli.main([*SEESAW, "--epochs", "5", "--out", str(tmp_path / "b")]) == 130
     assert capsys.readouterr().err == "jaxcnn: interrupted; no checkpoint written yet\n"
@@ -544,5 +567,6 @@ def test_cli_sigint_during_training_exits_cleanly(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 130, err
-    assert re.fullmatch(r"jaxcnn: interrupted; last checkpoint at epoch \d+ \(.*checkpoint.npz; continue with --resume\)\n", err)
+    assert re.fullmatch(r"jaxcnn: interrupted; last checkpoint at epoch \d+ \(.*checkpoint.npz; continue with "
+                        r"--resume\)\n", err)
     checkpoint.read_header(str(out / "checkpoint.npz"))
