@@ -1,0 +1,223 @@
+"""Multi-process training on JAX's distributed runtime, for real: processes on 127.0.0.1
+joined by ``jax.distributed.initialize`` with gloo collectives, started by ``jaxcnn launch``."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxcnn import checkpoint, cli, data, distributed, launch
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCHS = 6
+# The MNIST-1D CNN on 400 examples; 75 per global batch does not divide by 2 devices.
+TRAIN = ["train", "--model", "mnist1d_cnn", "--limit", "400", "--batch-size", "75", "--optimizer", "sgd",
+         "--lr", "0.05", "--momentum", "0.9", "--seed", "3", "--quiet"]
+
+
+def _env(tmp: Path, **extra) -> dict:
+    # Every run compiles the same programs: JAX's persistent cache lets later runs reuse them.
+    return dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(tmp / "xla"),
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+                **extra)
+
+
+def _launch(tmp: Path, n: int, argv: list, timeout: float = 240) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "jaxcnn", "launch", "-n", str(n), "--timeout", str(timeout),
+                             "--grace", "5", "--", *argv], env=_env(tmp), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _leaves(path: Path) -> list:
+    with np.load(path, allow_pickle=False) as f:
+        return [f[k] for k in sorted(f.files, key=lambda k: (len(k), k)) if k != "__header__"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same training run twice: one process with two forced host devices, and two
+    processes (one device each) killed after their first checkpoint, then resumed."""
+    tmp = tmp_path_factory.mktemp("distributed")
+    cache = tmp / "data"
+    data.mnist1d(cache_dir=str(cache))  # generated once; every process then reads the cached file
+    train = [*TRAIN, "--data-dir", str(cache)]
+    out = {"cache": cache, "one": tmp / "one" / "checkpoint.npz", "two": tmp / "two" / "checkpoint.npz"}
+    single = subprocess.Popen([sys.executable, "-m", "jaxcnn", *train, "--epochs", str(EPOCHS), "--devices", "2",
+                               "--out", str(out["one"].parent)],
+                              env=_env(tmp, XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    start = time.monotonic()  # far more epochs than it gets to run: killed once its first checkpoint is written
+    proc = _launch(tmp, 2, [*train, "--epochs", "500", "--out", str(out["two"].parent)])
+    pids = [int(p) for p in proc.stdout.readline().split("pids ")[1].split()]
+    while not out["two"].exists() and proc.poll() is None:
+        time.sleep(0.005)
+    os.kill(pids[1], signal.SIGKILL)
+    out["killed_output"] = proc.communicate(timeout=60)[0]
+    out["killed_status"], out["killed_pids"] = proc.returncode, pids
+    out["killed_seconds"] = time.monotonic() - start
+    header = checkpoint.read_header(out["two"])  # intact: a valid header and every leaf readable
+    out["killed_epochs"] = len(header["metadata"]["history"])
+    assert len(_leaves(out["two"])) == len(header["paths"])
+    out["leftovers"] = [f for f in os.listdir(out["two"].parent) if f != "checkpoint.npz"]
+
+    proc = _launch(tmp, 2, [*train, "--epochs", str(EPOCHS), "--out", str(out["two"].parent), "--resume"])
+    out["resumed_output"], _ = proc.communicate(timeout=300)
+    out["resumed_status"] = proc.returncode
+    out["single_output"], _ = single.communicate(timeout=300)
+    out["single_status"] = single.returncode
+    return out
+
+
+def test_a_killed_process_fails_the_launch_and_leaves_the_last_checkpoint(runs):
+    out = runs["killed_output"]
+    assert runs["killed_status"] == 128 + signal.SIGKILL, out
+    assert "[launch] process 1 was killed by signal 9 (SIGKILL); stopping processes 0" in out
+    assert runs["killed_seconds"] < 120
+    assert 1 <= runs["killed_epochs"] < EPOCHS  # stopped mid-run, after a complete epoch's checkpoint
+    assert runs["leftovers"] == []  # no temporary file, no metrics before the end
+    assert not any(_alive(pid) for pid in runs["killed_pids"])
+
+
+def test_two_processes_resumed_after_the_kill_train_as_one_process_with_two_devices(runs):
+    assert runs["single_status"] == 0, runs["single_output"]
+    assert runs["resumed_status"] == 0, runs["resumed_output"]
+    lines = runs["resumed_output"].splitlines()
+    assert sum("test accuracy" in line for line in lines) == 1  # one process reports
+    assert any(line.startswith("[0] mnist1d_cnn on mnist1d: test accuracy") for line in lines)
+    assert sorted(os.listdir(runs["two"].parent)) == ["checkpoint.npz", "learning_curve.png", "metrics.json"]
+    one, two = checkpoint.read_header(runs["one"]), checkpoint.read_header(runs["two"])
+    assert len(two["metadata"]["history"]) == EPOCHS and one["paths"] == two["paths"]
+    for a, b in zip(_leaves(runs["one"]), _leaves(runs["two"])):  # params, optimiser state, step, key
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(one["metadata"]["history"], two["metadata"]["history"]):  # the same evaluations too
+        assert a["epoch"] == b["epoch"] and a["step"] == b["step"]
+        np.testing.assert_allclose([a["train_loss"], a["test_loss"], a["test_accuracy"]],
+                                   [b["train_loss"], b["test_loss"], b["test_accuracy"]], rtol=1e-5)
+
+
+def test_mnist1d_cache_reads_back_what_was_generated(runs):
+    assert [p.name for p in runs["cache"].iterdir()] == ["mnist1d-seed42.npz"]
+    again = data.mnist1d(cache_dir=str(runs["cache"]))
+    assert again.x_train.shape == (4000, 40) and again.x_train.dtype == np.float32 and again.num_classes == 10
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+SCRIPT = textwrap.dedent("""
+    import numpy as np, jax, jax.numpy as jnp
+    from jaxcnn import distributed, train
+    distributed.initialize()  # from $JAXCNN_COORDINATOR etc., set by the launcher
+    i = jax.process_index()
+    mesh = train.make_mesh(jax.device_count())
+    x = np.arange(30.0).reshape(15, 2)
+    rows = np.array([[4, 0, 9, 2, 7], [1, 3, 14, 5, 6]])  # 5 per batch: uneven over 2 devices
+    fed = distributed.feed(x, rows, mesh)
+    total = jax.jit(lambda a: distributed.unpad(a, 5, mesh, axis=1).sum(axis=(1, 2)))(fed)
+    print("shard", [s.data.shape for s in fed.addressable_shards], "sums", np.asarray(total).tolist(),
+          "expected", x[rows].sum(axis=(1, 2)).tolist(), flush=True)
+    try:
+        train.make_mesh(1)
+    except ValueError as e:
+        print("mesh:", e, flush=True)
+    try:
+        distributed.assert_same(np.int64(i), "the seeds")
+    except AssertionError as e:
+        print("assert_same:", str(e).split(":")[0], flush=True)
+""")
+
+
+def test_processes_feed_their_own_rows_and_reduce_over_the_global_batch(tmp_path):
+    proc = _launch(tmp_path, 2, [sys.executable, "-c", SCRIPT], timeout=120)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out
+    for i in (0, 1):
+        line = next(line for line in out.splitlines() if line.startswith(f"[{i}] shard"))
+        assert "[(2, 3, 2)]" in line  # a (2, 6, 2) array padded from 5 rows: 3 rows per process
+        assert "sums [93.0, 121.0] expected [93.0, 121.0]" in line
+        assert (f"[{i}] mesh: devices=1 requested, but a run over 2 processes trains on all of their 2 devices: "
+                "pass devices=2 or None.") in out
+        assert f"[{i}] assert_same: the seeds differ between processes" in out
+
+
+def _sleeper(code: str) -> list:
+    return [sys.executable, "-c", "import os, subprocess, sys, time\n"
+            "i = int(os.environ['JAXCNN_PROCESS_ID'])\n"
+            "child = subprocess.Popen(['sleep', '60'])\n"
+            "print('process', i, 'of', os.environ['JAXCNN_NUM_PROCESSES'], 'child', child.pid, flush=True)\n" + code]
+
+
+def _child_pids(out: str) -> list:
+    return [int(line.split("child ")[1]) for line in out.splitlines() if " child " in line]
+
+
+def test_launcher_stops_the_others_and_their_children_when_one_fails(tmp_path):
+    start = time.monotonic()
+    proc = _launch(tmp_path, 3, _sleeper("time.sleep(0.5 * i); sys.exit(3 if i == 1 else 0) if i else time.sleep(60)"),
+                   timeout=60)
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 3, out
+    assert time.monotonic() - start < 30
+    assert "[1] process 1 of 3 child" in out and "[0] process 0 of 3 child" in out
+    assert "[launch] process 1 exited with status 3; stopping processes 0, 2" in out
+    assert len(_child_pids(out)) == 3 and not any(_alive(pid) for pid in _child_pids(out))
+
+
+def test_launcher_timeout_stops_everything_with_124(tmp_path):
+    proc = _launch(tmp_path, 2, _sleeper("time.sleep(60)"), timeout=1.5)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == launch.TIMED_OUT, out
+    assert "[launch] timed out after 1.5 s; stopping every process" in out
+    assert not any(_alive(pid) for pid in _child_pids(out))
+
+
+def test_processes_die_with_a_killed_launcher(tmp_path):
+    proc = _launch(tmp_path, 2, _sleeper("time.sleep(60)"), timeout=60)
+    pids = [int(p) for p in proc.stdout.readline().split("pids ")[1].split()]
+    lines = [proc.stdout.readline(), proc.stdout.readline()]
+    assert all(" child " in line for line in lines), lines
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in pids)
+    for pid in _child_pids("".join(lines)):  # their own children are not the kernel's to kill
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--coordinator", "127.0.0.1:1234"], "initialize: give all of `coordinator`, `num_processes` and "
+     "`process_id`, or none of them"),
+    (["train", "--distributed", "--process-id", "0"], "give --distributed alone"),
+    (["train", "--coordinator", "nohost", "--num-processes", "2", "--process-id", "0"],
+     "coordinator address must be HOST:PORT with a port in 1..65535, got 'nohost'"),
+    (["train", "--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "2"],
+     "need num_processes >= 1 and 0 <= process_id < num_processes, got num_processes=2, process_id=2"),
+    (["launch", "-n", "0", "--", "train"], "launch: need at least 1 process, got 0"),
+    (["launch", "-n", "2"], "launch: no command given"),
+])
+def test_multiprocess_argument_errors(argv, message, capsys):
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_initialize_reads_the_launchers_environment_and_checks_it(monkeypatch):
+    monkeypatch.setenv(distributed.ENV_COORDINATOR, "127.0.0.1:1234")
+    monkeypatch.setenv(distributed.ENV_NUM_PROCESSES, "two")
+    with pytest.raises(ValueError, match=r"\$JAXCNN_COORDINATOR is set, so \$JAXCNN_NUM_PROCESSES must be a "
+                                         r"non-negative integer, got 'two'"):
+        distributed.initialize()
