@@ -435,22 +435,31 @@ def fit(
 
 
 class _progress:
-    """A tqdm bar over steps showing loss/accuracy; silent when not a terminal or quiet."""
+    """Progress over steps showing loss/accuracy: a tqdm bar on a terminal, one line per
+    epoch on stderr otherwise (a log file, ``jaxcnn launch``'s forwarded output); silent when quiet."""
 
     def __init__(self, total: int, done: int, quiet: bool):
-        self.bar = None
-        if not quiet and sys.stderr.isatty():
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                return
-            self.bar = tqdm(total=total, initial=done, unit="step", dynamic_ncols=True)
+        self.bar, self.lines, self.total, self.done = None, False, total, done
+        if quiet:
+            return
+        if not sys.stderr.isatty():
+            self.lines = True
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return
+        self.bar = tqdm(total=total, initial=done, unit="step", dynamic_ncols=True)
 
     def update(self, n: int, record: dict) -> None:
+        shown = {k: f"{v:.4f}" for k, v in record.items() if k in ("train_loss", "train_accuracy", "test_accuracy")}
+        self.done += n
         if self.bar is not None:
-            shown = {k: f"{v:.4f}" for k, v in record.items() if k in ("train_loss", "train_accuracy", "test_accuracy")}
             self.bar.set_postfix(shown)
             self.bar.update(n)
+        elif self.lines:
+            print(f"epoch {record['epoch']}, step {self.done}/{self.total}: "
+                  + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in shown.items()), file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -3,6 +3,7 @@ joined by ``jax.distributed.initialize`` with gloo collectives, started by ``jax
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -18,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 6
 # The MNIST-1D CNN on 400 examples; 75 per global batch does not divide by 2 devices.
 TRAIN = ["train", "--model", "mnist1d_cnn", "--limit", "400", "--batch-size", "75", "--optimizer", "sgd",
-         "--lr", "0.05", "--momentum", "0.9", "--seed", "3", "--quiet"]
+         "--lr", "0.05", "--momentum", "0.9", "--seed", "3"]
 
 
 def _env(tmp: Path, **extra) -> dict:
@@ -89,8 +90,10 @@ def test_two_processes_resumed_after_the_kill_train_as_one_process_with_two_devi
     assert runs["single_status"] == 0, runs["single_output"]
     assert runs["resumed_status"] == 0, runs["resumed_output"]
     lines = runs["resumed_output"].splitlines()
-    assert sum("test accuracy" in line for line in lines) == 1  # one process reports
+    assert sum("test accuracy" in line for line in lines if "epoch" not in line) == 1  # one process reports
     assert any(line.startswith("[0] mnist1d_cnn on mnist1d: test accuracy") for line in lines)
+    progress = [line for line in lines if "epoch " in line]  # and shows progress, from the resumed epoch on
+    assert len(progress) == EPOCHS - runs["killed_epochs"] and all(line.startswith("[0] epoch ") for line in progress)
     assert sorted(os.listdir(runs["two"].parent)) == ["checkpoint.npz", "learning_curve.png", "metrics.json"]
     one, two = checkpoint.read_header(runs["one"]), checkpoint.read_header(runs["two"])
     assert len(two["metadata"]["history"]) == EPOCHS and one["paths"] == two["paths"]
@@ -128,6 +131,11 @@ SCRIPT = textwrap.dedent("""
     total = jax.jit(lambda a: distributed.unpad(a, 5, mesh, axis=1).sum(axis=(1, 2)))(fed)
     print("shard", [s.data.shape for s in fed.addressable_shards], "sums", np.asarray(total).tolist(),
           "expected", x[rows].sum(axis=(1, 2)).tolist(), flush=True)
+    # Batch statistics (a batch norm's mean and variance) come out over the global batch.
+    stats = jax.jit(lambda a: (lambda b: (b.mean(axis=1), b.var(axis=1)))(distributed.unpad(a, 5, mesh, axis=1)))(fed)
+    np.testing.assert_allclose(np.asarray(stats[0]), x[rows].mean(axis=1))
+    np.testing.assert_allclose(np.asarray(stats[1]), x[rows].var(axis=1), rtol=1e-6)
+    print("global batch statistics", flush=True)
     try:
         train.make_mesh(1)
     except ValueError as e:
@@ -147,6 +155,7 @@ def test_processes_feed_their_own_rows_and_reduce_over_the_global_batch(tmp_path
         line = next(line for line in out.splitlines() if line.startswith(f"[{i}] shard"))
         assert "[(2, 3, 2)]" in line  # a (2, 6, 2) array padded from 5 rows: 3 rows per process
         assert "sums [93.0, 121.0] expected [93.0, 121.0]" in line
+        assert f"[{i}] global batch statistics" in out
         assert (f"[{i}] mesh: devices=1 requested, but a run over 2 processes trains on all of their 2 devices: "
                 "pass devices=2 or None.") in out
         assert f"[{i}] assert_same: the seeds differ between processes" in out
@@ -221,3 +230,32 @@ def test_initialize_reads_the_launchers_environment_and_checks_it(monkeypatch):
     with pytest.raises(ValueError, match=r"\$JAXCNN_COORDINATOR is set, so \$JAXCNN_NUM_PROCESSES must be a "
                                          r"non-negative integer, got 'two'"):
         distributed.initialize()
+
+
+def test_distributed_finds_its_settings_in_the_variables_srun_sets(tmp_path):
+    """JAX's SLURM detection, with the variables ``srun`` sets for two tasks on one node
+    (the coordinator's port comes from the job id; it is bound to 127.0.0.1 only)."""
+    port = next(p for p in range(61440 + os.getpid() % 3000, 65536) if _free(p))
+    env = {k: v for k, v in _env(tmp_path).items() if not k.startswith("JAXCNN_")}
+    env.update(SLURM_JOB_ID=str(port - 61440), SLURM_STEP_NODELIST="127.0.0.1", SLURM_NTASKS="2",
+               SLURM_STEP_NUM_NODES="1", JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}")
+    script = ("import jax; from jaxcnn import distributed; distributed.initialize(); "
+              "print(jax.process_index(), jax.process_count(), jax.device_count(), distributed.is_primary())")
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=dict(env, SLURM_PROCID=str(i), SLURM_LOCALID=str(i)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    try:
+        outputs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert [out.splitlines()[-1] for out in outputs] == ["0 2 2 True", "1 2 2 False"]
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
