@@ -129,7 +129,7 @@ def _train(args) -> int:
 
     import jaxcnn.ops
     import jaxcnn.reference
-    from jaxcnn import data, models, train
+    from jaxcnn import data, models, reporting, train
 
     multi = (args.coordinator, args.num_processes, args.process_id)
     if args.distributed and any(v is not None for v in multi):
@@ -161,8 +161,8 @@ def _train(args) -> int:
     if jax.process_index() != 0:  # one process writes and reports
         return 0
     config = {k: v for k, v in vars(args).items() if k != "command"}
-    train.save_metrics(out, result, config)
-    train.plot_history(result.history, os.path.join(out, "learning_curve.png"), f"{args.model} on {args.data}")
+    reporting.save_metrics(out, result, config)
+    reporting.plot_history(result.history, os.path.join(out, "learning_curve.png"), f"{args.model} on {args.data}")
     seconds = sum(h["seconds"] for h in result.history)
     print(f"{args.model} on {args.data}: test accuracy {result.test.accuracy:.4f}, test loss "
           f"{result.test.loss:.4f} after {int(result.state.step)} steps ({seconds:.1f} s of training); "
