@@ -40,75 +40,59 @@ def _leaves(path: Path) -> list:
         return [f[k] for k in sorted(f.files, key=lambda k: (len(k), k)) if k != "__header__"]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def test_two_processes_killed_and_resumed_train_as_one_process_with_two_devices(tmp_path):
     """The same training run twice: one process with two forced host devices, and two
-    processes (one device each) killed after their first checkpoint, then resumed."""
-    tmp = tmp_path_factory.mktemp("distributed")
-    cache = tmp / "data"
+    processes (one device each) on 127.0.0.1, one of them killed after the first
+    checkpoint, the run then resumed. (One test: each test would start the runs again.)"""
+    cache = tmp_path / "data"
     data.mnist1d(cache_dir=str(cache))  # generated once; every process then reads the cached file
+    assert [p.name for p in cache.iterdir()] == ["mnist1d-seed42.npz"]
+    assert data.mnist1d(cache_dir=str(cache)).x_train.shape == (4000, 40)
     train = [*TRAIN, "--data-dir", str(cache)]
-    out = {"cache": cache, "one": tmp / "one" / "checkpoint.npz", "two": tmp / "two" / "checkpoint.npz"}
+    one, two = tmp_path / "one" / "checkpoint.npz", tmp_path / "two" / "checkpoint.npz"
     single = subprocess.Popen([sys.executable, "-m", "jaxcnn", *train, "--epochs", str(EPOCHS), "--devices", "2",
-                               "--out", str(out["one"].parent)],
-                              env=_env(tmp, XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+                               "--out", str(one.parent)],
+                              env=_env(tmp_path, XLA_FLAGS="--xla_force_host_platform_device_count=2"),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-    start = time.monotonic()  # far more epochs than it gets to run: killed once its first checkpoint is written
-    proc = _launch(tmp, 2, [*train, "--epochs", "500", "--out", str(out["two"].parent)])
+    # A process killed mid-run: far more epochs than it gets to run; process 1 is killed
+    # once the first checkpoint is written. The launcher stops process 0 and fails.
+    start = time.monotonic()
+    proc = _launch(tmp_path, 2, [*train, "--epochs", "500", "--out", str(two.parent)])
     pids = [int(p) for p in proc.stdout.readline().split("pids ")[1].split()]
-    while not out["two"].exists() and proc.poll() is None:
+    while not two.exists() and proc.poll() is None:
         time.sleep(0.005)
     os.kill(pids[1], signal.SIGKILL)
-    out["killed_output"] = proc.communicate(timeout=60)[0]
-    out["killed_status"], out["killed_pids"] = proc.returncode, pids
-    out["killed_seconds"] = time.monotonic() - start
-    header = checkpoint.read_header(out["two"])  # intact: a valid header and every leaf readable
-    out["killed_epochs"] = len(header["metadata"]["history"])
-    assert len(_leaves(out["two"])) == len(header["paths"])
-    out["leftovers"] = [f for f in os.listdir(out["two"].parent) if f != "checkpoint.npz"]
-
-    proc = _launch(tmp, 2, [*train, "--epochs", str(EPOCHS), "--out", str(out["two"].parent), "--resume"])
-    out["resumed_output"], _ = proc.communicate(timeout=300)
-    out["resumed_status"] = proc.returncode
-    out["single_output"], _ = single.communicate(timeout=300)
-    out["single_status"] = single.returncode
-    return out
-
-
-def test_a_killed_process_fails_the_launch_and_leaves_the_last_checkpoint(runs):
-    out = runs["killed_output"]
-    assert runs["killed_status"] == 128 + signal.SIGKILL, out
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 128 + signal.SIGKILL, out
     assert "[launch] process 1 was killed by signal 9 (SIGKILL); stopping processes 0" in out
-    assert runs["killed_seconds"] < 120
-    assert 1 <= runs["killed_epochs"] < EPOCHS  # stopped mid-run, after a complete epoch's checkpoint
-    assert runs["leftovers"] == []  # no temporary file, no metrics before the end
-    assert not any(_alive(pid) for pid in runs["killed_pids"])
+    assert time.monotonic() - start < 120
+    assert not any(_alive(pid) for pid in pids)
+    header = checkpoint.read_header(two)  # the last checkpoint is intact: a valid header, every leaf readable
+    killed_epochs = len(header["metadata"]["history"])
+    assert 1 <= killed_epochs < EPOCHS and len(_leaves(two)) == len(header["paths"])
+    assert os.listdir(two.parent) == ["checkpoint.npz"]  # no temporary file left, no metrics before the end
 
-
-def test_two_processes_resumed_after_the_kill_train_as_one_process_with_two_devices(runs):
-    assert runs["single_status"] == 0, runs["single_output"]
-    assert runs["resumed_status"] == 0, runs["resumed_output"]
-    lines = runs["resumed_output"].splitlines()
+    # Resumed by every process from that checkpoint, the run ends where one process with two devices does.
+    proc = _launch(tmp_path, 2, [*train, "--epochs", str(EPOCHS), "--out", str(two.parent), "--resume"])
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out
+    single_out = single.communicate(timeout=300)[0]
+    assert single.returncode == 0, single_out
+    lines = out.splitlines()
     assert sum("test accuracy" in line for line in lines if "epoch" not in line) == 1  # one process reports
     assert any(line.startswith("[0] mnist1d_cnn on mnist1d: test accuracy") for line in lines)
     progress = [line for line in lines if "epoch " in line]  # and shows progress, from the resumed epoch on
-    assert len(progress) == EPOCHS - runs["killed_epochs"] and all(line.startswith("[0] epoch ") for line in progress)
-    assert sorted(os.listdir(runs["two"].parent)) == ["checkpoint.npz", "learning_curve.png", "metrics.json"]
-    one, two = checkpoint.read_header(runs["one"]), checkpoint.read_header(runs["two"])
-    assert len(two["metadata"]["history"]) == EPOCHS and one["paths"] == two["paths"]
-    for a, b in zip(_leaves(runs["one"]), _leaves(runs["two"])):  # params, optimiser state, step, key
+    assert len(progress) == EPOCHS - killed_epochs and all(line.startswith("[0] epoch ") for line in progress)
+    assert sorted(os.listdir(two.parent)) == ["checkpoint.npz", "learning_curve.png", "metrics.json"]
+    header_one, header_two = checkpoint.read_header(one), checkpoint.read_header(two)
+    assert len(header_two["metadata"]["history"]) == EPOCHS and header_one["paths"] == header_two["paths"]
+    for a, b in zip(_leaves(one), _leaves(two)):  # params, optimiser state, step, key
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    for a, b in zip(one["metadata"]["history"], two["metadata"]["history"]):  # the same evaluations too
+    for a, b in zip(header_one["metadata"]["history"], header_two["metadata"]["history"]):  # and evaluations
         assert a["epoch"] == b["epoch"] and a["step"] == b["step"]
         np.testing.assert_allclose([a["train_loss"], a["test_loss"], a["test_accuracy"]],
                                    [b["train_loss"], b["test_loss"], b["test_accuracy"]], rtol=1e-5)
-
-
-def test_mnist1d_cache_reads_back_what_was_generated(runs):
-    assert [p.name for p in runs["cache"].iterdir()] == ["mnist1d-seed42.npz"]
-    again = data.mnist1d(cache_dir=str(runs["cache"]))
-    assert again.x_train.shape == (4000, 40) and again.x_train.dtype == np.float32 and again.num_classes == 10
 
 
 def _alive(pid: int) -> bool:
