@@ -371,7 +371,7 @@ def fit(
     distributed.assert_same(np.array([n_train, len(x_test), batch_size, total_steps, int(state.step)]),
                             "fit's settings (training/test set sizes, batch size, total steps, resumed step)")
 
-    mesh = make_mesh(devices) if devices > 1 else None
+    mesh = make_mesh(devices) if devices > 1 or multiprocess else None
     if mesh is not None:
         state = distributed.replicate(state, mesh)
         if not multiprocess:

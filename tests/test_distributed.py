@@ -105,7 +105,7 @@ def _alive(pid: int) -> bool:
 
 SCRIPT = textwrap.dedent("""
     import numpy as np, jax, jax.numpy as jnp
-    from jaxcnn import distributed, train
+    from jaxcnn import data, distributed, nn, train
     distributed.initialize()  # from $JAXCNN_COORDINATOR etc., set by the launcher
     i = jax.process_index()
     mesh = train.make_mesh(jax.device_count())
@@ -121,7 +121,8 @@ SCRIPT = textwrap.dedent("""
     np.testing.assert_allclose(np.asarray(stats[1]), x[rows].var(axis=1), rtol=1e-6)
     print("global batch statistics", flush=True)
     try:
-        train.make_mesh(1)
+        d = data.Dataset(x, np.zeros(15, np.int32), x, np.zeros(15, np.int32), 2)
+        train.fit(nn.Dense(2), d, epochs=1, batch_size=5, devices=1, quiet=True)
     except ValueError as e:
         print("mesh:", e, flush=True)
     try:
