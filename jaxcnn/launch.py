@@ -65,13 +65,14 @@ def process_commands(command: Sequence[str], num_processes: int, port: int) -> l
 
 
 def launch(command: Sequence[str], num_processes: int, *, timeout: Optional[float] = None, grace: float = 10.0,
-           port: Optional[int] = None, out: TextIO = sys.stdout) -> int:
+           port: Optional[int] = None, out: Optional[TextIO] = None) -> int:
     """Runs ``command`` in ``num_processes`` processes joined on 127.0.0.1; returns the
     exit status: 0 when every process succeeded, else the first failure's (see the
     module docstring)."""
     if num_processes < 1:
         raise ValueError(f"launch: need at least 1 process, got {num_processes}.")
     port = port or free_port()
+    out = out or sys.stdout
     lock = threading.Lock()
 
     def say(line: str) -> None:
@@ -81,8 +82,9 @@ def launch(command: Sequence[str], num_processes: int, *, timeout: Optional[floa
 
     procs: list[subprocess.Popen] = []
     readers: list[threading.Thread] = []
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if threading.current_thread() is threading.main_thread() \
-        else None
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # a SIGTERM to the launcher stops its processes too
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         for argv, env in process_commands(command, num_processes, port):
             procs.append(subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -94,9 +96,10 @@ def launch(command: Sequence[str], num_processes: int, *, timeout: Optional[floa
             readers.append(threading.Thread(target=_forward, args=(p.stdout, f"[{i}] ", say), daemon=True))
             readers[-1].start()
         status = _watch(procs, timeout, say)
-    except KeyboardInterrupt:
-        say("[launch] interrupted; stopping every process\n")
-        status = 128 + signal.SIGINT
+    except (KeyboardInterrupt, _Signalled) as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        say(f"[launch] got {signal.Signals(signum).name}; stopping every process\n")
+        status = 128 + signum
     finally:
         _stop(procs, grace)
         for r in readers:
@@ -163,8 +166,14 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+class _Signalled(Exception):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+    raise _Signalled(signum)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

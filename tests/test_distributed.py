@@ -253,3 +253,14 @@ def test_python_m_jaxcnn_launch_runs_any_command_with_the_launchers_variables(tm
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert sorted(line for line in proc.stdout.splitlines() if not line.startswith("[launch]")) == \
         ["[0] True 0", "[1] True 1"]
+
+
+def test_a_terminated_launcher_stops_its_processes_and_their_children(tmp_path):
+    proc = _launch(tmp_path, 2, _sleeper("time.sleep(60)"), timeout=60)
+    lines = [proc.stdout.readline() for _ in range(3)]
+    assert all(" child " in line for line in lines[1:]), lines
+    proc.terminate()
+    out = "".join(lines) + proc.communicate(timeout=60)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "[launch] got SIGTERM; stopping every process" in out
+    assert not any(_alive(pid) for pid in _child_pids(out))
