@@ -120,6 +120,20 @@ SCRIPT = textwrap.dedent("""
     np.testing.assert_allclose(np.asarray(stats[0]), x[rows].mean(axis=1))
     np.testing.assert_allclose(np.asarray(stats[1]), x[rows].var(axis=1), rtol=1e-6)
     print("global batch statistics", flush=True)
+    # Whole epochs fed from the host, scanned or stepped, equal a single device's epoch.
+    import optax
+    model, opt = nn.serial(nn.Dense(4), nn.Relu(), nn.Dense(2)), optax.sgd(0.1)
+    params, _ = model.init(jax.random.PRNGKey(0), (-1, 2))
+    step = train.make_step(train.make_loss(model), opt)
+    xf, labels = x.astype(np.float32) / 30, (x[:, 0] > 14).astype(np.int32)
+    state = lambda: jax.tree_util.tree_map(jnp.copy, train.TrainState(params, opt.init(params), jnp.int32(0),
+                                                                     jax.random.PRNGKey(1)))  # epochs donate it
+    local = train.make_epoch(step, 5)(state(), jnp.asarray(xf), jnp.asarray(labels), 3)[0]  # this process alone
+    for loop in ("scan", "steps"):
+        fed = train.make_epoch(step, 5, mesh, loop=loop)(distributed.replicate(state(), mesh), xf, labels, 3)[0]
+        for a, b in zip(jax.tree_util.tree_leaves(local), jax.tree_util.tree_leaves(fed)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    print("fed epochs equal", flush=True)
     try:
         d = data.Dataset(x, np.zeros(15, np.int32), x, np.zeros(15, np.int32), 2)
         train.fit(nn.Dense(2), d, epochs=1, batch_size=5, devices=1, quiet=True)
@@ -140,7 +154,7 @@ def test_processes_feed_their_own_rows_and_reduce_over_the_global_batch(tmp_path
         line = next(line for line in out.splitlines() if line.startswith(f"[{i}] shard"))
         assert "[(2, 3, 2)]" in line  # a (2, 6, 2) array padded from 5 rows: 3 rows per process
         assert "sums [93.0, 121.0] expected [93.0, 121.0]" in line
-        assert f"[{i}] global batch statistics" in out
+        assert f"[{i}] global batch statistics" in out and f"[{i}] fed epochs equal" in out
         assert (f"[{i}] mesh: devices=1 requested, but a run over 2 processes trains on all of their 2 devices: "
                 "pass devices=2 or None.") in out
         assert f"[{i}] assert_same: the seeds differ between processes" in out
