@@ -76,7 +76,14 @@ def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] =
         if host in ("localhost", "::1") or host.startswith("127."):
             kwargs["coordinator_bind_address"] = f"{host}:{port}"
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=timeout, **kwargs)
+    try:
+        jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=timeout, **kwargs)
+    except ValueError as e:
+        if coordinator is not None:
+            raise
+        raise ValueError(f"initialize: no coordinator given and JAX found no cluster around this process ({e}): "
+                         "pass coordinator, num_processes and process_id (--coordinator, --num-processes, "
+                         "--process-id), or run it under srun, mpirun, a TPU pod or `jaxcnn launch`.") from e
 
 
 def split_address(address: str) -> tuple[str, int]:

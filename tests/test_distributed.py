@@ -216,9 +216,13 @@ def test_processes_die_with_a_killed_launcher(tmp_path):
     (["train", "--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "2"],
      "need num_processes >= 1 and 0 <= process_id < num_processes, got num_processes=2, process_id=2"),
     (["launch", "-n", "0", "--", "train"], "launch: need at least 1 process, got 0"),
+    (["train", "--distributed"], "initialize: no coordinator given and JAX found no cluster around this process"),
     (["launch", "-n", "2"], "launch: no command given"),
 ])
-def test_multiprocess_argument_errors(argv, message, capsys):
+def test_multiprocess_argument_errors(argv, message, capsys, monkeypatch):
+    for name in os.environ:  # as if no cluster were around, even when the tests run under one
+        if name.startswith(("SLURM_", "OMPI_", "JAXCNN_")) or name == "JAX_COORDINATOR_ADDRESS":
+            monkeypatch.delenv(name)
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
 
