@@ -47,7 +47,8 @@ def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] =
     (set by ``jaxcnn launch``) if present, else JAX's own detection (SLURM, Open MPI,
     TPU pods). A coordinator on a loopback address (``127.0.0.1:PORT``, ``localhost``)
     listens on that address only; on any other host it listens on every interface, as JAX
-    does by default.
+    does by default. (Gloo's own connections listen on the address the machine's host name
+    resolves to; JAX offers no setting for it.)
 
     Args:
       coordinator: ``HOST:PORT`` of process 0's coordinator service.
