@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty λ on the weights (default 0)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--devices", type=_positive_int,
-                       help="data-parallel devices (default 1, or every device of every process in a multi-process run)")
+                       help="data-parallel devices (default 1; every device of every process in a multi-process run)")
     train.add_argument("--ops", choices=("hand", "autodiff"), default="hand",
                        help="hand-derived rules (jaxcnn.ops) or autodiff (jaxcnn.reference)")
     train.add_argument("--out", help="output folder (default runs/MODEL)")

@@ -265,7 +265,8 @@ def _free(port: int) -> bool:
 
 
 def test_python_m_jaxcnn_launch_runs_any_command_with_the_launchers_variables(tmp_path):
-    code = "import os; print(os.environ['JAXCNN_COORDINATOR'].startswith('127.0.0.1:'), os.environ['JAXCNN_PROCESS_ID'])"
+    code = ("import os; "
+            "print(os.environ['JAXCNN_COORDINATOR'].startswith('127.0.0.1:'), os.environ['JAXCNN_PROCESS_ID'])")
     proc = subprocess.run([sys.executable, "-m", "jaxcnn.launch", "-n", "2", "--", sys.executable, "-c", code],
                           env=_env(tmp_path), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
