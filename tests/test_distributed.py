@@ -216,7 +216,6 @@ def test_processes_die_with_a_killed_launcher(tmp_path):
     (["train", "--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "2"],
      "need num_processes >= 1 and 0 <= process_id < num_processes, got num_processes=2, process_id=2"),
     (["launch", "-n", "0", "--", "train"], "launch: need at least 1 process, got 0"),
-    (["train", "--distributed"], "initialize: no coordinator given and JAX found no cluster around this process"),
     (["launch", "-n", "2"], "launch: no command given"),
 ])
 def test_multiprocess_argument_errors(argv, message, capsys, monkeypatch):
@@ -225,6 +224,17 @@ def test_multiprocess_argument_errors(argv, message, capsys, monkeypatch):
             monkeypatch.delenv(name)
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_distributed_outside_any_cluster_says_what_to_pass(tmp_path):
+    env = {k: v for k, v in _env(tmp_path).items()  # in a fresh process: initialize must come before any JAX call
+           if not k.startswith(("SLURM_", "OMPI_", "JAXCNN_")) and k != "JAX_COORDINATOR_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-m", "jaxcnn", "train", "--distributed"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("jaxcnn: error: initialize: no coordinator given and JAX found no cluster around "
+                                  "this process (coordinator_address should be defined.): pass coordinator, "
+                                  "num_processes and process_id (--coordinator, --num-processes, --process-id)")
 
 
 def test_initialize_reads_the_launchers_environment_and_checks_it(monkeypatch):
