@@ -1,7 +1,10 @@
 """The ``jaxcnn`` command line.
 
 * ``jaxcnn verify``: certifies every hand-derived rule.
-* ``jaxcnn train``: trains a zoo model on a dataset (default: the MNIST-1D CNN).
+* ``jaxcnn train``: trains a zoo model on a dataset (default: the MNIST-1D CNN), in one
+  process or in several joined by JAX's distributed runtime (``--coordinator``, ``--distributed``).
+* ``jaxcnn launch -n N -- train ...``: starts a multi-process run on this machine
+  (:mod:`jaxcnn.launch`).
 """
 
 from __future__ import annotations
@@ -63,7 +66,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="zoo model (default mnist1d_cnn). Choices: " + ", ".join(sorted(ZOO)))
     train.add_argument("--data", default="mnist1d", choices=sorted(DATASETS), metavar="NAME",
                        help="dataset (default mnist1d). Choices: " + ", ".join(sorted(DATASETS)))
-    train.add_argument("--data-dir", help="folder of IDX files for fashion_mnist*")
+    train.add_argument("--data-dir", help="folder of IDX files for fashion_mnist*; for mnist1d*, a folder to cache "
+                       "the generated set in")
+    train.add_argument("--limit", type=_positive_int, metavar="N",
+                       help="train and test on the first N examples of each set only (quick trials)")
     length = train.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=_positive_int, help="epochs to train")
     length.add_argument("--steps", type=_positive_int, help="optimiser steps to train (default 6000)")
@@ -74,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--weight-decay", type=_non_negative_float, default=0.0,
                        help="L2 penalty λ >= 0 on the weights (default 0)")
     train.add_argument("--seed", type=_seed, default=0, help="PRNG seed, a signed 64-bit integer (default 0)")
-    train.add_argument("--devices", type=_positive_int, default=1, help="data-parallel devices (default 1)")
+    train.add_argument("--devices", type=_positive_int,
+                       help="data-parallel devices (default 1; every device of every process in a multi-process run)")
     train.add_argument("--ops", choices=("hand", "autodiff"), default="hand",
                        help="hand-derived rules (jaxcnn.ops) or autodiff (jaxcnn.reference)")
     train.add_argument("--out", help="output folder (default runs/MODEL)")
@@ -85,6 +92,23 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--allow-changed-settings", action="store_true",
                        help="with --resume: continue a checkpoint written with other settings")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    multi = train.add_argument_group(
+        "multi-process training", "Join a run of several processes (hosts) on JAX's distributed runtime: every "
+        "process runs the same command; process 0 writes the outputs. Give --coordinator, --num-processes and "
+        "--process-id together (as `jaxcnn launch` does), or --distributed alone.")
+    multi.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address and a free port")
+    multi.add_argument("--num-processes", type=_positive_int, metavar="N", help="number of processes")
+    multi.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 .. N-1")
+    multi.add_argument("--distributed", action="store_true",
+                       help="let JAX find the settings (SLURM, Open MPI, TPU pods; or $JAXCNN_COORDINATOR etc.)")
+
+    from jaxcnn import launch
+
+    launcher = commands.add_parser(
+        "launch", help="start a multi-process run on this machine: jaxcnn launch -n 2 -- train ...",
+        description="Starts N processes joined on 127.0.0.1 and forwards their output with a [I] prefix; when one "
+        "fails, stops the others and exits with its status (124 after --timeout).")
+    launch.add_arguments(launcher)
     return parser
 
 
@@ -128,10 +152,20 @@ def _missing_train_packages(args) -> list[str]:
 
 
 def _train(args) -> int:
+    import jax
+
     import jaxcnn.ops
     import jaxcnn.reference
     from jaxcnn import checkpoint, data, models, reporting, train
 
+    multi = (args.coordinator, args.num_processes, args.process_id)
+    if args.distributed and any(v is not None for v in multi):
+        raise ValueError("give --distributed alone (JAX finds the settings), or --coordinator, --num-processes and "
+                         "--process-id without it.")
+    if args.distributed or any(v is not None for v in multi):
+        from jaxcnn import distributed
+
+        distributed.initialize(*multi)  # first: before any JAX computation
     # Everything that can be checked before the data is loaded and the first step runs.
     missing = _missing_train_packages(args)
     if missing:
@@ -146,6 +180,9 @@ def _train(args) -> int:
         raise ValueError("--allow-changed-settings goes with --resume.")
     entry = models.ZOO[args.model]
     dataset = data.DATASETS[args.data](directory=args.data_dir)
+    if args.limit:
+        dataset = dataset._replace(x_train=dataset.x_train[:args.limit], y_train=dataset.y_train[:args.limit],
+                                   x_test=dataset.x_test[:args.limit], y_test=dataset.y_test[:args.limit])
     want, have = entry.input_shape[1:], dataset.x_train.shape[1:]
     if math.prod(want) != math.prod(have):
         raise ValueError(f"model {args.model} takes inputs of shape {want} but dataset {args.data} has {have}.")
@@ -160,6 +197,8 @@ def _train(args) -> int:
         checkpoint_path=checkpoint_path, resume=args.resume, overwrite=args.overwrite, settings=settings,
         allow_changed_settings=args.allow_changed_settings, quiet=args.quiet, ops=backend,
     )
+    if jax.process_index() != 0:  # one process writes and reports
+        return 0
     config = {k: v for k, v in vars(args).items() if k != "command"}
     reporting.save_metrics(out, result, config)
     reporting.plot_history(result.history, os.path.join(out, "learning_curve.png"), f"{args.model} on {args.data}")
@@ -233,6 +272,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "verify":
             return _verify(args)
+        if args.command == "launch":
+            from jaxcnn import launch
+
+            return launch.run(args)
         return _train(args)
     except (ValueError, OSError, ImportError) as e:  # FileNotFoundError and PermissionError are OSErrors
         print(f"jaxcnn: error: {e}", file=sys.stderr)

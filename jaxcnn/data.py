@@ -10,6 +10,7 @@ import gzip
 import math
 import os
 import struct
+import tempfile
 import zlib
 from typing import NamedTuple, Optional
 
@@ -54,11 +55,27 @@ def seesaw() -> Dataset:
 # --------------------------------------------------------------------------- MNIST-1D
 
 
-def mnist1d(seed: int = 42, shuffle_seq: bool = False) -> Dataset:
+def mnist1d(seed: int = 42, shuffle_seq: bool = False, cache_dir: Optional[str] = None) -> Dataset:
     """MNIST-1D (Greydanus & Kobak), generated locally with the ``mnist1d`` package's
     ``make_dataset(get_dataset_args())``: 4,000 train / 1,000 test sequences of length 40,
     returned as ``(N, 40)``. ``shuffle_seq=True`` gives the paper's shuffled-sequence
-    variant (one fixed permutation of the 40 positions)."""
+    variant (one fixed permutation of the 40 positions).
+
+    Generating takes seconds; with ``cache_dir`` the result is kept there as
+    ``mnist1d-seed{seed}[-shuffled].npz`` (written atomically, so processes that start
+    together may all write it) and read back on later calls."""
+    if cache_dir is not None:
+        path = os.path.join(cache_dir, f"mnist1d-seed{seed}{'-shuffled' if shuffle_seq else ''}.npz")
+        if os.path.exists(path):
+            with np.load(path, allow_pickle=False) as f:
+                return Dataset(f["x_train"], f["y_train"], f["x_test"], f["y_test"], int(f["num_classes"]))
+        d = mnist1d(seed, shuffle_seq)
+        os.makedirs(cache_dir, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-", suffix=".npz")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **d._asdict())
+        os.replace(tmp, path)
+        return d
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as e:
@@ -230,8 +247,8 @@ def resize(images: np.ndarray, size: int) -> np.ndarray:
 #: Loaders by name, for the command line.
 DATASETS = {
     "seesaw": lambda **kw: seesaw(),
-    "mnist1d": lambda **kw: mnist1d(),
-    "mnist1d_shuffled": lambda **kw: mnist1d(shuffle_seq=True),
+    "mnist1d": lambda directory=None, **kw: mnist1d(cache_dir=directory),
+    "mnist1d_shuffled": lambda directory=None, **kw: mnist1d(shuffle_seq=True, cache_dir=directory),
     "fashion_mnist": lambda directory=None, **kw: fashion_mnist(directory, 28),
     "fashion_mnist14": lambda directory=None, **kw: fashion_mnist(directory, 14),
     "fashion_mnist32": lambda directory=None, **kw: fashion_mnist(directory, 32),

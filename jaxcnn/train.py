@@ -13,14 +13,17 @@ batch and no host round-trip.
 
 Data parallelism: with ``devices=n`` a 1-D :class:`jax.sharding.Mesh` named ``"batch"``
 holds the first n devices; the train state is replicated, every batch is split along
-its first axis, and XLA inserts the gradient all-reduce. On several hosts, call
-``jax.distributed.initialize()`` first in every process: ``jax.devices()`` then lists
-every host's devices, the same mesh spans them, and each process runs the same program.
+its first axis, and XLA inserts the gradient all-reduce. Over several processes or
+hosts, call :func:`jaxcnn.distributed.initialize` first in every process: the same mesh
+then spans every process's devices, each process feeds only its share of each batch,
+and the mean loss, its gradient and any batch statistics are computed over the global
+batch (see :mod:`jaxcnn.distributed`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -33,10 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 import jaxcnn.ops
-from jaxcnn import _xla_cpu, checkpoint
+from jaxcnn import _xla_cpu, checkpoint, distributed
 from jaxcnn.data import Dataset, check_labels
 from jaxcnn.nn import Layer
 
@@ -143,6 +146,13 @@ def make_epoch(step: Callable, batch_size: int, mesh: Optional[Mesh] = None, shu
     ``num_steps`` steps of ``batch_size`` examples; ``x``, ``y`` are the whole training
     set on the device. The incoming state's buffers are donated.
 
+    With a ``mesh`` (a 1-D :class:`jax.sharding.Mesh` named ``"batch"``, the state
+    replicated on it) every batch is split over the mesh's devices, unevenly when
+    ``batch_size`` does not divide by their number (XLA pads the last shards internally).
+    When the mesh spans several processes (:mod:`jaxcnn.distributed`), ``x`` and ``y`` are
+    NumPy arrays on the host, the same in every process: each process computes the same
+    permutation and gathers only its own rows of each global batch.
+
     ``loop`` says how the steps run; the two loops give the same batches and the same updates:
 
     * ``"scan"``: the whole epoch is one compiled ``lax.scan`` (``num_steps`` static) —
@@ -159,12 +169,11 @@ def make_epoch(step: Callable, batch_size: int, mesh: Optional[Mesh] = None, shu
     """
     if loop not in ("auto", "scan", "steps"):
         raise ValueError(f"make_epoch: unknown `loop` {loop!r}; use 'auto', 'scan' or 'steps'.")
+    fed = mesh is not None and mesh.is_multi_process
 
-    def batch_step(state, x, y, idx):
-        xb, yb = x[idx], y[idx]
-        if mesh is not None:
-            xb = lax.with_sharding_constraint(xb, NamedSharding(mesh, PartitionSpec("batch")))
-            yb = lax.with_sharding_constraint(yb, NamedSharding(mesh, PartitionSpec("batch")))
+    def sharded_step(state, xb, yb):
+        if mesh is not None:  # cuts a fed batch's padding; splits the batch over the mesh (unevenly if need be)
+            xb, yb = distributed.unpad(xb, batch_size, mesh), distributed.unpad(yb, batch_size, mesh)
         return step(state, (xb, yb))
 
     def batches(key, n, num_steps: int):
@@ -174,31 +183,50 @@ def make_epoch(step: Callable, batch_size: int, mesh: Optional[Mesh] = None, shu
 
     def scan_epoch(state: TrainState, x, y, num_steps: int):
         key, order = batches(state.key, x.shape[0], num_steps)
-        state, (losses, accuracies) = lax.scan(lambda s, idx: batch_step(s, x, y, idx), state._replace(key=key), order)
+        state, (losses, accuracies) = lax.scan(lambda s, idx: sharded_step(s, x[idx], y[idx]),
+                                                state._replace(key=key), order)
+        return state, losses, accuracies
+
+    def scan_fed(state: TrainState, key, xs, ys):
+        state, (losses, accuracies) = lax.scan(lambda s, b: sharded_step(s, *b), state._replace(key=key), (xs, ys))
         return state, losses, accuracies
 
     scan_epoch = jax.jit(scan_epoch, static_argnums=3, donate_argnums=0)
+    scan_fed = jax.jit(scan_fed, donate_argnums=0)
     batches_jit = jax.jit(batches, static_argnums=(1, 2))
-    step_jit = jax.jit(batch_step, donate_argnums=0)
+    step_jit = jax.jit(lambda state, x, y, idx: sharded_step(state, x[idx], y[idx]), donate_argnums=0)
+    fed_step_jit = jax.jit(sharded_step, donate_argnums=0)
+
+    def fed_epoch(state: TrainState, x, y, num_steps: int):
+        # The same global permutation in every process (computed from the replicated key);
+        # each process gathers only its rows of each global batch.
+        key, order = batches_jit(state.key, len(x), num_steps)
+        order = np.asarray(order)
+        return scan_fed(state, key, distributed.feed(x, order, mesh), distributed.feed(y, order, mesh))
 
     def steps_epoch(state: TrainState, x, y, num_steps: int):
-        key, order = batches_jit(state.key, x.shape[0], num_steps)
+        key, order = batches_jit(state.key, len(x), num_steps)
         state, metrics = state._replace(key=key), []
         for idx in np.asarray(order):
-            state, metric = step_jit(state, x, y, idx)
+            if fed:
+                state, metric = fed_step_jit(state, distributed.feed(x, idx, mesh), distributed.feed(y, idx, mesh))
+            else:
+                state, metric = step_jit(state, x, y, idx)
             metrics.append(metric)
         losses, accuracies = (jnp.stack(m) for m in zip(*metrics)) if metrics else (jnp.zeros(0), jnp.zeros(0))
         return state, losses, accuracies
 
+    scan = fed_epoch if fed else scan_epoch
     if loop != "auto":
-        return scan_epoch if loop == "scan" else steps_epoch
+        return scan if loop == "scan" else steps_epoch
     chosen: list[Callable] = []
 
     def epoch(state: TrainState, x, y, num_steps: int):
         if not chosen:  # decided once, on the first call's shapes
+            xb, yb = (jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype) for a in (x, y))
             slow = _xla_cpu.on_cpu() and _xla_cpu.has_slow_loop_convolution(
-                jax.make_jaxpr(batch_step)(state, x, y, jnp.zeros(batch_size, jnp.int32)).jaxpr)
-            chosen.append(steps_epoch if slow else scan_epoch)
+                jax.make_jaxpr(sharded_step)(state, xb, yb).jaxpr)
+            chosen.append(steps_epoch if slow else scan)
         return chosen[0](state, x, y, num_steps)
 
     return epoch
@@ -224,13 +252,20 @@ class Evaluation(NamedTuple):
 
 
 def make_evaluator(model: Layer, num_classes: int, loss: str = "softmax_cross_entropy",
-                   batch_size: int = 1000, ops=None) -> Callable:
-    """``evaluate(params, x, y) -> Evaluation``, compiled once and reused across calls."""
+                   batch_size: int = 1000, ops=None, mesh: Optional[Mesh] = None) -> Callable:
+    """``evaluate(params, x, y) -> Evaluation``, compiled once and reused across calls.
+
+    With a ``mesh`` each batch is split over its devices, and over its processes when it
+    spans several: every process then passes the whole ``x``, ``y`` (NumPy, on the host)
+    but transfers only its own rows, so the set is evaluated once, not once per process.
+    """
     ops = ops or jaxcnn.ops
     loss_fn = make_loss(model, loss, 0.0, ops)
 
-    @jax.jit
-    def batch_stats(params, xb, yb):
+    @functools.partial(jax.jit, static_argnums=3)
+    def batch_stats(params, xb, yb, size):
+        if mesh is not None:
+            xb, yb = distributed.unpad(xb, size, mesh), distributed.unpad(yb, size, mesh)
         value, out = loss_fn(params, xb, yb)
         if out.shape[-1] != num_classes:  # a prediction >= num_classes would drop out of the confusion matrix
             raise ValueError(f"evaluate: the model has {out.shape[-1]} outputs but num_classes={num_classes}.")
@@ -244,7 +279,12 @@ def make_evaluator(model: Layer, num_classes: int, loss: str = "softmax_cross_en
         _check_examples("evaluate", "x", x, "y", y, num_classes)
         total, sse, confusion = 0.0, 0.0, np.zeros((num_classes, num_classes), np.int64)
         for start in range(0, len(x), batch_size):
-            value, conf, err = batch_stats(params, x[start:start + batch_size], y[start:start + batch_size])
+            rows = np.arange(start, min(start + batch_size, len(x)))
+            if mesh is None:
+                value, conf, err = batch_stats(params, x[rows], y[rows], len(rows))
+            else:
+                value, conf, err = batch_stats(params, distributed.feed(x, rows, mesh),
+                                               distributed.feed(y, rows, mesh), len(rows))
             total += float(value)
             sse += float(err)
             confusion += np.asarray(conf)
@@ -285,9 +325,15 @@ class FitResult:
 
 
 def make_mesh(devices: int) -> Mesh:
+    """A 1-D mesh named ``"batch"`` over the first ``devices`` of ``jax.devices()`` (every
+    process's devices once :func:`jaxcnn.distributed.initialize` has run; then it must
+    span all of them, or some processes would have no device in the program)."""
     available = jax.devices()
     if not 1 <= devices <= len(available):
         raise ValueError(f"devices={devices} requested but {len(available)} available ({available[0].platform}).")
+    if distributed.is_multiprocess() and devices != len(available):
+        raise ValueError(f"devices={devices} requested, but a run over {jax.process_count()} processes trains on "
+                         f"all of their {len(available)} devices: pass devices={len(available)} or None.")
     return Mesh(np.array(available[:devices]), ("batch",))
 
 
@@ -303,7 +349,7 @@ def fit(
     batch_size: int = 100,
     weight_decay: float = 0.0,
     seed: int = 0,
-    devices: int = 1,
+    devices: Optional[int] = None,
     checkpoint_path: Optional[str] = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -334,6 +380,14 @@ def fit(
     Everything is checked before the first step: the arguments' types and ranges, that
     inputs and labels pair up, that labels are class ids in ``[0, num_classes)``, that the
     test set is not empty, and that the checkpoint can be written where asked.
+
+    Data parallelism: with ``devices=n`` (default: 1, or every device of every process
+    once :func:`jaxcnn.distributed.initialize` has run) the state is replicated over a
+    1-D mesh and each global batch of ``batch_size`` examples is split over its devices
+    (unevenly if need be). Over several processes, each gathers only its share of every
+    batch (:mod:`jaxcnn.distributed`), all compute the same updates, only process 0
+    writes the checkpoint and shows progress, and the test set is split over the
+    processes and evaluated once.
 
     Each epoch appends a record to the history: ``epoch``, ``step``, ``train_loss`` and
     ``train_accuracy`` (means over the epoch's steps), ``seconds``, and on evaluated
@@ -371,9 +425,10 @@ def fit(
     check_int("fit", "batch_size", batch_size, 1)
     if batch_size > n_train:
         raise ValueError(f"fit: `batch_size` must be between 1 and the training set size {n_train}, got {batch_size}.")
+    multiprocess = distributed.is_multiprocess()
+    if devices is None:
+        devices = jax.device_count() if multiprocess else 1
     check_int("fit", "devices", devices, 1)
-    if batch_size % devices:
-        raise ValueError(f"fit: `batch_size` {batch_size} must be divisible by devices={devices}.")
     check_int("fit", "seed", seed, *SEED_RANGE)
     check_int("fit", "eval_every", eval_every, 0)
     weight_decay = check_number("fit", "weight_decay", weight_decay, low=0.0)
@@ -386,8 +441,10 @@ def fit(
                                  **(settings or {}))
     check_run_location(checkpoint_path, resume, overwrite)
 
-    x_train = jnp.asarray(data.x_train.reshape(-1, *input_shape[1:]), dtype)
-    y_train = jnp.asarray(data.y_train)
+    # Over several processes the data stay on the host and each process feeds its rows.
+    to_array = np.asarray if multiprocess else jnp.asarray
+    x_train = to_array(data.x_train.reshape(-1, *input_shape[1:]), dtype)
+    y_train = to_array(data.y_train)
     x_test = data.x_test.reshape(-1, *input_shape[1:]).astype(dtype)
 
     key = jax.random.PRNGKey(seed)
@@ -401,19 +458,23 @@ def fit(
         _check_resumed_settings(checkpoint_path, saved, run_settings, allow_changed_settings)
         state, meta = checkpoint.load(checkpoint_path, state)
         history = meta.get("history", [])
+    distributed.assert_same(np.array([n_train, len(x_test), batch_size, total_steps, int(state.step)]),
+                            "fit's settings (training/test set sizes, batch size, total steps, resumed step)")
 
-    mesh = make_mesh(devices) if devices > 1 else None
+    mesh = make_mesh(devices) if devices > 1 or multiprocess else None
     if mesh is not None:
-        replicated = NamedSharding(mesh, PartitionSpec())
-        state = jax.device_put(state, replicated)
-        x_train, y_train = jax.device_put((x_train, y_train), replicated)
+        state = distributed.replicate(state, mesh)
+        if not multiprocess:
+            x_train, y_train = distributed.replicate((x_train, y_train), mesh)
 
     epoch_fn = make_epoch(make_step(make_loss(model, loss, weight_decay, ops), optimizer), batch_size, mesh, shuffle)
-    evaluator = make_evaluator(model, data.num_classes, loss, ops=ops)
+    evaluator = make_evaluator(model, data.num_classes, loss, ops=ops, mesh=mesh)
+
     def evaluate_(p):
         return evaluator(p, x_test, data.y_test)
 
-    bar = _progress(total_steps, int(state.step), quiet)
+    primary = distributed.is_primary()
+    bar = _progress(total_steps, int(state.step), quiet or not primary)
     epoch = len(history)
     stopped = bool(stop_when and history and stop_when(history[-1]))
     while int(state.step) < total_steps and not stopped:
@@ -432,7 +493,7 @@ def fit(
             record.update(test_loss=ev.loss, test_accuracy=ev.accuracy, test_sse=ev.sse)
         history.append(record)
         stopped = bool(stop_when and stop_when(record))
-        if checkpoint_path:
+        if checkpoint_path and primary:
             checkpoint.save(checkpoint_path, state, {"history": history, "settings": run_settings})
         bar.update(n, record)
     bar.close()
@@ -481,22 +542,31 @@ def _check_resumed_settings(path: str, saved: Optional[dict], now: dict, allow: 
 
 
 class _progress:
-    """A tqdm bar over steps showing loss/accuracy; silent when not a terminal or quiet."""
+    """Progress over steps showing loss/accuracy: a tqdm bar on a terminal, one line per
+    epoch on stderr otherwise (a log file, ``jaxcnn launch``'s forwarded output); silent when quiet."""
 
     def __init__(self, total: int, done: int, quiet: bool):
-        self.bar = None
-        if not quiet and sys.stderr.isatty():
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                return
-            self.bar = tqdm(total=total, initial=done, unit="step", dynamic_ncols=True)
+        self.bar, self.lines, self.total, self.done = None, False, total, done
+        if quiet:
+            return
+        if not sys.stderr.isatty():
+            self.lines = True
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return
+        self.bar = tqdm(total=total, initial=done, unit="step", dynamic_ncols=True)
 
     def update(self, n: int, record: dict) -> None:
+        shown = {k: f"{v:.4f}" for k, v in record.items() if k in ("train_loss", "train_accuracy", "test_accuracy")}
+        self.done += n
         if self.bar is not None:
-            shown = {k: f"{v:.4f}" for k, v in record.items() if k in ("train_loss", "train_accuracy", "test_accuracy")}
             self.bar.set_postfix(shown)
             self.bar.update(n)
+        elif self.lines:
+            print(f"epoch {record['epoch']}, step {self.done}/{self.total}: "
+                  + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in shown.items()), file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -132,7 +132,7 @@ def test_failed_save_leaves_the_old_checkpoint(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["c.npz"]
 
 
-def test_data_parallel_run_equals_single_device(tmp_path):
+def test_data_parallel_run_equals_single_device(tmp_path):  # 18 per batch: uneven over 4 devices
     script = textwrap.dedent("""
         import json, sys
         import jax, numpy as np
@@ -144,7 +144,7 @@ def test_data_parallel_run_equals_single_device(tmp_path):
         model = nn.serial(nn.Conv(4, (3, 3), padding="SAME"), nn.Relu(), nn.MaxPool((2, 2)), nn.Flatten(), nn.Dense(2))
         out = {}
         for n in (1, 4):
-            r = train.fit(model, d, epochs=3, batch_size=16, devices=n, quiet=True)
+            r = train.fit(model, d, epochs=3, batch_size=18, devices=n, quiet=True)
             out[n] = [np.asarray(l).tolist() for l in jax.tree_util.tree_leaves(r.state.params)]
             sharding = r.state.params[0]["w"].sharding
             out[f"spread{n}"] = [sharding.is_fully_replicated, len(sharding.device_set)]
@@ -163,8 +163,6 @@ def test_data_parallel_run_equals_single_device(tmp_path):
 def test_fit_argument_errors():
     with pytest.raises(ValueError, match=r"fit: give exactly one of `epochs` and `steps`"):
         train.fit(_model(), _toy(), quiet=True)
-    with pytest.raises(ValueError, match=r"fit: `batch_size` 10 must be divisible by devices=4"):
-        train.fit(_model(), _toy(), epochs=1, batch_size=10, devices=4, quiet=True)
     with pytest.raises(ValueError, match=r"devices=4 requested but 1 available"):
         train.fit(_model(), _toy(), epochs=1, batch_size=16, devices=4, quiet=True)
 
