@@ -57,7 +57,6 @@ def test_two_processes_killed_and_resumed_train_as_one_process_with_two_devices(
 
     # A process killed mid-run: far more epochs than it gets to run; process 1 is killed
     # once the first checkpoint is written. The launcher stops process 0 and fails.
-    start = time.monotonic()
     proc = _launch(tmp_path, 2, [*train, "--epochs", "500", "--out", str(two.parent)])
     pids = [int(p) for p in proc.stdout.readline().split("pids ")[1].split()]
     while not two.exists() and proc.poll() is None:
@@ -66,7 +65,6 @@ def test_two_processes_killed_and_resumed_train_as_one_process_with_two_devices(
     out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 128 + signal.SIGKILL, out
     assert "[launch] process 1 was killed by signal 9 (SIGKILL); stopping processes 0" in out
-    assert time.monotonic() - start < 120
     assert not any(_alive(pid) for pid in pids)
     header = checkpoint.read_header(two)  # the last checkpoint is intact: a valid header, every leaf readable
     killed_epochs = len(header["metadata"]["history"])
