@@ -15,11 +15,13 @@ from jaxcnn.ops.flatten import flatten
 from jaxcnn.ops.im2col import im2col
 from jaxcnn.ops.losses import euclidean_loss, l2_penalty, softmax_cross_entropy
 from jaxcnn.ops.mean_subtraction import mean_subtraction
+from jaxcnn.ops._normalization import batch_norm, group_norm, layer_norm
 from jaxcnn.ops.pooling import max_pool, mean_pool
 from jaxcnn.ops.resample import downsample, upsample
 
 __all__ = [
     "LENET5_C3_TABLE",
+    "batch_norm",
     "conv",
     "conv1d",
     "conv2d",
@@ -29,8 +31,10 @@ __all__ = [
     "downsample",
     "euclidean_loss",
     "flatten",
+    "group_norm",
     "im2col",
     "l2_penalty",
+    "layer_norm",
     "max_pool",
     "mean_pool",
     "mean_subtraction",
