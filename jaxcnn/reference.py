@@ -4,6 +4,8 @@ them (in both modes). They are what the hand-derived rules are checked against, 
 drop-in backend (``ops=jaxcnn.reference``) for comparing whole models.
 """
 
+from jaxcnn.ops.activations import leaky_relu_reference as leaky_relu
+from jaxcnn.ops.activations import log_softmax_reference as log_softmax
 from jaxcnn.ops.activations import relu_reference as relu
 from jaxcnn.ops.activations import sigmoid_reference as sigmoid
 from jaxcnn.ops.activations import softmax_reference as softmax
@@ -21,6 +23,9 @@ from jaxcnn.ops.losses import euclidean_loss_reference as euclidean_loss
 from jaxcnn.ops.losses import l2_penalty_reference as l2_penalty
 from jaxcnn.ops.losses import softmax_cross_entropy_reference as softmax_cross_entropy
 from jaxcnn.ops.mean_subtraction import mean_subtraction_reference as mean_subtraction
+from jaxcnn.ops._dropout import dropout_reference as dropout
+from jaxcnn.ops._global_pooling import global_max_pool_reference as global_max_pool
+from jaxcnn.ops._global_pooling import global_mean_pool_reference as global_mean_pool
 from jaxcnn.ops._normalization import batch_norm_reference as batch_norm
 from jaxcnn.ops._normalization import group_norm_reference as group_norm
 from jaxcnn.ops._normalization import layer_norm_reference as layer_norm
@@ -39,12 +44,17 @@ __all__ = [
     "conv_transpose",
     "dense",
     "downsample",
+    "dropout",
     "euclidean_loss",
     "flatten",
+    "global_max_pool",
+    "global_mean_pool",
     "group_norm",
     "im2col",
     "l2_penalty",
     "layer_norm",
+    "leaky_relu",
+    "log_softmax",
     "max_pool",
     "mean_pool",
     "mean_subtraction",

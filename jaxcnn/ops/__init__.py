@@ -7,7 +7,7 @@ Forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``) does not 
 supports both modes.
 """
 
-from jaxcnn.ops.activations import relu, sigmoid, softmax, tanh
+from jaxcnn.ops.activations import leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
 from jaxcnn.ops.conv import LENET5_C3_TABLE, conv, conv1d, conv2d, conv3d
 from jaxcnn.ops.conv_transpose import conv_transpose
 from jaxcnn.ops.dense import dense
@@ -15,6 +15,8 @@ from jaxcnn.ops.flatten import flatten
 from jaxcnn.ops.im2col import im2col
 from jaxcnn.ops.losses import euclidean_loss, l2_penalty, softmax_cross_entropy
 from jaxcnn.ops.mean_subtraction import mean_subtraction
+from jaxcnn.ops._dropout import dropout
+from jaxcnn.ops._global_pooling import global_max_pool, global_mean_pool
 from jaxcnn.ops._normalization import batch_norm, group_norm, layer_norm
 from jaxcnn.ops.pooling import max_pool, mean_pool
 from jaxcnn.ops.resample import downsample, upsample
@@ -29,12 +31,17 @@ __all__ = [
     "conv_transpose",
     "dense",
     "downsample",
+    "dropout",
     "euclidean_loss",
     "flatten",
+    "global_max_pool",
+    "global_mean_pool",
     "group_norm",
     "im2col",
     "l2_penalty",
     "layer_norm",
+    "leaky_relu",
+    "log_softmax",
     "max_pool",
     "mean_pool",
     "mean_subtraction",

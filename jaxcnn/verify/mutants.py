@@ -30,6 +30,7 @@ import numpy as np
 from jax import lax
 
 from jaxcnn import _shapes, ops
+from jaxcnn.ops._dropout import keep_mask
 from jaxcnn.verify import suite
 from jaxcnn.verify.registry import REGISTRY, Sample
 from jaxcnn.verify.suite import Record
@@ -378,6 +379,14 @@ def _group_norm_means_over_all_channels(g, args, settings):
                         - x_hat * jnp.mean(g_hat * x_hat, every, keepdims=True))
 
 
+def _dropout_mask(key, settings, shape):
+    return keep_mask(key, shape, settings["rate"])
+
+
+def _dropping(sample: Sample) -> bool:
+    return 0 < sample.settings["rate"] < 1 and not sample.settings.get("deterministic", False)
+
+
 def _training(sample: Sample) -> bool:
     return sample.settings.get("mean") is None
 
@@ -429,7 +438,22 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in [
            lambda g, a, s: jnp.outer(g.reshape(-1, g.shape[-1])[0], a[0].reshape(-1, a[0].shape[-1])[0]),
            lambda s: np.ndim(s.args[0]) >= 2),
     Mutant("relu.kink_strict", "relu", "x", "dx = g·[x > 0]: the gradient stopped at x = 0",
-           _elementwise(lambda g, x, s: jnp.where(x > 0, g, 0)), lambda s: bool(s.kink)),
+           _elementwise(lambda g, x, s: jnp.where(x > 0, g, 0)),
+           lambda s: bool(s.kink) and s.settings.get("derivative_at_zero", 1.0) == 1.0),
+    Mutant("relu.kink_passes_when_asked_to_stop", "relu", "x", "derivative_at_zero=0 ignored: dx = g·[x ≥ 0]",
+           _elementwise(lambda g, x, s: jnp.where(x >= 0, g, 0)),
+           lambda s: bool(s.kink) and s.settings.get("derivative_at_zero") == 0.0),
+    Mutant("leaky_relu.slope_forgotten", "leaky_relu", "x", "dx = g·[x ≥ 0]: ReLU's rule, the slope below 0 lost",
+           _elementwise(lambda g, x, s: jnp.where(x >= 0, g, 0))),
+    Mutant("log_softmax.diagonal_only", "log_softmax", "x", "dx = g (1 − p): the off-diagonal −p_k g_i dropped",
+           _elementwise(lambda g, x, s: g * (1 - jnp.exp(ops.log_softmax(x, **s)))),
+           lambda s: np.shape(s.args[0])[s.settings.get("axis", -1)] > 1),
+    Mutant("global_mean_pool.missing_1_over_S", "global_mean_pool", "x", "dx = g broadcast, not divided by the map size",
+           lambda g, a, s: _right("global_mean_pool", a, s, g, 0) * math.prod(np.shape(a[0])[1:-1]),
+           lambda s: math.prod(np.shape(s.args[0])[1:-1]) > 1),
+    Mutant("global_max_pool.spread_over_map", "global_max_pool", "x", "δ spread over the whole map, not routed to the max",
+           lambda g, a, s: _right("global_mean_pool", a, s, g, 0) * math.prod(np.shape(a[0])[1:-1]),
+           lambda s: math.prod(np.shape(s.args[0])[1:-1]) > 1),
     Mutant("sigmoid.derivative_from_input", "sigmoid", "x", "f'(x) taken as x (1 − x) instead of f (1 − f)",
            _elementwise(lambda g, x, s: g * x * (1 - x))),
     Mutant("tanh.missing_square", "tanh", "x", "f'(x) taken as 1 − f instead of 1 − f²",
@@ -479,6 +503,11 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in [
     Mutant("group_norm.means_over_all_channels", "group_norm", "x",
            "the backward's means over every channel instead of the group's", _group_norm_means_over_all_channels,
            _setting(lambda s: s["groups"] > 1)),
+    Mutant("dropout.not_rescaled", "dropout", "x", "dx = g·m: the 1/(1 − rate) of the forward left out",
+           lambda g, a, s: jnp.where(_dropout_mask(a[1], s, g.shape), g, 0), _dropping),
+    Mutant("dropout.fresh_mask", "dropout", "x", "the backward draws a new mask from a split key",
+           lambda g, a, s: jnp.where(_dropout_mask(jax.random.split(a[1])[0], s, g.shape), g, 0) / (1 - s["rate"]),
+           _dropping),
     Mutant("downsample.nearest_neighbour_adjoint", "downsample", "x", "δ copied over the block instead of zeros",
            _downsample_nearest_adjoint, _any_factor_gt_1),
 ]}

@@ -123,6 +123,51 @@ def _relu(rng):
     at_zero[:, ::2] = 0.0
     return _elementwise(rng) + [
         Sample((at_zero,), label="exact zeros (3, 4)", kink="the gradient passes at x = 0 (x >= 0)"),
+        Sample((at_zero,), {"derivative_at_zero": 0.0}, label="exact zeros (3, 4), derivative_at_zero=0",
+               kink="the gradient stops at x = 0 (x > 0), as jax.nn.relu"),
+    ]
+
+
+def _leaky_relu(rng):
+    at_zero = _away_from_zero(rng, 2, 5)
+    at_zero[:, 1::2] = 0.0
+    return [
+        Sample((_away_from_zero(rng, 4, 5),)),
+        Sample((_away_from_zero(rng, 2, 3, 4),), {"negative_slope": 0.2}, label="(2, 3, 4) slope 0.2"),
+        Sample((_away_from_zero(rng, 6),), {"negative_slope": -0.5}, label="(6,) slope -0.5"),
+        Sample((at_zero,), {"negative_slope": 0.1}, label="exact zeros (2, 5), slope 0.1",
+               kink="the gradient passes at x = 0 (derivative 1)"),
+        Sample((at_zero,), {"negative_slope": 0.1, "derivative_at_zero": 0.1},
+               label="exact zeros (2, 5), derivative_at_zero=slope", kink="derivative negative_slope at x = 0 (PyTorch)"),
+    ]
+
+
+def _log_softmax(rng):
+    return [
+        Sample((_normal(rng, 4, 5, scale=2),)),
+        Sample((_normal(rng, 2, 3, 4, scale=2),), {"axis": 1}),
+        Sample((_normal(rng, 3, 6, scale=30),), label="large logits (3, 6), scale 30"),
+        Sample((_normal(rng, 5, 1),), label="one class (5, 1): y = 0"),
+    ]
+
+
+def _global_mean_pool(rng):
+    return [
+        Sample((_normal(rng, 2, 3, 4, 5),)),
+        Sample((_normal(rng, 3, 7, 2),), label="1-D (3, 7, 2)"),
+        Sample((_normal(rng, 2, 2, 3, 2, 3),), {"keepdims": True}, label="3-D, keepdims"),
+        Sample((_normal(rng, 2, 1, 1, 4),), label="1x1 map"),
+    ]
+
+
+def _global_max_pool(rng):
+    tied = _distinct(rng, 1, 3, 3, 2)
+    tied[0, 2, 1, 0] = tied[0, 0, 2, 0] = tied[..., 0].max() + 0.5  # a tie for the maximum of channel 0
+    return [
+        Sample((_distinct(rng, 2, 3, 4, 5),)),
+        Sample((_distinct(rng, 3, 7, 2),), label="1-D (3, 7, 2)"),
+        Sample((_distinct(rng, 2, 2, 3, 2, 3),), {"keepdims": True}, label="3-D, keepdims"),
+        Sample((tied,), label="a tie (1, 3, 3, 2)", kink="ties go to the first maximum in row-major order"),
     ]
 
 
@@ -328,6 +373,22 @@ def _group_norm(rng):
     ]
 
 
+def _key(seed):
+    """A legacy ``jax.random.PRNGKey(seed)`` as NumPy ``uint32[2]`` (an integer leaf: never cast)."""
+    return np.array([0, seed], np.uint32)
+
+
+def _dropout(rng):
+    return [
+        Sample((_normal(rng, 4, 6), _key(1)), {"rate": 0.5}, label="(4, 6) rate 0.5"),
+        Sample((_normal(rng, 2, 3, 3, 2), _key(2)), {"rate": 0.1}, label="NHWC rate 0.1"),
+        Sample((_normal(rng, 8, 5), _key(3)), {"rate": 0.9}, label="(8, 5) rate 0.9: most dropped"),
+        Sample((_normal(rng, 3, 4), _key(4)), {"rate": 0.3, "deterministic": True}, label="deterministic (evaluation)"),
+        Sample((_normal(rng, 3, 4), _key(5)), {"rate": 1.0}, label="rate 1: all dropped"),
+        Sample((_normal(rng, 7), _key(6)), {"rate": 0.0}, label="rate 0: identity"),
+    ]
+
+
 #: Every op in :mod:`jaxcnn.ops`, by name.
 REGISTRY: dict[str, OpInfo] = {
     info.name: info
@@ -352,5 +413,10 @@ REGISTRY: dict[str, OpInfo] = {
         OpInfo("batch_norm", _batch_norm),
         OpInfo("layer_norm", _layer_norm),
         OpInfo("group_norm", _group_norm),
+        OpInfo("dropout", _dropout),
+        OpInfo("leaky_relu", _leaky_relu),
+        OpInfo("log_softmax", _log_softmax),
+        OpInfo("global_mean_pool", _global_mean_pool),
+        OpInfo("global_max_pool", _global_max_pool),
     ]
 }
