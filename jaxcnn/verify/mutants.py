@@ -387,6 +387,19 @@ def _dropping(sample: Sample) -> bool:
     return 0 < sample.settings["rate"] < 1 and not sample.settings.get("deterministic", False)
 
 
+def _kept_weight(labels, settings):
+    """``D = Σ_n m_n w_{y_n}``: the summed weights of the rows not ignored."""
+    w = jnp.asarray(settings["weights"])[jnp.clip(labels, 0, len(settings["weights"]) - 1)]
+    ignore = settings.get("ignore_index")
+    return jnp.sum(w if ignore is None else jnp.where(labels != ignore, w, 0))
+
+
+def _weighted_class_id_mean(sample: Sample) -> bool:
+    labels = np.asarray(sample.args[1])
+    return (sample.settings.get("weights") is not None and np.issubdtype(labels.dtype, np.integer)
+            and sample.settings.get("reduction", "mean") == "mean")
+
+
 def _training(sample: Sample) -> bool:
     return sample.settings.get("mean") is None
 
@@ -465,6 +478,22 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in [
     Mutant("softmax_cross_entropy.label_gradient_sign", "softmax_cross_entropy", "labels",
            "dt = +g log p / N (sign lost)", _scaled_rule("softmax_cross_entropy", 1, lambda a: -1.0),
            _has(1, lambda t: np.issubdtype(t.dtype, np.floating))),
+    Mutant("softmax_cross_entropy.weighted_mean_divides_by_N", "softmax_cross_entropy", "logits",
+           "weighted mean divided by N instead of the summed weights of the kept rows",
+           lambda g, a, s: _right("softmax_cross_entropy", a, s, g, 0) * _kept_weight(a[1], s) / a[1].size,
+           _weighted_class_id_mean),
+    Mutant("softmax_cross_entropy.smoothing_left_out", "softmax_cross_entropy", "logits",
+           "the backward of the unsmoothed loss: ε/K never reaches the other classes",
+           lambda g, a, s: _right("softmax_cross_entropy", a, dict(s, label_smoothing=0.0), g, 0),
+           _setting(lambda s: s.get("label_smoothing", 0) > 0)),
+    Mutant("softmax_cross_entropy.ignored_rows_not_masked", "softmax_cross_entropy", "logits",
+           "ignore_index dropped in the backward: ignored rows get a gradient and count in the mean",
+           lambda g, a, s: _right("softmax_cross_entropy", (a[0], jnp.clip(a[1], 0, a[0].shape[-1] - 1)),
+                                  {k: v for k, v in s.items() if k != "ignore_index"}, g, 0),
+           _setting(lambda s: s.get("ignore_index") is not None)),
+    Mutant("euclidean_loss.sum_divided_by_N", "euclidean_loss", "pred", "reduction='sum' still divided by N",
+           _scaled_rule("euclidean_loss", 0, lambda a: 1.0 / a[0].shape[0]),
+           lambda s: s.settings.get("reduction") == "sum" and np.shape(s.args[0])[0] > 1),
     Mutant("euclidean_loss.missing_1_over_N", "euclidean_loss", "pred", "dz = g (z − y), no 1/N",
            _scaled_rule("euclidean_loss", 0, lambda a: a[0].shape[0]), lambda s: np.shape(s.args[0])[0] > 1),
     Mutant("euclidean_loss.target_gradient_sign", "euclidean_loss", "target", "dy = g (z − y) / N: sign of dz",

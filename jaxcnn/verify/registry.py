@@ -183,6 +183,9 @@ def _softmax(rng):
 def _softmax_cross_entropy(rng):
     logits = _normal(rng, 6, 4, scale=2)
     probs = np.exp(_normal(rng, 6, 4))
+    ids = rng.integers(0, 4, size=6)
+    ids[[1, 4]] = 2  # two rows of the class ignored below
+    weights = rng.uniform(0.2, 3.0, 4)
     return [
         Sample((logits, rng.integers(0, 4, size=6)), label="integer labels (6,)"),
         Sample((logits, np.eye(4)[rng.integers(0, 4, size=6)]), label="one-hot labels (6, 4)"),
@@ -190,6 +193,16 @@ def _softmax_cross_entropy(rng):
         Sample((_normal(rng, 2, 3, 5, scale=2), rng.integers(0, 5, size=(2, 3))), label="leading axes (2, 3, 5)"),
         Sample((logits, probs), label="target rows not summing to one (6, 4)"),
         Sample((_normal(rng, 3, 5, scale=30), rng.integers(0, 5, size=3)), label="large logits (3, 5), scale 30"),
+        Sample((logits, ids), {"weights": weights}, label="class weights, mean over the summed weights"),
+        Sample((logits, ids), {"weights": weights, "ignore_index": 2, "label_smoothing": 0.2},
+               label="weights, ignore_index=2, label_smoothing=0.2"),
+        Sample((logits, np.where(np.arange(6) % 3 == 0, -100, ids)), {"ignore_index": -100, "reduction": "sum"},
+               label="ignore_index=-100 (out of range), sum"),
+        Sample((_normal(rng, 2, 3, 5, scale=2), rng.integers(0, 5, size=(2, 3))),
+               {"label_smoothing": 0.1, "reduction": "none"}, label="leading axes, label_smoothing=0.1, none"),
+        Sample((logits, probs / probs.sum(-1, keepdims=True)), {"weights": weights, "label_smoothing": 0.3},
+               label="probability labels, weights, label_smoothing=0.3"),
+        Sample((logits, probs), {"reduction": "none", "weights": weights}, label="target rows, weights, none"),
     ]
 
 
@@ -198,6 +211,9 @@ def _euclidean_loss(rng):
         Sample((_normal(rng, 4, 3), _normal(rng, 4, 3))),
         Sample((_normal(rng, 2, 3, 2), _normal(rng, 2, 3, 2))),
         Sample((_normal(rng, 5), _normal(rng, 5)), label="1-D (5,)"),
+        Sample((_normal(rng, 3, 2, 2), _normal(rng, 3, 2, 2)), {"reduction": "sum"}, label="(3, 2, 2) sum"),
+        Sample((_normal(rng, 4, 3), _normal(rng, 4, 3)), {"reduction": "none"}, label="(4, 3) none"),
+        Sample((_normal(rng, 5), _normal(rng, 5)), {"reduction": "none"}, label="1-D (5,) none"),
     ]
 
 
