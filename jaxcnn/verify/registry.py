@@ -309,6 +309,11 @@ def _max_pool(rng):
         Sample((_distinct(rng, 1, 5, 3),), {"window": 3, "stride": 2, "padding": "FULL"}, label="1-D 3/2 FULL"),
         Sample((tied,), {"window": 2}, label="2-D 2x2/2 with a tie",
                kink="ties go to the first maximum in window order"),
+        Sample((_distinct(rng, 2, 7, 8, 2),), {"window": 3, "stride": 1, "dilation": 2}, label="2-D 3x3/1 dilation 2"),
+        Sample((_distinct(rng, 1, 7, 6, 2),), {"window": 2, "stride": 2, "ceil_mode": True},
+               label="2-D 2x2/2 ceil_mode, odd size (a window past the input)"),
+        Sample((_distinct(rng, 2, 8, 3),), {"window": 3, "stride": 2, "padding": 1, "dilation": 2, "ceil_mode": True},
+               label="1-D 3/2 p1 dilation 2 ceil_mode"),
     ]
 
 
@@ -322,6 +327,11 @@ def _mean_pool(rng):
         Sample((_normal(rng, 2, 9, 2),), {"window": 2, "stride": 3}, label="1-D stride > window"),
         Sample((_normal(rng, 1, 5, 4, 2),), {"window": 3, "padding": "FULL", "count_padding": False},
                label="2-D 3x3/3 FULL, count_padding=False"),
+        Sample((_normal(rng, 2, 8, 7, 2),), {"window": 3, "stride": 2, "padding": 1, "ceil_mode": True},
+               label="2-D 3x3/2 p1 ceil_mode: PyTorch's divisor (padding counts, the extension not)"),
+        Sample((_normal(rng, 1, 8, 2),), {"window": 2, "stride": 3, "ceil_mode": True, "count_padding": False},
+               label="1-D 2/3 ceil_mode, count_padding=False"),
+        Sample((_normal(rng, 1, 7, 6, 2),), {"window": 2, "stride": 1, "dilation": (2, 3)}, label="2-D dilation (2, 3)"),
     ]
 
 
