@@ -100,3 +100,17 @@ def test_seesaw_cnn_pools_the_four_conv_outputs_into_two_units(pool, stride):
 def test_seesaw_cnn_rejects_pooling_that_does_not_give_two_units():
     with pytest.raises(ValueError, match=r"max-pool window 2, stride 1 over the 4 conv outputs gives 3 pooled units"):
         models.seesaw_cnn(2, 1)
+
+
+@pytest.mark.parametrize("name", sorted(models.ZOO))
+def test_zoo_model_ops_switch_reaches_every_layer(name):
+    # nn.bind(ops) binds the backend once per model: with ops=reference no hand rule may be left
+    entry = models.ZOO[name]
+    x = jnp.zeros((2, *entry.input_shape[1:]), jnp.float32)
+
+    def hand_rules(model):
+        params, _ = model.init(KEY, entry.input_shape)
+        return str(jax.make_jaxpr(model.apply)(params, x)).count("custom_vjp_call")
+
+    assert hand_rules(entry.build(ops=reference)) == 0
+    assert hand_rules(entry.build(ops=ops)) == hand_rules(entry.build()) > 0

@@ -14,6 +14,7 @@ see :mod:`jaxcnn.nn.core`.
 """
 
 from jaxcnn.nn import initializers
+from jaxcnn.nn.bound import bind
 from jaxcnn.nn.core import (
     Layer,
     dense_block,
@@ -57,6 +58,7 @@ __all__ = [
     "Softmax",
     "Tanh",
     "Upsample",
+    "bind",
     "dense_block",
     "fan_in_concat",
     "fan_in_sum",
