@@ -253,18 +253,35 @@ def transpose_geometry(op: str, in_shape: Sequence[int], window, stride, padding
     return Geometry(window, stride, (1,) * n, pads, out)
 
 
-def pool_geometry(op: str, in_shape: Sequence[int], window, stride, padding: Padding) -> Geometry:
+def pool_geometry(op: str, in_shape: Sequence[int], window, stride, padding: Padding, dilation=1,
+                  ceil_mode: bool = False) -> Geometry:
     """:func:`geometry` for pooling: ``stride=None`` means ``window``, and no window may
     cover padding only (each padding side smaller than the window), so that every max
-    and mean is over at least one real element."""
-    geom = geometry(op, in_shape, window, window if stride is None else stride, padding)
+    and mean is over at least one real element.
+
+    ``ceil_mode`` (PyTorch's): the output size rounds up, ``⌈(n + lo + hi − k_d) / s⌉ + 1``,
+    less one where the last window would start past the input and its low padding
+    (``(o − 1) s ≥ n + lo``); the windows that then reach beyond the padded input see the
+    extra positions as padding, added to ``hi`` in the returned ``pads``."""
+    geom = geometry(op, in_shape, window, window if stride is None else stride, padding, dilation)
     if any(lo >= k or hi >= k for (lo, hi), k in zip(geom.pads, geom.window)):
         raise ValueError(
             f"{op}: the padding {geom.pads} must be smaller than the window {geom.window} on "
             f"every side, otherwise a window covers padding only (padding={padding!r}); use "
             f"less padding or a larger window."
         )
-    return geom
+    if not isinstance(ceil_mode, (bool, np.bool_)):
+        raise TypeError(f"{op}: `ceil_mode` must be True or False, got {ceil_mode!r}.")
+    if not ceil_mode:
+        return geom
+    pads, out = [], []
+    for n, kd, s, (lo, hi) in zip(in_shape, dilated(geom.window, geom.dilation), geom.stride, geom.pads):
+        o = -(-(n + lo + hi - kd) // s) + 1
+        if (o - 1) * s >= n + lo:
+            o -= 1
+        pads.append((lo, max(hi, (o - 1) * s + kd - n - lo)))
+        out.append(o)
+    return geom._replace(pads=tuple(pads), out_shape=tuple(out))
 
 
 def upsampled_shape(op: str, in_shape: Sequence[int], factor) -> tuple[int, ...]:

@@ -227,8 +227,8 @@ def _sine(frequency):
 def test_verdict_finite_differences_untrustworthy(eps):
     x = jnp.array([0.1, 0.2, 0.3])
     op, ref = _sine(3e3)
-    assert not verify.check_numerical(op, x, eps=eps).ok
-    assert verify.diagnose(op, ref, x, eps=eps).verdict == "finite differences untrustworthy"
+    assert not verify.check_numerical(op, x, step=eps).ok
+    assert verify.diagnose(op, ref, x, step=eps).verdict == "finite differences untrustworthy"
 
 
 def test_verdict_non_smooth_point_at_a_kink():

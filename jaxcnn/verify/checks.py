@@ -361,7 +361,7 @@ def as_array(ct: Any, like: Any) -> Any:
 def check_numerical(
     op: Callable,
     *args: Any,
-    eps: float = 1e-5,
+    step: float = 1e-5,
     elementwise_max: int = 512,
     directions: int = 4,
     seed: int = 0,
@@ -383,8 +383,9 @@ def check_numerical(
     Args:
       op: the function with the hand-derived rule.
       *args: arrays or pytrees of arrays; draw them away from kinks (ReLU at 0, ties in
-        a max-pooling window) by more than ``eps``.
-      eps: the step ``h``.
+        a max-pooling window) by more than ``step``.
+      step: the step ``h`` (named ``step``, not ``eps``, so that an op's own ``eps``
+        setting, e.g. batch norm's, passes through ``**settings``).
       elementwise_max: the largest argument checked element by element.
       directions: number of random directions for larger arguments.
       seed: seed of the cotangent and directions.
@@ -402,10 +403,10 @@ def check_numerical(
     base = FINITE_DIFFERENCE_TOLERANCE
     tol = Tolerance(base.rtol if rtol is None else rtol, base.atol if atol is None else atol)
     with jax.enable_x64(True):
-        return _check_numerical_x64(op, args, eps, elementwise_max, directions, seed, tol, settings)
+        return _check_numerical_x64(op, args, step, elementwise_max, directions, seed, tol, settings)
 
 
-def _check_numerical_x64(op, args, eps, elementwise_max, directions, seed, tol, settings):
+def _check_numerical_x64(op, args, step, elementwise_max, directions, seed, tol, settings):
     rng = np.random.default_rng(seed)
     try:
         args, v, pullback, phi = start_float64_probing(op, args, settings, rng)
@@ -415,11 +416,11 @@ def _check_numerical_x64(op, args, eps, elementwise_max, directions, seed, tol, 
     reports = []
     for probe in probes(op, args, phi, rng, elementwise_max, directions):
         rule = np.asarray(as_array(cotangent_leaf(ct[probe.index], probe.path), probe.leaf), np.float64)
-        plus, minus = perturbed(probe.phi_at, probe.leaf, jnp.asarray(probe.directions), eps)
+        plus, minus = perturbed(probe.phi_at, probe.leaf, jnp.asarray(probe.directions), step)
         if probe.elementwise:
-            reports.append(compare(probe.name, rule, ((plus - minus) / (2 * eps)).reshape(probe.leaf.shape), tol))
+            reports.append(compare(probe.name, rule, ((plus - minus) / (2 * step)).reshape(probe.leaf.shape), tol))
         else:
-            reports.append(_projections(probe, rule, plus, minus, eps, tol))
+            reports.append(_projections(probe, rule, plus, minus, step, tol))
     return CheckResult(name_of(op), "finite differences", "float64", None, tuple(reports))
 
 
@@ -487,9 +488,9 @@ def perturbed(phi_at: Callable, leaf: jax.Array, directions: jax.Array, step: fl
     return (jax.lax.map(f, step * directions, batch_size=64), jax.lax.map(f, -step * directions, batch_size=64))
 
 
-def _projections(probe: Probe, rule, plus, minus, eps, tol) -> ArgumentReport:
+def _projections(probe: Probe, rule, plus, minus, step, tol) -> ArgumentReport:
     u = probe.directions
-    numeric = np.asarray((plus - minus) / (2 * eps))
+    numeric = np.asarray((plus - minus) / (2 * step))
     analytic = np.asarray(u @ rule.reshape(-1))
     reports = []
     for k in range(len(u)):

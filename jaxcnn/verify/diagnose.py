@@ -126,7 +126,7 @@ def diagnose(
     op: Callable,
     reference: Callable,
     *args: Any,
-    eps: float = 1e-5,
+    step: float = 1e-5,
     elementwise_max: int = 512,
     directions: int = 4,
     worst: int = 3,
@@ -141,7 +141,7 @@ def diagnose(
       op: the function with the hand-derived rule.
       reference: the same forward, differentiated by autodiff.
       *args: arrays or pytrees of arrays; integer leaves are held fixed.
-      eps: the finite-difference step ``h``.
+      step: the finite-difference step ``h``.
       elementwise_max: the largest argument examined element by element; larger ones
         along ``directions`` random directions.
       directions: how many random directions for large arguments.
@@ -174,9 +174,9 @@ def diagnose(
                 scale = np.full(probe.leaf.size, max(1.0, np.abs(ct[1]).max(initial=0.0)))
             else:
                 scale = np.maximum(1.0, np.linalg.norm(probe.directions, axis=1) * np.linalg.norm(ct[1]))
-            steps = [perturbed(probe.phi_at, probe.leaf, jnp.asarray(probe.directions), h) for h in (eps, eps / 2)]
+            steps = [perturbed(probe.phi_at, probe.leaf, jnp.asarray(probe.directions), h) for h in (step, step / 2)]
             rule_v, auto_v = probe.directions @ ct[0], probe.directions @ ct[1]
-            elements = _judge(rule_v, auto_v, phi0, steps, eps, scale, probe.indices)
+            elements = _judge(rule_v, auto_v, phi0, steps, step, scale, probe.indices)
             picked = tuple(e for _, e in sorted(elements, key=lambda e: -e[0])[:worst])
             found.append(ArgumentDiagnosis(probe.name, picked[0].verdict if picked else AGREE, picked))
     verdict = min((a.verdict for a in found), key=VERDICTS.index, default=AGREE)

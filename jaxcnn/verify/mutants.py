@@ -30,6 +30,8 @@ import numpy as np
 from jax import lax
 
 from jaxcnn import _shapes, ops
+from jaxcnn.ops import _pooling
+from jaxcnn.ops._dropout import keep_mask
 from jaxcnn.verify import suite
 from jaxcnn.verify.registry import REGISTRY, Sample
 from jaxcnn.verify.suite import Record
@@ -113,7 +115,8 @@ def _pads(args, settings, pool: bool = False):
     x, window = args[0], settings.get("window")
     if pool:
         return _shapes.pool_geometry("mutant", x.shape[1:-1], window, settings.get("stride"),
-                                     settings.get("padding", "VALID")).pads
+                                     settings.get("padding", "VALID"), settings.get("dilation", 1),
+                                     settings.get("ceil_mode", False)).pads
     if window is None:  # conv: the window is the kernel's
         window = args[1].shape[:-2]
     return _shapes.geometry("mutant", x.shape[1:-1], window, settings.get("stride", 1),
@@ -125,8 +128,7 @@ def _window_positions(x_shape, settings, pool: bool) -> np.ndarray:
     window = _shapes.spatial_tuple("mutant", "window", settings["window"], len(x_shape) - 2)
     stride = settings.get("stride") if pool else settings.get("stride", 1)
     stride = window if stride is None else _shapes.spatial_tuple("mutant", "stride", stride, len(window))
-    dilation = (1,) * len(window) if pool else _shapes.spatial_tuple("mutant", "dilation", settings.get("dilation", 1),
-                                                                      len(window))
+    dilation = _shapes.spatial_tuple("mutant", "dilation", settings.get("dilation", 1), len(window))
     pads = _pads((np.zeros(x_shape),), settings, pool)
     padded = tuple(n + lo + hi for n, (lo, hi) in zip(x_shape[1:-1], pads))
     extent = [(k - 1) * d + 1 for k, d in zip(window, dilation)]
@@ -290,6 +292,43 @@ def _mean_pool_divisor(x, settings):
     return real if settings.get("count_padding", True) is False else jnp.asarray(math.prod(window), x.dtype)
 
 
+def _ceil_divisor_ratio(x, settings):
+    """``divisor_i / K`` per output position: the right rule at ``g · divisor / K`` spreads ``g / K``."""
+    geom, counted = _pool_divisor_parts(x, settings)
+    return _pooling._divisor(geom, counted, x.dtype) / np.prod(geom.window)
+
+
+def _pool_divisor_parts(x, settings):
+    _, geom, explicit = _pooling._validate("mutant", x, settings["window"], settings.get("stride"),
+                                           settings.get("padding", "VALID"), settings.get("dilation", 1),
+                                           settings.get("ceil_mode", False))
+    return geom, _pooling._counted(settings.get("count_padding", True), geom, explicit, x.shape[1:-1])
+
+
+def _max_pool_dilation_ignored(g, args, settings):
+    """The arg-max found over the dilated window, but δ placed as if the window were contiguous."""
+    x = args[0]
+    _, indices = ops.max_pool(x, **dict(settings, return_indices=True))
+    window = _shapes.spatial_tuple("mutant", "window", settings["window"], x.ndim - 2)
+    dilation = _shapes.spatial_tuple("mutant", "dilation", settings.get("dilation", 1), x.ndim - 2)
+    position = jnp.stack(jnp.unravel_index(indices, x.shape[1:-1]))  # (d, N, *out, C) input positions
+    start = [lax.broadcasted_iota(jnp.int32, indices.shape, a + 1) * s - lo
+             for a, (s, (lo, _)) in enumerate(zip(_stride(settings, window), _pads(args, settings, True)))]
+    offset = [(p - st) // d for p, st, d in zip(position, start, dilation)]  # P(i) per axis
+    wrong = [jnp.clip(st + o, 0, n - 1) for st, o, n in zip(start, offset, x.shape[1:-1])]
+    flat = jnp.ravel_multi_index(tuple(wrong), x.shape[1:-1], mode="clip")
+    n, c = x.shape[0], x.shape[-1]
+    dx = jnp.zeros((n, int(np.prod(x.shape[1:-1])), c), g.dtype)
+    batch = jnp.arange(n).reshape((n,) + (1,) * (g.ndim - 1))
+    channel = jnp.arange(c).reshape((1,) * (g.ndim - 1) + (c,))
+    return dx.at[batch, flat, channel].add(g).reshape(x.shape)
+
+
+def _stride(settings, window):
+    stride = settings.get("stride")
+    return window if stride is None else _shapes.spatial_tuple("mutant", "stride", stride, len(window))
+
+
 def _im2col_overwrite(g, args, settings):
     """col2im with ``=`` instead of overlap-add: an element in several windows keeps one entry."""
     x = args[0]
@@ -324,6 +363,98 @@ def _downsample_nearest_adjoint(g, args, settings):
 
 def _any_factor_gt_1(sample: Sample) -> bool:
     return np.max(sample.settings["factor"]) > 1
+
+
+# --------------------------------------------------------------------------- the mistakes: normalisation
+
+
+def _normalised(x, axes, eps, mean=None, var=None):
+    """``x̂`` and ``1/σ`` over ``axes`` (batch statistics, or the given running ones)."""
+    if mean is None:
+        mean, var = jnp.mean(x, axes, keepdims=True), jnp.var(x, axes, keepdims=True)
+    inv_sigma = lax.rsqrt(var + eps)
+    return (x - mean) * inv_sigma, inv_sigma
+
+
+def _bn_parts(args, settings):
+    """Batch norm's ``g``-independent parts at the sample: ``x̂``, ``γ/σ`` and the reduced axes."""
+    x, gamma = args[0], args[1]
+    axis = settings.get("axis", -1) % x.ndim
+    axes = tuple(a for a in range(x.ndim) if a != axis)
+    shape = tuple(1 if a in axes else n for a, n in enumerate(x.shape))
+    stats = [None if settings.get(k) is None else jnp.reshape(settings[k], shape) for k in ("mean", "var")]
+    x_hat, inv_sigma = _normalised(x, axes, settings.get("eps", 1e-5), *stats)
+    gamma = jnp.ones(shape, x.dtype) if gamma is None else jnp.reshape(gamma, shape)
+    return x_hat, gamma * inv_sigma, axes
+
+
+def _bn_dropped_term(term: Callable) -> Callable:
+    """The right ``dx`` with one term of ``(γ/σ)(g − mean(g) − x̂·mean(g x̂))`` left out (added back)."""
+    def wrong(g, args, settings):
+        x_hat, scale, axes = _bn_parts(args, settings)
+        g_y = g[0]  # training mode returns (y, μ, σ²): the cotangent of y
+        return _right("batch_norm", args, settings, g, 0) + scale * term(g_y, x_hat, axes)
+
+    return wrong
+
+
+def _bn_eval_with_batch_rule(g, args, settings):
+    """Evaluation mode differentiated as if the running statistics were batch statistics."""
+    x_hat, scale, axes = _bn_parts(args, settings)
+    return scale * (g - jnp.mean(g, axes, keepdims=True) - x_hat * jnp.mean(g * x_hat, axes, keepdims=True))
+
+
+def _layer_norm_gamma_outside(g, args, settings):
+    """``dx = (γ/σ)(g − mean(g) − x̂·mean(g x̂))``: batch norm's rule, with γ taken as constant
+    over the normalised elements, instead of ``(1/σ)(ĝ − mean(ĝ) − x̂·mean(ĝ x̂))``, ``ĝ = gγ``."""
+    x, gamma = args[0], args[1]
+    axes = _checks_axes(settings.get("axis", -1), x.ndim)
+    x_hat, inv_sigma = _normalised(x, axes, settings.get("eps", 1e-5))
+    gamma = jnp.reshape(gamma, tuple(n if a in axes else 1 for a, n in enumerate(x.shape)))
+    return gamma * inv_sigma * (g - jnp.mean(g, axes, keepdims=True)
+                                - x_hat * jnp.mean(g * x_hat, axes, keepdims=True))
+
+
+def _checks_axes(axis, ndim) -> tuple[int, ...]:
+    return tuple(sorted(a % ndim for a in ((axis,) if isinstance(axis, int) else axis)))
+
+
+def _group_norm_means_over_all_channels(g, args, settings):
+    """The per-group ``x̂`` and ``σ``, but the backward's two means taken over all channels."""
+    x, gamma, groups = args[0], args[1], settings["groups"]
+    grouped = x.reshape(*x.shape[:-1], groups, x.shape[-1] // groups)
+    x_hat, inv_sigma = _normalised(grouped, tuple(range(1, x.ndim - 1)) + (x.ndim,), settings.get("eps", 1e-5))
+    x_hat = x_hat.reshape(x.shape)
+    inv_sigma = jnp.repeat(inv_sigma.reshape(x.shape[0], *(1,) * (x.ndim - 2), groups), x.shape[-1] // groups, -1)
+    g_hat = g * (1.0 if gamma is None else gamma)
+    every = tuple(range(1, x.ndim))
+    return inv_sigma * (g_hat - jnp.mean(g_hat, every, keepdims=True)
+                        - x_hat * jnp.mean(g_hat * x_hat, every, keepdims=True))
+
+
+def _dropout_mask(key, settings, shape):
+    return keep_mask(key, shape, settings["rate"])
+
+
+def _dropping(sample: Sample) -> bool:
+    return 0 < sample.settings["rate"] < 1 and not sample.settings.get("deterministic", False)
+
+
+def _kept_weight(labels, settings):
+    """``D = Σ_n m_n w_{y_n}``: the summed weights of the rows not ignored."""
+    w = jnp.asarray(settings["weights"])[jnp.clip(labels, 0, len(settings["weights"]) - 1)]
+    ignore = settings.get("ignore_index")
+    return jnp.sum(w if ignore is None else jnp.where(labels != ignore, w, 0))
+
+
+def _weighted_class_id_mean(sample: Sample) -> bool:
+    labels = np.asarray(sample.args[1])
+    return (sample.settings.get("weights") is not None and np.issubdtype(labels.dtype, np.integer)
+            and sample.settings.get("reduction", "mean") == "mean")
+
+
+def _training(sample: Sample) -> bool:
+    return sample.settings.get("mean") is None
 
 
 # --------------------------------------------------------------------------- the catalogue
@@ -382,7 +513,24 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in [
            lambda g, a, s: jnp.outer(g.reshape(-1, g.shape[-1])[0], a[0].reshape(-1, a[0].shape[-1])[0]),
            lambda s: np.ndim(s.args[0]) >= 2),
     Mutant("relu.kink_strict", "relu", "x", "dx = g·[x > 0]: the gradient stopped at x = 0",
-           _elementwise(lambda g, x, s: jnp.where(x > 0, g, 0)), lambda s: bool(s.kink)),
+           _elementwise(lambda g, x, s: jnp.where(x > 0, g, 0)),
+           lambda s: bool(s.kink) and s.settings.get("derivative_at_zero", 1.0) == 1.0),
+    Mutant("relu.kink_passes_when_asked_to_stop", "relu", "x", "derivative_at_zero=0 ignored: dx = g·[x ≥ 0]",
+           _elementwise(lambda g, x, s: jnp.where(x >= 0, g, 0)),
+           lambda s: bool(s.kink) and s.settings.get("derivative_at_zero") == 0.0),
+    Mutant("leaky_relu.slope_forgotten", "leaky_relu", "x", "dx = g·[x ≥ 0]: ReLU's rule, the slope below 0 lost",
+           _elementwise(lambda g, x, s: jnp.where(x >= 0, g, 0))),
+    Mutant("log_softmax.diagonal_only", "log_softmax", "x", "dx = g (1 − p): the off-diagonal −p_k g_i dropped",
+           _elementwise(lambda g, x, s: g * (1 - jnp.exp(ops.log_softmax(x, **s)))),
+           lambda s: np.shape(s.args[0])[s.settings.get("axis", -1)] > 1),
+    Mutant("global_mean_pool.missing_1_over_S", "global_mean_pool", "x",
+           "dx = g broadcast, not divided by the map size",
+           lambda g, a, s: _right("global_mean_pool", a, s, g, 0) * math.prod(np.shape(a[0])[1:-1]),
+           lambda s: math.prod(np.shape(s.args[0])[1:-1]) > 1),
+    Mutant("global_max_pool.spread_over_map", "global_max_pool", "x",
+           "δ spread over the whole map, not routed to the max",
+           lambda g, a, s: _right("global_mean_pool", a, s, g, 0) * math.prod(np.shape(a[0])[1:-1]),
+           lambda s: math.prod(np.shape(s.args[0])[1:-1]) > 1),
     Mutant("sigmoid.derivative_from_input", "sigmoid", "x", "f'(x) taken as x (1 − x) instead of f (1 − f)",
            _elementwise(lambda g, x, s: g * x * (1 - x))),
     Mutant("tanh.missing_square", "tanh", "x", "f'(x) taken as 1 − f instead of 1 − f²",
@@ -394,6 +542,22 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in [
     Mutant("softmax_cross_entropy.label_gradient_sign", "softmax_cross_entropy", "labels",
            "dt = +g log p / N (sign lost)", _scaled_rule("softmax_cross_entropy", 1, lambda a: -1.0),
            _has(1, lambda t: np.issubdtype(t.dtype, np.floating))),
+    Mutant("softmax_cross_entropy.weighted_mean_divides_by_N", "softmax_cross_entropy", "logits",
+           "weighted mean divided by N instead of the summed weights of the kept rows",
+           lambda g, a, s: _right("softmax_cross_entropy", a, s, g, 0) * _kept_weight(a[1], s) / a[1].size,
+           _weighted_class_id_mean),
+    Mutant("softmax_cross_entropy.smoothing_left_out", "softmax_cross_entropy", "logits",
+           "the backward of the unsmoothed loss: ε/K never reaches the other classes",
+           lambda g, a, s: _right("softmax_cross_entropy", a, dict(s, label_smoothing=0.0), g, 0),
+           _setting(lambda s: s.get("label_smoothing", 0) > 0)),
+    Mutant("softmax_cross_entropy.ignored_rows_not_masked", "softmax_cross_entropy", "logits",
+           "ignore_index dropped in the backward: ignored rows get a gradient and count in the mean",
+           lambda g, a, s: _right("softmax_cross_entropy", (a[0], jnp.clip(a[1], 0, a[0].shape[-1] - 1)),
+                                  {k: v for k, v in s.items() if k != "ignore_index"}, g, 0),
+           _setting(lambda s: s.get("ignore_index") is not None)),
+    Mutant("euclidean_loss.sum_divided_by_N", "euclidean_loss", "pred", "reduction='sum' still divided by N",
+           _scaled_rule("euclidean_loss", 0, lambda a: 1.0 / a[0].shape[0]),
+           lambda s: s.settings.get("reduction") == "sum" and np.shape(s.args[0])[0] > 1),
     Mutant("euclidean_loss.missing_1_over_N", "euclidean_loss", "pred", "dz = g (z − y), no 1/N",
            _scaled_rule("euclidean_loss", 0, lambda a: a[0].shape[0]), lambda s: np.shape(s.args[0])[0] > 1),
     Mutant("euclidean_loss.target_gradient_sign", "euclidean_loss", "target", "dy = g (z − y) / N: sign of dz",
@@ -419,12 +583,35 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in [
                "mutant", "window", s["window"], a[0].ndim - 2)), lambda s: s.settings.get("count_padding", True),
            lecture="Raj, mean pooling: each entry of the window gets δ / K²"),
     Mutant("mean_pool.overwrite_on_overlap", "mean_pool", "x", "δ / K spread with = instead of +=",
-           _mean_pool_overwrite, _overlapping(pool=True),
+           _mean_pool_overwrite, _both(_overlapping(pool=True), _setting(lambda s: not s.get("ceil_mode"))),
            lecture="Raj, mean pooling: += over overlapping windows"),
+    Mutant("mean_pool.ceil_extension_counted", "mean_pool", "x",
+           "ceil_mode's windows divided by K, the positions added by rounding up counted as padding",
+           lambda g, a, s: _right("mean_pool", a, s, g * _ceil_divisor_ratio(a[0], s), 0),
+           _setting(lambda s: s.get("ceil_mode") and s.get("count_padding", True))),
+    Mutant("max_pool.dilation_ignored", "max_pool", "x", "δ routed to s·i − lo + P(i): the window's dilation forgotten",
+           _max_pool_dilation_ignored, _setting(lambda s: np.max(s.get("dilation", 1)) > 1)),
     Mutant("im2col.overwrite_on_overlap", "im2col", "x", "col2im with = instead of overlap-add (+=)",
            _im2col_overwrite, _overlapping(pool=False)),
     Mutant("upsample.nearest_neighbour_adjoint", "upsample", "x", "dx[i] = Σ_j g[S·i + j] instead of g[S·i]",
            _upsample_nearest_adjoint, _any_factor_gt_1),
+    Mutant("batch_norm.no_mean_g_term", "batch_norm", "x", "dx = (γ/σ)(g − x̂·mean(g x̂)): the −mean(g) term lost",
+           _bn_dropped_term(lambda g, x_hat, axes: jnp.mean(g, axes, keepdims=True)), _training),
+    Mutant("batch_norm.no_xhat_term", "batch_norm", "x", "dx = (γ/σ)(g − mean(g)): the −x̂·mean(g x̂) term lost",
+           _bn_dropped_term(lambda g, x_hat, axes: x_hat * jnp.mean(g * x_hat, axes, keepdims=True)), _training),
+    Mutant("batch_norm.eval_with_batch_rule", "batch_norm", "x",
+           "evaluation mode differentiated through the statistics (the training rule at the running ones)",
+           _bn_eval_with_batch_rule, lambda s: not _training(s)),
+    Mutant("layer_norm.gamma_outside", "layer_norm", "x", "γ factored out of the means as in batch norm",
+           _layer_norm_gamma_outside, _has(1, lambda gamma: np.ptp(gamma) > 0)),
+    Mutant("group_norm.means_over_all_channels", "group_norm", "x",
+           "the backward's means over every channel instead of the group's", _group_norm_means_over_all_channels,
+           _setting(lambda s: s["groups"] > 1)),
+    Mutant("dropout.not_rescaled", "dropout", "x", "dx = g·m: the 1/(1 − rate) of the forward left out",
+           lambda g, a, s: jnp.where(_dropout_mask(a[1], s, g.shape), g, 0), _dropping),
+    Mutant("dropout.fresh_mask", "dropout", "x", "the backward draws a new mask from a split key",
+           lambda g, a, s: jnp.where(_dropout_mask(jax.random.split(a[1])[0], s, g.shape), g, 0) / (1 - s["rate"]),
+           _dropping),
     Mutant("downsample.nearest_neighbour_adjoint", "downsample", "x", "δ copied over the block instead of zeros",
            _downsample_nearest_adjoint, _any_factor_gt_1),
 ]}

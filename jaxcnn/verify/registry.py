@@ -7,7 +7,8 @@ connection tables, integer / one-hot / probability labels, dilation). The few sa
 that sit on a kink on purpose say so in ``Sample.kink``: they pin the op's convention
 there against its reference, and finite differences must call them non-smooth.
 Arrays are float64 NumPy here; :func:`cast` turns them into the dtype under test,
-leaving integer leaves (labels) alone.
+leaving integer leaves (labels) alone, and :func:`cast_settings` the floating arrays
+among the keyword settings (running statistics, class weights).
 
 To register a new op (or a new option of an old one), add an :class:`OpInfo` (or a
 :class:`Sample`) below; ``jaxcnn verify`` and the tests pick it up.
@@ -85,6 +86,13 @@ def cast(tree: Any, dtype: Any) -> Any:
     return jax.tree_util.tree_map(leaf, tree)
 
 
+def cast_settings(settings: dict, dtype: Any) -> dict:
+    """Floating NumPy arrays among the settings (running statistics, class weights) to ``dtype``;
+    everything else (strides, paddings, keys) unchanged."""
+    return {k: jnp.asarray(v, dtype) if isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.floating) else v
+            for k, v in settings.items()}
+
+
 def _normal(rng, *shape, scale=1.0):
     return rng.normal(size=shape) * scale
 
@@ -122,6 +130,52 @@ def _relu(rng):
     at_zero[:, ::2] = 0.0
     return _elementwise(rng) + [
         Sample((at_zero,), label="exact zeros (3, 4)", kink="the gradient passes at x = 0 (x >= 0)"),
+        Sample((at_zero,), {"derivative_at_zero": 0.0}, label="exact zeros (3, 4), derivative_at_zero=0",
+               kink="the gradient stops at x = 0 (x > 0), as jax.nn.relu"),
+    ]
+
+
+def _leaky_relu(rng):
+    at_zero = away_from_zero(rng, 2, 5)
+    at_zero[:, 1::2] = 0.0
+    return [
+        Sample((away_from_zero(rng, 4, 5),)),
+        Sample((away_from_zero(rng, 2, 3, 4),), {"negative_slope": 0.2}, label="(2, 3, 4) slope 0.2"),
+        Sample((away_from_zero(rng, 6),), {"negative_slope": -0.5}, label="(6,) slope -0.5"),
+        Sample((at_zero,), {"negative_slope": 0.1}, label="exact zeros (2, 5), slope 0.1",
+               kink="the gradient passes at x = 0 (derivative 1)"),
+        Sample((at_zero,), {"negative_slope": 0.1, "derivative_at_zero": 0.1},
+               label="exact zeros (2, 5), derivative_at_zero=slope",
+               kink="derivative negative_slope at x = 0 (PyTorch)"),
+    ]
+
+
+def _log_softmax(rng):
+    return [
+        Sample((_normal(rng, 4, 5, scale=2),)),
+        Sample((_normal(rng, 2, 3, 4, scale=2),), {"axis": 1}),
+        Sample((_normal(rng, 3, 6, scale=30),), label="large logits (3, 6), scale 30"),
+        Sample((_normal(rng, 5, 1),), label="one class (5, 1): y = 0"),
+    ]
+
+
+def _global_mean_pool(rng):
+    return [
+        Sample((_normal(rng, 2, 3, 4, 5),)),
+        Sample((_normal(rng, 3, 7, 2),), label="1-D (3, 7, 2)"),
+        Sample((_normal(rng, 2, 2, 3, 2, 3),), {"keepdims": True}, label="3-D, keepdims"),
+        Sample((_normal(rng, 2, 1, 1, 4),), label="1x1 map"),
+    ]
+
+
+def _global_max_pool(rng):
+    tied = distinct(rng, 1, 3, 3, 2)
+    tied[0, 2, 1, 0] = tied[0, 0, 2, 0] = tied[..., 0].max() + 0.5  # a tie for the maximum of channel 0
+    return [
+        Sample((distinct(rng, 2, 3, 4, 5),)),
+        Sample((distinct(rng, 3, 7, 2),), label="1-D (3, 7, 2)"),
+        Sample((distinct(rng, 2, 2, 3, 2, 3),), {"keepdims": True}, label="3-D, keepdims"),
+        Sample((tied,), label="a tie (1, 3, 3, 2)", kink="ties go to the first maximum in row-major order"),
     ]
 
 
@@ -137,6 +191,9 @@ def _softmax(rng):
 def _softmax_cross_entropy(rng):
     logits = _normal(rng, 6, 4, scale=2)
     probs = np.exp(_normal(rng, 6, 4))
+    ids = rng.integers(0, 4, size=6)
+    ids[[1, 4]] = 2  # two rows of the class ignored below
+    weights = rng.uniform(0.2, 3.0, 4)
     return [
         Sample((logits, rng.integers(0, 4, size=6)), label="integer labels (6,)"),
         Sample((logits, np.eye(4)[rng.integers(0, 4, size=6)]), label="one-hot labels (6, 4)"),
@@ -146,6 +203,16 @@ def _softmax_cross_entropy(rng):
         Sample((_normal(rng, 3, 5, scale=30), rng.integers(0, 5, size=3)), label="large logits (3, 5), scale 30"),
         Sample((logits, np.array([0, 4, 1, -1, 3, 2])),
                label="out-of-range class ids 4 and -1 (6,): NaN loss and NaN gradient"),
+        Sample((logits, ids), {"weights": weights}, label="class weights, mean over the summed weights"),
+        Sample((logits, ids), {"weights": weights, "ignore_index": 2, "label_smoothing": 0.2},
+               label="weights, ignore_index=2, label_smoothing=0.2"),
+        Sample((logits, np.where(np.arange(6) % 3 == 0, -100, ids)), {"ignore_index": -100, "reduction": "sum"},
+               label="ignore_index=-100 (out of range), sum"),
+        Sample((_normal(rng, 2, 3, 5, scale=2), rng.integers(0, 5, size=(2, 3))),
+               {"label_smoothing": 0.1, "reduction": "none"}, label="leading axes, label_smoothing=0.1, none"),
+        Sample((logits, probs / probs.sum(-1, keepdims=True)), {"weights": weights, "label_smoothing": 0.3},
+               label="probability labels, weights, label_smoothing=0.3"),
+        Sample((logits, probs), {"reduction": "none", "weights": weights}, label="target rows, weights, none"),
     ]
 
 
@@ -154,6 +221,9 @@ def _euclidean_loss(rng):
         Sample((_normal(rng, 4, 3), _normal(rng, 4, 3))),
         Sample((_normal(rng, 2, 3, 2), _normal(rng, 2, 3, 2))),
         Sample((_normal(rng, 5), _normal(rng, 5)), label="1-D (5,)"),
+        Sample((_normal(rng, 3, 2, 2), _normal(rng, 3, 2, 2)), {"reduction": "sum"}, label="(3, 2, 2) sum"),
+        Sample((_normal(rng, 4, 3), _normal(rng, 4, 3)), {"reduction": "none"}, label="(4, 3) none"),
+        Sample((_normal(rng, 5), _normal(rng, 5)), {"reduction": "none"}, label="1-D (5,) none"),
     ]
 
 
@@ -246,6 +316,11 @@ def _max_pool(rng):
         Sample((distinct(rng, 1, 5, 3),), {"window": 3, "stride": 2, "padding": "FULL"}, label="1-D 3/2 FULL"),
         Sample((tied,), {"window": 2}, label="2-D 2x2/2 with a tie",
                kink="ties go to the first maximum in window order"),
+        Sample((distinct(rng, 2, 7, 8, 2),), {"window": 3, "stride": 1, "dilation": 2}, label="2-D 3x3/1 dilation 2"),
+        Sample((distinct(rng, 1, 7, 6, 2),), {"window": 2, "stride": 2, "ceil_mode": True},
+               label="2-D 2x2/2 ceil_mode, odd size (a window past the input)"),
+        Sample((distinct(rng, 2, 8, 3),), {"window": 3, "stride": 2, "padding": 1, "dilation": 2, "ceil_mode": True},
+               label="1-D 3/2 p1 dilation 2 ceil_mode"),
     ]
 
 
@@ -259,6 +334,12 @@ def _mean_pool(rng):
         Sample((_normal(rng, 2, 9, 2),), {"window": 2, "stride": 3}, label="1-D stride > window"),
         Sample((_normal(rng, 1, 5, 4, 2),), {"window": 3, "padding": "FULL", "count_padding": False},
                label="2-D 3x3/3 FULL, count_padding=False"),
+        Sample((_normal(rng, 2, 8, 7, 2),), {"window": 3, "stride": 2, "padding": 1, "ceil_mode": True},
+               label="2-D 3x3/2 p1 ceil_mode: PyTorch's divisor (padding counts, the extension not)"),
+        Sample((_normal(rng, 1, 8, 2),), {"window": 2, "stride": 3, "ceil_mode": True, "count_padding": False},
+               label="1-D 2/3 ceil_mode, count_padding=False"),
+        Sample((_normal(rng, 1, 7, 6, 2),), {"window": 2, "stride": 1, "dilation": (2, 3)},
+               label="2-D dilation (2, 3)"),
     ]
 
 
@@ -289,6 +370,62 @@ def _conv_transpose(rng):
     ]
 
 
+def _batch_norm(rng):
+    return [
+        Sample((_normal(rng, 2, 3, 3, 4), _normal(rng, 4), _normal(rng, 4)), label="NHWC (2, 3, 3, 4), training"),
+        Sample((_normal(rng, 6, 5), _normal(rng, 5), _normal(rng, 5)),
+               {"mean": _normal(rng, 5), "var": rng.uniform(0.5, 2.0, 5)}, label="(6, 5), evaluation (running stats)"),
+        Sample((_normal(rng, 2, 3, 4, 4), _normal(rng, 3), _normal(rng, 3)), {"axis": 1},
+               label="NCHW (2, 3, 4, 4), axis=1"),
+        Sample((_normal(rng, 2, 3), None, None), {"eps": 0.0}, label="(2, 3): n = 2 per channel, no affine, eps=0"),
+        Sample((100.0 + _normal(rng, 8, 2), _normal(rng, 2), _normal(rng, 2)), {"eps": 1e-3},
+               label="(8, 2) offset by 100, eps=1e-3"),
+        Sample((_normal(rng, 3, 5, 2), _normal(rng, 2), _normal(rng, 2)),
+               {"axis": -1, "mean": _normal(rng, 2), "var": rng.uniform(0.1, 3.0, 2), "eps": 0.0},
+               label="NWC (3, 5, 2), evaluation, eps=0"),
+    ]
+
+
+def _layer_norm(rng):
+    return [
+        Sample((_normal(rng, 4, 6), _normal(rng, 6), _normal(rng, 6)), label="(4, 6) over the features"),
+        Sample((_normal(rng, 2, 3, 4, 5), _normal(rng, 3, 4, 5), _normal(rng, 3, 4, 5)), {"axis": (1, 2, 3)},
+               label="NHWC (2, 3, 4, 5) over (H, W, C)"),
+        Sample((_normal(rng, 2, 3, 4, 5), _normal(rng, 3, 4), _normal(rng, 3, 4)), {"axis": (1, 2), "eps": 1e-3},
+               label="over (H, W) only, eps=1e-3"),
+        Sample((_normal(rng, 3, 2), None, None), {"eps": 0.0}, label="(3, 2): two features, no affine, eps=0"),
+    ]
+
+
+def _group_norm(rng):
+    return [
+        Sample((_normal(rng, 2, 3, 4, 6), _normal(rng, 6), _normal(rng, 6)), {"groups": 3}, label="NHWC C=6, 3 groups"),
+        Sample((_normal(rng, 2, 5, 4), _normal(rng, 4), _normal(rng, 4)), {"groups": 1},
+               label="NWC, 1 group (layer norm over W and C)"),
+        Sample((_normal(rng, 2, 3, 3, 4), _normal(rng, 4), _normal(rng, 4)), {"groups": 4},
+               label="4 groups of 1 (instance norm)"),
+        Sample((_normal(rng, 3, 6), None, None), {"groups": 2, "eps": 0.0},
+               label="(3, 6) no space: groups of 3, eps=0"),
+        Sample((_normal(rng, 1, 2, 3, 2, 4), _normal(rng, 4), _normal(rng, 4)), {"groups": 2}, label="3-D, 2 groups"),
+    ]
+
+
+def _key(seed):
+    """A legacy ``jax.random.PRNGKey(seed)`` as NumPy ``uint32[2]`` (an integer leaf: never cast)."""
+    return np.array([0, seed], np.uint32)
+
+
+def _dropout(rng):
+    return [
+        Sample((_normal(rng, 4, 6), _key(1)), {"rate": 0.5}, label="(4, 6) rate 0.5"),
+        Sample((_normal(rng, 2, 3, 3, 2), _key(2)), {"rate": 0.1}, label="NHWC rate 0.1"),
+        Sample((_normal(rng, 8, 5), _key(3)), {"rate": 0.9}, label="(8, 5) rate 0.9: most dropped"),
+        Sample((_normal(rng, 3, 4), _key(4)), {"rate": 0.3, "deterministic": True}, label="deterministic (evaluation)"),
+        Sample((_normal(rng, 3, 4), _key(5)), {"rate": 1.0}, label="rate 1: all dropped"),
+        Sample((_normal(rng, 7), _key(6)), {"rate": 0.0}, label="rate 0: identity"),
+    ]
+
+
 #: Every op in :mod:`jaxcnn.ops`, by name.
 REGISTRY: dict[str, OpInfo] = {
     info.name: info
@@ -310,6 +447,14 @@ REGISTRY: dict[str, OpInfo] = {
         OpInfo("upsample", _resample),
         OpInfo("downsample", _resample),
         OpInfo("conv_transpose", _conv_transpose),
+        OpInfo("batch_norm", _batch_norm),
+        OpInfo("layer_norm", _layer_norm),
+        OpInfo("group_norm", _group_norm),
+        OpInfo("dropout", _dropout),
+        OpInfo("leaky_relu", _leaky_relu),
+        OpInfo("log_softmax", _log_softmax),
+        OpInfo("global_mean_pool", _global_mean_pool),
+        OpInfo("global_max_pool", _global_max_pool),
     ]
 }
 
