@@ -98,7 +98,7 @@ class ArgmaxResiduals(NamedTuple):
 
 def _flat(x):
     """``(N, S, C)``: the spatial axes flattened in row-major order."""
-    return x.reshape(x.shape[0], -1, x.shape[-1])
+    return x.reshape(x.shape[0], math.prod(x.shape[1:-1]), x.shape[-1])  # no -1: N may be 0
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))

@@ -178,7 +178,8 @@ def _batch_norm_eval_fwd(x, gamma, beta, mean, var, axes, eps):
 
 def _batch_norm_eval_bwd(axes, eps, res: NormResiduals, g):
     x_hat, inv_sigma, gamma = res
-    ct, dtype, shape = x_hat.dtype, g.dtype, (x_hat.size // math.prod(x_hat.shape[a] for a in axes),)
+    reduced = {a % x_hat.ndim for a in axes}  # the channel count, also for an empty batch
+    ct, dtype, shape = x_hat.dtype, g.dtype, (math.prod(d for i, d in enumerate(x_hat.shape) if i not in reduced),)
     g = g.astype(ct)
     d_beta = jnp.sum(g, axes, keepdims=True)  # Σ g
     d_gamma = jnp.sum(g * x_hat, axes, keepdims=True)  # Σ g x̂
