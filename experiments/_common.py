@@ -1,5 +1,6 @@
 """What the experiment scripts share: the command line, loading Fashion-MNIST or stopping
-with the install hint, summary statistics, multi-seed curve plots and the Markdown report.
+with the install hint, summary statistics and the Markdown report (plots come
+from :mod:`jaxcnn.reporting`).
 
 Every script runs ``python experiments/NAME.py [--quick] [--out DIR] [--seeds N]``. The full
 run writes ``DIR/NAME.md`` and its PNGs (``DIR`` defaults to ``experiments/results``);
@@ -19,7 +20,6 @@ import time
 from typing import Optional, Sequence
 
 import jax
-import numpy as np
 
 from _timing import markdown_table
 from jaxcnn import data
@@ -66,45 +66,6 @@ def mean_sd(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str
     if len(v) == 1:
         return f"{v[0]:.{digits}f}"
     return f"{statistics.mean(v):.{digits}f} ± {statistics.stdev(v):.{digits}f}"
-
-
-def plot_curves(path: str, series: Sequence[tuple[str, np.ndarray, Sequence[np.ndarray]]], *, xlabel: str,
-                ylabel: str, title: str = "", logy: bool = False, references: Sequence[tuple] = ()) -> str:
-    """One PNG of several learning curves, each the median over its seeds with the
-    interquartile range as a band.
-
-    Args:
-      series: ``(label, x, [y for each seed])``; a run that stopped early keeps its last
-        value to the end of the longest.
-      references: ``(label, y)`` or ``(label, y, i)`` horizontal dashed lines (published
-        figures), grey or in the colour of ``series[i]``.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    for i, (label, x, ys) in enumerate(series):
-        n = max(len(y) for y in ys)
-        stack = np.stack([np.concatenate([y, np.full(n - len(y), y[-1])]) for y in map(np.asarray, ys)])
-        x = np.asarray(x)[:n]
-        color = f"C{i}"
-        ax.plot(x, np.median(stack, axis=0), color=color, label=label + (f" ({len(ys)} seeds)" if len(ys) > 1 else ""))
-        if len(ys) > 1:
-            low, high = np.quantile(stack, [0.25, 0.75], axis=0)
-            ax.fill_between(x, low, high, color=color, alpha=0.2, lw=0)
-    for label, y, *index in references:
-        ax.axhline(y, color=f"C{index[0]}" if index else "gray", ls="--", lw=1, label=label)
-    ax.set(xlabel=xlabel, ylabel=ylabel, yscale="log" if logy else "linear")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    if title:
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=72)
-    plt.close(fig)
-    return path
 
 
 class Report:

@@ -49,7 +49,7 @@ from _timing import (block, blocked_medians, compile_seconds, interleaved_median
 import jaxcnn.ops
 import jaxcnn.reference
 from jaxcnn import _shapes, models, train
-from jaxcnn.ops.conv import METHODS, auto_plan
+from jaxcnn.ops._conv import METHODS, auto_plan
 
 C3 = jaxcnn.ops.LENET5_C3_TABLE
 

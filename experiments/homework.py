@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 import _common
-from jaxcnn import data, models, train
+from jaxcnn import data, models, reporting, train
 
 # (label, build, loss, MNIST homework reference, Fashion-MNIST authors' reference)
 NETWORKS = [
@@ -52,7 +52,7 @@ def main(argv=None) -> None:
         curves.append((label, np.arange(1, epochs + 1), [np.array([h["test_accuracy"] for h in r.history])
                                                          for r in results]))
         if label == "CNN":
-            train.plot_confusion(results[0].test.confusion, report.path("homework_cnn_confusion.png"),
+            reporting.plot_confusion(results[0].test.confusion, report.path("homework_cnn_confusion.png"),
                                  data.FASHION_MNIST_CLASSES, f"homework CNN, seed 0: test accuracy "
                                                              f"{results[0].test.accuracy:.3f}")
 
@@ -66,7 +66,7 @@ def main(argv=None) -> None:
     holds = all(ours[a] < ours[b] for a, b in zip(order, order[1:]))
     report.add(f"## Ordering\n\nThe MNIST run's ordering, linear perceptron < perceptron < MLP < CNN, "
                f"**{'holds' if holds else 'does not hold'}** here: {got}.")
-    _common.plot_curves(report.path("homework_accuracy.png"), curves, xlabel="epoch", ylabel="test accuracy",
+    reporting.plot_curves(report.path("homework_accuracy.png"), curves, xlabel="epoch", ylabel="test accuracy",
                         title="Park's homework networks, Fashion-MNIST 14×14",
                         references=[("authors: logistic regression 0.842", 0.842, 1),
                                     ("authors: MLP-100 0.871", 0.871, 4)])

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 import _common
-from jaxcnn import data, models, train
+from jaxcnn import data, models, reporting, train
 
 VARIANTS = [("LeNet-5, C3 table (60 connections)", False), ("LeNet-5, dense C3 (96 connections)", True)]
 EPOCHS, BATCH, LR, MOMENTUM = 15, 128, 0.05, 0.9
@@ -53,7 +53,7 @@ def main(argv=None) -> None:
         curves.append((label, np.arange(1, epochs + 1), [np.array([h["test_accuracy"] for h in r.history])
                                                          for r in results]))
         tag = "full_c3" if full_c3 else "table"
-        train.plot_confusion(results[0].test.confusion, report.path(f"lenet5_{tag}_confusion.png"),
+        reporting.plot_confusion(results[0].test.confusion, report.path(f"lenet5_{tag}_confusion.png"),
                              data.FASHION_MNIST_CLASSES, f"{label}, seed 0: test accuracy {accuracies[0]:.4f}")
 
     report.add(f"Seeds 0 … {len(seeds) - 1}; SGD, momentum {MOMENTUM}, lr {LR} cosine-decayed to 0, batch {batch}, "
@@ -63,7 +63,7 @@ def main(argv=None) -> None:
                f"the test set).")
     report.table(["network", "parameters", "C3 parameters", "test accuracy", "best epoch", f"≥ {TARGET}",
                   "time per epoch"], rows)
-    _common.plot_curves(report.path("lenet5_accuracy.png"), curves, xlabel="epoch", ylabel="test accuracy",
+    reporting.plot_curves(report.path("lenet5_accuracy.png"), curves, xlabel="epoch", ylabel="test accuracy",
                         title="LeNet-5 on Fashion-MNIST 32×32",
                         references=[("benchmark two-conv CNNs: 0.876", 0.876), ("0.916", 0.916)])
     report.add("## Test accuracy per epoch")

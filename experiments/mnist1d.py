@@ -28,7 +28,7 @@ sys.path.insert(0, str(_HERE))
 import numpy as np  # noqa: E402
 
 import _common  # noqa: E402
-from jaxcnn import data, models, train  # noqa: E402
+from jaxcnn import data, models, reporting, train  # noqa: E402
 
 # (model, shuffled sequence, paper's test accuracy in %)
 RUNS = [
@@ -68,7 +68,7 @@ def main(argv=None) -> None:
                                   for r in results]))
         if name == "mnist1d_cnn" and not confusion_done:  # the first CNN run (the quick run has only the shuffled one)
             confusion_done = True
-            train.plot_confusion(results[0].test.confusion, report.path("mnist1d_cnn_confusion.png"),
+            reporting.plot_confusion(results[0].test.confusion, report.path("mnist1d_cnn_confusion.png"),
                                  title=f"MNIST-1D {label}, seed 0: test accuracy {results[0].test.accuracy:.3f}")
 
     report.add(f"Seeds 0 … {len(seeds) - 1}; {steps} steps of batch {BATCH}, Adam lr {LR}; test accuracy after "
@@ -78,7 +78,7 @@ def main(argv=None) -> None:
     for shuffled, suffix in ((False, "original"), (True, "shuffled")):
         plotted = [(n, p) for n, s, p in runs if s == shuffled]
         refs = [(f"paper: {LABELS[n]}", p, i) for i, (n, p) in enumerate(plotted) if p]
-        _common.plot_curves(report.path(f"mnist1d_{suffix}.png"), curves[shuffled], xlabel="step",
+        reporting.plot_curves(report.path(f"mnist1d_{suffix}.png"), curves[shuffled], xlabel="step",
                             ylabel="test accuracy (%)", references=refs,
                             title="MNIST-1D" + (", shuffled sequence" if shuffled else ""))
         report.image(f"mnist1d_{suffix}.png", f"test accuracy, {suffix}")

@@ -17,7 +17,7 @@ import numpy as np
 import _common
 import jaxcnn.ops
 import jaxcnn.reference
-from jaxcnn import models, train
+from jaxcnn import models, reporting, train
 
 EPOCHS, BATCH, LR, MOMENTUM, SEED = 3, 128, 0.05, 0.9, 0
 BACKENDS = [("hand-derived (jaxcnn.ops)", jaxcnn.ops), ("autodiff (jaxcnn.reference)", jaxcnn.reference)]
@@ -61,10 +61,10 @@ def main(argv=None) -> None:
                f"({round(abs(hand.test.accuracy - auto.test.accuracy) * len(fashion.y_test))} of "
                f"{len(fashion.y_test)} test images)")
     steps = np.arange(1, len(diff) + 1)
-    _common.plot_curves(report.path("ops_vs_autodiff_loss.png"),
+    reporting.plot_curves(report.path("ops_vs_autodiff_loss.png"),
                         [(k, steps, [v]) for k, v in losses.items()], xlabel="step", ylabel="training loss",
                         logy=True, title="LeNet-5, same seed: hand-derived rules vs autodiff")
-    _common.plot_curves(report.path("ops_vs_autodiff_difference.png"),
+    reporting.plot_curves(report.path("ops_vs_autodiff_difference.png"),
                         [("|hand − autodiff| training loss", steps, [np.maximum(diff, 1e-10)])],
                         xlabel="step", ylabel="absolute difference", logy=True,
                         title="loss difference per step (floored at 1e-10 for the log scale)")

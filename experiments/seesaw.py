@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 import _common
-from jaxcnn import data, models, train
+from jaxcnn import data, models, reporting, train
 
 LECTURE = {"seesaw_mlp_sigmoid": (0.023, 1000), "seesaw_mlp": (0.00, 324), "seesaw_cnn": (0.00, 261),
            "seesaw_cnn_pool2": (0.00, 261)}
@@ -83,7 +83,7 @@ def main(argv=None) -> None:
             curves.append((LABELS[name], np.arange(1, max_epochs + 1),
                            [np.array([h["test_sse"] for h in r.history]) for r in results]))
             print(rows[-1], flush=True)
-        _common.plot_curves(report.path(f"seesaw_sse_{setting}.png"), curves, xlabel="epoch",
+        reporting.plot_curves(report.path(f"seesaw_sse_{setting}.png"), curves, xlabel="epoch",
                             ylabel="SSE over the 4 patterns", logy=True, title=f"seesaw, α = {ALPHA}, λ = {lam}",
                             references=[(f"converged: SSE < {CONVERGED_SSE}", CONVERGED_SSE)])
 

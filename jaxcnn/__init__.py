@@ -3,10 +3,29 @@
 * :mod:`jaxcnn.ops`: the ops, each a ``jax.custom_vjp`` with the lectures' backward rule.
 * :mod:`jaxcnn.reference`: the same forwards, differentiated by JAX's autodiff.
 * :mod:`jaxcnn.verify`: the gradient checker that proves the rules right.
+* :mod:`jaxcnn.nn` (layers and combinators), :mod:`jaxcnn.models` (the zoo),
+  :mod:`jaxcnn.train` (the optax loop), :mod:`jaxcnn.data` (datasets),
+  :mod:`jaxcnn.reporting` (metrics and plots), :mod:`jaxcnn.checkpoint`: imported on
+  first use, so that ``import jaxcnn`` stays as cheap as the ops.
 """
+
+import importlib
 
 from jaxcnn import ops, reference, verify
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "reference", "verify", "__version__"]
+_LAZY = ("checkpoint", "data", "models", "nn", "reporting", "train")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return importlib.import_module(f"jaxcnn.{name}")
+    raise AttributeError(f"module 'jaxcnn' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = ["ops", "reference", "verify", *_LAZY, "__version__"]

@@ -103,7 +103,7 @@ def _train(args) -> int:
 
     import jaxcnn.ops
     import jaxcnn.reference
-    from jaxcnn import data, models, train
+    from jaxcnn import data, models, reporting, train
 
     entry = models.ZOO[args.model]
     dataset = data.DATASETS[args.data](directory=args.data_dir)
@@ -122,8 +122,8 @@ def _train(args) -> int:
         ops=backend,
     )
     config = {k: v for k, v in vars(args).items() if k != "command"}
-    train.save_metrics(out, result, config)
-    train.plot_history(result.history, os.path.join(out, "learning_curve.png"), f"{args.model} on {args.data}")
+    reporting.save_metrics(out, result, config)
+    reporting.plot_history(result.history, os.path.join(out, "learning_curve.png"), f"{args.model} on {args.data}")
     seconds = sum(h["seconds"] for h in result.history)
     print(f"{args.model} on {args.data}: test accuracy {result.test.accuracy:.4f}, test loss "
           f"{result.test.loss:.4f} after {int(result.state.step)} steps ({seconds:.1f} s of training); "

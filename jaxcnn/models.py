@@ -14,7 +14,7 @@ from types import ModuleType
 from typing import Callable, Optional
 
 from jaxcnn import nn
-from jaxcnn.ops.conv import LENET5_C3_TABLE
+from jaxcnn.ops._conv import LENET5_C3_TABLE
 
 #: PyTorch's default initialisation, ``U(±1/√fan_in)`` for weights and biases, used where
 #: a model reproduces a PyTorch reference (MNIST-1D).

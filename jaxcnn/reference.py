@@ -4,27 +4,27 @@ them (in both modes). They are what the hand-derived rules are checked against, 
 drop-in backend (``ops=jaxcnn.reference``) for comparing whole models.
 """
 
-from jaxcnn.ops.activations import relu_reference as relu
-from jaxcnn.ops.activations import sigmoid_reference as sigmoid
-from jaxcnn.ops.activations import softmax_reference as softmax
-from jaxcnn.ops.activations import tanh_reference as tanh
-from jaxcnn.ops.conv import LENET5_C3_TABLE
-from jaxcnn.ops.conv import conv1d_reference as conv1d
-from jaxcnn.ops.conv import conv2d_reference as conv2d
-from jaxcnn.ops.conv import conv3d_reference as conv3d
-from jaxcnn.ops.conv import conv_reference as conv
-from jaxcnn.ops.conv_transpose import conv_transpose_reference as conv_transpose
-from jaxcnn.ops.dense import dense_reference as dense
-from jaxcnn.ops.flatten import flatten_reference as flatten
-from jaxcnn.ops.im2col import im2col_reference as im2col
-from jaxcnn.ops.losses import euclidean_loss_reference as euclidean_loss
-from jaxcnn.ops.losses import l2_penalty_reference as l2_penalty
-from jaxcnn.ops.losses import softmax_cross_entropy_reference as softmax_cross_entropy
-from jaxcnn.ops.mean_subtraction import mean_subtraction_reference as mean_subtraction
-from jaxcnn.ops.pooling import max_pool_reference as max_pool
-from jaxcnn.ops.pooling import mean_pool_reference as mean_pool
-from jaxcnn.ops.resample import downsample_reference as downsample
-from jaxcnn.ops.resample import upsample_reference as upsample
+from jaxcnn.ops._activations import relu_reference as relu
+from jaxcnn.ops._activations import sigmoid_reference as sigmoid
+from jaxcnn.ops._activations import softmax_reference as softmax
+from jaxcnn.ops._activations import tanh_reference as tanh
+from jaxcnn.ops._conv import LENET5_C3_TABLE
+from jaxcnn.ops._conv import conv1d_reference as conv1d
+from jaxcnn.ops._conv import conv2d_reference as conv2d
+from jaxcnn.ops._conv import conv3d_reference as conv3d
+from jaxcnn.ops._conv import conv_reference as conv
+from jaxcnn.ops._conv_transpose import conv_transpose_reference as conv_transpose
+from jaxcnn.ops._dense import dense_reference as dense
+from jaxcnn.ops._flatten import flatten_reference as flatten
+from jaxcnn.ops._im2col import im2col_reference as im2col
+from jaxcnn.ops._losses import euclidean_loss_reference as euclidean_loss
+from jaxcnn.ops._losses import l2_penalty_reference as l2_penalty
+from jaxcnn.ops._losses import softmax_cross_entropy_reference as softmax_cross_entropy
+from jaxcnn.ops._mean_subtraction import mean_subtraction_reference as mean_subtraction
+from jaxcnn.ops._pooling import max_pool_reference as max_pool
+from jaxcnn.ops._pooling import mean_pool_reference as mean_pool
+from jaxcnn.ops._resample import downsample_reference as downsample
+from jaxcnn.ops._resample import upsample_reference as upsample
 
 __all__ = [
     "LENET5_C3_TABLE",

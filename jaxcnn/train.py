@@ -21,11 +21,10 @@ every host's devices, the same mesh spans them, and each process runs the same p
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -35,10 +34,9 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import jaxcnn.ops
-from jaxcnn import checkpoint
+from jaxcnn import _xla_cpu, checkpoint
 from jaxcnn.data import Dataset
 from jaxcnn.nn import Layer
-from jaxcnn.ops.conv import canonical_numbers
 
 
 class TrainState(NamedTuple):
@@ -163,36 +161,12 @@ def make_epoch(step: Callable, batch_size: int, mesh: Optional[Mesh] = None, shu
 
     def epoch(state: TrainState, x, y, num_steps: int):
         if not chosen:  # decided once, on the first call's shapes
-            slow = jax.default_backend() == "cpu" and _has_slow_loop_convolution(
+            slow = _xla_cpu.on_cpu() and _xla_cpu.has_slow_loop_convolution(
                 jax.make_jaxpr(batch_step)(state, x, y, jnp.zeros(batch_size, jnp.int32)).jaxpr)
             chosen.append(steps_epoch if slow else scan_epoch)
         return chosen[0](state, x, y, num_steps)
 
     return epoch
-
-
-def _has_slow_loop_convolution(jaxpr) -> bool:
-    """Whether ``jaxpr``, or any jaxpr nested in it (custom rules, jit, cond), has a
-    convolution that XLA:CPU runs slowly inside a loop body: one not in its canonical
-    form (batch first and channels last, kernel ``(*window, in, out)``, no groups), as
-    autodiff's transposed convolutions are. XLA reorders such a convolution's operands
-    with copies at the top level of a program, not in a loop body, where it falls back
-    to a far slower loop (the MNIST-1D CNN's conv2 weight gradient: 0.63 ms vs 0.03)."""
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "conv_general_dilated" and not _canonical_convolution(eqn.params):
-            return True
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, (tuple, list)) else (value,):
-                sub = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
-                if hasattr(sub, "eqns") and _has_slow_loop_convolution(sub):
-                    return True
-    return False
-
-
-def _canonical_convolution(params) -> bool:
-    n = len(params["dimension_numbers"].lhs_spec) - 2
-    return (params["dimension_numbers"] == canonical_numbers(n)
-            and params["feature_group_count"] == params["batch_group_count"] == 1)
 
 
 class Evaluation(NamedTuple):
@@ -398,99 +372,7 @@ class _progress:
             self.bar.close()
 
 
-def save_metrics(directory: str, result: FitResult, config: dict) -> str:
-    """Writes ``metrics.json`` (history, final test loss/accuracy/SSE, confusion, config)."""
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, "metrics.json")
-    with open(path, "w") as f:
-        json.dump({
-            "config": config,
-            "history": result.history,
-            "test_loss": result.test.loss,
-            "test_accuracy": result.test.accuracy,
-            "test_sse": result.test.sse,
-            "confusion": result.test.confusion.tolist(),
-        }, f, indent=1)
-    return path
-
-
-def plot_history(history: list[dict], path: str, title: str = "") -> str:
-    """A learning-curve PNG: train loss and train/test accuracy per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train")
-    if any("test_loss" in h for h in history):
-        ax_loss.plot([h["epoch"] for h in history if "test_loss" in h],
-                     [h["test_loss"] for h in history if "test_loss" in h], label="test")
-    ax_loss.set(xlabel="epoch", ylabel="loss", yscale="log")
-    ax_acc.plot(epochs, [h["train_accuracy"] for h in history], label="train")
-    if any("test_accuracy" in h for h in history):
-        ax_acc.plot([h["epoch"] for h in history if "test_accuracy" in h],
-                    [h["test_accuracy"] for h in history if "test_accuracy" in h], label="test")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.legend()
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def plot_confusion(confusion: np.ndarray, path: str, class_names: Optional[Sequence[str]] = None,
-                   title: str = "") -> str:
-    """A confusion-matrix PNG: rows are true classes, columns predicted classes, each
-    cell the fraction of its row (the per-class recall on the diagonal), with counts.
-
-    Args:
-      confusion: ``(K, K)`` counts, ``[true class, predicted class]`` (:class:`Evaluation`).
-      path: the PNG to write.
-      class_names: ``K`` tick labels (default ``0 … K−1``).
-      title: the figure title.
-
-    Returns:
-      ``path``.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    confusion = np.asarray(confusion)
-    k = confusion.shape[0]
-    if confusion.shape != (k, k):
-        raise ValueError(f"plot_confusion: `confusion` must be square (K, K), got shape {confusion.shape}.")
-    names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
-    if len(names) != k:
-        raise ValueError(f"plot_confusion: {len(names)} class names for a {k}×{k} confusion matrix.")
-    rows = confusion.sum(axis=1, keepdims=True)
-    fractions = confusion / np.maximum(rows, 1)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k))
-    ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
-    for i in range(k):
-        for j in range(k):
-            if confusion[i, j]:
-                ax.text(j, i, f"{confusion[i, j]}", ha="center", va="center", fontsize=7,
-                        color="white" if fractions[i, j] > 0.5 else "black")
-    ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(k), names, fontsize=8)
-    ax.set(xlabel="predicted", ylabel="true")
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
-
-
 __all__ = [
     "Evaluation", "FitResult", "TrainState", "evaluate", "fit", "make_epoch", "make_evaluator", "make_loss", "make_mesh",
-    "make_optimizer", "make_step", "plot_confusion", "plot_history", "save_metrics", "weights",
+    "make_optimizer", "make_step", "weights",
 ]

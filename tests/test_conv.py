@@ -13,7 +13,7 @@ from jax import lax
 
 import opcheck
 from jaxcnn import _shapes, ops, reference, verify
-from jaxcnn.ops.conv import METHODS, Plan, auto_plan
+from jaxcnn.ops._conv import METHODS, Plan, auto_plan
 
 
 
@@ -505,7 +505,7 @@ def test_row_blocks_match_the_reference_and_autodiff(rng, spatial, window, strid
     # The row-block formulas (blocks of J outputs along the last axis: y by a banded matrix,
     # dW with its diagonals summed) at uneven geometries — prime output widths, dilation,
     # 1-D and 3-D — against the reference and its autodiff.
-    conv_module = sys.modules["jaxcnn.ops.conv"]  # the module, not the `ops.conv` function
+    conv_module = sys.modules["jaxcnn.ops._conv"]
     geom = _shapes.geometry("conv", spatial, window, stride, padding, dilation)
     x, w = _normal(rng, 2, *spatial, c_in), _normal(rng, *window, c_in, c_out)
     g = _normal(rng, 2, *geom.out_shape, c_out)

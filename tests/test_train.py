@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcnn import checkpoint, cli, data, models, nn, ops, reference, train
+from jaxcnn import _xla_cpu, checkpoint, cli, data, models, nn, ops, reference, reporting, train
 
 KEY = jax.random.PRNGKey(0)
 
@@ -317,12 +317,12 @@ def test_fit_stops_early_and_keeps_step_losses(tmp_path):
 
 def test_plot_confusion_writes_a_png_and_checks_its_input(tmp_path):
     path = str(tmp_path / "confusion.png")
-    assert train.plot_confusion(np.array([[5, 1], [0, 4]]), path, ["left", "right"], "seesaw") == path
+    assert reporting.plot_confusion(np.array([[5, 1], [0, 4]]), path, ["left", "right"], "seesaw") == path
     assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match=r"`confusion` must be square \(K, K\), got shape \(2, 3\)"):
-        train.plot_confusion(np.zeros((2, 3)), path)
+        reporting.plot_confusion(np.zeros((2, 3)), path)
     with pytest.raises(ValueError, match=r"3 class names for a 2×2 confusion matrix"):
-        train.plot_confusion(np.eye(2), path, ["a", "b", "c"])
+        reporting.plot_confusion(np.eye(2), path, ["a", "b", "c"])
 
 
 def test_make_epoch_rejects_an_unknown_loop():
@@ -346,9 +346,9 @@ def test_auto_loop_steps_on_the_cpu_only_when_a_convolution_is_slow_in_a_loop():
         x = jnp.asarray(np.random.default_rng(0).normal(size=(8, *shape)), jnp.float32)
         y = jnp.asarray([0, 1] * 4)
         grads = jax.make_jaxpr(jax.grad(lambda p: model.apply(p, x).sum()))(params)
-        assert train._has_slow_loop_convolution(grads.jaxpr) == slow  # found in the custom rule's backward too
+        assert _xla_cpu.has_slow_loop_convolution(grads.jaxpr) == slow  # found in the custom rule's backward too
         forward = jax.make_jaxpr(lambda p: model.apply(p, x))(params)
-        assert not train._has_slow_loop_convolution(forward.jaxpr)  # a forward convolution is canonical
+        assert not _xla_cpu.has_slow_loop_convolution(forward.jaxpr)  # a forward convolution is canonical
         opt = optax.sgd(0.1)
         step = train.make_step(train.make_loss(model), opt)
         results = {}

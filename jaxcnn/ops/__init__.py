@@ -5,18 +5,23 @@ Forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``) does not 
 ``custom_vjp`` functions and raises ``TypeError``; use reverse mode (``jax.grad``,
 ``jax.vjp``, ``jax.jacrev``), or the same function from :mod:`jaxcnn.reference`, which
 supports both modes.
+
+Each op family lives in a private module (``_conv.py``, ``_pooling.py``, ...; read
+``jaxcnn/ops/_conv.py`` for the convolution's forward and backward), and this package
+exports the functions; the same names in :mod:`jaxcnn.reference` are the autodiff
+references, and :data:`jaxcnn.verify.registry.REGISTRY` certifies each of them.
 """
 
-from jaxcnn.ops.activations import relu, sigmoid, softmax, tanh
-from jaxcnn.ops.conv import LENET5_C3_TABLE, conv, conv1d, conv2d, conv3d
-from jaxcnn.ops.conv_transpose import conv_transpose
-from jaxcnn.ops.dense import dense
-from jaxcnn.ops.flatten import flatten
-from jaxcnn.ops.im2col import im2col
-from jaxcnn.ops.losses import euclidean_loss, l2_penalty, softmax_cross_entropy
-from jaxcnn.ops.mean_subtraction import mean_subtraction
-from jaxcnn.ops.pooling import max_pool, mean_pool
-from jaxcnn.ops.resample import downsample, upsample
+from jaxcnn.ops._activations import relu, sigmoid, softmax, tanh
+from jaxcnn.ops._conv import LENET5_C3_TABLE, conv, conv1d, conv2d, conv3d
+from jaxcnn.ops._conv_transpose import conv_transpose
+from jaxcnn.ops._dense import dense
+from jaxcnn.ops._flatten import flatten
+from jaxcnn.ops._im2col import im2col
+from jaxcnn.ops._losses import euclidean_loss, l2_penalty, softmax_cross_entropy
+from jaxcnn.ops._mean_subtraction import mean_subtraction
+from jaxcnn.ops._pooling import max_pool, mean_pool
+from jaxcnn.ops._resample import downsample, upsample
 
 __all__ = [
     "LENET5_C3_TABLE",

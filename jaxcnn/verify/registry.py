@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn import ops, reference
-from jaxcnn.ops.conv import METHODS as CONV_METHODS
+from jaxcnn.ops._conv import METHODS as CONV_METHODS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,3 +304,7 @@ REGISTRY: dict[str, OpInfo] = {
         OpInfo("conv_transpose", _conv_transpose),
     ]
 }
+
+#: Public ops that fix a setting of a registered op (the spatial rank of ``conv``): they run
+#: the same custom_vjp, so its samples certify them; ``tests/test_conv.py`` checks they agree.
+SPECIALISATIONS: dict[str, str] = {"conv1d": "conv", "conv2d": "conv", "conv3d": "conv"}

@@ -21,7 +21,7 @@ from jax import lax
 
 from jaxcnn import _checks, _shapes
 from jaxcnn._shapes import Geometry, Padding
-from jaxcnn.ops.conv import canonical_numbers, correlate_over_batch
+from jaxcnn._xla_cpu import canonical_numbers, correlate_over_batch
 
 
 def conv_transpose(

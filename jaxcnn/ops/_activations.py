@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn import _checks
+from jaxcnn import _checks, _xla_cpu
 
 # --------------------------------------------------------------------------- ReLU
 
@@ -118,7 +118,7 @@ def tanh(x: jax.Array) -> jax.Array:
     Backward: ``dx = g · (1 − f²)``, computed from the saved output ``f``.
 
     In float32 on the CPU the forward is XLA's own rational approximation written out
-    (:func:`_tanh_rational`: within 6.5 ulp of the exact value; ``|x| < 2.4·10⁻³⁶`` gives
+    (:func:`jaxcnn._xla_cpu.tanh_rational`: within 6.5 ulp of the exact value; ``|x| < 2.4·10⁻³⁶`` gives
     ``±0``), which XLA:CPU fuses with the layer before it at full speed; elsewhere it is
     ``jnp.tanh``.
 
@@ -141,36 +141,9 @@ def tanh(x: jax.Array) -> jax.Array:
 
 @jax.custom_vjp
 def _tanh(x):
-    if x.dtype == jnp.float32 and jax.default_backend() == "cpu":
-        return _tanh_rational(x)
+    if x.dtype == jnp.float32 and _xla_cpu.on_cpu():
+        return _xla_cpu.tanh_rational(x)
     return jnp.tanh(x)
-
-
-# XLA's float32 tanh (llvm_ir::EmitFastTanh, Eigen's coefficients): an odd rational 13/6 in
-# z = clip(x, ±9), p(z²) and q(z²) highest power first; at ±9 it rounds to ±1.
-_TANH_CLAMP = 9.0
-_TANH_NUMERATOR = (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11, 5.12229709037114e-08,
-                   1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03)
-_TANH_DENOMINATOR = (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03)
-
-
-def _tanh_rational(x):
-    """float32 ``tanh`` on the CPU: the rational approximation XLA itself uses, written out.
-
-    ``tanh(x) ≈ z · p(z²) / q(z²)`` with ``z = clip(x, ±9)`` (``jnp.polyval``: Horner's rule).
-    XLA:CPU computes ``jnp.tanh`` fast as a kernel of its own but about 3× slower inside a
-    fused loop (a conv's ``+ b`` fused with the tanh after it: LeNet-5's C3, 204,800
-    elements, 0.32 → 0.12 ms); the same arithmetic spelled out in multiplies, adds and one
-    divide vectorises in any fusion, and ending in the divide it stays one buffer rather
-    than ``p / q`` plus a product recomputed in every consumer (LeNet-5's step 5–6% faster
-    than with ``jnp.tanh``). XLA's ``tanh(x) = x`` branch for ``|x| < 4·10⁻⁴`` is left out
-    (a select splits the fusion), so ``z · p`` underflows to ``±0`` for ``|x| < 2.4·10⁻³⁶``.
-    Otherwise within 6.5 ulp of the exact ``tanh`` for every float32 (``jnp.tanh``: 4.9);
-    ``±0``, ``±inf`` and NaN map as ``tanh`` does."""
-    z = jnp.clip(x, -_TANH_CLAMP, _TANH_CLAMP)
-    z2 = z * z
-    p, q = (jnp.polyval(jnp.asarray(c, x.dtype), z2) for c in (_TANH_NUMERATOR, _TANH_DENOMINATOR))
-    return (z * p) / q
 
 
 def _tanh_fwd(x):

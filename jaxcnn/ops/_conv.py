@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxcnn import _checks, _shapes
-from jaxcnn.ops.im2col import col2im, patches, taps, whole_window
+from jaxcnn import _checks, _shapes, _xla_cpu
+from jaxcnn.ops._im2col import col2im, patches, taps, whole_window
 
 #: LeNet-5's S2 → C3 connection table (LeCun et al. 1998, Table I; Hu & Zhu's slide
 #: "Feature map selection"): ``LENET5_C3_TABLE[p, q]`` is true when input map ``p`` of
@@ -227,7 +227,7 @@ def _conv_bwd(spec: ConvSpec, res: ConvResiduals, g):
     if plan.weight == "xla":
         dw = _weight_gradient(res.x, g, geom, in_shape)  # x_p *valid rot180(δ_q)
     elif plan.weight == "im2col":
-        dw = _contract_leading(patches(res.x, geom), g).reshape(res.w.shape)  # im2col(x)ᵀ δ
+        dw = _xla_cpu.contract_leading(patches(res.x, geom), g).reshape(res.w.shape)  # im2col(x)ᵀ δ
     elif plan.weight == "rows":
         dw, db = _weight_gradient_rows(res.x, g, geom, bias=_bias_in_rows(spec))
         dw = dw.reshape(res.w.shape)
@@ -255,7 +255,7 @@ def _forward(x, w, b, spec: ConvSpec):
     geom, formula = spec.geometry, spec.plan.forward
     if formula == "xla":
         y = lax.conv_general_dilated(
-            x, w, geom.stride, geom.pads, rhs_dilation=geom.dilation, dimension_numbers=canonical_numbers(len(geom.window))
+            x, w, geom.stride, geom.pads, rhs_dilation=geom.dilation, dimension_numbers=_xla_cpu.canonical_numbers(len(geom.window))
         )
     elif formula == "im2col":
         y = patches(x, geom) @ w.reshape(-1, w.shape[-1])  # im2col(x) · W
@@ -362,7 +362,7 @@ def _weight_gradient_rows(x, g, geom: _shapes.Geometry, bias: bool = False):
     lead_taps, c_in, c_out = math.prod(geom.window[:-1]), x.shape[-1], g.shape[-1]
     g_pad = lax.pad(g, jnp.zeros((), g.dtype),  # δ = 0 for the padded outputs
                     [(0, 0, 0)] * (g.ndim - 2) + [(0, rb.blocks * rb.block - geom.out_shape[-1], 0), (0, 0, 0)])
-    m = _contract_leading(_row_block_columns(x, geom, ones=bias), g_pad.reshape(-1, rb.block * c_out))
+    m = _xla_cpu.contract_leading(_row_block_columns(x, geom, ones=bias), g_pad.reshape(-1, rb.block * c_out))
     db = m[-1].reshape(rb.block, c_out).sum(0) if bias else None  # the ones column: Σ δ per block output
     m = (m[:-1] if bias else m).reshape(lead_taps, rb.span, c_in, rb.block, c_out)
     return jnp.einsum("kupvq,uvb->kbpq", m, _row_block_diagonals(geom, np.dtype(m.dtype))), db  # (K', k_L, C_in, C_out)
@@ -379,7 +379,7 @@ def _input_gradient(g, w, geom: _shapes.Geometry, in_shape):
     flipped = jnp.swapaxes(lax.rev(w, tuple(range(n))), -1, -2)  # rot180 over the spatial axes, (C_out, C_in) planes
     return lax.conv_general_dilated(  # lhs_dilation inserts the s − 1 zeros between δ's entries
         g, flipped, (1,) * n, pads, lhs_dilation=geom.stride, rhs_dilation=geom.dilation,
-        dimension_numbers=canonical_numbers(n),
+        dimension_numbers=_xla_cpu.canonical_numbers(n),
     )
 
 
@@ -387,42 +387,7 @@ def _weight_gradient(x, g, geom: _shapes.Geometry, in_shape):
     """``∂E/∂w``: the padded input ⋆ the stride-upsampled δ, with the batch as the contracted axis."""
     tail = _shapes.unreached(in_shape, geom)
     pads = [(lo, hi - r) for (lo, hi), r in zip(geom.pads, tail)]  # drop the unreached tail
-    return correlate_over_batch(x, g, geom.dilation, pads, geom.stride)
-
-
-def correlate_over_batch(a, b, window_strides, pads, rhs_dilation):
-    """``out[k, p, q] = Σ_{n,o} a_pad[n, o·d + k·s, p] b[n, o, q]`` over the batch and every
-    position ``o`` (``s`` = ``window_strides``, ``d`` = ``rhs_dilation``), laid out
-    ``(*window, C_a, C_b)``: a weight gradient, ``a`` correlated with ``b`` as the kernel.
-
-    ``C_a`` plays the batch, ``N`` the contracted feature and ``b`` the kernel
-    ``(*out, N, C_b)``, moved there with explicit transposes so that the convolution is in
-    XLA:CPU's canonical form: read through swapped dimension numbers instead, it took
-    0.63 ms inside make_epoch's scan (MNIST-1D's conv2 ``dW``), against 0.03 ms at the top
-    level of a program, where XLA adds the copies itself."""
-    n = a.ndim - 2
-    spatial = tuple(range(1, n + 1))
-    out = lax.conv_general_dilated(
-        jnp.transpose(a, (n + 1, *spatial, 0)), jnp.transpose(b, (*spatial, 0, n + 1)), window_strides, pads,
-        rhs_dilation=rhs_dilation, dimension_numbers=canonical_numbers(n),
-    )  # (C_a, *window, C_b)
-    return jnp.transpose(out, (*spatial, 0, n + 1))
-
-
-def _contract_leading(a, b):
-    """``aᵀ b`` over every axis but the last (batch and positions), computed as ``(bᵀ a)ᵀ``:
-    with the narrow δ as ``b``, XLA:CPU transposes δ for its matrix kernel rather than the
-    wide column matrix ``a`` (LeNet-5's C3: 0.8 of 7.7 MB; about 0.9 ms of a 12 ms step)."""
-    lead = tuple(range(a.ndim - 1))
-    return lax.dot_general(b, a, ((lead, lead), ((), ()))).T
-
-
-def canonical_numbers(n: int) -> lax.ConvDimensionNumbers:
-    """x ``(N, *spatial, C_in)``, w ``(*window, C_in, C_out)``, y ``(N, *spatial, C_out)``:
-    XLA:CPU's canonical form, which it runs as one library convolution at the top level of
-    a program and inside loop bodies alike."""
-    spatial = tuple(range(1, n + 1))
-    return lax.ConvDimensionNumbers((0, n + 1, *spatial), (n + 1, n, *range(n)), (0, n + 1, *spatial))
+    return _xla_cpu.correlate_over_batch(x, g, geom.dilation, pads, geom.stride)
 
 
 def _connected(w, connections):

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn import _checks, _shapes
+from jaxcnn import _checks, _shapes, _xla_cpu
 
 
 def im2col(x: jax.Array, window, *, stride=1, padding: _shapes.Padding = "VALID", dilation=1) -> jax.Array:
@@ -146,7 +146,7 @@ def col2im(cols: jax.Array, geom: _shapes.Geometry, spatial_shape: tuple[int, ..
     the padded grid at ``o·s + k·d`` (a zero pad with ``s − 1`` interior zeros, Raj's
     upsampling), the offsets are summed, and the padding is cropped. Sums of 9 or more
     terms per element are computed into a buffer of their own on the CPU
-    (:func:`_materialized`). Jitted like :func:`patches`; ``spatial_shape`` must be a tuple.
+    (:func:`jaxcnn._xla_cpu.materialized`). Jitted like :func:`patches`; ``spatial_shape`` must be a tuple.
     """
     n = cols.shape[0]
     if whole_window(geom, spatial_shape):
@@ -167,28 +167,7 @@ def col2im(cols: jax.Array, geom: _shapes.Geometry, spatial_shape: tuple[int, ..
     limit = (n, *(lo + size for (lo, _), size in zip(geom.pads, spatial_shape)), c)
     dx = lax.slice(total, start, limit)
     terms = math.prod(-(-k // s) for k, s in zip(geom.window, geom.stride))  # windows per element
-    return _materialized(dx) if terms >= _MATERIALIZE_TERMS else dx
-
-
-_MATERIALIZE_TERMS = 9  # LeNet-5's C3 (25 terms): 0.7 ms faster; MNIST-1D's (2 terms): 0.4 ms slower
-
-
-def _materialized(a):
-    """``a`` itself, computed into a buffer of its own on XLA:CPU.
-
-    col2im is a sum of up to ``Π ⌈k / s⌉`` terms per element. A consumer that reads each
-    element several times — a tiled pooling backward, which spreads each δ over its
-    window — gets that sum fused into it by XLA:CPU and recomputed per read: in LeNet-5,
-    C3's 25-term col2im four times per element of S2's input. ``lax.optimization_barrier``
-    is dropped by XLA:CPU before fusion, but a matrix product is a fusion boundary: ``a``,
-    four values to a row, times the 4 × 4 identity — 8 flops per element, exact for
-    finite values (a non-finite entry spreads NaN to the other three of its row). Worth it
-    only for long sums (``_MATERIALIZE_TERMS``): for short ones the extra pass costs more
-    than the recomputation it saves. Other backends, and sizes not divisible by 4, get
-    ``a`` unchanged."""
-    if jax.default_backend() != "cpu" or a.size % 4:
-        return a
-    return (a.reshape(-1, 4) @ jnp.eye(4, dtype=a.dtype)).reshape(a.shape)
+    return _xla_cpu.materialized(dx) if terms >= _xla_cpu.MATERIALIZE_TERMS else dx
 
 
 # --------------------------------------------------------------------------- validation
@@ -212,11 +191,9 @@ def im2col_reference(x, window, *, stride=1, padding="VALID", dilation=1):
     reordered to this module's offset-major layout (``k · C + c``).
     """
     x, geom = _validate(x, window, stride, padding, dilation)
-    n = len(geom.window)
-    spatial = tuple(range(1, n + 1))
-    dimension_numbers = lax.ConvDimensionNumbers((0, n + 1, *spatial), (n + 1, n, *range(n)), (0, n + 1, *spatial))
+    numbers = _xla_cpu.canonical_numbers(len(geom.window))
     cols = lax.conv_general_dilated_patches(
-        x, geom.window, geom.stride, geom.pads, rhs_dilation=geom.dilation, dimension_numbers=dimension_numbers
+        x, geom.window, geom.stride, geom.pads, rhs_dilation=geom.dilation, dimension_numbers=numbers
     )
     channel_major = cols.reshape(*cols.shape[:-1], x.shape[-1], math.prod(geom.window))
     return jnp.swapaxes(channel_major, -1, -2).reshape(cols.shape)
