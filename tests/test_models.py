@@ -14,9 +14,9 @@ def _data(entry, rng, batch=3):
     return jnp.asarray(x), jnp.asarray(labels)
 
 
-def _loss(entry, model):
+def _loss(entry, model, state):
     def loss(params, x, labels):
-        out = model.apply(params, x)
+        out, _ = model.apply(params, state, x, training=True, key=KEY)
         if entry.loss == "euclidean_loss":
             return ops.euclidean_loss(out, jax.nn.one_hot(labels, out.shape[-1], dtype=out.dtype))
         return ops.softmax_cross_entropy(out, labels)
@@ -28,13 +28,13 @@ def _loss(entry, model):
 def test_zoo_model_trains_under_jit_and_matches_autodiff(name, rng):
     entry = models.ZOO[name]
     hand, auto = entry.build(ops=ops), entry.build(ops=reference)
-    params, out_shape = hand.init(KEY, entry.input_shape)
+    params, state, out_shape = hand.init(KEY, entry.input_shape)
     x, labels = _data(entry, rng)
-    y = jax.jit(hand.apply)(params, x.astype(jnp.float32))
+    y, _ = jax.jit(hand.apply)(params, state, x.astype(jnp.float32))
     assert y.shape == (3, *out_shape[1:])
 
-    params64 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
-    loss_hand, loss_auto = _loss(entry, hand), _loss(entry, auto)
+    params64, state64 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), (params, state))
+    loss_hand, loss_auto = _loss(entry, hand, state64), _loss(entry, auto, state64)
     v_hand, g_hand = jax.jit(jax.value_and_grad(loss_hand))(params64, x, labels)
     v_auto, g_auto = jax.value_and_grad(loss_auto)(params64, x, labels)
     assert np.isfinite(v_hand)
@@ -45,8 +45,8 @@ def test_zoo_model_trains_under_jit_and_matches_autodiff(name, rng):
 
 def test_lenet5_parameter_counts():
     model = models.lenet5()
-    params, shape = model.init(KEY, (-1, 32, 32, 1))
-    assert shape == (-1, 10)
+    params, state, shape = model.init(KEY, (-1, 32, 32, 1))
+    assert shape == (-1, 10) and jax.tree_util.tree_leaves(state) == []
     assert model.count(params) == 60_806
     c3 = model.children[3]
     assert c3.count(params[3]) == 1_516
@@ -56,7 +56,7 @@ def test_lenet5_parameter_counts():
 
 def test_mnist1d_cnn_matches_greydanus_shapes():
     model = models.mnist1d_cnn()
-    params, shape = model.init(KEY, (-1, 40, 1))
+    params, _, shape = model.init(KEY, (-1, 40, 1))
     assert shape == (-1, 10)
     assert params[7]["w"].shape == (10, 125)  # flatten of 5 positions × 25 channels
     assert model.count(params) == (5 * 25 + 25) + 2 * (3 * 25 * 25 + 25) + (125 * 10 + 10)
@@ -88,11 +88,11 @@ def test_lenet5_summary_is_pinned():
 @pytest.mark.parametrize("pool,stride", [(3, 1), (2, 2)])
 def test_seesaw_cnn_pools_the_four_conv_outputs_into_two_units(pool, stride):
     model = models.seesaw_cnn(pool, stride)
-    params, shape = model.init(KEY, (-1, 5, 1))
+    params, state, shape = model.init(KEY, (-1, 5, 1))
     assert shape == (-1, 2) and params[4]["w"].shape == (2, 2)  # A, B → C, D
     x = jnp.array([[1.0, 1.0, 0.0, 0.0, 0.0]])[..., None]
     conv = {"w": jnp.array([1.0, 2.0]).reshape(2, 1, 1), "b": jnp.zeros(1)}
-    pooled = nn.serial(*model.children[:4]).apply((conv, (), (), ()), x)
+    pooled, _ = nn.serial(*model.children[:4]).apply((conv, (), (), ()), state[:4], x)
     # conv outputs (3, 1, 0, 0): window 3 stride 1 pools (3, 1, 0), (1, 0, 0); window 2 stride 2 (3, 1), (0, 0)
     np.testing.assert_array_equal(pooled, [[3.0, 1.0]] if pool == 3 else [[3.0, 0.0]])
 

@@ -29,15 +29,15 @@ def _model():
 
 def test_step_is_plain_optax_sgd_with_the_lectures_weight_decay():
     model, d = _model(), _toy()
-    params, _ = model.init(KEY, (-1, 8))
+    params, model_state, _ = model.init(KEY, (-1, 8))
     lr, lam = 0.1, 0.01
     loss_fn = train.make_loss(model, weight_decay=lam)
     step = jax.jit(train.make_step(loss_fn, optax.sgd(lr)))
-    state = train.TrainState(params, optax.sgd(lr).init(params), jnp.int32(0), KEY)
+    state = train.TrainState(params, model_state, optax.sgd(lr).init(params), jnp.int32(0), KEY)
     x, y = jnp.asarray(d.x_train[:8]), jnp.asarray(d.y_train[:8])
     new, (loss, acc) = step(state, (x, y))
     # W ← W − α (∂L/∂W + λ W), b ← b − α ∂L/∂b  (Hu & Zhu; Jearanaitanakij)
-    data_grads = jax.grad(lambda p: ops.softmax_cross_entropy(model.apply(p, x), y))(params)
+    data_grads = jax.grad(lambda p: ops.softmax_cross_entropy(model.apply(p, model_state, x)[0], y))(params)
     for p_new, p_old, g in zip(new.params, params, data_grads):
         for k in p_old:
             decay = lam * p_old[k] if k == "w" else 0.0
@@ -48,17 +48,17 @@ def test_step_is_plain_optax_sgd_with_the_lectures_weight_decay():
 @pytest.mark.parametrize("loop", ["scan", "steps"])
 def test_epoch_equals_python_loop_of_steps(loop):
     model, d = _model(), _toy()
-    params, _ = model.init(KEY, (-1, 8))
+    params, model_state, _ = model.init(KEY, (-1, 8))
     opt = optax.adam(1e-2)
     step = train.make_step(train.make_loss(model), opt)
-    state = train.TrainState(params, opt.init(params), jnp.int32(0), KEY)
+    state = train.TrainState(params, model_state, opt.init(params), jnp.int32(0), KEY)
     x, y = jnp.asarray(d.x_train), jnp.asarray(d.y_train)
     donated = jax.tree_util.tree_map(jnp.copy, state)  # the epoch donates its input state
     scanned, losses, _ = train.make_epoch(step, 16, loop=loop)(donated, x, y, 4)
 
     key, shuffle_key = jax.random.split(KEY)
     order = jax.random.permutation(shuffle_key, 64)[:64].reshape(4, 16)
-    looped = train.TrainState(params, opt.init(params), jnp.int32(0), key)
+    looped = train.TrainState(params, model_state, opt.init(params), jnp.int32(0), key)
     looped_losses = []
     for idx in order:
         looped, (loss, _) = jax.jit(step)(looped, (x[idx], y[idx]))
@@ -227,10 +227,11 @@ def test_seesaw_worked_example_single_step():
     params = (conv, (), (), (), hidden, (), out)
     params = jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float64), params)
     model = models.seesaw_cnn()
+    model_state = ((),) * 7
 
-    p = jax.nn.softmax(model.apply(params, x))[0]
+    p = jax.nn.softmax(model.apply(params, model_state, x)[0])[0]
     np.testing.assert_allclose(p, [0.51, 0.49], rtol=1e-12)
-    data_loss, _ = train.make_loss(model)(params, x, y)
+    data_loss, _ = train.make_loss(model)(params, model_state, x, y)
     # "Data loss = 0.29": the lecture's figure is −log₁₀ p_target; the natural-log
     # cross-entropy whose gradient is p − 1 (the lecture's own derivation) is 0.673.
     assert float(data_loss) == pytest.approx(-np.log(0.51), rel=1e-12)
@@ -238,7 +239,7 @@ def test_seesaw_worked_example_single_step():
 
     opt = optax.sgd(alpha)
     step = train.make_step(train.make_loss(model, weight_decay=lam), opt)
-    new, _ = step(train.TrainState(params, opt.init(params), jnp.int32(0), KEY), (x, y))
+    new, _ = step(train.TrainState(params, model_state, opt.init(params), jnp.int32(0), KEY), (x, y))
     delta = jax.tree_util.tree_map(lambda n, o: n - o, new.params, params)
     # Δw = −0.1 · (−0.49 · 0.49 + 0.1 · 0.1) = 0.023  (weight C → target output)
     assert float(delta[6]["w"][0, 0]) == pytest.approx(-alpha * ((0.51 - 1) * c + lam * 0.1), rel=1e-9)
@@ -273,9 +274,9 @@ def test_seesaw_worked_example_filter_update():
 @pytest.mark.parametrize("loss", ["softmax_cross_entropy", "euclidean_loss"])
 def test_evaluation_sse_is_the_summed_squared_error_of_the_output_probabilities(loss):
     model, d = _model(), _toy()
-    params, _ = model.init(KEY, (-1, 8))
-    ev = train.evaluate(model, params, d.x_test, d.y_test, 4, loss=loss, batch_size=10)
-    out = np.asarray(model.apply(params, jnp.asarray(d.x_test)), np.float64)
+    params, model_state, _ = model.init(KEY, (-1, 8))
+    ev = train.evaluate(model, params, model_state, d.x_test, d.y_test, 4, loss=loss, batch_size=10)
+    out = np.asarray(model.apply(params, model_state, jnp.asarray(d.x_test))[0], np.float64)
     probs = out if loss == "euclidean_loss" else np.exp(out) / np.exp(out).sum(1, keepdims=True)
     expected = np.sum((probs - np.eye(4)[d.y_test]) ** 2)
     assert ev.sse == pytest.approx(expected, rel=1e-5)
@@ -286,10 +287,10 @@ def test_evaluation_sse_is_the_summed_squared_error_of_the_output_probabilities(
 @pytest.mark.parametrize("loop", ["scan", "steps"])
 def test_unshuffled_epoch_visits_the_patterns_in_order(loop):
     model, d = _model(), _toy(n_train=6)
-    params, _ = model.init(KEY, (-1, 8))
+    params, model_state, _ = model.init(KEY, (-1, 8))
     opt = optax.sgd(0.1)
     step = train.make_step(train.make_loss(model, weight_decay=0.1), opt)
-    state = train.TrainState(params, opt.init(params), jnp.int32(0), KEY)
+    state = train.TrainState(params, model_state, opt.init(params), jnp.int32(0), KEY)
     x, y = jnp.asarray(d.x_train), jnp.asarray(d.y_train)
     scanned, losses, _ = train.make_epoch(step, 1, shuffle=False, loop=loop)(jax.tree_util.tree_map(jnp.copy, state), x, y, 6)
     looped, looped_losses = state, []
@@ -342,18 +343,18 @@ def test_auto_loop_steps_on_the_cpu_only_when_a_convolution_is_slow_in_a_loop():
     mlp = _model()
     for model, shape, slow in ((xla_model, (6, 1), False), (autodiff_model, (6, 2), True), (transpose_model, (6, 2), False),
                                (transpose_autodiff, (6, 2), True), (taps_model, (4, 4, 1), False), (mlp, (8,), False)):
-        params, _ = model.init(KEY, (-1, *shape))
+        params, model_state, _ = model.init(KEY, (-1, *shape))
         x = jnp.asarray(np.random.default_rng(0).normal(size=(8, *shape)), jnp.float32)
         y = jnp.asarray([0, 1] * 4)
-        grads = jax.make_jaxpr(jax.grad(lambda p: model.apply(p, x).sum()))(params)
+        grads = jax.make_jaxpr(jax.grad(lambda p: model.apply(p, model_state, x)[0].sum()))(params)
         assert _xla_cpu.has_slow_loop_convolution(grads.jaxpr) == slow  # found in the custom rule's backward too
-        forward = jax.make_jaxpr(lambda p: model.apply(p, x))(params)
+        forward = jax.make_jaxpr(lambda p: model.apply(p, model_state, x)[0])(params)
         assert not _xla_cpu.has_slow_loop_convolution(forward.jaxpr)  # a forward convolution is canonical
         opt = optax.sgd(0.1)
         step = train.make_step(train.make_loss(model), opt)
         results = {}
         for loop in ("auto", "scan", "steps"):
-            state = train.TrainState(jax.tree_util.tree_map(jnp.copy, params), opt.init(params), jnp.int32(0), jnp.copy(KEY))
+            state = train.TrainState(jax.tree_util.tree_map(jnp.copy, params), model_state, opt.init(params), jnp.int32(0), jnp.copy(KEY))
             state, losses, _ = train.make_epoch(step, 4, loop=loop)(state, x, y, 2)
             assert losses.shape == (2,) and int(state.step) == 2
             results[loop] = losses
