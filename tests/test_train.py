@@ -156,6 +156,93 @@ def test_data_parallel_run_equals_single_device(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def _stateful_model():
+    return nn.serial(nn.Conv(4, (3, 3), padding="SAME"), nn.BatchNorm(), nn.Relu(), nn.MaxPool((2, 2)), nn.Flatten(),
+                     nn.Dropout(0.3), nn.Dense(2))
+
+
+def _images(n_train=64, n_test=32):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n_train + n_test, 6, 6, 1)).astype(np.float32)
+    y = (x.mean(axis=(1, 2, 3)) > 0).astype(np.int32)
+    return data.Dataset(x[:n_train], y[:n_train], x[n_train:], y[n_train:], 2)
+
+
+def test_fit_carries_the_model_state_and_resumes_bit_exactly_with_batch_norm_and_dropout(tmp_path):
+    d, path = _images(), str(tmp_path / "ckpt.npz")
+    straight = train.fit(_stateful_model(), d, epochs=4, batch_size=16, quiet=True)
+    bn_state = straight.state.model_state[1]
+    assert not np.allclose(bn_state["mean"], 0) and not np.allclose(bn_state["var"], 1)  # running statistics moved
+    train.fit(_stateful_model(), d, epochs=2, batch_size=16, quiet=True, checkpoint_path=path)
+    assert any("model_state" in p for p in checkpoint.read_header(path)["paths"])
+    resumed = train.fit(_stateful_model(), d, epochs=4, batch_size=16, quiet=True, checkpoint_path=path, resume=True)
+    for a, b in zip(jax.tree_util.tree_leaves(straight.state), jax.tree_util.tree_leaves(resumed.state)):
+        np.testing.assert_array_equal(a, b)
+    # evaluation runs in evaluation mode: running statistics, no dropout (deterministic, and not the batch's)
+    model, state = _stateful_model(), straight.state
+    ev = train.evaluate(model, state.params, state.model_state, d.x_test, d.y_test, 2, batch_size=8)
+    logits, _ = model.apply(state.params, state.model_state, jnp.asarray(d.x_test))
+    assert ev.accuracy == pytest.approx(float(np.mean(np.argmax(logits, -1) == d.y_test)))
+
+
+def test_every_step_gets_a_fresh_dropout_key():
+    model = nn.serial(nn.Dropout(0.5), nn.Dense(2))
+    params, model_state, _ = model.init(KEY, (-1, 32))
+    seen = []
+
+    def loss_fn(params, model_state, x, y, *, training=True, key=None):
+        seen.append(key)
+        out, model_state = model.apply(params, model_state, x, training=training, key=key)
+        return ops.softmax_cross_entropy(out, y), (out, model_state)
+
+    opt = optax.sgd(0.1)
+    step = train.make_step(loss_fn, opt)
+    state = train.TrainState(params, model_state, opt.init(params), jnp.int32(0), KEY)
+    x, y = jnp.ones((4, 32), jnp.float32), jnp.zeros(4, jnp.int32)
+    keys = []
+    for _ in range(3):
+        state, _ = step(state, (x, y))
+        keys.append(np.asarray(seen[-1]))
+    assert len({k.tobytes() for k in keys}) == 3
+    np.testing.assert_array_equal(keys[0], jax.random.fold_in(KEY, 0))
+
+
+def test_data_parallel_batch_norm_uses_the_global_batch(tmp_path):
+    """Two devices, each holding half of every batch: batch norm's statistics, the running
+    statistics and the params equal the single-device run's (per-device statistics would not)."""
+    script = textwrap.dedent("""
+        import json, sys
+        import jax, numpy as np, optax
+        from jaxcnn import data, nn, train
+        rng = np.random.default_rng(0)
+        x = (rng.normal(size=(96, 6, 6, 1)) + np.linspace(-2, 2, 96)[:, None, None, None]).astype(np.float32)
+        y = (x.mean(axis=(1, 2, 3)) > 0).astype(np.int32)
+        d = data.Dataset(x[:64], y[:64], x[64:], y[64:], 2)
+        # no conv bias: its gradient through batch norm is zero up to rounding, which Adam would amplify
+        model = nn.serial(nn.Conv(4, (3, 3), padding="SAME", use_bias=False), nn.BatchNorm(), nn.Relu(),
+                          nn.MaxPool((2, 2)), nn.Flatten(), nn.Dropout(0.3), nn.Dense(2))
+        out = {}
+        for n in (1, 2):
+            r = train.fit(model, d, epochs=2, batch_size=16, devices=n, quiet=True, shuffle=False,
+                          optimizer=optax.sgd(0.1))
+            out[n] = [np.asarray(l).tolist() for l in jax.tree_util.tree_leaves((r.state.params, r.state.model_state))]
+            out[f"accuracy{n}"] = r.test.accuracy
+        out["devices"] = len(jax.devices())
+        json.dump(out, sys.stdout)
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["devices"] == 2 and out["accuracy1"] == out["accuracy2"]
+    for a, b in zip(out["1"], out["2"]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # The halves of a batch differ (the data drift along the unshuffled order), so per-device
+    # statistics would have given other running means.
+    half = np.linspace(-2, 2, 96)[:16]
+    assert abs(half[:8].mean() - half.mean()) > 0.1
+
+
 def test_fit_argument_errors():
     with pytest.raises(ValueError, match=r"fit: give exactly one of `epochs` and `steps`"):
         train.fit(_model(), _toy(), quiet=True)
