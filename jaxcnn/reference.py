@@ -21,6 +21,9 @@ from jaxcnn.ops._losses import euclidean_loss_reference as euclidean_loss
 from jaxcnn.ops._losses import l2_penalty_reference as l2_penalty
 from jaxcnn.ops._losses import softmax_cross_entropy_reference as softmax_cross_entropy
 from jaxcnn.ops._mean_subtraction import mean_subtraction_reference as mean_subtraction
+from jaxcnn.ops._normalization import batch_norm_reference as batch_norm
+from jaxcnn.ops._normalization import group_norm_reference as group_norm
+from jaxcnn.ops._normalization import layer_norm_reference as layer_norm
 from jaxcnn.ops._pooling import max_pool_reference as max_pool
 from jaxcnn.ops._pooling import mean_pool_reference as mean_pool
 from jaxcnn.ops._resample import downsample_reference as downsample
@@ -28,6 +31,7 @@ from jaxcnn.ops._resample import upsample_reference as upsample
 
 __all__ = [
     "LENET5_C3_TABLE",
+    "batch_norm",
     "conv",
     "conv1d",
     "conv2d",
@@ -37,8 +41,10 @@ __all__ = [
     "downsample",
     "euclidean_loss",
     "flatten",
+    "group_norm",
     "im2col",
     "l2_penalty",
+    "layer_norm",
     "max_pool",
     "mean_pool",
     "mean_subtraction",

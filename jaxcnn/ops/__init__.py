@@ -20,11 +20,13 @@ from jaxcnn.ops._flatten import flatten
 from jaxcnn.ops._im2col import im2col
 from jaxcnn.ops._losses import euclidean_loss, l2_penalty, softmax_cross_entropy
 from jaxcnn.ops._mean_subtraction import mean_subtraction
+from jaxcnn.ops._normalization import batch_norm, group_norm, layer_norm
 from jaxcnn.ops._pooling import max_pool, mean_pool
 from jaxcnn.ops._resample import downsample, upsample
 
 __all__ = [
     "LENET5_C3_TABLE",
+    "batch_norm",
     "conv",
     "conv1d",
     "conv2d",
@@ -34,8 +36,10 @@ __all__ = [
     "downsample",
     "euclidean_loss",
     "flatten",
+    "group_norm",
     "im2col",
     "l2_penalty",
+    "layer_norm",
     "max_pool",
     "mean_pool",
     "mean_subtraction",

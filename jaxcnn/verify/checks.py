@@ -361,7 +361,7 @@ def as_array(ct: Any, like: Any) -> Any:
 def check_numerical(
     op: Callable,
     *args: Any,
-    eps: float = 1e-5,
+    step: float = 1e-5,
     elementwise_max: int = 512,
     directions: int = 4,
     seed: int = 0,
@@ -383,8 +383,9 @@ def check_numerical(
     Args:
       op: the function with the hand-derived rule.
       *args: arrays or pytrees of arrays; draw them away from kinks (ReLU at 0, ties in
-        a max-pooling window) by more than ``eps``.
-      eps: the step ``h``.
+        a max-pooling window) by more than ``step``.
+      step: the step ``h`` (named ``step``, not ``eps``, so that an op's own ``eps``
+        setting, e.g. batch norm's, passes through ``**settings``).
       elementwise_max: the largest argument checked element by element.
       directions: number of random directions for larger arguments.
       seed: seed of the cotangent and directions.
@@ -402,10 +403,10 @@ def check_numerical(
     base = FINITE_DIFFERENCE_TOLERANCE
     tol = Tolerance(base.rtol if rtol is None else rtol, base.atol if atol is None else atol)
     with jax.enable_x64(True):
-        return _check_numerical_x64(op, args, eps, elementwise_max, directions, seed, tol, settings)
+        return _check_numerical_x64(op, args, step, elementwise_max, directions, seed, tol, settings)
 
 
-def _check_numerical_x64(op, args, eps, elementwise_max, directions, seed, tol, settings):
+def _check_numerical_x64(op, args, step, elementwise_max, directions, seed, tol, settings):
     args = jax.tree_util.tree_map(
         lambda a: jnp.asarray(a, jnp.float64) if _is_float(a) else jnp.asarray(a), tuple(args)
     )
@@ -431,9 +432,9 @@ def _check_numerical_x64(op, args, eps, elementwise_max, directions, seed, tol, 
             return phi(*args[:i], arg, *args[i + 1:])
 
         if leaf.size <= elementwise_max:
-            reports.append(_elementwise(name, phi_at, leaf, rule, eps, tol))
+            reports.append(_elementwise(name, phi_at, leaf, rule, step, tol))
         else:
-            reports.append(_projections(name, phi_at, leaf, rule, eps, tol, rng, directions))
+            reports.append(_projections(name, phi_at, leaf, rule, step, tol, rng, directions))
     return CheckResult(name_of(op), against, "float64", None, tuple(reports))
 
 
@@ -451,15 +452,15 @@ def perturbed(phi_at: Callable, leaf: jax.Array, directions: jax.Array, step: fl
     return (jax.lax.map(f, step * directions, batch_size=64), jax.lax.map(f, -step * directions, batch_size=64))
 
 
-def _elementwise(name, phi_at, leaf, rule, eps, tol) -> ArgumentReport:
-    plus, minus = perturbed(phi_at, leaf, jnp.eye(leaf.size, dtype=leaf.dtype), eps)
-    return compare(name, rule, ((plus - minus) / (2 * eps)).reshape(leaf.shape), tol)
+def _elementwise(name, phi_at, leaf, rule, step, tol) -> ArgumentReport:
+    plus, minus = perturbed(phi_at, leaf, jnp.eye(leaf.size, dtype=leaf.dtype), step)
+    return compare(name, rule, ((plus - minus) / (2 * step)).reshape(leaf.shape), tol)
 
 
-def _projections(name, phi_at, leaf, rule, eps, tol, rng, directions) -> ArgumentReport:
+def _projections(name, phi_at, leaf, rule, step, tol, rng, directions) -> ArgumentReport:
     u = jnp.asarray(rng.standard_normal((directions, leaf.size)), jnp.float64)
-    plus, minus = perturbed(phi_at, leaf, u, eps)
-    numeric = np.asarray((plus - minus) / (2 * eps))
+    plus, minus = perturbed(phi_at, leaf, u, step)
+    numeric = np.asarray((plus - minus) / (2 * step))
     analytic = np.asarray(u @ rule.reshape(-1))
     reports = []
     for k in range(directions):

@@ -126,7 +126,7 @@ def diagnose(
     op: Callable,
     reference: Callable,
     *args: Any,
-    eps: float = 1e-5,
+    step: float = 1e-5,
     elementwise_max: int = 512,
     directions: int = 4,
     worst: int = 3,
@@ -141,7 +141,7 @@ def diagnose(
       op: the function with the hand-derived rule.
       reference: the same forward, differentiated by autodiff.
       *args: arrays or pytrees of arrays; integer leaves are held fixed.
-      eps: the finite-difference step ``h``.
+      step: the finite-difference step ``h``.
       elementwise_max: the largest argument examined element by element; larger ones
         along ``directions`` random directions.
       directions: how many random directions for large arguments.
@@ -191,8 +191,8 @@ def diagnose(
                 probes = rng.standard_normal((directions, leaf.size))
                 indices = [("direction", k) for k in range(directions)]
                 scale = np.maximum(1.0, np.linalg.norm(probes, axis=1) * np.linalg.norm(ct[1]))
-            steps = [perturbed(phi_at, leaf, jnp.asarray(probes), h) for h in (eps, eps / 2)]
-            elements = _judge(probes @ ct[0], probes @ ct[1], phi0, steps, eps, scale, indices)
+            steps = [perturbed(phi_at, leaf, jnp.asarray(probes), h) for h in (step, step / 2)]
+            elements = _judge(probes @ ct[0], probes @ ct[1], phi0, steps, step, scale, indices)
             picked = tuple(sorted(elements, key=lambda e: -e[0])[:worst])
             picked = tuple(e for _, e in picked)
             found.append(ArgumentDiagnosis(name, picked[0].verdict if picked else AGREE, picked))

@@ -311,6 +311,77 @@ def _any_factor_gt_1(sample: Sample) -> bool:
     return np.max(sample.settings["factor"]) > 1
 
 
+# --------------------------------------------------------------------------- the mistakes: normalisation
+
+
+def _normalised(x, axes, eps, mean=None, var=None):
+    """``x̂`` and ``1/σ`` over ``axes`` (batch statistics, or the given running ones)."""
+    if mean is None:
+        mean, var = jnp.mean(x, axes, keepdims=True), jnp.var(x, axes, keepdims=True)
+    inv_sigma = lax.rsqrt(var + eps)
+    return (x - mean) * inv_sigma, inv_sigma
+
+
+def _bn_parts(args, settings):
+    """Batch norm's ``g``-independent parts at the sample: ``x̂``, ``γ/σ`` and the reduced axes."""
+    x, gamma = args[0], args[1]
+    axis = settings.get("axis", -1) % x.ndim
+    axes = tuple(a for a in range(x.ndim) if a != axis)
+    shape = tuple(1 if a in axes else n for a, n in enumerate(x.shape))
+    stats = [None if settings.get(k) is None else jnp.reshape(settings[k], shape) for k in ("mean", "var")]
+    x_hat, inv_sigma = _normalised(x, axes, settings.get("eps", 1e-5), *stats)
+    gamma = jnp.ones(shape, x.dtype) if gamma is None else jnp.reshape(gamma, shape)
+    return x_hat, gamma * inv_sigma, axes
+
+
+def _bn_dropped_term(term: Callable) -> Callable:
+    """The right ``dx`` with one term of ``(γ/σ)(g − mean(g) − x̂·mean(g x̂))`` left out (added back)."""
+    def wrong(g, args, settings):
+        x_hat, scale, axes = _bn_parts(args, settings)
+        g_y = g[0]  # training mode returns (y, μ, σ²): the cotangent of y
+        return _right("batch_norm", args, settings, g, 0) + scale * term(g_y, x_hat, axes)
+
+    return wrong
+
+
+def _bn_eval_with_batch_rule(g, args, settings):
+    """Evaluation mode differentiated as if the running statistics were batch statistics."""
+    x_hat, scale, axes = _bn_parts(args, settings)
+    return scale * (g - jnp.mean(g, axes, keepdims=True) - x_hat * jnp.mean(g * x_hat, axes, keepdims=True))
+
+
+def _layer_norm_gamma_outside(g, args, settings):
+    """``dx = (γ/σ)(g − mean(g) − x̂·mean(g x̂))``: batch norm's rule, with γ taken as constant
+    over the normalised elements, instead of ``(1/σ)(ĝ − mean(ĝ) − x̂·mean(ĝ x̂))``, ``ĝ = gγ``."""
+    x, gamma = args[0], args[1]
+    axes = _checks_axes(settings.get("axis", -1), x.ndim)
+    x_hat, inv_sigma = _normalised(x, axes, settings.get("eps", 1e-5))
+    gamma = jnp.reshape(gamma, tuple(n if a in axes else 1 for a, n in enumerate(x.shape)))
+    return gamma * inv_sigma * (g - jnp.mean(g, axes, keepdims=True)
+                                - x_hat * jnp.mean(g * x_hat, axes, keepdims=True))
+
+
+def _checks_axes(axis, ndim) -> tuple[int, ...]:
+    return tuple(sorted(a % ndim for a in ((axis,) if isinstance(axis, int) else axis)))
+
+
+def _group_norm_means_over_all_channels(g, args, settings):
+    """The per-group ``x̂`` and ``σ``, but the backward's two means taken over all channels."""
+    x, gamma, groups = args[0], args[1], settings["groups"]
+    grouped = x.reshape(*x.shape[:-1], groups, x.shape[-1] // groups)
+    x_hat, inv_sigma = _normalised(grouped, tuple(range(1, x.ndim - 1)) + (x.ndim,), settings.get("eps", 1e-5))
+    x_hat = x_hat.reshape(x.shape)
+    inv_sigma = jnp.repeat(inv_sigma.reshape(x.shape[0], *(1,) * (x.ndim - 2), groups), x.shape[-1] // groups, -1)
+    g_hat = g * (1.0 if gamma is None else gamma)
+    every = tuple(range(1, x.ndim))
+    return inv_sigma * (g_hat - jnp.mean(g_hat, every, keepdims=True)
+                        - x_hat * jnp.mean(g_hat * x_hat, every, keepdims=True))
+
+
+def _training(sample: Sample) -> bool:
+    return sample.settings.get("mean") is None
+
+
 # --------------------------------------------------------------------------- the catalogue
 
 
@@ -396,6 +467,18 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in [
            _im2col_overwrite, _overlapping(pool=False)),
     Mutant("upsample.nearest_neighbour_adjoint", "upsample", "x", "dx[i] = Σ_j g[S·i + j] instead of g[S·i]",
            _upsample_nearest_adjoint, _any_factor_gt_1),
+    Mutant("batch_norm.no_mean_g_term", "batch_norm", "x", "dx = (γ/σ)(g − x̂·mean(g x̂)): the −mean(g) term lost",
+           _bn_dropped_term(lambda g, x_hat, axes: jnp.mean(g, axes, keepdims=True)), _training),
+    Mutant("batch_norm.no_xhat_term", "batch_norm", "x", "dx = (γ/σ)(g − mean(g)): the −x̂·mean(g x̂) term lost",
+           _bn_dropped_term(lambda g, x_hat, axes: x_hat * jnp.mean(g * x_hat, axes, keepdims=True)), _training),
+    Mutant("batch_norm.eval_with_batch_rule", "batch_norm", "x",
+           "evaluation mode differentiated through the statistics (the training rule at the running ones)",
+           _bn_eval_with_batch_rule, lambda s: not _training(s)),
+    Mutant("layer_norm.gamma_outside", "layer_norm", "x", "γ factored out of the means as in batch norm",
+           _layer_norm_gamma_outside, _has(1, lambda gamma: np.ptp(gamma) > 0)),
+    Mutant("group_norm.means_over_all_channels", "group_norm", "x",
+           "the backward's means over every channel instead of the group's", _group_norm_means_over_all_channels,
+           _setting(lambda s: s["groups"] > 1)),
     Mutant("downsample.nearest_neighbour_adjoint", "downsample", "x", "δ copied over the block instead of zeros",
            _downsample_nearest_adjoint, _any_factor_gt_1),
 ]}

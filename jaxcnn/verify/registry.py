@@ -7,7 +7,8 @@ connection tables, integer / one-hot / probability labels, dilation). The few sa
 that sit on a kink on purpose say so in ``Sample.kink``: they pin the op's convention
 there against its reference, and finite differences must call them non-smooth.
 Arrays are float64 NumPy here; :func:`cast` turns them into the dtype under test,
-leaving integer leaves (labels) alone.
+leaving integer leaves (labels) alone, and :func:`cast_settings` the floating arrays
+among the keyword settings (running statistics, class weights).
 
 To register a new op (or a new option of an old one), add an :class:`OpInfo` (or a
 :class:`Sample`) below; ``jaxcnn verify`` and the tests pick it up.
@@ -83,6 +84,13 @@ def cast(tree: Any, dtype: Any) -> Any:
         return jnp.asarray(a, dtype) if np.issubdtype(a.dtype, np.floating) else jnp.asarray(a)
 
     return jax.tree_util.tree_map(leaf, tree)
+
+
+def cast_settings(settings: dict, dtype: Any) -> dict:
+    """Floating NumPy arrays among the settings (running statistics, class weights) to ``dtype``;
+    everything else (strides, paddings, keys) unchanged."""
+    return {k: jnp.asarray(v, dtype) if isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.floating) else v
+            for k, v in settings.items()}
 
 
 def _normal(rng, *shape, scale=1.0):
@@ -281,6 +289,45 @@ def _conv_transpose(rng):
     ]
 
 
+def _batch_norm(rng):
+    return [
+        Sample((_normal(rng, 2, 3, 3, 4), _normal(rng, 4), _normal(rng, 4)), label="NHWC (2, 3, 3, 4), training"),
+        Sample((_normal(rng, 6, 5), _normal(rng, 5), _normal(rng, 5)),
+               {"mean": _normal(rng, 5), "var": rng.uniform(0.5, 2.0, 5)}, label="(6, 5), evaluation (running stats)"),
+        Sample((_normal(rng, 2, 3, 4, 4), _normal(rng, 3), _normal(rng, 3)), {"axis": 1},
+               label="NCHW (2, 3, 4, 4), axis=1"),
+        Sample((_normal(rng, 2, 3), None, None), {"eps": 0.0}, label="(2, 3): n = 2 per channel, no affine, eps=0"),
+        Sample((100.0 + _normal(rng, 8, 2), _normal(rng, 2), _normal(rng, 2)), {"eps": 1e-3},
+               label="(8, 2) offset by 100, eps=1e-3"),
+        Sample((_normal(rng, 3, 5, 2), _normal(rng, 2), _normal(rng, 2)),
+               {"axis": -1, "mean": _normal(rng, 2), "var": rng.uniform(0.1, 3.0, 2), "eps": 0.0},
+               label="NWC (3, 5, 2), evaluation, eps=0"),
+    ]
+
+
+def _layer_norm(rng):
+    return [
+        Sample((_normal(rng, 4, 6), _normal(rng, 6), _normal(rng, 6)), label="(4, 6) over the features"),
+        Sample((_normal(rng, 2, 3, 4, 5), _normal(rng, 3, 4, 5), _normal(rng, 3, 4, 5)), {"axis": (1, 2, 3)},
+               label="NHWC (2, 3, 4, 5) over (H, W, C)"),
+        Sample((_normal(rng, 2, 3, 4, 5), _normal(rng, 3, 4), _normal(rng, 3, 4)), {"axis": (1, 2), "eps": 1e-3},
+               label="over (H, W) only, eps=1e-3"),
+        Sample((_normal(rng, 3, 2), None, None), {"eps": 0.0}, label="(3, 2): two features, no affine, eps=0"),
+    ]
+
+
+def _group_norm(rng):
+    return [
+        Sample((_normal(rng, 2, 3, 4, 6), _normal(rng, 6), _normal(rng, 6)), {"groups": 3}, label="NHWC C=6, 3 groups"),
+        Sample((_normal(rng, 2, 5, 4), _normal(rng, 4), _normal(rng, 4)), {"groups": 1},
+               label="NWC, 1 group (layer norm over W and C)"),
+        Sample((_normal(rng, 2, 3, 3, 4), _normal(rng, 4), _normal(rng, 4)), {"groups": 4},
+               label="4 groups of 1 (instance norm)"),
+        Sample((_normal(rng, 3, 6), None, None), {"groups": 2, "eps": 0.0}, label="(3, 6) no space: groups of 3, eps=0"),
+        Sample((_normal(rng, 1, 2, 3, 2, 4), _normal(rng, 4), _normal(rng, 4)), {"groups": 2}, label="3-D, 2 groups"),
+    ]
+
+
 #: Every op in :mod:`jaxcnn.ops`, by name.
 REGISTRY: dict[str, OpInfo] = {
     info.name: info
@@ -302,6 +349,9 @@ REGISTRY: dict[str, OpInfo] = {
         OpInfo("upsample", _resample),
         OpInfo("downsample", _resample),
         OpInfo("conv_transpose", _conv_transpose),
+        OpInfo("batch_norm", _batch_norm),
+        OpInfo("layer_norm", _layer_norm),
+        OpInfo("group_norm", _group_norm),
     ]
 }
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from jaxcnn.verify.checks import CheckResult
 from jaxcnn.verify.diagnose import NON_SMOOTH, Diagnosis, diagnose
-from jaxcnn.verify.registry import REGISTRY, OpInfo, Sample, cast
+from jaxcnn.verify.registry import REGISTRY, OpInfo, Sample, cast, cast_settings
 from jaxcnn.verify.transforms import check_transform, sharded_arguments
 
 DTYPES = ("float32", "float64", "bfloat16")
@@ -103,7 +103,7 @@ def transforms_for(info: OpInfo, index: int, sample: Sample, dtype: str, quick: 
         if t == "grad-of-grad" and sample.kink:
             continue  # second derivatives at a kink are ill-defined
         if t == "sharding" and sharded_arguments(info.reference, cast(sample.args, dtype), info.batched,
-                                                 sample.settings) is None:
+                                                 cast_settings(sample.settings, dtype)) is None:
             continue  # one device, or no batch axis to split
         chosen.append(t)
     return tuple(chosen)
@@ -134,7 +134,7 @@ def check_sample(
     start = time.perf_counter()
     with jax.enable_x64(dtype == "float64"):
         result = check_transform(transform, op, info.reference, *cast(sample.args, dtype), batched=info.batched,
-                                 **sample.settings)
+                                 **cast_settings(sample.settings, dtype))
     failed = not result.ok
     pinned = bool(sample.kink) and transform == "finite differences"
     diagnosis = _diagnosis(name, index, op, seed) if failed or pinned else None

@@ -1,0 +1,141 @@
+"""batch_norm, layer_norm, group_norm: PyTorch's definitions from first principles (NumPy),
+the hand rule's formula and residuals, every transform, and the error messages."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import opcheck
+from jaxcnn import ops, reference, verify
+
+
+def _np_normalise(x, axes, eps):
+    mu = x.mean(axis=axes, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=axes, keepdims=True)  # biased
+    return (x - mu) / np.sqrt(var + eps)
+
+
+def test_batch_norm_training_is_torch_batchnorm_with_biased_normaliser_and_unbiased_running_var(rng):
+    # torch.nn.BatchNorm2d (NCHW) in training: normalise with the biased batch variance;
+    # running_var takes the unbiased one, n / (n − 1) times it (n = N·H·W per channel).
+    x = rng.normal(size=(4, 3, 5, 2)) * 3 + 1  # NHWC
+    gamma, beta = rng.normal(size=2), rng.normal(size=2)
+    y, mu, var = ops.batch_norm(x, gamma, beta, eps=1e-5)
+    np.testing.assert_allclose(y, _np_normalise(x, (0, 1, 2), 1e-5) * gamma + beta, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(mu, x.mean(axis=(0, 1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(var, x.var(axis=(0, 1, 2)), rtol=1e-12)  # biased: ddof=0
+    n = x.size // x.shape[-1]
+    np.testing.assert_allclose(var * n / (n - 1), x.var(axis=(0, 1, 2), ddof=1), rtol=1e-12)
+    momentum, running = 0.1, np.ones(2)  # one PyTorch running-variance update
+    expected = (1 - momentum) * running + momentum * x.reshape(-1, 2).var(axis=0, ddof=1)
+    np.testing.assert_allclose((1 - momentum) * running + momentum * var * n / (n - 1), expected, rtol=1e-12)
+
+
+def test_batch_norm_eval_uses_the_given_statistics_and_axis_1_is_nchw(rng):
+    x = rng.normal(size=(2, 3, 4, 4))  # NCHW, channels on axis 1 as in PyTorch
+    gamma, beta, mean, var = rng.normal(size=3), rng.normal(size=3), rng.normal(size=3), rng.uniform(0.5, 2, 3)
+    y = ops.batch_norm(x, gamma, beta, axis=1, mean=mean, var=var, eps=1e-3)
+    c = (1, 3, 1, 1)
+    expected = (x - mean.reshape(c)) / np.sqrt(var.reshape(c) + 1e-3) * gamma.reshape(c) + beta.reshape(c)
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+    y_train, mu, _ = ops.batch_norm(x, None, None, axis=1)
+    np.testing.assert_allclose(mu, x.mean(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(y_train, _np_normalise(x, (0, 2, 3), 1e-5), rtol=1e-11, atol=1e-11)
+
+
+def test_batch_norm_backward_is_the_formula_from_x_hat_and_inverse_sigma(rng):
+    x, gamma, beta = rng.normal(size=(5, 3)), rng.normal(size=3), rng.normal(size=3)
+    g = rng.normal(size=(5, 3))
+    _, vjp = jax.vjp(ops.batch_norm, x, gamma, beta)
+    dx, dgamma, dbeta = vjp((g, np.zeros(3), np.zeros(3)))
+    inv_sigma = 1 / np.sqrt(x.var(0) + 1e-5)
+    x_hat = (x - x.mean(0)) * inv_sigma
+    np.testing.assert_allclose(dx, gamma * inv_sigma * (g - g.mean(0) - x_hat * (g * x_hat).mean(0)), rtol=1e-12)
+    np.testing.assert_allclose(dgamma, (g * x_hat).sum(0), rtol=1e-12)
+    np.testing.assert_allclose(dbeta, g.sum(0), rtol=1e-12)
+    # residuals: x̂ (the size of x), 1/σ and γ per channel, nothing else
+    sizes = sorted(leaf.size for leaf in jax.tree_util.tree_leaves(vjp))
+    assert sizes == [3, 3, 15]
+
+
+def test_batch_norm_gradients_of_the_returned_statistics_and_running_statistics(rng):
+    x = jnp.asarray(rng.normal(size=(3, 4, 2)))
+    gamma, beta = jnp.asarray(rng.normal(size=2)), jnp.asarray(rng.normal(size=2))
+    opcheck.assert_all("batch_norm", x, gamma, beta)  # training: (y, μ, σ²) all carry cotangents
+    mean, var = jnp.asarray(rng.normal(size=2)), jnp.asarray(rng.uniform(0.5, 2, 2))
+
+    def evaluation(module):
+        def f(x, gamma, beta, mean, var):
+            return module.batch_norm(x, gamma, beta, mean=mean, var=var, eps=1e-3)
+        return f
+
+    verify.check_vjp(evaluation(ops), evaluation(reference), x, gamma, beta, mean, var).assert_ok()
+    verify.check_numerical(evaluation(ops), x, gamma, beta, mean, var).assert_ok()
+
+
+@pytest.mark.parametrize("axis, affine", [(-1, (3, 5)), ((1, 2), (3, 5)), (1, (3,))])
+def test_layer_norm_is_torch_layernorm_over_the_given_axes(rng, axis, affine):
+    x = jnp.asarray(rng.normal(size=(2, 3, 5)) * 2 + 1)
+    gamma, beta = rng.normal(size=affine[-1:] if axis == -1 else affine), rng.normal(size=affine[-1:] if axis == -1
+                                                                                  else affine)
+    axes = (2,) if axis == -1 else ((axis,) if isinstance(axis, int) else axis)
+    shape = [n if a in axes else 1 for a, n in enumerate(x.shape)]
+    expected = _np_normalise(np.asarray(x), axes, 1e-5) * gamma.reshape(shape) + beta.reshape(shape)
+    np.testing.assert_allclose(ops.layer_norm(x, gamma, beta, axis=axis), expected, rtol=1e-11, atol=1e-11)
+    check = opcheck.assert_all if axis == (1, 2) else opcheck.assert_vjp  # every transform once
+    check("layer_norm", x, jnp.asarray(gamma), jnp.asarray(beta), axis=axis)
+
+
+def test_group_norm_is_torch_groupnorm_with_layer_and_instance_norm_at_the_ends(rng):
+    x = rng.normal(size=(2, 3, 2, 6))  # NHWC, 6 channels
+    gamma, beta = rng.normal(size=6), rng.normal(size=6)
+    grouped = x.reshape(2, 3, 2, 3, 2)  # torch.nn.GroupNorm(3, 6): channels (0,1), (2,3), (4,5)
+    expected = _np_normalise(grouped, (1, 2, 4), 1e-5).reshape(x.shape) * gamma + beta
+    np.testing.assert_allclose(ops.group_norm(x, gamma, beta, 3), expected, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(ops.group_norm(x, gamma, beta, 1),  # one group: layer norm over (H, W, C)
+                               _np_normalise(x, (1, 2, 3), 1e-5) * gamma + beta, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(ops.group_norm(x, gamma, beta, 6),  # C groups: instance norm
+                               _np_normalise(x, (1, 2), 1e-5) * gamma + beta, rtol=1e-11, atol=1e-11)
+    opcheck.assert_all("group_norm", jnp.asarray(x), jnp.asarray(gamma), jnp.asarray(beta), groups=3)
+
+
+@pytest.mark.parametrize("name, settings", [("batch_norm", {}), ("layer_norm", {}), ("group_norm", {"groups": 2})])
+def test_bfloat16_normalises_in_float32(rng, name, settings):
+    x = rng.normal(size=(8, 4)) * 0.01 + 30.0  # a large mean: bfloat16 statistics would lose x − μ
+    out = getattr(ops, name)(jnp.asarray(x, jnp.bfloat16), None, None, **settings)
+    y = out[0] if name == "batch_norm" else out
+    exact = getattr(reference, name)(jnp.asarray(x, jnp.bfloat16).astype(jnp.float64), None, None, **settings)
+    exact = exact[0] if name == "batch_norm" else exact
+    assert y.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(y, np.float64), exact, atol=0.03)
+    opcheck.assert_vjp(name, jnp.asarray(rng.normal(size=(6, 4)), jnp.bfloat16), jnp.ones(4, jnp.bfloat16),
+                       jnp.zeros(4, jnp.bfloat16), **settings)
+
+
+def test_normalisation_errors():
+    x = jnp.ones((4, 3))
+    with pytest.raises(ValueError, match=r"batch_norm: `gamma` must have shape \(3,\) .* got \(4,\)"):
+        ops.batch_norm(x, jnp.ones(4), None)
+    with pytest.raises(ValueError, match=r"batch_norm: `mean` was given without `var`"):
+        ops.batch_norm(x, None, None, mean=jnp.zeros(3))
+    with pytest.raises(ValueError, match=r"batch_norm: training mode needs more than one value per channel.*\(1, 3\)"):
+        ops.batch_norm(jnp.ones((1, 3)), None, None)
+    with pytest.raises(ValueError, match=r"batch_norm: `x` must have at least 2 dimensions"):
+        ops.batch_norm(jnp.ones(3), None, None)
+    with pytest.raises(ValueError, match=r"batch_norm: `axis`=2 is out of range"):
+        ops.batch_norm(x, None, None, axis=2)
+    with pytest.raises(ValueError, match=r"batch_norm: `eps` must be >= 0 .* got -0.1"):
+        ops.batch_norm(x, None, None, eps=-0.1)
+    with pytest.raises(TypeError, match=r"batch_norm: `eps` must be a Python float, got Array"):
+        ops.batch_norm(x, None, None, eps=jnp.float32(1e-5))
+    with pytest.raises(TypeError, match=r"batch_norm: all floating arguments must share one dtype"):
+        ops.batch_norm(x, jnp.ones(3, jnp.bfloat16), None)
+    with pytest.raises(ValueError, match=r"layer_norm: `gamma` must have shape \(2, 3\)"):
+        ops.layer_norm(jnp.ones((4, 2, 3)), jnp.ones(3), None, axis=(1, 2))
+    with pytest.raises(ValueError, match=r"group_norm: `groups`=4 must be a positive divisor of the 6 channels"):
+        ops.group_norm(jnp.ones((2, 6)), None, None, 4)
+    with pytest.raises(TypeError, match=r"group_norm: `groups` must be a Python int, got 2.0"):
+        ops.group_norm(jnp.ones((2, 6)), None, None, 2.0)
+    with pytest.raises(TypeError, match=r"layer_norm: `x` must be a floating-point array"):
+        ops.layer_norm(jnp.ones(3, jnp.int32), None, None)
