@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 
@@ -118,6 +119,7 @@ def report(args, rep: _common.Report) -> None:
         if os.path.exists(path):
             with open(path) as f:
                 records.append(json.load(f))
+    rep.parts = rep.parts[:1]
     rep.add(__doc__.split("\n\n")[1])
     rep.add(__doc__.split("\n\n")[2])
     missing = [NETWORKS[n][0] for n in NETWORKS if n not in {r["name"] for r in records}]
@@ -135,6 +137,7 @@ def report(args, rep: _common.Report) -> None:
                "time per epoch"], rows)
     if missing:
         rep.add("Not trained in this run: " + ", ".join(missing) + ".")
+    rep.add(f"Code at commit {_commit()}.")
     if records:
         curves = [(r["label"], np.arange(1, len(r["history"]) + 1), [np.array([h["test_accuracy"] for h in r["history"]])])
                   for r in records]
@@ -155,15 +158,23 @@ def report(args, rep: _common.Report) -> None:
     rep.save(args.quick)
 
 
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     rep = _common.Report(args.out, "modern_cnn", "ResNet-20 (batch norm, group norm, none) and LeNet-5 on Fashion-MNIST")
     names = args.only or list(NETWORKS)
     sizes = {NETWORKS[n][2] for n in names}
     fashion = {s: _common.fashion_mnist_or_exit(args.data_dir, s, limit=256 if args.quick else None) for s in sizes}
-    for name in names:
+    for name in names:  # the report is rewritten after each network, so a long run leaves results as it goes
         run(name, args, fashion)
-    report(args, rep)
+        report(args, rep)
 
 
 if __name__ == "__main__":
