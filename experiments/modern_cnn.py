@@ -137,7 +137,7 @@ def report(args, rep: _common.Report) -> None:
                "time per epoch"], rows)
     if missing:
         rep.add("Not trained in this run: " + ", ".join(missing) + ".")
-    rep.add(f"Code at commit {_commit()}.")
+    rep.add(f"Code at commit {args.commit}.")
     if records:
         curves = [(r["label"], np.arange(1, len(r["history"]) + 1), [np.array([h["test_accuracy"] for h in r["history"]])])
                   for r in records]
@@ -168,6 +168,7 @@ def _commit() -> str:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    args.commit = _commit()  # at the start: the tree may change during a long run
     rep = _common.Report(args.out, "modern_cnn", "ResNet-20 (batch norm, group norm, none) and LeNet-5 on Fashion-MNIST")
     names = args.only or list(NETWORKS)
     sizes = {NETWORKS[n][2] for n in names}
