@@ -63,22 +63,23 @@ def test_mnist1d_cnn_matches_greydanus_shapes():
 
 
 EXPECTED_LENET5_SUMMARY = """\
-layer              output shape      params
--------------------------------------------
-Conv(6, (5, 5))    (-1, 28, 28, 6)      156
-Tanh               (-1, 28, 28, 6)        0
-MeanPool((2, 2))   (-1, 14, 14, 6)        0
-Conv(16, (5, 5))   (-1, 10, 10, 16)   1,516
-Tanh               (-1, 10, 10, 16)       0
-MeanPool((2, 2))   (-1, 5, 5, 16)         0
-Conv(120, (5, 5))  (-1, 1, 1, 120)   48,120
-Tanh               (-1, 1, 1, 120)        0
-Flatten            (-1, 120)              0
-Dense(84)          (-1, 84)          10,164
-Tanh               (-1, 84)               0
-Dense(10)          (-1, 10)             850
--------------------------------------------
-total trainable parameters: 60,806"""
+layer              output shape      params  state
+--------------------------------------------------
+Conv(6, (5, 5))    (-1, 28, 28, 6)      156      0
+Tanh               (-1, 28, 28, 6)        0      0
+MeanPool((2, 2))   (-1, 14, 14, 6)        0      0
+Conv(16, (5, 5))   (-1, 10, 10, 16)   1,516      0
+Tanh               (-1, 10, 10, 16)       0      0
+MeanPool((2, 2))   (-1, 5, 5, 16)         0      0
+Conv(120, (5, 5))  (-1, 1, 1, 120)   48,120      0
+Tanh               (-1, 1, 1, 120)        0      0
+Flatten            (-1, 120)              0      0
+Dense(84)          (-1, 84)          10,164      0
+Tanh               (-1, 84)               0      0
+Dense(10)          (-1, 10)             850      0
+--------------------------------------------------
+total trainable parameters: 60,806
+total state (non-trainable): 0"""
 
 
 def test_lenet5_summary_is_pinned():
@@ -100,3 +101,58 @@ def test_seesaw_cnn_pools_the_four_conv_outputs_into_two_units(pool, stride):
 def test_seesaw_cnn_rejects_pooling_that_does_not_give_two_units():
     with pytest.raises(ValueError, match=r"max-pool window 2, stride 1 over the 4 conv outputs gives 3 pooled units"):
         models.seesaw_cnn(2, 1)
+
+
+def test_resnet20_is_he_et_al_cifar_network():
+    model = models.resnet20()
+    params, state, shape = model.init(KEY, (-1, 28, 28, 1))
+    assert shape == (-1, 10)
+    assert model.count(params) == 269_434  # "0.27M" in He et al.'s Table 6
+    # batch norm after each of the 19 convolutions: γ, β as params, running mean and variance as state
+    assert sum(np.size(a) for a in jax.tree_util.tree_leaves(state)) == 2 * (16 + 6 * 16 + 6 * 32 + 6 * 64)
+    names = [child.name for child in model.children]
+    assert names[3:12] == ["basic_block(16)"] * 3 + ["basic_block(32, /2)"] + ["basic_block(32)"] * 2 + [
+        "basic_block(64, /2)"] + ["basic_block(64)"] * 2
+    assert names[-2:] == ["GlobalMeanPool", "Dense(10)"]
+    weight_layers = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+                     if getattr(path[-1], "key", None) == "w"]
+    assert len(weight_layers) == 20
+    for norm, state_size, count in (("group", 0, 269_434), ("none", 0, 269_434 - 2 * 688 + 688)):
+        variant = models.resnet20(norm=norm)
+        p, s, _ = variant.init(KEY, (-1, 28, 28, 1))
+        assert sum(np.size(a) for a in jax.tree_util.tree_leaves(s)) == state_size
+        assert variant.count(p) == count  # "none": a bias per conv instead of γ and β
+
+
+def test_resnet20_stride_two_shortcut_is_the_subsampled_identity_with_zero_channels(rng):
+    """Option A: where the map halves, the shortcut keeps every second pixel and appends zero channels."""
+    model = models.resnet20(norm="none")
+    block = next(child for child in model.children if child.name == "basic_block(32, /2)")
+    params, state, _ = block.init(KEY, (-1, 8, 8, 16))
+    zero = jax.tree_util.tree_map(jnp.zeros_like, params)
+    x = jnp.asarray(rng.normal(size=(2, 8, 8, 16)), jnp.float32)
+    y, _ = block.apply(zero, state, x)
+    np.testing.assert_array_equal(y[..., :16], jnp.maximum(x[:, ::2, ::2], 0))
+    np.testing.assert_array_equal(y[..., 16:], 0)
+
+
+def test_resnet20_rejects_an_unknown_norm():
+    with pytest.raises(ValueError, match=r"resnet20: `norm` must be 'batch', 'group' or 'none', got 'layer'"):
+        models.resnet20(norm="layer")
+    with pytest.raises(ValueError, match=r"resnet20: group norm's `groups` must divide every stage's channels "
+                                         r"\(16, 32, 64\), got 5"):
+        models.resnet20(norm="group", groups=5)
+
+
+def test_vgg_small_drops_out_in_training_only(rng):
+    model = models.vgg_small()
+    params, state, shape = model.init(KEY, (-1, 28, 28, 1))
+    assert shape == (-1, 10)
+    x = jnp.asarray(rng.normal(size=(4, 28, 28, 1)), jnp.float32)
+    eval_a, _ = model.apply(params, state, x)
+    eval_b, _ = model.apply(params, state, x)
+    np.testing.assert_array_equal(eval_a, eval_b)
+    train_a, new = model.apply(params, state, x, training=True, key=jax.random.PRNGKey(1))
+    train_b, _ = model.apply(params, state, x, training=True, key=jax.random.PRNGKey(2))
+    assert not np.allclose(train_a, train_b)
+    assert not np.allclose(new[1]["mean"], state[1]["mean"])

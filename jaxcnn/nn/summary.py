@@ -7,16 +7,17 @@ import jax
 from jaxcnn.nn.core import Layer, Shape, _size
 
 
-def _rows(layer: Layer, params, state, input_shape, key, depth: int):
-    """(name, output shape, params, state) per leaf layer; a serial chain is expanded in place."""
-    if layer.children:
+def _rows(layer: Layer, params, state, input_shape, key, expand: bool):
+    """(name, output shape, params, state): one row per layer of the model's own serial
+    chain (a block inside it, e.g. a ResNet basic block, is one row)."""
+    if expand and layer.children:
         rows, shape = [], input_shape
         for child, p, s, k in zip(layer.children, params, state, jax.random.split(key, len(layer.children))):
-            child_rows, shape = _rows(child, p, s, shape, k, depth + 1)
+            child_rows, shape = _rows(child, p, s, shape, k, False)
             rows += child_rows
         return rows, shape
     _, _, shape = layer.init(key, input_shape)
-    return [("  " * max(depth - 1, 0) + layer.name, shape, layer.count(params), _size(state))], shape
+    return [(layer.name, shape, layer.count(params), _size(state))], shape
 
 
 def summary(model: Layer, input_shape: Shape, key=None) -> str:
@@ -28,7 +29,7 @@ def summary(model: Layer, input_shape: Shape, key=None) -> str:
     """
     key = jax.random.PRNGKey(0) if key is None else key
     params, state, _ = model.init(key, tuple(input_shape))
-    rows, _ = _rows(model, params, state, tuple(input_shape), key, 0)
+    rows, _ = _rows(model, params, state, tuple(input_shape), key, True)
     table = [("layer", "output shape", "params", "state")]
     table += [(n, str(tuple(s)), f"{c:,}", f"{k:,}") for n, s, c, k in rows]
     widths = [max(len(r[i]) for r in table) for i in range(4)]
