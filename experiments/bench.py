@@ -13,7 +13,8 @@ repeats; see ``_timing``). Figures are printed and written as JSON, never assert
    Compile times, and the bytes of residuals ``jax.vjp`` keeps for the backward pass. Fast
    ops get more rounds than ``--repeats``: enough for ``OP_SECONDS`` per side (at most 2,000).
 2. **conv-methods** — each convolution shape of table 1 under every ``method`` of
-   ``jaxcnn.ops.conv``, and the plan ``method="auto"`` picks from these crossovers.
+   :func:`jaxcnn.ops.conv`, and the plan ``method="auto"`` picks from these crossovers
+   (:mod:`jaxcnn.ops._conv_plan`).
 3. **train** — one optimiser step of the same network at the same batch in every framework:
    LeNet-5 with the C3 table (batch 128, SGD with momentum) and the MNIST-1D CNN (batch 100,
    Adam): jaxcnn on ``ops`` and on ``reference`` (a jitted step with the state donated, and
@@ -49,7 +50,7 @@ from _timing import (block, blocked_medians, compile_seconds, interleaved_median
 import jaxcnn.ops
 import jaxcnn.reference
 from jaxcnn import _shapes, models, train
-from jaxcnn.ops._conv import METHODS, auto_plan
+from jaxcnn.ops._conv_plan import METHODS, auto_plan
 
 C3 = jaxcnn.ops.LENET5_C3_TABLE
 
@@ -178,7 +179,7 @@ def ops_table(results: list[dict]) -> str:
 
 def run_conv_methods(case: OpCase, repeats: int, warmup: int) -> dict:
     """The conv case under every ``method`` (``taps``/``rows`` only for few input channels), and the
-    plan ``auto`` picks: the crossovers behind :func:`jaxcnn.ops.conv.auto_plan`."""
+    plan ``auto`` picks: the crossovers behind :func:`jaxcnn.ops._conv_plan.auto_plan`."""
     rng = np.random.default_rng(0)
     x, w, b = (_build(a, rng) for a in case.args)
     methods = [m for m in METHODS if m not in ("taps", "rows") or w.shape[-2] <= 8]

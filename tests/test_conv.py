@@ -1,7 +1,6 @@
 """Convolution: the lectures' worked examples, the gradient checks, the classic mistakes, the errors."""
 
 import functools
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +12,8 @@ from jax import lax
 
 import opcheck
 from jaxcnn import _shapes, ops, reference, verify
-from jaxcnn.ops._conv import METHODS, Plan, auto_plan
+from jaxcnn.ops import _conv_formulas
+from jaxcnn.ops._conv_plan import METHODS, Plan, auto_plan
 
 
 
@@ -505,22 +505,21 @@ def test_row_blocks_match_the_reference_and_autodiff(rng, spatial, window, strid
     # The row-block formulas (blocks of J outputs along the last axis: y by a banded matrix,
     # dW with its diagonals summed) at uneven geometries — prime output widths, dilation,
     # 1-D and 3-D — against the reference and its autodiff.
-    conv_module = sys.modules["jaxcnn.ops._conv"]
     geom = _shapes.geometry("conv", spatial, window, stride, padding, dilation)
     x, w = _normal(rng, 2, *spatial, c_in), _normal(rng, *window, c_in, c_out)
     g = _normal(rng, 2, *geom.out_shape, c_out)
     b = _normal(rng, c_out)
     _, vjp = jax.vjp(lambda w, b: reference.conv(x, w, b, stride=stride, padding=padding, dilation=dilation), w, b)
     expected_dw, expected_db = vjp(g)
-    dw, db = conv_module._weight_gradient_rows(x, g, geom)
+    dw, db = _conv_formulas.weight_gradient_rows(x, g, geom)
     np.testing.assert_allclose(dw.reshape(w.shape), expected_dw, rtol=1e-11, atol=1e-11)
     assert db is None
-    dw, db = conv_module._weight_gradient_rows(x, g, geom, bias=True)  # db from the column of ones
+    dw, db = _conv_formulas.weight_gradient_rows(x, g, geom, bias=True)  # db from the column of ones
     np.testing.assert_allclose(dw.reshape(w.shape), expected_dw, rtol=1e-11, atol=1e-11)
     np.testing.assert_allclose(db, expected_db, rtol=1e-11, atol=1e-11)
     y = reference.conv(x, w, stride=stride, padding=padding, dilation=dilation)
-    np.testing.assert_allclose(conv_module._forward_rows(x, w, geom), y, rtol=1e-11, atol=1e-11)
-    np.testing.assert_allclose(conv_module._forward_rows(x, w, geom, b), y + b, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(_conv_formulas.forward_rows(x, w, geom), y, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(_conv_formulas.forward_rows(x, w, geom, b), y + b, rtol=1e-11, atol=1e-11)
 
 
 AUTO_CASES = [  # (x_shape, w_shape, settings, the plan auto picks on the CPU)

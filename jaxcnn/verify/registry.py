@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn import ops, reference
-from jaxcnn.ops._conv import METHODS as CONV_METHODS
+from jaxcnn.ops._conv_plan import METHODS as CONV_METHODS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,77 @@
+"""Which exact formula computes each of convolution's three products: ``method`` and ``auto_plan``.
+
+Every formula gives the same sums (see :mod:`jaxcnn.ops._conv` for the lecture's and
+:mod:`jaxcnn.ops._conv_formulas` for the alternatives); ``method="auto"`` picks, per product,
+the one that is fastest for the shapes at hand. The thresholds below are the crossovers
+``experiments/bench.py --only conv-methods`` measures (performance.md, "auto_plan crossovers").
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import numpy as np
+
+from jaxcnn import _shapes
+from jaxcnn.ops._im2col import whole_window
+
+METHODS = ("auto", "xla", "im2col", "taps", "rows")
+
+
+class Plan(NamedTuple):
+    """Which exact formula computes each of the three products (see :func:`jaxcnn.ops.conv`)."""
+
+    forward: str  # "xla" | "im2col" | "taps" | "rows"
+    weight: str  # dW: "xla" | "im2col" | "taps" | "rows"
+    input: str  # dx: "xla" | "col2im"
+
+
+PLANS = {
+    "xla": Plan("xla", "xla", "xla"),
+    "im2col": Plan("im2col", "im2col", "col2im"),
+    "taps": Plan("taps", "taps", "col2im"),
+    "rows": Plan("rows", "rows", "col2im"),
+}
+
+#: 1-D: taps for at most this many input channels.
+TAPS_MAX_C_IN = 4
+#: 1-D: im2col while one sample's forward has fewer multiply-adds than this, XLA's convolution above.
+IM2COL_1D_MAX_MACS = 16_384
+#: 2-D and 3-D: row blocks for at most this many input channels.
+ROWS_MAX_C_IN = 4
+#: 2-D and 3-D: im2col for at most this many channel pairs ``C_in · C_out``, XLA's convolution above.
+IM2COL_MAX_PAIRS = 128
+#: ``dx`` by col2im at stride 1 for at most this many channel pairs (strided: always col2im).
+COL2IM_MAX_PAIRS = 1024
+
+
+def auto_plan(geom: _shapes.Geometry, in_shape, c_in: int, c_out: int, backend: Optional[str] = None) -> Plan:
+    """The formulas ``method="auto"`` picks: all exact, chosen by shape for speed.
+
+    Off the CPU, XLA's own convolutions (cuDNN on GPUs). On the CPU: a window covering the
+    whole input (LeNet-5's C5) is a dense layer, im2col without a copy; few input channels
+    (LeNet-5's C1, RGB images) use row blocks for ``y`` and ``dW``, whose column matrix the
+    two share inside one jitted step; few channel pairs (C3's 6 × 16) use im2col, shared
+    the same way. 1-D convolutions use taps for few input channels, im2col while a
+    sample's forward is small, and XLA's convolutions above. ``dx`` overlap-adds ``δ Wᵀ``
+    (col2im) where XLA's transposed convolution would multiply the zeros of a strided δ or
+    the channels are too few to vectorise. Elsewhere XLA's own convolutions win. All of
+    them are written in XLA:CPU's canonical form, which it also runs fast inside the loop
+    of :func:`jaxcnn.train.make_epoch`. The crossovers: performance.md, "auto_plan
+    crossovers".
+    """
+    if (backend or jax.default_backend()) != "cpu":
+        return PLANS["xla"]
+    if whole_window(geom, in_shape):
+        return PLANS["im2col"]
+    if len(geom.window) == 1:
+        macs = int(np.prod(geom.out_shape)) * int(np.prod(geom.window)) * c_in * c_out  # per sample, forward
+        products = "taps" if c_in <= TAPS_MAX_C_IN else "im2col" if macs < IM2COL_1D_MAX_MACS else "xla"
+    else:
+        products = "rows" if c_in <= ROWS_MAX_C_IN else "im2col" if c_in * c_out <= IM2COL_MAX_PAIRS else "xla"
+    return Plan(
+        forward=products,
+        weight=products,
+        input="col2im" if max(geom.stride) > 1 or c_in * c_out <= COL2IM_MAX_PAIRS else "xla",
+    )
