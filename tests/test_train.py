@@ -266,6 +266,22 @@ def test_cli_train_writes_metrics_plot_and_checkpoint_and_resumes(tmp_path, caps
     assert len(json.loads(Path(out, "metrics.json").read_text())["history"]) == 8
 
 
+def test_cli_trains_resnet20_with_batch_norm_on_fashion_mnist_and_resumes(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 32), ("t10k", 16)):
+        data.write_idx(str(tmp_path / f"{split}-images-idx3-ubyte.gz"), rng.integers(0, 256, (n, 28, 28), np.uint8))
+        data.write_idx(str(tmp_path / f"{split}-labels-idx1-ubyte.gz"), (np.arange(n) % 10).astype(np.uint8))
+    out = str(tmp_path / "run")
+    argv = ["train", "--model", "resnet20", "--data", "fashion_mnist", "--data-dir", str(tmp_path), "--batch-size", "16",
+            "--optimizer", "sgd", "--lr", "0.1", "--momentum", "0.9", "--out", out, "--quiet"]
+    assert cli.main([*argv, "--epochs", "1"]) == 0
+    assert "resnet20 on fashion_mnist: test accuracy" in capsys.readouterr().out
+    header = checkpoint.read_header(str(Path(out, "checkpoint.npz")))
+    assert any("model_state" in p and "'mean'" in p for p in header["paths"])  # batch norm's running statistics
+    assert cli.main([*argv, "--epochs", "2", "--resume"]) == 0
+    assert len(json.loads(Path(out, "metrics.json").read_text())["history"]) == 2
+
+
 @pytest.mark.parametrize("argv,message", [
     (["train", "--model", "nope"], "argument --model: invalid choice: 'nope'"),
     (["train", "--epochs", "0"], "argument --epochs: expected a positive integer, got '0'"),

@@ -332,7 +332,7 @@ def _eps(layer: str, eps) -> float:
     return float(eps)
 
 
-def _scale_shift(layer: str, shape: Shape, use_scale: bool, use_bias: bool, dtype) -> dict:
+def _scale_shift(shape: Shape, use_scale: bool, use_bias: bool, dtype) -> dict:
     params = {}
     if use_scale:
         params["gamma"] = jnp.ones(shape, dtype)
@@ -383,7 +383,7 @@ def BatchNorm(
                              f"got {tuple(input_shape)}.")
         c = input_shape[axis]
         state = {"mean": jnp.zeros((c,), dtype), "var": jnp.ones((c,), dtype)}
-        return _scale_shift("BatchNorm", (c,), use_scale, use_bias, dtype), state, tuple(input_shape)
+        return _scale_shift((c,), use_scale, use_bias, dtype), state, tuple(input_shape)
 
     def apply(params, state, x, *, training=False, key=None):
         gamma, beta = params.get("gamma"), params.get("beta")
@@ -415,7 +415,7 @@ def LayerNorm(eps: float = 1e-5, *, axis: int | tuple[int, ...] = -1, use_scale:
             raise ValueError(f"LayerNorm: `axis` {axis} must name non-batch axes of the input shape "
                              f"{tuple(input_shape)}.")
         shape = tuple(input_shape[a] for a in sorted(a % ndim for a in axes))
-        return _scale_shift("LayerNorm", shape, use_scale, use_bias, dtype), tuple(input_shape)
+        return _scale_shift(shape, use_scale, use_bias, dtype), tuple(input_shape)
 
     def apply(params, x):
         return ops.layer_norm(x, params.get("gamma"), params.get("beta"), axis=axis, eps=eps)
@@ -438,7 +438,7 @@ def GroupNorm(groups: int = 32, eps: float = 1e-5, *, use_scale: bool = True, us
         if len(input_shape) < 2 or input_shape[-1] % groups:
             raise ValueError(f"GroupNorm: {groups} groups must divide the channels (last axis) of the input, "
                              f"got input shape {tuple(input_shape)}.")
-        return _scale_shift("GroupNorm", (input_shape[-1],), use_scale, use_bias, dtype), tuple(input_shape)
+        return _scale_shift((input_shape[-1],), use_scale, use_bias, dtype), tuple(input_shape)
 
     def apply(params, x):
         return ops.group_norm(x, params.get("gamma"), params.get("beta"), groups, eps=eps)
