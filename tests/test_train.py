@@ -128,6 +128,14 @@ def test_failed_save_leaves_the_old_checkpoint(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["c.npz"]
 
 
+def _on_host_devices(script: str, devices: int):
+    """Runs ``script`` in a fresh process with ``devices`` CPU devices; returns the JSON it prints."""
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
 def test_data_parallel_run_equals_single_device(tmp_path):
     script = textwrap.dedent("""
         import json, sys
@@ -147,10 +155,7 @@ def test_data_parallel_run_equals_single_device(tmp_path):
         out["devices"] = len(jax.devices())
         json.dump(out, sys.stdout)
     """)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
+    out = _on_host_devices(script, 4)
     assert out["devices"] == 4 and out["spread4"] == [True, 4] and out["spread1"][1] == 1
     for a, b in zip(out["1"], out["4"]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -230,10 +235,7 @@ def test_data_parallel_batch_norm_uses_the_global_batch(tmp_path):
         out["devices"] = len(jax.devices())
         json.dump(out, sys.stdout)
     """)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
+    out = _on_host_devices(script, 2)
     assert out["devices"] == 2 and out["accuracy1"] == out["accuracy2"]
     for a, b in zip(out["1"], out["2"]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
