@@ -4,6 +4,8 @@ them (in both modes). They are what the hand-derived rules are checked against, 
 drop-in backend (``ops=jaxcnn.reference``) for comparing whole models.
 """
 
+from jaxcnn.ops._activations import leaky_relu_reference as leaky_relu
+from jaxcnn.ops._activations import log_softmax_reference as log_softmax
 from jaxcnn.ops._activations import relu_reference as relu
 from jaxcnn.ops._activations import sigmoid_reference as sigmoid
 from jaxcnn.ops._activations import softmax_reference as softmax
@@ -15,7 +17,10 @@ from jaxcnn.ops._conv import conv3d_reference as conv3d
 from jaxcnn.ops._conv import conv_reference as conv
 from jaxcnn.ops._conv_transpose import conv_transpose_reference as conv_transpose
 from jaxcnn.ops._dense import dense_reference as dense
+from jaxcnn.ops._dropout import dropout_reference as dropout
 from jaxcnn.ops._flatten import flatten_reference as flatten
+from jaxcnn.ops._global_pooling import global_max_pool_reference as global_max_pool
+from jaxcnn.ops._global_pooling import global_mean_pool_reference as global_mean_pool
 from jaxcnn.ops._im2col import im2col_reference as im2col
 from jaxcnn.ops._losses import euclidean_loss_reference as euclidean_loss
 from jaxcnn.ops._losses import l2_penalty_reference as l2_penalty
@@ -39,12 +44,17 @@ __all__ = [
     "conv_transpose",
     "dense",
     "downsample",
+    "dropout",
     "euclidean_loss",
     "flatten",
+    "global_max_pool",
+    "global_mean_pool",
     "group_norm",
     "im2col",
     "l2_penalty",
     "layer_norm",
+    "leaky_relu",
+    "log_softmax",
     "max_pool",
     "mean_pool",
     "mean_subtraction",

@@ -5,7 +5,7 @@ import pytest
 
 import opcheck
 from conftest import away_from_zero
-from jaxcnn import ops, reference, verify
+from jaxcnn import nn, ops, reference, verify
 
 
 @pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh"])
@@ -33,6 +33,46 @@ def test_relu_kink_passes_gradient_at_zero():
     np.testing.assert_array_equal(jax.grad(lambda v: ops.relu(v).sum())(x), [0.0, 1.0, 1.0])
     np.testing.assert_array_equal(jax.grad(lambda v: jax.nn.relu(v).sum())(x), [0.0, 0.0, 1.0])
     np.testing.assert_array_equal(jax.grad(lambda v: reference.relu(v).sum())(x), [0.0, 1.0, 1.0])
+
+
+def test_relu_derivative_at_zero_option_is_jax_flax_and_pytorchs_convention(rng):
+    # torch.relu's backward is g·[x > 0] (threshold_backward), as jax.nn.relu's: 0 at x = 0.
+    x = jnp.array([-1.0, 0.0, 0.0, 1.0])
+    for module in (ops, reference):
+        grad = jax.grad(lambda v: module.relu(v, derivative_at_zero=0.0).sum())(x)
+        np.testing.assert_array_equal(grad, jax.grad(lambda v: jax.nn.relu(v).sum())(x))
+    np.testing.assert_array_equal(ops.relu(x, derivative_at_zero=0.0), ops.relu(x))
+    layer = nn.Relu(derivative_at_zero=0.0)
+    np.testing.assert_array_equal(jax.grad(lambda v: layer.apply((), v).sum())(x), [0.0, 0.0, 0.0, 1.0])
+    np.testing.assert_array_equal(jax.grad(lambda v: nn.Relu().apply((), v).sum())(x), [0.0, 1.0, 1.0, 1.0])
+    opcheck.assert_all("relu", jnp.asarray(away_from_zero(rng, (3, 4))), derivative_at_zero=0.0)
+
+
+def test_leaky_relu_is_torch_leaky_relu_and_its_kink_options(rng):
+    x = away_from_zero(rng, (3, 4))
+    np.testing.assert_allclose(ops.leaky_relu(x), np.where(x > 0, x, 0.01 * x), rtol=1e-15)
+    np.testing.assert_allclose(ops.leaky_relu(x, 0.2), np.where(x > 0, x, 0.2 * x), rtol=1e-15)
+    at_zero = jnp.array([-2.0, 0.0, 3.0])
+    np.testing.assert_allclose(jax.grad(lambda v: ops.leaky_relu(v, 0.1).sum())(at_zero), [0.1, 1.0, 1.0])
+    # torch: leaky_relu_backward is g if x > 0 else g·slope, so slope at 0
+    np.testing.assert_allclose(
+        jax.grad(lambda v: ops.leaky_relu(v, 0.1, derivative_at_zero=0.1).sum())(at_zero), [0.1, 0.1, 1.0])
+    np.testing.assert_allclose(jax.grad(lambda v: jax.nn.leaky_relu(v, 0.1).sum())(at_zero), [0.1, 1.0, 1.0])
+    opcheck.assert_all("leaky_relu", jnp.asarray(x), negative_slope=0.3)
+    _, vjp = jax.vjp(ops.leaky_relu, jnp.asarray(x))
+    assert [leaf.dtype for leaf in jax.tree_util.tree_leaves(vjp)] == [jnp.bool_]
+
+
+def test_log_softmax_is_log_of_softmax_and_its_backward_formula(rng):
+    x = rng.normal(size=(3, 5)) * 3
+    y = ops.log_softmax(x)
+    np.testing.assert_allclose(y, np.log(np.asarray(ops.softmax(x))), rtol=1e-12)
+    g = rng.normal(size=(3, 5))
+    dx = jax.vjp(ops.log_softmax, x)[1](g)[0]
+    np.testing.assert_allclose(dx, g - np.exp(y) * g.sum(-1, keepdims=True), rtol=1e-12)
+    assert np.isfinite(ops.log_softmax(jnp.array([0.0, 1e4]))).all()
+    opcheck.assert_all("log_softmax", jnp.asarray(x), axis=0)
+    opcheck.assert_vjp("log_softmax", jnp.asarray(x, jnp.bfloat16))
 
 
 def test_relu_saves_a_boolean_mask_not_the_input():
@@ -108,3 +148,11 @@ def test_activation_errors():
         ops.softmax(jnp.ones((2, 3)), axis=2)
     with pytest.raises(ValueError, match=r"softmax: `x` must have at least 1 dimension"):
         ops.softmax(jnp.float32(1.0))
+    with pytest.raises(ValueError, match=r"relu: `derivative_at_zero` must be 1.0 .* or 0.0 .*, got 0.5"):
+        ops.relu(jnp.ones(3), derivative_at_zero=0.5)
+    with pytest.raises(ValueError, match=r"leaky_relu: `derivative_at_zero` must be 1.0 .* or negative_slope=0.2"):
+        ops.leaky_relu(jnp.ones(3), 0.2, derivative_at_zero=0.0)
+    with pytest.raises(TypeError, match=r"leaky_relu: `negative_slope` must be a Python float"):
+        ops.leaky_relu(jnp.ones(3), jnp.float32(0.2))
+    with pytest.raises(ValueError, match=r"log_softmax: `axis`=1 is out of range"):
+        ops.log_softmax(jnp.ones(3), axis=1)

@@ -83,6 +83,94 @@ def test_checker_catches_ce_without_one_over_n(rng):
     assert "logits" in str(result)
 
 
+def _np_log_softmax(s):
+    shifted = s - s.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def test_ce_options_are_torch_cross_entropy_from_its_definition(rng):
+    # torch.nn.functional.cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing),
+    # class indices: loss_n = (1 − ε) w_{y_n} (−log p_{n,y_n}) + (ε/K) Σ_k w_k (−log p_nk), 0 on ignored rows;
+    # "mean" divides by Σ_n w_{y_n} over the rows not ignored (both terms), "sum" adds, "none" returns loss_n.
+    s = rng.normal(size=(7, 4)) * 2
+    y = np.array([0, 2, 3, 2, 1, 2, 0])
+    w = rng.uniform(0.2, 3.0, 4)
+    log_p = _np_log_softmax(s)
+    nll = -log_p[np.arange(7), y]
+    for eps, ignore in [(0.0, None), (0.2, None), (0.0, 2), (0.3, 2)]:
+        kept = np.ones(7, bool) if ignore is None else y != ignore
+        for weights in (None, w):
+            ww = np.ones(4) if weights is None else weights
+            rows = np.where(kept, (1 - eps) * ww[y] * nll + eps / 4 * -(ww * log_p).sum(-1), 0)
+            kw = dict(weights=None if weights is None else jnp.asarray(weights), label_smoothing=eps,
+                      ignore_index=ignore)
+            np.testing.assert_allclose(ops.softmax_cross_entropy(s, y, **kw, reduction="none"), rows, rtol=1e-12)
+            np.testing.assert_allclose(ops.softmax_cross_entropy(s, y, **kw, reduction="sum"), rows.sum(), rtol=1e-12)
+            np.testing.assert_allclose(ops.softmax_cross_entropy(s, y, **kw), rows.sum() / ww[y][kept].sum(),
+                                       rtol=1e-12)
+            opcheck.assert_vjp("softmax_cross_entropy", jnp.asarray(s), jnp.asarray(y), **kw)
+    # probability targets: the target smoothed to (1 − ε) t + ε/K, weighted per class, "mean" divides by N
+    t = rng.dirichlet(np.ones(4), size=7)
+    rows = -(w * (0.9 * t + 0.1 / 4) * log_p).sum(-1)
+    np.testing.assert_allclose(ops.softmax_cross_entropy(s, t, weights=w, label_smoothing=0.1), rows.mean(),
+                               rtol=1e-12)
+    # every row ignored: 0 / 0, as PyTorch
+    assert np.isnan(ops.softmax_cross_entropy(s, np.full(7, 5), ignore_index=5))
+
+
+def test_ce_options_backward_is_sigma_times_p_sum_c_minus_c(rng):
+    s, y, w = rng.normal(size=(5, 3)), np.array([0, 1, 1, 2, 1]), rng.uniform(0.5, 2.0, 3)
+    eps, g = 0.2, 1.7
+    p = np.exp(_np_log_softmax(s))
+    kept = y != 1
+    c = kept[:, None] * ((1 - eps) * w[y][:, None] * np.eye(3)[y] + eps / 3 * w)
+    divisor = w[y][kept].sum()
+    grad = jax.grad(lambda s: g * ops.softmax_cross_entropy(s, y, weights=w, ignore_index=1, label_smoothing=eps))(s)
+    np.testing.assert_allclose(grad, g / divisor * (p * c.sum(-1, keepdims=True) - c), rtol=1e-12)
+    assert np.all(np.asarray(grad)[~kept] == 0)  # ignored rows get nothing
+    # the combined options under every transform
+    opcheck.assert_all("softmax_cross_entropy", jnp.asarray(s), jnp.asarray(y), weights=jnp.asarray(w),
+                       ignore_index=1, label_smoothing=eps, reduction="none")
+
+
+def test_euclidean_reduction_is_over_examples_and_relates_to_mse_loss(rng):
+    z, t = rng.normal(size=(4, 3, 2)), rng.normal(size=(4, 3, 2))
+    per_example = 0.5 * ((z - t) ** 2).sum(axis=(1, 2))
+    np.testing.assert_allclose(ops.euclidean_loss(z, t, reduction="none"), per_example, rtol=1e-12)
+    np.testing.assert_allclose(ops.euclidean_loss(z, t, reduction="sum"), per_example.sum(), rtol=1e-12)
+    np.testing.assert_allclose(ops.euclidean_loss(z, t), per_example.mean(), rtol=1e-12)
+    # torch.nn.functional.mse_loss: mean of (z − t)² over every element; sum: Σ (z − t)²
+    np.testing.assert_allclose(2 * ops.euclidean_loss(z, t, reduction="sum"), ((z - t) ** 2).sum(), rtol=1e-12)
+    np.testing.assert_allclose(2 * ops.euclidean_loss(z, t) / 6, ((z - t) ** 2).mean(), rtol=1e-12)
+    g = rng.normal(size=4)
+    dz, dt = jax.vjp(lambda z, t: ops.euclidean_loss(z, t, reduction="none"), z, t)[1](g)
+    np.testing.assert_allclose(dz, g[:, None, None] * (z - t), rtol=1e-12)
+    np.testing.assert_allclose(dt, -dz, rtol=1e-12)
+    for reduction in ("sum", "none"):
+        opcheck.assert_all("euclidean_loss", jnp.asarray(z), jnp.asarray(t), reduction=reduction)
+
+
+def test_loss_option_errors(rng):
+    s, y = jnp.ones((3, 4), jnp.float32), jnp.array([0, 1, 2])
+    with pytest.raises(ValueError, match=r"softmax_cross_entropy: `weights` must have shape \(4,\) \(one weight"):
+        ops.softmax_cross_entropy(s, y, weights=jnp.ones(3))
+    with pytest.raises(TypeError, match=r"softmax_cross_entropy: all floating arguments must share one dtype"):
+        ops.softmax_cross_entropy(s, y, weights=jnp.ones(4, jnp.float64))
+    with pytest.raises(ValueError, match=r"softmax_cross_entropy: `ignore_index`=0 applies to integer class ids only"):
+        ops.softmax_cross_entropy(s, jnp.full((3, 4), 0.25, jnp.float32), ignore_index=0)
+    with pytest.raises(TypeError, match=r"softmax_cross_entropy: `ignore_index` must be a Python int or None"):
+        ops.softmax_cross_entropy(s, y, ignore_index=1.0)
+    with pytest.raises(ValueError, match=r"softmax_cross_entropy: `label_smoothing` must be in \[0, 1\], got 1.5"):
+        ops.softmax_cross_entropy(s, y, label_smoothing=1.5)
+    with pytest.raises(TypeError, match=r"softmax_cross_entropy: `label_smoothing` must be a Python float"):
+        ops.softmax_cross_entropy(s, y, label_smoothing=jnp.float32(0.1))
+    with pytest.raises(ValueError, match=r"softmax_cross_entropy: `reduction` must be one of 'mean', 'sum', 'none', "
+                                         r"got 'avg'"):
+        ops.softmax_cross_entropy(s, y, reduction="avg")
+    with pytest.raises(ValueError, match=r"euclidean_loss: `reduction` must be one of 'mean', 'sum', 'none', got None"):
+        ops.euclidean_loss(s, s, reduction=None)
+
+
 def test_ce_errors(rng):
     s = _logits(rng, (4, 3), jnp.float32)
     with pytest.raises(ValueError, match=r"softmax_cross_entropy: `labels` must have shape \(4,\) \(integer class ids: logits.shape\[:-1\]\), got \(4, 1\)"):

@@ -249,9 +249,17 @@ def _elementwise(name: str, op_name: str, ops: Optional[ModuleType], **settings)
     return Layer.stateless(lambda key, s: ((), tuple(s)), lambda params, x: op(x, **settings), name=name)
 
 
-def Relu(*, ops: Optional[ModuleType] = None) -> Layer:
-    """``max(0, x)`` (:func:`jaxcnn.ops.relu`)."""
-    return _elementwise("Relu", "relu", ops)
+def Relu(*, derivative_at_zero: float = 1.0, ops: Optional[ModuleType] = None) -> Layer:
+    """``max(0, x)`` (:func:`jaxcnn.ops.relu`).
+
+    ``derivative_at_zero``: ``1.0`` (default, the lectures: the gradient passes at
+    ``x = 0``) or ``0.0`` (``jax.nn.relu``, Flax, PyTorch). Use ``0.0`` when porting a
+    model and comparing its gradients: with zero biases, ``x = 0`` is common.
+    """
+    if derivative_at_zero == 1.0:
+        return _elementwise("Relu", "relu", ops)
+    return _elementwise(f"Relu(derivative_at_zero={derivative_at_zero!r})", "relu", ops,
+                        derivative_at_zero=derivative_at_zero)
 
 
 def Sigmoid(*, ops: Optional[ModuleType] = None) -> Layer:

@@ -12,11 +12,13 @@ exports the functions; the same names in :mod:`jaxcnn.reference` are the autodif
 references, and :data:`jaxcnn.verify.registry.REGISTRY` certifies each of them.
 """
 
-from jaxcnn.ops._activations import relu, sigmoid, softmax, tanh
+from jaxcnn.ops._activations import leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
 from jaxcnn.ops._conv import LENET5_C3_TABLE, conv, conv1d, conv2d, conv3d
 from jaxcnn.ops._conv_transpose import conv_transpose
 from jaxcnn.ops._dense import dense
+from jaxcnn.ops._dropout import dropout
 from jaxcnn.ops._flatten import flatten
+from jaxcnn.ops._global_pooling import global_max_pool, global_mean_pool
 from jaxcnn.ops._im2col import im2col
 from jaxcnn.ops._losses import euclidean_loss, l2_penalty, softmax_cross_entropy
 from jaxcnn.ops._mean_subtraction import mean_subtraction
@@ -34,12 +36,17 @@ __all__ = [
     "conv_transpose",
     "dense",
     "downsample",
+    "dropout",
     "euclidean_loss",
     "flatten",
+    "global_max_pool",
+    "global_mean_pool",
     "group_norm",
     "im2col",
     "l2_penalty",
     "layer_norm",
+    "leaky_relu",
+    "log_softmax",
     "max_pool",
     "mean_pool",
     "mean_subtraction",

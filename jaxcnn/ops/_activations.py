@@ -20,50 +20,123 @@ from jaxcnn import _checks, _xla_cpu
 # --------------------------------------------------------------------------- ReLU
 
 
-def relu(x: jax.Array) -> jax.Array:
+def relu(x: jax.Array, *, derivative_at_zero: float = 1.0) -> jax.Array:
     """Rectified linear unit ``max(0, x)``.
 
-    Backward: ``dx = g · [x ≥ 0]``.
+    Backward: ``dx = g · [x ≥ 0]`` (default) or ``dx = g · [x > 0]``
+    (``derivative_at_zero=0.0``).
 
-    The kink follows the lectures (Hu & Zhu: ``f'(x) = 1 if x ≥ 0``; Jearanaitanakij: the
-    gradient flows if the activation "is positive or zero"): at exactly ``x = 0`` the
-    gradient passes. ``jax.nn.relu`` makes the other choice and gives 0 there; away from
-    0 the two agree. The residual is the boolean mask ``x ≥ 0`` (one byte per element).
+    **The derivative at x = 0.** The default follows the lectures (Hu & Zhu: ``f'(x) = 1
+    if x ≥ 0``; Jearanaitanakij: the gradient flows if the activation "is positive or
+    zero"): at exactly ``x = 0`` the gradient passes. ``jax.nn.relu``, Flax and PyTorch
+    give 0 there: pass ``derivative_at_zero=0.0`` (also ``nn.Relu(derivative_at_zero=0.0)``)
+    to reproduce them. Away from 0 the two agree, but exact zeros are common: a ported
+    model with zero-initialised biases sees ``x = 0`` wherever an image is blank, and its
+    bias gradients then differ from the original's from the first step. The residual is
+    the boolean mask (one byte per element) either way.
 
     Args:
       x: floating array of any shape.
+      derivative_at_zero: ``1.0`` (the lectures) or ``0.0`` (``jax.nn.relu``, Flax,
+        PyTorch).
 
     Returns:
       ``max(0, x)``, same shape and dtype.
 
     Raises:
       TypeError: ``x`` is not floating point.
+      ValueError: ``derivative_at_zero`` is neither 0 nor 1.
 
     >>> import jax, jax.numpy as jnp
     >>> from jaxcnn import ops
     >>> jax.grad(lambda x: ops.relu(x).sum())(jnp.array([-1.0, 0.0, 2.0])).tolist()
     [0.0, 1.0, 1.0]
+    >>> jax.grad(lambda x: ops.relu(x, derivative_at_zero=0.0).sum())(jnp.array([-1.0, 0.0, 2.0])).tolist()
+    [0.0, 0.0, 1.0]
     """
-    return _relu(_checks.float_array("relu", "x", x))
+    x = _checks.float_array("relu", "x", x)
+    return _relu(x, _at_zero("relu", derivative_at_zero, (1.0, 0.0), "0.0 (jax.nn.relu, Flax, PyTorch)"))
 
 
-@jax.custom_vjp
-def _relu(x):
+def _at_zero(op, value, allowed, other):
+    """``derivative_at_zero`` checked against ``allowed``: True when x = 0 counts as ``x ≥ 0``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) not in allowed:
+        raise ValueError(
+            f"{op}: `derivative_at_zero` must be {allowed[0]} (the lectures: the gradient passes at x = 0) or "
+            f"{other}, got {value!r}."
+        )
+    return float(value) == allowed[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _relu(x, passes_at_zero):
     # clamp(0, x, ∞) = max(x, 0), NaN included. XLA:CPU hands a max to its matrix-kernel
     # fusions with the zero written out as a full array; a clamp it keeps in its own loop
     # (isolated fwd + bwd 1.1-1.2x -> 0.85-0.98x autodiff; MNIST-1D step 1.00 -> 0.95 ms).
     return lax.clamp(jnp.zeros((), x.dtype), x, jnp.asarray(jnp.inf, x.dtype))
 
 
-def _relu_fwd(x):
-    return _relu(x), x >= 0  # residual: the mask [x >= 0]
+def _relu_fwd(x, passes_at_zero):
+    return _relu(x, passes_at_zero), (x >= 0 if passes_at_zero else x > 0)  # residual: the mask
 
 
-def _relu_bwd(mask, g):
+def _relu_bwd(passes_at_zero, mask, g):
     return (jnp.where(mask, g, jnp.zeros((), g.dtype)),)
 
 
 _relu.defvjp(_relu_fwd, _relu_bwd)
+
+
+# --------------------------------------------------------------------------- leaky ReLU
+
+
+def leaky_relu(x: jax.Array, negative_slope: float = 0.01, *, derivative_at_zero: float = 1.0) -> jax.Array:
+    """Leaky ReLU ``f(x) = x`` for ``x ≥ 0``, ``negative_slope · x`` below (Maas et al.).
+
+    Backward: ``dx = g · (1 if x ≥ 0 else negative_slope)``, from a one-byte mask. At
+    exactly ``x = 0`` the default passes the gradient as :func:`relu` does (and as
+    ``jax.nn.leaky_relu`` and Flax do); PyTorch uses ``negative_slope`` there: pass
+    ``derivative_at_zero=negative_slope`` to reproduce it.
+
+    Args:
+      x: floating array of any shape.
+      negative_slope: the slope below 0 (a Python float; PyTorch's default 0.01).
+      derivative_at_zero: ``1.0`` or ``negative_slope``.
+
+    Returns:
+      ``f(x)``, same shape and dtype.
+
+    Raises:
+      TypeError: ``x`` is not floating point, or ``negative_slope`` is not a number.
+      ValueError: ``derivative_at_zero`` is neither 1 nor ``negative_slope``.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxcnn import ops
+    >>> jax.grad(lambda x: ops.leaky_relu(x, 0.1).sum())(jnp.array([-1.0, 0.0, 2.0])).tolist()
+    [0.10000000149011612, 1.0, 1.0]
+    """
+    x = _checks.float_array("leaky_relu", "x", x)
+    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
+        raise TypeError(f"leaky_relu: `negative_slope` must be a Python float, got {negative_slope!r}.")
+    slope = float(negative_slope)
+    passes = _at_zero("leaky_relu", derivative_at_zero, (1.0, slope), f"negative_slope={slope} (PyTorch)")
+    return _leaky_relu(x, slope, passes)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _leaky_relu(x, slope, passes_at_zero):
+    return jnp.where(x >= 0, x, x * jnp.asarray(slope, x.dtype))
+
+
+def _leaky_relu_fwd(x, slope, passes_at_zero):
+    return _leaky_relu(x, slope, passes_at_zero), (x >= 0 if passes_at_zero else x > 0)  # residual: the mask
+
+
+def _leaky_relu_bwd(slope, passes_at_zero, mask, g):
+    return (jnp.where(mask, g, g * jnp.asarray(slope, g.dtype)),)  # g · f'(x), f' ∈ {1, slope}
+
+
+_leaky_relu.defvjp(_leaky_relu_fwd, _leaky_relu_bwd)
 
 
 # --------------------------------------------------------------------------- sigmoid
@@ -213,16 +286,84 @@ def _softmax_bwd(axis, res: SoftmaxResiduals, g):
 _softmax.defvjp(_softmax_fwd, _softmax_bwd)
 
 
+# --------------------------------------------------------------------------- log-softmax
+
+
+def log_softmax(x: jax.Array, axis: int = -1) -> jax.Array:
+    """Log-softmax ``y_k = x_k − log Σ_j e^{x_j}`` along ``axis``, computed stably.
+
+    ``y = (x − max x) − log Σ e^{x − max x}``. Backward (``∂y_i/∂x_k = δ_ik − p_k`` with
+    ``p = e^y``): ``dx = g − e^y · Σ_k g_k``, from the saved output ``y``.
+
+    Args:
+      x: floating array of any shape.
+      axis: the normalised axis (a Python int).
+
+    Returns:
+      ``y``, same shape and dtype.
+
+    Raises:
+      TypeError: ``x`` is not floating point.
+      ValueError: ``axis`` is out of range.
+
+    >>> import jax.numpy as jnp
+    >>> from jaxcnn import ops
+    >>> [round(v, 4) for v in jnp.exp(ops.log_softmax(jnp.log(jnp.array([0.3, 0.7])))).tolist()]
+    [0.3, 0.7]
+    """
+    x = _checks.float_array("log_softmax", "x", x)
+    _checks.min_rank("log_softmax", "x", x, 1, "(..., K)")
+    (axis,) = _checks.axis("log_softmax", "axis", axis, x.ndim)
+    return _log_softmax(x, axis)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _log_softmax(x, axis):
+    shifted = x - jnp.max(x, axis=axis, keepdims=True)
+    return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True))
+
+
+def _log_softmax_fwd(x, axis):
+    y = _log_softmax(x, axis)
+    return y, y  # residual: y (p = e^y)
+
+
+def _log_softmax_bwd(axis, y, g):
+    return (g - jnp.exp(y) * jnp.sum(g, axis=axis, keepdims=True),)  # g − p Σ g
+
+
+_log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
+
+
 # --------------------------------------------------------------------------- references
 
 
-def relu_reference(x):
+def relu_reference(x, *, derivative_at_zero=1.0):
     """Autodiff reference for :func:`relu`, with the same kink convention.
 
-    ``jnp.where(x >= 0, x, 0)`` differentiates to ``[x ≥ 0]``, the lectures' choice.
+    ``jnp.where(x >= 0, x, 0)`` differentiates to ``[x ≥ 0]``, the lectures' choice;
+    ``jnp.where(x > 0, x, 0)`` to ``[x > 0]``.
     """
     x = _checks.float_array("relu", "x", x)
-    return jnp.where(x >= 0, x, jnp.zeros((), x.dtype))
+    passes = _at_zero("relu", derivative_at_zero, (1.0, 0.0), "0.0 (jax.nn.relu, Flax, PyTorch)")
+    return jnp.where(x >= 0 if passes else x > 0, x, jnp.zeros((), x.dtype))
+
+
+def leaky_relu_reference(x, negative_slope=0.01, *, derivative_at_zero=1.0):
+    """Autodiff reference for :func:`leaky_relu` (``jnp.where`` on the same side of 0)."""
+    x = _checks.float_array("leaky_relu", "x", x)
+    slope = float(negative_slope)
+    passes = _at_zero("leaky_relu", derivative_at_zero, (1.0, slope), f"negative_slope={slope} (PyTorch)")
+    return jnp.where(x >= 0 if passes else x > 0, x, slope * x)
+
+
+def log_softmax_reference(x, axis=-1):
+    """Autodiff reference for :func:`log_softmax`; the max shift carries no gradient."""
+    x = _checks.float_array("log_softmax", "x", x)
+    _checks.min_rank("log_softmax", "x", x, 1, "(..., K)")
+    (axis,) = _checks.axis("log_softmax", "axis", axis, x.ndim)
+    shifted = x - lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+    return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True))
 
 
 def sigmoid_reference(x):

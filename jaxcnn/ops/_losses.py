@@ -8,7 +8,8 @@ target and ``p`` elsewhere; the regulariser ``½ λ Σ w²`` with gradient ``λw
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import functools
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -18,14 +19,41 @@ from jaxcnn import _checks
 
 # --------------------------------------------------------------------------- softmax CE
 
+REDUCTIONS = ("mean", "sum", "none")
 
-def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy ``L = −(1/N) Σ_n Σ_k t_nk log p_nk``, ``p = softmax(s)``.
+
+def softmax_cross_entropy(
+    logits: jax.Array,
+    labels: jax.Array,
+    *,
+    weights: Optional[jax.Array] = None,
+    ignore_index: Optional[int] = None,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+) -> jax.Array:
+    """Softmax cross-entropy ``L = −(1/N) Σ_n Σ_k t_nk log p_nk``, ``p = softmax(s)``; PyTorch's options.
 
     Backward (Bell, Hu & Zhu, Jearanaitanakij): ``dL/ds = g (p − t) / N``; for
     probability labels also ``dL/dt = −g log p / N``; integer labels get no gradient.
-    Target rows that do not sum to one get the exact ``dL/ds = g (p Σ_k t_k − t) / N``,
-    which is the lecture's formula whenever ``Σ_k t_k = 1``.
+
+    With the options, each row's loss is ``ℓ_n = −Σ_k c_nk log p_nk`` with the
+    coefficients of PyTorch's ``cross_entropy`` (``ε`` = ``label_smoothing``, ``w`` =
+    ``weights``, ``m_n = 0`` on an ignored row, else 1):
+
+    * class ids ``y``: ``c_nk = m_n ((1 − ε) w_{y_n} [k = y_n] + (ε/K) w_k)``;
+    * target rows ``t``: ``c_nk = w_k ((1 − ε) t_nk + ε/K)``;
+
+    and ``reduction="none"`` returns every ``ℓ_n``, ``"sum"`` their sum, ``"mean"`` their
+    sum divided by ``D``: with class ids the summed weight of the kept rows,
+    ``D = Σ_n m_n w_{y_n}`` (the count of kept rows without weights; NaN when every row
+    is ignored), with target rows ``D = N``. The backward is the same formula for every
+    option, since ``∂ℓ_n/∂s_n = p_n Σ_k c_nk − c_n``::
+
+        ds_n = σ_n (p_n Σ_k c_nk − c_n)      σ_n = g/D, g, or g_n (mean, sum, none)
+        dt_nk = −σ_n (1 − ε) w_k log p_nk   (target rows)
+
+    Target rows that do not sum to one get exactly this (the lecture's ``p − t`` needs
+    ``Σ_k t_k = 1``). ``weights`` are constants: like PyTorch, no gradient flows to them.
 
     ``log p = (s − max s) − log Σ e^{s − max s}`` is computed stably (logits of magnitude
     1e4 are fine). Residuals: with class ids, ``e^{s − max s}`` (which the forward pass
@@ -40,15 +68,25 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
         counts towards ``N``.
       labels: integer class ids of shape ``logits.shape[:-1]`` with values in ``[0, K)``,
         or one-hot / probability rows of shape ``logits.shape`` (same dtype as logits).
-        An out-of-range class id makes the loss NaN rather than silently wrong.
+        An out-of-range class id (other than ``ignore_index``) makes its row's loss NaN
+        rather than silently wrong.
+      weights: per-class weights ``(K,)`` (PyTorch's ``weight``), same dtype as logits.
+      ignore_index: a class id whose rows count for nothing, neither in the loss nor in
+        ``D`` (PyTorch's default -100 is not assumed: None ignores nothing). Class ids
+        only.
+      label_smoothing: ``ε ∈ [0, 1]``: the target becomes ``(1 − ε) t + ε/K``.
+      reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
     Returns:
-      The scalar mean loss, in the dtype of ``logits``.
+      The loss, in the dtype of ``logits``: a scalar, or ``logits.shape[:-1]`` with
+      ``reduction="none"``.
 
     Raises:
       TypeError: ``logits`` is not floating point; ``labels`` is neither integer nor of
-        the logits' dtype.
-      ValueError: ``logits`` has fewer than 2 dimensions; ``labels`` has the wrong shape.
+        the logits' dtype; ``weights`` has another dtype; an option has the wrong type.
+      ValueError: ``logits`` has fewer than 2 dimensions; ``labels`` or ``weights`` has
+        the wrong shape; ``ignore_index`` with target rows; ``label_smoothing`` outside
+        ``[0, 1]``; an unknown ``reduction``.
 
     >>> import jax, jax.numpy as jnp
     >>> from jaxcnn import ops
@@ -56,14 +94,15 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     >>> [round(v, 6) for v in jax.grad(ops.softmax_cross_entropy)(s, jnp.array([1]))[0].tolist()]
     [0.3, -0.3]
     """
-    logits, labels = _validate_ce(logits, labels)
-    return _softmax_cross_entropy(logits, labels)
+    logits, labels, weights = _validate_ce(logits, labels, weights, ignore_index, label_smoothing, reduction)
+    return _softmax_cross_entropy(logits, labels, weights, ignore_index, float(label_smoothing), reduction)
 
 
 class ClassIdResiduals(NamedTuple):
     exp_shifted: jax.Array  # e^{s − max s}, computed by the forward pass for the log-sum
     total: jax.Array  # Σ_k e^{s_k − max s} per row, shape (..., 1): p = exp_shifted / total
     labels: jax.Array  # integer class ids
+    weights: Optional[jax.Array]  # w (K,) or None
 
 
 class TargetRowResiduals(NamedTuple):
@@ -71,6 +110,7 @@ class TargetRowResiduals(NamedTuple):
     top: jax.Array  # max_k s_k per row, shape (..., 1)
     log_sum: jax.Array  # log Σ_k e^{s_k − top} per row: log p = (s − top) − log_sum, exactly as in the forward
     labels: jax.Array  # target rows t
+    weights: Optional[jax.Array]
 
 
 def _normaliser(s):
@@ -80,46 +120,108 @@ def _normaliser(s):
     return top, exp_shifted, jnp.sum(exp_shifted, axis=-1, keepdims=True)
 
 
-def _mean_ce(s, top, log_sum, labels):
-    n = s.size // s.shape[-1]
-    if jnp.issubdtype(labels.dtype, jnp.integer):  # −(1/N) Σ_n log p[n, label_n]: pick, do not mask
-        picked = jnp.take_along_axis(s, jnp.clip(labels, 0, s.shape[-1] - 1)[..., None], -1)
-        loss = -jnp.sum((picked - top) - log_sum) / n
-        valid = jnp.all((labels >= 0) & (labels < s.shape[-1]))
-        return jnp.where(valid, loss, jnp.nan)
-    return -jnp.sum(labels * ((s - top) - log_sum)) / n
+class RowCoefficients(NamedTuple):
+    """Per class-id row: ``r_n = m_n w_{y_n}`` (the one-hot's coefficient before ``1 − ε``),
+    ``m_n`` (kept) and the divisor ``D``; None where the option is off (1 everywhere)."""
+
+    kept: Optional[jax.Array]  # m_n, shape (...,)
+    row_weight: Optional[jax.Array]  # m_n w_{y_n}
+    divisor: Any  # D = Σ_n m_n w_{y_n}: an array, or the Python int N
 
 
-@jax.custom_vjp
-def _softmax_cross_entropy(logits, labels):
-    return _softmax_cross_entropy_fwd(logits, labels)[0]
+def _row_coefficients(labels, k, weights, ignore_index, dtype) -> RowCoefficients:
+    kept = None if ignore_index is None else (labels != ignore_index).astype(dtype)
+    w_y = None if weights is None else weights[jnp.clip(labels, 0, k - 1)]
+    row_weight = w_y if kept is None else (kept if w_y is None else kept * w_y)
+    return RowCoefficients(kept, row_weight, labels.size if row_weight is None else jnp.sum(row_weight))
 
 
-def _softmax_cross_entropy_fwd(logits, labels):
+def _reduce(rows, divisor, reduction):
+    if reduction == "none":
+        return rows
+    total = jnp.sum(rows)
+    return total / divisor if reduction == "mean" else total
+
+
+def _scale(g, divisor, reduction):
+    """``σ_n``: ``g/D`` (mean), ``g`` (sum) or ``g_n`` (none), broadcastable against a row's classes."""
+    if reduction == "none":
+        return g[..., None]
+    return g / divisor if reduction == "mean" else g
+
+
+def _ce_rows(s, top, log_sum, labels, weights, ignore_index, eps):
+    """``ℓ_n`` for every row (NaN on an out-of-range class id that is not ignored)."""
+    k = s.shape[-1]
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        t = labels if eps == 0 else (1 - eps) * labels + eps / k
+        c = t if weights is None else t * weights
+        return -jnp.sum(c * ((s - top) - log_sum), axis=-1)
+    picked = jnp.take_along_axis(s, jnp.clip(labels, 0, k - 1)[..., None], -1)  # pick, do not mask
+    nll = -((picked - top) - log_sum)[..., 0]
+    coef = _row_coefficients(labels, k, weights, ignore_index, s.dtype)
+    rows = nll if coef.row_weight is None else coef.row_weight * nll
+    if eps:  # the smoothing term −(ε/K) m_n Σ_k w_k log p_nk
+        w = jnp.ones((k,), s.dtype) if weights is None else weights
+        smooth = -(jnp.sum(w * (s - top), axis=-1) - jnp.sum(w) * log_sum[..., 0])
+        rows = (1 - eps) * rows + (eps / k) * (smooth if coef.kept is None else coef.kept * smooth)
+    valid = (labels >= 0) & (labels < k)
+    if ignore_index is not None:
+        valid = valid | (labels == ignore_index)
+    return jnp.where(valid, rows, jnp.nan)
+
+
+def _ce_divisor(labels, weights, ignore_index, dtype, k):
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        return labels.size // k
+    return _row_coefficients(labels, k, weights, ignore_index, dtype).divisor
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _softmax_cross_entropy(logits, labels, weights, ignore_index, eps, reduction):
+    return _softmax_cross_entropy_fwd(logits, labels, weights, ignore_index, eps, reduction)[0]
+
+
+def _softmax_cross_entropy_fwd(logits, labels, weights, ignore_index, eps, reduction):
     top, exp_shifted, total = _normaliser(logits)
     log_sum = jnp.log(total)
-    loss = _mean_ce(logits, top, log_sum, labels)
+    rows = _ce_rows(logits, top, log_sum, labels, weights, ignore_index, eps)
+    loss = _reduce(rows, _ce_divisor(labels, weights, ignore_index, logits.dtype, logits.shape[-1]), reduction)
     if jnp.issubdtype(labels.dtype, jnp.integer):
-        return loss, ClassIdResiduals(exp_shifted, total, labels)
-    return loss, TargetRowResiduals(logits, top, log_sum, labels)
+        return loss, ClassIdResiduals(exp_shifted, total, labels, weights)
+    return loss, TargetRowResiduals(logits, top, log_sum, labels, weights)
 
 
-def _softmax_cross_entropy_bwd(res, g):
-    if isinstance(res, ClassIdResiduals):  # dL/ds = g (p − t) / N, t one-hot
-        scale = g / res.labels.size  # one scalar: a multiply per element, not a multiply and a divide
-        target = res.labels[..., None] == jnp.arange(res.exp_shifted.shape[-1])
-        return res.exp_shifted * (scale / res.total) - jnp.where(target, scale, 0), None
-    s, t = res.logits, res.labels  # rows t need not sum to one: in general ds = (p Σt − t) / N
-    scale = g / (s.size // s.shape[-1])
+def _softmax_cross_entropy_bwd(ignore_index, eps, reduction, res, g):
+    if isinstance(res, ClassIdResiduals):  # ds = σ (p Σ_k c_k − c), c = m((1 − ε) w_y onehot + (ε/K) w)
+        e, labels, weights = res.exp_shifted, res.labels, res.weights
+        k = e.shape[-1]
+        coef = _row_coefficients(labels, k, weights, ignore_index, e.dtype)
+        scale = _scale(g, coef.divisor, reduction)  # one scalar by default: a multiply per element
+        target = labels[..., None] == jnp.arange(k)
+        on_target = scale if coef.row_weight is None else scale * coef.row_weight[..., None]
+        if not eps:  # Σ_k c_k = r_n
+            return e * (on_target / res.total) - jnp.where(target, on_target, 0), None, None
+        kept = scale if coef.kept is None else scale * coef.kept[..., None]
+        w_sum = k if weights is None else jnp.sum(weights)
+        c_sum = (1 - eps) * on_target + (eps / k) * w_sum * kept
+        smooth = (eps / k) * kept * (1 if weights is None else weights)
+        return e * (c_sum / res.total) - jnp.where(target, (1 - eps) * on_target, 0) - smooth, None, None
+    s, t, w = res.logits, res.labels, res.weights  # rows t need not sum to one: ds = σ (p Σc − c)
+    k = s.shape[-1]
+    scale = _scale(g, s.size // k, reduction)
     log_p = (s - res.top) - res.log_sum
-    ds = (jnp.exp(log_p) * jnp.sum(t, axis=-1, keepdims=True) - t) * scale
-    return ds, log_p * -scale
+    t_smooth = t if eps == 0 else (1 - eps) * t + eps / k
+    c = t_smooth if w is None else t_smooth * w
+    ds = (jnp.exp(log_p) * jnp.sum(c, axis=-1, keepdims=True) - c) * scale
+    dt = log_p * -(scale if w is None else scale * w)
+    return ds, dt if eps == 0 else (1 - eps) * dt, None
 
 
 _softmax_cross_entropy.defvjp(_softmax_cross_entropy_fwd, _softmax_cross_entropy_bwd)
 
 
-def _validate_ce(logits, labels):
+def _validate_ce(logits, labels, weights, ignore_index, label_smoothing, reduction):
     op = "softmax_cross_entropy"
     logits = _checks.float_array(op, "logits", logits)
     _checks.min_rank(op, "logits", logits, 2, "(N, K)")
@@ -131,73 +233,114 @@ def _validate_ce(logits, labels):
         _checks.shape(op, "labels", labels, logits.shape,
                       "(one-hot or probability rows: logits.shape)")
         _checks.same_dtype(op, logits=logits, labels=labels)
+        if ignore_index is not None:
+            raise ValueError(
+                f"{op}: `ignore_index`={ignore_index!r} applies to integer class ids only (as in PyTorch), but "
+                f"`labels` are target rows of shape {tuple(labels.shape)}; give those rows zero weight instead."
+            )
     else:
         raise TypeError(
             f"softmax_cross_entropy: `labels` must be integer class ids of shape "
             f"{tuple(logits.shape[:-1])} or floating target rows of shape {tuple(logits.shape)}, "
             f"got dtype {labels.dtype} with shape {tuple(labels.shape)}."
         )
-    return logits, labels
+    if weights is not None:
+        weights = _checks.float_array(op, "weights", weights)
+        _checks.shape(op, "weights", weights, logits.shape[-1:], "(one weight per class)")
+        _checks.same_dtype(op, logits=logits, weights=weights)
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        raise TypeError(f"{op}: `ignore_index` must be a Python int or None, got {ignore_index!r}.")
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
+        raise TypeError(f"{op}: `label_smoothing` must be a Python float, got {label_smoothing!r}.")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{op}: `label_smoothing` must be in [0, 1], got {label_smoothing!r}.")
+    _check_reduction(op, reduction)
+    return logits, labels, weights
+
+
+def _check_reduction(op, reduction):
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{op}: `reduction` must be one of {', '.join(map(repr, REDUCTIONS))}, got {reduction!r}.")
 
 
 # --------------------------------------------------------------------------- Euclidean
 
 
-def euclidean_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
+def euclidean_loss(pred: jax.Array, target: jax.Array, *, reduction: str = "mean") -> jax.Array:
     """Euclidean loss ``L = (1/N) Σ_i ½ ‖z_i − y_i‖²`` (Bell).
 
-    Backward (Bell, with the batch mean): ``dz = g (z − y) / N``, ``dy = g (y − z) / N``.
-    The residual is the difference ``z − y``.
+    ``reduction`` as in PyTorch's losses: ``"none"`` returns every example's
+    ``ℓ_i = ½ ‖z_i − y_i‖²`` (shape ``(N,)``), ``"sum"`` their sum, ``"mean"`` (default,
+    the lecture's) their mean, so that ``mean == none.mean()`` and ``sum == none.sum()``.
+    Relation to ``torch.nn.functional.mse_loss``, which averages ``(z − y)²`` over every
+    element: ``mse_loss(z, y, reduction="sum") = 2 · euclidean_loss(z, y, reduction="sum")``
+    and ``mse_loss(z, y) = 2 · euclidean_loss(z, y) / D`` with ``D = z.size / N``.
+
+    Backward (Bell, with the batch mean): ``dz = g (z − y) / N``, ``dy = g (y − z) / N``;
+    with ``"sum"`` no ``1/N``; with ``"none"`` ``dz_i = g_i (z_i − y_i)``. The residual is
+    the difference ``z − y``.
 
     Args:
       pred: predictions ``z`` of shape ``(N, ...)``.
       target: targets ``y``, the same shape and dtype.
+      reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
     Returns:
-      The scalar mean loss.
+      The loss: a scalar, or ``(N,)`` with ``reduction="none"``.
 
     Raises:
       TypeError: an argument is not floating point, or the dtypes differ.
-      ValueError: ``pred`` is a scalar, or the shapes differ.
+      ValueError: ``pred`` is a scalar, the shapes differ, or ``reduction`` is unknown.
 
     >>> import jax.numpy as jnp
     >>> from jaxcnn import ops
     >>> float(ops.euclidean_loss(jnp.array([[1.0, 2.0], [0.0, 0.0]]), jnp.zeros((2, 2))))
     1.25
     """
-    pred, target = _validate_euclidean(pred, target)
-    return _euclidean_loss(pred, target)
+    pred, target = _validate_euclidean(pred, target, reduction)
+    return _euclidean_loss(pred, target, reduction)
 
 
 class EuclideanResiduals(NamedTuple):
     diff: jax.Array  # z - y
 
 
-@jax.custom_vjp
-def _euclidean_loss(pred, target):
+def _per_example(a):
+    """``Σ`` over every axis but the first (a 1-D ``a`` is its own per-example value)."""
+    return jnp.sum(a, axis=tuple(range(1, a.ndim)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _euclidean_loss(pred, target, reduction):
     diff = pred - target
-    return 0.5 * jnp.sum(diff * diff) / pred.shape[0]
+    return _reduce(0.5 * _per_example(diff * diff), pred.shape[0], reduction)
 
 
-def _euclidean_loss_fwd(pred, target):
-    return _euclidean_loss(pred, target), EuclideanResiduals(pred - target)
+def _euclidean_loss_fwd(pred, target, reduction):
+    return _euclidean_loss(pred, target, reduction), EuclideanResiduals(pred - target)
 
 
-def _euclidean_loss_bwd(res: EuclideanResiduals, g):
-    dz = res.diff * (g / res.diff.shape[0])  # (z − y) g / N: one scalar, one multiply per element
+def _euclidean_loss_bwd(reduction, res: EuclideanResiduals, g):
+    diff = res.diff
+    if reduction == "none":  # dz_i = g_i (z_i − y_i)
+        scale = g.reshape(g.shape + (1,) * (diff.ndim - 1))
+    else:  # (z − y) g / N: one scalar, one multiply per element
+        scale = g / diff.shape[0] if reduction == "mean" else g
+    dz = diff * scale
     return dz, -dz
 
 
 _euclidean_loss.defvjp(_euclidean_loss_fwd, _euclidean_loss_bwd)
 
 
-def _validate_euclidean(pred, target):
+def _validate_euclidean(pred, target, reduction):
     op = "euclidean_loss"
     pred = _checks.float_array(op, "pred", pred)
     target = _checks.float_array(op, "target", target)
     _checks.min_rank(op, "pred", pred, 1, "(N, ...)")
     _checks.shape(op, "target", target, pred.shape, "(the shape of `pred`)")
     _checks.same_dtype(op, pred=pred, target=target)
+    _check_reduction(op, reduction)
     return pred, target
 
 
@@ -278,23 +421,34 @@ def _validate_l2(params, lam):
 # --------------------------------------------------------------------------- references
 
 
-def softmax_cross_entropy_reference(logits, labels):
-    """Autodiff reference for :func:`softmax_cross_entropy`."""
-    logits, labels = _validate_ce(logits, labels)
+def softmax_cross_entropy_reference(logits, labels, *, weights=None, ignore_index=None, label_smoothing=0.0,
+                                    reduction="mean"):
+    """Autodiff reference for :func:`softmax_cross_entropy`, written as PyTorch's ``cross_entropy``
+    is: ``(1 − ε) · nll_loss(log p) + (ε/K) · smooth_loss`` with one divisor for both."""
+    logits, labels, weights = _validate_ce(logits, labels, weights, ignore_index, label_smoothing, reduction)
+    eps, k = float(label_smoothing), logits.shape[-1]
     shifted = logits - lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
     log_p = shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
-    n = logits.size // logits.shape[-1]
-    if jnp.issubdtype(labels.dtype, jnp.integer):
-        picked = jnp.take_along_axis(log_p, jnp.clip(labels, 0, logits.shape[-1] - 1)[..., None], -1)
-        valid = (labels >= 0) & (labels < logits.shape[-1])
-        return jnp.where(jnp.all(valid), -jnp.sum(picked) / n, jnp.nan)
-    return -jnp.sum(labels * log_p) / n
+    w = jnp.ones((k,), logits.dtype) if weights is None else lax.stop_gradient(weights)  # constants, as in PyTorch
+    if not jnp.issubdtype(labels.dtype, jnp.integer):  # probability targets: smoothed, weighted, divided by N
+        t = (1 - eps) * labels + eps / k
+        rows = -jnp.sum(w * t * log_p, axis=-1)
+        return _reduce(rows, labels.size // k, reduction)
+    kept = jnp.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
+    safe = jnp.clip(labels, 0, k - 1)
+    nll = jnp.where(kept, -w[safe] * jnp.take_along_axis(log_p, safe[..., None], -1)[..., 0], 0)
+    smooth = jnp.where(kept, -jnp.sum(w * log_p, axis=-1), 0)
+    divisor = jnp.sum(jnp.where(kept, w[safe], 0))
+    rows = (1 - eps) * nll + (eps / k) * smooth
+    valid = ((labels >= 0) & (labels < k)) | ~kept
+    return _reduce(jnp.where(valid, rows, jnp.nan), divisor, reduction)
 
 
-def euclidean_loss_reference(pred, target):
+def euclidean_loss_reference(pred, target, *, reduction="mean"):
     """Autodiff reference for :func:`euclidean_loss`."""
-    pred, target = _validate_euclidean(pred, target)
-    return 0.5 * jnp.sum((pred - target) ** 2) / pred.shape[0]
+    pred, target = _validate_euclidean(pred, target, reduction)
+    per_example = 0.5 * jnp.sum((pred - target) ** 2, axis=tuple(range(1, pred.ndim)))
+    return _reduce(per_example, pred.shape[0], reduction)
 
 
 def l2_penalty_reference(params, lam):

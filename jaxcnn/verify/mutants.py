@@ -30,6 +30,7 @@ import numpy as np
 from jax import lax
 
 from jaxcnn import _shapes, ops
+from jaxcnn.ops._dropout import keep_mask
 from jaxcnn.verify import suite
 from jaxcnn.verify.registry import REGISTRY, Sample
 from jaxcnn.verify.suite import Record
@@ -378,6 +379,27 @@ def _group_norm_means_over_all_channels(g, args, settings):
                         - x_hat * jnp.mean(g_hat * x_hat, every, keepdims=True))
 
 
+def _dropout_mask(key, settings, shape):
+    return keep_mask(key, shape, settings["rate"])
+
+
+def _dropping(sample: Sample) -> bool:
+    return 0 < sample.settings["rate"] < 1 and not sample.settings.get("deterministic", False)
+
+
+def _kept_weight(labels, settings):
+    """``D = Σ_n m_n w_{y_n}``: the summed weights of the rows not ignored."""
+    w = jnp.asarray(settings["weights"])[jnp.clip(labels, 0, len(settings["weights"]) - 1)]
+    ignore = settings.get("ignore_index")
+    return jnp.sum(w if ignore is None else jnp.where(labels != ignore, w, 0))
+
+
+def _weighted_class_id_mean(sample: Sample) -> bool:
+    labels = np.asarray(sample.args[1])
+    return (sample.settings.get("weights") is not None and np.issubdtype(labels.dtype, np.integer)
+            and sample.settings.get("reduction", "mean") == "mean")
+
+
 def _training(sample: Sample) -> bool:
     return sample.settings.get("mean") is None
 
@@ -429,7 +451,22 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in [
            lambda g, a, s: jnp.outer(g.reshape(-1, g.shape[-1])[0], a[0].reshape(-1, a[0].shape[-1])[0]),
            lambda s: np.ndim(s.args[0]) >= 2),
     Mutant("relu.kink_strict", "relu", "x", "dx = g·[x > 0]: the gradient stopped at x = 0",
-           _elementwise(lambda g, x, s: jnp.where(x > 0, g, 0)), lambda s: bool(s.kink)),
+           _elementwise(lambda g, x, s: jnp.where(x > 0, g, 0)),
+           lambda s: bool(s.kink) and s.settings.get("derivative_at_zero", 1.0) == 1.0),
+    Mutant("relu.kink_passes_when_asked_to_stop", "relu", "x", "derivative_at_zero=0 ignored: dx = g·[x ≥ 0]",
+           _elementwise(lambda g, x, s: jnp.where(x >= 0, g, 0)),
+           lambda s: bool(s.kink) and s.settings.get("derivative_at_zero") == 0.0),
+    Mutant("leaky_relu.slope_forgotten", "leaky_relu", "x", "dx = g·[x ≥ 0]: ReLU's rule, the slope below 0 lost",
+           _elementwise(lambda g, x, s: jnp.where(x >= 0, g, 0))),
+    Mutant("log_softmax.diagonal_only", "log_softmax", "x", "dx = g (1 − p): the off-diagonal −p_k g_i dropped",
+           _elementwise(lambda g, x, s: g * (1 - jnp.exp(ops.log_softmax(x, **s)))),
+           lambda s: np.shape(s.args[0])[s.settings.get("axis", -1)] > 1),
+    Mutant("global_mean_pool.missing_1_over_S", "global_mean_pool", "x", "dx = g broadcast, not divided by the map size",
+           lambda g, a, s: _right("global_mean_pool", a, s, g, 0) * math.prod(np.shape(a[0])[1:-1]),
+           lambda s: math.prod(np.shape(s.args[0])[1:-1]) > 1),
+    Mutant("global_max_pool.spread_over_map", "global_max_pool", "x", "δ spread over the whole map, not routed to the max",
+           lambda g, a, s: _right("global_mean_pool", a, s, g, 0) * math.prod(np.shape(a[0])[1:-1]),
+           lambda s: math.prod(np.shape(s.args[0])[1:-1]) > 1),
     Mutant("sigmoid.derivative_from_input", "sigmoid", "x", "f'(x) taken as x (1 − x) instead of f (1 − f)",
            _elementwise(lambda g, x, s: g * x * (1 - x))),
     Mutant("tanh.missing_square", "tanh", "x", "f'(x) taken as 1 − f instead of 1 − f²",
@@ -441,6 +478,22 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in [
     Mutant("softmax_cross_entropy.label_gradient_sign", "softmax_cross_entropy", "labels",
            "dt = +g log p / N (sign lost)", _scaled_rule("softmax_cross_entropy", 1, lambda a: -1.0),
            _has(1, lambda t: np.issubdtype(t.dtype, np.floating))),
+    Mutant("softmax_cross_entropy.weighted_mean_divides_by_N", "softmax_cross_entropy", "logits",
+           "weighted mean divided by N instead of the summed weights of the kept rows",
+           lambda g, a, s: _right("softmax_cross_entropy", a, s, g, 0) * _kept_weight(a[1], s) / a[1].size,
+           _weighted_class_id_mean),
+    Mutant("softmax_cross_entropy.smoothing_left_out", "softmax_cross_entropy", "logits",
+           "the backward of the unsmoothed loss: ε/K never reaches the other classes",
+           lambda g, a, s: _right("softmax_cross_entropy", a, dict(s, label_smoothing=0.0), g, 0),
+           _setting(lambda s: s.get("label_smoothing", 0) > 0)),
+    Mutant("softmax_cross_entropy.ignored_rows_not_masked", "softmax_cross_entropy", "logits",
+           "ignore_index dropped in the backward: ignored rows get a gradient and count in the mean",
+           lambda g, a, s: _right("softmax_cross_entropy", (a[0], jnp.clip(a[1], 0, a[0].shape[-1] - 1)),
+                                  {k: v for k, v in s.items() if k != "ignore_index"}, g, 0),
+           _setting(lambda s: s.get("ignore_index") is not None)),
+    Mutant("euclidean_loss.sum_divided_by_N", "euclidean_loss", "pred", "reduction='sum' still divided by N",
+           _scaled_rule("euclidean_loss", 0, lambda a: 1.0 / a[0].shape[0]),
+           lambda s: s.settings.get("reduction") == "sum" and np.shape(s.args[0])[0] > 1),
     Mutant("euclidean_loss.missing_1_over_N", "euclidean_loss", "pred", "dz = g (z − y), no 1/N",
            _scaled_rule("euclidean_loss", 0, lambda a: a[0].shape[0]), lambda s: np.shape(s.args[0])[0] > 1),
     Mutant("euclidean_loss.target_gradient_sign", "euclidean_loss", "target", "dy = g (z − y) / N: sign of dz",
@@ -479,6 +532,11 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in [
     Mutant("group_norm.means_over_all_channels", "group_norm", "x",
            "the backward's means over every channel instead of the group's", _group_norm_means_over_all_channels,
            _setting(lambda s: s["groups"] > 1)),
+    Mutant("dropout.not_rescaled", "dropout", "x", "dx = g·m: the 1/(1 − rate) of the forward left out",
+           lambda g, a, s: jnp.where(_dropout_mask(a[1], s, g.shape), g, 0), _dropping),
+    Mutant("dropout.fresh_mask", "dropout", "x", "the backward draws a new mask from a split key",
+           lambda g, a, s: jnp.where(_dropout_mask(jax.random.split(a[1])[0], s, g.shape), g, 0) / (1 - s["rate"]),
+           _dropping),
     Mutant("downsample.nearest_neighbour_adjoint", "downsample", "x", "δ copied over the block instead of zeros",
            _downsample_nearest_adjoint, _any_factor_gt_1),
 ]}

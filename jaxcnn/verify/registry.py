@@ -123,6 +123,51 @@ def _relu(rng):
     at_zero[:, ::2] = 0.0
     return _elementwise(rng) + [
         Sample((at_zero,), label="exact zeros (3, 4)", kink="the gradient passes at x = 0 (x >= 0)"),
+        Sample((at_zero,), {"derivative_at_zero": 0.0}, label="exact zeros (3, 4), derivative_at_zero=0",
+               kink="the gradient stops at x = 0 (x > 0), as jax.nn.relu"),
+    ]
+
+
+def _leaky_relu(rng):
+    at_zero = _away_from_zero(rng, 2, 5)
+    at_zero[:, 1::2] = 0.0
+    return [
+        Sample((_away_from_zero(rng, 4, 5),)),
+        Sample((_away_from_zero(rng, 2, 3, 4),), {"negative_slope": 0.2}, label="(2, 3, 4) slope 0.2"),
+        Sample((_away_from_zero(rng, 6),), {"negative_slope": -0.5}, label="(6,) slope -0.5"),
+        Sample((at_zero,), {"negative_slope": 0.1}, label="exact zeros (2, 5), slope 0.1",
+               kink="the gradient passes at x = 0 (derivative 1)"),
+        Sample((at_zero,), {"negative_slope": 0.1, "derivative_at_zero": 0.1},
+               label="exact zeros (2, 5), derivative_at_zero=slope", kink="derivative negative_slope at x = 0 (PyTorch)"),
+    ]
+
+
+def _log_softmax(rng):
+    return [
+        Sample((_normal(rng, 4, 5, scale=2),)),
+        Sample((_normal(rng, 2, 3, 4, scale=2),), {"axis": 1}),
+        Sample((_normal(rng, 3, 6, scale=30),), label="large logits (3, 6), scale 30"),
+        Sample((_normal(rng, 5, 1),), label="one class (5, 1): y = 0"),
+    ]
+
+
+def _global_mean_pool(rng):
+    return [
+        Sample((_normal(rng, 2, 3, 4, 5),)),
+        Sample((_normal(rng, 3, 7, 2),), label="1-D (3, 7, 2)"),
+        Sample((_normal(rng, 2, 2, 3, 2, 3),), {"keepdims": True}, label="3-D, keepdims"),
+        Sample((_normal(rng, 2, 1, 1, 4),), label="1x1 map"),
+    ]
+
+
+def _global_max_pool(rng):
+    tied = _distinct(rng, 1, 3, 3, 2)
+    tied[0, 2, 1, 0] = tied[0, 0, 2, 0] = tied[..., 0].max() + 0.5  # a tie for the maximum of channel 0
+    return [
+        Sample((_distinct(rng, 2, 3, 4, 5),)),
+        Sample((_distinct(rng, 3, 7, 2),), label="1-D (3, 7, 2)"),
+        Sample((_distinct(rng, 2, 2, 3, 2, 3),), {"keepdims": True}, label="3-D, keepdims"),
+        Sample((tied,), label="a tie (1, 3, 3, 2)", kink="ties go to the first maximum in row-major order"),
     ]
 
 
@@ -138,6 +183,9 @@ def _softmax(rng):
 def _softmax_cross_entropy(rng):
     logits = _normal(rng, 6, 4, scale=2)
     probs = np.exp(_normal(rng, 6, 4))
+    ids = rng.integers(0, 4, size=6)
+    ids[[1, 4]] = 2  # two rows of the class ignored below
+    weights = rng.uniform(0.2, 3.0, 4)
     return [
         Sample((logits, rng.integers(0, 4, size=6)), label="integer labels (6,)"),
         Sample((logits, np.eye(4)[rng.integers(0, 4, size=6)]), label="one-hot labels (6, 4)"),
@@ -145,6 +193,16 @@ def _softmax_cross_entropy(rng):
         Sample((_normal(rng, 2, 3, 5, scale=2), rng.integers(0, 5, size=(2, 3))), label="leading axes (2, 3, 5)"),
         Sample((logits, probs), label="target rows not summing to one (6, 4)"),
         Sample((_normal(rng, 3, 5, scale=30), rng.integers(0, 5, size=3)), label="large logits (3, 5), scale 30"),
+        Sample((logits, ids), {"weights": weights}, label="class weights, mean over the summed weights"),
+        Sample((logits, ids), {"weights": weights, "ignore_index": 2, "label_smoothing": 0.2},
+               label="weights, ignore_index=2, label_smoothing=0.2"),
+        Sample((logits, np.where(np.arange(6) % 3 == 0, -100, ids)), {"ignore_index": -100, "reduction": "sum"},
+               label="ignore_index=-100 (out of range), sum"),
+        Sample((_normal(rng, 2, 3, 5, scale=2), rng.integers(0, 5, size=(2, 3))),
+               {"label_smoothing": 0.1, "reduction": "none"}, label="leading axes, label_smoothing=0.1, none"),
+        Sample((logits, probs / probs.sum(-1, keepdims=True)), {"weights": weights, "label_smoothing": 0.3},
+               label="probability labels, weights, label_smoothing=0.3"),
+        Sample((logits, probs), {"reduction": "none", "weights": weights}, label="target rows, weights, none"),
     ]
 
 
@@ -153,6 +211,9 @@ def _euclidean_loss(rng):
         Sample((_normal(rng, 4, 3), _normal(rng, 4, 3))),
         Sample((_normal(rng, 2, 3, 2), _normal(rng, 2, 3, 2))),
         Sample((_normal(rng, 5), _normal(rng, 5)), label="1-D (5,)"),
+        Sample((_normal(rng, 3, 2, 2), _normal(rng, 3, 2, 2)), {"reduction": "sum"}, label="(3, 2, 2) sum"),
+        Sample((_normal(rng, 4, 3), _normal(rng, 4, 3)), {"reduction": "none"}, label="(4, 3) none"),
+        Sample((_normal(rng, 5), _normal(rng, 5)), {"reduction": "none"}, label="1-D (5,) none"),
     ]
 
 
@@ -328,6 +389,22 @@ def _group_norm(rng):
     ]
 
 
+def _key(seed):
+    """A legacy ``jax.random.PRNGKey(seed)`` as NumPy ``uint32[2]`` (an integer leaf: never cast)."""
+    return np.array([0, seed], np.uint32)
+
+
+def _dropout(rng):
+    return [
+        Sample((_normal(rng, 4, 6), _key(1)), {"rate": 0.5}, label="(4, 6) rate 0.5"),
+        Sample((_normal(rng, 2, 3, 3, 2), _key(2)), {"rate": 0.1}, label="NHWC rate 0.1"),
+        Sample((_normal(rng, 8, 5), _key(3)), {"rate": 0.9}, label="(8, 5) rate 0.9: most dropped"),
+        Sample((_normal(rng, 3, 4), _key(4)), {"rate": 0.3, "deterministic": True}, label="deterministic (evaluation)"),
+        Sample((_normal(rng, 3, 4), _key(5)), {"rate": 1.0}, label="rate 1: all dropped"),
+        Sample((_normal(rng, 7), _key(6)), {"rate": 0.0}, label="rate 0: identity"),
+    ]
+
+
 #: Every op in :mod:`jaxcnn.ops`, by name.
 REGISTRY: dict[str, OpInfo] = {
     info.name: info
@@ -352,6 +429,11 @@ REGISTRY: dict[str, OpInfo] = {
         OpInfo("batch_norm", _batch_norm),
         OpInfo("layer_norm", _layer_norm),
         OpInfo("group_norm", _group_norm),
+        OpInfo("dropout", _dropout),
+        OpInfo("leaky_relu", _leaky_relu),
+        OpInfo("log_softmax", _log_softmax),
+        OpInfo("global_mean_pool", _global_mean_pool),
+        OpInfo("global_max_pool", _global_max_pool),
     ]
 }
 
