@@ -305,10 +305,8 @@ def LogSoftmax(axis: int = -1, *, ops: Optional[ModuleType] = None) -> Layer:
     return _elementwise(f"LogSoftmax(axis={axis})", "log_softmax", ops, axis=axis)
 
 
-def _global_pool(name: str, pool: str, ops: Optional[ModuleType]) -> Layer:
-    """Pooling whose window is the whole map, ``(N, *spatial, C) → (N, C)``."""
-    ops = _backend(ops)
-    op = getattr(ops, pool)
+def _global_pool(name: str, op_name: str, ops: Optional[ModuleType]) -> Layer:
+    op = getattr(_backend(ops), op_name)
 
     def init(key, input_shape):
         if len(input_shape) < 3:
@@ -316,19 +314,19 @@ def _global_pool(name: str, pool: str, ops: Optional[ModuleType]) -> Layer:
                              f"got {tuple(input_shape)}.")
         return (), (input_shape[0], input_shape[-1])
 
-    return Layer.stateless(init, lambda params, x: ops.flatten(op(x, x.shape[1:-1])), name=name)
+    return Layer.stateless(init, lambda params, x: op(x), name=name)
 
 
 def GlobalMeanPool(*, ops: Optional[ModuleType] = None) -> Layer:
-    """``(N, *spatial, C) → (N, C)``: the mean over every spatial position (ResNet's "global
-    average pooling"): :func:`jaxcnn.ops.mean_pool` with the whole map as its window."""
-    return _global_pool("GlobalMeanPool", "mean_pool", ops)
+    """``(N, *spatial, C) → (N, C)``: the mean over every spatial position
+    (:func:`jaxcnn.ops.global_mean_pool`; ResNet's "global average pooling")."""
+    return _global_pool("GlobalMeanPool", "global_mean_pool", ops)
 
 
 def GlobalMaxPool(*, ops: Optional[ModuleType] = None) -> Layer:
-    """``(N, *spatial, C) → (N, C)``: the maximum over every spatial position:
-    :func:`jaxcnn.ops.max_pool` with the whole map as its window."""
-    return _global_pool("GlobalMaxPool", "max_pool", ops)
+    """``(N, *spatial, C) → (N, C)``: the maximum over every spatial position
+    (:func:`jaxcnn.ops.global_max_pool`)."""
+    return _global_pool("GlobalMaxPool", "global_max_pool", ops)
 
 
 # --------------------------------------------------------------------------- normalisation and dropout
