@@ -240,3 +240,43 @@ def test_summary_shows_params_and_state():
     row = next(line for line in table.splitlines() if line.startswith("BatchNorm"))
     assert row.split()[-2:] == ["8", "8"]  # gamma, beta; running mean, var
     assert table.endswith("total trainable parameters: 122\ntotal state (non-trainable): 8")  # 40 + 8 + 74
+
+
+def test_a_flax_cnn_with_batch_norm_and_dropout_ports_with_its_variables(rng):
+    """Flax linen's Conv → BatchNorm → ReLU → Dropout → Dense, ported layer by layer: the same
+    outputs in evaluation and in training (dropout off), the same running mean, and the
+    running variance differing only by n / (n − 1) (Flax keeps the biased one, jaxcnn
+    PyTorch's unbiased one)."""
+    fnn = pytest.importorskip("flax.linen")
+
+    class Net(fnn.Module):
+        rate: float
+
+        @fnn.compact
+        def __call__(self, x, train):
+            x = fnn.Conv(8, (3, 3), padding="SAME", use_bias=False)(x)
+            x = fnn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
+            x = fnn.relu(x).reshape(x.shape[0], -1)
+            x = fnn.Dropout(self.rate, deterministic=not train)(x)
+            return fnn.Dense(3)(x)
+
+    def port(rate):
+        return nn.serial(nn.Conv(8, (3, 3), padding="SAME", use_bias=False), nn.BatchNorm(momentum=0.9, eps=1e-5),
+                         nn.Relu(), nn.Flatten(), nn.Dropout(rate), nn.Dense(3))
+
+    x = _x(rng, 4, 5, 5, 2)
+    variables = Net(0.5).init({"params": KEY, "dropout": KEY}, x, train=False)
+    p, stats = variables["params"], variables["batch_stats"]
+    params = ({"w": p["Conv_0"]["kernel"]}, {"gamma": p["BatchNorm_0"]["scale"], "beta": p["BatchNorm_0"]["bias"]},
+              (), (), (), {"w": p["Dense_0"]["kernel"].T, "b": p["Dense_0"]["bias"]})
+    state = ((), {"mean": stats["BatchNorm_0"]["mean"], "var": stats["BatchNorm_0"]["var"]}, (), (), (), ())
+    model = port(0.5)
+    np.testing.assert_allclose(model.apply(params, state, x)[0], Net(0.5).apply(variables, x, train=False),
+                               rtol=1e-5, atol=1e-6)
+    y_flax, updates = Net(0.0).apply(variables, x, train=True, mutable=["batch_stats"])
+    y, new = port(0.0).apply(params, state, x, training=True, key=KEY)
+    np.testing.assert_allclose(y, y_flax, rtol=1e-4, atol=1e-5)
+    flax_stats = updates["batch_stats"]["BatchNorm_0"]
+    np.testing.assert_allclose(new[1]["mean"], flax_stats["mean"], rtol=1e-5, atol=1e-7)
+    n = 4 * 5 * 5
+    np.testing.assert_allclose(new[1]["var"] - 0.9, (flax_stats["var"] - 0.9) * n / (n - 1), rtol=1e-4)
