@@ -91,7 +91,8 @@ OP_CASES = [
     OpCase("flatten 128x5x5x16", "flatten", ((128, 5, 5, 16),)),
     OpCase("im2col 128x14x14x6, 5x5", "im2col", ((128, 14, 14, 6),), dict(window=5)),
     OpCase("conv 32x32x32, 64→64, 3x3 SAME s1", "conv", (IMAGES, (3, 3, 64, 64), (64,)), dict(padding="SAME")),
-    OpCase("conv 32x32x32, 64→64, 3x3 SAME s2", "conv", (IMAGES, (3, 3, 64, 64), (64,)), dict(stride=2, padding="SAME")),
+    OpCase("conv 32x32x32, 64→64, 3x3 SAME s2", "conv", (IMAGES, (3, 3, 64, 64), (64,)),
+           dict(stride=2, padding="SAME")),
     OpCase("conv LeNet-5 C1 128x32x32, 1→6, 5x5", "conv", ((128, 32, 32, 1), (5, 5, 1, 6), (6,))),
     OpCase("conv LeNet-5 C3 128x14x14, 6→16, 5x5, table", "conv", ((128, 14, 14, 6), (5, 5, 6, 16), (16,)),
            dict(connections=C3)),
@@ -107,7 +108,8 @@ OP_CASES = [
     OpCase("conv_transpose 32x16x16, 64→64, 4x4 s2 SAME", "conv_transpose",
            ((32, 16, 16, 64), (4, 4, 64, 64), (64,)), dict(stride=2, padding="SAME")),
     OpCase("max_pool 32x32x32x64, 2x2 s2", "max_pool", (IMAGES,), dict(window=2, stride=2)),
-    OpCase("max_pool 32x32x32x64, 3x3 s2 SAME (overlap)", "max_pool", (IMAGES,), dict(window=3, stride=2, padding="SAME")),
+    OpCase("max_pool 32x32x32x64, 3x3 s2 SAME (overlap)", "max_pool", (IMAGES,),
+           dict(window=3, stride=2, padding="SAME")),
     OpCase("mean_pool 32x32x32x64, 2x2 s2", "mean_pool", (IMAGES,), dict(window=2, stride=2)),
     OpCase("mean_pool LeNet-5 S2 128x28x28x6, 2x2", "mean_pool", ((128, 28, 28, 6),), dict(window=2)),
     OpCase("mean_pool LeNet-5 S4 128x10x10x16, 2x2", "mean_pool", ((128, 10, 10, 16),), dict(window=2)),
@@ -122,7 +124,8 @@ QUICK_OP_CASES = [
     OpCase("quick softmax_cross_entropy 8x10", "softmax_cross_entropy", ((8, 10), Labels(8, 10))),
     OpCase("quick l2_penalty", "l2_penalty", ({"w": (4, 4)}, 1e-3)),
     OpCase("quick conv C3 2x9x9, 6→16, table", "conv", ((2, 9, 9, 6), (5, 5, 6, 16), (16,)), dict(connections=C3)),
-    OpCase("quick max_pool 2x8x8x3, 3x3 s2 SAME", "max_pool", ((2, 8, 8, 3),), dict(window=3, stride=2, padding="SAME")),
+    OpCase("quick max_pool 2x8x8x3, 3x3 s2 SAME", "max_pool", ((2, 8, 8, 3),),
+           dict(window=3, stride=2, padding="SAME")),
 ]
 
 

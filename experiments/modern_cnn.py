@@ -129,18 +129,18 @@ def report(args, rep: _common.Report) -> None:
         target = ("yes" if r["test_accuracy"] >= TARGET else "no") if r["name"] == "resnet20_bn" else ""
         rows.append([r["label"], f"{r['image']}×{r['image']}", f"{r['params']:,}", f"{r['state']:,}", str(r["epochs"]),
                      f"{r['test_accuracy']:.4f}", f"{best:.4f}", target, f"{r['seconds_per_epoch']:.0f} s"])
-    rep.add("Seed 0; 60,000 training / 10,000 test images. Test accuracy after the last epoch (\"best\": the best "
-            "epoch, for reference only — no model selection on the test set); \"state\": the non-trainable values (batch "
-            "norm's running means and variances); time per epoch: the median over the epochs after the first (which "
-            "compiles), training only, on a machine shared with other jobs (see the footer).")
+    rep.add("Seed 0; 60,000 training / 10,000 test images. Test accuracy after the last epoch (\"best\": the "
+            "best epoch, for reference only — no model selection on the test set); \"state\": the non-trainable "
+            "values (batch norm's running means and variances); time per epoch: the median over the epochs after "
+            "the first (which compiles), training only, on a machine shared with other jobs (see the footer).")
     rep.table(["network", "input", "parameters", "state", "epochs", "test accuracy", "best epoch", f"≥ {TARGET}",
                "time per epoch"], rows)
     if missing:
         rep.add("Not trained in this run: " + ", ".join(missing) + ".")
     rep.add(f"Code at commit {args.commit}.")
     if records:
-        curves = [(r["label"], np.arange(1, len(r["history"]) + 1), [np.array([h["test_accuracy"] for h in r["history"]])])
-                  for r in records]
+        curves = [(r["label"], np.arange(1, len(r["history"]) + 1),
+                   [np.array([h["test_accuracy"] for h in r["history"]])]) for r in records]
         reporting.plot_curves(rep.path("modern_cnn_accuracy.png"), curves, xlabel="epoch", ylabel="test accuracy",
                               title="Fashion-MNIST test accuracy per epoch", references=REFERENCES)
         losses = []
@@ -150,8 +150,8 @@ def report(args, rep: _common.Report) -> None:
             smooth = np.convolve(step_losses, np.ones(window) / window, mode="valid")
             losses.append((r["label"], np.arange(len(smooth)) / (len(step_losses) / r["epochs"]) + window
                            / (len(step_losses) / r["epochs"]), [smooth]))
-        reporting.plot_curves(rep.path("modern_cnn_loss.png"), losses, xlabel="epoch", ylabel="training loss (moving mean)",
-                              title="Fashion-MNIST training loss", logy=True)
+        reporting.plot_curves(rep.path("modern_cnn_loss.png"), losses, xlabel="epoch",
+                              ylabel="training loss (moving mean)", title="Fashion-MNIST training loss", logy=True)
         rep.add("## Learning curves")
         rep.image("modern_cnn_accuracy.png", "test accuracy per epoch")
         rep.image("modern_cnn_loss.png", "training loss per step, moving mean")
@@ -169,7 +169,8 @@ def _commit() -> str:
 def main(argv=None) -> None:
     args = parse_args(argv)
     args.commit = _commit()  # at the start: the tree may change during a long run
-    rep = _common.Report(args.out, "modern_cnn", "ResNet-20 (batch norm, group norm, none) and LeNet-5 on Fashion-MNIST")
+    rep = _common.Report(args.out, "modern_cnn",
+                         "ResNet-20 (batch norm, group norm, none) and LeNet-5 on Fashion-MNIST")
     names = args.only or list(NETWORKS)
     sizes = {NETWORKS[n][2] for n in names}
     fashion = {s: _common.fashion_mnist_or_exit(args.data_dir, s, limit=256 if args.quick else None) for s in sizes}

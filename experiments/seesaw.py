@@ -51,7 +51,8 @@ def epochs_to_converge(result: train.FitResult) -> float:
 
 def quantiles(values, max_epochs: int) -> tuple[str, str]:
     """Median and interquartile range of epochs, with runs that never converged as ``>max``."""
-    show = lambda v: f">{max_epochs}" if math.isinf(v) else f"{v:.0f}"
+    def show(v):
+        return f">{max_epochs}" if math.isinf(v) else f"{v:.0f}"
     q = np.quantile(np.asarray(values, float), [0.25, 0.5, 0.75], method="inverted_cdf")
     return show(q[1]), f"{show(q[0])}–{show(q[2])}"
 
@@ -94,7 +95,8 @@ def main(argv=None) -> None:
                   "IQR", "final SSE median (min–max)", "mean final accuracy"], rows)
 
     lines = []
-    show = lambda v: f">{max_epochs}" if math.isinf(v) else f"{v:.0f}"
+    def show(v):
+        return f">{max_epochs}" if math.isinf(v) else f"{v:.0f}"
     for setting, lam in SETTINGS.items():
         soft, sig = summary[setting, "seesaw_mlp"], summary[setting, "seesaw_mlp_sigmoid"]
         for cnn_name in ("seesaw_cnn", "seesaw_cnn_pool2"):

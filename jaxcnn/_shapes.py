@@ -20,6 +20,7 @@ Padding forms:
 
 from __future__ import annotations
 
+import itertools
 from typing import NamedTuple, Sequence, Union
 
 import numpy as np
@@ -52,6 +53,12 @@ def spatial_tuple(op: str, name: str, value, n: int, minimum: int = 1) -> tuple[
 def dilated(window: Sequence[int], dilation: Sequence[int]) -> tuple[int, ...]:
     """The extent of a dilated window, ``(k − 1) d + 1`` per axis."""
     return tuple((k - 1) * d + 1 for k, d in zip(window, dilation))
+
+
+def offsets(window: Sequence[int]):
+    """The window offsets ``k`` in window order: row-major, the last axis fastest (the
+    order of ``w.reshape(-1, C_out)`` and of max pooling's arg-max index)."""
+    return itertools.product(*(range(k) for k in window))
 
 
 def padding_pairs(

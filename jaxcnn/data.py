@@ -102,7 +102,8 @@ def read_idx(path: str) -> np.ndarray:
             dims = struct.unpack(f">{ndim}I", raw_dims)
             expected = math.prod(dims) * dtype.itemsize
             if expected > _MAX_IDX_BYTES:
-                raise ValueError(f"{path}: IDX header declares shape {dims} ({expected:,} bytes), over the 2 GiB limit.")
+                raise ValueError(f"{path}: IDX header declares shape {dims} ({expected:,} bytes), "
+                                 "over the 2 GiB limit.")
             available = _payload_size(path) - 4 - 4 * ndim
             if available != expected:
                 raise ValueError(

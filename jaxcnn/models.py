@@ -1,7 +1,8 @@
 """The model zoo: the networks of the lectures and of the papers the experiments reproduce.
 
 Every function returns a :class:`jaxcnn.nn.Layer` and takes ``ops=`` (default
-:mod:`jaxcnn.ops`; :mod:`jaxcnn.reference` for plain autodiff). Classifiers end in
+:mod:`jaxcnn.ops`; :mod:`jaxcnn.reference` for plain autodiff), bound once to every layer
+with :func:`jaxcnn.nn.bind`. Classifiers end in
 logits: train them with :func:`jaxcnn.ops.softmax_cross_entropy`, which applies the
 softmax (the "softmax output" of the lectures). :data:`ZOO` lists each model with its
 input shape and loss.
@@ -16,7 +17,7 @@ from typing import Callable, Optional
 import jax.numpy as jnp
 
 from jaxcnn import nn
-from jaxcnn.ops._conv import LENET5_C3_TABLE
+from jaxcnn.ops import LENET5_C3_TABLE
 
 #: PyTorch's default initialisation, ``U(±1/√fan_in)`` for weights and biases, used where
 #: a model reproduces a PyTorch reference (MNIST-1D).
@@ -35,10 +36,11 @@ def seesaw_mlp(output: str = "softmax", hidden: int = 2, *, ops: Optional[Module
     """
     if output not in ("sigmoid", "softmax"):
         raise ValueError(f"seesaw_mlp: `output` must be 'sigmoid' or 'softmax', got {output!r}.")
-    layers = [nn.Dense(hidden, ops=ops), nn.Sigmoid(ops=ops), nn.Dense(2, ops=ops)]
+    L = nn.bind(ops)
+    layers = [L.Dense(hidden), L.Sigmoid(), L.Dense(2)]
     if output == "sigmoid":
-        layers.append(nn.Sigmoid(ops=ops))
-    return nn.serial(*layers, name=f"seesaw_mlp({output})")
+        layers.append(L.Sigmoid())
+    return L.serial(*layers, name=f"seesaw_mlp({output})")
 
 
 def seesaw_cnn(pool: int = 3, pool_stride: int = 1, *, ops: Optional[ModuleType] = None) -> nn.Layer:
@@ -59,9 +61,12 @@ def seesaw_cnn(pool: int = 3, pool_stride: int = 1, *, ops: Optional[ModuleType]
         raise ValueError(f"seesaw_cnn: max-pool window {pool}, stride {pool_stride} over the 4 conv outputs gives "
                          f"{max(0, (4 - pool) // max(pool_stride, 1) + 1)} pooled units, not the lecture's two (A, B); "
                          f"use window 3 stride 1 or window 2 stride 2.")
-    return nn.serial(
-        nn.Conv(1, 2, ops=ops), nn.Relu(ops=ops), nn.MaxPool(pool, stride=pool_stride, ops=ops), nn.Flatten(ops=ops),
-        nn.Dense(2, ops=ops), nn.Sigmoid(ops=ops), nn.Dense(2, ops=ops), name="seesaw_cnn",
+    L = nn.bind(ops)
+    return L.serial(
+        L.Conv(1, 2), L.Relu(), L.MaxPool(pool, stride=pool_stride), L.Flatten(),  # w1, w2 → A, B
+        L.Dense(2), L.Sigmoid(),  # C, D
+        L.Dense(2),  # the softmax output's logits
+        name="seesaw_cnn",
     )
 
 
@@ -71,27 +76,30 @@ def seesaw_cnn(pool: int = 3, pool_stride: int = 1, *, ops: Optional[ModuleType]
 def linear_perceptron(num_classes: int = 10, *, ops: Optional[ModuleType] = None) -> nn.Layer:
     """Single-layer linear perceptron: flatten → fully connected; trained with the
     Euclidean loss against one-hot labels (Park's homework). Input ``(N, 14, 14, 1)``."""
-    return nn.serial(nn.Flatten(ops=ops), nn.Dense(num_classes, ops=ops), name="linear_perceptron")
+    L = nn.bind(ops)
+    return L.serial(L.Flatten(), L.Dense(num_classes), name="linear_perceptron")
 
 
 def perceptron(num_classes: int = 10, *, ops: Optional[ModuleType] = None) -> nn.Layer:
     """Single-layer perceptron: flatten → fully connected → softmax cross-entropy."""
-    return nn.serial(nn.Flatten(ops=ops), nn.Dense(num_classes, ops=ops), name="perceptron")
+    L = nn.bind(ops)
+    return L.serial(L.Flatten(), L.Dense(num_classes), name="perceptron")
 
 
 def mlp(hidden: int = 30, num_classes: int = 10, *, ops: Optional[ModuleType] = None) -> nn.Layer:
     """Park's MLP: flatten → fc(``hidden``) → ReLU → fc(10)."""
-    return nn.serial(
-        nn.Flatten(ops=ops), nn.Dense(hidden, ops=ops), nn.Relu(ops=ops), nn.Dense(num_classes, ops=ops), name="mlp"
-    )
+    L = nn.bind(ops)
+    return L.serial(L.Flatten(), L.Dense(hidden), L.Relu(), L.Dense(num_classes), name="mlp")
 
 
 def homework_cnn(num_classes: int = 10, *, ops: Optional[ModuleType] = None) -> nn.Layer:
     """Park's CNN: conv 3×3, 3 channels (SAME) → ReLU → 2×2 max-pool → flatten (147 for
     14×14 input) → fc(10)."""
-    return nn.serial(
-        nn.Conv(3, (3, 3), padding="SAME", ops=ops), nn.Relu(ops=ops), nn.MaxPool((2, 2), ops=ops),
-        nn.Flatten(ops=ops), nn.Dense(num_classes, ops=ops), name="homework_cnn",
+    L = nn.bind(ops)
+    return L.serial(
+        L.Conv(3, (3, 3), padding="SAME"), L.Relu(), L.MaxPool((2, 2)),
+        L.Flatten(), L.Dense(num_classes),
+        name="homework_cnn",
     )
 
 
@@ -108,15 +116,17 @@ def lenet5(num_classes: int = 10, *, full_c3: bool = False, activation: str = "t
     fc ``num_classes`` (logits). Subsampling is pooling without trainable coefficients.
     60,806 trainable parameters (C3: 1,516); 61,706 with the full C3.
     """
-    act = {"tanh": nn.Tanh, "relu": nn.Relu, "sigmoid": nn.Sigmoid}.get(activation)
+    L = nn.bind(ops)
+    act = {"tanh": L.Tanh, "relu": L.Relu, "sigmoid": L.Sigmoid}.get(activation)
     if act is None:
         raise ValueError(f"lenet5: `activation` must be 'tanh', 'relu' or 'sigmoid', got {activation!r}.")
     table = None if full_c3 else LENET5_C3_TABLE
-    return nn.serial(
-        nn.Conv(6, (5, 5), ops=ops), act(ops=ops), nn.MeanPool((2, 2), ops=ops),
-        nn.Conv(16, (5, 5), connections=table, ops=ops), act(ops=ops), nn.MeanPool((2, 2), ops=ops),
-        nn.Conv(120, (5, 5), ops=ops), act(ops=ops), nn.Flatten(ops=ops),
-        nn.Dense(84, ops=ops), act(ops=ops), nn.Dense(num_classes, ops=ops),
+    return L.serial(
+        L.Conv(6, (5, 5)), act(), L.MeanPool((2, 2)),  # C1: 28×28×6, S2: 14×14×6
+        L.Conv(16, (5, 5), connections=table), act(), L.MeanPool((2, 2)),  # C3: 10×10×16, S4: 5×5×16
+        L.Conv(120, (5, 5)), act(), L.Flatten(),  # C5: 120
+        L.Dense(84), act(),  # F6: 84
+        L.Dense(num_classes),  # output
         name="lenet5",
     )
 
@@ -127,30 +137,33 @@ def lenet5(num_classes: int = 10, *, full_c3: bool = False, activation: str = "t
 def mnist1d_cnn(channels: int = 25, num_classes: int = 10, *, ops: Optional[ModuleType] = None) -> nn.Layer:
     """Greydanus' ConvBase: conv1d 1→25 k5 s2 p1, 25→25 k3 s2 p1, 25→25 k3 s2 p1, each
     ReLU → flatten (125 for length 40) → fc 10. Input ``(N, 40, 1)``."""
-    def conv(window):
-        return nn.Conv(channels, (window,), stride=2, padding=1, w_init=_TORCH_INIT, b_init=_TORCH_INIT, ops=ops)
+    L = nn.bind(ops)
 
-    return nn.serial(
-        conv(5), nn.Relu(ops=ops), conv(3), nn.Relu(ops=ops), conv(3), nn.Relu(ops=ops),
-        nn.Flatten(ops=ops), nn.Dense(num_classes, w_init=_TORCH_INIT, b_init=_TORCH_INIT, ops=ops),
+    def conv(window):
+        return L.Conv(channels, (window,), stride=2, padding=1, w_init=_TORCH_INIT, b_init=_TORCH_INIT)
+
+    return L.serial(
+        conv(5), L.Relu(), conv(3), L.Relu(), conv(3), L.Relu(),
+        L.Flatten(), L.Dense(num_classes, w_init=_TORCH_INIT, b_init=_TORCH_INIT),
         name="mnist1d_cnn",
     )
 
 
 def mnist1d_mlp(hidden: int = 100, num_classes: int = 10, *, ops: Optional[ModuleType] = None) -> nn.Layer:
     """Greydanus' MLPBase: ``h = relu(W₁x)``, ``h = h + relu(W₂h)``, ``y = W₃h``. Input ``(N, 40)``."""
-    def dense(n):
-        return nn.Dense(n, w_init=_TORCH_INIT, b_init=_TORCH_INIT, ops=ops)
+    L = nn.bind(ops)
 
-    return nn.serial(
-        dense(hidden), nn.Relu(ops=ops), nn.residual(nn.serial(dense(hidden), nn.Relu(ops=ops))), dense(num_classes),
-        name="mnist1d_mlp",
-    )
+    def dense(n):
+        return L.Dense(n, w_init=_TORCH_INIT, b_init=_TORCH_INIT)
+
+    return L.serial(dense(hidden), L.Relu(), L.residual(L.serial(dense(hidden), L.Relu())), dense(num_classes),
+                    name="mnist1d_mlp")
 
 
 def mnist1d_logistic(num_classes: int = 10, *, ops: Optional[ModuleType] = None) -> nn.Layer:
     """Greydanus' LinearBase: logistic regression. Input ``(N, 40)``."""
-    return nn.serial(nn.Dense(num_classes, w_init=_TORCH_INIT, b_init=_TORCH_INIT, ops=ops), name="mnist1d_logistic")
+    L = nn.bind(ops)
+    return L.serial(L.Dense(num_classes, w_init=_TORCH_INIT, b_init=_TORCH_INIT), name="mnist1d_logistic")
 
 
 # --------------------------------------------------------------------------- small ResNet / DenseNet
@@ -159,17 +172,21 @@ def mnist1d_logistic(num_classes: int = 10, *, ops: Optional[ModuleType] = None)
 def small_resnet(channels: int = 16, num_classes: int = 10, *, ops: Optional[ModuleType] = None) -> nn.Layer:
     """Conv 3×3 → two stages of [residual block of two 3×3 convs → ReLU → 2×2 max-pool]
     → flatten → fc. Image input ``(N, H, W, C)``."""
+    L = nn.bind(ops)
+
     def block():
-        return nn.residual(nn.serial(
-            nn.Conv(channels, (3, 3), padding="SAME", w_init=nn.initializers.he_normal(), ops=ops), nn.Relu(ops=ops),
-            nn.Conv(channels, (3, 3), padding="SAME", w_init=nn.initializers.he_normal(), ops=ops),
+        he = L.initializers.he_normal()
+        return L.residual(L.serial(
+            L.Conv(channels, (3, 3), padding="SAME", w_init=he), L.Relu(),
+            L.Conv(channels, (3, 3), padding="SAME", w_init=he),
         ))
 
-    return nn.serial(
-        nn.Conv(channels, (3, 3), padding="SAME", ops=ops), nn.Relu(ops=ops),
-        block(), nn.Relu(ops=ops), nn.MaxPool((2, 2), ops=ops),
-        block(), nn.Relu(ops=ops), nn.MaxPool((2, 2), ops=ops),
-        nn.Flatten(ops=ops), nn.Dense(num_classes, ops=ops), name="small_resnet",
+    return L.serial(
+        L.Conv(channels, (3, 3), padding="SAME"), L.Relu(),
+        block(), L.Relu(), L.MaxPool((2, 2)),
+        block(), L.Relu(), L.MaxPool((2, 2)),
+        L.Flatten(), L.Dense(num_classes),
+        name="small_resnet",
     )
 
 
@@ -177,12 +194,14 @@ def small_densenet(growth: int = 8, layers: int = 3, num_classes: int = 10, *,
                    ops: Optional[ModuleType] = None) -> nn.Layer:
     """Raj's DenseNet outline: conv → a dense block (each 3×3 conv sees the concatenation of
     all earlier maps) → 1×1 transition conv → 2×2 max-pool → flatten → fc."""
-    grow = [nn.serial(nn.Conv(growth, (3, 3), padding="SAME", ops=ops), nn.Relu(ops=ops)) for _ in range(layers)]
-    return nn.serial(
-        nn.Conv(2 * growth, (3, 3), padding="SAME", ops=ops), nn.Relu(ops=ops),
-        nn.dense_block(*grow),
-        nn.Conv(2 * growth, (1, 1), ops=ops), nn.Relu(ops=ops), nn.MaxPool((2, 2), ops=ops),
-        nn.Flatten(ops=ops), nn.Dense(num_classes, ops=ops), name="small_densenet",
+    L = nn.bind(ops)
+    grow = [L.serial(L.Conv(growth, (3, 3), padding="SAME"), L.Relu()) for _ in range(layers)]
+    return L.serial(
+        L.Conv(2 * growth, (3, 3), padding="SAME"), L.Relu(),
+        L.dense_block(*grow),
+        L.Conv(2 * growth, (1, 1)), L.Relu(), L.MaxPool((2, 2)),
+        L.Flatten(), L.Dense(num_classes),
+        name="small_densenet",
     )
 
 
@@ -224,31 +243,30 @@ def resnet20(num_classes: int = 10, *, norm: str = "batch", groups: int = 8,
     if norm == "group" and (not isinstance(groups, int) or groups < 1 or 16 % groups):
         raise ValueError(f"resnet20: group norm's `groups` must divide every stage's channels (16, 32, 64), "
                          f"got {groups!r}.")
+    L = nn.bind(ops)
 
     def conv(features, stride=1):
-        return nn.Conv(features, (3, 3), stride=stride, padding=1, use_bias=norm == "none",
-                       w_init=nn.initializers.he_normal(), ops=ops)
+        return L.Conv(features, (3, 3), stride=stride, padding=1, use_bias=norm == "none",
+                      w_init=nn.initializers.he_normal())
 
     def normalise():
-        if norm == "batch":
-            return [nn.BatchNorm(ops=ops)]
-        return [nn.GroupNorm(groups, ops=ops)] if norm == "group" else []
+        return {"batch": [L.BatchNorm()], "group": [L.GroupNorm(groups)], "none": []}[norm]
 
     def block(features, stride=1, c_in=None):
-        body = nn.serial(conv(features, stride), *normalise(), nn.Relu(ops=ops), conv(features), *normalise(),
-                         name=f"block({features})")
+        body = L.serial(conv(features, stride), *normalise(), L.Relu(), conv(features), *normalise(),
+                        name=f"block({features})")
         if stride == 1:
-            return nn.serial(nn.residual(body), nn.Relu(ops=ops), name=f"basic_block({features})")
-        shortcut = nn.serial(nn.Downsample(stride, ops=ops), _pad_channels(features - c_in), name="shortcut(A)")
-        return nn.serial(nn.fan_out(2), nn.parallel(body, shortcut), nn.fan_in_sum(), nn.Relu(ops=ops),
-                         name=f"basic_block({features}, /{stride})")
+            return L.serial(L.residual(body), L.Relu(), name=f"basic_block({features})")
+        shortcut = L.serial(L.Downsample(stride), _pad_channels(features - c_in), name="shortcut(A)")
+        return L.serial(L.fan_out(2), L.parallel(body, shortcut), L.fan_in_sum(), L.Relu(),
+                        name=f"basic_block({features}, /{stride})")
 
-    return nn.serial(
-        conv(16), *normalise(), nn.Relu(ops=ops),
-        block(16), block(16), block(16),
-        block(32, 2, 16), block(32), block(32),
-        block(64, 2, 32), block(64), block(64),
-        nn.GlobalMeanPool(ops=ops), nn.Dense(num_classes, ops=ops),
+    return L.serial(
+        conv(16), *normalise(), L.Relu(),
+        block(16), block(16), block(16),  # 28×28×16
+        block(32, 2, 16), block(32), block(32),  # 14×14×32
+        block(64, 2, 32), block(64), block(64),  # 7×7×64
+        L.GlobalMeanPool(), L.Dense(num_classes),
         name=f"resnet20(norm={norm})",
     )
 
@@ -259,16 +277,18 @@ def vgg_small(num_classes: int = 10, *, dropout: float = 0.25, dropout_fc: float
     batch norm and dropout) for ``(N, H, W, C)`` images:
     ``[conv 3×3 → BN → ReLU] × 2 → 2×2 max-pool → dropout`` with 32 and then 64 maps →
     flatten → fc 256 → ReLU → dropout → fc ``num_classes``."""
-    def stage(features):
-        return [nn.Conv(features, (3, 3), padding="SAME", use_bias=False, w_init=nn.initializers.he_normal(), ops=ops),
-                nn.BatchNorm(ops=ops), nn.Relu(ops=ops),
-                nn.Conv(features, (3, 3), padding="SAME", use_bias=False, w_init=nn.initializers.he_normal(), ops=ops),
-                nn.BatchNorm(ops=ops), nn.Relu(ops=ops), nn.MaxPool((2, 2), ops=ops), nn.Dropout(dropout, ops=ops)]
+    L = nn.bind(ops)
 
-    return nn.serial(
-        *stage(32), *stage(64), nn.Flatten(ops=ops),
-        nn.Dense(256, w_init=nn.initializers.he_normal(), ops=ops), nn.Relu(ops=ops), nn.Dropout(dropout_fc, ops=ops),
-        nn.Dense(num_classes, ops=ops), name="vgg_small",
+    def conv_bn_relu(features):
+        return [L.Conv(features, (3, 3), padding="SAME", use_bias=False, w_init=nn.initializers.he_normal()),
+                L.BatchNorm(), L.Relu()]
+
+    return L.serial(
+        *conv_bn_relu(32), *conv_bn_relu(32), L.MaxPool((2, 2)), L.Dropout(dropout),  # 14×14×32
+        *conv_bn_relu(64), *conv_bn_relu(64), L.MaxPool((2, 2)), L.Dropout(dropout),  # 7×7×64
+        L.Flatten(), L.Dense(256, w_init=nn.initializers.he_normal()), L.Relu(), L.Dropout(dropout_fc),
+        L.Dense(num_classes),
+        name="vgg_small",
     )
 
 
@@ -294,7 +314,8 @@ ZOO: dict[str, ZooEntry] = {
     "mlp": ZooEntry(mlp, (-1, 14, 14, 1), "softmax_cross_entropy"),
     "homework_cnn": ZooEntry(homework_cnn, (-1, 14, 14, 1), "softmax_cross_entropy"),
     "lenet5": ZooEntry(lenet5, (-1, 32, 32, 1), "softmax_cross_entropy"),
-    "lenet5_full_c3": ZooEntry(lambda ops=None: lenet5(full_c3=True, ops=ops), (-1, 32, 32, 1), "softmax_cross_entropy"),
+    "lenet5_full_c3": ZooEntry(lambda ops=None: lenet5(full_c3=True, ops=ops), (-1, 32, 32, 1),
+                               "softmax_cross_entropy"),
     "mnist1d_cnn": ZooEntry(mnist1d_cnn, (-1, 40, 1), "softmax_cross_entropy"),
     "mnist1d_mlp": ZooEntry(mnist1d_mlp, (-1, 40), "softmax_cross_entropy"),
     "mnist1d_logistic": ZooEntry(mnist1d_logistic, (-1, 40), "softmax_cross_entropy"),

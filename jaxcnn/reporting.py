@@ -24,6 +24,14 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: str, dpi: int) -> str:
+    """Lays out ``fig``, writes it to ``path`` and closes it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    _pyplot().close(fig)
+    return path
+
+
 def save_metrics(directory: str, result: FitResult, config: dict) -> str:
     """Writes ``metrics.json`` (history, final test loss/accuracy/SSE, confusion, config)."""
     os.makedirs(directory, exist_ok=True)
@@ -61,10 +69,7 @@ def plot_history(history: list[dict], path: str, title: str = "") -> str:
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)
 
 
 def plot_confusion(confusion: np.ndarray, path: str, class_names: Optional[Sequence[str]] = None,
@@ -104,10 +109,7 @@ def plot_confusion(confusion: np.ndarray, path: str, class_names: Optional[Seque
     ax.set(xlabel="predicted", ylabel="true")
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=80)
 
 
 def plot_curves(path: str, series: Sequence[tuple[str, np.ndarray, Sequence[np.ndarray]]], *, xlabel: str,
@@ -140,10 +142,7 @@ def plot_curves(path: str, series: Sequence[tuple[str, np.ndarray, Sequence[np.n
     ax.legend(fontsize=7)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=72)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=72)
 
 
 __all__ = ["plot_confusion", "plot_curves", "plot_history", "save_metrics"]

@@ -130,8 +130,7 @@ def make_epoch(step: Callable, batch_size: int, mesh: Optional[Mesh] = None, shu
     * ``"steps"``: one jitted, donated step per batch dispatched from Python. XLA:CPU
       compiles a convolution that is not in its canonical channels-last form (autodiff's
       transposed convolutions) to far slower code inside a loop body than at the top
-      level of a program (measured: a LeNet-5 step on ``jaxcnn.reference`` 55 ms in the
-      scan vs 20 ms as a step, the MNIST-1D CNN 3.0 vs 1.1 ms; ``experiments/bench.py``);
+      level of a program (performance.md, "Scan vs steps");
     * ``"auto"`` (default): ``"scan"``, except on the CPU when the step contains such a
       convolution (found by tracing the step once): then ``"steps"``. ``jaxcnn.ops``
       writes all of its convolutions (``conv``, ``conv_transpose``, forward and backward)
@@ -281,8 +280,8 @@ def fit(
 
     Each epoch runs shuffled batches through :func:`make_epoch` with ``loop="auto"`` (one
     compiled scan, or jitted donated steps where XLA:CPU would run convolutions inside the
-    scan; a trailing partial batch is dropped); with ``steps`` the last epoch is cut short. The test set is evaluated every
-    ``eval_every`` epochs and at the end. With ``checkpoint_path`` the state is saved
+    scan; a trailing partial batch is dropped); with ``steps`` the last epoch is cut short.
+    The test set is evaluated every ``eval_every`` epochs and at the end. With ``checkpoint_path`` the state is saved
     after every epoch; ``resume=True`` continues from it exactly (same final params as an
     uninterrupted run).
 
@@ -340,7 +339,8 @@ def fit(
 
     epoch_fn = make_epoch(make_step(make_loss(model, loss, weight_decay, ops), optimizer), batch_size, mesh, shuffle)
     evaluator = make_evaluator(model, data.num_classes, loss, ops=ops)
-    evaluate_ = lambda s: evaluator(s.params, s.model_state, x_test, data.y_test)
+    def evaluate_(s):
+        return evaluator(s.params, s.model_state, x_test, data.y_test)
 
     bar = _progress(total_steps, int(state.step), quiet)
     epoch = len(history)
@@ -392,6 +392,6 @@ class _progress:
 
 
 __all__ = [
-    "Evaluation", "FitResult", "TrainState", "evaluate", "fit", "make_epoch", "make_evaluator", "make_loss", "make_mesh",
-    "make_optimizer", "make_step", "weights",
+    "Evaluation", "FitResult", "TrainState", "evaluate", "fit", "make_epoch", "make_evaluator", "make_loss",
+    "make_mesh", "make_optimizer", "make_step", "weights",
 ]

@@ -35,7 +35,8 @@ def assert_vmap(name, *args, in_axes=0, **settings):
     op, ref = pair(name)
     axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
     batched = tuple(
-        a if ax is None else jax.tree_util.tree_map(lambda l: jnp.stack([l, 0.5 * l, -l]) if jnp.issubdtype(l.dtype, jnp.floating) else jnp.stack([l, l, l]), a)
+        a if ax is None else jax.tree_util.tree_map(
+            lambda l: jnp.stack([l, 0.5 * l, -l]) if jnp.issubdtype(l.dtype, jnp.floating) else jnp.stack([l, l, l]), a)
         for a, ax in zip(args, axes)
     )
     op_v = jax.vmap(functools.partial(op, **settings), in_axes=axes)
@@ -54,7 +55,8 @@ def _gradient_fn(fn, args, settings, seed=1):
     )
 
     def scalar(*a):
-        return sum(jnp.vdot(o, w) for o, w in zip(jax.tree_util.tree_leaves(fn(*a, **settings)), jax.tree_util.tree_leaves(v)))
+        outs = jax.tree_util.tree_leaves(fn(*a, **settings))
+        return sum(jnp.vdot(o, w) for o, w in zip(outs, jax.tree_util.tree_leaves(v)))
 
     return jax.grad(scalar, argnums=float_argnums)
 

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 
 import opcheck
-from conftest import away_from_zero
 from jaxcnn import nn, ops, reference, verify
+from jaxcnn.verify.registry import away_from_zero
 
 
 @pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh"])
 @pytest.mark.parametrize("shape", [(7,), (3, 4), (2, 3, 4)])
 def test_elementwise_gradients_all_transforms(rng, name, shape):
-    x = jnp.asarray(away_from_zero(rng, shape, 0.05, 3.0))
+    x = jnp.asarray(away_from_zero(rng, *shape, low=0.05, high=3.0))
     opcheck.assert_all(name, x)
 
 
@@ -24,7 +24,7 @@ def test_softmax_gradients_all_transforms(rng, axis):
 @pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh", "softmax"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_low_precision_vjp(rng, name, dtype):
-    opcheck.assert_vjp(name, jnp.asarray(away_from_zero(rng, (6, 5), 0.05, 3.0), dtype))
+    opcheck.assert_vjp(name, jnp.asarray(away_from_zero(rng, 6, 5, low=0.05, high=3.0), dtype))
 
 
 def test_relu_kink_passes_gradient_at_zero():
@@ -140,7 +140,8 @@ def test_checker_catches_sigmoid_backward_from_x_instead_of_f(rng):
 
 
 def test_activation_errors():
-    with pytest.raises(TypeError, match=r"relu: `x` must be a floating-point array .* got dtype int32 with shape \(3,\)"):
+    with pytest.raises(TypeError, match=r"relu: `x` must be a floating-point array .* got dtype int32 with shape "
+                                        r"\(3,\)"):
         ops.relu(jnp.array([1, 2, 3], jnp.int32))
     with pytest.raises(TypeError, match=r"sigmoid: `x` must be a floating-point array .* got dtype bool"):
         ops.sigmoid(jnp.array([True]))

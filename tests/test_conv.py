@@ -1,19 +1,17 @@
 """Convolution: the lectures' worked examples, the gradient checks, the classic mistakes, the errors."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jax import lax
 
 import opcheck
 from jaxcnn import _shapes, ops, reference, verify
 from jaxcnn.ops import _conv_formulas
 from jaxcnn.ops._conv_plan import METHODS, Plan, auto_plan
+from jaxcnn.verify import mutants
 
 
 
@@ -85,7 +83,8 @@ def test_hu_1d_local_sensitivities(method):
     y = jnp.array([0.5, -1.0, 2.0, 3.0, -0.25], jnp.float64)
     w1, w2, w3 = 2.0, 3.0, 5.0
     d1, d2, d3 = 7.0, 11.0, 13.0
-    _, vjp = jax.vjp(lambda y, w, b: ops.conv(y, w, b, method=method), _as_1d(y), _kernel_1d([w1, w2, w3]), jnp.zeros(1, jnp.float64))
+    _, vjp = jax.vjp(lambda y, w, b: ops.conv(y, w, b, method=method),
+                     _as_1d(y), _kernel_1d([w1, w2, w3]), jnp.zeros(1, jnp.float64))
     dy, dw, db = vjp(_as_1d([d1, d2, d3]))
     np.testing.assert_array_equal(
         dy.ravel(), [d1 * w1, d1 * w2 + d2 * w1, d1 * w3 + d2 * w2 + d3 * w1, d2 * w3 + d3 * w2, d3 * w3]
@@ -219,7 +218,8 @@ def conv_cases(draw):
     if rank < 3:
         window = tuple(draw(st.integers(1, 5)) for _ in range(rank))
     else:  # any axis may reach 5, at most 30 taps (the im2col route compiles one slice per tap)
-        window = tuple(draw(st.permutations([draw(st.integers(1, 5)), draw(st.integers(1, 3)), draw(st.integers(1, 2))])))
+        sizes = [draw(st.integers(1, 5)), draw(st.integers(1, 3)), draw(st.integers(1, 2))]
+        window = tuple(draw(st.permutations(sizes)))
     per_axis = lambda lo, hi: st.one_of(st.integers(lo, hi), st.tuples(*[st.integers(lo, hi)] * rank))  # noqa: E731
     stride, dilation = draw(per_axis(1, 3)), draw(per_axis(1, 2))
     padding = draw(st.one_of(
@@ -325,155 +325,86 @@ def test_output_shape_formula(padding, stride, window):
     assert reference.conv(x, w, stride=stride, padding=padding).shape == (1, *expected, 3)
 
 
-# --------------------------------------------------------------------------- the checker catches the classic mistakes
+# --------------------------------------------------------------------------- the checker catches the lectures' mistakes
+#
+# The wrong rules live once, in jaxcnn.verify.mutants, each with the lecture that warns against it;
+# here every conv mistake the lectures name meets the checker at a small case that shows it, must be
+# blamed on exactly the argument it breaks, and the right rule passes the same check.
 
-_NHWC = ("NHWC", "HWIO", "NHWC")
-_TRANSPOSED = ("NHWC", "HWOI", "NHWC")  # the kernel's in/out planes swapped
-_BATCH_CONTRACTED = ("CHWN", "IHWO", "HWNC")  # x and δ contracted over the batch → (kh, kw, C_in, C_out)
-
-
-def _wrong_conv(stride, padding, dx_rule=None, dw_rule=None):
-    """A 2-D conv whose backward is autodiff's except for the rules given (the mistakes)."""
-    ref = functools.partial(reference.conv, stride=stride, padding=padding)
-
-    @jax.custom_vjp
-    def conv(x, w, b):
-        return ref(x, w, b)
-
-    def fwd(x, w, b):
-        return ref(x, w, b), (x, w, b)
-
-    def bwd(res, g):
-        x, w, b = res
-        dx, dw, db = jax.vjp(ref, x, w, b)[1](g)
-        dx = dx if dx_rule is None else dx_rule(g, w, x)
-        dw = dw if dw_rule is None else dw_rule(g, w, x)
-        return dx, dw, db
-
-    conv.defvjp(fwd, bwd)
-    return conv, ref
+CONV_MISTAKES = [  # (mutant, x shape, w shape, settings)
+    ("conv.no_kernel_flip", (2, 6, 7, 2), (3, 3, 2, 3), {}),
+    ("conv.no_stride_upsampling", (2, 9, 9, 2), (3, 3, 2, 3), {"stride": 2}),
+    ("conv.dw_no_stride_upsampling", (2, 9, 9, 2), (3, 3, 2, 3), {"stride": 2}),
+    ("conv.padding_not_cropped", (2, 6, 5, 2), (3, 3, 2, 3), {"padding": "SAME"}),
+    ("conv.own_map_only", (2, 6, 7, 3), (3, 3, 3, 3), {}),
+    ("conv.dw_flipped_delta", (2, 6, 7, 2), (3, 3, 2, 3), {}),
+]
 
 
-def _rot180(w):
-    return w[::-1, ::-1]
-
-
-def _assert_caught(result, wrong_args, right_args=("b",)):
-    assert not result.ok
-    for name in wrong_args:
-        assert not result[name].ok, result
-    for name in right_args:
-        assert result[name].ok, result
-
-
-def test_checker_catches_missing_kernel_flip(rng):
-    # Hu's quiz option C / Raj's poll 3: the filter planes must be flipped (δ *full w is a
-    # correlation with rot180(w)); correlating with w itself is wrong.
-    def no_flip(g, w, x):
-        return lax.conv_general_dilated(g, w, (1, 1), [(2, 2), (2, 2)], dimension_numbers=_TRANSPOSED)
-
-    wrong, ref = _wrong_conv(1, "VALID", dx_rule=no_flip)
-    args = (_normal(rng, 2, 6, 7, 2), _normal(rng, 3, 3, 2, 3), _normal(rng, 3))
-    _assert_caught(verify.check_vjp(wrong, ref, *args), ["x"], ["w", "b"])
-    # the same formula with the flip is the right one (so the harness itself is sound)
-    flipped, _ = _wrong_conv(1, "VALID", dx_rule=lambda g, w, x: no_flip(g, _rot180(w), x))
-    assert verify.check_vjp(flipped, ref, *args).ok
-    verify.check_vjp(ops.conv, reference.conv, *args).assert_ok()
-
-
-def test_checker_catches_stride_without_upsampling_delta(rng):
-    # Raj: with stride 2, δ must be upsampled (S − 1 zeros inserted) before the full
-    # convolution and before correlating with the input; skipping it, then padding or
-    # cropping to the right shape, is wrong in both dx and dw.
-    def dx_no_upsampling(g, w, x):
-        small = lax.conv_general_dilated(g, _rot180(w), (1, 1), [(2, 2), (2, 2)], dimension_numbers=_TRANSPOSED)
-        return jnp.pad(small, ((0, 0), (0, 9 - small.shape[1]), (0, 9 - small.shape[2]), (0, 0)))
-
-    def dw_no_upsampling(g, w, x):
-        big = lax.conv_general_dilated(x, g, (1, 1), "VALID", dimension_numbers=_BATCH_CONTRACTED)
-        return big[:3, :3]
-
-    wrong, ref = _wrong_conv(2, "VALID", dx_no_upsampling, dw_no_upsampling)
-    args = (_normal(rng, 2, 9, 9, 2), _normal(rng, 3, 3, 2, 3), _normal(rng, 3))
-    _assert_caught(verify.check_vjp(wrong, ref, *args), ["x", "w"])
-    verify.check_vjp(ops.conv, reference.conv, *args, stride=2).assert_ok()
-
-
-def test_checker_catches_padding_not_cropped(rng):
-    # Raj: the derivative map has the size of the zero-padded map; its padding regions
-    # must be deleted. Keeping the first n entries instead leaves the low padding in.
-    def dx_padding_kept(g, w, x):
-        padded_map = lax.conv_general_dilated(g, _rot180(w), (1, 1), [(2, 2), (2, 2)], dimension_numbers=_TRANSPOSED)
-        return padded_map[:, : x.shape[1], : x.shape[2]]
-
-    wrong, ref = _wrong_conv(1, "SAME", dx_rule=dx_padding_kept)
-    args = (_normal(rng, 2, 6, 5, 2), _normal(rng, 3, 3, 2, 3), _normal(rng, 3))
-    _assert_caught(verify.check_vjp(wrong, ref, *args), ["x"], ["w", "b"])
-    verify.check_vjp(ops.conv, reference.conv, *args, padding="SAME").assert_ok()
-
-
-def test_checker_catches_missing_sum_over_output_maps(rng):
-    # Hu's quiz: δ₂' = δ₂ *full w₂₂ alone is wrong; every output map q fed by p
-    # contributes, δ_p' = Σ_q δ_q *full w_qp.
-    def dx_own_map_only(g, w, x):
-        diagonal = w * jnp.eye(w.shape[-1], dtype=w.dtype)  # keep w_pp, drop q ≠ p
-        return lax.conv_general_dilated(g, _rot180(diagonal), (1, 1), [(2, 2), (2, 2)], dimension_numbers=_TRANSPOSED)
-
-    wrong, ref = _wrong_conv(1, "VALID", dx_rule=dx_own_map_only)
-    args = (_normal(rng, 2, 6, 7, 3), _normal(rng, 3, 3, 3, 3), _normal(rng, 3))
-    _assert_caught(verify.check_vjp(wrong, ref, *args), ["x"], ["w", "b"])
-
-
-def test_checker_catches_flipped_delta_in_weight_gradient(rng):
-    # Raj's poll 4: "the output map must be flipped before convolution" is false —
-    # ∂E/∂w = y *valid rot180(δ) is a correlation of y with δ as it is.
-    def dw_flipped_delta(g, w, x):
-        return lax.conv_general_dilated(x, g[:, ::-1, ::-1], (1, 1), "VALID", dimension_numbers=_BATCH_CONTRACTED)
-
-    wrong, ref = _wrong_conv(1, "VALID", dw_rule=dw_flipped_delta)
-    args = (_normal(rng, 2, 6, 7, 2), _normal(rng, 3, 3, 2, 3), _normal(rng, 3))
-    _assert_caught(verify.check_vjp(wrong, ref, *args), ["w"], ["x", "b"])
+@pytest.mark.parametrize("name, x_shape, w_shape, settings", CONV_MISTAKES)
+def test_checker_catches_the_lectures_conv_mistakes(rng, name, x_shape, w_shape, settings):
+    mutant = mutants.MUTANTS[name]
+    assert mutant.lecture
+    args = (_normal(rng, *x_shape), _normal(rng, *w_shape), _normal(rng, w_shape[-1]))
+    result = verify.check_vjp(mutant.build(), reference.conv, *args, **settings)
+    assert result.forward.ok and not result.ok
+    assert [a.name for a in result.arguments if not a.ok] == [mutant.argument], result
+    verify.check_vjp(ops.conv, reference.conv, *args, **settings).assert_ok()
 
 
 # --------------------------------------------------------------------------- errors
 
 
 def test_errors(rng):
-    x, w, b = _normal(rng, 2, 8, 8, 3, dtype=jnp.float32), _normal(rng, 3, 3, 3, 4, dtype=jnp.float32), _normal(rng, 4, dtype=jnp.float32)
+    x, w = _normal(rng, 2, 8, 8, 3, dtype=jnp.float32), _normal(rng, 3, 3, 3, 4, dtype=jnp.float32)
+    b = _normal(rng, 4, dtype=jnp.float32)
     for conv in (ops.conv, reference.conv):  # the reference validates identically
-        with pytest.raises(ValueError, match=r"conv: `w` must have C_in = x.shape\[-1\] = 3 input channels .* got w of shape \(3, 3, 2, 4\).*HWIO"):
+        with pytest.raises(ValueError, match=r"conv: `w` must have C_in = x.shape\[-1\] = 3 input channels .* got w "
+                                             r"of shape \(3, 3, 2, 4\).*HWIO"):
             conv(x, w[:, :, :2], b)
-        with pytest.raises(ValueError, match=r"conv: the window \(3 with dilation 4, extent 9\) is larger than the padded input \(8 \+ 0 \+ 0 = 8\) along spatial axis 0"):
+        with pytest.raises(ValueError, match=r"conv: the window \(3 with dilation 4, extent 9\) is larger than the "
+                                             r"padded input \(8 \+ 0 \+ 0 = 8\) along spatial axis 0"):
             conv(x, w, b, dilation=(4, 1))
-        with pytest.raises(ValueError, match=r"conv: the window \(9 with dilation 1, extent 9\) is larger than the padded input \(3 \+ 2 \+ 2 = 7\)"):
+        with pytest.raises(ValueError, match=r"conv: the window \(9 with dilation 1, extent 9\) is larger than the "
+                                             r"padded input \(3 \+ 2 \+ 2 = 7\)"):
             conv(x[:, :3], _normal(rng, 9, 1, 3, 4, dtype=jnp.float32), padding=2)
         with pytest.raises(ValueError, match=r"conv: `stride` must be >= 1 on every axis, got \(1, 0\)"):
             conv(x, w, b, stride=(1, 0))
         with pytest.raises(ValueError, match=r"conv: `dilation` must be >= 1 on every axis, got 0"):
             conv(x, w, b, dilation=0)
-        with pytest.raises(TypeError, match=r"conv: `stride` must be an int or a sequence of 2 ints \(one per spatial axis\), got \(1, 1, 1\)"):
+        with pytest.raises(TypeError, match=r"conv: `stride` must be an int or a sequence of 2 ints \(one per "
+                                            r"spatial axis\), got \(1, 1, 1\)"):
             conv(x, w, b, stride=(1, 1, 1))
-        with pytest.raises(ValueError, match=r"conv: unknown `padding` 'HALF'; use 'VALID', 'SAME', 'FULL', an int, or 2 \(low, high\) pairs"):
+        with pytest.raises(ValueError, match=r"conv: unknown `padding` 'HALF'; use 'VALID', 'SAME', 'FULL', an int, "
+                                             r"or 2 \(low, high\) pairs"):
             conv(x, w, b, padding="HALF")
-        with pytest.raises(ValueError, match=r"conv: `padding` must be 'VALID', 'SAME', 'FULL', an int, or 2 \(low, high\) pairs .* got \(\(1, 1\),\)"):
+        with pytest.raises(ValueError, match=r"conv: `padding` must be 'VALID', 'SAME', 'FULL', an int, or 2 \(low, "
+                                             r"high\) pairs .* got \(\(1, 1\),\)"):
             conv(x, w, b, padding=((1, 1),))
         with pytest.raises(ValueError, match=r"conv: `padding` must not be negative, got -1"):
             conv(x, w, b, padding=-1)
-        with pytest.raises(ValueError, match=r"conv: `connections` must have shape \(C_in, C_out\) = \(3, 4\) .* got \(4, 3\)"):
+        with pytest.raises(ValueError, match=r"conv: `connections` must have shape \(C_in, C_out\) = \(3, 4\) .* got "
+                                             r"\(4, 3\)"):
             conv(x, w, b, connections=np.ones((4, 3), bool))
         with pytest.raises(TypeError, match=r"conv: `connections` must be a boolean table, got dtype int64; use"):
             conv(x, w, b, connections=np.ones((3, 4), np.int64))
-        with pytest.raises(ValueError, match=r"conv: `x` must have 4 dimensions \(N, \*spatial, C_in\) to match the 2-D kernel `w` of shape \(3, 3, 3, 4\), got x of shape \(8, 8, 3\)"):
+        with pytest.raises(ValueError, match=r"conv: `x` must have 4 dimensions \(N, \*spatial, C_in\) to match the "
+                                             r"2-D kernel `w` of shape \(3, 3, 3, 4\), got x of shape \(8, 8, 3\)"):
             conv(x[0], w, b)
-        with pytest.raises(ValueError, match=r"conv: `x` must have 3 dimensions .* 1-D kernel `w` of shape \(3, 3, 4\), got x of shape \(2, 8, 8, 3\)"):
+        with pytest.raises(ValueError, match=r"conv: `x` must have 3 dimensions .* 1-D kernel `w` of shape \(3, 3, "
+                                             r"4\), got x of shape \(2, 8, 8, 3\)"):
             conv(x, w[0], b)
-        with pytest.raises(ValueError, match=r"conv: `w` must have 3 or 4 or 5 dimensions \(\*window, C_in, C_out\) for 1, 2 or 3 spatial axes, got 2 dimensions"):
+        with pytest.raises(ValueError, match=r"conv: `w` must have 3 or 4 or 5 dimensions \(\*window, C_in, C_out\) "
+                                             r"for 1, 2 or 3 spatial axes, got 2 dimensions"):
             conv(x, w[0, 0], b)
-        with pytest.raises(ValueError, match=r"conv: `b` must have shape \(4,\) \(C_out,\) with C_out = w.shape\[-1\], got \(3,\)"):
+        with pytest.raises(ValueError, match=r"conv: `b` must have shape \(4,\) \(C_out,\) with C_out = "
+                                             r"w.shape\[-1\], got \(3,\)"):
             conv(x, w, b[:3])
-        with pytest.raises(ValueError, match=r"conv: unknown `method` 'fft'; use one of 'auto', 'xla', 'im2col', 'taps'"):
+        with pytest.raises(ValueError, match=r"conv: unknown `method` 'fft'; use one of 'auto', 'xla', 'im2col', "
+                                             r"'taps'"):
             conv(x, w, b, method="fft")
-        with pytest.raises(TypeError, match=r"conv: all floating arguments must share one dtype, but `x` is float64, `w` is float32"):
+        with pytest.raises(TypeError, match=r"conv: all floating arguments must share one dtype, but `x` is float64, "
+                                            r"`w` is float32"):
             conv(x.astype(jnp.float64), w, b)
         with pytest.raises(TypeError, match=r"conv: `x` must be a floating-point array .* got dtype int32"):
             conv(x.astype(jnp.int32), w, b)
@@ -536,7 +467,9 @@ AUTO_CASES = [  # (x_shape, w_shape, settings, the plan auto picks on the CPU)
 ]
 
 
-@pytest.mark.parametrize("x_shape,w_shape,settings,plan", AUTO_CASES, ids=["c1", "rgb-wide", "c5", "c3", "wide", "wide-s2", "1d", "1d-small", "1d-one-input", "1d-wide"])
+@pytest.mark.parametrize("x_shape,w_shape,settings,plan", AUTO_CASES,
+                         ids=["c1", "rgb-wide", "c5", "c3", "wide", "wide-s2", "1d", "1d-small", "1d-one-input",
+                              "1d-wide"])
 def test_auto_plan_picks_per_shape_and_stays_exact(rng, x_shape, w_shape, settings, plan):
     geom = _shapes.geometry("conv", x_shape[1:-1], w_shape[:-2], settings.get("stride", 1),
                             settings.get("padding", "VALID"), 1)

@@ -66,7 +66,8 @@ def test_is_the_input_gradient_of_a_strided_conv(rng, window, stride, padding):
     lax_padding = {"FULL": ((window - 1, window - 1),), 0: ((0, 0),)}.get(padding, padding)
     v = jnp.flip(w, 0).swapaxes(1, 2)  # (k, C_out, C_in): the conv maps C_out → C_in
     z = jnp.zeros((2, y.shape[1], 2), jnp.float64)
-    conv = lambda z: lax.conv_general_dilated(z, v, (stride,), lax_padding, dimension_numbers=LAYOUT[1])
+    def conv(z):
+        return lax.conv_general_dilated(z, v, (stride,), lax_padding, dimension_numbers=LAYOUT[1])
     out, vjp = jax.vjp(conv, z)
     assert out.shape == x.shape
     np.testing.assert_allclose(y, vjp(x)[0], rtol=1e-12, atol=1e-12)
@@ -210,29 +211,40 @@ def test_checker_catches_unflipped_filter_gradient(args):
 def test_errors():
     x, w, b = jnp.zeros((2, 4, 4, 3), jnp.float32), jnp.zeros((3, 3, 3, 5), jnp.float32), jnp.zeros((5,), jnp.float32)
     op = ops.conv_transpose
-    with pytest.raises(ValueError, match=r"conv_transpose: `w` must have 3 or 4 or 5 dimensions \(\*window, C_in, C_out\): 1 to 3 spatial axes, got 2 dimensions"):
+    with pytest.raises(ValueError, match=r"conv_transpose: `w` must have 3 or 4 or 5 dimensions \(\*window, C_in, "
+                                         r"C_out\): 1 to 3 spatial axes, got 2 dimensions"):
         op(x, w[0, 0], b)
-    with pytest.raises(ValueError, match=r"conv_transpose: `x` must have 4 dimensions \(N, \*spatial, C_in\) to match the 2 spatial axes of `w` with shape \(3, 3, 3, 5\) \(\*window, C_in, C_out\), got `x` of shape \(2, 4, 3\)"):
+    with pytest.raises(ValueError, match=r"conv_transpose: `x` must have 4 dimensions \(N, \*spatial, C_in\) to "
+                                         r"match the 2 spatial axes of `w` with shape \(3, 3, 3, 5\) \(\*window, "
+                                         r"C_in, C_out\), got `x` of shape \(2, 4, 3\)"):
         op(x[:, 0], w, b)
-    with pytest.raises(ValueError, match=r"conv_transpose: `w` must have shape \(\*window, C_in, C_out\) with C_in = x.shape\[-1\] = 2, got `w` of shape \(3, 3, 3, 5\)"):
+    with pytest.raises(ValueError, match=r"conv_transpose: `w` must have shape \(\*window, C_in, C_out\) with C_in = "
+                                         r"x.shape\[-1\] = 2, got `w` of shape \(3, 3, 3, 5\)"):
         op(x[..., :2], w, b)
-    with pytest.raises(ValueError, match=r"conv_transpose: `b` must have shape \(5,\) \(C_out,\) with C_out = w.shape\[-1\], got \(3,\)"):
+    with pytest.raises(ValueError, match=r"conv_transpose: `b` must have shape \(5,\) \(C_out,\) with C_out = "
+                                         r"w.shape\[-1\], got \(3,\)"):
         op(x, w, b[:3])
-    with pytest.raises(TypeError, match=r"conv_transpose: all floating arguments must share one dtype, but `x` is float32, `w` is float64"):
+    with pytest.raises(TypeError, match=r"conv_transpose: all floating arguments must share one dtype, but `x` is "
+                                        r"float32, `w` is float64"):
         op(x, w.astype(jnp.float64), b)
     with pytest.raises(TypeError, match=r"conv_transpose: `w` must be a floating-point array .* got dtype int32"):
         op(x, w.astype(jnp.int32), b)
     with pytest.raises(ValueError, match=r"conv_transpose: `stride` must be >= 1 on every axis, got \(2, 0\)"):
         op(x, w, b, stride=(2, 0))
-    with pytest.raises(ValueError, match=r"conv_transpose: `stride` has 3 entries but `w` of shape \(3, 3, 3, 5\) \(\*window, C_in, C_out\) has 2 spatial axes"):
+    with pytest.raises(ValueError, match=r"conv_transpose: `stride` has 3 entries but `w` of shape \(3, 3, 3, 5\) "
+                                         r"\(\*window, C_in, C_out\) has 2 spatial axes"):
         op(x, w, b, stride=(2, 2, 2))
     with pytest.raises(ValueError, match=r"conv_transpose: unknown `padding` 'same-ish'"):
         op(x, w, b, padding="same-ish")
-    with pytest.raises(ValueError, match=r"conv_transpose: `padding` must not be negative, got \(\(0, -1\), \(0, 0\)\)"):
+    with pytest.raises(ValueError, match=r"conv_transpose: `padding` must not be negative, got \(\(0, -1\), \(0, "
+                                         r"0\)\)"):
         op(x, w, b, padding=((0, -1), (0, 0)))
-    with pytest.raises(ValueError, match=r"conv_transpose: `padding` is the padding of the convolution being transposed and must be at most k − 1 = \(2, 2\) on every axis, got 3"):
+    with pytest.raises(ValueError, match=r"conv_transpose: `padding` is the padding of the convolution being "
+                                         r"transposed and must be at most k − 1 = \(2, 2\) on every axis, got 3"):
         op(x, w, b, padding=3)
-    with pytest.raises(ValueError, match=r"conv_transpose: the output would be empty along spatial axis 0: an input of size 1 upsampled by 1 and padded by \(0, 0\) is smaller than the window 3 \(padding 'FULL'\)"):
+    with pytest.raises(ValueError, match=r"conv_transpose: the output would be empty along spatial axis 0: an input "
+                                         r"of size 1 upsampled by 1 and padded by \(0, 0\) is smaller than the "
+                                         r"window 3 \(padding 'FULL'\)"):
         op(x[:, :1, :1], w, b, padding="FULL")
     with pytest.raises(ValueError, match=r"conv_transpose: `stride` has 3 entries"):  # the reference validates alike
         reference.conv_transpose(x, w, b, stride=(2, 2, 2))

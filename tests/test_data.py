@@ -27,7 +27,8 @@ def test_idx_round_trip(tmp_path, gz):
 @pytest.mark.parametrize("gz", [False, True])
 def test_idx_truncated(tmp_path, gz):
     path = _write_idx(tmp_path / ("t.idx" + (".gz" if gz else "")), np.zeros((5, 4, 4), np.uint8), truncate=7, gz=gz)
-    with pytest.raises(ValueError, match=r"declares shape \(5, 4, 4\) \(80 bytes of uint8\) but the file holds 73 bytes"):
+    with pytest.raises(ValueError, match=r"declares shape \(5, 4, 4\) \(80 bytes of uint8\) but the file holds 73 "
+                                         r"bytes"):
         data.read_idx(path)
 
 
@@ -50,7 +51,8 @@ def test_idx_huge_declared_size_is_refused_before_allocating(tmp_path):
 def _fake_fashion(directory, n_train=12, n_test=6):
     rng = np.random.default_rng(0)
     for stem, n in (("train", n_train), ("t10k", n_test)):
-        _write_idx(directory / f"{stem}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)).astype(np.uint8), gz=True)
+        images = rng.integers(0, 256, (n, 28, 28)).astype(np.uint8)
+        _write_idx(directory / f"{stem}-images-idx3-ubyte.gz", images, gz=True)
         _write_idx(directory / f"{stem}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
     return directory
 

@@ -63,15 +63,19 @@ def test_dense_checker_catches_untransposed_weights(rng):
 
 def test_dense_errors(rng):
     x, w, b = _args(rng, (4, 3), 5, jnp.float32)
-    with pytest.raises(ValueError, match=r"dense: `w` must have shape \(n_out, n_in\) with n_in = x.shape\[-1\] = 3, got w of shape \(3, 5\).*pass `w.T`"):
+    with pytest.raises(ValueError, match=r"dense: `w` must have shape \(n_out, n_in\) with n_in = x.shape\[-1\] = 3, "
+                                         r"got w of shape \(3, 5\).*pass `w.T`"):
         ops.dense(x, w.T, b)
-    with pytest.raises(ValueError, match=r"dense: `b` must have shape \(5,\) \(n_out,\) with n_out = w.shape\[0\], got \(4,\)"):
+    with pytest.raises(ValueError, match=r"dense: `b` must have shape \(5,\) \(n_out,\) with n_out = w.shape\[0\], "
+                                         r"got \(4,\)"):
         ops.dense(x, w, b[:4])
-    with pytest.raises(ValueError, match=r"dense: `w` must have 2 dimensions \(n_out, n_in\), got 3 dimensions with shape \(1, 5, 3\)"):
+    with pytest.raises(ValueError, match=r"dense: `w` must have 2 dimensions \(n_out, n_in\), got 3 dimensions with "
+                                         r"shape \(1, 5, 3\)"):
         ops.dense(x, w[None], b)
     with pytest.raises(TypeError, match=r"dense: `x` must be a floating-point array .* got dtype int32"):
         ops.dense(jnp.ones((4, 3), jnp.int32), w, b)
-    with pytest.raises(TypeError, match=r"dense: all floating arguments must share one dtype, but `x` is float64, `w` is float32"):
+    with pytest.raises(TypeError, match=r"dense: all floating arguments must share one dtype, but `x` is float64, "
+                                        r"`w` is float32"):
         ops.dense(x.astype(jnp.float64), w, b)
     with pytest.raises(ValueError, match=r"dense: `x` must have at least 1 dimension \(..., n_in\), got shape \(\)"):
         ops.dense(jnp.float32(1.0), w, b)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import opcheck
-from conftest import distinct
+from jaxcnn.verify.registry import distinct
 from jaxcnn import ops
 
 

@@ -45,9 +45,11 @@ def test_col2im_is_overlap_add_then_crop():
     np.testing.assert_array_equal(coverage(window=2), [[1, 2, 2, 1], [2, 4, 4, 2], [2, 4, 4, 2], [1, 2, 2, 1]])
     np.testing.assert_array_equal(coverage(window=2, stride=2), np.ones((4, 4)))
     # SAME 3×3: the padded border is cropped, so corners see 4 windows, edges 6, inside 9
-    np.testing.assert_array_equal(coverage(window=3, padding="SAME"), [[4, 6, 6, 4], [6, 9, 9, 6], [6, 9, 9, 6], [4, 6, 6, 4]])
+    np.testing.assert_array_equal(coverage(window=3, padding="SAME"),
+                                  [[4, 6, 6, 4], [6, 9, 9, 6], [6, 9, 9, 6], [4, 6, 6, 4]])
     # stride 2 with a window of 3 on 4: the last row/column is never reached
-    np.testing.assert_array_equal(coverage(window=3, stride=2), [[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(coverage(window=3, stride=2),
+                                  [[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 0], [0, 0, 0, 0]])
 
 
 @pytest.mark.parametrize("settings", [
@@ -84,13 +86,16 @@ def test_im2col_vjp_low_precision(rng, dtype):
 def test_im2col_errors(rng):
     x = jnp.asarray(rng.normal(size=(2, 6, 6, 3)), jnp.float32)
     for im2col in (ops.im2col, reference.im2col):
-        with pytest.raises(ValueError, match=r"im2col: `x` must have at least 3 dimensions \(N, \*spatial, C\), got shape \(6, 3\)"):
+        with pytest.raises(ValueError, match=r"im2col: `x` must have at least 3 dimensions \(N, \*spatial, C\), got "
+                                             r"shape \(6, 3\)"):
             im2col(x[0, 0], 2)
-        with pytest.raises(TypeError, match=r"im2col: `window` must be an int or a sequence of 2 ints \(one per spatial axis\), got \(2, 2, 2\)"):
+        with pytest.raises(TypeError, match=r"im2col: `window` must be an int or a sequence of 2 ints \(one per "
+                                            r"spatial axis\), got \(2, 2, 2\)"):
             im2col(x, (2, 2, 2))
         with pytest.raises(ValueError, match=r"im2col: `stride` must be >= 1 on every axis, got 0"):
             im2col(x, 2, stride=0)
-        with pytest.raises(ValueError, match=r"im2col: the window \(7 with dilation 1, extent 7\) is larger than the padded input \(6 \+ 0 \+ 0 = 6\)"):
+        with pytest.raises(ValueError, match=r"im2col: the window \(7 with dilation 1, extent 7\) is larger than the "
+                                             r"padded input \(6 \+ 0 \+ 0 = 6\)"):
             im2col(x, 7)
         with pytest.raises(TypeError, match=r"im2col: `x` must be a floating-point array .* got dtype int32"):
             im2col(x.astype(jnp.int32), 2)

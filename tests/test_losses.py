@@ -173,13 +173,17 @@ def test_loss_option_errors(rng):
 
 def test_ce_errors(rng):
     s = _logits(rng, (4, 3), jnp.float32)
-    with pytest.raises(ValueError, match=r"softmax_cross_entropy: `labels` must have shape \(4,\) \(integer class ids: logits.shape\[:-1\]\), got \(4, 1\)"):
+    with pytest.raises(ValueError, match=r"softmax_cross_entropy: `labels` must have shape \(4,\) \(integer class "
+                                         r"ids: logits.shape\[:-1\]\), got \(4, 1\)"):
         ops.softmax_cross_entropy(s, jnp.zeros((4, 1), jnp.int32))
-    with pytest.raises(ValueError, match=r"softmax_cross_entropy: `labels` must have shape \(4, 3\) \(one-hot or probability rows: logits.shape\), got \(4, 2\)"):
+    with pytest.raises(ValueError, match=r"softmax_cross_entropy: `labels` must have shape \(4, 3\) \(one-hot or "
+                                         r"probability rows: logits.shape\), got \(4, 2\)"):
         ops.softmax_cross_entropy(s, jnp.zeros((4, 2), jnp.float32))
-    with pytest.raises(TypeError, match=r"softmax_cross_entropy: `labels` must be integer class ids of shape \(4,\) or floating target rows of shape \(4, 3\), got dtype bool"):
+    with pytest.raises(TypeError, match=r"softmax_cross_entropy: `labels` must be integer class ids of shape \(4,\) "
+                                        r"or floating target rows of shape \(4, 3\), got dtype bool"):
         ops.softmax_cross_entropy(s, jnp.zeros((4,), bool))
-    with pytest.raises(ValueError, match=r"softmax_cross_entropy: `logits` must have at least 2 dimensions \(N, K\), got shape \(3,\)"):
+    with pytest.raises(ValueError, match=r"softmax_cross_entropy: `logits` must have at least 2 dimensions \(N, K\), "
+                                         r"got shape \(3,\)"):
         ops.softmax_cross_entropy(s[0], jnp.array(1))
     with pytest.raises(TypeError, match=r"softmax_cross_entropy: `logits` must be a floating-point array"):
         ops.softmax_cross_entropy(jnp.zeros((4, 3), jnp.int32), jnp.zeros((4,), jnp.int32))
@@ -212,7 +216,8 @@ def test_euclidean_low_precision(rng):
 
 
 def test_euclidean_errors():
-    with pytest.raises(ValueError, match=r"euclidean_loss: `target` must have shape \(2, 3\) \(the shape of `pred`\), got \(3, 2\)"):
+    with pytest.raises(ValueError, match=r"euclidean_loss: `target` must have shape \(2, 3\) \(the shape of "
+                                         r"`pred`\), got \(3, 2\)"):
         ops.euclidean_loss(jnp.zeros((2, 3)), jnp.zeros((3, 2)))
     with pytest.raises(TypeError, match=r"euclidean_loss: `target` must be a floating-point array"):
         ops.euclidean_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3), jnp.int32))
@@ -250,7 +255,9 @@ def test_l2_penalty_of_empty_tree_is_zero():
 
 
 def test_l2_penalty_errors(rng):
-    with pytest.raises(TypeError, match=r"l2_penalty: `params\['step'\]` must be a floating-point array .* got dtype int32"):
+    with pytest.raises(TypeError, match=r"l2_penalty: `params\['step'\]` must be a floating-point array .* got dtype "
+                                        r"int32"):
         ops.l2_penalty({"w": jnp.ones(3), "step": jnp.array(3, jnp.int32)}, 0.1)
-    with pytest.raises(ValueError, match=r"l2_penalty: `lam` must have 0 dimensions \(a scalar\), got 1 dimensions with shape \(2,\)"):
+    with pytest.raises(ValueError, match=r"l2_penalty: `lam` must have 0 dimensions \(a scalar\), got 1 dimensions "
+                                         r"with shape \(2,\)"):
         ops.l2_penalty({"w": jnp.ones(3)}, jnp.array([0.1, 0.2]))

@@ -156,3 +156,18 @@ def test_vgg_small_drops_out_in_training_only(rng):
     train_b, _ = model.apply(params, state, x, training=True, key=jax.random.PRNGKey(2))
     assert not np.allclose(train_a, train_b)
     assert not np.allclose(new[1]["mean"], state[1]["mean"])
+
+
+@pytest.mark.parametrize("name", sorted(models.ZOO))
+def test_zoo_model_ops_switch_reaches_every_layer(name):
+    # nn.bind(ops) binds the backend once per model: with ops=reference no hand rule may be left
+    entry = models.ZOO[name]
+    x = jnp.zeros((2, *entry.input_shape[1:]), jnp.float32)
+
+    def hand_rules(model):
+        params, state, _ = model.init(KEY, entry.input_shape)
+        apply = lambda p, s, x: model.apply(p, s, x, training=True, key=KEY)  # noqa: E731 (every layer's path)
+        return str(jax.make_jaxpr(apply)(params, state, x)).count("custom_vjp_call")
+
+    assert hand_rules(entry.build(ops=reference)) == 0
+    assert hand_rules(entry.build(ops=ops)) == hand_rules(entry.build()) > 0

@@ -34,10 +34,12 @@ def test_conv_shapes(rank, window, stride, padding, dilation):
     _check_shapes(layer, (-1, *spatial, 2))
 
 
-@pytest.mark.parametrize("window,stride,padding", list(itertools.product([1, 2, 3], [1, 2, 3], ["VALID", "SAME", "FULL", 0, 1])))
+@pytest.mark.parametrize("window,stride,padding",
+                         list(itertools.product([1, 2, 3], [1, 2, 3], ["VALID", "SAME", "FULL", 0, 1])))
 def test_conv_transpose_shapes(window, stride, padding):
     if isinstance(padding, int) and padding > window - 1:
-        pytest.raises(ValueError, nn.ConvTranspose(2, (window, window), stride=stride, padding=padding).init, KEY, (-1, 5, 4, 3))
+        layer = nn.ConvTranspose(2, (window, window), stride=stride, padding=padding)
+        pytest.raises(ValueError, layer.init, KEY, (-1, 5, 4, 3))
         return
     _check_shapes(nn.ConvTranspose(2, (window, window), stride=stride, padding=padding), (-1, 5, 4, 3))
 
@@ -56,7 +58,8 @@ def test_resample_shapes(factor, spatial):
     _check_shapes(nn.Downsample(factor), (-1, *spatial, 2))
 
 
-@pytest.mark.parametrize("layer", [nn.Relu(), nn.Sigmoid(), nn.Tanh(), nn.Softmax(), nn.MeanSubtraction(), nn.Flatten(), nn.identity()])
+@pytest.mark.parametrize("layer", [nn.Relu(), nn.Sigmoid(), nn.Tanh(), nn.Softmax(), nn.MeanSubtraction(), nn.Flatten(),
+                                   nn.identity()])
 def test_parameter_free_layer_shapes(layer):
     params, _ = _check_shapes(layer, (-1, 4, 3, 2))
     assert params == ()
@@ -69,15 +72,18 @@ def test_bad_settings_fail_at_init():
         nn.Conv(4, (3, 3), stride=0).init(KEY, (-1, 8, 8, 1))
     with pytest.raises(ValueError, match=r"Conv: unknown `padding` 'HALF'"):
         nn.Conv(4, (3, 3), padding="HALF").init(KEY, (-1, 8, 8, 1))
-    with pytest.raises(ValueError, match=r"Conv: `connections` must have shape \(C_in, C_out\) = \(6, 16\), got \(16, 6\)"):
+    with pytest.raises(ValueError, match=r"Conv: `connections` must have shape \(C_in, C_out\) = \(6, 16\), got "
+                                         r"\(16, 6\)"):
         nn.Conv(16, (5, 5), connections=ops.LENET5_C3_TABLE.T).init(KEY, (-1, 14, 14, 6))
-    with pytest.raises(ValueError, match=r"Conv: input shape must have 4 dimensions \(N, \*spatial, C\) for a 2-D window \(3, 3\), got \(-1, 8, 1\)"):
+    with pytest.raises(ValueError, match=r"Conv: input shape must have 4 dimensions \(N, \*spatial, C\) for a 2-D "
+                                         r"window \(3, 3\), got \(-1, 8, 1\)"):
         nn.Conv(4, (3, 3)).init(KEY, (-1, 8, 1))
     with pytest.raises(ValueError, match=r"MaxPool: the window .* is larger than the padded input"):
         nn.MaxPool((4, 4)).init(KEY, (-1, 3, 3, 1))
     with pytest.raises(ValueError, match=r"Dense: `n_out` must be a positive int, got 0"):
         nn.Dense(0)
-    with pytest.raises(ValueError, match=r"residual: the block must keep the input shape \(-1, 8, 8, 3\) to be added to it, but it gives \(-1, 6, 6, 3\)"):
+    with pytest.raises(ValueError, match=r"residual: the block must keep the input shape \(-1, 8, 8, 3\) to be added "
+                                         r"to it, but it gives \(-1, 6, 6, 3\)"):
         nn.residual(nn.Conv(3, (3, 3))).init(KEY, (-1, 8, 8, 3))
     with pytest.raises(ValueError, match=r"fan_in_sum: every branch must have the same output shape"):
         nn.serial(nn.fan_out(2), nn.parallel(nn.Dense(3), nn.Dense(4)), nn.fan_in_sum()).init(KEY, (-1, 5))
@@ -200,3 +206,19 @@ def test_ops_backend_switch_gives_equal_gradients(rng):
     g_auto = jax.grad(loss(auto))(params)
     for a, b in zip(jax.tree_util.tree_leaves(g_hand), jax.tree_util.tree_leaves(g_auto)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_bind_gives_every_layer_one_backend_and_a_call_keyword_still_wins():
+    hand, auto = nn.bind(ops), nn.bind(reference)
+    assert set(nn.bound.LAYERS) | set(nn.bound.COMBINATORS) <= set(vars(hand))
+    assert {name for name in nn.__all__ if name[0].isupper() and name != "Layer"} == set(nn.bound.LAYERS)
+    x = jnp.ones((1, 6, 6, 1), jnp.float32)
+
+    def hand_rules(layer):
+        params, _ = layer.init(jax.random.PRNGKey(0), x.shape)
+        return str(jax.make_jaxpr(layer.apply)(params, x)).count("custom_vjp_call")
+
+    assert hand_rules(auto.serial(auto.Conv(2, (3, 3)), auto.Relu(), auto.MaxPool(2))) == 0
+    assert hand_rules(hand.serial(hand.Conv(2, (3, 3)), hand.Relu(), hand.MaxPool(2))) == 3
+    assert hand_rules(auto.Conv(2, (3, 3), ops=ops)) == 1
+    assert nn.bind().ops is None and hand.initializers is nn.initializers

@@ -208,7 +208,8 @@ def test_jaxcnn_and_stax_layers_refuse_to_mix_with_a_clear_error():
 
 def test_from_stax_wraps_a_stax_layer(rng):
     f64 = jnp.float64  # stax's biases are float64 when 64-bit mode is on, as in this suite
-    model = nn.serial(nn.Dense(4, dtype=f64), nn.from_stax(stax.serial(stax.Dense(3), stax.Relu)), nn.Dense(2, dtype=f64))
+    model = nn.serial(nn.Dense(4, dtype=f64), nn.from_stax(stax.serial(stax.Dense(3), stax.Relu)),
+                      nn.Dense(2, dtype=f64))
     params, state, shape = model.init(KEY, (-1, 5))
     assert shape == (-1, 2)
     x = _x(rng, 2, 5, dtype=f64)

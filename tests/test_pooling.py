@@ -1,7 +1,6 @@
 """Max and mean pooling: the lectures' worked examples, the tie convention, the gradient
 checks, the classic mistakes, the residual memory, the errors."""
 
-import functools
 import itertools
 
 import jax
@@ -12,8 +11,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import opcheck
-from conftest import distinct
 from jaxcnn import _shapes, ops, reference, verify
+from jaxcnn.verify import mutants
+from jaxcnn.verify.registry import distinct
 
 PARK = [[3, 2, 3, 1], [0, 5, 3, 4], [1, 2, 2, 2], [7, 3, 1, 7]]
 
@@ -96,7 +96,8 @@ def test_mean_pool_count_padding():
     np.testing.assert_allclose(ops.mean_pool(x, 3, 1, "SAME")[0, :, 0], [1.0, 2.0, 3.0, 7 / 3], rtol=1e-15)
     y = ops.mean_pool(x, 3, 1, "SAME", count_padding=False)
     np.testing.assert_allclose(y[0, :, 0], [1.5, 2.0, 3.0, 3.5], rtol=1e-15)
-    dx = _grad(ops.mean_pool, x, jnp.ones((1, 4, 1), jnp.float64), window=3, stride=1, padding="SAME", count_padding=False)
+    g = jnp.ones((1, 4, 1), jnp.float64)
+    dx = _grad(ops.mean_pool, x, g, window=3, stride=1, padding="SAME", count_padding=False)
     np.testing.assert_allclose(dx[0, :, 0], [1 / 2 + 1 / 3, 1 / 2 + 2 / 3, 2 / 3 + 1 / 2, 1 / 3 + 1 / 2], rtol=1e-15)
 
 
@@ -112,7 +113,7 @@ def test_padding_never_wins_max_but_counts_as_zero_in_mean():
 @pytest.mark.parametrize("count_padding", [True, False])
 def test_forward_is_the_raj_loop(rng, count_padding):
     # Raj's pseudocode with downsampling, over the padded map, written as plain loops.
-    x = np.asarray(distinct(rng, (2, 7, 6, 3)))
+    x = np.asarray(distinct(rng, 2, 7, 6, 3))
     window, stride, pads = (3, 2), (2, 1), ((1, 2), (0, 1))
     real = np.pad(np.ones(x.shape), ((0, 0), *pads, (0, 0)))
     x_max = np.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-np.inf)
@@ -127,7 +128,7 @@ def test_forward_is_the_raj_loop(rng, count_padding):
 
 
 def test_nan_in_a_window_propagates_like_lax_max(rng):
-    x = jnp.asarray(distinct(rng, (1, 4, 4, 1))).at[0, 1, 1, 0].set(jnp.nan)
+    x = jnp.asarray(distinct(rng, 1, 4, 4, 1)).at[0, 1, 1, 0].set(jnp.nan)
     y, vjp = jax.vjp(lambda x: ops.max_pool(x, 2), x)
     assert np.isnan(y[0, 0, 0, 0]) and not np.isnan(y[0, 1:, :, 0]).any() and not np.isnan(y[0, :, 1, 0]).any()
     dx = vjp(jnp.ones_like(y))[0]
@@ -156,7 +157,7 @@ def pool_cases(draw):
     except ValueError:
         assume(False)
     seed = draw(st.integers(0, 2**16))
-    x = distinct(np.random.default_rng(seed), (2, *spatial, 2))  # tie-free
+    x = distinct(np.random.default_rng(seed), 2, *spatial, 2)  # tie-free
     return jnp.asarray(x, jnp.float64), dict(window=window, stride=stride, padding=padding)
 
 
@@ -187,13 +188,13 @@ TRANSFORM_CASES = [
 
 @pytest.mark.parametrize("x_shape,settings_", TRANSFORM_CASES, ids=["2d-tiled", "2d-tiled-8", "2d-overlap", "1d", "3d"])
 def test_max_pool_under_jit_vmap_and_grad_of_grad(rng, x_shape, settings_):
-    opcheck.assert_all("max_pool", jnp.asarray(distinct(rng, x_shape)), **settings_)
+    opcheck.assert_all("max_pool", jnp.asarray(distinct(rng, *x_shape)), **settings_)
 
 
 @pytest.mark.parametrize("x_shape,settings_", TRANSFORM_CASES, ids=["2d-tiled", "2d-tiled-8", "2d-overlap", "1d", "3d"])
 def test_mean_pool_under_jit_vmap_and_grad_of_grad(rng, x_shape, settings_):
     count_padding = "padding" not in settings_  # exercise both divisors
-    opcheck.assert_all("mean_pool", jnp.asarray(distinct(rng, x_shape)), count_padding=count_padding, **settings_)
+    opcheck.assert_all("mean_pool", jnp.asarray(distinct(rng, *x_shape)), count_padding=count_padding, **settings_)
 
 
 @pytest.mark.parametrize("channels", [2, 8], ids=["slices", "block-sum"])  # mean pool's two tiled forwards
@@ -201,7 +202,7 @@ def test_mean_pool_under_jit_vmap_and_grad_of_grad(rng, x_shape, settings_):
 def test_tiled_windows_with_padding_and_an_unreached_tail(rng, count_padding, channels):
     # stride = window (the reshape path), padded (1, 0) and (2, 0): padded sizes 8 and 10,
     # so the last column is in no window and must get exactly zero gradient.
-    x = jnp.asarray(distinct(rng, (2, 7, 8, channels)))
+    x = jnp.asarray(distinct(rng, 2, 7, 8, channels))
     settings_ = dict(window=(2, 3), padding=((1, 0), (2, 0)))
     verify.check_vjp(ops.max_pool, reference.max_pool, x, **settings_).assert_ok()
     verify.check_numerical(ops.max_pool, x, **settings_).assert_ok()
@@ -215,56 +216,23 @@ def test_tiled_windows_with_padding_and_an_unreached_tail(rng, count_padding, ch
 @pytest.mark.parametrize("name", ["max_pool", "mean_pool"])
 @pytest.mark.parametrize("settings_", [dict(window=2), dict(window=3, stride=2, padding="SAME")])
 def test_vjp_low_precision(rng, dtype, name, settings_):
-    x = jnp.asarray(distinct(rng, (2, 8, 8, 3), gap=0.05), dtype)  # distinct after rounding to bfloat16
+    x = jnp.asarray(distinct(rng, 2, 8, 8, 3, gap=0.05), dtype)  # distinct after rounding to bfloat16
     assert len(np.unique(np.asarray(x, np.float64))) == x.size
     y = getattr(ops, name)(x, **settings_)
     assert y.dtype == x.dtype
     opcheck.assert_vjp(name, x, **settings_)
 
 
-# --------------------------------------------------------------------------- the checker catches wrong rules
+# --------------------------------------------------------------------------- the checker catches the lectures' mistakes
+#
+# The wrong rules live once, in jaxcnn.verify.mutants (with the lecture that warns against each);
+# here the pooling mistakes meet the checker on a 6×6 input whose overlapping windows share maxima.
 
 
 def _windows(out_shape, window, stride):
     """(output position, input slices) of every window of a 2-D VALID pool."""
     for i, j in itertools.product(range(out_shape[1]), range(out_shape[2])):
         yield (i, j), (slice(i * stride, i * stride + window), slice(j * stride, j * stride + window))
-
-
-def _pool_with_backward(reference_op, backward):
-    """A 2-D VALID pool: the reference's forward, ``backward(x, g, window, stride)`` as its rule."""
-
-    @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-    def pool(x, window, stride):
-        return reference_op(x, window, stride)
-
-    pool.defvjp(lambda x, window, stride: (pool(x, window, stride), x),
-                lambda window, stride, x, g: (backward(x, g, window, stride),))
-
-    def op(x, window, stride=None):
-        return pool(x, window, window if stride is None else stride)
-
-    return op
-
-
-def _spread(x, g, window, stride):  # every entry of the window gets δ (no arg-max, no 1/K)
-    dx = jnp.zeros_like(x)
-    for (i, j), (rows, cols) in _windows(g.shape, window, stride):
-        dx = dx.at[:, rows, cols, :].add(g[:, i, j, None, None, :])
-    return dx
-
-
-def _routed(x, g, window, stride, accumulate):  # δ to each window's maximum, with += or =
-    dx = jnp.zeros_like(x)
-    for (i, j), (rows, cols) in _windows(g.shape, window, stride):
-        patch = x[:, rows, cols, :]
-        is_max = patch == patch.max(axis=(1, 2), keepdims=True)
-        delta = jnp.where(is_max, g[:, i, j, None, None, :], 0.0)
-        if accumulate:
-            dx = dx.at[:, rows, cols, :].add(delta)
-        else:  # the slip: assignment overwrites what an earlier window routed there
-            dx = dx.at[:, rows, cols, :].set(jnp.where(is_max, delta, dx[:, rows, cols, :]))
-    return dx
 
 
 def _shared_maxima(x, window, stride):
@@ -278,39 +246,46 @@ def _shared_maxima(x, window, stride):
 
 @pytest.fixture
 def overlapping_x(rng):
-    x = jnp.asarray(distinct(rng, (1, 6, 6, 1)))
+    x = jnp.asarray(distinct(rng, 1, 6, 6, 1))
     assert _shared_maxima(x, 3, 1) > 0  # the case where = and += differ
     return x
 
 
-def test_checker_accepts_the_loop_rule(overlapping_x):
-    correct = _pool_with_backward(reference.max_pool, functools.partial(_routed, accumulate=True))
-    verify.check_vjp(correct, reference.max_pool, overlapping_x, window=3, stride=1).assert_ok()
-    verify.check_numerical(correct, overlapping_x, window=3, stride=1).assert_ok()
+def test_raj_loop_backward_is_the_rule(overlapping_x, rng):
+    # Raj: dy(l−1, P(l, m, i, j)) += dy(l, m, i, j), written as his loop over windows
+    g = jnp.asarray(rng.normal(size=reference.max_pool(overlapping_x, 3, 1).shape))
+    dx = np.zeros(overlapping_x.shape)
+    for (i, j), (rows, cols) in _windows(g.shape, 3, 1):
+        patch = np.asarray(overlapping_x[0, rows, cols, 0])
+        a, b = np.unravel_index(np.argmax(patch), patch.shape)
+        dx[0, rows.start + a, cols.start + b, 0] += g[0, i, j, 0]
+    np.testing.assert_allclose(_grad(ops.max_pool, overlapping_x, g, window=3, stride=1), dx, rtol=1e-12)
 
 
-def test_checker_catches_max_pool_delta_spread_over_the_window(overlapping_x):
-    wrong = _pool_with_backward(reference.max_pool, _spread)
-    for window, stride in [(2, 2), (3, 1)]:
-        result = verify.check_vjp(wrong, reference.max_pool, overlapping_x, window=window, stride=stride)
-        assert result.forward.ok and not result["x"].ok and not result.ok
-        assert not verify.check_numerical(wrong, overlapping_x, window=window, stride=stride)["x"].ok
+POOL_MISTAKES = [  # (mutant, window, stride): 2×2/2 tiles the input, 3×3/1 overlaps
+    ("max_pool.spread_over_window", 2, 2),
+    ("max_pool.spread_over_window", 3, 1),
+    ("mean_pool.missing_1_over_K", 2, 2),
+    ("mean_pool.missing_1_over_K", 3, 1),
+    ("max_pool.overwrite_on_overlap", 3, 1),
+    ("mean_pool.overwrite_on_overlap", 3, 1),
+]
 
 
-def test_checker_catches_mean_pool_without_one_over_k_squared(overlapping_x):
-    wrong = _pool_with_backward(reference.mean_pool, _spread)
-    for window, stride in [(2, 2), (3, 1)]:
-        result = verify.check_vjp(wrong, reference.mean_pool, overlapping_x, window=window, stride=stride)
-        assert result.forward.ok and not result["x"].ok and not result.ok
-        assert not verify.check_numerical(wrong, overlapping_x, window=window, stride=stride)["x"].ok
-
-
-def test_checker_catches_overlap_assigned_instead_of_accumulated(overlapping_x):
-    wrong = _pool_with_backward(reference.max_pool, functools.partial(_routed, accumulate=False))
-    result = verify.check_vjp(wrong, reference.max_pool, overlapping_x, window=3, stride=1)
+@pytest.mark.parametrize("name, window, stride", POOL_MISTAKES)
+def test_checker_catches_the_lectures_pooling_mistakes(overlapping_x, name, window, stride):
+    mutant = mutants.MUTANTS[name]
+    assert mutant.lecture
+    wrong, ref = mutant.build(), getattr(reference, mutant.op)
+    result = verify.check_vjp(wrong, ref, overlapping_x, window=window, stride=stride)
     assert result.forward.ok and not result["x"].ok and not result.ok
-    assert not verify.check_numerical(wrong, overlapping_x, window=3, stride=1)["x"].ok
-    # Without overlap the slip is invisible: = and += agree when windows are disjoint.
+    assert not verify.check_numerical(wrong, overlapping_x, window=window, stride=stride)["x"].ok
+    verify.check_vjp(getattr(ops, mutant.op), ref, overlapping_x, window=window, stride=stride).assert_ok()
+
+
+def test_overwriting_is_invisible_without_overlap(overlapping_x):
+    # = and += agree when the windows are disjoint: only overlapping samples can show the slip
+    wrong = mutants.MUTANTS["max_pool.overwrite_on_overlap"].build()
     verify.check_vjp(wrong, reference.max_pool, overlapping_x, window=3, stride=3).assert_ok()
 
 
@@ -354,29 +329,38 @@ def test_mean_pool_keeps_nothing(rng):
 def test_errors(name):
     op, ref = getattr(ops, name), getattr(reference, name)
     x = jnp.zeros((2, 5, 5, 3), jnp.float32)
-    with pytest.raises(ValueError, match=rf"{name}: the window \(6 with dilation 1, extent 6\) is larger than the padded input \(5 \+ 0 \+ 0 = 5\) along spatial axis 0"):
+    with pytest.raises(ValueError, match=rf"{name}: the window \(6 with dilation 1, extent 6\) is larger than the "
+                                         rf"padded input \(5 \+ 0 \+ 0 = 5\) along spatial axis 0"):
         op(x, 6)
-    with pytest.raises(ValueError, match=rf"{name}: the window \(4 with dilation 1, extent 4\) is larger than the padded input \(2 \+ 1 \+ 0 = 3\) along spatial axis 1"):
+    with pytest.raises(ValueError, match=rf"{name}: the window \(4 with dilation 1, extent 4\) is larger than the "
+                                         rf"padded input \(2 \+ 1 \+ 0 = 3\) along spatial axis 1"):
         op(jnp.zeros((1, 4, 2, 1), jnp.float32), (2, 4), padding=((0, 0), (1, 0)))
     with pytest.raises(ValueError, match=rf"{name}: `stride` must be >= 1 on every axis, got 0"):
         op(x, 2, 0)
     with pytest.raises(ValueError, match=rf"{name}: `window` must be >= 1 on every axis, got \(2, 0\)"):
         op(x, (2, 0))
-    with pytest.raises(ValueError, match=rf"{name}: `x` must have 3 or 4 or 5 dimensions \(N, \*spatial, C\): 1 to 3 spatial axes, channels last, got 2 dimensions with shape \(5, 5\)"):
+    with pytest.raises(ValueError, match=rf"{name}: `x` must have 3 or 4 or 5 dimensions \(N, \*spatial, C\): 1 to 3 "
+                                         rf"spatial axes, channels last, got 2 dimensions with shape \(5, 5\)"):
         op(x[0, :, :, 0], 2)
-    with pytest.raises(ValueError, match=rf"{name}: `window` has 3 entries but `x` of shape \(2, 5, 5, 3\) \(N, \*spatial, C\) has 2 spatial axes; give one entry per spatial axis"):
+    with pytest.raises(ValueError, match=rf"{name}: `window` has 3 entries but `x` of shape \(2, 5, 5, 3\) \(N, "
+                                         rf"\*spatial, C\) has 2 spatial axes; give one entry per spatial axis"):
         op(x, (2, 2, 2))
-    with pytest.raises(ValueError, match=rf"{name}: `stride` has 1 entries but `x` of shape \(2, 5, 5, 3\) \(N, \*spatial, C\) has 2 spatial axes"):
+    with pytest.raises(ValueError, match=rf"{name}: `stride` has 1 entries but `x` of shape \(2, 5, 5, 3\) \(N, "
+                                         rf"\*spatial, C\) has 2 spatial axes"):
         op(x, 2, (1,))
-    with pytest.raises(ValueError, match=rf"{name}: unknown `padding` 'HALF'; use 'VALID', 'SAME', 'FULL', an int, or 2 \(low, high\) pairs"):
+    with pytest.raises(ValueError, match=rf"{name}: unknown `padding` 'HALF'; use 'VALID', 'SAME', 'FULL', an int, "
+                                         rf"or 2 \(low, high\) pairs"):
         op(x, 2, padding="HALF")
     with pytest.raises(ValueError, match=rf"{name}: `padding` must not be negative, got -1"):
         op(x, 2, padding=-1)
-    with pytest.raises(ValueError, match=rf"{name}: `padding` must be 'VALID', 'SAME', 'FULL', an int, or 2 \(low, high\) pairs \(one per spatial axis\), got \(\(1, 1\),\)"):
+    with pytest.raises(ValueError, match=rf"{name}: `padding` must be 'VALID', 'SAME', 'FULL', an int, or 2 \(low, "
+                                         rf"high\) pairs \(one per spatial axis\), got \(\(1, 1\),\)"):
         op(x, 2, padding=((1, 1),))
-    with pytest.raises(ValueError, match=rf"{name}: the padding \(\(0, 2\), \(0, 0\)\) must be smaller than the window \(2, 2\) on every side, otherwise a window covers padding only"):
+    with pytest.raises(ValueError, match=rf"{name}: the padding \(\(0, 2\), \(0, 0\)\) must be smaller than the "
+                                         rf"window \(2, 2\) on every side, otherwise a window covers padding only"):
         op(x, 2, padding=((0, 2), (0, 0)))
-    with pytest.raises(TypeError, match=rf"{name}: `window` must be an int or a sequence of 2 ints \(one per spatial axis\), got 2.0"):
+    with pytest.raises(TypeError, match=rf"{name}: `window` must be an int or a sequence of 2 ints \(one per spatial "
+                                        rf"axis\), got 2.0"):
         op(x, 2.0)
     with pytest.raises(TypeError, match=rf"{name}: `x` must be a floating-point array .* got dtype int32"):
         op(jnp.zeros((2, 5, 5, 3), jnp.int32), 2)

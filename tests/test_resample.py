@@ -140,11 +140,15 @@ def test_errors(name):
         op(x, 0)
     with pytest.raises(ValueError, match=rf"{name}: `factor` must be >= 1 on every axis, got \(2, -1\)"):
         op(x, (2, -1))
-    with pytest.raises(ValueError, match=rf"{name}: `factor` has 3 entries but `x` of shape \(2, 5, 5, 3\) \(N, \*spatial, C\) has 2 spatial axes; give one entry per spatial axis, or a single int"):
+    with pytest.raises(ValueError, match=rf"{name}: `factor` has 3 entries but `x` of shape \(2, 5, 5, 3\) \(N, "
+                                         rf"\*spatial, C\) has 2 spatial axes; give one entry per spatial axis, or a "
+                                         rf"single int"):
         op(x, (2, 2, 2))
-    with pytest.raises(ValueError, match=rf"{name}: `x` must have 3 or 4 or 5 dimensions \(N, \*spatial, C\): 1 to 3 spatial axes, channels last, got 6 dimensions"):
+    with pytest.raises(ValueError, match=rf"{name}: `x` must have 3 or 4 or 5 dimensions \(N, \*spatial, C\): 1 to 3 "
+                                         rf"spatial axes, channels last, got 6 dimensions"):
         op(jnp.zeros((1, 2, 2, 2, 2, 1), jnp.float32), 2)
-    with pytest.raises(TypeError, match=rf"{name}: `factor` must be an int or a sequence of 2 ints \(one per spatial axis\), got 1.5"):
+    with pytest.raises(TypeError, match=rf"{name}: `factor` must be an int or a sequence of 2 ints \(one per spatial "
+                                        rf"axis\), got 1.5"):
         op(x, 1.5)
     with pytest.raises(TypeError, match=rf"{name}: `x` must be a floating-point array .* got dtype int32"):
         op(jnp.zeros((2, 5, 5, 3), jnp.int32), 2)

@@ -109,7 +109,8 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
         checkpoint.load(str(foreign), tree)
     with pytest.raises(ValueError, match=r"does not match the expected structure"):
         checkpoint.load(path, {"w": tree["w"]})
-    with pytest.raises(ValueError, match=r"leaf \['w'\] is float32\(2, 3\) in the checkpoint but float32\(3, 2\) is expected"):
+    with pytest.raises(ValueError, match=r"leaf \['w'\] is float32\(2, 3\) in the checkpoint but float32\(3, 2\) is "
+                                         r"expected"):
         checkpoint.load(path, {"w": jnp.zeros((3, 2), jnp.float32), "opt": tree["opt"]})
 
 
@@ -264,7 +265,8 @@ def test_cli_train_writes_metrics_plot_and_checkpoint_and_resumes(tmp_path, caps
     assert len(metrics["history"]) == 5 and 0 <= metrics["test_accuracy"] <= 1 and "test_loss" in metrics
     assert Path(out, "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli.main(["train", "--model", "seesaw_cnn", "--data", "seesaw", "--epochs", "8", "--batch-size", "1",
-                     "--optimizer", "sgd", "--lr", "0.1", "--weight-decay", "0.1", "--out", out, "--quiet", "--resume"]) == 0
+                     "--optimizer", "sgd", "--lr", "0.1", "--weight-decay", "0.1", "--out", out, "--quiet",
+                     "--resume"]) == 0
     assert len(json.loads(Path(out, "metrics.json").read_text())["history"]) == 8
 
 
@@ -274,8 +276,8 @@ def test_cli_trains_resnet20_with_batch_norm_on_fashion_mnist_and_resumes(tmp_pa
         data.write_idx(str(tmp_path / f"{split}-images-idx3-ubyte.gz"), rng.integers(0, 256, (n, 28, 28), np.uint8))
         data.write_idx(str(tmp_path / f"{split}-labels-idx1-ubyte.gz"), (np.arange(n) % 10).astype(np.uint8))
     out = str(tmp_path / "run")
-    argv = ["train", "--model", "resnet20", "--data", "fashion_mnist", "--data-dir", str(tmp_path), "--batch-size", "16",
-            "--optimizer", "sgd", "--lr", "0.1", "--momentum", "0.9", "--out", out, "--quiet"]
+    argv = ["train", "--model", "resnet20", "--data", "fashion_mnist", "--data-dir", str(tmp_path),
+            "--batch-size", "16", "--optimizer", "sgd", "--lr", "0.1", "--momentum", "0.9", "--out", out, "--quiet"]
     assert cli.main([*argv, "--epochs", "1"]) == 0
     assert "resnet20 on fashion_mnist: test accuracy" in capsys.readouterr().out
     header = checkpoint.read_header(str(Path(out, "checkpoint.npz")))
@@ -301,7 +303,8 @@ def test_cli_train_bad_arguments(argv, message, capsys):
 def test_cli_train_mismatched_model_and_data(capsys, tmp_path):
     assert cli.main(["train", "--model", "lenet5", "--data", "seesaw", "--out", str(tmp_path)]) == 2
     assert "model lenet5 takes inputs of shape (32, 32, 1) but dataset seesaw has (5,)" in capsys.readouterr().err
-    assert cli.main(["train", "--data", "fashion_mnist", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
+    missing = str(tmp_path / "none")
+    assert cli.main(["train", "--data", "fashion_mnist", "--data-dir", missing, "--out", str(tmp_path)]) == 2
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
 
 
@@ -397,7 +400,8 @@ def test_unshuffled_epoch_visits_the_patterns_in_order(loop):
     step = train.make_step(train.make_loss(model, weight_decay=0.1), opt)
     state = train.TrainState(params, model_state, opt.init(params), jnp.int32(0), KEY)
     x, y = jnp.asarray(d.x_train), jnp.asarray(d.y_train)
-    scanned, losses, _ = train.make_epoch(step, 1, shuffle=False, loop=loop)(jax.tree_util.tree_map(jnp.copy, state), x, y, 6)
+    epoch = train.make_epoch(step, 1, shuffle=False, loop=loop)
+    scanned, losses, _ = epoch(jax.tree_util.tree_map(jnp.copy, state), x, y, 6)
     looped, looped_losses = state, []
     for i in range(6):
         looped, (loss, _) = jax.jit(step)(looped, (x[i:i + 1], y[i:i + 1]))
@@ -409,7 +413,8 @@ def test_unshuffled_epoch_visits_the_patterns_in_order(loop):
 
 def test_fit_stops_early_and_keeps_step_losses(tmp_path):
     d, path = _toy(), str(tmp_path / "ckpt.npz")
-    stop = lambda record: record["epoch"] == 3
+    def stop(record):
+        return record["epoch"] == 3
     result = train.fit(_model(), d, epochs=10, batch_size=16, quiet=True, stop_when=stop, step_losses=True,
                        checkpoint_path=path)
     assert [h["epoch"] for h in result.history] == [1, 2, 3] and int(result.state.step) == 3 * 4
@@ -441,13 +446,16 @@ def test_auto_loop_steps_on_the_cpu_only_when_a_convolution_is_slow_in_a_loop():
     """XLA:CPU runs non-canonical convolutions (autodiff's transposed ones) slowly inside loop
     bodies: "auto" dispatches steps then, and scans otherwise — the ops' XLA convolutions included."""
     xla_model = nn.serial(nn.Conv(3, (3,), padding=1, method="xla"), nn.Relu(), nn.Flatten(), nn.Dense(2))
-    autodiff_model = nn.serial(nn.Conv(3, (3,), stride=2, padding=1, ops=reference), nn.Relu(), nn.Flatten(), nn.Dense(2))
+    autodiff_model = nn.serial(nn.Conv(3, (3,), stride=2, padding=1, ops=reference), nn.Relu(), nn.Flatten(),
+                               nn.Dense(2))
     transpose_model = nn.serial(nn.ConvTranspose(3, (3,), stride=2), nn.Relu(), nn.Flatten(), nn.Dense(2))
-    transpose_autodiff = nn.serial(nn.ConvTranspose(3, (3,), stride=2, ops=reference), nn.Relu(), nn.Flatten(), nn.Dense(2))
+    transpose_autodiff = nn.serial(nn.ConvTranspose(3, (3,), stride=2, ops=reference), nn.Relu(), nn.Flatten(),
+                                   nn.Dense(2))
     taps_model = nn.serial(nn.Conv(3, (3, 3), padding=1, method="taps"), nn.Relu(), nn.Flatten(), nn.Dense(2))
     mlp = _model()
-    for model, shape, slow in ((xla_model, (6, 1), False), (autodiff_model, (6, 2), True), (transpose_model, (6, 2), False),
-                               (transpose_autodiff, (6, 2), True), (taps_model, (4, 4, 1), False), (mlp, (8,), False)):
+    for model, shape, slow in ((xla_model, (6, 1), False), (autodiff_model, (6, 2), True),
+                               (transpose_model, (6, 2), False), (transpose_autodiff, (6, 2), True),
+                               (taps_model, (4, 4, 1), False), (mlp, (8,), False)):
         params, model_state, _ = model.init(KEY, (-1, *shape))
         x = jnp.asarray(np.random.default_rng(0).normal(size=(8, *shape)), jnp.float32)
         y = jnp.asarray([0, 1] * 4)
@@ -459,7 +467,8 @@ def test_auto_loop_steps_on_the_cpu_only_when_a_convolution_is_slow_in_a_loop():
         step = train.make_step(train.make_loss(model), opt)
         results = {}
         for loop in ("auto", "scan", "steps"):
-            state = train.TrainState(jax.tree_util.tree_map(jnp.copy, params), model_state, opt.init(params), jnp.int32(0), jnp.copy(KEY))
+            state = train.TrainState(jax.tree_util.tree_map(jnp.copy, params), model_state, opt.init(params),
+                                     jnp.int32(0), jnp.copy(KEY))
             state, losses, _ = train.make_epoch(step, 4, loop=loop)(state, x, y, 2)
             assert losses.shape == (2,) and int(state.step) == 2
             results[loop] = losses

@@ -111,7 +111,8 @@ def test_tolerances_follow_the_dtype(rng):
     assert verify.check_vjp(ops.tanh, reference.tanh, x).dtype == "float64"
     assert verify.TOLERANCES["float64"].rtol < verify.TOLERANCES["float32"].rtol < verify.TOLERANCES["bfloat16"].rtol
     # a 1e-6 relative error fails in float64 and passes in float32
-    off = lambda x: reference.tanh(x) * (1 + 1e-6)
+    def off(x):
+        return reference.tanh(x) * (1 + 1e-6)
     assert not verify.check_vjp(off, reference.tanh, x).ok
     assert verify.check_vjp(off, reference.tanh, x.astype(jnp.float32)).ok
 

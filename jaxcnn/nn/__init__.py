@@ -18,6 +18,7 @@ A layer is ``init(key, input_shape) -> (params, state, output_shape)`` and
 """
 
 from jaxcnn.nn import initializers
+from jaxcnn.nn.bound import bind
 from jaxcnn.nn.core import (
     Layer,
     dense_block,
@@ -78,6 +79,7 @@ __all__ = [
     "Softmax",
     "Tanh",
     "Upsample",
+    "bind",
     "dense_block",
     "fan_in_concat",
     "fan_in_sum",

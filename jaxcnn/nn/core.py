@@ -258,7 +258,8 @@ def dense_block(*layers: Layer) -> Layer:
 
 
 def _check_tuple_shape(op: str, input_shape, n: Optional[int] = None) -> None:
-    ok = isinstance(input_shape, (tuple, list)) and input_shape and all(isinstance(s, (tuple, list)) for s in input_shape)
+    ok = isinstance(input_shape, (tuple, list)) and input_shape
+    ok = ok and all(isinstance(s, (tuple, list)) for s in input_shape)
     if not ok or (n is not None and len(input_shape) != n):
         want = f"a tuple of {n} shapes" if n is not None else "a tuple of shapes (one per branch)"
         raise ValueError(f"{op}: the input must be {want}, e.g. from fan_out; got input shape {input_shape!r}.")

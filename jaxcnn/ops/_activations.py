@@ -70,9 +70,8 @@ def _at_zero(op, value, allowed, other):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _relu(x, passes_at_zero):
-    # clamp(0, x, ∞) = max(x, 0), NaN included. XLA:CPU hands a max to its matrix-kernel
-    # fusions with the zero written out as a full array; a clamp it keeps in its own loop
-    # (isolated fwd + bwd 1.1-1.2x -> 0.85-0.98x autodiff; MNIST-1D step 1.00 -> 0.95 ms).
+    # clamp(0, x, ∞) = max(x, 0), NaN included: XLA:CPU keeps a clamp in its own loop
+    # (performance.md, "ReLU as clamp").
     return lax.clamp(jnp.zeros((), x.dtype), x, jnp.asarray(jnp.inf, x.dtype))
 
 

@@ -169,14 +169,11 @@ _conv.defvjp(_conv_fwd, _conv_bwd)
 
 # --------------------------------------------------------------------------- the lecture's formulas
 #
-# With y[n, o, q] = b_q + Σ_{k,p} x_pad[n, o·s + k·d, p] w[k, p, q] and δ = ∂E/∂y, each
-# partial derivative collects the terms its variable appears in (Hu & Zhu):
-#   ∂E/∂x_pad[n, i, p] = Σ_{o,k: o·s + k·d = i} Σ_q δ[n, o, q] w[k, p, q]: δ upsampled by s
-#       (s − 1 zeros between entries, Raj), zero-padded by k_d − 1 and correlated with the
-#       flipped kernel, planes transposed — δ *full w — then the forward's padding cropped;
-#   ∂E/∂w[k, p, q] = Σ_{n,o} x_pad[n, o·s + k·d, p] δ[n, o, q]: the padded input correlated
-#       with the stride-upsampled δ, summed over the batch — x *valid rot180(δ);
-#   ∂E/∂b_q = Σ_{n,o} δ[n, o, q].
+# Hu & Zhu: differentiate y[n, o, q] = b_q + Σ_{k,p} x_pad[n, o·s + k·d, p] w[k, p, q] term by term:
+#   ∂E/∂x_pad[n, i, p] = Σ_{o,k: o·s + k·d = i} Σ_q δ[n, o, q] w[k, p, q]   δ *full w (Raj: δ upsampled by s,
+#                                                                          padded by k_d − 1, then cropped)
+#   ∂E/∂w[k, p, q]     = Σ_{n,o} x_pad[n, o·s + k·d, p] δ[n, o, q]          x *valid rot180(δ)
+#   ∂E/∂b_q            = Σ_{n,o} δ[n, o, q]                                  Σ δ
 # Input elements no window reached (_shapes.unreached) get zero gradient.
 
 

@@ -92,17 +92,16 @@ def conv_transpose(
     [100.0, 10.0, 201.0, 20.0, 2.0]
     """
     x, w, b, geom = _validate(x, w, b, stride, padding)
-    return _conv_transpose(x, w, b, geom)
+    return _conv_transpose(x, w, b, geom, b is not None)
 
 
 class ConvTransposeResiduals(NamedTuple):
     x: jax.Array  # the input, for dw
     w: jax.Array  # the kernel, for dx
-    b: Optional[jax.Array]  # only tells bwd whether a bias exists (None: no db)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _conv_transpose(x, w, b, geom: Geometry):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _conv_transpose(x, w, b, geom: Geometry, bias: bool):
     nd = w.ndim - 2
     y = lax.conv_general_dilated(
         x, w, (1,) * nd, geom.pads, lhs_dilation=geom.stride, dimension_numbers=canonical_numbers(nd)
@@ -110,11 +109,11 @@ def _conv_transpose(x, w, b, geom: Geometry):
     return y if b is None else y + b
 
 
-def _conv_transpose_fwd(x, w, b, geom: Geometry):
-    return _conv_transpose(x, w, b, geom), ConvTransposeResiduals(x, w, b)
+def _conv_transpose_fwd(x, w, b, geom: Geometry, bias: bool):
+    return _conv_transpose(x, w, b, geom, bias), ConvTransposeResiduals(x, w)
 
 
-def _conv_transpose_bwd(geom: Geometry, res: ConvTransposeResiduals, g):
+def _conv_transpose_bwd(geom: Geometry, bias: bool, res: ConvTransposeResiduals, g):
     x, w = res.x, res.w
     nd = w.ndim - 2
     spatial = tuple(range(nd))
@@ -122,7 +121,8 @@ def _conv_transpose_bwd(geom: Geometry, res: ConvTransposeResiduals, g):
     pads = tuple((k - 1 - p_lo, k - 1 - p_hi) for k, (p_lo, p_hi) in zip(geom.window, geom.pads))
     # Every convolution below is in XLA:CPU's canonical form (channels last, kernel
     # (*window, in, out)), its operands moved there explicitly: read through swapped
-    # dimension numbers instead, XLA:CPU runs them far slower inside a loop body.
+    # dimension numbers instead, XLA:CPU runs them far slower inside a loop body
+    # (performance.md, "Canonical convolution form").
     # dx[i] = Σ_j g[S·i − lo + j] · flip(w)[j]ᵀ: a stride-S correlation of δ.
     w_swapped = jnp.swapaxes(lax.rev(w, spatial), -1, -2)  # flip(w)[j]ᵀ: (*window, C_out, C_in)
     dx = lax.conv_general_dilated(g, w_swapped, geom.stride, pads, dimension_numbers=canonical_numbers(nd))
@@ -130,7 +130,7 @@ def _conv_transpose_bwd(geom: Geometry, res: ConvTransposeResiduals, g):
     # contracted over the batch.
     dw_flipped = correlate_over_batch(g, x, (1,) * nd, pads, geom.stride)  # (*window, C_out, C_in)
     dw = lax.rev(jnp.swapaxes(dw_flipped, -1, -2), spatial)
-    db = None if res.b is None else jnp.sum(g, axis=tuple(range(nd + 1)))
+    db = jnp.sum(g, axis=tuple(range(nd + 1))) if bias else None
     return dx, dw, db
 
 

@@ -6,6 +6,7 @@ Park, "FC layer" forward/backward; Bell, the chain rule for a linear layer.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional
 
 import jax
@@ -49,30 +50,29 @@ def dense(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None) -> jax.Arra
     [[1.0, 0.0, 1.5]]
     """
     x, w, b = _validate(x, w, b)
-    return _dense(x, w, b)
+    return _dense(x, w, b, b is not None)
 
 
 class DenseResiduals(NamedTuple):
     x: jax.Array  # the input, for dW = gᵀ x
     w: jax.Array  # the weights, for dx = g W
-    b: Optional[jax.Array]  # only tells bwd whether a bias exists (None: no db)
 
 
-@jax.custom_vjp
-def _dense(x, w, b):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _dense(x, w, b, bias: bool):
     y = lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())))
     return y if b is None else y + b
 
 
-def _dense_fwd(x, w, b):
-    return _dense(x, w, b), DenseResiduals(x, w, b)
+def _dense_fwd(x, w, b, bias: bool):
+    return _dense(x, w, b, bias), DenseResiduals(x, w)
 
 
-def _dense_bwd(res: DenseResiduals, g):
+def _dense_bwd(bias: bool, res: DenseResiduals, g):
     lead = tuple(range(g.ndim - 1))
     dx = g @ res.w
     dw = lax.dot_general(g, res.x, ((lead, lead), ((), ())))
-    db = None if res.b is None else jnp.sum(g, axis=lead)
+    db = jnp.sum(g, axis=lead) if bias else None
     return dx, dw, db
 
 

@@ -9,7 +9,6 @@ forward is one matrix product with the column matrix, ``dW`` comes from ``im2col
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from typing import Sequence
 
@@ -87,11 +86,6 @@ _im2col.defvjp(_im2col_fwd, _im2col_bwd)
 # --------------------------------------------------------------------------- the two maps
 
 
-def _offsets(window: Sequence[int]):
-    """Window offsets ``k`` in row-major order (the order of ``w.reshape(-1, C_out)``)."""
-    return itertools.product(*(range(k) for k in window))
-
-
 def taps(x: jax.Array, geom: _shapes.Geometry) -> list[jax.Array]:
     """One strided slice of the zero-padded ``x`` per window offset ``k`` (row-major):
     ``x_pad[:, o·s + k·d, :]`` of shape ``(N, *out_spatial, C)``, the inputs tap ``k`` sees."""
@@ -99,7 +93,7 @@ def taps(x: jax.Array, geom: _shapes.Geometry) -> list[jax.Array]:
     n, c = x.shape[0], x.shape[-1]
     strides = (1, *geom.stride, 1)
     slices = []
-    for offset in _offsets(geom.window):
+    for offset in _shapes.offsets(geom.window):
         start = (0, *(o * d for o, d in zip(offset, geom.dilation)), 0)
         limit = (n, *(st + (m - 1) * s + 1 for st, m, s in zip(start[1:], geom.out_shape, geom.stride)), c)
         slices.append(lax.slice(x_pad, start, limit, strides))
@@ -119,10 +113,10 @@ def patches(x: jax.Array, geom: _shapes.Geometry) -> jax.Array:
 
     Built one spatial axis at a time, the last first: each stage stacks the ``k_d``
     strided slices along axis ``d`` of what the previous stage built, so a 5 × 5 window
-    is two stacks of 5 rather than one of 25 (XLA:CPU fuses a short stack into one loop
-    but copies each slice of a long one into a buffer of its own first: LeNet-5's C3
-    column matrix 2.1 → 0.9 ms of kernel time per step). Columns are ordered as the
-    stacked taps: window offsets row-major, then channels, as in ``w.reshape(-1, C_out)``.
+    is two stacks of 5 rather than one of 25, which XLA:CPU fuses into loops instead of
+    copying every slice out first (performance.md, "Column matrix one axis at a time").
+    Columns are ordered as the stacked taps: window offsets row-major, then channels, as
+    in ``w.reshape(-1, C_out)``.
 
     Plain JAX with no custom rule (used inside hand-derived rules, and differentiable
     again for grad-of-grad). Jitted so that eager calls compile once, not once per slice.
@@ -156,7 +150,7 @@ def col2im(cols: jax.Array, geom: _shapes.Geometry, spatial_shape: tuple[int, ..
     padded = [size + lo + hi for size, (lo, hi) in zip(spatial_shape, geom.pads)]
     zero = jnp.zeros((), cols.dtype)
     total = None
-    for i, offset in enumerate(_offsets(geom.window)):
+    for i, offset in enumerate(_shapes.offsets(geom.window)):
         config = [(0, 0, 0)]
         for o, d, s, m, p in zip(offset, geom.dilation, geom.stride, geom.out_shape, padded):
             config.append((o * d, p - o * d - (m - 1) * s - 1, s - 1))

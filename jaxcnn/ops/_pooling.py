@@ -6,31 +6,15 @@ the others get zero); Raj (max pooling keeps the arg-max ``P(l, m, i, j)`` and r
 there with ``+=`` "because this entry may be selected in multiple adjacent overlapping
 windows"; mean pooling spreads ``δ / K²`` over the window, again with ``+=``).
 
-Forward: both ops visit the window one offset ``j`` at a time — ``x[:, s·i + j, :]``
-over all output positions ``i`` is one strided slice of the padded input (for mean
-pooling with ``stride == window`` and at least 8 channels, one block sum of a reshaped
-view instead: faster there — 2×2 on 64 channels 0.92 vs 1.47 ms fwd + bwd — but with
-LeNet-5's 6 channels its minor axis is too short to vectorise, and the slices, added in
-one loop, made the LeNet-5 step 0.3–0.9 ms faster).
-
-Backward: the transpose of those slices, summed (``+=``), built from output-sized
-pieces. Along each axis write the padded input position as ``s·b + r`` (block ``b``,
-*phase* ``0 ≤ r < s``). Offset ``j = r + s·m`` of output ``i`` is block ``i + m`` of
-phase ``r``, so its contribution lands in one phase, shifted by ``m`` blocks (a plain
-zero pad of an output-sized array). Each phase sums the offsets that land in it — with
-``stride < window`` an element is in up to ``⌈k / s⌉`` windows per axis, the lectures'
-``+=`` — and the phases interleave into the input-sized gradient with one stack and a
-reshape, the only input-sized buffer written. When the windows tile the input
-(``stride == window``) nothing overlaps and each window is one block of a reshaped view:
-the backward spreads δ over its block with a broadcast (mean) or a comparison with the
-arg-max (max). The phase form would compute the same values, but in a network XLA:CPU
-then fuses the producer of δ into the interleave (LeNet-5's step: 5 ms slower).
+Both ops visit the window one offset at a time (a strided slice of the padded input per
+offset), and their backward is the transpose of those slices with ``+=`` where windows
+overlap; the slices, their transposes and the tiled (``stride == window``) shortcuts are
+in :mod:`jaxcnn.ops._windows`.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 from typing import NamedTuple
 
 import jax
@@ -40,6 +24,7 @@ from jax import lax
 
 from jaxcnn import _checks, _shapes
 from jaxcnn._shapes import Geometry, Padding
+from jaxcnn.ops import _windows
 
 # --------------------------------------------------------------------------- max pooling
 
@@ -113,11 +98,11 @@ def _max_pool(x, geom: Geometry, in_shape):
 
 
 def _max_pool_fwd(x, geom: Geometry, in_shape):
-    xp = _pad(x, geom.pads, -jnp.inf)
+    xp = _windows.pad(x, geom.pads, -jnp.inf)
     index = jnp.int8 if np.prod(geom.window) <= 127 else jnp.int32
     y, argmax = None, None
-    for j, offset in enumerate(_offsets(geom.window)):
-        v = _window_entry(xp, offset, geom)  # x[s·i − lo + j] for every i
+    for j, offset in enumerate(_shapes.offsets(geom.window)):
+        v = _windows.window_entry(xp, offset, geom)  # x[s·i − lo + j] for every i
         if y is None:
             y, argmax = v, jnp.zeros(v.shape, index)
         else:
@@ -129,10 +114,11 @@ def _max_pool_fwd(x, geom: Geometry, in_shape):
 def _max_pool_bwd(geom: Geometry, in_shape, res: MaxPoolResiduals, g):
     zero = jnp.zeros((), g.dtype)
     if geom.stride == geom.window:  # the windows tile the input: no overlap, no += needed
-        blocks = jnp.where(_per_block(res.argmax) == _offset_index(geom.window), _per_block(g), zero)
-        return (_unblock(blocks, geom, in_shape),)
+        winner = _windows.per_block(res.argmax) == _windows.offset_index(geom.window)
+        blocks = jnp.where(winner, _windows.per_block(g), zero)
+        return (_windows.unblock(blocks, geom, in_shape),)
     # dx[s·i − lo + P(i)] += g[i]: offset j receives g[i] where P(i) = j.
-    return (_place_all(lambda j: jnp.where(res.argmax == j, g, zero), geom, in_shape),)
+    return (_windows.place_all(lambda j: jnp.where(res.argmax == j, g, zero), geom, in_shape),)
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
@@ -195,16 +181,18 @@ def mean_pool(
     return _mean_pool(x, geom, x.shape[1:-1], bool(count_padding))
 
 
-_BLOCK_SUM_CHANNELS = 8  # a float32 vector: fewer channels, and XLA:CPU's block sum runs scalar
+# Tiled mean pooling sums blocks of a reshaped view from this many channels on (a float32
+# vector); with fewer, XLA:CPU runs the block sum scalar (performance.md, "Pooling block sums").
+_BLOCK_SUM_CHANNELS = 8
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _mean_pool(x, geom: Geometry, in_shape, count_padding):
-    xp = _pad(x, geom.pads, 0)
+    xp = _windows.pad(x, geom.pads, 0)
     if geom.stride == geom.window and x.shape[-1] >= _BLOCK_SUM_CHANNELS:  # tiled: sum each block
-        total = jnp.sum(_into_blocks(xp, geom), axis=tuple(range(2, 2 * len(in_shape) + 1, 2)))
+        total = jnp.sum(_windows.into_blocks(xp, geom), axis=tuple(range(2, 2 * len(in_shape) + 1, 2)))
     else:
-        total = sum(_window_entry(xp, offset, geom) for offset in _offsets(geom.window))
+        total = sum(_windows.window_entry(xp, offset, geom) for offset in _shapes.offsets(geom.window))
     return total / _divisor(geom, in_shape, count_padding, x.dtype)
 
 
@@ -215,109 +203,13 @@ def _mean_pool_fwd(x, geom: Geometry, in_shape, count_padding):
 def _mean_pool_bwd(geom: Geometry, in_shape, count_padding, res, g):
     share = g / _divisor(geom, in_shape, count_padding, g.dtype)  # δ / K
     if geom.stride == geom.window:  # the windows tile the input: each block gets its share
-        blocks = jnp.broadcast_to(_per_block(share), _blocks_shape(g.shape, geom))
-        return (_unblock(blocks, geom, in_shape),)
+        blocks = jnp.broadcast_to(_windows.per_block(share), _windows.blocks_shape(g.shape, geom))
+        return (_windows.unblock(blocks, geom, in_shape),)
     # dx[s·i − lo + j] += g[i] / K for every offset j of the window.
-    return (_place_all(lambda j: share, geom, in_shape),)
+    return (_windows.place_all(lambda j: share, geom, in_shape),)
 
 
 _mean_pool.defvjp(_mean_pool_fwd, _mean_pool_bwd)
-
-
-# --------------------------------------------------------------------------- window helpers
-
-
-def _offsets(window):
-    """The window offsets ``j`` in window order (row-major: the last axis varies fastest)."""
-    return itertools.product(*(range(k) for k in window))
-
-
-def _pad(x, pads, value):
-    """Pads the spatial axes of a channels-last array with ``value``."""
-    if not any(lo or hi for lo, hi in pads):
-        return x
-    config = [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)]
-    return lax.pad(x, jnp.asarray(value, x.dtype), config)
-
-
-def _window_entry(xp, offset, geom: Geometry):
-    """``xp[:, j + s·i, :]`` for every output position ``i``: one strided slice."""
-    start = (0, *offset, 0)
-    limit = (
-        xp.shape[0],
-        *(j + (o - 1) * s + 1 for j, o, s in zip(offset, geom.out_shape, geom.stride)),
-        xp.shape[-1],
-    )
-    return lax.slice(xp, start, limit, (1, *geom.stride, 1))
-
-
-def _into_blocks(xp, geom: Geometry):
-    """Tiled windows (stride = window): the padded input as ``(N, o₁, k₁, …, o_d, k_d, C)``,
-    without the tail that no window reaches."""
-    covered = (xp.shape[0], *(o * k for o, k in zip(geom.out_shape, geom.window)), xp.shape[-1])
-    return lax.slice(xp, (0,) * xp.ndim, covered).reshape(_blocks_shape(xp.shape, geom))
-
-
-def _blocks_shape(shape, geom: Geometry):
-    """``(N, o₁, k₁, …, o_d, k_d, C)`` for an array of shape ``(N, …, C)``."""
-    return (shape[0], *(d for o, k in zip(geom.out_shape, geom.window) for d in (o, k)), shape[-1])
-
-
-def _per_block(a):
-    """``(N, o₁, …, o_d, C)`` viewed as ``(N, o₁, 1, …, o_d, 1, C)``: one value per block."""
-    return a.reshape((a.shape[0], *(d for o in a.shape[1:-1] for d in (o, 1)), a.shape[-1]))
-
-
-def _offset_index(window):
-    """The index ``j`` of each window offset, shaped ``(1, 1, k₁, …, 1, k_d, 1)`` to meet
-    :func:`_per_block`."""
-    index = np.arange(np.prod(window)).reshape(window)  # row-major: window order
-    return index.reshape((1, *(d for k in window for d in (1, k)), 1))
-
-
-def _unblock(blocks, geom: Geometry, in_shape):
-    """The transpose of :func:`_into_blocks` and :func:`_pad`: blocks ``(N, o₁, k₁, …, C)``
-    merged, zeros for the tail that no window reached, the padding cropped."""
-    merged = blocks.reshape((blocks.shape[0], *(o * k for o, k in zip(geom.out_shape, geom.window)), blocks.shape[-1]))
-    config = [(0, 0, 0)]
-    for size, (lo, _), o, k in zip(in_shape, geom.pads, geom.out_shape, geom.window):
-        config.append((-lo, size + lo - o * k, 0))  # crop the padding; zeros at the unreached tail
-    config.append((0, 0, 0))
-    return lax.pad(merged, jnp.zeros((), merged.dtype), config)
-
-
-def _place_all(contribution, geom: Geometry, in_shape):
-    """``Σ_j c_j[i]`` placed at ``s·i + j − lo`` over the window offsets ``j`` — the
-    transpose of the window slices, with ``+=`` where windows overlap — as an array of
-    ``(N, *in_shape, C)``; ``c_j = contribution(j)`` is output-sized, ``j`` the offset's
-    window-order index.
-
-    Offset ``j = r + s·m`` lands in phase ``r`` (``x[s·b + r]`` is block ``b``, phase
-    ``r``), shifted by ``m`` blocks: a zero pad of ``c_j`` to the ``B = o + ⌈k / s⌉ − 1``
-    blocks of a phase. Each phase sums its offsets, and the phases interleave into one
-    array by a stack and a reshape, so every buffer but the result is output-sized."""
-    blocks = tuple(o + -(-k // s) - 1 for o, k, s in zip(geom.out_shape, geom.window, geom.stride))
-    per_phase: dict[tuple[int, ...], jax.Array] = {}
-    for j, offset in enumerate(_offsets(geom.window)):
-        m, r = zip(*(divmod(t, s) for t, s in zip(offset, geom.stride)))
-        c = contribution(j)
-        config = [(0, 0, 0), *((mi, b - o - mi, 0) for mi, b, o in zip(m, blocks, geom.out_shape)), (0, 0, 0)]
-        shifted = lax.pad(c, jnp.zeros((), c.dtype), config)  # c[i] at block i + m
-        per_phase[r] = per_phase[r] + shifted if r in per_phase else shifted  # +=
-    some = next(iter(per_phase.values()))
-    n, channels = some.shape[0], some.shape[-1]
-
-    def interleave(r):  # the phases r + (q, …) stacked after block axis len(r)
-        if len(r) == len(blocks):
-            return per_phase[r] if r in per_phase else jnp.zeros_like(some)  # no offset lands here
-        return jnp.stack([interleave((*r, q)) for q in range(geom.stride[len(r)])], axis=len(r) + 2)
-
-    xp = interleave(()).reshape((n, *(b * s for b, s in zip(blocks, geom.stride)), channels))
-    config = [(0, 0, 0)]
-    for size, (lo, _), b, s in zip(in_shape, geom.pads, blocks, geom.stride):
-        config.append((-lo, size + lo - b * s, 0))  # crop the padding; zeros (or a cut) at the tail
-    config.append((0, 0, 0))
-    return lax.pad(xp, jnp.zeros((), xp.dtype), config)
 
 
 def _divisor(geom: Geometry, in_shape, count_padding, dtype):

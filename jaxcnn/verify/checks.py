@@ -407,35 +407,71 @@ def check_numerical(
 
 
 def _check_numerical_x64(op, args, step, elementwise_max, directions, seed, tol, settings):
+    rng = np.random.default_rng(seed)
+    try:
+        args, v, pullback, phi = start_float64_probing(op, args, settings, rng)
+        ct = pullback(v)
+    except Exception as e:
+        return CheckResult(name_of(op), "finite differences", "float64", None, (), f"{type(e).__name__}: {e}")
+    reports = []
+    for probe in probes(op, args, phi, rng, elementwise_max, directions):
+        rule = np.asarray(as_array(cotangent_leaf(ct[probe.index], probe.path), probe.leaf), np.float64)
+        plus, minus = perturbed(probe.phi_at, probe.leaf, jnp.asarray(probe.directions), step)
+        if probe.elementwise:
+            reports.append(compare(probe.name, rule, ((plus - minus) / (2 * step)).reshape(probe.leaf.shape), tol))
+        else:
+            reports.append(_projections(probe, rule, plus, minus, step, tol))
+    return CheckResult(name_of(op), "finite differences", "float64", None, tuple(reports))
+
+
+# --------------------------------------------------------------------------- float64 probing
+# Shared by check_numerical and diagnose; call inside ``jax.enable_x64(True)``.
+
+
+def start_float64_probing(op: Callable, args: Sequence[Any], settings: dict, rng: np.random.Generator):
+    """``(args, v, pullback, φ)``: ``args`` with floating leaves cast to float64, a random
+    cotangent ``v`` of ``op``'s output, the rule's pullback, and ``φ(*a) = ⟨op(*a), v⟩``.
+    Raises whatever ``op`` raises."""
     args = jax.tree_util.tree_map(
         lambda a: jnp.asarray(a, jnp.float64) if _is_float(a) else jnp.asarray(a), tuple(args)
     )
-    against = "finite differences"
-    rng = np.random.default_rng(seed)
-    try:
-        out, vjp_fn = jax.vjp(lambda *a: op(*a, **settings), *args)
-        v = random_like(rng, out)
-        ct = vjp_fn(v)
-    except Exception as e:
-        return CheckResult(name_of(op), against, "float64", None, (), f"{type(e).__name__}: {e}")
+    fn = lambda *a: op(*a, **settings)  # noqa: E731
+    out, pullback = jax.vjp(fn, *args)
+    v = random_like(rng, out)
 
     def phi(*a):
-        outs = jax.tree_util.tree_leaves(op(*a, **settings))
-        return sum(jnp.vdot(o, w) for o, w in zip(outs, jax.tree_util.tree_leaves(v)))
+        return sum(jnp.vdot(o, w) for o, w in zip(jax.tree_util.tree_leaves(fn(*a)), jax.tree_util.tree_leaves(v)))
 
-    reports = []
+    return args, v, pullback, phi
+
+
+class Probe(NamedTuple):
+    """One floating leaf of the arguments and the directions to probe it along."""
+
+    name: str  # the argument's name and the leaf's path
+    index: int  # the argument's position
+    path: tuple  # the leaf's path in the argument
+    leaf: jax.Array
+    phi_at: Callable  # value of the leaf -> φ
+    directions: np.ndarray  # (P, leaf.size): unit vectors (element by element) or random
+    indices: list  # per direction: the element's index, or ("direction", k)
+    elementwise: bool
+
+
+def probes(op: Callable, args: Sequence[Any], phi: Callable, rng: np.random.Generator, elementwise_max: int,
+           directions: int):
+    """A :class:`Probe` per floating leaf: every element of leaves of at most
+    ``elementwise_max`` elements, else ``directions`` random directions (drawn from ``rng``)."""
     for name, i, path, leaf in float_leaves(op, args):
-        rule = np.asarray(as_array(cotangent_leaf(ct[i], path), leaf), np.float64)
-
         def phi_at(value, i=i, path=path):
-            arg = _replace_leaf(args[i], path, value)
-            return phi(*args[:i], arg, *args[i + 1:])
+            return phi(*args[:i], _replace_leaf(args[i], path, value), *args[i + 1:])
 
         if leaf.size <= elementwise_max:
-            reports.append(_elementwise(name, phi_at, leaf, rule, step, tol))
+            indices = [tuple(int(j) for j in np.unravel_index(k, leaf.shape)) for k in range(leaf.size)]
+            yield Probe(name, i, path, leaf, phi_at, np.eye(leaf.size), indices, True)
         else:
-            reports.append(_projections(name, phi_at, leaf, rule, step, tol, rng, directions))
-    return CheckResult(name_of(op), against, "float64", None, tuple(reports))
+            yield Probe(name, i, path, leaf, phi_at, rng.standard_normal((directions, leaf.size)),
+                        [("direction", k) for k in range(directions)], False)
 
 
 def _replace_leaf(tree: Any, path: tuple, value: Any) -> Any:
@@ -452,24 +488,18 @@ def perturbed(phi_at: Callable, leaf: jax.Array, directions: jax.Array, step: fl
     return (jax.lax.map(f, step * directions, batch_size=64), jax.lax.map(f, -step * directions, batch_size=64))
 
 
-def _elementwise(name, phi_at, leaf, rule, step, tol) -> ArgumentReport:
-    plus, minus = perturbed(phi_at, leaf, jnp.eye(leaf.size, dtype=leaf.dtype), step)
-    return compare(name, rule, ((plus - minus) / (2 * step)).reshape(leaf.shape), tol)
-
-
-def _projections(name, phi_at, leaf, rule, step, tol, rng, directions) -> ArgumentReport:
-    u = jnp.asarray(rng.standard_normal((directions, leaf.size)), jnp.float64)
-    plus, minus = perturbed(phi_at, leaf, u, step)
+def _projections(probe: Probe, rule, plus, minus, step, tol) -> ArgumentReport:
+    u = probe.directions
     numeric = np.asarray((plus - minus) / (2 * step))
     analytic = np.asarray(u @ rule.reshape(-1))
     reports = []
-    for k in range(directions):
+    for k in range(len(u)):
         scale = float(np.linalg.norm(u[k]) * np.linalg.norm(rule))
         allowed = tol.atol * max(1.0, scale) + tol.rtol * abs(numeric[k])
         err = abs(analytic[k] - numeric[k])
         err = err if np.isfinite(err) else np.inf
         reports.append(ArgumentReport(
-            name, tuple(leaf.shape), err, err / scale if scale > 0 else err,
+            probe.name, tuple(probe.leaf.shape), err, err / scale if scale > 0 else err,
             ("direction", k), float(analytic[k]), float(numeric[k]), allowed, bool(err <= allowed),
         ))
     return worst(reports)

@@ -38,10 +38,10 @@ from jaxcnn.verify.checks import (
     as_array,
     by_name,
     cotangent_leaf,
-    float_leaves,
     name_of,
     perturbed,
-    random_like,
+    probes,
+    start_float64_probing,
 )
 
 AGREE = "agree"
@@ -159,43 +159,26 @@ def diagnose(
     'non-smooth point'
     """
     with jax.enable_x64(True):
-        args = jax.tree_util.tree_map(
-            lambda a: jnp.asarray(a, jnp.float64) if jnp.issubdtype(jnp.result_type(a), jnp.inexact) else jnp.asarray(a),
-            tuple(args),
-        )
         rng = np.random.default_rng(seed)
-        fn, ref = (lambda *a: op(*a, **settings)), (lambda *a: reference(*a, **settings))
         try:
-            out, pullback = jax.vjp(fn, *args)
-            v = random_like(rng, out)
-            rule, auto = pullback(v), jax.vjp(ref, *args)[1](v)
+            args, v, pullback, phi = start_float64_probing(op, args, settings, rng)
+            rule, auto = pullback(v), jax.vjp(lambda *a: reference(*a, **settings), *args)[1](v)
         except Exception as e:
             return Diagnosis(name_of(op), ALL_DISAGREE, (), f"{type(e).__name__}: {e}")
-
-        def phi(*a):
-            return sum(jnp.vdot(o, w) for o, w in zip(jax.tree_util.tree_leaves(fn(*a)), jax.tree_util.tree_leaves(v)))
-
         phi0 = float(phi(*args))
         found = []
-        for name, i, path, leaf in float_leaves(op, args):
-            def phi_at(value, i=i, path=path):
-                arg = jax.tree_util.tree_map_with_path(lambda p, l: value if p == path else l, args[i])
-                return phi(*args[:i], arg, *args[i + 1:])
-
-            ct = [np.asarray(as_array(cotangent_leaf(c[i], path), leaf), np.float64).reshape(-1) for c in (rule, auto)]
-            if leaf.size <= elementwise_max:
-                probes = np.eye(leaf.size)
-                indices = [tuple(int(j) for j in np.unravel_index(k, leaf.shape)) for k in range(leaf.size)]
-                scale = np.full(leaf.size, max(1.0, np.abs(ct[1]).max(initial=0.0)))
+        for probe in probes(op, args, phi, rng, elementwise_max, directions):
+            ct = [np.asarray(as_array(cotangent_leaf(c[probe.index], probe.path), probe.leaf), np.float64).reshape(-1)
+                  for c in (rule, auto)]
+            if probe.elementwise:
+                scale = np.full(probe.leaf.size, max(1.0, np.abs(ct[1]).max(initial=0.0)))
             else:
-                probes = rng.standard_normal((directions, leaf.size))
-                indices = [("direction", k) for k in range(directions)]
-                scale = np.maximum(1.0, np.linalg.norm(probes, axis=1) * np.linalg.norm(ct[1]))
-            steps = [perturbed(phi_at, leaf, jnp.asarray(probes), h) for h in (step, step / 2)]
-            elements = _judge(probes @ ct[0], probes @ ct[1], phi0, steps, step, scale, indices)
-            picked = tuple(sorted(elements, key=lambda e: -e[0])[:worst])
-            picked = tuple(e for _, e in picked)
-            found.append(ArgumentDiagnosis(name, picked[0].verdict if picked else AGREE, picked))
+                scale = np.maximum(1.0, np.linalg.norm(probe.directions, axis=1) * np.linalg.norm(ct[1]))
+            steps = [perturbed(probe.phi_at, probe.leaf, jnp.asarray(probe.directions), h) for h in (step, step / 2)]
+            rule_v, auto_v = probe.directions @ ct[0], probe.directions @ ct[1]
+            elements = _judge(rule_v, auto_v, phi0, steps, step, scale, probe.indices)
+            picked = tuple(e for _, e in sorted(elements, key=lambda e: -e[0])[:worst])
+            found.append(ArgumentDiagnosis(probe.name, picked[0].verdict if picked else AGREE, picked))
     verdict = min((a.verdict for a in found), key=VERDICTS.index, default=AGREE)
     return Diagnosis(name_of(op), verdict, tuple(found))
 

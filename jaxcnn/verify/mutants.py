@@ -48,6 +48,7 @@ class Mutant:
       wrong: ``(g, args, settings) -> cotangent`` of ``argument``.
       applies: whether a registry sample can show the mistake (a stride to forget, a
         batch to sum over, overlapping windows, ...).
+      lecture: where the lecture notes warn against it (a quiz, a poll, a slide), if they do.
     """
 
     name: str
@@ -56,6 +57,7 @@ class Mutant:
     description: str
     wrong: Callable
     applies: Callable[[Sample], bool] = lambda sample: True
+    lecture: str = ""
 
     def build(self) -> Callable:
         """The mutated op, ``f(*args, **settings)``: real forward, this mistake in the backward."""
@@ -130,7 +132,8 @@ def _window_positions(x_shape, settings, pool: bool) -> np.ndarray:
     padded = tuple(n + lo + hi for n, (lo, hi) in zip(x_shape[1:-1], pads))
     extent = [(k - 1) * d + 1 for k, d in zip(window, dilation)]
     out = [(p - e) // s + 1 for p, e, s in zip(padded, extent, stride)]
-    per_axis = [np.arange(o)[:, None] * s + np.arange(k)[None, :] * d for o, s, k, d in zip(out, stride, window, dilation)]
+    per_axis = [np.arange(o)[:, None] * s + np.arange(k)[None, :] * d
+                for o, s, k, d in zip(out, stride, window, dilation)]
     grids = np.meshgrid(*[p.reshape(-1) for p in per_axis], indexing="ij")  # over (o₁, k₁, o₂, k₂, ...)
     flat = np.ravel_multi_index(tuple(grids), padded).reshape([d for o, k in zip(out, window) for d in (o, k)])
     n = len(window)
@@ -174,7 +177,10 @@ def _bias_mean_over_batch(g, args, settings):
 
 def _has(i: int, predicate: Callable = lambda a: True) -> Callable[[Sample], bool]:
     """Whether positional argument ``i`` is given and satisfies ``predicate``."""
-    return lambda sample: len(sample.args) > i and sample.args[i] is not None and bool(predicate(np.asarray(sample.args[i])))
+    def given(sample: Sample) -> bool:
+        return len(sample.args) > i and sample.args[i] is not None and bool(predicate(np.asarray(sample.args[i])))
+
+    return given
 
 
 def _setting(predicate: Callable[[dict], bool]) -> Callable[[Sample], bool]:
@@ -239,6 +245,13 @@ def _conv_channels_permuted(g, args, settings):
     return dw.reshape(*dw.shape[:-2], dw.shape[-1], dw.shape[-2]).swapaxes(-1, -2)
 
 
+def _conv_own_map_only(g, args, settings):
+    """``δ_p' = δ_p *full w_pp``: only the output map of the same index, not ``Σ_q δ_q *full w_qp``."""
+    x, w = args[0], args[1]
+    own = w * jnp.asarray(np.eye(w.shape[-2], w.shape[-1]), w.dtype)  # keep w_pp, drop q ≠ p
+    return _right("conv", (x, own, *args[2:]), settings, g, 0)
+
+
 def _conv_connections_ignored(g, args, settings):
     """Absent connections get the gradient of a fully connected kernel."""
     full = {k: v for k, v in settings.items() if k != "connections"}
@@ -256,7 +269,8 @@ def _max_pool_overwrite(g, args, settings):
     positions = _window_positions(x.shape, settings, pool=True)  # (*out, K)
     entries = padded.reshape(x.shape[0], -1, x.shape[-1])[:, positions]  # (N, *out, K, C)
     first_max = jnp.argmax(entries, axis=-2)  # (N, *out, C)
-    where = jnp.take_along_axis(jnp.broadcast_to(positions[None, ..., None], entries.shape), first_max[..., None, :], -2)
+    candidates = jnp.broadcast_to(positions[None, ..., None], entries.shape)
+    where = jnp.take_along_axis(candidates, first_max[..., None, :], -2)
     return _assign_windows(g, x.shape, settings, True, positions=where[..., 0, :])
 
 
@@ -296,7 +310,8 @@ def _upsample_nearest_adjoint(g, args, settings):
     x = args[0]
     factor = _factors(x, settings)
     tail = [(0, 0), *((0, n * s - m) for n, s, m in zip(x.shape[1:-1], factor, g.shape[1:-1])), (0, 0)]
-    blocks = jnp.pad(g, tail).reshape(x.shape[0], *(d for n, s in zip(x.shape[1:-1], factor) for d in (n, s)), x.shape[-1])
+    blocks_shape = (x.shape[0], *(d for n, s in zip(x.shape[1:-1], factor) for d in (n, s)), x.shape[-1])
+    blocks = jnp.pad(g, tail).reshape(blocks_shape)
     return jnp.sum(blocks, axis=tuple(range(2, 2 * len(factor) + 1, 2)))
 
 
@@ -419,18 +434,27 @@ def _elementwise(formula: Callable) -> Callable:
 
 MUTANTS: dict[str, Mutant] = {m.name: m for m in [
     Mutant("conv.no_kernel_flip", "conv", "x", "δ correlated with w itself, not rot180(w)",
-           lambda g, a, s: _right("conv", (a[0], _flip(a[1]), *a[2:]), s, g, 0), _window_gt_1),
+           lambda g, a, s: _right("conv", (a[0], _flip(a[1]), *a[2:]), s, g, 0), _window_gt_1,
+           lecture="Hu & Zhu's quiz, option C; Raj's poll 3: δ *full w correlates with rot180(w), not w"),
     Mutant("conv.transposed_kernel", "conv", "x", "the spatially transposed kernel instead of the flipped one",
            _conv_transposed_kernel,
            _both(_window_gt_1, lambda s: np.ndim(s.args[1]) >= 4 and len(set(np.shape(s.args[1])[:-2])) == 1)),
     Mutant("conv.no_stride_upsampling", "conv", "x", "δ not upsampled by the stride before the full convolution",
-           _conv_no_stride_upsampling(0), _setting(_strided)),
+           _conv_no_stride_upsampling(0), _setting(_strided),
+           lecture="Raj: with stride S the derivative map is upsampled (S − 1 zeros) before the full convolution"),
     Mutant("conv.dw_no_stride_upsampling", "conv", "w", "δ not upsampled by the stride before correlating with x",
-           _conv_no_stride_upsampling(1), _setting(_strided)),
+           _conv_no_stride_upsampling(1), _setting(_strided),
+           lecture="Raj: the upsampled derivative map, not δ itself, is correlated with the input"),
     Mutant("conv.padding_not_cropped", "conv", "x", "the padded derivative map cut to n entries, not cropped",
-           _conv_padding_not_cropped, _padded_low),
+           _conv_padding_not_cropped, _padded_low,
+           lecture="Raj: the derivative map has the size of the zero-padded map; delete its padding regions"),
     Mutant("conv.dw_flipped_delta", "conv", "w", "dW correlates x with rot180(δ) instead of δ",
-           lambda g, a, s: _right("conv", a, s, lax.rev(g, _spatial(g)), 1)),
+           lambda g, a, s: _right("conv", a, s, lax.rev(g, _spatial(g)), 1),
+           lecture="Raj's poll 4 (false): \"the output map must be flipped before convolution\"; "
+                   "∂E/∂w = y *valid rot180(δ)"),
+    Mutant("conv.own_map_only", "conv", "x", "δ_p' = δ_p *full w_pp: the other output maps fed by p left out",
+           _conv_own_map_only, _has(1, lambda w: w.shape[-1] > 1),
+           lecture="Hu & Zhu's quiz: δ_p' = Σ_q δ_q *full w_qp sums every output map q that input map p feeds"),
     Mutant("conv.channels_permuted", "conv", "w", "dW in (C_out, C_in) order read as (C_in, C_out)",
            _conv_channels_permuted, _has(1, lambda w: w.shape[-1] > 1 and w.shape[-2] > 1)),
     Mutant("conv.connections_ignored", "conv", "w", "absent connections of the table get a gradient",
@@ -461,10 +485,12 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in [
     Mutant("log_softmax.diagonal_only", "log_softmax", "x", "dx = g (1 − p): the off-diagonal −p_k g_i dropped",
            _elementwise(lambda g, x, s: g * (1 - jnp.exp(ops.log_softmax(x, **s)))),
            lambda s: np.shape(s.args[0])[s.settings.get("axis", -1)] > 1),
-    Mutant("global_mean_pool.missing_1_over_S", "global_mean_pool", "x", "dx = g broadcast, not divided by the map size",
+    Mutant("global_mean_pool.missing_1_over_S", "global_mean_pool", "x",
+           "dx = g broadcast, not divided by the map size",
            lambda g, a, s: _right("global_mean_pool", a, s, g, 0) * math.prod(np.shape(a[0])[1:-1]),
            lambda s: math.prod(np.shape(s.args[0])[1:-1]) > 1),
-    Mutant("global_max_pool.spread_over_map", "global_max_pool", "x", "δ spread over the whole map, not routed to the max",
+    Mutant("global_max_pool.spread_over_map", "global_max_pool", "x",
+           "δ spread over the whole map, not routed to the max",
            lambda g, a, s: _right("global_mean_pool", a, s, g, 0) * math.prod(np.shape(a[0])[1:-1]),
            lambda s: math.prod(np.shape(s.args[0])[1:-1]) > 1),
     Mutant("sigmoid.derivative_from_input", "sigmoid", "x", "f'(x) taken as x (1 − x) instead of f (1 − f)",
@@ -508,14 +534,19 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in [
            lambda g, a, s: jax.tree_util.tree_map(lambda w: g * w, a[0]), lambda s: float(s.args[1]) != 1.0),
     Mutant("max_pool.spread_over_window", "max_pool", "x", "δ spread over the whole window, not routed to the max",
            lambda g, a, s: _right("mean_pool", a, s, g, 0) * math.prod(_shapes.spatial_tuple(
-               "mutant", "window", s["window"], a[0].ndim - 2))),
+               "mutant", "window", s["window"], a[0].ndim - 2)),
+           lecture="Jearanaitanakij: the gradient flows through the neuron with the largest activation only"),
     Mutant("max_pool.overwrite_on_overlap", "max_pool", "x", "dx[argmax] = δ with = instead of +=",
-           _max_pool_overwrite, _overlapping(pool=True)),
+           _max_pool_overwrite, _overlapping(pool=True),
+           lecture="Raj: dy(P(l, m, i, j)) += δ, \"because this entry may be selected in multiple adjacent "
+                   "overlapping windows\""),
     Mutant("mean_pool.missing_1_over_K", "mean_pool", "x", "δ spread without dividing by the window size",
            lambda g, a, s: _right("mean_pool", a, s, g, 0) * math.prod(_shapes.spatial_tuple(
-               "mutant", "window", s["window"], a[0].ndim - 2)), lambda s: s.settings.get("count_padding", True)),
+               "mutant", "window", s["window"], a[0].ndim - 2)), lambda s: s.settings.get("count_padding", True),
+           lecture="Raj, mean pooling: each entry of the window gets δ / K²"),
     Mutant("mean_pool.overwrite_on_overlap", "mean_pool", "x", "δ / K spread with = instead of +=",
-           _mean_pool_overwrite, _overlapping(pool=True)),
+           _mean_pool_overwrite, _overlapping(pool=True),
+           lecture="Raj, mean pooling: += over overlapping windows"),
     Mutant("im2col.overwrite_on_overlap", "im2col", "x", "col2im with = instead of overlap-add (+=)",
            _im2col_overwrite, _overlapping(pool=False)),
     Mutant("upsample.nearest_neighbour_adjoint", "upsample", "x", "dx[i] = Σ_j g[S·i + j] instead of g[S·i]",

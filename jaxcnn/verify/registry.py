@@ -97,8 +97,15 @@ def _normal(rng, *shape, scale=1.0):
     return rng.normal(size=shape) * scale
 
 
-def _away_from_zero(rng, *shape, low=0.1, high=2.0):
+def away_from_zero(rng, *shape, low=0.1, high=2.0):
+    """Random values with ``|v|`` in ``[low, high)``: no ReLU kink, no exact zeros."""
     return rng.uniform(low, high, size=shape) * rng.choice([-1.0, 1.0], size=shape)
+
+
+def distinct(rng, *shape, gap=0.05):
+    """Values at least ``gap`` apart: no ties inside any pooling window."""
+    n = int(np.prod(shape))
+    return rng.permutation((np.arange(n) - n / 2) * gap).reshape(shape)
 
 
 def _dense(rng):
@@ -112,14 +119,14 @@ def _dense(rng):
 
 def _elementwise(rng):
     return [
-        Sample((_away_from_zero(rng, 4, 5),)),
-        Sample((_away_from_zero(rng, 2, 3, 4, 2),)),
-        Sample((_away_from_zero(rng, 9, low=4.0, high=9.0),), label="saturating (9,), |x| in [4, 9)"),
+        Sample((away_from_zero(rng, 4, 5),)),
+        Sample((away_from_zero(rng, 2, 3, 4, 2),)),
+        Sample((away_from_zero(rng, 9, low=4.0, high=9.0),), label="saturating (9,), |x| in [4, 9)"),
     ]
 
 
 def _relu(rng):
-    at_zero = _away_from_zero(rng, 3, 4)
+    at_zero = away_from_zero(rng, 3, 4)
     at_zero[:, ::2] = 0.0
     return _elementwise(rng) + [
         Sample((at_zero,), label="exact zeros (3, 4)", kink="the gradient passes at x = 0 (x >= 0)"),
@@ -129,16 +136,17 @@ def _relu(rng):
 
 
 def _leaky_relu(rng):
-    at_zero = _away_from_zero(rng, 2, 5)
+    at_zero = away_from_zero(rng, 2, 5)
     at_zero[:, 1::2] = 0.0
     return [
-        Sample((_away_from_zero(rng, 4, 5),)),
-        Sample((_away_from_zero(rng, 2, 3, 4),), {"negative_slope": 0.2}, label="(2, 3, 4) slope 0.2"),
-        Sample((_away_from_zero(rng, 6),), {"negative_slope": -0.5}, label="(6,) slope -0.5"),
+        Sample((away_from_zero(rng, 4, 5),)),
+        Sample((away_from_zero(rng, 2, 3, 4),), {"negative_slope": 0.2}, label="(2, 3, 4) slope 0.2"),
+        Sample((away_from_zero(rng, 6),), {"negative_slope": -0.5}, label="(6,) slope -0.5"),
         Sample((at_zero,), {"negative_slope": 0.1}, label="exact zeros (2, 5), slope 0.1",
                kink="the gradient passes at x = 0 (derivative 1)"),
         Sample((at_zero,), {"negative_slope": 0.1, "derivative_at_zero": 0.1},
-               label="exact zeros (2, 5), derivative_at_zero=slope", kink="derivative negative_slope at x = 0 (PyTorch)"),
+               label="exact zeros (2, 5), derivative_at_zero=slope",
+               kink="derivative negative_slope at x = 0 (PyTorch)"),
     ]
 
 
@@ -161,12 +169,12 @@ def _global_mean_pool(rng):
 
 
 def _global_max_pool(rng):
-    tied = _distinct(rng, 1, 3, 3, 2)
+    tied = distinct(rng, 1, 3, 3, 2)
     tied[0, 2, 1, 0] = tied[0, 0, 2, 0] = tied[..., 0].max() + 0.5  # a tie for the maximum of channel 0
     return [
-        Sample((_distinct(rng, 2, 3, 4, 5),)),
-        Sample((_distinct(rng, 3, 7, 2),), label="1-D (3, 7, 2)"),
-        Sample((_distinct(rng, 2, 2, 3, 2, 3),), {"keepdims": True}, label="3-D, keepdims"),
+        Sample((distinct(rng, 2, 3, 4, 5),)),
+        Sample((distinct(rng, 3, 7, 2),), label="1-D (3, 7, 2)"),
+        Sample((distinct(rng, 2, 2, 3, 2, 3),), {"keepdims": True}, label="3-D, keepdims"),
         Sample((tied,), label="a tie (1, 3, 3, 2)", kink="ties go to the first maximum in row-major order"),
     ]
 
@@ -248,12 +256,6 @@ def _l2_penalty(rng):
     ]
 
 
-def _distinct(rng, *shape, gap=0.05):
-    """Values at least ``gap`` apart: no ties inside any pooling window."""
-    n = int(np.prod(shape))
-    return rng.permutation((np.arange(n) - n / 2) * gap).reshape(shape)
-
-
 def _conv(rng):
     table = rng.random((4, 3)) < 0.6
     table[0] = True  # every output map fed by at least one input
@@ -261,7 +263,8 @@ def _conv(rng):
         Sample((_normal(rng, 2, 9, 3), _normal(rng, 3, 3, 4), _normal(rng, 4)), label="1-D k3 VALID"),
         Sample((_normal(rng, 2, 7, 6, 3), _normal(rng, 3, 3, 3, 2), _normal(rng, 2)),
                {"stride": 2, "padding": "SAME"}, label="2-D k3 s2 SAME, odd sizes"),
-        Sample((_normal(rng, 1, 6, 6, 2), _normal(rng, 2, 2, 2, 3)), {"stride": 3}, label="2-D k2 s3 (stride > window)"),
+        Sample((_normal(rng, 1, 6, 6, 2), _normal(rng, 2, 2, 2, 3)), {"stride": 3},
+               label="2-D k2 s3 (stride > window)"),
         Sample((_normal(rng, 2, 8, 7, 2), _normal(rng, 3, 2, 2, 2), _normal(rng, 2)),
                {"dilation": (2, 1), "padding": ((1, 2), (0, 1))}, label="2-D dilation (2, 1), explicit pads"),
         Sample((_normal(rng, 1, 4, 4, 1), _normal(rng, 2, 2, 1, 2)), {"padding": 3}, label="2-D k2 padding 3 > kernel"),
@@ -291,22 +294,24 @@ def _im2col(rng):
         Sample((_normal(rng, 2, 5, 6, 3),), {"window": (2, 3)}),
         Sample((_normal(rng, 1, 7, 2),), {"window": 3, "stride": 2, "padding": "SAME"}),
         Sample((_normal(rng, 1, 6, 6, 2),), {"window": (2, 2), "stride": 2, "dilation": 2, "padding": 1}),
-        Sample((_normal(rng, 1, 7, 2),), {"window": 2, "stride": 3, "padding": 3}, label="1-D k2 s3 padding 3 > window"),
+        Sample((_normal(rng, 1, 7, 2),), {"window": 2, "stride": 3, "padding": 3},
+               label="1-D k2 s3 padding 3 > window"),
         Sample((_normal(rng, 1, 4, 5, 3, 1),), {"window": 2, "padding": "FULL"}, label="3-D k2 FULL"),
     ]
 
 
 def _max_pool(rng):
-    tied = _distinct(rng, 1, 4, 4, 1)
+    tied = distinct(rng, 1, 4, 4, 1)
     tied[0, 1, 0, 0] = tied[0, 0, 1, 0] = tied[0, :2, :2, 0].max() + 0.5  # a tie for the maximum
     return [
-        Sample((_distinct(rng, 2, 6, 6, 3),), {"window": 2}, label="2-D 2x2/2"),
-        Sample((_distinct(rng, 1, 7, 7, 2),), {"window": 3, "stride": 2}, label="2-D 3x3/2 overlapping"),
-        Sample((_distinct(rng, 1, 7, 5, 2),), {"window": 3, "stride": 1, "padding": "SAME"}, label="2-D 3x3/1 SAME, odd sizes"),
-        Sample((_distinct(rng, 2, 9, 2),), {"window": 2, "stride": 3}, label="1-D stride > window"),
-        Sample((_distinct(rng, 1, 4, 5, 4, 2),), {"window": (2, 3, 2), "stride": (2, 1, 2), "padding": 1},
+        Sample((distinct(rng, 2, 6, 6, 3),), {"window": 2}, label="2-D 2x2/2"),
+        Sample((distinct(rng, 1, 7, 7, 2),), {"window": 3, "stride": 2}, label="2-D 3x3/2 overlapping"),
+        Sample((distinct(rng, 1, 7, 5, 2),), {"window": 3, "stride": 1, "padding": "SAME"},
+               label="2-D 3x3/1 SAME, odd sizes"),
+        Sample((distinct(rng, 2, 9, 2),), {"window": 2, "stride": 3}, label="1-D stride > window"),
+        Sample((distinct(rng, 1, 4, 5, 4, 2),), {"window": (2, 3, 2), "stride": (2, 1, 2), "padding": 1},
                label="3-D padded"),
-        Sample((_distinct(rng, 1, 5, 3),), {"window": 3, "stride": 2, "padding": "FULL"}, label="1-D 3/2 FULL"),
+        Sample((distinct(rng, 1, 5, 3),), {"window": 3, "stride": 2, "padding": "FULL"}, label="1-D 3/2 FULL"),
         Sample((tied,), {"window": 2}, label="2-D 2x2/2 with a tie",
                kink="ties go to the first maximum in window order"),
     ]
@@ -336,7 +341,8 @@ def _resample(rng):
 
 def _conv_transpose(rng):
     return [
-        Sample((_normal(rng, 2, 4, 5, 3), _normal(rng, 3, 3, 3, 2), _normal(rng, 2)), {"stride": 2}, label="k3 s2 VALID"),
+        Sample((_normal(rng, 2, 4, 5, 3), _normal(rng, 3, 3, 3, 2), _normal(rng, 2)), {"stride": 2},
+               label="k3 s2 VALID"),
         Sample((_normal(rng, 1, 5, 4, 2), _normal(rng, 2, 2, 2, 3)), {"stride": 3, "padding": "SAME"},
                label="k2 s3 SAME (stride > window)"),
         Sample((_normal(rng, 1, 6, 3), _normal(rng, 4, 3, 2), _normal(rng, 2)), {"stride": 2, "padding": 1},
@@ -345,7 +351,8 @@ def _conv_transpose(rng):
                label="1-D k2 s3 VALID (bias-only tail)"),
         Sample((_normal(rng, 1, 4, 4, 2), _normal(rng, 3, 3, 2, 2), _normal(rng, 2)), {"stride": 2, "padding": "FULL"},
                label="2-D k3 s2 FULL"),
-        Sample((_normal(rng, 1, 2, 3, 2, 2), _normal(rng, 2, 2, 2, 2, 2)), {"stride": (1, 2, 2), "padding": ((1, 0), (0, 1), (1, 1))},
+        Sample((_normal(rng, 1, 2, 3, 2, 2), _normal(rng, 2, 2, 2, 2, 2)),
+               {"stride": (1, 2, 2), "padding": ((1, 0), (0, 1), (1, 1))},
                label="3-D k2 s(1,2,2) explicit pads"),
     ]
 
@@ -384,7 +391,8 @@ def _group_norm(rng):
                label="NWC, 1 group (layer norm over W and C)"),
         Sample((_normal(rng, 2, 3, 3, 4), _normal(rng, 4), _normal(rng, 4)), {"groups": 4},
                label="4 groups of 1 (instance norm)"),
-        Sample((_normal(rng, 3, 6), None, None), {"groups": 2, "eps": 0.0}, label="(3, 6) no space: groups of 3, eps=0"),
+        Sample((_normal(rng, 3, 6), None, None), {"groups": 2, "eps": 0.0},
+               label="(3, 6) no space: groups of 3, eps=0"),
         Sample((_normal(rng, 1, 2, 3, 2, 4), _normal(rng, 4), _normal(rng, 4)), {"groups": 2}, label="3-D, 2 groups"),
     ]
 
