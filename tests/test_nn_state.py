@@ -2,6 +2,8 @@
 training and evaluation modes, the layers built on the modern ops, and interop with stax
 and jax.nn.initializers."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -136,9 +138,13 @@ NEW_LAYERS = {
     "Conv(groups=2)": (lambda o: nn.Conv(4, (3, 3), padding="SAME", groups=2, ops=o), (-1, 5, 5, 6), True),
     "Conv(depthwise)": (lambda o: nn.Conv(6, (3, 3), stride=2, groups=6, ops=o), (-1, 7, 7, 6), True),
 }
+#: ops.conv(groups=) comes with the modern-ops issue (20); until it lands the grouped cases must fail.
+GROUPED_CONV = "groups" in inspect.signature(ops.conv).parameters
 
 
-@pytest.mark.parametrize("name", sorted(NEW_LAYERS))
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.xfail(not GROUPED_CONV, reason="ops.conv has no groups yet", strict=True))
+    if name.startswith("Conv") else name for name in sorted(NEW_LAYERS)])
 def test_new_layer_gradients_agree_between_ops_and_reference(name, rng):
     build, shape, training = NEW_LAYERS[name]
     hand, auto = build(ops), build(reference)
