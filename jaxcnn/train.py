@@ -322,7 +322,8 @@ def fit(
     key = jax.random.PRNGKey(seed)
     init_key, key = jax.random.split(key)
     params, model_state, _ = model.init(init_key, input_shape)
-    params, model_state = jax.tree_util.tree_map(lambda a: a.astype(dtype), (params, model_state))
+    params, model_state = jax.tree_util.tree_map(  # floating leaves only: a state may hold counters
+        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, (params, model_state))
     state = TrainState(params, model_state, optimizer.init(params), jnp.zeros((), jnp.int32), key)
     history: list[dict] = []
     if resume:
