@@ -287,3 +287,11 @@ def test_a_flax_cnn_with_batch_norm_and_dropout_ports_with_its_variables(rng):
     np.testing.assert_allclose(new[1]["mean"], flax_stats["mean"], rtol=1e-5, atol=1e-7)
     n = 4 * 5 * 5
     np.testing.assert_allclose(new[1]["var"] - 0.9, (flax_stats["var"] - 0.9) * n / (n - 1), rtol=1e-4)
+
+
+def test_bind_covers_every_layer_that_takes_ops():
+    from jaxcnn.nn import bound
+
+    takes_ops = {name for name in nn.__all__ if inspect.isfunction(getattr(nn, name)) and name != "bind"
+                 and "ops" in inspect.signature(getattr(nn, name)).parameters}
+    assert set(bound.LAYERS) == takes_ops
