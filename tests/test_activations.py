@@ -45,11 +45,11 @@ def test_relu_derivative_at_zero_option_is_jax_flax_and_pytorchs_convention(rng)
     layer = nn.Relu(derivative_at_zero=0.0)
     np.testing.assert_array_equal(jax.grad(lambda v: layer.apply((), (), v)[0].sum())(x), [0.0, 0.0, 0.0, 1.0])
     np.testing.assert_array_equal(jax.grad(lambda v: nn.Relu().apply((), (), v)[0].sum())(x), [0.0, 1.0, 1.0, 1.0])
-    opcheck.assert_all("relu", jnp.asarray(away_from_zero(rng, (3, 4))), derivative_at_zero=0.0)
+    opcheck.assert_all("relu", jnp.asarray(away_from_zero(rng, 3, 4)), derivative_at_zero=0.0)
 
 
 def test_leaky_relu_is_torch_leaky_relu_and_its_kink_options(rng):
-    x = away_from_zero(rng, (3, 4))
+    x = away_from_zero(rng, 3, 4)
     np.testing.assert_allclose(ops.leaky_relu(x), np.where(x > 0, x, 0.01 * x), rtol=1e-15)
     np.testing.assert_allclose(ops.leaky_relu(x, 0.2), np.where(x > 0, x, 0.2 * x), rtol=1e-15)
     at_zero = jnp.array([-2.0, 0.0, 3.0])

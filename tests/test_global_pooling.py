@@ -13,7 +13,7 @@ from jaxcnn import ops
 
 def test_global_pools_are_torch_adaptive_pools_to_one_by_one(rng):
     # torch: AdaptiveAvgPool2d(1) / AdaptiveMaxPool2d(1) on NCHW give (N, C, 1, 1); here NHWC → (N, C).
-    x = distinct(rng, (2, 3, 4, 5))
+    x = distinct(rng, 2, 3, 4, 5)
     np.testing.assert_allclose(ops.global_mean_pool(x), x.mean(axis=(1, 2)), rtol=1e-12)
     np.testing.assert_array_equal(ops.global_max_pool(x), x.max(axis=(1, 2)))
     assert ops.global_mean_pool(x, keepdims=True).shape == (2, 1, 1, 5)
@@ -21,7 +21,7 @@ def test_global_pools_are_torch_adaptive_pools_to_one_by_one(rng):
 
 
 def test_backward_spreads_g_over_s_and_routes_to_the_first_maximum(rng):
-    x = distinct(rng, (2, 3, 3, 2))
+    x = distinct(rng, 2, 3, 3, 2)
     g = rng.normal(size=(2, 2))
     dx = jax.vjp(ops.global_mean_pool, x)[1](g)[0]
     np.testing.assert_allclose(dx, np.broadcast_to(g[:, None, None, :] / 9, x.shape), rtol=1e-15)
@@ -37,8 +37,8 @@ def test_backward_spreads_g_over_s_and_routes_to_the_first_maximum(rng):
 
 @pytest.mark.parametrize("name", ["global_mean_pool", "global_max_pool"])
 def test_gradients_all_transforms(rng, name):
-    opcheck.assert_all(name, jnp.asarray(distinct(rng, (2, 3, 2, 3))))
-    opcheck.assert_vjp(name, jnp.asarray(distinct(rng, (2, 5, 3), gap=0.1), jnp.bfloat16), keepdims=True)
+    opcheck.assert_all(name, jnp.asarray(distinct(rng, 2, 3, 2, 3)))
+    opcheck.assert_vjp(name, jnp.asarray(distinct(rng, 2, 5, 3, gap=0.1), jnp.bfloat16), keepdims=True)
 
 
 def test_global_pool_errors():
