@@ -65,10 +65,16 @@ class Labels(NamedTuple):
     classes: int
 
 
+class Key(NamedTuple):
+    """A PRNG-key argument (dropout's)."""
+
+    seed: int = 0
+
+
 class OpCase(NamedTuple):
     name: str
     op: str  # the same name in jaxcnn.ops and jaxcnn.reference
-    args: tuple  # a shape per floating array argument, a Labels, a dict of shapes (a pytree) or a float
+    args: tuple  # a shape per floating array argument, a Labels, a Key, a dict of shapes (a pytree) or a float
     settings: dict = {}
 
 
@@ -115,6 +121,18 @@ OP_CASES = [
     OpCase("mean_pool LeNet-5 S4 128x10x10x16, 2x2", "mean_pool", ((128, 10, 10, 16),), dict(window=2)),
     OpCase("mean_pool 32x32x32x64, 3x3 s2 SAME, count_padding=False", "mean_pool", (IMAGES,),
            dict(window=3, stride=2, padding="SAME", count_padding=False)),
+    OpCase("batch_norm 32x32x32x64 (training)", "batch_norm", (IMAGES, (64,), (64,))),
+    OpCase("batch_norm 128x1024 (training)", "batch_norm", ((128, 1024), (1024,), (1024,))),
+    OpCase("layer_norm 128x1024", "layer_norm", ((128, 1024), (1024,), (1024,))),
+    OpCase("group_norm 32x32x32x64, 8 groups", "group_norm", (IMAGES, (64,), (64,)), dict(groups=8)),
+    OpCase("dropout 32x32x32x64, rate 0.5", "dropout", (IMAGES, Key()), dict(rate=0.5)),
+    OpCase("leaky_relu 32x32x32x64", "leaky_relu", (IMAGES,)),
+    OpCase("log_softmax 1024x1000", "log_softmax", ((1024, 1000),)),
+    OpCase("softmax_cross_entropy 1024x1000, weights, label_smoothing 0.1", "softmax_cross_entropy",
+           ((1024, 1000), Labels(1024, 1000)),
+           dict(weights=np.linspace(0.5, 2.0, 1000, dtype=np.float32), label_smoothing=0.1)),
+    OpCase("global_mean_pool 32x32x32x64", "global_mean_pool", (IMAGES,)),
+    OpCase("global_max_pool 32x32x32x64", "global_max_pool", (IMAGES,)),
     OpCase("upsample 32x32x32x64, x2", "upsample", (IMAGES,), dict(factor=2)),
     OpCase("downsample 32x32x32x64, /2", "downsample", (IMAGES,), dict(factor=2)),
 ]
@@ -126,10 +144,14 @@ QUICK_OP_CASES = [
     OpCase("quick conv C3 2x9x9, 6→16, table", "conv", ((2, 9, 9, 6), (5, 5, 6, 16), (16,)), dict(connections=C3)),
     OpCase("quick max_pool 2x8x8x3, 3x3 s2 SAME", "max_pool", ((2, 8, 8, 3),),
            dict(window=3, stride=2, padding="SAME")),
+    OpCase("quick batch_norm 4x3x3x2", "batch_norm", ((4, 3, 3, 2), (2,), (2,))),
+    OpCase("quick dropout 4x6", "dropout", ((4, 6), Key()), dict(rate=0.3)),
 ]
 
 
 def _build(arg, rng):
+    if isinstance(arg, Key):
+        return jax.random.key(arg.seed)
     if isinstance(arg, Labels):
         return jnp.asarray(rng.integers(0, arg.classes, arg.n), jnp.int32)
     if isinstance(arg, dict):
@@ -143,11 +165,21 @@ def _is_float(arg) -> bool:
     return all(jnp.issubdtype(leaf.dtype, jnp.floating) for leaf in jax.tree_util.tree_leaves(arg))
 
 
+def _first_output(fn):
+    """``fn``, or its first output where it returns several (batch norm's ``(y, μ, σ²)``: the
+    statistics feed running averages, not the loss)."""
+    def first(*args):
+        out = fn(*args)
+        return out[0] if isinstance(out, tuple) else out
+
+    return first
+
+
 def run_op(case: OpCase, repeats: int, warmup: int, min_seconds: float = OP_SECONDS) -> dict:
     rng = np.random.default_rng(0)
     args = tuple(_build(a, rng) for a in case.args)
     float_argnums = tuple(i + 1 for i, a in enumerate(args) if _is_float(a))  # after v
-    fns = {side: functools.partial(getattr(module, case.op), **case.settings)
+    fns = {side: _first_output(functools.partial(getattr(module, case.op), **case.settings))
            for side, module in (("ops", jaxcnn.ops), ("autodiff", jaxcnn.reference))}
     v = jnp.asarray(rng.normal(size=jnp.shape(fns["autodiff"](*args))), jnp.float32)
 

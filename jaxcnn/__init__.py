@@ -5,8 +5,9 @@
 * :mod:`jaxcnn.verify`: the gradient checker that proves the rules right.
 * :mod:`jaxcnn.nn` (layers and combinators), :mod:`jaxcnn.models` (the zoo),
   :mod:`jaxcnn.train` (the optax loop), :mod:`jaxcnn.data` (datasets),
-  :mod:`jaxcnn.reporting` (metrics and plots), :mod:`jaxcnn.checkpoint`: imported on
-  first use, so that ``import jaxcnn`` stays as cheap as the ops.
+  :mod:`jaxcnn.reporting` (metrics and plots), :mod:`jaxcnn.checkpoint`,
+  :mod:`jaxcnn.distributed` (several processes and hosts), :mod:`jaxcnn.launch` (the
+  one-machine launcher): imported on first use, so that ``import jaxcnn`` stays as cheap as the ops.
 """
 
 import importlib
@@ -15,7 +16,7 @@ from jaxcnn import ops, reference, verify
 
 __version__ = "0.1.0"
 
-_LAZY = ("checkpoint", "data", "models", "nn", "reporting", "train")
+_LAZY = ("checkpoint", "data", "distributed", "launch", "models", "nn", "reporting", "train")
 
 
 def __getattr__(name):

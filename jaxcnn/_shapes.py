@@ -93,7 +93,7 @@ def padding_pairs(
         pairs = ((int(padding), int(padding)),) * n
     else:
         try:
-            pairs = tuple((int(lo), int(hi)) for lo, hi in padding)
+            pairs = tuple((lo, hi) for lo, hi in padding)
         except (TypeError, ValueError):
             pairs = ()
         if len(pairs) != n:
@@ -101,6 +101,12 @@ def padding_pairs(
                 f"{op}: `padding` must be 'VALID', 'SAME', 'FULL', an int, or {n} (low, high) "
                 f"pairs (one per spatial axis), got {padding!r}."
             )
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for pair in pairs for v in pair):
+            raise TypeError(  # int(1.5) would truncate silently
+                f"{op}: `padding` must be {n} (low, high) pairs of ints, got {padding!r}; a fractional "
+                f"(or bool) padding is refused rather than truncated."
+            )
+        pairs = tuple((int(lo), int(hi)) for lo, hi in pairs)
     if any(lo < 0 or hi < 0 for lo, hi in pairs):
         raise ValueError(f"{op}: `padding` must not be negative, got {padding!r}.")
     return pairs
@@ -214,6 +220,11 @@ def transpose_geometry(op: str, in_shape: Sequence[int], window, stride, padding
     n = len(in_shape)
     window = spatial_tuple(op, "window", window, n)
     stride = spatial_tuple(op, "stride", stride, n)
+    if 0 in in_shape:  # (0 − 1)·s + 1 is negative: there is no upsampled input to pad
+        raise ValueError(
+            f"{op}: the input has size 0 along spatial axis {list(in_shape).index(0)} (spatial shape "
+            f"{tuple(in_shape)}); a transposed convolution needs at least one input position per axis."
+        )
     if isinstance(padding, str) and padding.upper() in ("VALID", "SAME"):
         pads = []
         for k, s in zip(window, stride):
@@ -242,24 +253,42 @@ def transpose_geometry(op: str, in_shape: Sequence[int], window, stride, padding
     return Geometry(window, stride, (1,) * n, pads, out)
 
 
-def pool_geometry(op: str, in_shape: Sequence[int], window, stride, padding: Padding) -> Geometry:
+def pool_geometry(op: str, in_shape: Sequence[int], window, stride, padding: Padding, dilation=1,
+                  ceil_mode: bool = False) -> Geometry:
     """:func:`geometry` for pooling: ``stride=None`` means ``window``, and no window may
     cover padding only (each padding side smaller than the window), so that every max
-    and mean is over at least one real element."""
-    geom = geometry(op, in_shape, window, window if stride is None else stride, padding)
+    and mean is over at least one real element.
+
+    ``ceil_mode`` (PyTorch's): the output size rounds up, ``⌈(n + lo + hi − k_d) / s⌉ + 1``,
+    less one where the last window would start past the input and its low padding
+    (``(o − 1) s ≥ n + lo``); the windows that then reach beyond the padded input see the
+    extra positions as padding, added to ``hi`` in the returned ``pads``."""
+    geom = geometry(op, in_shape, window, window if stride is None else stride, padding, dilation)
     if any(lo >= k or hi >= k for (lo, hi), k in zip(geom.pads, geom.window)):
         raise ValueError(
             f"{op}: the padding {geom.pads} must be smaller than the window {geom.window} on "
             f"every side, otherwise a window covers padding only (padding={padding!r}); use "
             f"less padding or a larger window."
         )
-    return geom
+    if not isinstance(ceil_mode, (bool, np.bool_)):
+        raise TypeError(f"{op}: `ceil_mode` must be True or False, got {ceil_mode!r}.")
+    if not ceil_mode:
+        return geom
+    pads, out = [], []
+    for n, kd, s, (lo, hi) in zip(in_shape, dilated(geom.window, geom.dilation), geom.stride, geom.pads):
+        o = -(-(n + lo + hi - kd) // s) + 1
+        if (o - 1) * s >= n + lo:
+            o -= 1
+        pads.append((lo, max(hi, (o - 1) * s + kd - n - lo)))
+        out.append(o)
+    return geom._replace(pads=tuple(pads), out_shape=tuple(out))
 
 
 def upsampled_shape(op: str, in_shape: Sequence[int], factor) -> tuple[int, ...]:
-    """Spatial shape after inserting ``S − 1`` zeros between neighbours: ``(n − 1) S + 1``."""
+    """Spatial shape after inserting ``S − 1`` zeros between neighbours: ``(n − 1) S + 1``
+    (0 for an empty axis)."""
     factor = spatial_tuple(op, "factor", factor, len(in_shape))
-    return tuple((n - 1) * s + 1 for n, s in zip(in_shape, factor))
+    return tuple((n - 1) * s + 1 if n else 0 for n, s in zip(in_shape, factor))  # nothing to spread: empty
 
 
 def downsampled_shape(op: str, in_shape: Sequence[int], factor) -> tuple[int, ...]:

@@ -112,8 +112,10 @@ def materialized(a):
 # --------------------------------------------------------------------------- tanh
 
 # XLA's float32 tanh (llvm_ir::EmitFastTanh, Eigen's coefficients): an odd rational 13/6 in
-# z = clip(x, ±9), p(z²) and q(z²) highest power first; at ±9 it rounds to ±1.
-TANH_CLAMP = 9.0
+# z = clip(x, ±c), p(z²) and q(z²) highest power first. c is XLA's own clamp, the largest
+# input whose rational rounds to at most 1 (with or without fused multiply-adds); beyond
+# it (Eigen's old ±9) it exceeds 1 by an ulp and 1 − f² turns negative.
+TANH_CLAMP = 7.99881172180175781
 TANH_NUMERATOR = (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11, 5.12229709037114e-08,
                   1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03)
 TANH_DENOMINATOR = (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03)
@@ -122,7 +124,8 @@ TANH_DENOMINATOR = (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900
 def tanh_rational(x):
     """float32 ``tanh`` on the CPU: the rational approximation XLA itself uses, written out.
 
-    ``tanh(x) ≈ z · p(z²) / q(z²)`` with ``z = clip(x, ±9)`` (``jnp.polyval``: Horner's rule).
+    ``tanh(x) ≈ z · p(z²) / q(z²)`` with ``z = clip(x, ±7.9988…)`` (``jnp.polyval``: Horner's
+    rule), so that ``|tanh x| ≤ 1`` and ``1 − f² ≥ 0`` for every float32 (saturating at ±1).
     XLA:CPU computes ``jnp.tanh`` fast as a kernel of its own but far slower inside a fused
     loop (a conv's ``+ b`` fused with the tanh after it); the same arithmetic spelled out in
     multiplies, adds and one divide vectorises in any fusion, and ending in the divide it

@@ -1,14 +1,20 @@
 """The ``jaxcnn`` command line.
 
 * ``jaxcnn verify``: certifies every hand-derived rule.
-* ``jaxcnn train``: trains a zoo model on a dataset (default: the MNIST-1D CNN).
+* ``jaxcnn train``: trains a zoo model on a dataset (default: the MNIST-1D CNN), in one
+  process or in several joined by JAX's distributed runtime (``--coordinator``, ``--distributed``).
+* ``jaxcnn launch -n N -- train ...``: starts a multi-process run on this machine
+  (:mod:`jaxcnn.launch`).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import math
 import os
+import signal
 import sys
 from typing import Optional, Sequence
 
@@ -60,67 +66,139 @@ def _parser() -> argparse.ArgumentParser:
                        help="zoo model (default mnist1d_cnn). Choices: " + ", ".join(sorted(ZOO)))
     train.add_argument("--data", default="mnist1d", choices=sorted(DATASETS), metavar="NAME",
                        help="dataset (default mnist1d). Choices: " + ", ".join(sorted(DATASETS)))
-    train.add_argument("--data-dir", help="folder of IDX files for fashion_mnist*")
+    train.add_argument("--data-dir", help="folder of IDX files for fashion_mnist*; for mnist1d*, a folder to cache "
+                       "the generated set in")
+    train.add_argument("--limit", type=_positive_int, metavar="N",
+                       help="train and test on the first N examples of each set only (quick trials)")
     length = train.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=_positive_int, help="epochs to train")
     length.add_argument("--steps", type=_positive_int, help="optimiser steps to train (default 6000)")
     train.add_argument("--batch-size", type=_positive_int, default=100)
     train.add_argument("--lr", type=_positive_float, default=1e-2, help="learning rate α (default 1e-2)")
     train.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
-    train.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0)")
-    train.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty λ on the weights (default 0)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--devices", type=_positive_int, default=1, help="data-parallel devices (default 1)")
+    train.add_argument("--momentum", type=_momentum, default=0.0, help="SGD momentum in [0, 1) (default 0)")
+    train.add_argument("--weight-decay", type=_non_negative_float, default=0.0,
+                       help="L2 penalty λ >= 0 on the weights (default 0)")
+    train.add_argument("--seed", type=_seed, default=0, help="PRNG seed, a signed 64-bit integer (default 0)")
+    train.add_argument("--devices", type=_positive_int,
+                       help="data-parallel devices (default 1; every device of every process in a multi-process run)")
     train.add_argument("--ops", choices=("hand", "autodiff"), default="hand",
                        help="hand-derived rules (jaxcnn.ops) or autodiff (jaxcnn.reference)")
     train.add_argument("--out", help="output folder (default runs/MODEL)")
-    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    start = train.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true",
+                       help="continue from OUT/checkpoint.npz (written with the same settings)")
+    start.add_argument("--overwrite", action="store_true", help="start over, replacing OUT/checkpoint.npz")
+    train.add_argument("--allow-changed-settings", action="store_true",
+                       help="with --resume: continue a checkpoint written with other settings")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    multi = train.add_argument_group(
+        "multi-process training", "Join a run of several processes (hosts) on JAX's distributed runtime: every "
+        "process runs the same command; process 0 writes the outputs. Give --coordinator, --num-processes and "
+        "--process-id together (as `jaxcnn launch` does), or --distributed alone.")
+    multi.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address and a free port")
+    multi.add_argument("--num-processes", type=_positive_int, metavar="N", help="number of processes")
+    multi.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 .. N-1")
+    multi.add_argument("--distributed", action="store_true",
+                       help="let JAX find the settings (SLURM, Open MPI, TPU pods; or $JAXCNN_COORDINATOR etc.)")
+
+    from jaxcnn import launch
+
+    launcher = commands.add_parser(
+        "launch", help="start a multi-process run on this machine: jaxcnn launch -n 2 -- train ...",
+        description="Starts N processes joined on 127.0.0.1 and forwards their output with a [I] prefix; when one "
+        "fails, stops the others and exits with its status (124 after --timeout).")
+    launch.add_arguments(launcher)
     return parser
 
 
-def _positive(cast, kind: str):
-    """An argparse type: ``cast(text)``, which must be > 0."""
+def _ranged(cast, kind: str, accept):
+    """An argparse type: ``cast(text)``, finite, for which ``accept(value)`` holds."""
     def parse(text: str):
         try:
             value = cast(text)
         except ValueError:
             value = None
-        if value is None or not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind}, got {text!r}")
+        if value is None or not math.isfinite(value) or not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}")
         return value
 
     return parse
 
 
-_positive_int = _positive(int, "integer")
-_positive_float = _positive(float, "number")
+_positive_int = _ranged(int, "a positive integer", lambda v: v > 0)
+_positive_float = _ranged(float, "a positive number", lambda v: v > 0)
+_non_negative_float = _ranged(float, "a number >= 0", lambda v: v >= 0)
+_momentum = _ranged(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
+_seed = _ranged(int, "an integer in [-2**63, 2**63)", lambda v: -(2**63) <= v < 2**63)
+
+#: Optional packages ``jaxcnn train`` needs (all in the ``train`` extra), and what for.
+_TRAIN_NEEDS = {"matplotlib": "learning_curve.png", "mnist1d": "--data mnist1d", "tqdm": "the progress bar"}
+
+
+def _missing_train_packages(args) -> list[str]:
+    needed = ["matplotlib"]
+    if args.data.startswith("mnist1d"):
+        needed.append("mnist1d")
+    if not args.quiet and sys.stderr.isatty():
+        needed.append("tqdm")
+    missing = []
+    for name in needed:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(f"{name} ({_TRAIN_NEEDS[name]})")
+    return missing
 
 
 def _train(args) -> int:
-    import math
-    import os
+    import jax
 
     import jaxcnn.ops
     import jaxcnn.reference
-    from jaxcnn import data, models, reporting, train
+    from jaxcnn import checkpoint, data, models, reporting, train
 
+    multi = (args.coordinator, args.num_processes, args.process_id)
+    if args.distributed and any(v is not None for v in multi):
+        raise ValueError("give --distributed alone (JAX finds the settings), or --coordinator, --num-processes and "
+                         "--process-id without it.")
+    if args.distributed or any(v is not None for v in multi):
+        from jaxcnn import distributed
+
+        distributed.initialize(*multi)  # first: before any JAX computation
+    # Everything that can be checked before the data is loaded and the first step runs.
+    missing = _missing_train_packages(args)
+    if missing:
+        raise ValueError(f"jaxcnn train needs {', '.join(missing)}, not installed; install the train extra: "
+                         f"pip install 'jaxcnn[train]'.")
+    out = _out(args)
+    checkpoint_path = os.path.join(out, "checkpoint.npz")
+    for name in ("checkpoint.npz", "metrics.json", "learning_curve.png"):
+        checkpoint.check_writable(os.path.join(out, name), "output")
+    train.check_run_location(checkpoint_path, args.resume, args.overwrite)
+    if args.allow_changed_settings and not args.resume:
+        raise ValueError("--allow-changed-settings goes with --resume.")
     entry = models.ZOO[args.model]
     dataset = data.DATASETS[args.data](directory=args.data_dir)
+    if args.limit:
+        dataset = dataset._replace(x_train=dataset.x_train[:args.limit], y_train=dataset.y_train[:args.limit],
+                                   x_test=dataset.x_test[:args.limit], y_test=dataset.y_test[:args.limit])
     want, have = entry.input_shape[1:], dataset.x_train.shape[1:]
     if math.prod(want) != math.prod(have):
         raise ValueError(f"model {args.model} takes inputs of shape {want} but dataset {args.data} has {have}.")
     backend = jaxcnn.ops if args.ops == "hand" else jaxcnn.reference
-    out = args.out or os.path.join("runs", args.model)
     steps = args.steps if args.steps or args.epochs else 6000
+    settings = {k: getattr(args, k) for k in ("model", "data", "optimizer", "lr", "momentum", "ops", "devices")}
     result = train.fit(
         entry.build(ops=backend), dataset, input_shape=entry.input_shape, loss=entry.loss,
         optimizer=train.make_optimizer(args.optimizer, args.lr, args.momentum),
         epochs=args.epochs, steps=steps if not args.epochs else None, batch_size=args.batch_size,
         weight_decay=args.weight_decay, seed=args.seed, devices=args.devices,
-        checkpoint_path=os.path.join(out, "checkpoint.npz"), resume=args.resume, quiet=args.quiet,
-        ops=backend,
+        checkpoint_path=checkpoint_path, resume=args.resume, overwrite=args.overwrite, settings=settings,
+        allow_changed_settings=args.allow_changed_settings, quiet=args.quiet, ops=backend,
     )
+    if jax.process_index() != 0:  # one process writes and reports
+        return 0
     config = {k: v for k, v in vars(args).items() if k != "command"}
     reporting.save_metrics(out, result, config)
     reporting.plot_history(result.history, os.path.join(out, "learning_curve.png"), f"{args.model} on {args.data}")
@@ -132,7 +210,11 @@ def _train(args) -> int:
 
 
 def _verify(args) -> int:
+    from jaxcnn import checkpoint
     from jaxcnn.verify import mutants, suite
+
+    if args.json:  # before the sweep, not after it
+        checkpoint.check_writable(args.json, "--json file")
 
     if args.mutants:
         outcomes, seconds = mutants.timed_run(names=args.op)
@@ -158,19 +240,53 @@ def _verify(args) -> int:
 
 def _write_json(path: Optional[str], data) -> None:
     if path:
-        with open(path, "w") as f:
-            json.dump(data, f, indent=1, default=float)
+        from jaxcnn import checkpoint
+
+        text = json.dumps(data, indent=1, default=float)
+        checkpoint.write_atomically(path, lambda f: f.write(text.encode()))
+
+
+def _out(args) -> str:
+    return args.out or os.path.join("runs", args.model)
+
+
+def _interrupted(args) -> str:
+    """The one line printed on Ctrl-C: where the run can be continued from."""
+    if args.command != "train":
+        return "interrupted"
+    from jaxcnn import checkpoint
+
+    path = os.path.join(_out(args), "checkpoint.npz")
+    try:
+        history = checkpoint.read_header(path)["metadata"].get("history") or []
+    except (ValueError, OSError):
+        return "interrupted; no checkpoint written yet"
+    epoch = history[-1]["epoch"] if history else 0
+    return f"interrupted; last checkpoint at epoch {epoch} ({path}; continue with --resume)"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs the command line; returns the exit status: 0, 1 (verify found a failure), 2 (a
+    user error, one line on stderr, no traceback) or 130 (interrupted with Ctrl-C)."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "verify":
             return _verify(args)
+        if args.command == "launch":
+            from jaxcnn import launch
+
+            return launch.run(args)
         return _train(args)
-    except (ValueError, FileNotFoundError, ImportError) as e:
+    except (ValueError, OSError, ImportError) as e:  # FileNotFoundError and PermissionError are OSErrors
         print(f"jaxcnn: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the message
+        try:
+            print(f"jaxcnn: {_interrupted(args)}", file=sys.stderr)
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        return 130
 
 
 if __name__ == "__main__":

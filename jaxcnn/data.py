@@ -10,6 +10,8 @@ import gzip
 import math
 import os
 import struct
+import tempfile
+import zlib
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -53,11 +55,27 @@ def seesaw() -> Dataset:
 # --------------------------------------------------------------------------- MNIST-1D
 
 
-def mnist1d(seed: int = 42, shuffle_seq: bool = False) -> Dataset:
+def mnist1d(seed: int = 42, shuffle_seq: bool = False, cache_dir: Optional[str] = None) -> Dataset:
     """MNIST-1D (Greydanus & Kobak), generated locally with the ``mnist1d`` package's
     ``make_dataset(get_dataset_args())``: 4,000 train / 1,000 test sequences of length 40,
     returned as ``(N, 40)``. ``shuffle_seq=True`` gives the paper's shuffled-sequence
-    variant (one fixed permutation of the 40 positions)."""
+    variant (one fixed permutation of the 40 positions).
+
+    Generating takes seconds; with ``cache_dir`` the result is kept there as
+    ``mnist1d-seed{seed}[-shuffled].npz`` (written atomically, so processes that start
+    together may all write it) and read back on later calls."""
+    if cache_dir is not None:
+        path = os.path.join(cache_dir, f"mnist1d-seed{seed}{'-shuffled' if shuffle_seq else ''}.npz")
+        if os.path.exists(path):
+            with np.load(path, allow_pickle=False) as f:
+                return Dataset(f["x_train"], f["y_train"], f["x_test"], f["y_test"], int(f["num_classes"]))
+        d = mnist1d(seed, shuffle_seq)
+        os.makedirs(cache_dir, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-", suffix=".npz")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **d._asdict())
+        os.replace(tmp, path)
+        return d
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as e:
@@ -82,13 +100,17 @@ def read_idx(path: str) -> np.ndarray:
     """Reads an IDX file (the MNIST format), raw or ``.gz``.
 
     The header (magic ``0x0000``, a type byte, the number of dimensions, the sizes) is
-    validated and the declared payload size is checked against the file's real size
-    *before* any payload is read or allocated, so a truncated file, a foreign file or
-    one declaring a huge size fails with a clear ``ValueError``.
+    validated first, and a declared payload over 2 GiB is refused before anything is
+    allocated; a raw file's size is checked against the declared payload before the
+    payload is read. A ``.gz`` file is decompressed to the end of its stream, so every
+    member's CRC-32 and length are verified (concatenated members, as ``cat a.gz b.gz``
+    or bgzip write, are read as one stream). A truncated, corrupt or foreign file, or one
+    holding more or fewer bytes than its header declares, fails with a ``ValueError``
+    naming it.
     """
-    opener = gzip.open if path.endswith(".gz") else open
+    gz = path.endswith(".gz")
     try:
-        with opener(path, "rb") as f:
+        with (gzip.open if gz else open)(path, "rb") as f:
             header = f.read(4)
             if len(header) < 4 or header[:2] != b"\x00\x00" or header[2] not in _IDX_DTYPES:
                 raise ValueError(
@@ -104,18 +126,28 @@ def read_idx(path: str) -> np.ndarray:
             if expected > _MAX_IDX_BYTES:
                 raise ValueError(f"{path}: IDX header declares shape {dims} ({expected:,} bytes), "
                                  "over the 2 GiB limit.")
-            available = _payload_size(path) - 4 - 4 * ndim
-            if available != expected:
-                raise ValueError(
-                    f"{path}: IDX header declares shape {dims} ({expected:,} bytes of {dtype}) but the "
-                    f"file holds {available:,} bytes after the header (truncated or corrupt)."
-                )
+            mismatch = (f"{path}: IDX header declares shape {dims} ({expected:,} bytes of {dtype}) but the "
+                        f"file holds {{:,}} bytes after the header (truncated or corrupt).")
+            if not gz and os.path.getsize(path) - 4 - 4 * ndim != expected:
+                raise ValueError(mismatch.format(os.path.getsize(path) - 4 - 4 * ndim))
             data = f.read(expected)
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+            held = len(data) + _read_to_end(f)  # to the end of the gzip stream: checks its CRC-32s
+            if held != expected:
+                raise ValueError(mismatch.format(held))
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
         if isinstance(e, FileNotFoundError):
             raise
-        raise ValueError(f"{path}: cannot read as IDX ({type(e).__name__}: {e}).") from e
+        raise ValueError(f"{path}: cannot read as IDX, the file is corrupt or truncated "
+                         f"({type(e).__name__}: {e}).") from e
     return np.frombuffer(data, dtype).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _read_to_end(f, chunk: int = 1 << 20) -> int:
+    """Reads ``f`` to its end in bounded chunks; returns how many bytes were left."""
+    left = 0
+    while block := f.read(chunk):
+        left += len(block)
+    return left
 
 
 def write_idx(path: str, array: np.ndarray) -> str:
@@ -142,18 +174,6 @@ def write_idx(path: str, array: np.ndarray) -> str:
     return path
 
 
-def _payload_size(path: str) -> int:
-    """Uncompressed size: the file size, or for gzip the trailer's ISIZE (size mod 2³²)."""
-    size = os.path.getsize(path)
-    if not path.endswith(".gz"):
-        return size
-    with open(path, "rb") as f:
-        if size < 18:
-            raise ValueError(f"{path}: too short to be a gzip file ({size} bytes).")
-        f.seek(-4, os.SEEK_END)
-        return struct.unpack("<I", f.read(4))[0]
-
-
 def _find(directory: str, stem: str) -> str:
     for name in (stem, stem + ".gz"):
         path = os.path.join(directory, name)
@@ -172,9 +192,11 @@ def idx_dataset(directory: str, num_classes: int = 10) -> Dataset:
         return (a.astype(np.float32) / 255.0)[..., None]
 
     def labels(stem, n):
-        a = read_idx(_find(directory, stem))
+        path = _find(directory, stem)
+        a = read_idx(path)
         if a.shape != (n,):
             raise ValueError(f"{stem}: expected {n} labels, got shape {a.shape}.")
+        check_labels(path, a, num_classes)
         return a.astype(np.int32)
 
     x_train, x_test = images("train-images-idx3-ubyte"), images("t10k-images-idx3-ubyte")
@@ -182,6 +204,21 @@ def idx_dataset(directory: str, num_classes: int = 10) -> Dataset:
         x_train, labels("train-labels-idx1-ubyte", len(x_train)),
         x_test, labels("t10k-labels-idx1-ubyte", len(x_test)), num_classes,
     )
+
+
+def check_labels(where: str, labels: np.ndarray, num_classes: int) -> None:
+    """Raises ValueError unless every label is a class id in ``[0, num_classes)``: out of
+    range, softmax cross-entropy is NaN and a confusion matrix would drop the example."""
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"{where}: labels must be integer class ids, got dtype {labels.dtype}.")
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        raise ValueError(
+            f"{where}: labels must be class ids in [0, {num_classes}), got {bad.size} outside it "
+            f"(the first: label {labels.flat[bad[0]]} at index {bad[0]}; values "
+            f"{np.unique(labels.flat[bad])[:5].tolist()})."
+        )
 
 
 def fashion_mnist(directory: Optional[str] = None, size: int = 28) -> Dataset:
@@ -210,8 +247,8 @@ def resize(images: np.ndarray, size: int) -> np.ndarray:
 #: Loaders by name, for the command line.
 DATASETS = {
     "seesaw": lambda **kw: seesaw(),
-    "mnist1d": lambda **kw: mnist1d(),
-    "mnist1d_shuffled": lambda **kw: mnist1d(shuffle_seq=True),
+    "mnist1d": lambda directory=None, **kw: mnist1d(cache_dir=directory),
+    "mnist1d_shuffled": lambda directory=None, **kw: mnist1d(shuffle_seq=True, cache_dir=directory),
     "fashion_mnist": lambda directory=None, **kw: fashion_mnist(directory, 28),
     "fashion_mnist14": lambda directory=None, **kw: fashion_mnist(directory, 14),
     "fashion_mnist32": lambda directory=None, **kw: fashion_mnist(directory, 32),

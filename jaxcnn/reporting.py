@@ -33,18 +33,20 @@ def _save(fig, path: str, dpi: int) -> str:
 
 
 def save_metrics(directory: str, result: FitResult, config: dict) -> str:
-    """Writes ``metrics.json`` (history, final test loss/accuracy/SSE, confusion, config)."""
-    os.makedirs(directory, exist_ok=True)
+    """Writes ``metrics.json`` (history, final test loss/accuracy/SSE, confusion, config),
+    atomically like a checkpoint: a reader sees the previous file or the new one, never half of one."""
+    from jaxcnn import checkpoint
+
     path = os.path.join(directory, "metrics.json")
-    with open(path, "w") as f:
-        json.dump({
-            "config": config,
-            "history": result.history,
-            "test_loss": result.test.loss,
-            "test_accuracy": result.test.accuracy,
-            "test_sse": result.test.sse,
-            "confusion": result.test.confusion.tolist(),
-        }, f, indent=1)
+    text = json.dumps({
+        "config": config,
+        "history": result.history,
+        "test_loss": result.test.loss,
+        "test_accuracy": result.test.accuracy,
+        "test_sse": result.test.sse,
+        "confusion": result.test.confusion.tolist(),
+    }, indent=1)
+    checkpoint.write_atomically(path, lambda f: f.write(text.encode()))
     return path
 
 

@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -106,6 +108,40 @@ def test_tanh_float32_matches_tanh_to_a_few_ulp():
     np.testing.assert_array_equal(np.signbit(y[:6]), [False, True, False, True, False, True])  # odd
     np.testing.assert_allclose(y[4:6], [1e-37, -1e-37], rtol=0, atol=3e-36)  # tiny: ±0 or x
     assert np.isnan(y[6])
+
+
+def test_tanh_float32_never_exceeds_one_around_the_clamp():
+    # Every float32 in [7, 10] (the rational's clamp and Eigen's old ±9 included) and a
+    # stride through [0, 10): |tanh| <= 1 and the derivative 1 − f² >= 0, on both signs.
+    exhaustive = np.arange(np.float32(7).view(np.int32), np.float32(10).view(np.int32), dtype=np.int32)
+    strided = np.arange(0, np.float32(10).view(np.int32), 61, dtype=np.int32)
+    x = np.concatenate([exhaustive, strided]).view(np.float32)
+    for sign in (1, -1):
+        y = np.asarray(jax.jit(ops.tanh)(jnp.asarray(sign * x)))
+        assert np.max(np.abs(y)) <= 1.0
+        assert np.min(1 - y * y) >= 0.0
+    np.testing.assert_array_equal(ops.tanh(jnp.array([8.5, 100.0, -9.0], jnp.float32)), [1.0, 1.0, -1.0])
+    dx = jax.grad(lambda v: ops.tanh(v).sum())(jnp.array([7.9, 8.2, 8.5, 9.0], jnp.float32))
+    assert np.all(np.asarray(dx) >= 0)
+
+
+def test_tanh_clamp_is_safe_with_and_without_fused_multiply_adds():
+    # How XLA compiles Horner's rule (separate rounding, or fused multiply-adds) depends
+    # on the machine: at the clamp both must round to at most 1.
+    from jaxcnn import _xla_cpu
+
+    def rational(z, fma):
+        z2, f32, wide = np.float32(z * z), np.float32, np.float64
+        p, q = (functools.reduce(
+            lambda acc, c: f32(wide(acc) * wide(z2) + wide(c)) if fma else f32(f32(acc * z2) + f32(c)),
+            coefficients[1:], f32(coefficients[0]))
+            for coefficients in (_xla_cpu.TANH_NUMERATOR, _xla_cpu.TANH_DENOMINATOR))
+        return f32(f32(z * p) / q)
+
+    z = np.arange(np.float32(7.5).view(np.int32), np.float32(_xla_cpu.TANH_CLAMP).view(np.int32) + 1,
+                  dtype=np.int32).view(np.float32)
+    for fma in (False, True):
+        assert rational(z, fma).max() <= 1.0
 
 
 def test_sigmoid_is_stable_for_large_inputs():

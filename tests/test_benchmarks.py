@@ -17,7 +17,8 @@ def test_benchmark_quick_mode(tmp_path):
                     "GFLOP/s"):
         assert heading in proc.stdout, heading
     results = json.loads(out.read_text())["results"]
-    assert {r["op"] for r in results["ops"]} == {"dense", "softmax_cross_entropy", "l2_penalty", "conv", "max_pool"}
+    assert {r["op"] for r in results["ops"]} == {"dense", "softmax_cross_entropy", "l2_penalty", "conv", "max_pool",
+                                                  "batch_norm", "dropout"}
     assert all(r["ms"]["ops"] > 0 and r["ms"]["autodiff"] > 0 for r in results["ops"])
     steps = results["train"][0]["ms_per_step"]
     assert "jaxcnn ops (jit step)" in steps and "jaxcnn reference (make_epoch, lax.scan)" in steps

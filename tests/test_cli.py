@@ -68,3 +68,14 @@ def test_bad_arguments_give_one_line_and_exit_2(capsys):
         assert e.value.code == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("jaxcnn: error:") and argv[-1] in err and "\n" not in err
+
+
+def test_verify_checks_the_json_path_before_the_sweep(tmp_path, capsys, monkeypatch):
+    from jaxcnn.verify import suite
+
+    monkeypatch.setattr(suite, "timed_run", lambda **kwargs: pytest.fail("the sweep ran"))
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["verify", "--op", "relu", "--json", str(tmp_path / "file" / "v.json")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"jaxcnn: error: {tmp_path}/file/v.json: cannot write the --json file: {tmp_path}/file is a "
+                   f"file, not a folder.\n")

@@ -383,6 +383,13 @@ def test_errors(rng):
             conv(x, w, b, padding=((1, 1),))
         with pytest.raises(ValueError, match=r"conv: `padding` must not be negative, got -1"):
             conv(x, w, b, padding=-1)
+        with pytest.raises(TypeError, match=r"conv: `padding` must be 2 \(low, high\) pairs of ints, got "
+                                            r"\(\(1.5, 1\), \(1, 1\)\); a fractional \(or bool\) padding is refused "
+                                            r"rather than truncated"):
+            conv(x, w, b, padding=((1.5, 1), (1, 1)))
+        with pytest.raises(TypeError, match=r"conv: `padding` must be 2 \(low, high\) pairs of ints, got "
+                                            r"\(\(1, 1\), \(True, 1\)\)"):
+            conv(x, w, b, padding=((1, 1), (True, 1)))
         with pytest.raises(ValueError, match=r"conv: `connections` must have shape \(C_in, C_out\) = \(3, 4\) .* got "
                                              r"\(4, 3\)"):
             conv(x, w, b, connections=np.ones((4, 3), bool))

@@ -246,5 +246,8 @@ def test_errors():
                                          r"of size 1 upsampled by 1 and padded by \(0, 0\) is smaller than the "
                                          r"window 3 \(padding 'FULL'\)"):
         op(x[:, :1, :1], w, b, padding="FULL")
+    with pytest.raises(TypeError, match=r"conv_transpose: `padding` must be 2 \(low, high\) pairs of ints, got "
+                                        r"\(\(1.5, 1\), \(1, 1\)\)"):
+        op(x, w, b, padding=((1.5, 1), (1, 1)))
     with pytest.raises(ValueError, match=r"conv_transpose: `stride` has 3 entries"):  # the reference validates alike
         reference.conv_transpose(x, w, b, stride=(2, 2, 2))

@@ -1,4 +1,5 @@
 import gzip
+import re
 import struct
 
 import numpy as np
@@ -115,3 +116,40 @@ def test_write_idx_matches_the_mnist_layout_and_checks_its_input(tmp_path):
 
 def test_fashion_mnist_class_names():
     assert len(data.FASHION_MNIST_CLASSES) == 10 and data.FASHION_MNIST_CLASSES[9] == "Ankle boot"
+
+
+def test_idx_gz_corruption_anywhere_is_a_value_error_naming_the_file(tmp_path):
+    # Flip each byte of the deflate stream and the trailer (CRC-32, length) in turn: each
+    # is a ValueError naming the file, never different pixels.
+    images = np.random.default_rng(0).integers(0, 256, (3, 5, 7)).astype(np.uint8)
+    good = gzip.compress(struct.pack(">BBBB", 0, 0, 8, 3) + struct.pack(">3I", *images.shape) + images.tobytes())
+    path = tmp_path / "flipped-idx3-ubyte.gz"
+    for position in range(10, len(good)):  # bytes 0-9 are the gzip header (mtime, flags: no CRC)
+        corrupt = bytearray(good)
+        corrupt[position] ^= 0xFF
+        path.write_bytes(bytes(corrupt))
+        with pytest.raises(ValueError, match=re.escape(str(path))):
+            data.read_idx(str(path))
+
+
+def test_idx_gz_with_two_members_reads_as_one_stream(tmp_path):
+    images = np.arange(4 * 3 * 2, dtype=np.uint8).reshape(4, 3, 2)
+    raw = struct.pack(">BBBB", 0, 0, 8, 3) + struct.pack(">3I", *images.shape) + images.tobytes()
+    path = tmp_path / "two-members.gz"
+    path.write_bytes(gzip.compress(raw[:11]) + gzip.compress(raw[11:]))  # as `cat a.gz b.gz` or bgzip
+    np.testing.assert_array_equal(data.read_idx(str(path)), images)
+
+
+def test_idx_gz_with_more_bytes_than_declared_is_refused(tmp_path):
+    path = _write_idx(tmp_path / "long.gz", np.zeros((2, 3), np.uint8), dims=(2, 2), gz=True)
+    with pytest.raises(ValueError, match=r"long.gz: IDX header declares shape \(2, 2\) \(4 bytes of uint8\) but the "
+                                         r"file holds 6 bytes after the header"):
+        data.read_idx(path)
+
+
+def test_idx_labels_outside_the_classes_are_refused(tmp_path):
+    directory = _fake_fashion(tmp_path)
+    _write_idx(directory / "t10k-labels-idx1-ubyte", np.array([0, 1, 12, 3, 255, 5], np.uint8))
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte: labels must be class ids in \[0, 10\), got 2 "
+                                         r"outside it \(the first: label 12 at index 2; values \[12, 255\]\)"):
+        data.fashion_mnist(str(directory))

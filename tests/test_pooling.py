@@ -353,6 +353,9 @@ def test_errors(name):
         op(x, 2, padding="HALF")
     with pytest.raises(ValueError, match=rf"{name}: `padding` must not be negative, got -1"):
         op(x, 2, padding=-1)
+    with pytest.raises(TypeError, match=rf"{name}: `padding` must be 2 \(low, high\) pairs of ints, got "
+                                        rf"\(\(1, 1\), \(0.5, 0\)\)"):
+        op(x, 2, padding=((1, 1), (0.5, 0)))
     with pytest.raises(ValueError, match=rf"{name}: `padding` must be 'VALID', 'SAME', 'FULL', an int, or 2 \(low, "
                                          rf"high\) pairs \(one per spatial axis\), got \(\(1, 1\),\)"):
         op(x, 2, padding=((1, 1),))
@@ -371,3 +374,90 @@ def test_errors(name):
 def test_count_padding_must_be_a_bool():
     with pytest.raises(TypeError, match=r"mean_pool: `count_padding` must be True or False, got 'no'"):
         ops.mean_pool(jnp.zeros((1, 4, 4, 1), jnp.float32), 2, count_padding="no")
+
+
+# --------------------------------------------------------------------------- PyTorch's options
+
+
+def _torch_out(n, k, s, p, d, ceil):
+    """PyTorch's pooling output size (pooling_output_shape): floor or ceil, then the rule that
+    the last window must start inside the input or its left padding."""
+    numerator = n + 2 * p - d * (k - 1) - 1
+    out = (-(-numerator // s) if ceil else numerator // s) + 1
+    if ceil and (out - 1) * s >= n + p:
+        out -= 1
+    return out
+
+
+def _torch_windows(n, k, s, p, d, ceil):
+    """Per output position, the input positions its window reads (padding < 0 or >= n)."""
+    return [[i * s - p + j * d for j in range(k)] for i in range(_torch_out(n, k, s, p, d, ceil))]
+
+
+@pytest.mark.parametrize("n, k, s, p, d", [(7, 2, 2, 0, 1), (8, 3, 2, 1, 1), (9, 3, 2, 1, 2), (6, 2, 3, 1, 1),
+                                           (10, 3, 3, 0, 2)])
+def test_max_pool_dilation_ceil_mode_and_indices_are_pytorchs(rng, n, k, s, p, d):
+    x = distinct(rng, 2, n, 3)
+    for ceil in (False, True):
+        windows = _torch_windows(n, k, s, p, d, ceil)
+        y, indices = ops.max_pool(x, k, s, p, dilation=d, ceil_mode=ceil, return_indices=True)
+        assert y.shape == (2, len(windows), 3)
+        for i, positions in enumerate(windows):
+            real = [q for q in positions if 0 <= q < n]
+            best = np.asarray(real)[np.argmax(x[:, real, :], axis=1)]  # (N, C) input positions
+            np.testing.assert_array_equal(y[:, i], np.take_along_axis(x, best[:, None], 1)[:, 0])
+            np.testing.assert_array_equal(indices[:, i], best)
+        yr, ir = reference.max_pool(x, k, s, p, dilation=d, ceil_mode=ceil, return_indices=True)
+        np.testing.assert_array_equal(yr, y)
+        np.testing.assert_array_equal(ir, indices)
+    opcheck.assert_vjp("max_pool", jnp.asarray(x), window=k, stride=s, padding=p, dilation=d, ceil_mode=True)
+
+
+def test_max_pool_indices_are_flat_in_the_input_plane(rng):
+    x = distinct(rng, 1, 5, 6, 2)
+    y, indices = ops.max_pool(x, 2, 2, ceil_mode=True, return_indices=True)
+    assert indices.dtype == jnp.int32 and indices.shape == y.shape == (1, 3, 3, 2)
+    rows, cols = np.divmod(np.asarray(indices), 6)  # PyTorch: h·W + w in each (n, c) plane
+    np.testing.assert_array_equal(y, np.take_along_axis(x.reshape(1, 30, 2), indices.reshape(1, 9, 2), 1)
+                                  .reshape(y.shape))
+    assert rows.max() == 4 and cols.max() == 5  # the ceil-mode windows reach the last row and column
+    g = jax.grad(lambda x: ops.max_pool(x, 2, 2, ceil_mode=True, return_indices=True)[0].sum())(x)
+    routed = np.sort(np.flatnonzero(np.asarray(g)[0, :, :, 0]))
+    np.testing.assert_array_equal(routed, np.sort(indices[0, :, :, 0].ravel()))
+
+
+@pytest.mark.parametrize("count_padding", [True, False])
+@pytest.mark.parametrize("n, k, s, p", [(7, 2, 2, 0), (8, 3, 2, 1), (6, 2, 3, 1), (5, 3, 3, 1)])
+def test_mean_pool_ceil_mode_divisor_is_pytorchs(rng, n, k, s, p, count_padding):
+    # torch avg_pool: the divisor counts the window's entries inside [−p, n + p) with count_include_pad,
+    # inside [0, n) without; the positions added by ceil_mode never count.
+    x = rng.normal(size=(2, n, 3))
+    windows = _torch_windows(n, k, s, p, 1, True)
+    y = ops.mean_pool(x, k, s, p, count_padding=count_padding, ceil_mode=True)
+    assert y.shape == (2, len(windows), 3)
+    for i, positions in enumerate(windows):
+        real = [q for q in positions if 0 <= q < n]
+        divisor = len([q for q in positions if -p <= q < n + p]) if count_padding else len(real)
+        np.testing.assert_allclose(y[:, i], x[:, real].sum(axis=1) / divisor, rtol=1e-12)
+    np.testing.assert_allclose(reference.mean_pool(x, k, s, p, count_padding, ceil_mode=True), y, rtol=1e-12)
+    opcheck.assert_vjp("mean_pool", jnp.asarray(x), window=k, stride=s, padding=p, count_padding=count_padding,
+                       ceil_mode=True)
+
+
+def test_pooling_dilation_and_ceil_mode_under_every_transform(rng):
+    x = jnp.asarray(distinct(rng, 2, 7, 6, 2))
+    opcheck.assert_all("max_pool", x, window=2, stride=2, dilation=(2, 1), ceil_mode=True)
+    opcheck.assert_all("mean_pool", x, window=3, stride=2, padding=1, dilation=2, ceil_mode=True)
+
+
+def test_pooling_option_errors():
+    x = jnp.ones((1, 4, 4, 1))
+    with pytest.raises(TypeError, match=r"max_pool: `ceil_mode` must be True or False, got 1"):
+        ops.max_pool(x, 2, ceil_mode=1)
+    with pytest.raises(TypeError, match=r"max_pool: `return_indices` must be True or False, got 'yes'"):
+        ops.max_pool(x, 2, return_indices="yes")
+    with pytest.raises(ValueError, match=r"mean_pool: `dilation` has 3 entries but `x` of shape \(1, 4, 4, 1\)"):
+        ops.mean_pool(x, 2, dilation=(1, 1, 1))
+    with pytest.raises(ValueError, match=r"max_pool: the window \(3 with dilation 2, extent 5\) is larger than the "
+                                         r"padded input"):
+        ops.max_pool(x, 3, dilation=2)

@@ -38,13 +38,14 @@ def test_ops_exports_functions_never_modules():
 def test_import_jaxcnn_reaches_every_subpackage_lazily():
     code = (
         "import sys, jaxcnn\n"
-        "lazy = ['checkpoint', 'data', 'models', 'nn', 'reporting', 'train']\n"
+        "lazy = ['checkpoint', 'data', 'distributed', 'launch', 'models', 'nn', 'reporting', 'train']\n"
         "assert not [m for m in lazy if 'jaxcnn.' + m in sys.modules], sorted(sys.modules)\n"
         "print(jaxcnn.nn.Dense.__name__, jaxcnn.models.lenet5.__name__, jaxcnn.train.fit.__name__,\n"
-        "      jaxcnn.data.seesaw.__name__, jaxcnn.reporting.save_metrics.__name__)\n"
+        "      jaxcnn.data.seesaw.__name__, jaxcnn.reporting.save_metrics.__name__,\n"
+        "      jaxcnn.distributed.initialize.__name__, jaxcnn.launch.launch.__name__)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["Dense", "lenet5", "fit", "seesaw", "save_metrics"]
+    assert out.split() == ["Dense", "lenet5", "fit", "seesaw", "save_metrics", "initialize", "launch"]
     assert set(jaxcnn.__all__) >= {"ops", "reference", "verify", "nn", "models", "train", "data"}
     assert "train" in dir(jaxcnn)
 

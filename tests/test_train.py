@@ -1,8 +1,11 @@
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import jax
@@ -137,7 +140,7 @@ def _on_host_devices(script: str, devices: int):
     return json.loads(proc.stdout)
 
 
-def test_data_parallel_run_equals_single_device(tmp_path):
+def test_data_parallel_run_equals_single_device(tmp_path):  # 18 per batch: uneven over 4 devices
     script = textwrap.dedent("""
         import json, sys
         import jax, numpy as np
@@ -149,7 +152,7 @@ def test_data_parallel_run_equals_single_device(tmp_path):
         model = nn.serial(nn.Conv(4, (3, 3), padding="SAME"), nn.Relu(), nn.MaxPool((2, 2)), nn.Flatten(), nn.Dense(2))
         out = {}
         for n in (1, 4):
-            r = train.fit(model, d, epochs=3, batch_size=16, devices=n, quiet=True)
+            r = train.fit(model, d, epochs=3, batch_size=18, devices=n, quiet=True)
             out[n] = [np.asarray(l).tolist() for l in jax.tree_util.tree_leaves(r.state.params)]
             sharding = r.state.params[0]["w"].sharding
             out[f"spread{n}"] = [sharding.is_fully_replicated, len(sharding.device_set)]
@@ -249,8 +252,6 @@ def test_data_parallel_batch_norm_uses_the_global_batch(tmp_path):
 def test_fit_argument_errors():
     with pytest.raises(ValueError, match=r"fit: give exactly one of `epochs` and `steps`"):
         train.fit(_model(), _toy(), quiet=True)
-    with pytest.raises(ValueError, match=r"fit: `batch_size` 10 must be divisible by devices=4"):
-        train.fit(_model(), _toy(), epochs=1, batch_size=10, devices=4, quiet=True)
     with pytest.raises(ValueError, match=r"devices=4 requested but 1 available"):
         train.fit(_model(), _toy(), epochs=1, batch_size=16, devices=4, quiet=True)
 
@@ -291,6 +292,13 @@ def test_cli_trains_resnet20_with_batch_norm_on_fashion_mnist_and_resumes(tmp_pa
     (["train", "--epochs", "0"], "argument --epochs: expected a positive integer, got '0'"),
     (["train", "--epochs", "2", "--steps", "5"], "argument --steps: not allowed with argument --epochs"),
     (["train", "--lr", "-1"], "argument --lr: expected a positive number, got '-1'"),
+    (["train", "--lr", "inf"], "argument --lr: expected a positive number, got 'inf'"),
+    (["train", "--momentum", "nan"], "argument --momentum: expected a number in [0, 1), got 'nan'"),
+    (["train", "--momentum", "-5"], "argument --momentum: expected a number in [0, 1), got '-5'"),
+    (["train", "--weight-decay", "-1"], "argument --weight-decay: expected a number >= 0, got '-1'"),
+    (["train", "--weight-decay", "nan"], "argument --weight-decay: expected a number >= 0, got 'nan'"),
+    (["train", "--seed", str(2**64)], f"argument --seed: expected an integer in [-2**63, 2**63), got '{2**64}'"),
+    (["train", "--resume", "--overwrite"], "argument --overwrite: not allowed with argument --resume"),
 ])
 def test_cli_train_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -474,3 +482,194 @@ def test_auto_loop_steps_on_the_cpu_only_when_a_convolution_is_slow_in_a_loop():
             results[loop] = losses
         np.testing.assert_allclose(results["auto"], results["scan"], rtol=1e-5)
         np.testing.assert_allclose(results["auto"], results["steps"], rtol=1e-5)
+
+
+def _bad(d, **changes):
+    return d._replace(**changes)
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(epochs=0), ValueError, r"fit: `epochs` must be an int >= 1, got 0"),
+    (dict(epochs=-2), ValueError, r"fit: `epochs` must be an int >= 1, got -2"),
+    (dict(steps=0), ValueError, r"fit: `steps` must be an int >= 1, got 0"),
+    (dict(epochs=2.5), TypeError, r"fit: `epochs` must be an int, got 2.5 \(float\)"),
+    (dict(epochs=1, devices=0), ValueError, r"fit: `devices` must be an int >= 1, got 0"),
+    (dict(epochs=1, batch_size=True), TypeError, r"fit: `batch_size` must be an int, got True \(bool\)"),
+    (dict(epochs=1, weight_decay=-1.0), ValueError, r"fit: `weight_decay` must be a finite number in \[0, inf\), got "
+                                                    r"-1.0"),
+    (dict(epochs=1, weight_decay=float("nan")), ValueError, r"fit: `weight_decay` must be a finite number in \[0, "
+                                                            r"inf\), got nan"),
+    (dict(epochs=1, seed=2**64), ValueError, r"fit: `seed` must be an int in \[-9223372036854775808, "
+                                             r"9223372036854775808\), got 18446744073709551616"),
+    (dict(epochs=1, eval_every=-1), ValueError, r"fit: `eval_every` must be an int >= 0, got -1"),
+])
+def test_fit_refuses_bad_arguments_before_any_work(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        train.fit(_model(), _toy(), batch_size=kwargs.pop("batch_size", 16), quiet=True, **kwargs)
+
+
+def test_fit_refuses_bad_datasets_before_any_work():
+    d = _toy()
+    cases = [
+        (_bad(d, y_train=d.y_train[:60]), r"fit: `data.x_train` has 64 examples but `data.y_train` has 60 labels; "
+                                          r"they must pair one to one"),
+        (_bad(d, y_test=d.y_test[:-1]), r"fit: `data.x_test` has 32 examples but `data.y_test` has 31 labels"),
+        (_bad(d, x_test=d.x_test[:0], y_test=d.y_test[:0]), r"fit: `data.x_test` is empty; it needs at least one "
+                                                            r"example"),
+        (_bad(d, y_train=np.where(np.arange(64) == 5, 4, d.y_train).astype(np.int32)),
+         r"fit: `data.y_train`: labels must be class ids in \[0, 4\), got 1 outside it \(the first: label 4 at index "
+         r"5; values \[4\]\)"),
+        (_bad(d, y_test=np.where(np.arange(32) == 0, -1, d.y_test).astype(np.int32)),
+         r"fit: `data.y_test`: labels must be class ids in \[0, 4\), got 1 outside it \(the first: label -1 at "
+         r"index 0"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(ValueError, match=message):
+            train.fit(_model(), bad, epochs=1, batch_size=16, quiet=True)
+
+
+def test_evaluate_never_drops_an_example_from_the_confusion_matrix():
+    d = _toy()
+    params, _ = _model().init(KEY, (-1, 8))
+    ev = train.evaluate(_model(), params, d.x_test, d.y_test, 4)
+    assert ev.confusion.sum() == len(d.y_test)
+    with pytest.raises(ValueError, match=r"evaluate: `y`: labels must be class ids in \[0, 4\), got 1 outside it "
+                                         r"\(the first: label 7 at index 3"):
+        train.evaluate(_model(), params, d.x_test, np.where(np.arange(32) == 3, 7, d.y_test), 4)
+    with pytest.raises(ValueError, match=r"evaluate: the model has 4 outputs but num_classes=5"):
+        train.evaluate(_model(), params, d.x_test, d.y_test, 5)
+    with pytest.raises(ValueError, match=r"evaluate: `x` has 32 examples but `y` has 30 labels"):
+        train.evaluate(_model(), params, d.x_test, d.y_test[:30], 4)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(lr=float("inf")), r"make_optimizer: `lr` must be a finite number in \(0, inf\), got inf"),
+    (dict(lr=0.0), r"make_optimizer: `lr` must be a finite number in \(0, inf\), got 0.0"),
+    (dict(momentum=float("nan")), r"make_optimizer: `momentum` must be a finite number in \[0, 1\), got nan"),
+    (dict(momentum=-5.0), r"make_optimizer: `momentum` must be a finite number in \[0, 1\), got -5.0"),
+])
+def test_make_optimizer_refuses_non_finite_and_out_of_range_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        train.make_optimizer("sgd", **kwargs)
+    with pytest.raises(ValueError, match=r"make_loss: `weight_decay` must be a finite number in \[0, inf\), got -0.5"):
+        train.make_loss(_model(), weight_decay=-0.5)
+
+
+def test_fit_checks_where_the_checkpoint_goes_before_the_first_step(tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "folder.npz").mkdir()
+    for path, message in [(tmp_path / "file" / "c.npz", r"file/c.npz: cannot write the checkpoint: .*/file is a file, "
+                                                        r"not a folder"),
+                          (tmp_path / "folder.npz", r"folder.npz: the checkpoint path is a folder; give a file path")]:
+        with pytest.raises(ValueError, match=message):
+            train.fit(_model(), _toy(), epochs=1, batch_size=16, quiet=True, checkpoint_path=str(path))
+
+
+def test_resume_refuses_other_settings_and_a_run_is_never_overwritten_silently(tmp_path):
+    d, path = _toy(), str(tmp_path / "c.npz")
+    train.fit(_model(), d, epochs=1, batch_size=16, quiet=True, checkpoint_path=path, settings={"lr": 0.1})
+    saved = checkpoint.read_header(path)["metadata"]["settings"]
+    assert saved["seed"] == 0 and saved["batch_size"] == 16 and saved["lr"] == 0.1 and saved["data_fingerprint"]
+    before = Path(path).read_bytes()
+    with pytest.raises(ValueError, match=r"c.npz already holds a checkpoint; continue it with resume=True "
+                                         r"\(--resume\) or start over with overwrite=True \(--overwrite\)"):
+        train.fit(_model(), d, epochs=2, batch_size=16, quiet=True, checkpoint_path=path, settings={"lr": 0.1})
+    with pytest.raises(ValueError, match=r"cannot resume from .*c.npz: its settings differ: batch_size 16 -> 8, lr "
+                                         r"0.1 -> 0.2, seed 0 -> 1\. .*allow_changed_settings=True"):
+        train.fit(_model(), d, epochs=2, batch_size=8, seed=1, quiet=True, checkpoint_path=path, resume=True,
+                  settings={"lr": 0.2})
+    with pytest.raises(ValueError, match=r"its settings differ: data_fingerprint '[0-9a-f]{16}' -> '[0-9a-f]{16}'"):
+        train.fit(_model(), _bad(d, x_train=d.x_train * 2), epochs=2, batch_size=16, quiet=True,
+                  checkpoint_path=path, resume=True, settings={"lr": 0.1})
+    assert Path(path).read_bytes() == before
+    resumed = train.fit(_model(), d, epochs=2, batch_size=8, quiet=True, checkpoint_path=path, resume=True,
+                        settings={"lr": 0.1}, allow_changed_settings=True)
+    assert resumed.history[0]["step"] == 4 and int(resumed.state.step) == 16  # 2 epochs of 8 steps under batch 8
+    assert checkpoint.read_header(path)["metadata"]["settings"]["batch_size"] == 8
+    restarted = train.fit(_model(), d, epochs=1, batch_size=16, quiet=True, checkpoint_path=path, overwrite=True)
+    assert len(restarted.history) == 1
+
+
+def test_metrics_json_is_written_atomically(tmp_path, monkeypatch):
+    result = train.FitResult(None, [{"epoch": 1}], train.Evaluation(0.5, 0.75, np.eye(2, dtype=int), 0.1))
+    path = reporting.save_metrics(str(tmp_path), result, {"lr": 0.1})
+    before = Path(path).read_bytes()
+
+    def full_disk(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="disk full"):
+        reporting.save_metrics(str(tmp_path), train.FitResult(None, [{"epoch": 2}], result.test), {"lr": 0.2})
+    assert Path(path).read_bytes() == before and os.listdir(tmp_path) == ["metrics.json"]
+
+
+SEESAW = ["train", "--model", "seesaw_cnn", "--data", "seesaw", "--batch-size", "1", "--optimizer", "sgd", "--quiet"]
+
+
+def test_cli_train_checks_the_output_folder_and_the_run_before_loading_data(tmp_path, capsys, monkeypatch):
+    def loaded(**kwargs):
+        raise AssertionError("the data was loaded")
+
+    monkeypatch.setitem(data.DATASETS, "seesaw", loaded)  # every check comes before the data
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dir" / "checkpoint.npz").mkdir(parents=True)
+    checkpoint.save(str(tmp_path / "old" / "checkpoint.npz"), {"w": np.ones(2)})
+    for out, message in [
+        ("file", r"file/checkpoint.npz: cannot write the output: .*/file is a file, not a folder"),
+        ("dir", r"dir/checkpoint.npz: the output path is a folder; give a file path"),
+        ("old", r"old/checkpoint.npz already holds a checkpoint; continue it with resume=True \(--resume\) or start "
+                r"over with overwrite=True \(--overwrite\)"),
+        ("new --resume", r"resume=True but there is no checkpoint at '.*new/checkpoint.npz'"),
+    ]:
+        folder, *extra = out.split()
+        with pytest.raises(AssertionError, match="the data was loaded"):  # a good folder passes the checks
+            cli.main([*SEESAW, "--epochs", "1", "--out", str(tmp_path / "ok")])
+        assert cli.main([*SEESAW, "--epochs", "1", "--out", str(tmp_path / folder), *extra]) == 2
+        err = capsys.readouterr().err
+        assert re.search(message, err) and err.startswith("jaxcnn: error: ") and "Traceback" not in err
+
+
+def test_cli_train_names_the_extra_to_install_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as on a bare install: import fails
+    assert cli.main([*SEESAW, "--epochs", "1", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert ("jaxcnn train needs matplotlib (learning_curve.png), not installed; install the train extra: "
+            "pip install 'jaxcnn[train]'") in err
+    assert not os.listdir(tmp_path)  # nothing trained, nothing written
+
+
+def test_cli_ctrl_c_names_the_last_checkpoint_without_a_traceback(tmp_path, capsys, monkeypatch):
+    fit = train.fit
+
+    def interrupted_after_two_epochs(*args, **kwargs):
+        fit(*args, **{**kwargs, "epochs": 2})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "fit", interrupted_after_two_epochs)
+    assert cli.main([*SEESAW, "--epochs", "5", "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert err == (f"jaxcnn: interrupted; last checkpoint at epoch 2 ({tmp_path}/checkpoint.npz; continue with "
+                   f"--resume)\n")
+    monkeypatch.setattr(train, "fit", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert cli.main([*SEESAW, "--epochs", "5", "--out", str(tmp_path / "b")]) == 130
+    assert capsys.readouterr().err == "jaxcnn: interrupted; no checkpoint written yet\n"
+
+
+def test_cli_sigint_during_training_exits_cleanly(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "jaxcnn", *SEESAW, "--steps", "100000000", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1])))
+    try:
+        deadline = time.monotonic() + 600  # until the first checkpoint is written (slow on a loaded machine)
+        while not (out / "checkpoint.npz").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert re.fullmatch(r"jaxcnn: interrupted; last checkpoint at epoch \d+ \(.*checkpoint.npz; continue with "
+                        r"--resume\)\n", err)
+    checkpoint.read_header(str(out / "checkpoint.npz"))

@@ -245,7 +245,7 @@ def softmax(x: jax.Array, axis: int = -1) -> jax.Array:
       axis: the axis that sums to one (a Python int).
 
     Returns:
-      ``p``, same shape and dtype.
+      ``p``, same shape and dtype (empty when the axis is: no classes, nothing to normalise).
 
     Raises:
       TypeError: ``x`` is not floating point.
@@ -259,6 +259,8 @@ def softmax(x: jax.Array, axis: int = -1) -> jax.Array:
     x = _checks.float_array("softmax", "x", x)
     _checks.min_rank("softmax", "x", x, 1, "(..., K)")
     (axis,) = _checks.axis("softmax", "axis", axis, x.ndim)
+    if x.shape[axis] == 0:  # no classes: an empty result, as jax.nn.softmax and PyTorch give
+        return jnp.zeros_like(x)
     return _softmax(x, axis)
 
 
@@ -301,19 +303,24 @@ def log_softmax(x: jax.Array, axis: int = -1) -> jax.Array:
     Returns:
       ``y``, same shape and dtype.
 
-    Raises:
-      TypeError: ``x`` is not floating point.
-      ValueError: ``axis`` is out of range.
+    Raises (as :func:`softmax`): TypeError for a non-floating ``x``, ValueError for an
+    ``axis`` out of range.
 
     >>> import jax.numpy as jnp
     >>> from jaxcnn import ops
-    >>> [round(v, 4) for v in jnp.exp(ops.log_softmax(jnp.log(jnp.array([0.3, 0.7])))).tolist()]
-    [0.3, 0.7]
+    >>> [round(v, 4) for v in ops.log_softmax(jnp.zeros(4)).tolist()]  # log ¼ each
+    [-1.3863, -1.3863, -1.3863, -1.3863]
     """
-    x = _checks.float_array("log_softmax", "x", x)
-    _checks.min_rank("log_softmax", "x", x, 1, "(..., K)")
-    (axis,) = _checks.axis("log_softmax", "axis", axis, x.ndim)
+    x, axis = _validate_axis_op("log_softmax", x, axis)
     return _log_softmax(x, axis)
+
+
+def _validate_axis_op(op, x, axis):
+    """``x`` floating with at least one dimension, ``axis`` normalised (softmax, log-softmax)."""
+    x = _checks.float_array(op, "x", x)
+    _checks.min_rank(op, "x", x, 1, "(..., K)")
+    (axis,) = _checks.axis(op, "axis", axis, x.ndim)
+    return x, axis
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -358,9 +365,7 @@ def leaky_relu_reference(x, negative_slope=0.01, *, derivative_at_zero=1.0):
 
 def log_softmax_reference(x, axis=-1):
     """Autodiff reference for :func:`log_softmax`; the max shift carries no gradient."""
-    x = _checks.float_array("log_softmax", "x", x)
-    _checks.min_rank("log_softmax", "x", x, 1, "(..., K)")
-    (axis,) = _checks.axis("log_softmax", "axis", axis, x.ndim)
+    x, axis = _validate_axis_op("log_softmax", x, axis)
     shifted = x - lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
     return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True))
 
@@ -380,5 +385,7 @@ def softmax_reference(x, axis=-1):
     x = _checks.float_array("softmax", "x", x)
     _checks.min_rank("softmax", "x", x, 1, "(..., K)")
     (axis,) = _checks.axis("softmax", "axis", axis, x.ndim)
+    if x.shape[axis] == 0:
+        return jnp.zeros_like(x)
     e = jnp.exp(x - lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True)))
     return e / jnp.sum(e, axis=axis, keepdims=True)

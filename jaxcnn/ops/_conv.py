@@ -292,6 +292,8 @@ def _validate(op, rank, x, w, b, stride, padding, dilation, connections, method)
     geom = _shapes.geometry(op, x.shape[1:-1], w.shape[:-2], stride, padding, dilation)
     table = None if connections is None else _connection_table(op, connections, w.shape[-2:])
     plan = auto_plan(geom, x.shape[1:-1], *w.shape[-2:]) if method == "auto" else PLANS[method]
+    if x.size == 0 or w.size == 0:  # an empty batch or no channels: XLA's convolutions take empty operands
+        plan = PLANS["xla"]
     return x, w, b, ConvSpec(geom, table, plan, b is not None)
 
 

@@ -121,15 +121,15 @@ def patches(x: jax.Array, geom: _shapes.Geometry) -> jax.Array:
     Plain JAX with no custom rule (used inside hand-derived rules, and differentiable
     again for grad-of-grad). Jitted so that eager calls compile once, not once per slice.
     """
-    n = x.shape[0]
+    n, features = x.shape[0], math.prod(geom.window) * x.shape[-1]  # explicit sizes: N or C may be 0
     if whole_window(geom, x.shape[1:-1]):
-        return x.reshape(n, *geom.out_shape, -1)  # one window: no copy
+        return x.reshape(n, *geom.out_shape, features)  # one window: no copy
     cols = jnp.pad(x, ((0, 0), *geom.pads, (0, 0)))[..., None, :]  # (N, *padded, K = 1, C)
     for axis in reversed(range(len(geom.window))):  # (N, *padded[:d], *out[d:], K_d, C)
         k, s, d, m = geom.window[axis], geom.stride[axis], geom.dilation[axis], geom.out_shape[axis]
         cols = jnp.concatenate([lax.slice_in_dim(cols, o * d, o * d + (m - 1) * s + 1, s, axis=1 + axis)
                                 for o in range(k)], axis=-2)
-    return cols.reshape(n, *geom.out_shape, -1)
+    return cols.reshape(n, *geom.out_shape, features)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -142,11 +142,10 @@ def col2im(cols: jax.Array, geom: _shapes.Geometry, spatial_shape: tuple[int, ..
     terms per element are computed into a buffer of their own on the CPU
     (:func:`jaxcnn._xla_cpu.materialized`). Jitted like :func:`patches`; ``spatial_shape`` must be a tuple.
     """
-    n = cols.shape[0]
+    n, c = cols.shape[0], cols.shape[-1] // math.prod(geom.window)  # explicit sizes: N or C may be 0
     if whole_window(geom, spatial_shape):
-        return cols.reshape(n, *spatial_shape, -1)
-    parts = cols.reshape(n, *geom.out_shape, math.prod(geom.window), -1)
-    c = parts.shape[-1]
+        return cols.reshape(n, *spatial_shape, c)
+    parts = cols.reshape(n, *geom.out_shape, math.prod(geom.window), c)
     padded = [size + lo + hi for size, (lo, hi) in zip(spatial_shape, geom.pads)]
     zero = jnp.zeros((), cols.dtype)
     total = None
@@ -185,6 +184,8 @@ def im2col_reference(x, window, *, stride=1, padding="VALID", dilation=1):
     reordered to this module's offset-major layout (``k · C + c``).
     """
     x, geom = _validate(x, window, stride, padding, dilation)
+    if x.shape[-1] == 0:  # lax's patches need a channel; the columns of no channels are empty
+        return jnp.zeros((x.shape[0], *geom.out_shape, 0), x.dtype)
     numbers = _xla_cpu.canonical_numbers(len(geom.window))
     cols = lax.conv_general_dilated_patches(
         x, geom.window, geom.stride, geom.pads, rhs_dilation=geom.dilation, dimension_numbers=numbers

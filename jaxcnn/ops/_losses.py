@@ -68,8 +68,12 @@ def softmax_cross_entropy(
         counts towards ``N``.
       labels: integer class ids of shape ``logits.shape[:-1]`` with values in ``[0, K)``,
         or one-hot / probability rows of shape ``logits.shape`` (same dtype as logits).
-        An out-of-range class id (other than ``ignore_index``) makes its row's loss NaN
-        rather than silently wrong.
+        A class id outside ``[0, K)`` (other than ``ignore_index``) anywhere in the batch
+        makes the loss NaN and every element of ``dL/ds`` NaN — what autodiff of the
+        reference and finite differences of a NaN loss give — so an update from such a
+        batch is never silently finite. (Labels cannot be checked here: under ``jit`` they
+        are traced. ``jaxcnn.data``, ``train.fit`` and ``train.evaluate`` refuse them where
+        they are concrete.)
       weights: per-class weights ``(K,)`` (PyTorch's ``weight``), same dtype as logits.
       ignore_index: a class id whose rows count for nothing, neither in the loss nor in
         ``D`` (PyTorch's default -100 is not assumed: None ignores nothing). Class ids
@@ -151,7 +155,7 @@ def _scale(g, divisor, reduction):
 
 
 def _ce_rows(s, top, log_sum, labels, weights, ignore_index, eps):
-    """``ℓ_n`` for every row (NaN on an out-of-range class id that is not ignored)."""
+    """``ℓ_n`` for every row (all NaN when a class id that is not ignored is out of range)."""
     k = s.shape[-1]
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         t = labels if eps == 0 else (1 - eps) * labels + eps / k
@@ -165,10 +169,17 @@ def _ce_rows(s, top, log_sum, labels, weights, ignore_index, eps):
         w = jnp.ones((k,), s.dtype) if weights is None else weights
         smooth = -(jnp.sum(w * (s - top), axis=-1) - jnp.sum(w) * log_sum[..., 0])
         rows = (1 - eps) * rows + (eps / k) * (smooth if coef.kept is None else coef.kept * smooth)
+    return rows * _nan_unless_valid(labels, k, ignore_index, s.dtype)
+
+
+def _nan_unless_valid(labels, k, ignore_index, dtype):
+    """1, or NaN when any class id other than ``ignore_index`` lies outside ``[0, K)``: a
+    factor of the loss and of its gradient, so that both are NaN for such a batch (in the
+    rule and under autodiff)."""
     valid = (labels >= 0) & (labels < k)
     if ignore_index is not None:
         valid = valid | (labels == ignore_index)
-    return jnp.where(valid, rows, jnp.nan)
+    return jnp.where(jnp.all(valid), jnp.ones((), dtype), jnp.asarray(jnp.nan, dtype))
 
 
 def _ce_divisor(labels, weights, ignore_index, dtype, k):
@@ -197,7 +208,7 @@ def _softmax_cross_entropy_bwd(ignore_index, eps, reduction, res, g):
         e, labels, weights = res.exp_shifted, res.labels, res.weights
         k = e.shape[-1]
         coef = _row_coefficients(labels, k, weights, ignore_index, e.dtype)
-        scale = _scale(g, coef.divisor, reduction)  # one scalar by default: a multiply per element
+        scale = _scale(g, coef.divisor, reduction) * _nan_unless_valid(labels, k, ignore_index, g.dtype)
         target = labels[..., None] == jnp.arange(k)
         on_target = scale if coef.row_weight is None else scale * coef.row_weight[..., None]
         if not eps:  # Σ_k c_k = r_n
@@ -225,6 +236,9 @@ def _validate_ce(logits, labels, weights, ignore_index, label_smoothing, reducti
     op = "softmax_cross_entropy"
     logits = _checks.float_array(op, "logits", logits)
     _checks.min_rank(op, "logits", logits, 2, "(N, K)")
+    if logits.shape[-1] == 0:
+        raise ValueError(f"{op}: `logits` must have at least one class (K = logits.shape[-1] >= 1), "
+                         f"got shape {tuple(logits.shape)}.")
     labels = jnp.asarray(labels)
     if jnp.issubdtype(labels.dtype, jnp.integer):
         _checks.shape(op, "labels", labels, logits.shape[:-1],
@@ -440,8 +454,7 @@ def softmax_cross_entropy_reference(logits, labels, *, weights=None, ignore_inde
     smooth = jnp.where(kept, -jnp.sum(w * log_p, axis=-1), 0)
     divisor = jnp.sum(jnp.where(kept, w[safe], 0))
     rows = (1 - eps) * nll + (eps / k) * smooth
-    valid = ((labels >= 0) & (labels < k)) | ~kept
-    return _reduce(jnp.where(valid, rows, jnp.nan), divisor, reduction)
+    return _reduce(rows * _nan_unless_valid(labels, k, ignore_index, logits.dtype), divisor, reduction)
 
 
 def euclidean_loss_reference(pred, target, *, reduction="mean"):

@@ -115,6 +115,8 @@ def upsample(x: jax.Array, factor) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _upsample(x, factor, fine_shape):
+    if 0 in x.shape[1:-1]:  # an empty axis stays empty (fine_shape is 0 there too)
+        return jnp.zeros((x.shape[0], *fine_shape, x.shape[-1]), x.dtype)
     # S − 1 interior zeros, then zeros at the end up to fine_shape (none for `upsample`).
     tail = (f - ((n - 1) * s + 1) for n, s, f in zip(x.shape[1:-1], factor, fine_shape))
     config = [(0, 0, 0), *((0, t, s - 1) for t, s in zip(tail, factor)), (0, 0, 0)]

@@ -30,6 +30,17 @@ from jaxcnn import _shapes
 from jaxcnn._shapes import Geometry
 
 
+def entries(geom: Geometry):
+    """The window's entries ``d·j`` in window order (row-major: the last axis fastest), as
+    offsets into the padded input (``d = 1``: :func:`jaxcnn._shapes.offsets`)."""
+    return (tuple(j * d for j, d in zip(offset, geom.dilation)) for offset in _shapes.offsets(geom.window))
+
+
+def tiled(geom: Geometry) -> bool:
+    """The windows tile the input: stride = window and no dilation."""
+    return geom.stride == geom.window and all(d == 1 for d in geom.dilation)
+
+
 def pad(x, pads, value):
     """Pads the spatial axes of a channels-last array with ``value``."""
     if not any(lo or hi for lo, hi in pads):
@@ -85,7 +96,7 @@ def unblock(blocks, geom: Geometry, in_shape):
 
 
 def place_all(contribution, geom: Geometry, in_shape):
-    """``Σ_j c_j[i]`` placed at ``s·i + j − lo`` over the window offsets ``j`` — the
+    """``Σ_j c_j[i]`` placed at ``s·i + d·j − lo`` over the window offsets ``j`` — the
     transpose of the window slices, with ``+=`` where windows overlap — as an array of
     ``(N, *in_shape, C)``; ``c_j = contribution(j)`` is output-sized, ``j`` the offset's
     window-order index.
@@ -94,9 +105,10 @@ def place_all(contribution, geom: Geometry, in_shape):
     ``r``), shifted by ``m`` blocks: a zero pad of ``c_j`` to the ``B = o + ⌈k / s⌉ − 1``
     blocks of a phase. Each phase sums its offsets, and the phases interleave into one
     array by a stack and a reshape, so every buffer but the result is output-sized."""
-    blocks = tuple(o + -(-k // s) - 1 for o, k, s in zip(geom.out_shape, geom.window, geom.stride))
+    extent = _shapes.dilated(geom.window, geom.dilation)
+    blocks = tuple(o + -(-k // s) - 1 for o, k, s in zip(geom.out_shape, extent, geom.stride))
     per_phase: dict[tuple[int, ...], jax.Array] = {}
-    for j, offset in enumerate(_shapes.offsets(geom.window)):
+    for j, offset in enumerate(entries(geom)):
         m, r = zip(*(divmod(t, s) for t, s in zip(offset, geom.stride)))
         c = contribution(j)
         config = [(0, 0, 0), *((mi, b - o - mi, 0) for mi, b, o in zip(m, blocks, geom.out_shape)), (0, 0, 0)]

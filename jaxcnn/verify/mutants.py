@@ -30,6 +30,7 @@ import numpy as np
 from jax import lax
 
 from jaxcnn import _shapes, ops
+from jaxcnn.ops import _pooling
 from jaxcnn.ops._dropout import keep_mask
 from jaxcnn.verify import suite
 from jaxcnn.verify.registry import REGISTRY, Sample
@@ -114,7 +115,8 @@ def _pads(args, settings, pool: bool = False):
     x, window = args[0], settings.get("window")
     if pool:
         return _shapes.pool_geometry("mutant", x.shape[1:-1], window, settings.get("stride"),
-                                     settings.get("padding", "VALID")).pads
+                                     settings.get("padding", "VALID"), settings.get("dilation", 1),
+                                     settings.get("ceil_mode", False)).pads
     if window is None:  # conv: the window is the kernel's
         window = args[1].shape[:-2]
     return _shapes.geometry("mutant", x.shape[1:-1], window, settings.get("stride", 1),
@@ -126,8 +128,7 @@ def _window_positions(x_shape, settings, pool: bool) -> np.ndarray:
     window = _shapes.spatial_tuple("mutant", "window", settings["window"], len(x_shape) - 2)
     stride = settings.get("stride") if pool else settings.get("stride", 1)
     stride = window if stride is None else _shapes.spatial_tuple("mutant", "stride", stride, len(window))
-    dilation = (1,) * len(window) if pool else _shapes.spatial_tuple("mutant", "dilation", settings.get("dilation", 1),
-                                                                      len(window))
+    dilation = _shapes.spatial_tuple("mutant", "dilation", settings.get("dilation", 1), len(window))
     pads = _pads((np.zeros(x_shape),), settings, pool)
     padded = tuple(n + lo + hi for n, (lo, hi) in zip(x_shape[1:-1], pads))
     extent = [(k - 1) * d + 1 for k, d in zip(window, dilation)]
@@ -289,6 +290,43 @@ def _mean_pool_divisor(x, settings):
     counted = dict(settings, count_padding=True)
     real = ops.mean_pool(ones, **counted) * math.prod(window)
     return real if settings.get("count_padding", True) is False else jnp.asarray(math.prod(window), x.dtype)
+
+
+def _ceil_divisor_ratio(x, settings):
+    """``divisor_i / K`` per output position: the right rule at ``g · divisor / K`` spreads ``g / K``."""
+    geom, counted = _pool_divisor_parts(x, settings)
+    return _pooling._divisor(geom, counted, x.dtype) / np.prod(geom.window)
+
+
+def _pool_divisor_parts(x, settings):
+    _, geom, explicit = _pooling._validate("mutant", x, settings["window"], settings.get("stride"),
+                                           settings.get("padding", "VALID"), settings.get("dilation", 1),
+                                           settings.get("ceil_mode", False))
+    return geom, _pooling._counted(settings.get("count_padding", True), geom, explicit, x.shape[1:-1])
+
+
+def _max_pool_dilation_ignored(g, args, settings):
+    """The arg-max found over the dilated window, but δ placed as if the window were contiguous."""
+    x = args[0]
+    _, indices = ops.max_pool(x, **dict(settings, return_indices=True))
+    window = _shapes.spatial_tuple("mutant", "window", settings["window"], x.ndim - 2)
+    dilation = _shapes.spatial_tuple("mutant", "dilation", settings.get("dilation", 1), x.ndim - 2)
+    position = jnp.stack(jnp.unravel_index(indices, x.shape[1:-1]))  # (d, N, *out, C) input positions
+    start = [lax.broadcasted_iota(jnp.int32, indices.shape, a + 1) * s - lo
+             for a, (s, (lo, _)) in enumerate(zip(_stride(settings, window), _pads(args, settings, True)))]
+    offset = [(p - st) // d for p, st, d in zip(position, start, dilation)]  # P(i) per axis
+    wrong = [jnp.clip(st + o, 0, n - 1) for st, o, n in zip(start, offset, x.shape[1:-1])]
+    flat = jnp.ravel_multi_index(tuple(wrong), x.shape[1:-1], mode="clip")
+    n, c = x.shape[0], x.shape[-1]
+    dx = jnp.zeros((n, int(np.prod(x.shape[1:-1])), c), g.dtype)
+    batch = jnp.arange(n).reshape((n,) + (1,) * (g.ndim - 1))
+    channel = jnp.arange(c).reshape((1,) * (g.ndim - 1) + (c,))
+    return dx.at[batch, flat, channel].add(g).reshape(x.shape)
+
+
+def _stride(settings, window):
+    stride = settings.get("stride")
+    return window if stride is None else _shapes.spatial_tuple("mutant", "stride", stride, len(window))
 
 
 def _im2col_overwrite(g, args, settings):
@@ -545,8 +583,14 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in [
                "mutant", "window", s["window"], a[0].ndim - 2)), lambda s: s.settings.get("count_padding", True),
            lecture="Raj, mean pooling: each entry of the window gets δ / K²"),
     Mutant("mean_pool.overwrite_on_overlap", "mean_pool", "x", "δ / K spread with = instead of +=",
-           _mean_pool_overwrite, _overlapping(pool=True),
+           _mean_pool_overwrite, _both(_overlapping(pool=True), _setting(lambda s: not s.get("ceil_mode"))),
            lecture="Raj, mean pooling: += over overlapping windows"),
+    Mutant("mean_pool.ceil_extension_counted", "mean_pool", "x",
+           "ceil_mode's windows divided by K, the positions added by rounding up counted as padding",
+           lambda g, a, s: _right("mean_pool", a, s, g * _ceil_divisor_ratio(a[0], s), 0),
+           _setting(lambda s: s.get("ceil_mode") and s.get("count_padding", True))),
+    Mutant("max_pool.dilation_ignored", "max_pool", "x", "δ routed to s·i − lo + P(i): the window's dilation forgotten",
+           _max_pool_dilation_ignored, _setting(lambda s: np.max(s.get("dilation", 1)) > 1)),
     Mutant("im2col.overwrite_on_overlap", "im2col", "x", "col2im with = instead of overlap-add (+=)",
            _im2col_overwrite, _overlapping(pool=False)),
     Mutant("upsample.nearest_neighbour_adjoint", "upsample", "x", "dx[i] = Σ_j g[S·i + j] instead of g[S·i]",

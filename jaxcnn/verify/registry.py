@@ -201,6 +201,8 @@ def _softmax_cross_entropy(rng):
         Sample((_normal(rng, 2, 3, 5, scale=2), rng.integers(0, 5, size=(2, 3))), label="leading axes (2, 3, 5)"),
         Sample((logits, probs), label="target rows not summing to one (6, 4)"),
         Sample((_normal(rng, 3, 5, scale=30), rng.integers(0, 5, size=3)), label="large logits (3, 5), scale 30"),
+        Sample((logits, np.array([0, 4, 1, -1, 3, 2])),
+               label="out-of-range class ids 4 and -1 (6,): NaN loss and NaN gradient"),
         Sample((logits, ids), {"weights": weights}, label="class weights, mean over the summed weights"),
         Sample((logits, ids), {"weights": weights, "ignore_index": 2, "label_smoothing": 0.2},
                label="weights, ignore_index=2, label_smoothing=0.2"),
@@ -314,6 +316,11 @@ def _max_pool(rng):
         Sample((distinct(rng, 1, 5, 3),), {"window": 3, "stride": 2, "padding": "FULL"}, label="1-D 3/2 FULL"),
         Sample((tied,), {"window": 2}, label="2-D 2x2/2 with a tie",
                kink="ties go to the first maximum in window order"),
+        Sample((distinct(rng, 2, 7, 8, 2),), {"window": 3, "stride": 1, "dilation": 2}, label="2-D 3x3/1 dilation 2"),
+        Sample((distinct(rng, 1, 7, 6, 2),), {"window": 2, "stride": 2, "ceil_mode": True},
+               label="2-D 2x2/2 ceil_mode, odd size (a window past the input)"),
+        Sample((distinct(rng, 2, 8, 3),), {"window": 3, "stride": 2, "padding": 1, "dilation": 2, "ceil_mode": True},
+               label="1-D 3/2 p1 dilation 2 ceil_mode"),
     ]
 
 
@@ -327,6 +334,12 @@ def _mean_pool(rng):
         Sample((_normal(rng, 2, 9, 2),), {"window": 2, "stride": 3}, label="1-D stride > window"),
         Sample((_normal(rng, 1, 5, 4, 2),), {"window": 3, "padding": "FULL", "count_padding": False},
                label="2-D 3x3/3 FULL, count_padding=False"),
+        Sample((_normal(rng, 2, 8, 7, 2),), {"window": 3, "stride": 2, "padding": 1, "ceil_mode": True},
+               label="2-D 3x3/2 p1 ceil_mode: PyTorch's divisor (padding counts, the extension not)"),
+        Sample((_normal(rng, 1, 8, 2),), {"window": 2, "stride": 3, "ceil_mode": True, "count_padding": False},
+               label="1-D 2/3 ceil_mode, count_padding=False"),
+        Sample((_normal(rng, 1, 7, 6, 2),), {"window": 2, "stride": 1, "dilation": (2, 3)},
+               label="2-D dilation (2, 3)"),
     ]
 
 

@@ -1,0 +1,129 @@
+"""The PyTorch options of jaxcnn's ops against PyTorch itself (float64, CPU).
+
+Every option that ports a PyTorch call one-to-one — pooling's ``dilation``, ``ceil_mode``,
+``count_include_pad`` and ``return_indices``; cross-entropy's ``weight``, ``ignore_index``,
+``label_smoothing`` and ``reduction``; ``batch_norm``'s training output and running-variance
+update; ``layer_norm``, ``group_norm``, ``log_softmax``, ``leaky_relu`` and ReLU's derivative at
+0 — is run on both, values and gradients compared. The default test suite checks the same
+semantics from their definitions, without torch; this script needs ``pip install -e ".[bench]"``.
+
+    python experiments/torch_semantics.py
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import numpy as np
+import torch
+
+from jaxcnn import ops
+
+jax.config.update("jax_enable_x64", True)
+F = torch.nn.functional
+
+
+def nchw(a):
+    return np.moveaxis(np.asarray(a), -1, 1)
+
+
+def pooling(rng) -> int:
+    checked = 0
+    for h, w, k, s, p, d, ceil in itertools.product([5, 8], [6, 9], [2, 3], [1, 2, 3], [0, 1], [1, 2], [False, True]):
+        if p > k // 2:
+            continue
+        x = rng.permutation(np.arange(2 * 3 * h * w)).reshape(2, 3, h, w).astype(np.float64)
+        xt = torch.tensor(x, requires_grad=True)
+        yt, it = F.max_pool2d(xt, k, s, p, d, ceil_mode=ceil, return_indices=True)
+        (yt * torch.arange(yt.numel(), dtype=torch.float64).reshape(yt.shape)).sum().backward()
+        xj = np.moveaxis(x, 1, -1)
+        y, i = ops.max_pool(xj, k, s, p, dilation=d, ceil_mode=ceil, return_indices=True)
+        v = np.moveaxis(np.arange(yt.numel(), dtype=np.float64).reshape(yt.shape), 1, -1)
+        dx = jax.grad(lambda x: (ops.max_pool(x, k, s, p, dilation=d, ceil_mode=ceil) * v).sum())(xj)
+        assert np.array_equal(nchw(y), yt.detach().numpy()) and np.array_equal(nchw(i), it.numpy())
+        assert np.allclose(nchw(dx), xt.grad.numpy())
+        checked += 1
+        if d == 1:
+            for include in (True, False):
+                at = F.avg_pool2d(torch.tensor(x), k, s, p, ceil_mode=ceil, count_include_pad=include).numpy()
+                a = ops.mean_pool(xj, k, s, p, count_padding=include, ceil_mode=ceil)
+                assert np.allclose(nchw(a), at), (h, w, k, s, p, ceil, include)
+                checked += 1
+    return checked
+
+
+def cross_entropy(rng) -> int:
+    checked = 0
+    s = rng.normal(size=(9, 5)) * 2
+    y = rng.integers(0, 5, 9)
+    w = rng.uniform(0.2, 3.0, 5)
+    probs = rng.dirichlet(np.ones(5), 9)
+    for weights, ignore, eps, reduction in itertools.product((None, w), (None, int(y[0])), (0.0, 0.15),
+                                                             ("mean", "sum", "none")):
+        for labels in (y, probs):
+            if ignore is not None and labels is probs:
+                continue
+            st = torch.tensor(s, requires_grad=True)
+            kw = dict(weight=None if weights is None else torch.tensor(weights), label_smoothing=eps,
+                      reduction=reduction)
+            if ignore is not None:
+                kw["ignore_index"] = ignore
+            lt = F.cross_entropy(st, torch.tensor(labels), **kw)
+            lt.sum().backward()
+            mine = dict(weights=weights, ignore_index=ignore, label_smoothing=eps, reduction=reduction)
+            loss = ops.softmax_cross_entropy(s, labels, **mine)
+            ds = jax.grad(lambda s: ops.softmax_cross_entropy(s, labels, **mine).sum())(s)
+            assert np.allclose(loss, lt.detach().numpy()) and np.allclose(ds, st.grad.numpy())
+            checked += 1
+    return checked
+
+
+def normalisation(rng) -> int:
+    x = rng.normal(size=(4, 5, 6, 6)) * 2 + 1  # NHWC
+    gamma, beta = rng.normal(size=6), rng.normal(size=6)
+    v = rng.normal(size=x.shape)
+    xt = torch.tensor(np.moveaxis(x, -1, 1).copy(), requires_grad=True)
+    mean, var = torch.zeros(6, dtype=torch.float64), torch.ones(6, dtype=torch.float64)
+    yt = F.batch_norm(xt, mean, var, torch.tensor(gamma), torch.tensor(beta), training=True, momentum=0.1)
+    (yt * torch.tensor(np.moveaxis(v, -1, 1).copy())).sum().backward()
+    (y, mu, batch_var), vjp = jax.vjp(lambda x: ops.batch_norm(x, gamma, beta), x)
+    dx = vjp((v, np.zeros(6), np.zeros(6)))[0]
+    n = x.size // 6
+    assert np.allclose(nchw(y), yt.detach().numpy()) and np.allclose(nchw(dx), xt.grad.numpy())
+    assert np.allclose(0.9 * 0 + 0.1 * mu, mean.numpy())  # torch updated its running statistics in place
+    assert np.allclose(0.9 * 1 + 0.1 * batch_var * n / (n - 1), var.numpy())  # the unbiased correction
+    ln = ops.layer_norm(x, np.ones((5, 6, 6)), np.zeros((5, 6, 6)), axis=(1, 2, 3))
+    assert np.allclose(ln, F.layer_norm(torch.tensor(x), (5, 6, 6)).numpy())
+    gn = ops.group_norm(x, gamma, beta, 3)
+    gt = F.group_norm(torch.tensor(np.moveaxis(x, -1, 1).copy()), 3, torch.tensor(gamma), torch.tensor(beta))
+    assert np.allclose(nchw(gn), gt.numpy())
+    return 4
+
+
+def activations() -> int:
+    x = np.array([-2.0, -0.5, 0.0, 0.0, 1.5])
+    xt = torch.tensor(x, requires_grad=True)
+    F.relu(xt).sum().backward()
+    assert np.array_equal(jax.grad(lambda x: ops.relu(x, derivative_at_zero=0.0).sum())(x), xt.grad.numpy())
+    xt.grad = None
+    F.leaky_relu(xt, 0.1).sum().backward()
+    torch_way = jax.grad(lambda x: ops.leaky_relu(x, 0.1, derivative_at_zero=0.1).sum())(x)
+    assert np.array_equal(torch_way, xt.grad.numpy())
+    xt.grad = None
+    (F.log_softmax(xt, 0) * torch.arange(5.0, dtype=torch.float64)).sum().backward()
+    grad = jax.grad(lambda x: (ops.log_softmax(x, 0) * np.arange(5.0)).sum())(x)
+    assert np.allclose(grad, xt.grad.numpy())
+    return 3
+
+
+def main() -> None:
+    rng = np.random.default_rng(0)
+    counts = {"pooling": pooling(rng), "cross-entropy": cross_entropy(rng), "normalisation": normalisation(rng),
+              "activations": activations()}
+    print(f"torch {torch.__version__}: every comparison agrees (float64) — "
+          + ", ".join(f"{name} {n} settings" for name, n in counts.items()))
+
+
+if __name__ == "__main__":
+    main()
