@@ -530,16 +530,16 @@ def test_fit_refuses_bad_datasets_before_any_work():
 
 def test_evaluate_never_drops_an_example_from_the_confusion_matrix():
     d = _toy()
-    params, _ = _model().init(KEY, (-1, 8))
-    ev = train.evaluate(_model(), params, d.x_test, d.y_test, 4)
+    params, model_state, _ = _model().init(KEY, (-1, 8))
+    ev = train.evaluate(_model(), params, model_state, d.x_test, d.y_test, 4)
     assert ev.confusion.sum() == len(d.y_test)
     with pytest.raises(ValueError, match=r"evaluate: `y`: labels must be class ids in \[0, 4\), got 1 outside it "
                                          r"\(the first: label 7 at index 3"):
-        train.evaluate(_model(), params, d.x_test, np.where(np.arange(32) == 3, 7, d.y_test), 4)
+        train.evaluate(_model(), params, model_state, d.x_test, np.where(np.arange(32) == 3, 7, d.y_test), 4)
     with pytest.raises(ValueError, match=r"evaluate: the model has 4 outputs but num_classes=5"):
-        train.evaluate(_model(), params, d.x_test, d.y_test, 5)
+        train.evaluate(_model(), params, model_state, d.x_test, d.y_test, 5)
     with pytest.raises(ValueError, match=r"evaluate: `x` has 32 examples but `y` has 30 labels"):
-        train.evaluate(_model(), params, d.x_test, d.y_test[:30], 4)
+        train.evaluate(_model(), params, model_state, d.x_test, d.y_test[:30], 4)
 
 
 @pytest.mark.parametrize("kwargs,message", [
