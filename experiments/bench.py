@@ -265,8 +265,9 @@ def _batch(net: Network, batch: int, seed: int = 0):
 def _jaxcnn_training(net: Network, backend, batch: int):
     """The network built on ``backend``, its unjitted ``train.make_step`` and a fresh state."""
     model, optimizer = net.jaxcnn_model(ops=backend), net.optimizer()
-    params, _ = model.init(jax.random.PRNGKey(0), (batch, *net.input_shape))
-    state = train.TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), jax.random.PRNGKey(1))
+    params, model_state, _ = model.init(jax.random.PRNGKey(0), (batch, *net.input_shape))
+    state = train.TrainState(params, model_state, optimizer.init(params), jnp.zeros((), jnp.int32),
+                             jax.random.PRNGKey(1))
     return train.make_step(train.make_loss(model, ops=backend), optimizer), state
 
 

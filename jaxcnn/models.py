@@ -14,6 +14,8 @@ import dataclasses
 from types import ModuleType
 from typing import Callable, Optional
 
+import jax.numpy as jnp
+
 from jaxcnn import nn
 from jaxcnn.ops import LENET5_C3_TABLE
 
@@ -203,6 +205,93 @@ def small_densenet(growth: int = 8, layers: int = 3, num_classes: int = 10, *,
     )
 
 
+# --------------------------------------------------------------------------- He et al. 2016: ResNet-20
+
+
+def _pad_channels(extra: int) -> nn.Layer:
+    """``(…, C) → (…, C + extra)`` with zeros: the identity shortcut's "extra zero entries
+    padded for increasing dimensions" (He et al., option A)."""
+    return nn.Layer.stateless(lambda key, s: ((), (*s[:-1], s[-1] + extra)),
+                              lambda params, x: jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, extra)]),
+                              name=f"pad_channels(+{extra})")
+
+
+def resnet20(num_classes: int = 10, *, norm: str = "batch", groups: int = 8,
+             ops: Optional[ModuleType] = None) -> nn.Layer:
+    """ResNet-20, He et al. (2016), §4.2's CIFAR network, for ``(N, H, W, C)`` images.
+
+    conv 3×3, 16 → three stages of three basic blocks with 16, 32 and 64 maps → global
+    average pooling → fc ``num_classes`` (logits); 6·3 + 2 = 20 weight layers. A basic
+    block is ``relu(x + norm(conv(relu(norm(conv(x))))))`` with 3×3 convolutions; the first
+    block of stages 2 and 3 halves the map with stride 2 and its shortcut is the paper's
+    option A for CIFAR: the identity subsampled by 2 with zero channels appended
+    (parameter-free, 0.27M parameters in all as in the paper's Table 6). Convolutions pad
+    by 1 (so a stride-2 convolution sees the pixels the shortcut keeps) and are
+    initialised as in He et al. (2015).
+
+    Args:
+      norm: ``"batch"`` (the paper: batch norm after every convolution, the convolutions
+        without bias), ``"group"`` (group norm with ``groups`` groups, Wu & He) or
+        ``"none"`` (convolutions with bias, no normalisation).
+      groups: group norm's number of groups (it must divide 16).
+
+    Raises:
+      ValueError: an unknown ``norm`` or a ``groups`` that does not divide 16.
+    """
+    if norm not in ("batch", "group", "none"):
+        raise ValueError(f"resnet20: `norm` must be 'batch', 'group' or 'none', got {norm!r}.")
+    if norm == "group" and (not isinstance(groups, int) or groups < 1 or 16 % groups):
+        raise ValueError(f"resnet20: group norm's `groups` must divide every stage's channels (16, 32, 64), "
+                         f"got {groups!r}.")
+    L = nn.bind(ops)
+
+    def conv(features, stride=1):
+        return L.Conv(features, (3, 3), stride=stride, padding=1, use_bias=norm == "none",
+                      w_init=nn.initializers.he_normal())
+
+    def normalise():
+        return {"batch": [L.BatchNorm()], "group": [L.GroupNorm(groups)], "none": []}[norm]
+
+    def block(features, stride=1, c_in=None):
+        body = L.serial(conv(features, stride), *normalise(), L.Relu(), conv(features), *normalise(),
+                        name=f"block({features})")
+        if stride == 1:
+            return L.serial(L.residual(body), L.Relu(), name=f"basic_block({features})")
+        shortcut = L.serial(L.Downsample(stride), _pad_channels(features - c_in), name="shortcut(A)")
+        return L.serial(L.fan_out(2), L.parallel(body, shortcut), L.fan_in_sum(), L.Relu(),
+                        name=f"basic_block({features}, /{stride})")
+
+    return L.serial(
+        conv(16), *normalise(), L.Relu(),
+        block(16), block(16), block(16),  # 28×28×16
+        block(32, 2, 16), block(32), block(32),  # 14×14×32
+        block(64, 2, 32), block(64), block(64),  # 7×7×64
+        L.GlobalMeanPool(), L.Dense(num_classes),
+        name=f"resnet20(norm={norm})",
+    )
+
+
+def vgg_small(num_classes: int = 10, *, dropout: float = 0.25, dropout_fc: float = 0.5,
+              ops: Optional[ModuleType] = None) -> nn.Layer:
+    """A small VGG-style network (Simonyan & Zisserman's stacks of 3×3 convolutions, with
+    batch norm and dropout) for ``(N, H, W, C)`` images:
+    ``[conv 3×3 → BN → ReLU] × 2 → 2×2 max-pool → dropout`` with 32 and then 64 maps →
+    flatten → fc 256 → ReLU → dropout → fc ``num_classes``."""
+    L = nn.bind(ops)
+
+    def conv_bn_relu(features):
+        return [L.Conv(features, (3, 3), padding="SAME", use_bias=False, w_init=nn.initializers.he_normal()),
+                L.BatchNorm(), L.Relu()]
+
+    return L.serial(
+        *conv_bn_relu(32), *conv_bn_relu(32), L.MaxPool((2, 2)), L.Dropout(dropout),  # 14×14×32
+        *conv_bn_relu(64), *conv_bn_relu(64), L.MaxPool((2, 2)), L.Dropout(dropout),  # 7×7×64
+        L.Flatten(), L.Dense(256, w_init=nn.initializers.he_normal()), L.Relu(), L.Dropout(dropout_fc),
+        L.Dense(num_classes),
+        name="vgg_small",
+    )
+
+
 # --------------------------------------------------------------------------- catalogue
 
 
@@ -232,4 +321,9 @@ ZOO: dict[str, ZooEntry] = {
     "mnist1d_logistic": ZooEntry(mnist1d_logistic, (-1, 40), "softmax_cross_entropy"),
     "small_resnet": ZooEntry(small_resnet, (-1, 28, 28, 1), "softmax_cross_entropy"),
     "small_densenet": ZooEntry(small_densenet, (-1, 28, 28, 1), "softmax_cross_entropy"),
+    "resnet20": ZooEntry(resnet20, (-1, 28, 28, 1), "softmax_cross_entropy"),
+    "resnet20_gn": ZooEntry(lambda ops=None: resnet20(norm="group", ops=ops), (-1, 28, 28, 1), "softmax_cross_entropy"),
+    "resnet20_plain": ZooEntry(lambda ops=None: resnet20(norm="none", ops=ops), (-1, 28, 28, 1),
+                               "softmax_cross_entropy"),
+    "vgg_small": ZooEntry(vgg_small, (-1, 28, 28, 1), "softmax_cross_entropy"),
 }

@@ -7,6 +7,12 @@ lectures' recipe (Hu & Zhu, Jearanaitanakij) is mini-batch SGD with learning rat
 optional momentum, and weight decay λ as the L2 penalty ``½ λ Σ w²`` on the weights
 (not the biases), whose gradient ``λ w`` comes from :func:`jaxcnn.ops.l2_penalty`.
 
+Models carry state (:mod:`jaxcnn.nn`): the train state holds the model's state beside
+its params (batch norm's running statistics), every step applies the model with
+``training=True`` and a fresh PRNG key ``fold_in(key, step)`` (dropout), and keeps the
+state it returns; evaluation applies it with ``training=False`` (running statistics, no
+dropout). Checkpoints hold the model state, so a resumed run is bit-identical.
+
 When the training set fits on the device, an epoch — shuffling with the state's PRNG
 key, slicing batches, every step — is one compiled ``lax.scan``: no Python loop per
 batch and no host round-trip.
@@ -16,8 +22,9 @@ holds the first n devices; the train state is replicated, every batch is split a
 its first axis, and XLA inserts the gradient all-reduce. Over several processes or
 hosts, call :func:`jaxcnn.distributed.initialize` first in every process: the same mesh
 then spans every process's devices, each process feeds only its share of each batch,
-and the mean loss, its gradient and any batch statistics are computed over the global
-batch (see :mod:`jaxcnn.distributed`).
+and the mean loss, its gradient and any batch statistics (batch norm's mean and variance)
+are computed over the global batch, as in a single-device run: the model is written for
+the whole batch and XLA adds the cross-device reductions (see :mod:`jaxcnn.distributed`).
 """
 
 from __future__ import annotations
@@ -45,9 +52,11 @@ from jaxcnn.nn import Layer
 
 
 class TrainState(NamedTuple):
-    """Everything a run needs to continue exactly: params, optimiser state, step, PRNG key."""
+    """Everything a run needs to continue exactly: params, model state (non-trainable,
+    e.g. running statistics), optimiser state, step, PRNG key."""
 
     params: Any
+    model_state: Any
     opt_state: Any
     step: jax.Array
     key: jax.Array
@@ -104,35 +113,41 @@ def weights(params: Any) -> Any:
 
 def make_loss(model: Layer, loss: str = "softmax_cross_entropy", weight_decay: float = 0.0,
               ops=None) -> Callable:
-    """``loss_fn(params, x, y) -> (data_loss + ½ λ Σ w², outputs)`` for integer labels ``y``."""
+    """``loss_fn(params, model_state, x, y, *, training=True, key=None) -> (loss, (outputs,
+    model_state))``: ``data_loss + ½ λ Σ w²`` for integer labels ``y``, the model's outputs
+    and its new state (differentiate with ``has_aux=True``)."""
     ops = ops or jaxcnn.ops
     if loss not in ("softmax_cross_entropy", "euclidean_loss"):
         raise ValueError(f"make_loss: unknown loss {loss!r}; use 'softmax_cross_entropy' or 'euclidean_loss'.")
     weight_decay = check_number("make_loss", "weight_decay", weight_decay, low=0.0)
 
-    def loss_fn(params, x, y):
-        out = model.apply(params, x)
+    def loss_fn(params, model_state, x, y, *, training=True, key=None):
+        out, model_state = model.apply(params, model_state, x, training=training, key=key)
         if loss == "euclidean_loss":
             data = ops.euclidean_loss(out, jax.nn.one_hot(y, out.shape[-1], dtype=out.dtype))
         else:
             data = ops.softmax_cross_entropy(out, y)
         if weight_decay:
             data = data + ops.l2_penalty(weights(params), jnp.asarray(weight_decay, data.dtype))
-        return data, out
+        return data, (out, model_state)
 
     return loss_fn
 
 
 def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Callable:
-    """``step(state, (x, y)) -> (state, (loss, accuracy))``: one optax update."""
+    """``step(state, (x, y)) -> (state, (loss, accuracy))``: one optax update in training
+    mode, with the PRNG key ``fold_in(state.key, state.step)`` (fresh every step) and the
+    model state the forward pass returns."""
 
     def step(state: TrainState, batch):
         x, y = batch
-        (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x, y)
+        key = jax.random.fold_in(state.key, state.step)
+        (loss, (out, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.model_state, x, y, training=True, key=key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         accuracy = jnp.mean(jnp.argmax(out, axis=-1) == y)
-        return TrainState(params, opt_state, state.step + 1, state.key), (loss, accuracy)
+        return TrainState(params, model_state, opt_state, state.step + 1, state.key), (loss, accuracy)
 
     return step
 
@@ -253,7 +268,8 @@ class Evaluation(NamedTuple):
 
 def make_evaluator(model: Layer, num_classes: int, loss: str = "softmax_cross_entropy",
                    batch_size: int = 1000, ops=None, mesh: Optional[Mesh] = None) -> Callable:
-    """``evaluate(params, x, y) -> Evaluation``, compiled once and reused across calls.
+    """``evaluate(params, model_state, x, y) -> Evaluation`` in evaluation mode
+    (``training=False``), compiled once and reused across calls.
 
     With a ``mesh`` each batch is split over its devices, and over its processes when it
     spans several: every process then passes the whole ``x``, ``y`` (NumPy, on the host)
@@ -262,11 +278,11 @@ def make_evaluator(model: Layer, num_classes: int, loss: str = "softmax_cross_en
     ops = ops or jaxcnn.ops
     loss_fn = make_loss(model, loss, 0.0, ops)
 
-    @functools.partial(jax.jit, static_argnums=3)
-    def batch_stats(params, xb, yb, size):
+    @functools.partial(jax.jit, static_argnums=4)
+    def batch_stats(params, model_state, xb, yb, size):
         if mesh is not None:
             xb, yb = distributed.unpad(xb, size, mesh), distributed.unpad(yb, size, mesh)
-        value, out = loss_fn(params, xb, yb)
+        value, (out, _) = loss_fn(params, model_state, xb, yb, training=False)
         if out.shape[-1] != num_classes:  # a prediction >= num_classes would drop out of the confusion matrix
             raise ValueError(f"evaluate: the model has {out.shape[-1]} outputs but num_classes={num_classes}.")
         pred = jnp.argmax(out, axis=-1)
@@ -275,15 +291,15 @@ def make_evaluator(model: Layer, num_classes: int, loss: str = "softmax_cross_en
         sse = jnp.sum((probs - jax.nn.one_hot(yb, num_classes, dtype=out.dtype)) ** 2)
         return value * xb.shape[0], confusion, sse
 
-    def evaluate(params, x, y) -> Evaluation:
+    def evaluate(params, model_state, x, y) -> Evaluation:
         _check_examples("evaluate", "x", x, "y", y, num_classes)
         total, sse, confusion = 0.0, 0.0, np.zeros((num_classes, num_classes), np.int64)
         for start in range(0, len(x), batch_size):
             rows = np.arange(start, min(start + batch_size, len(x)))
             if mesh is None:
-                value, conf, err = batch_stats(params, x[rows], y[rows], len(rows))
+                value, conf, err = batch_stats(params, model_state, x[rows], y[rows], len(rows))
             else:
-                value, conf, err = batch_stats(params, distributed.feed(x, rows, mesh),
+                value, conf, err = batch_stats(params, model_state, distributed.feed(x, rows, mesh),
                                                distributed.feed(y, rows, mesh), len(rows))
             total += float(value)
             sse += float(err)
@@ -293,16 +309,17 @@ def make_evaluator(model: Layer, num_classes: int, loss: str = "softmax_cross_en
     return evaluate
 
 
-def evaluate(model: Layer, params: Any, x: np.ndarray, y: np.ndarray, num_classes: int,
+def evaluate(model: Layer, params: Any, model_state: Any, x: np.ndarray, y: np.ndarray, num_classes: int,
              loss: str = "softmax_cross_entropy", batch_size: int = 1000, ops=None) -> Evaluation:
-    """Mean data loss, accuracy and confusion matrix over ``(x, y)``, in jitted batches.
+    """Mean data loss, accuracy and confusion matrix over ``(x, y)`` in evaluation mode, in
+    jitted batches.
 
     Raises:
       ValueError: ``x`` and ``y`` differ in length or are empty, a label is outside
         ``[0, num_classes)``, or the model does not have ``num_classes`` outputs: every
         example lands in the confusion matrix, none is dropped.
     """
-    return make_evaluator(model, num_classes, loss, batch_size, ops)(params, x, y)
+    return make_evaluator(model, num_classes, loss, batch_size, ops)(params, model_state, x, y)
 
 
 def _check_examples(op: str, x_name: str, x: Any, y_name: str, y: Any, num_classes: int) -> None:
@@ -449,9 +466,10 @@ def fit(
 
     key = jax.random.PRNGKey(seed)
     init_key, key = jax.random.split(key)
-    params, _ = model.init(init_key, input_shape)
-    params = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
-    state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), key)
+    params, model_state, _ = model.init(init_key, input_shape)
+    params, model_state = jax.tree_util.tree_map(  # floating leaves only: a state may hold counters
+        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, (params, model_state))
+    state = TrainState(params, model_state, optimizer.init(params), jnp.zeros((), jnp.int32), key)
     history: list[dict] = []
     if resume:
         saved = checkpoint.read_header(checkpoint_path)["metadata"].get("settings")
@@ -470,8 +488,8 @@ def fit(
     epoch_fn = make_epoch(make_step(make_loss(model, loss, weight_decay, ops), optimizer), batch_size, mesh, shuffle)
     evaluator = make_evaluator(model, data.num_classes, loss, ops=ops, mesh=mesh)
 
-    def evaluate_(p):
-        return evaluator(p, x_test, data.y_test)
+    def evaluate_(s):
+        return evaluator(s.params, s.model_state, x_test, data.y_test)
 
     primary = distributed.is_primary()
     bar = _progress(total_steps, int(state.step), quiet or not primary)
@@ -489,7 +507,7 @@ def fit(
         if step_losses:
             record["step_losses"] = losses.tolist()
         if eval_every and (epoch % eval_every == 0 or int(state.step) >= total_steps):
-            ev = evaluate_(state.params)
+            ev = evaluate_(state)
             record.update(test_loss=ev.loss, test_accuracy=ev.accuracy, test_sse=ev.sse)
         history.append(record)
         stopped = bool(stop_when and stop_when(record))
@@ -497,7 +515,7 @@ def fit(
             checkpoint.save(checkpoint_path, state, {"history": history, "settings": run_settings})
         bar.update(n, record)
     bar.close()
-    return FitResult(state, history, evaluate_(state.params))
+    return FitResult(state, history, evaluate_(state))
 
 
 def check_run_location(checkpoint_path: Optional[str], resume: bool, overwrite: bool) -> None:

@@ -118,14 +118,15 @@ SCRIPT = textwrap.dedent("""
     np.testing.assert_allclose(np.asarray(stats[0]), x[rows].mean(axis=1))
     np.testing.assert_allclose(np.asarray(stats[1]), x[rows].var(axis=1), rtol=1e-6)
     print("global batch statistics", flush=True)
-    # Whole epochs fed from the host, scanned or stepped, equal a single device's epoch.
+    # Whole epochs fed from the host, scanned or stepped, equal a single device's epoch, the model
+    # state too (batch norm's running statistics over the global batch, the same dropout masks).
     import optax
-    model, opt = nn.serial(nn.Dense(4), nn.Relu(), nn.Dense(2)), optax.sgd(0.1)
-    params, _ = model.init(jax.random.PRNGKey(0), (-1, 2))
+    model, opt = nn.serial(nn.Dense(4), nn.BatchNorm(), nn.Relu(), nn.Dropout(0.3), nn.Dense(2)), optax.sgd(0.1)
+    params, model_state, _ = model.init(jax.random.PRNGKey(0), (-1, 2))
     step = train.make_step(train.make_loss(model), opt)
     xf, labels = x.astype(np.float32) / 30, (x[:, 0] > 14).astype(np.int32)
-    state = lambda: jax.tree_util.tree_map(jnp.copy, train.TrainState(params, opt.init(params), jnp.int32(0),
-                                                                     jax.random.PRNGKey(1)))  # epochs donate it
+    state = lambda: jax.tree_util.tree_map(jnp.copy, train.TrainState(params, model_state, opt.init(params),
+                                                                     jnp.int32(0), jax.random.PRNGKey(1)))  # donated
     local = train.make_epoch(step, 5)(state(), jnp.asarray(xf), jnp.asarray(labels), 3)[0]  # this process alone
     for loop in ("scan", "steps"):
         fed = train.make_epoch(step, 5, mesh, loop=loop)(distributed.replicate(state(), mesh), xf, labels, 3)[0]

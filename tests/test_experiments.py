@@ -12,7 +12,7 @@ import pytest
 from jaxcnn import data
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
-IMAGE_SCRIPTS = ["homework", "lenet5", "ops_vs_autodiff"]
+IMAGE_SCRIPTS = ["homework", "lenet5", "ops_vs_autodiff", "modern_cnn"]
 
 
 @pytest.fixture(scope="module")

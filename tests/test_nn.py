@@ -12,9 +12,9 @@ KEY = jax.random.PRNGKey(0)
 
 
 def _check_shapes(layer, input_shape, batch=2):
-    params, out_shape = layer.init(KEY, (-1, *input_shape[1:]))
+    params, state, out_shape = layer.init(KEY, (-1, *input_shape[1:]))
     x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, *input_shape[1:])), jnp.float32)
-    y = layer.apply(params, x)
+    y, _ = layer.apply(params, state, x)
     assert (-1, *y.shape[1:]) == tuple(out_shape), (layer, input_shape)
     return params, y
 
@@ -94,17 +94,18 @@ def test_bad_settings_fail_at_init():
 def test_combinators_compute_what_they_say(rng):
     x = jnp.asarray(rng.normal(size=(2, 5)))
     dense = nn.Dense(5, dtype=jnp.float64)
-    p_dense, _ = dense.init(KEY, (-1, 5))
     res = nn.residual(dense)
-    p_res, shape = res.init(KEY, (-1, 5))
-    assert shape == (-1, 5)
-    np.testing.assert_allclose(res.apply(p_res, x), x + dense.apply(p_res, x), rtol=1e-14)
+    p_res, s_res, shape = res.init(KEY, (-1, 5))
+    assert shape == (-1, 5) and s_res == ()
+    np.testing.assert_allclose(res.apply(p_res, (), x)[0], x + dense.apply(p_res, (), x)[0], rtol=1e-14)
     chain = nn.serial(nn.fan_out(2), nn.parallel(dense, nn.identity()), nn.fan_in_sum())
-    np.testing.assert_allclose(chain.apply(((), (p_res, ()), ()), x), res.apply(p_res, x), rtol=1e-14)
+    chain_state = ((), ((), ()), ())
+    np.testing.assert_allclose(chain.apply(((), (p_res, ()), ()), chain_state, x)[0], res.apply(p_res, (), x)[0],
+                               rtol=1e-14)
 
     concat = nn.serial(nn.fan_out(2), nn.parallel(nn.identity(), nn.Dense(3, dtype=jnp.float64)), nn.fan_in_concat())
-    p, shape = concat.init(KEY, (-1, 5))
-    y = concat.apply(p, x)
+    p, state, shape = concat.init(KEY, (-1, 5))
+    y, _ = concat.apply(p, state, x)
     assert shape == (-1, 8) and y.shape == (2, 8)
     np.testing.assert_array_equal(y[:, :5], x)
 
@@ -114,12 +115,11 @@ def test_residual_adds_the_skip_paths_gradient(rng):
     x = jnp.asarray(rng.normal(size=(3, 4)))
     block = nn.serial(nn.Dense(4, dtype=jnp.float64), nn.Tanh())
     model = nn.residual(block)
-    params, _ = model.init(KEY, (-1, 4))
-    block_params = params
-    g_model = jax.grad(lambda x: jnp.sum(model.apply(params, x) ** 2))(x)
-    g_hand = jax.grad(lambda x: jnp.sum((x + block.apply(block_params, x)) ** 2))(x)
+    params, state, _ = model.init(KEY, (-1, 4))
+    g_model = jax.grad(lambda x: jnp.sum(model.apply(params, state, x)[0] ** 2))(x)
+    g_hand = jax.grad(lambda x: jnp.sum((x + block.apply(params, state, x)[0]) ** 2))(x)
     np.testing.assert_allclose(g_model, g_hand, rtol=1e-13)
-    g_block_only = jax.grad(lambda x: jnp.sum((block.apply(block_params, x)) ** 2))(x)
+    g_block_only = jax.grad(lambda x: jnp.sum((block.apply(params, state, x)[0]) ** 2))(x)
     assert not np.allclose(g_model, g_block_only)
 
 
@@ -131,7 +131,7 @@ def test_dense_block_grows_the_channels():
 
 def test_params_are_plain_pytrees_for_optax_and_jit(rng):
     model = nn.serial(nn.Conv(4, (3, 3), padding="SAME"), nn.Relu(), nn.Flatten(), nn.Dense(3))
-    params, _ = model.init(KEY, (-1, 5, 5, 1))
+    params, model_state, _ = model.init(KEY, (-1, 5, 5, 1))
     x = jnp.asarray(rng.normal(size=(2, 5, 5, 1)), jnp.float32)
     opt = optax.adam(1e-2)
     state = opt.init(params)
@@ -139,7 +139,7 @@ def test_params_are_plain_pytrees_for_optax_and_jit(rng):
     @jax.jit
     def step(params, state):
         def loss_fn(p):
-            return ops.softmax_cross_entropy(model.apply(p, x), jnp.array([0, 2]))
+            return ops.softmax_cross_entropy(model.apply(p, model_state, x)[0], jnp.array([0, 2]))
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, state = opt.update(grads, state, params)
@@ -153,11 +153,11 @@ def test_params_are_plain_pytrees_for_optax_and_jit(rng):
 
 def test_connection_table_weights_start_at_zero_and_stay_there(rng):
     layer = nn.Conv(16, (5, 5), connections=ops.LENET5_C3_TABLE)
-    params, _ = layer.init(KEY, (-1, 14, 14, 6))
+    params, state, _ = layer.init(KEY, (-1, 14, 14, 6))
     absent = ~ops.LENET5_C3_TABLE
     assert np.all(np.asarray(params["w"])[:, :, absent] == 0)
     x = jnp.asarray(rng.normal(size=(2, 14, 14, 6)), jnp.float32)
-    g = jax.grad(lambda p: jnp.sum(layer.apply(p, x) ** 2))(params)
+    g = jax.grad(lambda p: jnp.sum(layer.apply(p, state, x)[0] ** 2))(params)
     assert np.all(np.asarray(g["w"])[:, :, absent] == 0)
     assert layer.count(params) == 1516
 
@@ -181,10 +181,10 @@ def test_conv_fans_follow_layout_and_custom_initializers_are_used():
         seen.update(shape=shape, fan_in=fan_in, fan_out=fan_out)
         return jnp.full(shape, 0.5, dtype)
 
-    params, _ = nn.Conv(8, (3, 3), w_init=recording).init(KEY, (-1, 6, 6, 4))
+    params, _, _ = nn.Conv(8, (3, 3), w_init=recording).init(KEY, (-1, 6, 6, 4))
     assert seen == {"shape": (3, 3, 4, 8), "fan_in": 36, "fan_out": 72}
     assert np.all(np.asarray(params["w"]) == 0.5)
-    params, _ = nn.Dense(3, w_init=nn.initializers.from_jax(jax.nn.initializers.ones)).init(KEY, (-1, 2))
+    params, _, _ = nn.Dense(3, w_init=nn.initializers.from_jax(jax.nn.initializers.ones)).init(KEY, (-1, 2))
     assert params["w"].shape == (3, 2) and np.all(np.asarray(params["w"]) == 1)
 
 
@@ -194,13 +194,13 @@ def test_ops_backend_switch_gives_equal_gradients(rng):
                          nn.MaxPool((2, 2), ops=backend), nn.Flatten(ops=backend), nn.Dense(4, ops=backend))
 
     hand, auto = build(ops), build(reference)
-    params, _ = hand.init(KEY, (-1, 8, 8, 2))
+    params, state, _ = hand.init(KEY, (-1, 8, 8, 2))
     params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
     x = jnp.asarray(rng.normal(size=(3, 8, 8, 2)))
     labels = jnp.array([0, 1, 3])
 
     def loss(model):
-        return lambda p: ops.softmax_cross_entropy(model.apply(p, x), labels)
+        return lambda p: ops.softmax_cross_entropy(model.apply(p, state, x)[0], labels)
 
     g_hand = jax.grad(loss(hand))(params)
     g_auto = jax.grad(loss(auto))(params)
@@ -215,8 +215,8 @@ def test_bind_gives_every_layer_one_backend_and_a_call_keyword_still_wins():
     x = jnp.ones((1, 6, 6, 1), jnp.float32)
 
     def hand_rules(layer):
-        params, _ = layer.init(jax.random.PRNGKey(0), x.shape)
-        return str(jax.make_jaxpr(layer.apply)(params, x)).count("custom_vjp_call")
+        params, state, _ = layer.init(jax.random.PRNGKey(0), x.shape)
+        return str(jax.make_jaxpr(layer.apply)(params, state, x)).count("custom_vjp_call")
 
     assert hand_rules(auto.serial(auto.Conv(2, (3, 3)), auto.Relu(), auto.MaxPool(2))) == 0
     assert hand_rules(hand.serial(hand.Conv(2, (3, 3)), hand.Relu(), hand.MaxPool(2))) == 3

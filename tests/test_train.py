@@ -32,15 +32,15 @@ def _model():
 
 def test_step_is_plain_optax_sgd_with_the_lectures_weight_decay():
     model, d = _model(), _toy()
-    params, _ = model.init(KEY, (-1, 8))
+    params, model_state, _ = model.init(KEY, (-1, 8))
     lr, lam = 0.1, 0.01
     loss_fn = train.make_loss(model, weight_decay=lam)
     step = jax.jit(train.make_step(loss_fn, optax.sgd(lr)))
-    state = train.TrainState(params, optax.sgd(lr).init(params), jnp.int32(0), KEY)
+    state = train.TrainState(params, model_state, optax.sgd(lr).init(params), jnp.int32(0), KEY)
     x, y = jnp.asarray(d.x_train[:8]), jnp.asarray(d.y_train[:8])
     new, (loss, acc) = step(state, (x, y))
     # W ← W − α (∂L/∂W + λ W), b ← b − α ∂L/∂b  (Hu & Zhu; Jearanaitanakij)
-    data_grads = jax.grad(lambda p: ops.softmax_cross_entropy(model.apply(p, x), y))(params)
+    data_grads = jax.grad(lambda p: ops.softmax_cross_entropy(model.apply(p, model_state, x)[0], y))(params)
     for p_new, p_old, g in zip(new.params, params, data_grads):
         for k in p_old:
             decay = lam * p_old[k] if k == "w" else 0.0
@@ -51,17 +51,17 @@ def test_step_is_plain_optax_sgd_with_the_lectures_weight_decay():
 @pytest.mark.parametrize("loop", ["scan", "steps"])
 def test_epoch_equals_python_loop_of_steps(loop):
     model, d = _model(), _toy()
-    params, _ = model.init(KEY, (-1, 8))
+    params, model_state, _ = model.init(KEY, (-1, 8))
     opt = optax.adam(1e-2)
     step = train.make_step(train.make_loss(model), opt)
-    state = train.TrainState(params, opt.init(params), jnp.int32(0), KEY)
+    state = train.TrainState(params, model_state, opt.init(params), jnp.int32(0), KEY)
     x, y = jnp.asarray(d.x_train), jnp.asarray(d.y_train)
     donated = jax.tree_util.tree_map(jnp.copy, state)  # the epoch donates its input state
     scanned, losses, _ = train.make_epoch(step, 16, loop=loop)(donated, x, y, 4)
 
     key, shuffle_key = jax.random.split(KEY)
     order = jax.random.permutation(shuffle_key, 64)[:64].reshape(4, 16)
-    looped = train.TrainState(params, opt.init(params), jnp.int32(0), key)
+    looped = train.TrainState(params, model_state, opt.init(params), jnp.int32(0), key)
     looped_losses = []
     for idx in order:
         looped, (loss, _) = jax.jit(step)(looped, (x[idx], y[idx]))
@@ -132,6 +132,14 @@ def test_failed_save_leaves_the_old_checkpoint(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["c.npz"]
 
 
+def _on_host_devices(script: str, devices: int):
+    """Runs ``script`` in a fresh process with ``devices`` CPU devices; returns the JSON it prints."""
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
 def test_data_parallel_run_equals_single_device(tmp_path):  # 18 per batch: uneven over 4 devices
     script = textwrap.dedent("""
         import json, sys
@@ -151,13 +159,94 @@ def test_data_parallel_run_equals_single_device(tmp_path):  # 18 per batch: unev
         out["devices"] = len(jax.devices())
         json.dump(out, sys.stdout)
     """)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
+    out = _on_host_devices(script, 4)
     assert out["devices"] == 4 and out["spread4"] == [True, 4] and out["spread1"][1] == 1
     for a, b in zip(out["1"], out["4"]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _stateful_model():
+    return nn.serial(nn.Conv(4, (3, 3), padding="SAME"), nn.BatchNorm(), nn.Relu(), nn.MaxPool((2, 2)), nn.Flatten(),
+                     nn.Dropout(0.3), nn.Dense(2))
+
+
+def _images(n_train=64, n_test=32):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n_train + n_test, 6, 6, 1)).astype(np.float32)
+    y = (x.mean(axis=(1, 2, 3)) > 0).astype(np.int32)
+    return data.Dataset(x[:n_train], y[:n_train], x[n_train:], y[n_train:], 2)
+
+
+def test_fit_carries_the_model_state_and_resumes_bit_exactly_with_batch_norm_and_dropout(tmp_path):
+    d, path = _images(), str(tmp_path / "ckpt.npz")
+    straight = train.fit(_stateful_model(), d, epochs=4, batch_size=16, quiet=True)
+    bn_state = straight.state.model_state[1]
+    assert not np.allclose(bn_state["mean"], 0) and not np.allclose(bn_state["var"], 1)  # running statistics moved
+    train.fit(_stateful_model(), d, epochs=2, batch_size=16, quiet=True, checkpoint_path=path)
+    assert any("model_state" in p for p in checkpoint.read_header(path)["paths"])
+    resumed = train.fit(_stateful_model(), d, epochs=4, batch_size=16, quiet=True, checkpoint_path=path, resume=True)
+    for a, b in zip(jax.tree_util.tree_leaves(straight.state), jax.tree_util.tree_leaves(resumed.state)):
+        np.testing.assert_array_equal(a, b)
+    # evaluation runs in evaluation mode: running statistics, no dropout (deterministic, and not the batch's)
+    model, state = _stateful_model(), straight.state
+    ev = train.evaluate(model, state.params, state.model_state, d.x_test, d.y_test, 2, batch_size=8)
+    logits, _ = model.apply(state.params, state.model_state, jnp.asarray(d.x_test))
+    assert ev.accuracy == pytest.approx(float(np.mean(np.argmax(logits, -1) == d.y_test)))
+
+
+def test_every_step_gets_a_fresh_dropout_key():
+    model = nn.serial(nn.Dropout(0.5), nn.Dense(2))
+    params, model_state, _ = model.init(KEY, (-1, 32))
+    seen = []
+
+    def loss_fn(params, model_state, x, y, *, training=True, key=None):
+        seen.append(key)
+        out, model_state = model.apply(params, model_state, x, training=training, key=key)
+        return ops.softmax_cross_entropy(out, y), (out, model_state)
+
+    opt = optax.sgd(0.1)
+    step = train.make_step(loss_fn, opt)
+    state = train.TrainState(params, model_state, opt.init(params), jnp.int32(0), KEY)
+    x, y = jnp.ones((4, 32), jnp.float32), jnp.zeros(4, jnp.int32)
+    keys = []
+    for _ in range(3):
+        state, _ = step(state, (x, y))
+        keys.append(np.asarray(seen[-1]))
+    assert len({k.tobytes() for k in keys}) == 3
+    np.testing.assert_array_equal(keys[0], jax.random.fold_in(KEY, 0))
+
+
+def test_data_parallel_batch_norm_uses_the_global_batch(tmp_path):
+    """Two devices, each holding half of every batch: batch norm's statistics, the running
+    statistics and the params equal the single-device run's (per-device statistics would not)."""
+    script = textwrap.dedent("""
+        import json, sys
+        import jax, numpy as np, optax
+        from jaxcnn import data, nn, train
+        rng = np.random.default_rng(0)
+        x = (rng.normal(size=(96, 6, 6, 1)) + np.linspace(-2, 2, 96)[:, None, None, None]).astype(np.float32)
+        y = (x.mean(axis=(1, 2, 3)) > 0).astype(np.int32)
+        d = data.Dataset(x[:64], y[:64], x[64:], y[64:], 2)
+        # no conv bias: its gradient through batch norm is zero up to rounding, which Adam would amplify
+        model = nn.serial(nn.Conv(4, (3, 3), padding="SAME", use_bias=False), nn.BatchNorm(), nn.Relu(),
+                          nn.MaxPool((2, 2)), nn.Flatten(), nn.Dropout(0.3), nn.Dense(2))
+        out = {}
+        for n in (1, 2):
+            r = train.fit(model, d, epochs=2, batch_size=16, devices=n, quiet=True, shuffle=False,
+                          optimizer=optax.sgd(0.1))
+            out[n] = [np.asarray(l).tolist() for l in jax.tree_util.tree_leaves((r.state.params, r.state.model_state))]
+            out[f"accuracy{n}"] = r.test.accuracy
+        out["devices"] = len(jax.devices())
+        json.dump(out, sys.stdout)
+    """)
+    out = _on_host_devices(script, 2)
+    assert out["devices"] == 2 and out["accuracy1"] == out["accuracy2"]
+    for a, b in zip(out["1"], out["2"]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # The halves of a batch differ (the data drift along the unshuffled order), so per-device
+    # statistics would have given other running means.
+    half = np.linspace(-2, 2, 96)[:16]
+    assert abs(half[:8].mean() - half.mean()) > 0.1
 
 
 def test_fit_argument_errors():
@@ -180,6 +269,22 @@ def test_cli_train_writes_metrics_plot_and_checkpoint_and_resumes(tmp_path, caps
                      "--optimizer", "sgd", "--lr", "0.1", "--weight-decay", "0.1", "--out", out, "--quiet",
                      "--resume"]) == 0
     assert len(json.loads(Path(out, "metrics.json").read_text())["history"]) == 8
+
+
+def test_cli_trains_resnet20_with_batch_norm_on_fashion_mnist_and_resumes(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 32), ("t10k", 16)):
+        data.write_idx(str(tmp_path / f"{split}-images-idx3-ubyte.gz"), rng.integers(0, 256, (n, 28, 28), np.uint8))
+        data.write_idx(str(tmp_path / f"{split}-labels-idx1-ubyte.gz"), (np.arange(n) % 10).astype(np.uint8))
+    out = str(tmp_path / "run")
+    argv = ["train", "--model", "resnet20", "--data", "fashion_mnist", "--data-dir", str(tmp_path),
+            "--batch-size", "16", "--optimizer", "sgd", "--lr", "0.1", "--momentum", "0.9", "--out", out, "--quiet"]
+    assert cli.main([*argv, "--epochs", "1"]) == 0
+    assert "resnet20 on fashion_mnist: test accuracy" in capsys.readouterr().out
+    header = checkpoint.read_header(str(Path(out, "checkpoint.npz")))
+    assert any("model_state" in p and "'mean'" in p for p in header["paths"])  # batch norm's running statistics
+    assert cli.main([*argv, "--epochs", "2", "--resume"]) == 0
+    assert len(json.loads(Path(out, "metrics.json").read_text())["history"]) == 2
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -238,10 +343,11 @@ def test_seesaw_worked_example_single_step():
     params = (conv, (), (), (), hidden, (), out)
     params = jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float64), params)
     model = models.seesaw_cnn()
+    model_state = ((),) * 7
 
-    p = jax.nn.softmax(model.apply(params, x))[0]
+    p = jax.nn.softmax(model.apply(params, model_state, x)[0])[0]
     np.testing.assert_allclose(p, [0.51, 0.49], rtol=1e-12)
-    data_loss, _ = train.make_loss(model)(params, x, y)
+    data_loss, _ = train.make_loss(model)(params, model_state, x, y)
     # "Data loss = 0.29": the lecture's figure is −log₁₀ p_target; the natural-log
     # cross-entropy whose gradient is p − 1 (the lecture's own derivation) is 0.673.
     assert float(data_loss) == pytest.approx(-np.log(0.51), rel=1e-12)
@@ -249,7 +355,7 @@ def test_seesaw_worked_example_single_step():
 
     opt = optax.sgd(alpha)
     step = train.make_step(train.make_loss(model, weight_decay=lam), opt)
-    new, _ = step(train.TrainState(params, opt.init(params), jnp.int32(0), KEY), (x, y))
+    new, _ = step(train.TrainState(params, model_state, opt.init(params), jnp.int32(0), KEY), (x, y))
     delta = jax.tree_util.tree_map(lambda n, o: n - o, new.params, params)
     # Δw = −0.1 · (−0.49 · 0.49 + 0.1 · 0.1) = 0.023  (weight C → target output)
     assert float(delta[6]["w"][0, 0]) == pytest.approx(-alpha * ((0.51 - 1) * c + lam * 0.1), rel=1e-9)
@@ -284,9 +390,9 @@ def test_seesaw_worked_example_filter_update():
 @pytest.mark.parametrize("loss", ["softmax_cross_entropy", "euclidean_loss"])
 def test_evaluation_sse_is_the_summed_squared_error_of_the_output_probabilities(loss):
     model, d = _model(), _toy()
-    params, _ = model.init(KEY, (-1, 8))
-    ev = train.evaluate(model, params, d.x_test, d.y_test, 4, loss=loss, batch_size=10)
-    out = np.asarray(model.apply(params, jnp.asarray(d.x_test)), np.float64)
+    params, model_state, _ = model.init(KEY, (-1, 8))
+    ev = train.evaluate(model, params, model_state, d.x_test, d.y_test, 4, loss=loss, batch_size=10)
+    out = np.asarray(model.apply(params, model_state, jnp.asarray(d.x_test))[0], np.float64)
     probs = out if loss == "euclidean_loss" else np.exp(out) / np.exp(out).sum(1, keepdims=True)
     expected = np.sum((probs - np.eye(4)[d.y_test]) ** 2)
     assert ev.sse == pytest.approx(expected, rel=1e-5)
@@ -297,10 +403,10 @@ def test_evaluation_sse_is_the_summed_squared_error_of_the_output_probabilities(
 @pytest.mark.parametrize("loop", ["scan", "steps"])
 def test_unshuffled_epoch_visits_the_patterns_in_order(loop):
     model, d = _model(), _toy(n_train=6)
-    params, _ = model.init(KEY, (-1, 8))
+    params, model_state, _ = model.init(KEY, (-1, 8))
     opt = optax.sgd(0.1)
     step = train.make_step(train.make_loss(model, weight_decay=0.1), opt)
-    state = train.TrainState(params, opt.init(params), jnp.int32(0), KEY)
+    state = train.TrainState(params, model_state, opt.init(params), jnp.int32(0), KEY)
     x, y = jnp.asarray(d.x_train), jnp.asarray(d.y_train)
     epoch = train.make_epoch(step, 1, shuffle=False, loop=loop)
     scanned, losses, _ = epoch(jax.tree_util.tree_map(jnp.copy, state), x, y, 6)
@@ -358,19 +464,19 @@ def test_auto_loop_steps_on_the_cpu_only_when_a_convolution_is_slow_in_a_loop():
     for model, shape, slow in ((xla_model, (6, 1), False), (autodiff_model, (6, 2), True),
                                (transpose_model, (6, 2), False), (transpose_autodiff, (6, 2), True),
                                (taps_model, (4, 4, 1), False), (mlp, (8,), False)):
-        params, _ = model.init(KEY, (-1, *shape))
+        params, model_state, _ = model.init(KEY, (-1, *shape))
         x = jnp.asarray(np.random.default_rng(0).normal(size=(8, *shape)), jnp.float32)
         y = jnp.asarray([0, 1] * 4)
-        grads = jax.make_jaxpr(jax.grad(lambda p: model.apply(p, x).sum()))(params)
+        grads = jax.make_jaxpr(jax.grad(lambda p: model.apply(p, model_state, x)[0].sum()))(params)
         assert _xla_cpu.has_slow_loop_convolution(grads.jaxpr) == slow  # found in the custom rule's backward too
-        forward = jax.make_jaxpr(lambda p: model.apply(p, x))(params)
+        forward = jax.make_jaxpr(lambda p: model.apply(p, model_state, x)[0])(params)
         assert not _xla_cpu.has_slow_loop_convolution(forward.jaxpr)  # a forward convolution is canonical
         opt = optax.sgd(0.1)
         step = train.make_step(train.make_loss(model), opt)
         results = {}
         for loop in ("auto", "scan", "steps"):
-            state = train.TrainState(jax.tree_util.tree_map(jnp.copy, params), opt.init(params), jnp.int32(0),
-                                     jnp.copy(KEY))
+            state = train.TrainState(jax.tree_util.tree_map(jnp.copy, params), model_state, opt.init(params),
+                                     jnp.int32(0), jnp.copy(KEY))
             state, losses, _ = train.make_epoch(step, 4, loop=loop)(state, x, y, 2)
             assert losses.shape == (2,) and int(state.step) == 2
             results[loop] = losses
@@ -424,16 +530,16 @@ def test_fit_refuses_bad_datasets_before_any_work():
 
 def test_evaluate_never_drops_an_example_from_the_confusion_matrix():
     d = _toy()
-    params, _ = _model().init(KEY, (-1, 8))
-    ev = train.evaluate(_model(), params, d.x_test, d.y_test, 4)
+    params, model_state, _ = _model().init(KEY, (-1, 8))
+    ev = train.evaluate(_model(), params, model_state, d.x_test, d.y_test, 4)
     assert ev.confusion.sum() == len(d.y_test)
     with pytest.raises(ValueError, match=r"evaluate: `y`: labels must be class ids in \[0, 4\), got 1 outside it "
                                          r"\(the first: label 7 at index 3"):
-        train.evaluate(_model(), params, d.x_test, np.where(np.arange(32) == 3, 7, d.y_test), 4)
+        train.evaluate(_model(), params, model_state, d.x_test, np.where(np.arange(32) == 3, 7, d.y_test), 4)
     with pytest.raises(ValueError, match=r"evaluate: the model has 4 outputs but num_classes=5"):
-        train.evaluate(_model(), params, d.x_test, d.y_test, 5)
+        train.evaluate(_model(), params, model_state, d.x_test, d.y_test, 5)
     with pytest.raises(ValueError, match=r"evaluate: `x` has 32 examples but `y` has 30 labels"):
-        train.evaluate(_model(), params, d.x_test, d.y_test[:30], 4)
+        train.evaluate(_model(), params, model_state, d.x_test, d.y_test[:30], 4)
 
 
 @pytest.mark.parametrize("kwargs,message", [

@@ -223,12 +223,12 @@ def _sine(frequency):
     return f, lambda x: jnp.sin(frequency * x)
 
 
-@pytest.mark.parametrize("eps", [1e-5, 1e-3, 1e-13])  # curvature, far too large a step, rounding
-def test_verdict_finite_differences_untrustworthy(eps):
+@pytest.mark.parametrize("step", [1e-5, 1e-3, 1e-13])  # curvature, far too large a step, rounding
+def test_verdict_finite_differences_untrustworthy(step):
     x = jnp.array([0.1, 0.2, 0.3])
     op, ref = _sine(3e3)
-    assert not verify.check_numerical(op, x, step=eps).ok
-    assert verify.diagnose(op, ref, x, step=eps).verdict == "finite differences untrustworthy"
+    assert not verify.check_numerical(op, x, step=step).ok
+    assert verify.diagnose(op, ref, x, step=step).verdict == "finite differences untrustworthy"
 
 
 def test_verdict_non_smooth_point_at_a_kink():

@@ -1,15 +1,19 @@
 """Functional model composition over :mod:`jaxcnn.ops`.
 
-A layer is ``init(key, input_shape) -> (params, output_shape)`` and ``apply(params, x)``;
-see :mod:`jaxcnn.nn.core`.
+A layer is ``init(key, input_shape) -> (params, state, output_shape)`` and
+``apply(params, state, x, *, training=False, key=None) -> (y, new_state)``; see
+:mod:`jaxcnn.nn.core`.
 
 >>> import jax, jax.numpy as jnp
 >>> from jaxcnn import nn
->>> model = nn.serial(nn.Conv(4, 3, padding="SAME"), nn.Relu(), nn.MaxPool(2), nn.Flatten(), nn.Dense(10))
->>> params, shape = model.init(jax.random.PRNGKey(0), (-1, 8, 8, 1))
+>>> model = nn.serial(nn.Conv(4, 3, padding="SAME"), nn.BatchNorm(), nn.Relu(), nn.MaxPool(2),
+...                   nn.Flatten(), nn.Dropout(0.5), nn.Dense(10))
+>>> params, state, shape = model.init(jax.random.PRNGKey(0), (-1, 8, 8, 1))
 >>> shape
 (-1, 10)
->>> model.apply(params, jnp.ones((2, 8, 8, 1))).shape
+>>> y, state = model.apply(params, state, jnp.ones((2, 8, 8, 1)), training=True, key=jax.random.PRNGKey(1))
+>>> y, _ = model.apply(params, state, jnp.ones((2, 8, 8, 1)))   # evaluation: running statistics, no dropout
+>>> y.shape
 (2, 10)
 """
 
@@ -19,6 +23,7 @@ from jaxcnn.nn.core import (
     Layer,
     dense_block,
     fan_in_concat,
+    from_stax,
     fan_in_sum,
     fan_out,
     identity,
@@ -27,11 +32,19 @@ from jaxcnn.nn.core import (
     serial,
 )
 from jaxcnn.nn.layers import (
+    BatchNorm,
     Conv,
     ConvTranspose,
     Dense,
     Downsample,
+    Dropout,
     Flatten,
+    GlobalMaxPool,
+    GlobalMeanPool,
+    GroupNorm,
+    LayerNorm,
+    LeakyRelu,
+    LogSoftmax,
     MaxPool,
     MeanPool,
     MeanSubtraction,
@@ -44,12 +57,20 @@ from jaxcnn.nn.layers import (
 from jaxcnn.nn.summary import summary
 
 __all__ = [
+    "BatchNorm",
     "Conv",
     "ConvTranspose",
     "Dense",
     "Downsample",
+    "Dropout",
     "Flatten",
+    "GlobalMaxPool",
+    "GlobalMeanPool",
+    "GroupNorm",
     "Layer",
+    "LayerNorm",
+    "LeakyRelu",
+    "LogSoftmax",
     "MaxPool",
     "MeanPool",
     "MeanSubtraction",
@@ -63,6 +84,7 @@ __all__ = [
     "fan_in_concat",
     "fan_in_sum",
     "fan_out",
+    "from_stax",
     "identity",
     "initializers",
     "parallel",

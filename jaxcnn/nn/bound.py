@@ -4,7 +4,7 @@
 >>> from jaxcnn import nn, reference
 >>> L = nn.bind(reference)                 # every layer below on plain autodiff
 >>> model = L.serial(L.Conv(4, (3, 3)), L.Relu(), L.MaxPool((2, 2)), L.Flatten(), L.Dense(10))
->>> model.init(jax.random.PRNGKey(0), (-1, 8, 8, 1))[1]
+>>> model.init(jax.random.PRNGKey(0), (-1, 8, 8, 1))[2]
 (-1, 10)
 """
 
@@ -18,8 +18,9 @@ from typing import Optional
 from jaxcnn.nn import core, initializers, layers
 
 #: The layer constructors that take ``ops=``.
-LAYERS = ("Conv", "ConvTranspose", "Dense", "Downsample", "Flatten", "MaxPool", "MeanPool", "MeanSubtraction",
-          "Relu", "Sigmoid", "Softmax", "Tanh", "Upsample")
+LAYERS = ("BatchNorm", "Conv", "ConvTranspose", "Dense", "Downsample", "Dropout", "Flatten", "GlobalMaxPool",
+          "GlobalMeanPool", "GroupNorm", "LayerNorm", "LeakyRelu", "LogSoftmax", "MaxPool", "MeanPool",
+          "MeanSubtraction", "Relu", "Sigmoid", "Softmax", "Tanh", "Upsample")
 #: The combinators, passed through unchanged (they take layers, not ops).
 COMBINATORS = ("dense_block", "fan_in_concat", "fan_in_sum", "fan_out", "identity", "parallel", "residual", "serial")
 

@@ -1,74 +1,146 @@
-"""The layer type and the combinator algebra.
+"""The layer type and the combinator algebra, with state and randomness.
 
-A layer is a pair of pure functions, as in ``jax.example_libraries.stax`` and optax:
+A layer is a pair of pure functions, as in ``jax.example_libraries.stax`` and optax, that
+also carries non-trainable *state* (batch norm's running statistics) beside the trainable
+*params*, and takes a training flag and a PRNG key (dropout):
 
-* ``init(key, input_shape) -> (params, output_shape)``
-* ``apply(params, x) -> y``
+* ``init(key, input_shape) -> (params, state, output_shape)``
+* ``apply(params, state, x, *, training=False, key=None) -> (y, new_state)``
 
-Shapes include the batch axis (any int, e.g. ``-1`` for "any batch"). Params are plain
-pytrees (dicts, tuples, ``()`` for none), so optax, ``jax.tree_util``, ``jax.jit`` and
-checkpointing handle them unchanged. ``Layer`` unpacks like a pair
-(``init, apply = serial(...)``); it also carries a ``name``, the ``children`` a
-:func:`serial` chain is made of (for :func:`jaxcnn.nn.summary`), and a ``count`` of
-trainable parameters.
+Params and state are separate plain pytrees (dicts, tuples, ``()`` for none), so optax
+sees only the params, ``jax.grad`` differentiates only them, and ``jax.tree_util``,
+``jax.jit`` and checkpointing handle both unchanged. ``training`` is a Python bool (the
+code differs: batch statistics vs running ones, dropout on or off); ``key`` is needed
+only when some layer draws random numbers in training. Every combinator threads the
+state through its children in order and gives each child its own key
+(``jax.random.split``, as stax's ``serial`` does).
+
+A layer without state or randomness is written as before, ``init(key, input_shape) ->
+(params, output_shape)`` and ``apply(params, x) -> y``, and lifted with
+:meth:`Layer.stateless`.
+
+Shapes include the batch axis (any int, e.g. ``-1`` for "any batch"). ``Layer`` carries a
+``name``, the ``children`` a :func:`serial` chain is made of (for
+:func:`jaxcnn.nn.summary`), and a ``count`` of trainable parameters.
+
+jaxcnn layers and stax layers do not mix: stax's ``init`` returns ``(output_shape,
+params)`` and its ``apply`` takes no state, so a jaxcnn layer inside ``stax.serial`` and
+a stax layer inside :func:`serial` each raise a ``TypeError`` that says so (wrap a stax
+layer with :func:`from_stax`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 
 Shape = tuple[int, ...]
 Params = Any
+State = Any
 
 
-class _Pair(NamedTuple):
-    init: Callable[[jax.Array, Shape], tuple[Params, Any]]
-    apply: Callable[[Params, Any], Any]
+class Layer:
+    """``init(key, input_shape) -> (params, state, output_shape)`` and
+    ``apply(params, state, x, *, training=False, key=None) -> (y, new_state)``."""
 
+    __slots__ = ("init", "apply", "name", "children", "_count")
 
-class Layer(_Pair):
-    """``init(key, input_shape) -> (params, output_shape)`` and ``apply(params, x) -> y``."""
-
-    def __new__(cls, init, apply, *, name: str, children: Sequence["Layer"] = (),
-                count: Optional[Callable[[Params], int]] = None):
-        self = super().__new__(cls, init, apply)
+    def __init__(self, init: Callable, apply: Callable, *, name: str, children: Sequence["Layer"] = (),
+                 count: Optional[Callable[[Params], int]] = None):
+        self.init = init
+        self.apply = apply
         self.name = name
         self.children = tuple(children)
         self._count = count
-        return self
+
+    @classmethod
+    def stateless(cls, init: Callable[[jax.Array, Shape], tuple[Params, Any]], apply: Callable[[Params, Any], Any],
+                  *, name: str, children: Sequence["Layer"] = (), count: Optional[Callable[[Params], int]] = None
+                  ) -> "Layer":
+        """A layer from ``init(key, input_shape) -> (params, output_shape)`` and
+        ``apply(params, x) -> y``: no state (``()``), the same output in training and
+        evaluation, no randomness.
+
+        >>> import jax, jax.numpy as jnp
+        >>> double = Layer.stateless(lambda key, shape: ((), shape), lambda params, x: 2 * x, name="double")
+        >>> params, state, shape = double.init(jax.random.PRNGKey(0), (-1, 3))
+        >>> y, state = double.apply(params, state, jnp.ones((1, 3)))
+        >>> y.tolist(), state
+        ([[2.0, 2.0, 2.0]], ())
+        """
+
+        def full_init(key, input_shape):
+            params, shape = init(key, input_shape)
+            return params, (), shape
+
+        def full_apply(params, state, x, *, training=False, key=None):
+            return apply(params, x), state
+
+        return cls(full_init, full_apply, name=name, children=children, count=count)
 
     def count(self, params: Params) -> int:
         """Number of trainable scalars in ``params`` (weights fixed at zero excluded)."""
         if self._count is not None:
             return self._count(params)
-        return sum(math.prod(jnp.shape(l)) for l in jax.tree_util.tree_leaves(params))
+        return _size(params)
+
+    def __iter__(self):
+        raise TypeError(
+            f"{self.name} is a jaxcnn layer, not a stax (init_fun, apply_fun) pair: its init returns "
+            f"(params, state, output_shape) and its apply takes the state, so it cannot go inside "
+            f"jax.example_libraries.stax combinators. Compose with jaxcnn.nn.serial/parallel instead, "
+            f"wrapping stax layers with jaxcnn.nn.from_stax."
+        )
 
     def __repr__(self) -> str:
         return f"Layer({self.name})"
 
 
-def _split(key: jax.Array, n: int):
+def _size(tree) -> int:
+    return sum(math.prod(jnp.shape(leaf)) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def _check_layers(combinator: str, layers) -> None:
+    for i, layer in enumerate(layers):
+        if isinstance(layer, Layer):
+            continue
+        if isinstance(layer, tuple) and len(layer) == 2 and all(callable(f) for f in layer):
+            raise TypeError(
+                f"{combinator}: layer {i} is a stax-style (init_fun, apply_fun) pair, not a jaxcnn.nn.Layer; "
+                f"stax's init returns (output_shape, params) where jaxcnn's returns (params, state, "
+                f"output_shape). Wrap it: jaxcnn.nn.from_stax(layer)."
+            )
+        raise TypeError(f"{combinator}: layer {i} must be a jaxcnn.nn.Layer, got {type(layer).__name__} {layer!r}.")
+
+
+def _split(key: Optional[jax.Array], n: int):
+    if key is None:
+        return [None] * n
     return jax.random.split(key, n) if n else []
 
 
 def serial(*layers: Layer, name: str = "serial") -> Layer:
-    """Composes layers left to right: ``apply = fₙ ∘ … ∘ f₁``. Params: a tuple, one per layer."""
+    """Composes layers left to right: ``apply = fₙ ∘ … ∘ f₁``. Params and state: tuples,
+    one entry per layer; layer ``i`` gets the ``i``-th key of ``split(key, n)``."""
+    _check_layers("serial", layers)
 
     def init(key, input_shape):
-        params, shape = [], input_shape
+        params, states, shape = [], [], input_shape
         for layer, k in zip(layers, _split(key, len(layers))):
-            p, shape = layer.init(k, shape)
+            p, s, shape = layer.init(k, shape)
             params.append(p)
-        return tuple(params), shape
+            states.append(s)
+        return tuple(params), tuple(states), shape
 
-    def apply(params, x):
-        for layer, p in zip(layers, params):
-            x = layer.apply(p, x)
-        return x
+    def apply(params, state, x, *, training=False, key=None):
+        states = []
+        for layer, p, s, k in zip(layers, params, state, _split(key, len(layers))):
+            x, s = layer.apply(p, s, x, training=training, key=k)
+            states.append(s)
+        return x, tuple(states)
 
     def count(params):
         return sum(layer.count(p) for layer, p in zip(layers, params))
@@ -78,14 +150,17 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
 
 def parallel(*layers: Layer, name: str = "parallel") -> Layer:
     """Applies ``layers[i]`` to the i-th element of a tuple input; returns a tuple."""
+    _check_layers("parallel", layers)
 
     def init(key, input_shape):
         _check_tuple_shape("parallel", input_shape, len(layers))
-        pairs = [l.init(k, s) for l, k, s in zip(layers, _split(key, len(layers)), input_shape)]
-        return tuple(p for p, _ in pairs), tuple(s for _, s in pairs)
+        triples = [l.init(k, s) for l, k, s in zip(layers, _split(key, len(layers)), input_shape)]
+        return tuple(t[0] for t in triples), tuple(t[1] for t in triples), tuple(t[2] for t in triples)
 
-    def apply(params, xs):
-        return tuple(l.apply(p, x) for l, p, x in zip(layers, params, xs))
+    def apply(params, state, xs, *, training=False, key=None):
+        pairs = [l.apply(p, s, x, training=training, key=k)
+                 for l, p, s, x, k in zip(layers, params, state, xs, _split(key, len(layers)))]
+        return tuple(y for y, _ in pairs), tuple(s for _, s in pairs)
 
     def count(params):
         return sum(layer.count(p) for layer, p in zip(layers, params))
@@ -97,7 +172,7 @@ def fan_out(n: int) -> Layer:
     """``x ↦ (x, …, x)``, n copies. In the backward pass the n gradients add (Bell)."""
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"fan_out: `n` must be an int >= 1, got {n!r}.")
-    return Layer(lambda key, s: ((), (s,) * n), lambda params, x: (x,) * n, name=f"fan_out({n})")
+    return Layer.stateless(lambda key, s: ((), (s,) * n), lambda params, x: (x,) * n, name=f"fan_out({n})")
 
 
 def fan_in_sum() -> Layer:
@@ -115,7 +190,7 @@ def fan_in_sum() -> Layer:
     def apply(params, xs):
         return sum(xs[1:], xs[0])
 
-    return Layer(init, apply, name="fan_in_sum")
+    return Layer.stateless(init, apply, name="fan_in_sum")
 
 
 def fan_in_concat(axis: int = -1) -> Layer:
@@ -138,33 +213,35 @@ def fan_in_concat(axis: int = -1) -> Layer:
         out[a] = sum(s[a] for s in input_shapes)
         return (), tuple(out)
 
-    return Layer(init, lambda params, xs: jnp.concatenate(xs, axis), name=f"fan_in_concat(axis={axis})")
+    return Layer.stateless(init, lambda params, xs: jnp.concatenate(xs, axis), name=f"fan_in_concat(axis={axis})")
 
 
 def identity() -> Layer:
     """``x ↦ x``."""
-    return Layer(lambda key, s: ((), s), lambda params, x: x, name="identity")
+    return Layer.stateless(lambda key, s: ((), s), lambda params, x: x, name="identity")
 
 
 def residual(block: Layer) -> Layer:
     """``y = x + block(x)``: ``serial(fan_out(2), parallel(block, identity()), fan_in_sum())``
-    written out, with the block's params as its own and a shape check at ``init``.
+    written out, with the block's params and state as its own and a shape check at ``init``.
 
     The gradient of the skip path adds to the block's ("gradients add at branches", Bell).
     """
+    _check_layers("residual", [block])
 
     def init(key, input_shape):
-        params, shape = block.init(key, input_shape)
+        params, state, shape = block.init(key, input_shape)
         if tuple(shape) != tuple(input_shape):
             raise ValueError(
                 f"residual: the block must keep the input shape {tuple(input_shape)} to be added "
                 f"to it, but it gives {tuple(shape)}; use SAME padding, stride 1, and as many "
                 f"output channels as input channels."
             )
-        return params, shape
+        return params, state, shape
 
-    def apply(params, x):
-        return x + block.apply(params, x)
+    def apply(params, state, x, *, training=False, key=None):
+        y, state = block.apply(params, state, x, training=training, key=key)
+        return x + y, state
 
     return Layer(init, apply, name=f"residual({block.name})", count=block.count)
 
@@ -186,3 +263,30 @@ def _check_tuple_shape(op: str, input_shape, n: Optional[int] = None) -> None:
     if not ok or (n is not None and len(input_shape) != n):
         want = f"a tuple of {n} shapes" if n is not None else "a tuple of shapes (one per branch)"
         raise ValueError(f"{op}: the input must be {want}, e.g. from fan_out; got input shape {input_shape!r}.")
+
+
+def from_stax(layer, name: str = "stax") -> Layer:
+    """A ``jax.example_libraries.stax`` layer ``(init_fun, apply_fun)`` as a jaxcnn layer
+    (no state). ``init_fun``'s ``(output_shape, params)`` is reordered; ``apply_fun``
+    gets ``rng=key`` and stax's ``mode="train"`` or ``"test"`` from ``training`` (note
+    that stax's ``Dropout(rate)`` keeps each unit with probability ``rate``).
+
+    >>> import jax, jax.numpy as jnp
+    >>> from jax.example_libraries import stax
+    >>> layer = from_stax(stax.Dense(3))
+    >>> params, state, shape = layer.init(jax.random.PRNGKey(0), (-1, 2))
+    >>> shape, state
+    ((-1, 3), ())
+    """
+    if not (isinstance(layer, tuple) and len(layer) == 2 and all(callable(f) for f in layer)):
+        raise TypeError(f"from_stax: expected a stax (init_fun, apply_fun) pair, got {type(layer).__name__}.")
+    init_fun, apply_fun = layer
+
+    def init(key, input_shape):
+        shape, params = init_fun(key, input_shape)
+        return params, (), shape
+
+    def apply(params, state, x, *, training=False, key=None):
+        return apply_fun(params, x, rng=key, mode="train" if training else "test"), state
+
+    return Layer(init, apply, name=name)

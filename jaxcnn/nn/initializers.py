@@ -5,6 +5,12 @@ layer computes the fans from its own layout, so one initialiser serves dense wei
 ``(n_out, n_in)`` and conv kernels ``(*window, C_in, C_out)`` alike, and a connection
 table (LeNet-5's C3) counts only the inputs that really feed an output map.
 
+Layers also take ``jax.nn.initializers`` functions, ``init(key, shape, dtype)``, directly
+(:func:`draw` tells the two apart by how many arguments they require). Those compute the
+fans from the shape themselves, assuming ``(..., in, out)``: a conv kernel
+``(*window, C_in, C_out)`` already is, and a dense weight is drawn as ``(n_in, n_out)``
+and transposed, so ``jax.nn.initializers.he_normal()`` means fan-in ``n_in`` in both.
+
 Variance scaling draws with variance ``scale / n`` where ``n`` is ``fan_in``,
 ``fan_out`` or their mean:
 
@@ -28,6 +34,7 @@ True
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Callable, Protocol
 
@@ -107,3 +114,34 @@ def zeros() -> Initializer:
 def from_jax(init: Callable[[jax.Array, tuple, Any], jax.Array]) -> Initializer:
     """Adapts a ``jax.nn.initializers`` style ``init(key, shape, dtype)`` (fans ignored)."""
     return lambda key, shape, dtype, fan_in, fan_out: init(key, shape, dtype)
+
+
+def draw(init: Callable, key: jax.Array, shape: tuple[int, ...], dtype: Any, fan_in: float, fan_out: float, *,
+         transposed: bool = False) -> jax.Array:
+    """Calls a jaxcnn initialiser with the fans, or a ``jax.nn.initializers`` one without.
+
+    ``transposed=True`` says that ``shape`` is ``(out, in)`` (a dense weight): a jax
+    initialiser, which reads ``(..., in, out)``, then draws the transpose.
+
+    Raises:
+      TypeError: ``init`` is not callable.
+    """
+    if not callable(init):
+        raise TypeError(f"initializer must be callable as init(key, shape, dtype[, fan_in, fan_out]), got {init!r}.")
+    if _takes_fans(init):
+        return init(key, shape, dtype, fan_in, fan_out)
+    if transposed:
+        return jnp.swapaxes(init(key, (*shape[:-2], shape[-1], shape[-2]), dtype), -1, -2)
+    return init(key, shape, dtype)
+
+
+def _takes_fans(init: Callable) -> bool:
+    """Whether ``init`` requires the five arguments of a jaxcnn initialiser (jax's require
+    two: ``key, shape``; ``dtype`` and ``out_sharding`` have defaults)."""
+    try:
+        parameters = inspect.signature(init).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p for p in parameters if p.kind in positional and p.default is inspect.Parameter.empty]
+    return len(required) >= 4

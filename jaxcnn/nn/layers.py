@@ -75,15 +75,15 @@ def Dense(
             raise ValueError(f"Dense: input shape must be (..., n_in), got {tuple(input_shape)}.")
         n_in = input_shape[-1]
         kw, kb = jax.random.split(key)
-        params = {"w": w_init(kw, (n_out, n_in), dtype, n_in, n_out)}
+        params = {"w": initializers.draw(w_init, kw, (n_out, n_in), dtype, n_in, n_out, transposed=True)}
         if use_bias:
-            params["b"] = b_init(kb, (n_out,), dtype, n_in, n_out)
+            params["b"] = initializers.draw(b_init, kb, (n_out,), dtype, n_in, n_out)
         return params, (*input_shape[:-1], n_out)
 
     def apply(params, x):
         return ops.dense(x, params["w"], params.get("b"))
 
-    return Layer(init, apply, name=f"Dense({n_out})")
+    return Layer.stateless(init, apply, name=f"Dense({n_out})")
 
 
 def Conv(
@@ -94,6 +94,7 @@ def Conv(
     padding: _shapes.Padding = "VALID",
     dilation: int | Sequence[int] = 1,
     connections: Optional[np.ndarray] = None,
+    groups: int = 1,
     method: str = "auto",
     use_bias: bool = True,
     w_init: initializers.Initializer = initializers.lecun_normal(),
@@ -103,15 +104,22 @@ def Conv(
 ) -> Layer:
     """Convolution layer (:func:`jaxcnn.ops.conv`), 1-D to 3-D by the input's rank.
 
-    Params: ``{"w": (*window, C_in, features), "b": (features,)}``. With a connection
-    table ``M`` (``(C_in, features)``, e.g. LeNet-5's C3) the absent weights are
-    initialised to zero and never receive a gradient; the fan-in and the parameter
-    count include only the connected ones.
+    Params: ``{"w": (*window, C_in / groups, features), "b": (features,)}``. With a
+    connection table ``M`` (``(C_in, features)``, e.g. LeNet-5's C3) the absent weights
+    are initialised to zero and never receive a gradient; the fan-in and the parameter
+    count include only the connected ones. With ``groups=g`` the channels split into
+    ``g`` groups that do not mix (PyTorch's and ``lax``'s layout; ``g = C_in`` is a
+    depthwise convolution); the fan-in is ``taps · C_in / g``.
     """
     ops = _backend(ops)
     if not isinstance(features, (int, np.integer)) or features < 1:
         raise ValueError(f"Conv: `features` must be a positive int, got {features!r}.")
+    if not isinstance(groups, (int, np.integer)) or groups < 1 or features % groups:
+        raise ValueError(f"Conv: `groups` must be a positive int dividing `features` {features}, got {groups!r}.")
+    if groups != 1 and connections is not None:
+        raise ValueError(f"Conv: give `connections` or `groups`, not both (got groups={groups} and a table).")
     table = None if connections is None else np.asarray(connections, bool)
+    grouping = {"groups": groups} if groups != 1 else {}
 
     def init(key, input_shape):
         _spatial_rank("Conv", window, input_shape)
@@ -122,28 +130,31 @@ def Conv(
                 f"Conv: `connections` must have shape (C_in, C_out) = ({c_in}, {features}), "
                 f"got {table.shape}."
             )
+        if c_in % groups:
+            raise ValueError(f"Conv: `groups` {groups} must divide the input channels, got input shape "
+                             f"{tuple(input_shape)} with {c_in} channels.")
         taps = math.prod(geom.window)
-        links = c_in * features if table is None else int(table.sum())
+        links = c_in * features // groups if table is None else int(table.sum())
         fan_in, fan_out = taps * links / features, taps * links / c_in
         kw, kb = jax.random.split(key)
-        w = w_init(kw, (*geom.window, c_in, features), dtype, fan_in, fan_out)
+        w = initializers.draw(w_init, kw, (*geom.window, c_in // groups, features), dtype, fan_in, fan_out)
         if table is not None:
             w = w * jnp.asarray(table, dtype)
         params = {"w": w}
         if use_bias:
-            params["b"] = b_init(kb, (features,), dtype, fan_in, fan_out)
+            params["b"] = initializers.draw(b_init, kb, (features,), dtype, fan_in, fan_out)
         return params, (input_shape[0], *geom.out_shape, features)
 
     def apply(params, x):
         return ops.conv(x, params["w"], params.get("b"), stride=stride, padding=padding,
-                        dilation=dilation, connections=table, method=method)
+                        dilation=dilation, connections=table, method=method, **grouping)
 
     def count(params):
         taps = math.prod(params["w"].shape[:-2])
         links = math.prod(params["w"].shape[-2:]) if table is None else int(table.sum())
         return taps * links + (params["b"].size if "b" in params else 0)
 
-    return Layer(init, apply, name=f"Conv({features}, {window})", count=count)
+    return Layer.stateless(init, apply, name=f"Conv({features}, {window})", count=count)
 
 
 def ConvTranspose(
@@ -172,15 +183,16 @@ def ConvTranspose(
         c_in = input_shape[-1]
         taps = math.prod(geom.window)
         kw, kb = jax.random.split(key)
-        params = {"w": w_init(kw, (*geom.window, c_in, features), dtype, taps * c_in, taps * features)}
+        params = {"w": initializers.draw(w_init, kw, (*geom.window, c_in, features), dtype, taps * c_in,
+                                         taps * features)}
         if use_bias:
-            params["b"] = b_init(kb, (features,), dtype, taps * c_in, taps * features)
+            params["b"] = initializers.draw(b_init, kb, (features,), dtype, taps * c_in, taps * features)
         return params, (input_shape[0], *geom.out_shape, features)
 
     def apply(params, x):
         return ops.conv_transpose(x, params["w"], params.get("b"), stride=stride, padding=padding)
 
-    return Layer(init, apply, name=f"ConvTranspose({features}, {window})")
+    return Layer.stateless(init, apply, name=f"ConvTranspose({features}, {window})")
 
 
 # --------------------------------------------------------------------------- pooling and resampling
@@ -194,7 +206,7 @@ def _spatial(name: str, setting, out_spatial, apply) -> Layer:
         _spatial_rank(name, setting, input_shape)
         return (), (input_shape[0], *out_spatial(tuple(input_shape[1:-1])), input_shape[-1])
 
-    return Layer(init, lambda params, x: apply(x), name=f"{name}({setting})")
+    return Layer.stateless(init, lambda params, x: apply(x), name=f"{name}({setting})")
 
 
 def MaxPool(window, stride=None, padding: _shapes.Padding = "VALID", *, ops: Optional[ModuleType] = None) -> Layer:
@@ -234,7 +246,7 @@ def Downsample(factor, *, ops: Optional[ModuleType] = None) -> Layer:
 def _elementwise(name: str, op_name: str, ops: Optional[ModuleType], **settings) -> Layer:
     ops = _backend(ops)
     op = getattr(ops, op_name)
-    return Layer(lambda key, s: ((), tuple(s)), lambda params, x: op(x, **settings), name=name)
+    return Layer.stateless(lambda key, s: ((), tuple(s)), lambda params, x: op(x, **settings), name=name)
 
 
 def Relu(*, derivative_at_zero: float = 1.0, ops: Optional[ModuleType] = None) -> Layer:
@@ -280,4 +292,183 @@ def Flatten(*, ops: Optional[ModuleType] = None) -> Layer:
             raise ValueError(f"Flatten: input shape must be (N, ...), got {tuple(input_shape)}.")
         return (), (input_shape[0], math.prod(input_shape[1:]))
 
-    return Layer(init, lambda params, x: ops.flatten(x), name="Flatten")
+    return Layer.stateless(init, lambda params, x: ops.flatten(x), name="Flatten")
+
+
+def LeakyRelu(negative_slope: float = 0.01, *, ops: Optional[ModuleType] = None) -> Layer:
+    """``x`` for ``x ≥ 0``, ``negative_slope · x`` below (:func:`jaxcnn.ops.leaky_relu`)."""
+    return _elementwise(f"LeakyRelu({negative_slope})", "leaky_relu", ops, negative_slope=negative_slope)
+
+
+def LogSoftmax(axis: int = -1, *, ops: Optional[ModuleType] = None) -> Layer:
+    """``x − log Σ eˣ`` along ``axis`` (:func:`jaxcnn.ops.log_softmax`)."""
+    return _elementwise(f"LogSoftmax(axis={axis})", "log_softmax", ops, axis=axis)
+
+
+def _global_pool(name: str, op_name: str, ops: Optional[ModuleType]) -> Layer:
+    op = getattr(_backend(ops), op_name)
+
+    def init(key, input_shape):
+        if len(input_shape) < 3:
+            raise ValueError(f"{name}: input shape must be (N, *spatial, C) with at least one spatial axis, "
+                             f"got {tuple(input_shape)}.")
+        return (), (input_shape[0], input_shape[-1])
+
+    return Layer.stateless(init, lambda params, x: op(x), name=name)
+
+
+def GlobalMeanPool(*, ops: Optional[ModuleType] = None) -> Layer:
+    """``(N, *spatial, C) → (N, C)``: the mean over every spatial position
+    (:func:`jaxcnn.ops.global_mean_pool`; ResNet's "global average pooling")."""
+    return _global_pool("GlobalMeanPool", "global_mean_pool", ops)
+
+
+def GlobalMaxPool(*, ops: Optional[ModuleType] = None) -> Layer:
+    """``(N, *spatial, C) → (N, C)``: the maximum over every spatial position
+    (:func:`jaxcnn.ops.global_max_pool`)."""
+    return _global_pool("GlobalMaxPool", "global_max_pool", ops)
+
+
+# --------------------------------------------------------------------------- normalisation and dropout
+
+
+def _eps(layer: str, eps) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
+        raise ValueError(f"{layer}: `eps` must be a number >= 0, got {eps!r}.")
+    return float(eps)
+
+
+def _scale_shift(shape: Shape, use_scale: bool, use_bias: bool, dtype) -> dict:
+    params = {}
+    if use_scale:
+        params["gamma"] = jnp.ones(shape, dtype)
+    if use_bias:
+        params["beta"] = jnp.zeros(shape, dtype)
+    return params
+
+
+def BatchNorm(
+    momentum: float = 0.9,
+    eps: float = 1e-5,
+    *,
+    axis: int = -1,
+    use_scale: bool = True,
+    use_bias: bool = True,
+    dtype: Any = jnp.float32,
+    ops: Optional[ModuleType] = None,
+) -> Layer:
+    """Batch normalisation (Ioffe & Szegedy; :func:`jaxcnn.ops.batch_norm`) over every axis
+    but the channel ``axis``, with running statistics.
+
+    Params: ``{"gamma": (C,), "beta": (C,)}`` (ones, zeros). State: ``{"mean": (C,),
+    "var": (C,)}`` (zeros, ones). In training (``apply(..., training=True)``) the layer
+    normalises with the batch's mean and biased variance and updates the state::
+
+        mean ← momentum · mean + (1 − momentum) · μ_batch
+        var  ← momentum · var  + (1 − momentum) · σ²_batch · n / (n − 1)
+
+    (``n`` elements per channel: the unbiased variance, as PyTorch keeps; no gradient
+    flows into the state). In evaluation it normalises with the state and returns it
+    unchanged. ``momentum`` is the weight of the old value, as in Flax, Keras and
+    Equinox (Flax's ``BatchNorm(momentum=0.9)`` ports as it is); PyTorch's
+    ``BatchNorm2d(momentum=m)`` weighs the *new* value, so it is ``momentum=1 − m`` here
+    (PyTorch's default 0.1 is this default 0.9). Under data parallelism (a batch split
+    over a :class:`jax.sharding.Mesh` inside ``jit``) ``μ`` and ``σ²`` are those of the
+    global batch: XLA adds the cross-device reductions.
+    """
+    ops = _backend(ops)
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
+        raise ValueError(f"BatchNorm: `momentum` is the weight of the old running value and must be in [0, 1), "
+                         f"got {momentum!r} (PyTorch's momentum m is 1 - m here).")
+    eps = _eps("BatchNorm", eps)
+    name = f"BatchNorm(momentum={momentum}, eps={eps})"
+
+    def init(key, input_shape):
+        if len(input_shape) < 2 or not -len(input_shape) <= axis < len(input_shape):
+            raise ValueError(f"BatchNorm: input shape must have at least 2 dimensions and the channel axis {axis}, "
+                             f"got {tuple(input_shape)}.")
+        c = input_shape[axis]
+        state = {"mean": jnp.zeros((c,), dtype), "var": jnp.ones((c,), dtype)}
+        return _scale_shift((c,), use_scale, use_bias, dtype), state, tuple(input_shape)
+
+    def apply(params, state, x, *, training=False, key=None):
+        gamma, beta = params.get("gamma"), params.get("beta")
+        if not training:
+            return ops.batch_norm(x, gamma, beta, axis=axis, eps=eps, mean=state["mean"], var=state["var"]), state
+        y, mean, var = ops.batch_norm(x, gamma, beta, axis=axis, eps=eps)
+        n = x.size // x.shape[axis]
+        mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var * (n / max(n - 1, 1)))
+        new = {"mean": momentum * state["mean"] + (1 - momentum) * mean.astype(state["mean"].dtype),
+               "var": momentum * state["var"] + (1 - momentum) * var.astype(state["var"].dtype)}
+        return y, new
+
+    return Layer(init, apply, name=name)
+
+
+def LayerNorm(eps: float = 1e-5, *, axis: int | tuple[int, ...] = -1, use_scale: bool = True, use_bias: bool = True,
+              dtype: Any = jnp.float32, ops: Optional[ModuleType] = None) -> Layer:
+    """Layer normalisation (Ba et al.; :func:`jaxcnn.ops.layer_norm`) of each example over
+    ``axis`` (default: the channels, as Flax's ``LayerNorm`` and PyTorch's
+    ``LayerNorm(C)`` on channels-last input). Params: ``{"gamma", "beta"}`` of the shape
+    of the normalised axes. No state: training and evaluation compute the same."""
+    ops = _backend(ops)
+    eps = _eps("LayerNorm", eps)
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+
+    def init(key, input_shape):
+        ndim = len(input_shape)
+        if not axes or any(not -ndim <= a < ndim for a in axes) or any(a % ndim == 0 for a in axes):
+            raise ValueError(f"LayerNorm: `axis` {axis} must name non-batch axes of the input shape "
+                             f"{tuple(input_shape)}.")
+        shape = tuple(input_shape[a] for a in sorted(a % ndim for a in axes))
+        return _scale_shift(shape, use_scale, use_bias, dtype), tuple(input_shape)
+
+    def apply(params, x):
+        return ops.layer_norm(x, params.get("gamma"), params.get("beta"), axis=axis, eps=eps)
+
+    return Layer.stateless(init, apply, name=f"LayerNorm(axis={axis})")
+
+
+def GroupNorm(groups: int = 32, eps: float = 1e-5, *, use_scale: bool = True, use_bias: bool = True,
+              dtype: Any = jnp.float32, ops: Optional[ModuleType] = None) -> Layer:
+    """Group normalisation (Wu & He; :func:`jaxcnn.ops.group_norm`) of channels-last input:
+    each example's ``C`` channels in ``groups`` groups, normalised over the spatial axes
+    and the group's channels (Flax's ``GroupNorm(num_groups=32)``, PyTorch's
+    ``GroupNorm(groups, C)``). Params: ``{"gamma": (C,), "beta": (C,)}``. No state."""
+    ops = _backend(ops)
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ValueError(f"GroupNorm: `groups` must be a positive int, got {groups!r}.")
+    eps = _eps("GroupNorm", eps)
+
+    def init(key, input_shape):
+        if len(input_shape) < 2 or input_shape[-1] % groups:
+            raise ValueError(f"GroupNorm: {groups} groups must divide the channels (last axis) of the input, "
+                             f"got input shape {tuple(input_shape)}.")
+        return _scale_shift((input_shape[-1],), use_scale, use_bias, dtype), tuple(input_shape)
+
+    def apply(params, x):
+        return ops.group_norm(x, params.get("gamma"), params.get("beta"), groups, eps=eps)
+
+    return Layer.stateless(init, apply, name=f"GroupNorm({groups})")
+
+
+def Dropout(rate: float, *, ops: Optional[ModuleType] = None) -> Layer:
+    """Inverted dropout (:func:`jaxcnn.ops.dropout`): in training each element is dropped
+    with probability ``rate`` (PyTorch's and Flax's meaning, unlike stax's) and the kept
+    ones are scaled by ``1/(1 − rate)``; in evaluation the identity. Training needs a
+    PRNG key: ``apply(params, state, x, training=True, key=key)``; :func:`jaxcnn.train.fit`
+    folds a fresh one per step."""
+    ops = _backend(ops)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+        raise ValueError(f"Dropout: `rate` is the probability of dropping an element and must be in [0, 1), "
+                         f"got {rate!r}.")
+
+    def apply(params, state, x, *, training=False, key=None):
+        if not training or rate == 0:
+            return x, state
+        if key is None:
+            raise ValueError(f"Dropout({rate}): training=True needs a PRNG key; call "
+                             f"apply(params, state, x, training=True, key=key).")
+        return ops.dropout(x, key, rate), state
+
+    return Layer(lambda key, s: ((), (), tuple(s)), apply, name=f"Dropout({rate})")
