@@ -16,6 +16,7 @@ import math
 import os
 import signal
 import sys
+import time
 from typing import Optional, Sequence
 
 
@@ -29,8 +30,12 @@ def _parser() -> argparse.ArgumentParser:
     from jaxcnn.verify.suite import DTYPES
     from jaxcnn.verify.transforms import TRANSFORMS
 
-    parser = _Parser(prog="jaxcnn", description="CNNs in JAX with hand-derived, verified gradients.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    from jaxcnn import reporting
+
+    parser = _Parser(prog="jaxcnn", description="CNNs in JAX with hand-derived, verified gradients.",
+                     epilog="Run `jaxcnn COMMAND --help` for a command's options.")
+    parser.add_argument("--version", action="version", version=f"jaxcnn {reporting.package_version()}")
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND", parser_class=_Parser)
     verify = commands.add_parser(
         "verify",
         help="certify every op's hand-derived VJP against autodiff and finite differences",
@@ -152,6 +157,7 @@ def _missing_train_packages(args) -> list[str]:
 
 
 def _train(args) -> int:
+    started = time.monotonic()
     import jax
 
     import jaxcnn.ops
@@ -199,13 +205,17 @@ def _train(args) -> int:
     )
     if jax.process_index() != 0:  # one process writes and reports
         return 0
-    config = {k: v for k, v in vars(args).items() if k != "command"}
-    reporting.save_metrics(out, result, config)
+    config = {**{k: v for k, v in vars(args).items() if k != "command"}, "out": out}
     reporting.plot_history(result.history, os.path.join(out, "learning_curve.png"), f"{args.model} on {args.data}")
+    reporting.save_metrics(out, result, config, wall_seconds=time.monotonic() - started)
     seconds = sum(h["seconds"] for h in result.history)
+    best = reporting.best_epoch(result.history)
     print(f"{args.model} on {args.data}: test accuracy {result.test.accuracy:.4f}, test loss "
-          f"{result.test.loss:.4f} after {int(result.state.step)} steps ({seconds:.1f} s of training); "
-          f"wrote {out}/metrics.json, learning_curve.png, checkpoint.npz")
+          f"{result.test.loss:.4f} after {int(result.state.step)} steps ({seconds:.1f} s of training)")
+    if best:
+        print(f"best epoch {best['epoch']} of {result.history[-1]['epoch']} (chosen on the test set): test accuracy "
+              f"{best['test_accuracy']:.4f}, test loss {best['test_loss']:.4f}")
+    print(f"wrote {out}/metrics.json, learning_curve.png, checkpoint.npz")
     return 0
 
 
@@ -268,7 +278,11 @@ def _interrupted(args) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the command line; returns the exit status: 0, 1 (verify found a failure), 2 (a
     user error, one line on stderr, no traceback) or 130 (interrupted with Ctrl-C)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # `jaxcnn` alone: what it can do, as `pip` does
+        parser.print_help()
+        return 0
     try:
         if args.command == "verify":
             return _verify(args)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 import optax
 import pytest
@@ -264,6 +265,17 @@ def test_cli_train_writes_metrics_plot_and_checkpoint_and_resumes(tmp_path, caps
     assert "test accuracy" in printed
     metrics = json.loads(Path(out, "metrics.json").read_text())
     assert len(metrics["history"]) == 5 and 0 <= metrics["test_accuracy"] <= 1 and "test_loss" in metrics
+    best = max(metrics["history"], key=lambda h: h["test_accuracy"])
+    assert metrics["best"] == {k: best[k] for k in ("epoch", "step", "test_accuracy", "test_loss")}
+    assert (f"best epoch {best['epoch']} of 5 (chosen on the test set): test accuracy {best['test_accuracy']:.4f}"
+            in printed)
+    assert metrics["config"]["out"] == out
+    assert metrics["wall_seconds"] > metrics["train_seconds"] > 0
+    assert metrics["versions"] == {"jaxcnn": reporting.package_version(), "jax": jax.__version__,
+                                   "jaxlib": jaxlib.__version__, "optax": optax.__version__,
+                                   "numpy": np.__version__, "python": ".".join(map(str, sys.version_info[:3]))}
+    assert metrics["device"] == {"platform": jax.devices()[0].platform, "kind": jax.devices()[0].device_kind,
+                                 "count": jax.device_count(), "processes": 1}
     assert Path(out, "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli.main(["train", "--model", "seesaw_cnn", "--data", "seesaw", "--epochs", "8", "--batch-size", "1",
                      "--optimizer", "sgd", "--lr", "0.1", "--weight-decay", "0.1", "--out", out, "--quiet",
@@ -588,6 +600,14 @@ def test_resume_refuses_other_settings_and_a_run_is_never_overwritten_silently(t
     assert checkpoint.read_header(path)["metadata"]["settings"]["batch_size"] == 8
     restarted = train.fit(_model(), d, epochs=1, batch_size=16, quiet=True, checkpoint_path=path, overwrite=True)
     assert len(restarted.history) == 1
+
+
+def test_best_epoch_is_the_first_evaluated_epoch_of_highest_test_accuracy():
+    history = [{"epoch": 1, "step": 2, "test_accuracy": 0.5, "test_loss": 1.0}, {"epoch": 2, "step": 4},
+               {"epoch": 3, "step": 6, "test_accuracy": 0.75, "test_loss": 0.75},
+               {"epoch": 4, "step": 8, "test_accuracy": 0.75, "test_loss": 0.5, "seconds": 1.0}]
+    assert reporting.best_epoch(history) == {"epoch": 3, "step": 6, "test_accuracy": 0.75, "test_loss": 0.75}
+    assert reporting.best_epoch([{"epoch": 1, "step": 2}]) is None
 
 
 def test_metrics_json_is_written_atomically(tmp_path, monkeypatch):
