@@ -283,6 +283,22 @@ def test_cli_train_writes_metrics_plot_and_checkpoint_and_resumes(tmp_path, caps
     assert len(json.loads(Path(out, "metrics.json").read_text())["history"]) == 8
 
 
+def test_cli_takes_mnist1d_batches_in_stored_order_as_greydanus_recipe_and_shuffles_elsewhere(tmp_path, monkeypatch,
+                                                                                                capsys):
+    shuffles = []
+
+    def fit(*args, **kwargs):
+        shuffles.append(kwargs["shuffle"])
+        raise ValueError("stop before training")
+
+    monkeypatch.setattr(train, "fit", fit)
+    seesaw = ["--model", "seesaw_cnn", "--data", "seesaw"]
+    for i, argv in enumerate(([], ["--shuffle"], seesaw, [*seesaw, "--no-shuffle"])):
+        assert cli.main(["train", *argv, "--limit", "8", "--out", str(tmp_path / str(i))]) == 2
+    assert shuffles == [False, True, True, False]
+    assert capsys.readouterr().err.count("stop before training") == 4
+
+
 def test_cli_trains_resnet20_with_batch_norm_on_fashion_mnist_and_resumes(tmp_path, capsys):
     rng = np.random.default_rng(0)
     for split, n in (("train", 32), ("t10k", 16)):
