@@ -299,20 +299,35 @@ def test_cli_takes_mnist1d_batches_in_stored_order_as_greydanus_recipe_and_shuff
     assert capsys.readouterr().err.count("stop before training") == 4
 
 
-def test_cli_trains_resnet20_with_batch_norm_on_fashion_mnist_and_resumes(tmp_path, capsys):
+def _cli_trains_a_batch_norm_model_on_fashion_mnist_and_resumes(model, tmp_path, capsys):
     rng = np.random.default_rng(0)
     for split, n in (("train", 32), ("t10k", 16)):
         data.write_idx(str(tmp_path / f"{split}-images-idx3-ubyte.gz"), rng.integers(0, 256, (n, 28, 28), np.uint8))
         data.write_idx(str(tmp_path / f"{split}-labels-idx1-ubyte.gz"), (np.arange(n) % 10).astype(np.uint8))
     out = str(tmp_path / "run")
-    argv = ["train", "--model", "resnet20", "--data", "fashion_mnist", "--data-dir", str(tmp_path),
+    argv = ["train", "--model", model, "--data", "fashion_mnist", "--data-dir", str(tmp_path),
             "--batch-size", "16", "--optimizer", "sgd", "--lr", "0.1", "--momentum", "0.9", "--out", out, "--quiet"]
     assert cli.main([*argv, "--epochs", "1"]) == 0
-    assert "resnet20 on fashion_mnist: test accuracy" in capsys.readouterr().out
+    assert f"{model} on fashion_mnist: test accuracy" in capsys.readouterr().out
     header = checkpoint.read_header(str(Path(out, "checkpoint.npz")))
     assert any("model_state" in p and "'mean'" in p for p in header["paths"])  # batch norm's running statistics
     assert cli.main([*argv, "--epochs", "2", "--resume"]) == 0
     assert len(json.loads(Path(out, "metrics.json").read_text())["history"]) == 2
+
+
+def test_cli_trains_a_small_batch_norm_model_on_fashion_mnist_and_resumes(tmp_path, capsys, monkeypatch):
+    """The quick version of the ResNet-20 run below: the same command line path, a model that compiles in a moment."""
+    def small_bn(ops=None):
+        L = nn.bind(ops)
+        return L.serial(L.Conv(4, (3, 3), stride=2, use_bias=False), L.BatchNorm(), L.Relu(), L.Flatten(), L.Dense(10))
+
+    monkeypatch.setitem(models.ZOO, "small_bn", models.ZooEntry(small_bn, (-1, 28, 28, 1), "softmax_cross_entropy"))
+    _cli_trains_a_batch_norm_model_on_fashion_mnist_and_resumes("small_bn", tmp_path, capsys)
+
+
+@pytest.mark.slow
+def test_cli_trains_resnet20_with_batch_norm_on_fashion_mnist_and_resumes(tmp_path, capsys):
+    _cli_trains_a_batch_norm_model_on_fashion_mnist_and_resumes("resnet20", tmp_path, capsys)
 
 
 @pytest.mark.parametrize("argv,message", [
