@@ -240,8 +240,31 @@ def test_errors():
                                          r"0\)\)"):
         op(x, w, b, padding=((0, -1), (0, 0)))
     with pytest.raises(ValueError, match=r"conv_transpose: `padding` is the padding of the convolution being "
-                                         r"transposed and must be at most k − 1 = \(2, 2\) on every axis, got 3"):
+                                         r"transposed and must be at most k_d − 1 = \(2, 2\) on every axis \(k_d = \(k − 1\)·d \+ 1, "
+                                         r"the dilated window\), got 3"):
         op(x, w, b, padding=3)
+    with pytest.raises(ValueError, match=r"conv_transpose: `output_padding` must be smaller than the stride or the "
+                                         r"dilation on every axis \(PyTorch's rule\), got output_padding 2 with "
+                                         r"stride 2 and dilation 1 on spatial axis 1"):
+        op(x, w, b, stride=2, output_padding=(1, 2))
+    with pytest.raises(ValueError, match=r"conv_transpose: `output_padding` must be >= 0 on every axis, got -1"):
+        op(x, w, b, stride=2, output_padding=-1)
+    with pytest.raises(ValueError, match=r"conv_transpose: `dilation` has 3 entries but `w` of shape"):
+        op(x, w, b, dilation=(1, 2, 1))
+    with pytest.raises(ValueError, match=r"conv_transpose: `groups` = 2 must divide C_in = x.shape\[-1\] = 3; each "
+                                         r"group takes C_in / groups input and C_out / groups output channels"):
+        op(x, w, b, groups=2)
+    with pytest.raises(ValueError, match=r"conv_transpose: `groups` = 5 must divide C_out = w.shape\[-1\] = 4"):
+        op(jnp.ones((1, 4, 4, 5)), jnp.ones((3, 3, 1, 4)), groups=5)
+    with pytest.raises(ValueError, match=r"conv_transpose: with `groups` = 2, `w` must have C_in / groups = 4 / 2 = "
+                                         r"2 input channels in its second-to-last axis, \(\*window, C_in / groups, "
+                                         r"C_out\), got w of shape \(3, 3, 4, 4\) for x of shape \(1, 4, 4, 4\)"):
+        op(jnp.ones((1, 4, 4, 4)), jnp.ones((3, 3, 4, 4)), groups=2)
+    with pytest.raises(ValueError, match=r"conv_transpose: `groups` must be an int >= 1 \(the number of channel "
+                                         r"groups that do not mix\), got 0"):
+        op(x, w, b, groups=0)
+    with pytest.raises(TypeError, match=r"conv_transpose: `groups` must be an int >= 1 .* got 1.0 of type float"):
+        op(x, w, b, groups=1.0)
     with pytest.raises(ValueError, match=r"conv_transpose: the output would be empty along spatial axis 0: an input "
                                          r"of size 1 upsampled by 1 and padded by \(0, 0\) is smaller than the "
                                          r"window 3 \(padding 'FULL'\)"):

@@ -46,7 +46,8 @@ IM2COL_MAX_PAIRS = 128
 COL2IM_MAX_PAIRS = 1024
 
 
-def auto_plan(geom: _shapes.Geometry, in_shape, c_in: int, c_out: int, backend: Optional[str] = None) -> Plan:
+def auto_plan(geom: _shapes.Geometry, in_shape, c_in: int, c_out: int, backend: Optional[str] = None, *,
+              groups: int = 1) -> Plan:
     """The formulas ``method="auto"`` picks: all exact, chosen by shape for speed.
 
     Off the CPU, XLA's own convolutions (cuDNN on GPUs). On the CPU: a window covering the
@@ -65,6 +66,8 @@ def auto_plan(geom: _shapes.Geometry, in_shape, c_in: int, c_out: int, backend: 
         return PLANS["xla"]
     if whole_window(geom, in_shape):
         return PLANS["im2col"]
+    if groups > 1:
+        c_in, c_out = c_in // groups, c_out // groups
     if len(geom.window) == 1:
         macs = int(np.prod(geom.out_shape)) * int(np.prod(geom.window)) * c_in * c_out  # per sample, forward
         products = "taps" if c_in <= TAPS_MAX_C_IN else "im2col" if macs < IM2COL_1D_MAX_MACS else "xla"
