@@ -145,6 +145,8 @@ def conv(
     >>> k = g[::-1].reshape(3, 1, 1)  # convolution = correlation with the flipped kernel
     >>> ops.conv(f, k, padding="FULL").ravel().tolist()
     [0.0, 1.0, 3.0, 1.0, 2.0, 3.0, 0.0]
+    >>> ops.conv(jnp.ones((1, 5, 4)), jnp.ones((3, 1, 8)), groups=4).shape  # depthwise, multiplier 2
+    (1, 3, 8)
     """
     x, w, b, spec = _validate("conv", None, x, w, b, stride, padding, dilation, connections, groups, method)
     return _conv(x, w, b, spec)
@@ -321,7 +323,10 @@ def _validate(op, rank, x, w, b, stride, padding, dilation, connections, groups,
         raise ValueError(f"{op}: unknown `method` {method!r}; use one of {', '.join(map(repr, METHODS))}.")
     geom = _shapes.geometry(op, x.shape[1:-1], w.shape[:-2], stride, padding, dilation)
     table = None if connections is None else _connection_table(op, connections, w.shape[-2:])
-    plan = auto_plan(geom, x.shape[1:-1], x.shape[-1], w.shape[-1], groups=groups) if method == "auto" else PLANS[method]
+    if method == "auto":
+        plan = auto_plan(geom, x.shape[1:-1], x.shape[-1], w.shape[-1], groups=groups)
+    else:
+        plan = PLANS[method]
     if x.size == 0 or w.size == 0:  # an empty batch or no channels: XLA's convolutions take empty operands
         plan = PLANS["xla"]
     return x, w, b, ConvSpec(geom, table, groups, plan, b is not None)

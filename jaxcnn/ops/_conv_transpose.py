@@ -113,6 +113,9 @@ def conv_transpose(
     >>> w = jnp.array([1.0, 10.0, 100.0]).reshape(3, 1, 1)
     >>> ops.conv_transpose(x, w, stride=2)[0, :, 0].tolist()  # (2 − 1)·2 + 3 = 5 outputs
     [100.0, 10.0, 201.0, 20.0, 2.0]
+    >>> ops.conv_transpose(jnp.ones((1, 4, 2)), jnp.ones((3, 1, 2)), stride=2, padding=1, output_padding=1,
+    ...                    groups=2).shape  # PyTorch's (4 − 1)·2 − 2·1 + (3 − 1) + 1 + 1
+    (1, 8, 2)
     """
     x, w, b, geom, groups = _validate(x, w, b, stride, padding, dilation, output_padding, groups)
     return _conv_transpose(x, w, b, geom, groups, b is not None)
