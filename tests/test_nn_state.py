@@ -172,7 +172,7 @@ def test_conv_transpose_options_params_and_shape():
     params, _, shape = layer.init(KEY, (-1, 4, 5, 3))
     # PyTorch's (n − 1)·s − 2p + d·(k − 1) + output_padding + 1 per axis
     assert params["w"].shape == (3, 3, 1, 6) and shape == (-1, 3 * 2 - 2 + 4 + 1 + 1, 4 * 2 - 2 + 4 + 1 + 1, 6)
-    y, _ = layer.apply(params, (), jnp.ones((2, 4, 5, 3)))
+    y, _ = layer.apply(params, (), jnp.ones((2, 4, 5, 3), jnp.float32))
     assert y.shape == (2, *shape[1:])
     with pytest.raises(ValueError, match=r"ConvTranspose: `groups` must be a positive int dividing `features` 6, "
                                          r"got 4"):
