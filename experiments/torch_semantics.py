@@ -4,7 +4,8 @@ Every option that ports a PyTorch call one-to-one — pooling's ``dilation``, ``
 ``count_include_pad`` and ``return_indices``; cross-entropy's ``weight``, ``ignore_index``,
 ``label_smoothing`` and ``reduction``; ``batch_norm``'s training output and running-variance
 update; ``layer_norm``, ``group_norm``, ``log_softmax``, ``leaky_relu`` and ReLU's derivative at
-0; ``conv``'s ``groups``; ``conv_transpose``'s ``dilation``, ``output_padding`` and ``groups`` — is run on both, values and gradients compared. The default test suite checks the same
+0; ``conv``'s ``groups``; ``conv_transpose``'s ``dilation``, ``output_padding`` and ``groups`` — is
+run on both, values and gradients compared. The default test suite checks the same
 semantics from their definitions, without torch; this script needs ``pip install -e ".[bench]"``.
 
     python experiments/torch_semantics.py
