@@ -109,6 +109,12 @@ OP_CASES = [
            dict(stride=2, padding=1)),
     OpCase("conv MNIST-1D conv3 100x9, 25→25, k3 s2 p1", "conv", ((100, 9, 25), (3, 25, 25), (25,)),
            dict(stride=2, padding=1)),
+    OpCase("conv depthwise 32x32x32, 64→64, 3x3 SAME, groups 64", "conv", (IMAGES, (3, 3, 1, 64), (64,)),
+           dict(padding="SAME", groups=64)),
+    OpCase("conv grouped 32x32x32, 64→64, 3x3 SAME, groups 8", "conv", (IMAGES, (3, 3, 8, 64), (64,)),
+           dict(padding="SAME", groups=8)),
+    OpCase("conv depthwise 1-D 100x128, 32→64, k5 SAME, groups 32", "conv", ((100, 128, 32), (5, 1, 64), (64,)),
+           dict(padding="SAME", groups=32)),
     OpCase("conv_transpose 32x16x16, 64→64, 3x3 s2", "conv_transpose", ((32, 16, 16, 64), (3, 3, 64, 64), (64,)),
            dict(stride=2)),
     OpCase("conv_transpose 32x16x16, 64→64, 4x4 s2 SAME", "conv_transpose",
@@ -225,7 +231,7 @@ def run_conv_methods(case: OpCase, repeats: int, warmup: int) -> dict:
     times = interleaved_medians(list(grads.values()), [(v, x, w, b)] * len(grads), repeats=repeats, warmup=warmup)
     geom = _shapes.geometry("conv", x.shape[1:-1], w.shape[:-2], case.settings.get("stride", 1),
                             case.settings.get("padding", "VALID"), case.settings.get("dilation", 1))
-    plan = auto_plan(geom, x.shape[1:-1], *w.shape[-2:])
+    plan = auto_plan(geom, x.shape[1:-1], x.shape[-1], w.shape[-1], groups=case.settings.get("groups", 1))
     return {"case": case.name, "ms": {m: t * 1e3 for m, t in zip(grads, times)}, "auto_plan": plan._asdict()}
 
 

@@ -4,7 +4,8 @@ Every option that ports a PyTorch call one-to-one — pooling's ``dilation``, ``
 ``count_include_pad`` and ``return_indices``; cross-entropy's ``weight``, ``ignore_index``,
 ``label_smoothing`` and ``reduction``; ``batch_norm``'s training output and running-variance
 update; ``layer_norm``, ``group_norm``, ``log_softmax``, ``leaky_relu`` and ReLU's derivative at
-0 — is run on both, values and gradients compared. The default test suite checks the same
+0; ``conv``'s ``groups``; ``conv_transpose``'s ``dilation``, ``output_padding`` and ``groups`` — is
+run on both, values and gradients compared. The default test suite checks the same
 semantics from their definitions, without torch; this script needs ``pip install -e ".[bench]"``.
 
     python experiments/torch_semantics.py
@@ -101,6 +102,44 @@ def normalisation(rng) -> int:
     return 4
 
 
+def convolution(rng) -> int:
+    """``conv(groups=)`` against ``F.conv2d`` and ``conv_transpose(stride, padding, dilation,
+    output_padding, groups)`` against ``F.conv_transpose2d``: values and all three gradients.
+    PyTorch's conv kernel is ``(C_out, C_in / g, kh, kw)``; its transposed-conv kernel is
+    ``(C_in, C_out / g, kh, kw)`` and jaxcnn's ``(kh, kw, C_in / g, C_out)`` flipped."""
+    checked = 0
+    for (c_in, c_out, g), s, p, d in itertools.product([(4, 4, 4), (3, 6, 3), (4, 6, 2), (2, 4, 1)], [1, 2],
+                                                        [0, 1], [1, 2]):
+        x, b = rng.normal(size=(2, 7, 6, c_in)), rng.normal(size=c_out)
+        w = rng.normal(size=(3, 3, c_in // g, c_out))
+        xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (nchw(x), np.transpose(w, (3, 2, 0, 1)), b))
+        yt = F.conv2d(xt, wt, bt, s, p, d, g)
+        v = rng.normal(size=yt.shape)
+        (yt * torch.tensor(v)).sum().backward()
+        y, vjp = jax.vjp(lambda x, w, b: ops.conv(x, w, b, stride=s, padding=p, dilation=d, groups=g), x, w, b)
+        dx, dw, db = vjp(np.moveaxis(v, 1, -1))
+        assert np.allclose(nchw(y), yt.detach().numpy()) and np.allclose(nchw(dx), xt.grad.numpy())
+        assert np.allclose(np.transpose(dw, (3, 2, 0, 1)), wt.grad.numpy()) and np.allclose(db, bt.grad.numpy())
+        checked += 1
+        for a in range(max(s, d)):  # every output_padding PyTorch accepts
+            xs = x[:, :4, :3]
+            w_flipped = w[::-1, ::-1].reshape(3, 3, c_in // g, g, c_out // g)
+            w_torch = np.transpose(w_flipped, (3, 2, 4, 0, 1)).reshape(c_in, c_out // g, 3, 3)
+            xt, wt, bt = (torch.tensor(arr, requires_grad=True) for arr in (nchw(xs), w_torch.copy(), b))
+            yt = F.conv_transpose2d(xt, wt, bt, s, p, a, g, d)
+            v = rng.normal(size=yt.shape)
+            (yt * torch.tensor(v)).sum().backward()
+            y, vjp = jax.vjp(lambda x, w, b: ops.conv_transpose(x, w, b, stride=s, padding=p, dilation=d,
+                                                                output_padding=a, groups=g), xs, w, b)
+            dx, dw, db = vjp(np.moveaxis(v, 1, -1))
+            dw_torch = np.transpose(np.asarray(dw)[::-1, ::-1].reshape(3, 3, c_in // g, g, c_out // g),
+                                    (3, 2, 4, 0, 1)).reshape(wt.shape)
+            assert np.allclose(nchw(y), yt.detach().numpy()) and np.allclose(nchw(dx), xt.grad.numpy())
+            assert np.allclose(dw_torch, wt.grad.numpy()) and np.allclose(db, bt.grad.numpy())
+            checked += 1
+    return checked
+
+
 def activations() -> int:
     x = np.array([-2.0, -0.5, 0.0, 0.0, 1.5])
     xt = torch.tensor(x, requires_grad=True)
@@ -120,7 +159,7 @@ def activations() -> int:
 def main() -> None:
     rng = np.random.default_rng(0)
     counts = {"pooling": pooling(rng), "cross-entropy": cross_entropy(rng), "normalisation": normalisation(rng),
-              "activations": activations()}
+              "activations": activations(), "convolution": convolution(rng)}
     print(f"torch {torch.__version__}: every comparison agrees (float64) — "
           + ", ".join(f"{name} {n} settings" for name, n in counts.items()))
 

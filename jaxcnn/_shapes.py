@@ -193,55 +193,67 @@ def spatial_length(op: str, name: str, value, n: int, source: str) -> None:
         )
 
 
-def transpose_geometry(op: str, in_shape: Sequence[int], window, stride, padding: Padding) -> Geometry:
+def transpose_geometry(op: str, in_shape: Sequence[int], window, stride, padding: Padding, dilation=1,
+                       output_padding=0) -> Geometry:
     """Geometry of a transposed ("fractionally strided") convolution of stride ``s``.
 
     The transposed convolution upsamples its input of size ``n`` to ``(n − 1) s + 1``
     (``s − 1`` zeros between neighbours), pads it by ``(p_lo, p_hi)`` and correlates it
-    with a window of size ``k`` at stride 1, so its output has size
-    ``(n − 1) s + 1 + p_lo + p_hi − k + 1``.
+    with a window of size ``k`` dilated by ``d`` (extent ``k_d = (k − 1) d + 1``) at
+    stride 1, so its output has size ``(n − 1) s + 1 + p_lo + p_hi − k_d + 1``.
 
     ``padding`` names the padding of the strided convolution whose input-gradient the
     transposed convolution is, as ``lax.conv_transpose(..., use_consistent_padding=True)``
-    (and PyTorch) read it:
+    (and PyTorch) read it; ``output_padding`` ``a`` (PyTorch's, each ``a < s`` or ``a < d``)
+    adds ``a`` more positions at the high end, ``p_hi`` growing by ``a``:
 
-    * an int or ``(lo, hi)`` pairs, each at most ``k − 1``: ``(p_lo, p_hi) = (k − 1 − lo,
-      k − 1 − hi)``, output ``(n − 1) s + k − lo − hi``;
-    * ``"FULL"``: ``lo = hi = k − 1``, so ``p = (0, 0)``, output ``(n − 1) s − k + 2``;
+    * an int or ``(lo, hi)`` pairs, each at most ``k_d − 1``: ``(p_lo, p_hi) = (k_d − 1 − lo,
+      k_d − 1 − hi + a)``, output ``(n − 1) s + k_d − lo − hi + a`` (PyTorch's
+      ``(n − 1) s − 2p + d (k − 1) + a + 1`` for an int ``p``);
+    * ``"FULL"``: ``lo = hi = k_d − 1``, so ``p = (0, a)``, output ``(n − 1) s − k_d + 2 + a``;
     * ``"VALID"`` and ``"SAME"``: as ``lax.conv_transpose`` and Keras' ``Conv2DTranspose``,
-      outputs ``n s + max(k − s, 0)`` and ``n s``. For ``k ≥ s``, ``"VALID"`` is the
-      pairs ``(0, 0)`` (output ``(n − 1) s + k``); for ``k < s`` both strings add
-      ``s − k`` trailing zeros of padding (output elements that only the bias reaches).
+      outputs ``n s + max(k_d − s, 0) + a`` and ``n s + a``. For ``k_d ≥ s``, ``"VALID"`` is
+      the pairs ``(0, 0)`` (output ``(n − 1) s + k_d + a``); for ``k_d < s`` both strings add
+      ``s − k_d`` trailing zeros of padding (output elements that only the bias reaches).
 
     Returns:
       A :class:`Geometry` whose ``pads`` are ``(p_lo, p_hi)``, the padding of the
-      *upsampled* input, and whose ``dilation`` is all ones.
+      *upsampled* input, and whose ``dilation`` is the kernel's.
     """
     n = len(in_shape)
     window = spatial_tuple(op, "window", window, n)
     stride = spatial_tuple(op, "stride", stride, n)
+    dilation = spatial_tuple(op, "dilation", dilation, n)
+    output_padding = spatial_tuple(op, "output_padding", output_padding, n, minimum=0)
+    for axis, (a, s, d) in enumerate(zip(output_padding, stride, dilation)):
+        if a >= s and a >= d:
+            raise ValueError(
+                f"{op}: `output_padding` must be smaller than the stride or the dilation on every axis "
+                f"(PyTorch's rule), got output_padding {output_padding[axis]} with stride {s} and dilation {d} "
+                f"on spatial axis {axis}; the extra positions would be ones no input reaches."
+            )
+    extent = dilated(window, dilation)
     if 0 in in_shape:  # (0 − 1)·s + 1 is negative: there is no upsampled input to pad
         raise ValueError(
             f"{op}: the input has size 0 along spatial axis {list(in_shape).index(0)} (spatial shape "
             f"{tuple(in_shape)}); a transposed convolution needs at least one input position per axis."
         )
     if isinstance(padding, str) and padding.upper() in ("VALID", "SAME"):
-        pads = []
-        for k, s in zip(window, stride):
+        conv_pads = []
+        for k, s in zip(extent, stride):
             total = max(k - s, 0)  # total padding of the conv of an n·s input ("SAME")
             lo, hi = (total // 2, total - total // 2) if padding.upper() == "SAME" else (0, 0)
-            pads.append((k - 1 - lo, k - 1 - hi + max(s - k, 0)))
-        pads = tuple(pads)
+            conv_pads.append((lo, hi - max(s - k, 0)))
     else:
-        conv_pads = padding_pairs(op, padding, in_shape, window, stride, (1,) * n)
-        if any(lo > k - 1 or hi > k - 1 for (lo, hi), k in zip(conv_pads, window)):
+        conv_pads = padding_pairs(op, padding, in_shape, window, stride, dilation)
+        if any(lo > k - 1 or hi > k - 1 for (lo, hi), k in zip(conv_pads, extent)):
             raise ValueError(
                 f"{op}: `padding` is the padding of the convolution being transposed and must "
-                f"be at most k − 1 = {tuple(k - 1 for k in window)} on every axis, got "
-                f"{padding!r}; use less padding or a larger window."
+                f"be at most k_d − 1 = {tuple(k - 1 for k in extent)} on every axis (k_d = (k − 1)·d + 1, "
+                f"the dilated window), got {padding!r}; use less padding or a larger window."
             )
-        pads = tuple((k - 1 - lo, k - 1 - hi) for (lo, hi), k in zip(conv_pads, window))
-    out = tuple((size - 1) * s + 1 + lo + hi - k + 1 for size, s, k, (lo, hi) in zip(in_shape, stride, window, pads))
+    pads = tuple((k - 1 - lo, k - 1 - hi + a) for (lo, hi), k, a in zip(conv_pads, extent, output_padding))
+    out = tuple((size - 1) * s + 1 + lo + hi - k + 1 for size, s, k, (lo, hi) in zip(in_shape, stride, extent, pads))
     for axis, size in enumerate(out):
         if size < 1:
             raise ValueError(
@@ -250,7 +262,7 @@ def transpose_geometry(op: str, in_shape: Sequence[int], window, stride, padding
                 f"smaller than the window {window[axis]} (padding {padding!r}); use less "
                 f"padding, a smaller window or a larger input."
             )
-    return Geometry(window, stride, (1,) * n, pads, out)
+    return Geometry(window, stride, dilation, pads, out)
 
 
 def pool_geometry(op: str, in_shape: Sequence[int], window, stride, padding: Padding, dilation=1,

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import opcheck
 from jaxcnn import _shapes, ops, reference, verify
 from jaxcnn.ops import _conv_formulas
-from jaxcnn.ops._conv_plan import METHODS, Plan, auto_plan
+from jaxcnn.ops._conv_plan import METHODS, PLANS, Plan, auto_plan
 from jaxcnn.verify import mutants
 
 
@@ -488,3 +488,131 @@ def test_auto_plan_picks_per_shape_and_stays_exact(rng, x_shape, w_shape, settin
         np.testing.assert_allclose(ops.conv(x, w, b, method=method, **settings), expected, rtol=1e-10, atol=1e-10)
     verify.check_vjp(ops.conv, reference.conv, x, w, b, **settings).assert_ok()
     verify.check_numerical(ops.conv, x, w, b, **settings).assert_ok()
+
+
+# --------------------------------------------------------------------------- grouped convolution
+
+GROUPED_CASES = [  # (x_shape, w_shape, settings): depthwise, multiplier 2, strided + padded + dilated, 3-D
+    ((2, 6, 5, 3), (3, 3, 1, 3), dict(padding="SAME", groups=3)),
+    ((2, 9, 2), (3, 1, 4), dict(stride=2, padding=1, groups=2)),
+    ((2, 8, 7, 4), (2, 3, 2, 6), dict(stride=2, padding=((1, 2), (0, 1)), dilation=(2, 1), groups=2)),
+    ((1, 4, 5, 4, 4), (2, 2, 3, 2, 4), dict(stride=(1, 2, 1), padding="SAME", groups=2)),
+]
+GROUPED_IDS = ["depthwise-2d", "multiplier-2-1d", "s2-pads-dilation-2d", "3d"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("x_shape,w_shape,settings", GROUPED_CASES, ids=GROUPED_IDS)
+def test_grouped_conv_is_g_independent_dense_convs(rng, method, x_shape, w_shape, settings):
+    # PyTorch's and lax's definition: input channels [j·C_in/g, (j+1)·C_in/g) and output
+    # channels [j·C_out/g, (j+1)·C_out/g) form group j, a dense convolution of its own; the
+    # grouped output is the g outputs concatenated (depthwise: output j·M + m reads input j).
+    x, w, b = _normal(rng, *x_shape), _normal(rng, *w_shape), _normal(rng, w_shape[-1])
+    g, dense = settings["groups"], {k: v for k, v in settings.items() if k != "groups"}
+    c_in, c_out = x_shape[-1] // g, w_shape[-1] // g
+    parts = [ops.conv(x[..., j * c_in:(j + 1) * c_in], w[..., j * c_out:(j + 1) * c_out], method=method, **dense)
+             for j in range(g)]
+    y = ops.conv(x, w, b, method=method, **settings)
+    np.testing.assert_allclose(y, jnp.concatenate(parts, axis=-1) + b, rtol=1e-11, atol=1e-11)
+    # the same as the block-diagonal connection table over the dense kernel
+    table = np.kron(np.eye(g, dtype=bool), np.ones((c_in, c_out), bool))
+    w_dense = jnp.tile(w, (1,) * (w.ndim - 2) + (g, 1)) * table
+    np.testing.assert_allclose(y, ops.conv(x, w_dense, b, connections=table, method=method, **dense),
+                               rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(reference.conv(x, w, b, **settings), y, rtol=1e-11, atol=1e-11)
+    # and its gradients, the per-group formulas, are the dense table's restricted to the blocks
+    dy = _normal(rng, *y.shape)
+    dx, dw, db = jax.vjp(lambda *a: ops.conv(*a, method=method, **settings), x, w, b)[1](dy)
+    dx_t, dw_t, db_t = jax.vjp(lambda *a: ops.conv(*a, connections=table, method=method, **dense), x, w_dense, b)[1](dy)
+    np.testing.assert_allclose(dx, dx_t, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(db, db_t, rtol=1e-11, atol=1e-11)
+    blocks = jnp.stack([dw_t[..., j * c_in:(j + 1) * c_in, j * c_out:(j + 1) * c_out] for j in range(g)], axis=-2)
+    np.testing.assert_allclose(dw, blocks.reshape(w.shape), rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("x_shape,w_shape,settings", GROUPED_CASES, ids=GROUPED_IDS)
+def test_grouped_vjp_matches_autodiff_and_finite_differences(rng, method, x_shape, w_shape, settings):
+    x, w, b = _normal(rng, *x_shape), _normal(rng, *w_shape), _normal(rng, w_shape[-1])
+    opcheck.assert_vjp("conv", x, w, b, method=method, **settings)
+    opcheck.assert_numerical("conv", x, w, b, method=method, **settings)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_grouped_gradients_under_every_transform(rng, method):
+    x, w, b = _normal(rng, 2, 7, 6, 4), _normal(rng, 3, 2, 1, 8), _normal(rng, 8)
+    settings = dict(stride=2, padding=1, groups=4, method=method)  # depthwise, multiplier 2
+    opcheck.assert_jit("conv", x, w, b, **settings)
+    opcheck.assert_vmap("conv", x, w, b, in_axes=(0, 0, None), **settings)
+    opcheck.assert_grad_of_grad("conv", x, w, b, **settings)
+    verify.check_transform("checkpoint", ops.conv, reference.conv, x, w, b, **settings).assert_ok()
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_grouped_vjp_low_precision(rng, method, dtype):
+    x, w, b = _normal(rng, 2, 8, 7, 4, dtype=dtype), _normal(rng, 3, 3, 2, 6, dtype=dtype), _normal(rng, 6, dtype=dtype)
+    result = verify.check_vjp(ops.conv, reference.conv, x, w, b, stride=2, padding="SAME", groups=2, method=method)
+    result.assert_ok()
+    assert result.dtype == dtype and ops.conv(x, w, b, groups=2, method=method).dtype == dtype
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_grouped_conv_costs_one_over_g_of_the_dense_one(method):
+    # XLA's own count of the floating-point operations of forward + backward: a grouped conv
+    # computed densely and then masked would cost as much as the dense one.
+    x = jnp.ones((2, 8, 8, 16), jnp.float32)
+    flops = {}
+    for g in (1, 4):
+        w = jnp.ones((3, 3, 16 // g, 16), jnp.float32)
+        step = jax.jit(jax.grad(lambda x, w, g=g: jnp.sum(ops.conv(x, w, groups=g, method=method) ** 2), (0, 1)))
+        cost = step.lower(x, w).compile().cost_analysis()
+        flops[g] = (cost[0] if isinstance(cost, list) else cost)["flops"]
+    assert flops[4] < flops[1] / 4 * 1.4, flops
+
+
+GROUPED_AUTO_CASES = [  # (x_shape, w_shape, settings, the plan auto picks on the CPU)
+    ((2, 9, 9, 8), (3, 3, 1, 8), dict(padding="SAME", groups=8), ("taps", "rows", "col2im")),  # depthwise
+    ((2, 9, 9, 16), (3, 3, 8, 16), dict(stride=2, groups=2), ("taps", "rows", "col2im")),  # 8 per group
+    ((2, 9, 9, 48), (3, 3, 24, 48), dict(padding="SAME", groups=2), ("xla", "xla", "col2im")),  # wide groups
+    ((2, 5, 5, 8), (5, 5, 4, 8), dict(groups=2), ("im2col", "im2col", "col2im")),  # the window is the input
+]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,settings,plan", GROUPED_AUTO_CASES,
+                         ids=["depthwise", "narrow-groups", "wide-groups", "whole-window"])
+def test_auto_plan_for_grouped_convs(rng, x_shape, w_shape, settings, plan):
+    geom = _shapes.geometry("conv", x_shape[1:-1], w_shape[:-2], settings.get("stride", 1),
+                            settings.get("padding", "VALID"), 1)
+    groups = settings["groups"]
+    assert auto_plan(geom, x_shape[1:-1], x_shape[-1], w_shape[-1], backend="cpu", groups=groups) == Plan(*plan)
+    assert auto_plan(geom, x_shape[1:-1], x_shape[-1], w_shape[-1], backend="gpu", groups=groups) == PLANS["xla"]
+    x, w, b = _normal(rng, *x_shape), _normal(rng, *w_shape), _normal(rng, w_shape[-1])
+    np.testing.assert_allclose(ops.conv(x, w, b, **settings), reference.conv(x, w, b, **settings), rtol=1e-10,
+                               atol=1e-10)
+
+
+def test_grouped_conv_errors(rng):
+    x, w = _normal(rng, 2, 6, 6, 4, dtype=jnp.float32), _normal(rng, 3, 3, 2, 6, dtype=jnp.float32)
+    for conv in (ops.conv, reference.conv):  # the reference validates identically
+        with pytest.raises(ValueError, match=r"conv: `groups` = 3 must divide C_in = x.shape\[-1\] = 4; each group "
+                                             r"takes C_in / groups input and C_out / groups output channels"):
+            conv(x, w, groups=3)
+        with pytest.raises(ValueError, match=r"conv: `groups` = 4 must divide C_out = w.shape\[-1\] = 6"):
+            conv(x, w[..., :1, :], groups=4)
+        with pytest.raises(ValueError, match=r"conv: with `groups` = 2, `w` must have C_in / groups = 4 / 2 = 2 input "
+                                             r"channels in its second-to-last axis, \(\*window, C_in / groups, "
+                                             r"C_out\), got w of shape \(3, 3, 1, 6\) for x of shape \(2, 6, 6, 4\)"):
+            conv(x, w[..., :1, :], groups=2)
+        with pytest.raises(ValueError, match=r"conv: `groups` must be an int >= 1 \(the number of channel groups "
+                                             r"that do not mix\), got 0"):
+            conv(x, w, groups=0)
+        with pytest.raises(TypeError, match=r"conv: `groups` must be an int >= 1 .* got 2.0 of type float"):
+            conv(x, w, groups=2.0)
+        with pytest.raises(TypeError, match=r"conv: `groups` must be an int >= 1 .* got True of type bool"):
+            conv(x, w, groups=True)
+        with pytest.raises(ValueError, match=r"conv: give `connections` or `groups`, not both \(got groups=2 and a "
+                                             r"connection table\); a grouped convolution is the block-diagonal table"):
+            conv(x, w, groups=2, connections=np.ones((4, 6), bool))
+    with pytest.raises(ValueError, match=r"conv2d: `groups` = 3 must divide C_in"):
+        ops.conv2d(x, w, groups=3)

@@ -160,6 +160,86 @@ def test_vjp_low_precision(rng, dtype):
     opcheck.assert_vjp("conv_transpose", x, w, b, stride=2, padding="SAME")
 
 
+# --------------------------------------------------------------------------- PyTorch's options: dilation,
+# output_padding, groups
+
+
+def _pytorch_conv_transpose(x, w, stride, padding, dilation, output_padding, groups):
+    """PyTorch's ConvTranspose1d from its definition, in NumPy loops: every input position
+    ``i`` scatters ``x[i] · W[j]`` to output ``i·s − p + j·d`` (``W`` = PyTorch's kernel,
+    jaxcnn's flipped); the output has ``(n − 1)·s − 2p + d·(k − 1) + a + 1`` positions;
+    channel group ``j`` scatters only into output group ``j``."""
+    x, w_torch = np.asarray(x), np.asarray(w)[::-1]
+    (n_batch, n, _), (k, c_in_g, c_out) = x.shape, w_torch.shape
+    out = (n - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1
+    y = np.zeros((n_batch, out, c_out))
+    c_out_g = c_out // groups
+    for i in range(n):
+        for j in range(k):
+            o = i * stride - padding + j * dilation
+            if 0 <= o < out:
+                for grp in range(groups):
+                    xs = x[:, i, grp * c_in_g:(grp + 1) * c_in_g]
+                    y[:, o, grp * c_out_g:(grp + 1) * c_out_g] += xs @ w_torch[j, :, grp * c_out_g:(grp + 1) * c_out_g]
+    return y
+
+
+PYTORCH_CASES = [  # (n, k, stride, padding, dilation, output_padding, C_in, C_out, groups)
+    (4, 3, 2, 1, 1, 1, 2, 3, 1),  # the ×2 upsampling: output 2n
+    (3, 3, 3, 2, 2, 2, 4, 8, 4),  # depthwise, multiplier 2, output_padding < stride
+    (4, 2, 1, 0, 3, 2, 2, 2, 2),  # stride 1: output_padding < dilation
+    (5, 4, 2, 3, 1, 0, 6, 4, 2),
+]
+
+
+@pytest.mark.parametrize("n,k,s,p,d,a,c_in,c_out,g", PYTORCH_CASES)
+def test_pytorch_conv_transpose_semantics(rng, n, k, s, p, d, a, c_in, c_out, g):
+    x, w, b = _normal(rng, 2, n, c_in), _normal(rng, k, c_in // g, c_out), _normal(rng, c_out)
+    settings_ = dict(stride=s, padding=p, dilation=d, output_padding=a, groups=g)
+    y = ops.conv_transpose(x, w, b, **settings_)
+    assert y.shape == (2, (n - 1) * s - 2 * p + d * (k - 1) + a + 1, c_out)  # PyTorch's output-size formula
+    np.testing.assert_allclose(y, _pytorch_conv_transpose(x, w, s, p, d, a, g) + np.asarray(b), rtol=1e-12,
+                               atol=1e-12)
+    np.testing.assert_allclose(reference.conv_transpose(x, w, b, **settings_), y, rtol=1e-12, atol=1e-12)
+    opcheck.assert_vjp("conv_transpose", x, w, b, **settings_)
+    opcheck.assert_numerical("conv_transpose", x, w, b, **settings_)
+
+
+def test_output_padding_positions_are_real_outputs(rng):
+    # The extra position of output_padding is reached by the last input (k_d > s): its δ must
+    # reach x (the classic mistake drops it, as if only the bias were there).
+    x, w = _normal(rng, 1, 3, 1), _normal(rng, 3, 1, 1)
+    y = ops.conv_transpose(x, w, stride=2, padding=1, output_padding=1)
+    g = jnp.zeros_like(y).at[0, -1, 0].set(1.0)
+    dx = jax.vjp(lambda x: ops.conv_transpose(x, w, stride=2, padding=1, output_padding=1), x)[1](g)[0]
+    np.testing.assert_allclose(dx[0, :, 0], [0.0, 0.0, w[0, 0, 0]], atol=1e-15)
+
+
+OPTION_CASES = [
+    ((2, 4, 4), (3, 1, 8), dict(stride=3, padding=2, dilation=2, output_padding=2, groups=4)),
+    ((2, 3, 4, 4), (3, 2, 2, 6),
+     dict(stride=2, padding=((1, 1), (0, 0)), dilation=(1, 2), output_padding=1, groups=2)),
+    ((1, 2, 3, 2, 2), (2, 2, 2, 1, 2), dict(stride=(1, 2, 1), padding="SAME", dilation=(2, 1, 1),
+                                             output_padding=(1, 1, 0), groups=2)),
+]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,settings_", OPTION_CASES, ids=["1d", "2d", "3d"])
+def test_new_options_under_every_transform(rng, x_shape, w_shape, settings_):
+    x, w, b = _normal(rng, *x_shape), _normal(rng, *w_shape), _normal(rng, w_shape[-1])
+    opcheck.assert_all("conv_transpose", x, w, b, vmap_axes=(0, None, None), **settings_)
+    verify.check_transform("checkpoint", ops.conv_transpose, reference.conv_transpose, x, w, b,
+                           **settings_).assert_ok()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_new_options_low_precision(rng, dtype):
+    x, w, b = _normal(rng, 2, 4, 5, 4, dtype=dtype), _normal(rng, 3, 3, 2, 6, dtype=dtype), _normal(rng, 6, dtype=dtype)
+    settings_ = dict(stride=2, padding=1, dilation=2, output_padding=1, groups=2)
+    assert ops.conv_transpose(x, w, b, **settings_).dtype == x.dtype
+    opcheck.assert_vjp("conv_transpose", x, w, b, **settings_)
+
+
 # --------------------------------------------------------------------------- the checker catches wrong rules
 
 
@@ -240,8 +320,31 @@ def test_errors():
                                          r"0\)\)"):
         op(x, w, b, padding=((0, -1), (0, 0)))
     with pytest.raises(ValueError, match=r"conv_transpose: `padding` is the padding of the convolution being "
-                                         r"transposed and must be at most k − 1 = \(2, 2\) on every axis, got 3"):
+                                         r"transposed and must be at most k_d − 1 = \(2, 2\) on every axis "
+                                         r"\(k_d = \(k − 1\)·d \+ 1, the dilated window\), got 3"):
         op(x, w, b, padding=3)
+    with pytest.raises(ValueError, match=r"conv_transpose: `output_padding` must be smaller than the stride or the "
+                                         r"dilation on every axis \(PyTorch's rule\), got output_padding 2 with "
+                                         r"stride 2 and dilation 1 on spatial axis 1"):
+        op(x, w, b, stride=2, output_padding=(1, 2))
+    with pytest.raises(ValueError, match=r"conv_transpose: `output_padding` must be >= 0 on every axis, got -1"):
+        op(x, w, b, stride=2, output_padding=-1)
+    with pytest.raises(ValueError, match=r"conv_transpose: `dilation` has 3 entries but `w` of shape"):
+        op(x, w, b, dilation=(1, 2, 1))
+    with pytest.raises(ValueError, match=r"conv_transpose: `groups` = 2 must divide C_in = x.shape\[-1\] = 3; each "
+                                         r"group takes C_in / groups input and C_out / groups output channels"):
+        op(x, w, b, groups=2)
+    with pytest.raises(ValueError, match=r"conv_transpose: `groups` = 5 must divide C_out = w.shape\[-1\] = 4"):
+        op(jnp.ones((1, 4, 4, 5)), jnp.ones((3, 3, 1, 4)), groups=5)
+    with pytest.raises(ValueError, match=r"conv_transpose: with `groups` = 2, `w` must have C_in / groups = 4 / 2 = "
+                                         r"2 input channels in its second-to-last axis, \(\*window, C_in / groups, "
+                                         r"C_out\), got w of shape \(3, 3, 4, 4\) for x of shape \(1, 4, 4, 4\)"):
+        op(jnp.ones((1, 4, 4, 4)), jnp.ones((3, 3, 4, 4)), groups=2)
+    with pytest.raises(ValueError, match=r"conv_transpose: `groups` must be an int >= 1 \(the number of channel "
+                                         r"groups that do not mix\), got 0"):
+        op(x, w, b, groups=0)
+    with pytest.raises(TypeError, match=r"conv_transpose: `groups` must be an int >= 1 .* got 1.0 of type float"):
+        op(x, w, b, groups=1.0)
     with pytest.raises(ValueError, match=r"conv_transpose: the output would be empty along spatial axis 0: an input "
                                          r"of size 1 upsampled by 1 and padded by \(0, 0\) is smaller than the "
                                          r"window 3 \(padding 'FULL'\)"):

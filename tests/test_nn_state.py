@@ -137,14 +137,13 @@ NEW_LAYERS = {
     "LeakyRelu": (lambda o: nn.LeakyRelu(0.2, ops=o), (-1, 4, 3), True),
     "Conv(groups=2)": (lambda o: nn.Conv(4, (3, 3), padding="SAME", groups=2, ops=o), (-1, 5, 5, 6), True),
     "Conv(depthwise)": (lambda o: nn.Conv(6, (3, 3), stride=2, groups=6, ops=o), (-1, 7, 7, 6), True),
+    "ConvTranspose(groups, dilation, output_padding)": (
+        lambda o: nn.ConvTranspose(6, 3, stride=2, padding=1, dilation=(1, 2), output_padding=1, groups=2, ops=o),
+        (-1, 4, 3, 4), True),
 }
-#: ops.conv(groups=) comes with the modern-ops issue (20); until it lands the grouped cases must fail.
-GROUPED_CONV = "groups" in inspect.signature(ops.conv).parameters
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(not GROUPED_CONV, reason="ops.conv has no groups yet", strict=True))
-    if name.startswith("Conv") else name for name in sorted(NEW_LAYERS)])
+@pytest.mark.parametrize("name", sorted(NEW_LAYERS))
 def test_new_layer_gradients_agree_between_ops_and_reference(name, rng):
     build, shape, training = NEW_LAYERS[name]
     hand, auto = build(ops), build(reference)
@@ -166,6 +165,21 @@ def test_grouped_conv_params_and_count():
     params, _, shape = layer.init(KEY, (-1, 6, 6, 4))
     assert params["w"].shape == (3, 3, 1, 8) and shape == (-1, 4, 4, 8)
     assert layer.count(params) == 3 * 3 * 1 * 8 + 8
+
+
+def test_conv_transpose_options_params_and_shape():
+    layer = nn.ConvTranspose(6, 3, stride=2, padding=1, dilation=2, output_padding=1, groups=3)
+    params, _, shape = layer.init(KEY, (-1, 4, 5, 3))
+    # PyTorch's (n − 1)·s − 2p + d·(k − 1) + output_padding + 1 per axis
+    assert params["w"].shape == (3, 3, 1, 6) and shape == (-1, 3 * 2 - 2 + 4 + 1 + 1, 4 * 2 - 2 + 4 + 1 + 1, 6)
+    y, _ = layer.apply(params, (), jnp.ones((2, 4, 5, 3), jnp.float32))
+    assert y.shape == (2, *shape[1:])
+    with pytest.raises(ValueError, match=r"ConvTranspose: `groups` must be a positive int dividing `features` 6, "
+                                         r"got 4"):
+        nn.ConvTranspose(6, 3, groups=4)
+    with pytest.raises(ValueError, match=r"ConvTranspose: `groups` 2 must divide the input channels, got input "
+                                         r"shape \(-1, 4, 4, 3\) with 3 channels"):
+        nn.ConvTranspose(6, 3, groups=2).init(KEY, (-1, 4, 4, 3))
 
 
 def test_global_pools_reduce_every_spatial_axis(rng):

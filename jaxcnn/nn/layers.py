@@ -163,6 +163,9 @@ def ConvTranspose(
     *,
     stride: int | Sequence[int] = 1,
     padding: _shapes.Padding = "VALID",
+    dilation: int | Sequence[int] = 1,
+    output_padding: int | Sequence[int] = 0,
+    groups: int = 1,
     use_bias: bool = True,
     w_init: initializers.Initializer = initializers.lecun_normal(),
     b_init: initializers.Initializer = initializers.zeros(),
@@ -171,26 +174,37 @@ def ConvTranspose(
 ) -> Layer:
     """Transposed ("fractionally strided") convolution layer (:func:`jaxcnn.ops.conv_transpose`).
 
-    Params: ``{"w": (*window, C_in, features), "b": (features,)}``.
+    Params: ``{"w": (*window, C_in / groups, features), "b": (features,)}``; ``dilation``,
+    ``output_padding`` and ``groups`` as in PyTorch's ``ConvTranspose`` (output size
+    ``(n − 1)·s − 2p + d·(k − 1) + output_padding + 1`` for an int padding ``p``).
     """
     ops = _backend(ops)
     if not isinstance(features, (int, np.integer)) or features < 1:
         raise ValueError(f"ConvTranspose: `features` must be a positive int, got {features!r}.")
+    if not isinstance(groups, (int, np.integer)) or groups < 1 or features % groups:
+        raise ValueError(f"ConvTranspose: `groups` must be a positive int dividing `features` {features}, "
+                         f"got {groups!r}.")
 
     def init(key, input_shape):
         _spatial_rank("ConvTranspose", window, input_shape)
-        geom = _shapes.transpose_geometry("ConvTranspose", input_shape[1:-1], window, stride, padding)
+        geom = _shapes.transpose_geometry("ConvTranspose", input_shape[1:-1], window, stride, padding, dilation,
+                                          output_padding)
         c_in = input_shape[-1]
+        if c_in % groups:
+            raise ValueError(f"ConvTranspose: `groups` {groups} must divide the input channels, got input shape "
+                             f"{tuple(input_shape)} with {c_in} channels.")
         taps = math.prod(geom.window)
+        fan_in, fan_out = taps * c_in // groups, taps * features // groups
         kw, kb = jax.random.split(key)
-        params = {"w": initializers.draw(w_init, kw, (*geom.window, c_in, features), dtype, taps * c_in,
-                                         taps * features)}
+        params = {"w": initializers.draw(w_init, kw, (*geom.window, c_in // groups, features), dtype, fan_in,
+                                         fan_out)}
         if use_bias:
-            params["b"] = initializers.draw(b_init, kb, (features,), dtype, taps * c_in, taps * features)
+            params["b"] = initializers.draw(b_init, kb, (features,), dtype, fan_in, fan_out)
         return params, (input_shape[0], *geom.out_shape, features)
 
     def apply(params, x):
-        return ops.conv_transpose(x, params["w"], params.get("b"), stride=stride, padding=padding)
+        return ops.conv_transpose(x, params["w"], params.get("b"), stride=stride, padding=padding,
+                                  dilation=dilation, output_padding=output_padding, groups=groups)
 
     return Layer.stateless(init, apply, name=f"ConvTranspose({features}, {window})")
 

@@ -8,6 +8,12 @@ derivative maps, padding regions deleted before further backprop); Park, "Traini
 (``∂L/∂x_ij = Σ_mn L_mn w_{m−i,n−j}``, ``∂L/∂w_ijcd = Σ_kl L_kld x_{k+i,l+j,c}``, and
 convolution via im2col); Bell (filters are 4-D: window × input depth × output depth).
 
+Grouped convolution (``groups = g``; depthwise at ``g = C_in``) is the same lecture applied
+to each group of channels on its own: with ``x_j``, ``w_j``, ``δ_j`` group ``j``'s slices,
+``y_j = x_j *valid rot180(w_j)`` and the grouped forms of Park's formulas,
+``dx_j = δ_j *full w_j`` and ``dW_j = x_j *valid rot180(δ_j)`` — no product reaches across
+groups, so each costs ``1/g`` of the dense one (:mod:`jaxcnn.ops._conv_groups`).
+
 This file is the lecture: :func:`conv`, its ``custom_vjp`` and right after it the three
 formulas. The faster exact formulas ``method`` may pick instead live in
 :mod:`jaxcnn.ops._conv_formulas`, the choice in :mod:`jaxcnn.ops._conv_plan`.
@@ -25,6 +31,7 @@ from jax import lax
 
 from jaxcnn import _checks, _shapes, _xla_cpu
 from jaxcnn.ops._conv_formulas import FORMULAS, input_gradient_col2im
+from jaxcnn.ops._conv_groups import check_kernel_channels, checked_groups, per_group
 from jaxcnn.ops._conv_plan import METHODS, PLANS, Plan, auto_plan
 
 #: LeNet-5's S2 → C3 connection table (LeCun et al. 1998, Table I; Hu & Zhu's slide
@@ -57,6 +64,7 @@ def conv(
     padding: _shapes.Padding = "VALID",
     dilation=1,
     connections=None,
+    groups: int = 1,
     method: str = "auto",
 ) -> jax.Array:
     r"""Convolution layer over 1, 2 or 3 spatial axes (chosen by ``w.ndim``), channels-last.
@@ -84,6 +92,11 @@ def conv(
     * ``db_q = Σ δ_q`` over the batch and every position.
     * Connections absent from ``M`` act as zero weights: they are zero in the forward
       and in ``dx``, and their ``dw`` is exactly zero.
+    * With ``groups = g`` every formula above runs per group ``j`` on its own channels:
+      ``y_j = x_j *valid rot180(w_j)``, ``dx_j = δ_j *full w_j``,
+      ``dW_j = x_j *valid rot180(δ_j)`` (``1/g`` of the dense multiply-adds, whichever
+      ``method``). It is the block-diagonal connection table without its zero blocks, so
+      ``groups`` and ``connections`` are not given together.
 
     ``method`` picks how the three products are computed, all exactly (the alternatives
     and why they exist: :mod:`jaxcnn.ops._conv_formulas`, ``docs/performance.md``):
@@ -96,7 +109,7 @@ def conv(
 
     Args:
       x: input ``(N, *spatial, C_in)``: ``(N, W, C)``, ``(N, H, W, C)`` or ``(N, D, H, W, C)``.
-      w: kernel ``(*window, C_in, C_out)`` (HWIO); its rank picks the spatial rank.
+      w: kernel ``(*window, C_in / groups, C_out)`` (HWIO); its rank picks the spatial rank.
       b: optional bias ``(C_out,)``.
       stride: an int or one per spatial axis, each ``>= 1``.
       padding: ``"VALID"``, ``"SAME"`` (``out = ⌈n / s⌉``, extra padding at the end),
@@ -105,6 +118,11 @@ def conv(
       connections: optional boolean table ``M`` of shape ``(C_in, C_out)``, ``M[p, q]``
         true when input map ``p`` feeds output map ``q`` (e.g. :data:`LENET5_C3_TABLE`).
         A concrete array, fixed at trace time.
+      groups: ``g >= 1`` dividing ``C_in`` and ``C_out``; input channels ``j·C_in/g`` to
+        ``(j+1)·C_in/g − 1`` feed only output channels ``j·C_out/g`` to ``(j+1)·C_out/g − 1``
+        (``lax``'s ``feature_group_count``, PyTorch's ``groups``); then ``w`` is
+        ``(*window, C_in / g, C_out)``. ``g = C_in`` is a depthwise convolution with channel
+        multiplier ``C_out / C_in``.
       method: ``"auto"``, ``"xla"``, ``"im2col"``, ``"taps"`` or ``"rows"``.
 
     Returns:
@@ -112,11 +130,13 @@ def conv(
 
     Raises:
       TypeError: an array is not floating point, the dtypes differ, a setting has the
-        wrong type, or ``connections`` is not a concrete boolean table.
+        wrong type (``groups`` not an int), or ``connections`` is not a concrete boolean table.
       ValueError: ``w`` does not have 3 to 5 dimensions, ``x`` does not have two more,
         the channels differ, ``b`` is not ``(C_out,)``, a stride or dilation is below 1,
         the padding is unknown or negative, the kernel is larger than the padded input,
-        ``connections`` is not ``(C_in, C_out)``, or ``method`` is unknown.
+        ``connections`` is not ``(C_in, C_out)``, ``groups`` is below 1, does not divide
+        ``C_in`` and ``C_out``, does not match ``w``'s ``C_in / groups`` or comes with
+        ``connections``, or ``method`` is unknown.
 
     >>> import jax.numpy as jnp
     >>> from jaxcnn import ops
@@ -125,8 +145,10 @@ def conv(
     >>> k = g[::-1].reshape(3, 1, 1)  # convolution = correlation with the flipped kernel
     >>> ops.conv(f, k, padding="FULL").ravel().tolist()
     [0.0, 1.0, 3.0, 1.0, 2.0, 3.0, 0.0]
+    >>> ops.conv(jnp.ones((1, 5, 4)), jnp.ones((3, 1, 8)), groups=4).shape  # depthwise, multiplier 2
+    (1, 3, 8)
     """
-    x, w, b, spec = _validate("conv", None, x, w, b, stride, padding, dilation, connections, method)
+    x, w, b, spec = _validate("conv", None, x, w, b, stride, padding, dilation, connections, groups, method)
     return _conv(x, w, b, spec)
 
 
@@ -135,6 +157,7 @@ class ConvSpec(NamedTuple):
 
     geometry: _shapes.Geometry  # window, stride, dilation, resolved pads, output shape
     connections: Optional[tuple[tuple[bool, ...], ...]]  # M[p][q], or None for all
+    groups: int  # g: channel groups that do not mix (1: a dense convolution)
     plan: Plan  # the formula for y, dW and dx (method resolved against the shapes)
     bias: bool  # whether b was given (db is None otherwise)
 
@@ -146,18 +169,25 @@ class ConvResiduals(NamedTuple):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _conv(x, w, b, spec):
-    return _FORWARD[spec.plan.forward](x, _connected(w, spec.connections), spec.geometry, b)
+    return _forward(x, _connected(w, spec.connections), b, spec)
+
+
+def _forward(x, w, b, spec: ConvSpec):
+    forward = functools.partial(_FORWARD[spec.plan.forward], geom=spec.geometry)
+    return per_group(lambda x, w, b: forward(x, w, b=b), spec.groups, x, w, b)  # y_j = x_j *valid rot180(w_j)
 
 
 def _conv_fwd(x, w, b, spec):
     w = _connected(w, spec.connections)
-    return _FORWARD[spec.plan.forward](x, w, spec.geometry, b), ConvResiduals(x, w)
+    return _forward(x, w, b, spec), ConvResiduals(x, w)
 
 
 def _conv_bwd(spec: ConvSpec, res: ConvResiduals, g):
-    geom, plan = spec.geometry, spec.plan
-    dx = _INPUT_GRADIENT[plan.input](g, res.w, geom, res.x.shape[1:-1])  # δ *full w
-    dw, db = _WEIGHT_GRADIENT[plan.weight](res.x, g, geom, spec.bias)  # x *valid rot180(δ)
+    geom, plan, groups, in_shape = spec.geometry, spec.plan, spec.groups, res.x.shape[1:-1]
+    input_gradient, weight_gradient = _INPUT_GRADIENT[plan.input], _WEIGHT_GRADIENT[plan.weight]
+    # per group j (one dense convolution each): δx_j = δ_j *full w_j, dW_j = x_j *valid rot180(δ_j)
+    dx = per_group(lambda g, w: input_gradient(g, w, geom, in_shape), groups, g, res.w)
+    dw, db = per_group(lambda x, g: weight_gradient(x, g, geom, spec.bias), groups, res.x, g)
     dw = _connected(dw.reshape(res.w.shape), spec.connections)  # absent connections: exactly zero
     if spec.bias and db is None:  # unless the formula computed it on the way (row blocks)
         db = bias_gradient(g)
@@ -224,7 +254,7 @@ def _connected(w, connections):
     return jnp.where(np.asarray(connections), w, jnp.zeros((), w.dtype))
 
 
-def conv1d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, method="auto"):
+def conv1d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, groups=1, method="auto"):
     """:func:`conv` over one spatial axis: ``x (N, W, C_in)``, ``w (kw, C_in, C_out)``.
 
     >>> import jax.numpy as jnp
@@ -232,11 +262,11 @@ def conv1d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=N
     >>> ops.conv1d(jnp.ones((1, 4, 2)), jnp.ones((3, 2, 1))).shape
     (1, 2, 1)
     """
-    x, w, b, spec = _validate("conv1d", 1, x, w, b, stride, padding, dilation, connections, method)
+    x, w, b, spec = _validate("conv1d", 1, x, w, b, stride, padding, dilation, connections, groups, method)
     return _conv(x, w, b, spec)
 
 
-def conv2d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, method="auto"):
+def conv2d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, groups=1, method="auto"):
     """:func:`conv` over two spatial axes: ``x (N, H, W, C_in)``, ``w (kh, kw, C_in, C_out)``.
 
     >>> import jax.numpy as jnp
@@ -244,11 +274,11 @@ def conv2d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=N
     >>> ops.conv2d(jnp.ones((2, 32, 32, 3)), jnp.ones((5, 5, 3, 6)), stride=2, padding="SAME").shape
     (2, 16, 16, 6)
     """
-    x, w, b, spec = _validate("conv2d", 2, x, w, b, stride, padding, dilation, connections, method)
+    x, w, b, spec = _validate("conv2d", 2, x, w, b, stride, padding, dilation, connections, groups, method)
     return _conv(x, w, b, spec)
 
 
-def conv3d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, method="auto"):
+def conv3d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, groups=1, method="auto"):
     """:func:`conv` over three spatial axes: ``x (N, D, H, W, C_in)``, ``w (kd, kh, kw, C_in, C_out)``.
 
     >>> import jax.numpy as jnp
@@ -256,14 +286,14 @@ def conv3d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=N
     >>> ops.conv3d(jnp.ones((1, 4, 4, 4, 1)), jnp.ones((2, 2, 2, 1, 3)), padding="FULL").shape
     (1, 5, 5, 5, 3)
     """
-    x, w, b, spec = _validate("conv3d", 3, x, w, b, stride, padding, dilation, connections, method)
+    x, w, b, spec = _validate("conv3d", 3, x, w, b, stride, padding, dilation, connections, groups, method)
     return _conv(x, w, b, spec)
 
 
 # --------------------------------------------------------------------------- validation
 
 
-def _validate(op, rank, x, w, b, stride, padding, dilation, connections, method):
+def _validate(op, rank, x, w, b, stride, padding, dilation, connections, groups, method):
     x = _checks.float_array(op, "x", x)
     w = _checks.float_array(op, "w", w)
     b = None if b is None else _checks.float_array(op, "b", b)
@@ -278,12 +308,14 @@ def _validate(op, rank, x, w, b, stride, padding, dilation, connections, method)
             f"{rank}-D kernel `w` of shape {tuple(w.shape)}, got x of shape {tuple(x.shape)}. "
             f"Give x a batch axis (x[None]) or use a kernel with one window size per spatial axis."
         )
-    if w.shape[-2] != x.shape[-1]:
+    groups = _groups(op, groups, x.shape[-1], w.shape[-1], connections)
+    if groups == 1 and w.shape[-2] != x.shape[-1]:
         raise ValueError(
             f"{op}: `w` must have C_in = x.shape[-1] = {x.shape[-1]} input channels in its "
             f"second-to-last axis, (*window, C_in, C_out), got w of shape {tuple(w.shape)}. "
             f"Kernels are channels-last (HWIO); an OIHW kernel needs jnp.moveaxis(w, (0, 1), (-1, -2))."
         )
+    check_kernel_channels(op, groups, x, w)
     if b is not None:
         _checks.shape(op, "b", b, (w.shape[-1],), "(C_out,) with C_out = w.shape[-1]")
     _checks.same_dtype(op, x=x, w=w, b=b)
@@ -291,10 +323,24 @@ def _validate(op, rank, x, w, b, stride, padding, dilation, connections, method)
         raise ValueError(f"{op}: unknown `method` {method!r}; use one of {', '.join(map(repr, METHODS))}.")
     geom = _shapes.geometry(op, x.shape[1:-1], w.shape[:-2], stride, padding, dilation)
     table = None if connections is None else _connection_table(op, connections, w.shape[-2:])
-    plan = auto_plan(geom, x.shape[1:-1], *w.shape[-2:]) if method == "auto" else PLANS[method]
+    if method == "auto":
+        plan = auto_plan(geom, x.shape[1:-1], x.shape[-1], w.shape[-1], groups=groups)
+    else:
+        plan = PLANS[method]
     if x.size == 0 or w.size == 0:  # an empty batch or no channels: XLA's convolutions take empty operands
         plan = PLANS["xla"]
-    return x, w, b, ConvSpec(geom, table, plan, b is not None)
+    return x, w, b, ConvSpec(geom, table, groups, plan, b is not None)
+
+
+def _groups(op, groups, c_in, c_out, connections):
+    """``groups`` as a Python int dividing both channel counts and given without a table."""
+    groups = checked_groups(op, groups, c_in, c_out)
+    if groups > 1 and connections is not None:
+        raise ValueError(
+            f"{op}: give `connections` or `groups`, not both (got groups={groups} and a connection table); "
+            f"a grouped convolution is the block-diagonal table run at 1/groups of the cost, so drop the table."
+        )
+    return groups
 
 
 def _connection_table(op, connections, expected):
@@ -323,32 +369,33 @@ def _connection_table(op, connections, expected):
 # --------------------------------------------------------------------------- references
 
 
-def conv_reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, method="auto"):
+def conv_reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, groups=1, method="auto"):
     """Autodiff reference for :func:`conv`: ``lax.conv_general_dilated``, no custom rule.
 
-    The absent connections are multiplied by zero. ``"VALID"`` and ``"SAME"`` are handed
+    The absent connections are multiplied by zero; ``groups`` is ``lax``'s
+    ``feature_group_count``. ``"VALID"`` and ``"SAME"`` are handed
     to ``lax`` as strings (so its own padding arithmetic checks :mod:`jaxcnn._shapes`).
     ``method`` is validated and otherwise ignored.
     """
-    x, w, b, spec = _validate("conv", None, x, w, b, stride, padding, dilation, connections, method)
+    x, w, b, spec = _validate("conv", None, x, w, b, stride, padding, dilation, connections, groups, method)
     return _reference(x, w, b, spec, padding)
 
 
-def conv1d_reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, method="auto"):
+def conv1d_reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, groups=1, method="auto"):
     """Autodiff reference for :func:`conv1d`."""
-    x, w, b, spec = _validate("conv1d", 1, x, w, b, stride, padding, dilation, connections, method)
+    x, w, b, spec = _validate("conv1d", 1, x, w, b, stride, padding, dilation, connections, groups, method)
     return _reference(x, w, b, spec, padding)
 
 
-def conv2d_reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, method="auto"):
+def conv2d_reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, groups=1, method="auto"):
     """Autodiff reference for :func:`conv2d`."""
-    x, w, b, spec = _validate("conv2d", 2, x, w, b, stride, padding, dilation, connections, method)
+    x, w, b, spec = _validate("conv2d", 2, x, w, b, stride, padding, dilation, connections, groups, method)
     return _reference(x, w, b, spec, padding)
 
 
-def conv3d_reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, method="auto"):
+def conv3d_reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, groups=1, method="auto"):
     """Autodiff reference for :func:`conv3d`."""
-    x, w, b, spec = _validate("conv3d", 3, x, w, b, stride, padding, dilation, connections, method)
+    x, w, b, spec = _validate("conv3d", 3, x, w, b, stride, padding, dilation, connections, groups, method)
     return _reference(x, w, b, spec, padding)
 
 
@@ -359,6 +406,7 @@ def _reference(x, w, b, spec: ConvSpec, padding):
     lax_padding = padding.upper() if isinstance(padding, str) and padding.upper() in ("VALID", "SAME") else geom.pads
     sp = {1: "W", 2: "HW", 3: "DHW"}[len(geom.window)]
     y = lax.conv_general_dilated(
-        x, w, geom.stride, lax_padding, rhs_dilation=geom.dilation, dimension_numbers=(f"N{sp}C", f"{sp}IO", f"N{sp}C")
+        x, w, geom.stride, lax_padding, rhs_dilation=geom.dilation, dimension_numbers=(f"N{sp}C", f"{sp}IO", f"N{sp}C"),
+        feature_group_count=spec.groups,
     )
     return y if b is None else y + b

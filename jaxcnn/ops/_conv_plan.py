@@ -42,11 +42,16 @@ IM2COL_1D_MAX_MACS = 16_384
 ROWS_MAX_C_IN = 4
 #: 2-D and 3-D: im2col for at most this many channel pairs ``C_in · C_out``, XLA's convolution above.
 IM2COL_MAX_PAIRS = 128
+#: Grouped (``groups > 1``), at most this many input channels per group: taps for ``y``, row
+#: blocks for ``dW``, col2im for ``dx``; XLA:CPU's grouped convolutions are slow
+#: (performance.md, "Grouped and depthwise convolution").
+GROUPED_MAX_C_IN = 8
 #: ``dx`` by col2im at stride 1 for at most this many channel pairs (strided: always col2im).
 COL2IM_MAX_PAIRS = 1024
 
 
-def auto_plan(geom: _shapes.Geometry, in_shape, c_in: int, c_out: int, backend: Optional[str] = None) -> Plan:
+def auto_plan(geom: _shapes.Geometry, in_shape, c_in: int, c_out: int, backend: Optional[str] = None, *,
+              groups: int = 1) -> Plan:
     """The formulas ``method="auto"`` picks: all exact, chosen by shape for speed.
 
     Off the CPU, XLA's own convolutions (cuDNN on GPUs). On the CPU: a window covering the
@@ -60,11 +65,21 @@ def auto_plan(geom: _shapes.Geometry, in_shape, c_in: int, c_out: int, backend: 
     them are written in XLA:CPU's canonical form, which it also runs fast inside the loop
     of :func:`jaxcnn.train.make_epoch`. The crossovers: performance.md, "auto_plan
     crossovers".
+
+    Grouped convolutions (``groups > 1``; ``c_in``, ``c_out`` count all channels) run every
+    product per group; with few input channels per group (depthwise: one) the forward is
+    the window's scaled taps, ``dW`` row blocks and ``dx`` col2im, since XLA:CPU's grouped
+    convolutions (and above all autodiff's ``batch_group_count`` weight gradient) are slow;
+    wider groups follow the dense rule for one group's channels.
     """
     if (backend or jax.default_backend()) != "cpu":
         return PLANS["xla"]
     if whole_window(geom, in_shape):
         return PLANS["im2col"]
+    if groups > 1 and c_in // groups <= GROUPED_MAX_C_IN:  # depthwise and narrow groups
+        return Plan("taps", "rows", "col2im")
+    if groups > 1:  # wide groups: the dense rule for one group's channels
+        c_in, c_out = c_in // groups, c_out // groups
     if len(geom.window) == 1:
         macs = int(np.prod(geom.out_shape)) * int(np.prod(geom.window)) * c_in * c_out  # per sample, forward
         products = "taps" if c_in <= TAPS_MAX_C_IN else "im2col" if macs < IM2COL_1D_MAX_MACS else "xla"

@@ -259,6 +259,37 @@ def _conv_connections_ignored(g, args, settings):
     return _right("conv", args, full, g, 1)
 
 
+def _dense_of_groups(args, settings):
+    """The grouped conv's operands and settings as a dense conv whose every input map feeds
+    every output map, each group's kernel repeated over all groups: ``(x, w_dense, ...), settings``."""
+    groups = settings["groups"]
+    w_dense = jnp.tile(args[1], (1,) * (args[1].ndim - 2) + (groups, 1))  # (*window, C_in, C_out)
+    return (args[0], w_dense, *args[2:]), {k: v for k, v in settings.items() if k != "groups"}
+
+
+def _conv_groups_mixed_dx(g, args, settings):
+    """``dx_p = Σ_q δ_q *full w_qp`` over every output map q, not only p's group's."""
+    return _right("conv", *_dense_of_groups(args, settings), g, 0)
+
+
+def _conv_groups_dw_first_block(g, args, settings):
+    """``dW`` computed densely and cut to the first ``C_in / g`` input maps for every group,
+    not each group's own block ``dW[..., j·C_in/g + p, j·C_out/g + q]``."""
+    dense_args, dense = _dense_of_groups(args, settings)
+    return _right("conv", dense_args, dense, g, 1)[..., : args[1].shape[-2], :]
+
+
+def _grouped(sample: Sample) -> bool:
+    return sample.settings.get("groups", 1) > 1
+
+
+def _conv_transpose_output_padding_ignored(g, args, settings):
+    """``dx`` as if the output had no ``output_padding``: δ's last ``a`` positions per axis dropped."""
+    extra = _shapes.spatial_tuple("mutant", "output_padding", settings["output_padding"], g.ndim - 2, minimum=0)
+    cropped = g[(slice(None), *(slice(0, n - a) for n, a in zip(g.shape[1:-1], extra)), slice(None))]
+    return _right("conv_transpose", args, {**settings, "output_padding": 0}, cropped, 0)
+
+
 # --------------------------------------------------------------------------- the mistakes: pooling
 
 
@@ -500,6 +531,15 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in [
            _setting(lambda s: s.get("connections") is not None and not np.all(s["connections"]))),
     Mutant("conv.bias_not_summed_over_batch", "conv", "b", "db averaged over the batch instead of summed",
            _bias_mean_over_batch, _both(_has(2), _batch_gt_1)),
+    Mutant("conv.groups_mixed_dx", "conv", "x", "grouped dx summed over every output map, all groups mixed",
+           _conv_groups_mixed_dx, _grouped),
+    Mutant("conv.groups_dw_first_block", "conv", "w",
+           "grouped dW computed densely, every group given the first group's block of input maps",
+           _conv_groups_dw_first_block, _grouped),
+    Mutant("conv_transpose.output_padding_ignored", "conv_transpose", "x",
+           "dx as if output_padding were 0: δ at the extra output positions dropped",
+           _conv_transpose_output_padding_ignored,
+           _setting(lambda s: np.max(s.get("output_padding", 0)) > 0)),
     Mutant("conv_transpose.no_kernel_flip", "conv_transpose", "x", "dx correlates δ with w, not with flip(w)",
            lambda g, a, s: _right("conv_transpose", (a[0], _flip(a[1]), *a[2:]), s, g, 0), _window_gt_1),
     Mutant("conv_transpose.dw_flipped", "conv_transpose", "w", "dW left flipped",

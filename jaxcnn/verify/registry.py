@@ -288,6 +288,19 @@ def _conv(rng):
                label="2-D im2col dilation 2 SAME with a table"),
         Sample((_normal(rng, 1, 5, 5, 2), _normal(rng, 2, 2, 2, 2)), {"stride": 3, "padding": 3, "method": "im2col"},
                label="2-D im2col k2 s3 padding 3 > kernel"),
+        Sample((_normal(rng, 2, 6, 5, 3), _normal(rng, 3, 3, 1, 3), _normal(rng, 3)), {"padding": "SAME", "groups": 3},
+               label="2-D depthwise (groups = C_in = 3) SAME, odd sizes"),
+        Sample((_normal(rng, 2, 9, 2), _normal(rng, 3, 1, 4), _normal(rng, 4)),
+               {"stride": 2, "padding": 1, "groups": 2}, label="1-D depthwise, channel multiplier 2, s2 p1"),
+        Sample((_normal(rng, 2, 8, 7, 4), _normal(rng, 2, 3, 2, 6), _normal(rng, 6)),
+               {"stride": 2, "padding": ((1, 2), (0, 1)), "dilation": (2, 1), "groups": 2},
+               label="2-D groups 2 (4 → 6) s2 dilation (2, 1) explicit pads"),
+        *(
+            Sample((_normal(rng, 1, 6, 5, 4), _normal(rng, 3, 3, 2, 4), _normal(rng, 4)),
+                   {"stride": 2, "padding": 1, "groups": 2, "method": method},
+                   label=f"2-D groups 2 k3 s2 p1, method={method}")
+            for method in CONV_METHODS
+        ),
     ]
 
 
@@ -321,6 +334,8 @@ def _max_pool(rng):
                label="2-D 2x2/2 ceil_mode, odd size (a window past the input)"),
         Sample((distinct(rng, 2, 8, 3),), {"window": 3, "stride": 2, "padding": 1, "dilation": 2, "ceil_mode": True},
                label="1-D 3/2 p1 dilation 2 ceil_mode"),
+        Sample((distinct(rng, 2, 7, 6, 2),), {"window": 3, "stride": 2, "padding": 1, "return_indices": True},
+               label="2-D 3x3/2 p1 overlapping, return_indices (flat arg-max indices out too)"),
     ]
 
 
@@ -367,6 +382,15 @@ def _conv_transpose(rng):
         Sample((_normal(rng, 1, 2, 3, 2, 2), _normal(rng, 2, 2, 2, 2, 2)),
                {"stride": (1, 2, 2), "padding": ((1, 0), (0, 1), (1, 1))},
                label="3-D k2 s(1,2,2) explicit pads"),
+        Sample((_normal(rng, 2, 4, 5, 4), _normal(rng, 3, 3, 2, 6), _normal(rng, 6)),
+               {"stride": 2, "padding": 1, "output_padding": 1, "groups": 2},
+               label="2-D k3 s2 p1 output_padding 1, groups 2 (PyTorch's ×2 upsampling)"),
+        Sample((_normal(rng, 2, 4, 4), _normal(rng, 3, 1, 8), _normal(rng, 8)),
+               {"stride": 3, "padding": 2, "dilation": 2, "output_padding": 2, "groups": 4},
+               label="1-D depthwise ×2, k3 dilation 2 s3 p2 output_padding 2"),
+        Sample((_normal(rng, 1, 3, 4, 2), _normal(rng, 2, 2, 2, 3)),
+               {"stride": 1, "dilation": (2, 3), "output_padding": (1, 0), "padding": "SAME"},
+               label="2-D stride 1 dilation (2, 3) output_padding (1, 0) < dilation, SAME"),
     ]
 
 
