@@ -36,6 +36,7 @@ import optax
 
 from _timing import (block, blocked_medians, interleaved_times, machine_line, markdown_table, paired_ratio,
                      residual_bytes, write_json)
+import bench
 import jaxcnn.ops
 import jaxcnn.reference
 from jaxcnn import models, nn, train
@@ -210,7 +211,8 @@ def _torch_cnn1d(channels: int, length: int = 40):
 
 
 def _lenet5_peers(activation, pool, table):
-    return dict(flax=lambda: _flax_lenet5(activation, pool, table), torch=lambda: _torch_lenet5(activation, pool, table))
+    return dict(flax=lambda: _flax_lenet5(activation, pool, table),
+                torch=lambda: _torch_lenet5(activation, pool, table))
 
 
 def _cnn1d_peers(channels):
@@ -223,7 +225,8 @@ NETWORKS = [
     NetCase("LeNet-5 (zoo: tanh, mean pool, C3 table)", 32, (32, 32, 1), models.lenet5),
     NetCase("LeNet-5 ReLU, mean pool, C3 table", 128, (32, 32, 1),
             lambda ops=None: models.lenet5(activation="relu", ops=ops), **_lenet5_peers("relu", "mean", True)),
-    NetCase("LeNet-5 ReLU, max pool, full C3", 128, (32, 32, 1), lenet5_relu_max, **_lenet5_peers("relu", "max", False)),
+    NetCase("LeNet-5 ReLU, max pool, full C3", 128, (32, 32, 1), lenet5_relu_max,
+            **_lenet5_peers("relu", "max", False)),
     NetCase("LeNet-5 ReLU, max pool, full C3", 256, (32, 32, 1), lenet5_relu_max),
     NetCase("MNIST-1D CNN (zoo, 25 maps)", 100, (40, 1), models.mnist1d_cnn, **_cnn1d_peers(25)),
     NetCase("1-D CNN, 8 maps", 256, (40, 1), cnn1d(8), **_cnn1d_peers(8)),
@@ -303,25 +306,13 @@ def flax_run(case: NetCase) -> Optional[Callable[[], object]]:
 def torch_run(case: NetCase) -> Optional[Callable[[], object]]:
     try:
         import torch
-        import torch.nn.functional as F
     except ImportError:
         return None
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     model = case.torch()
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-    x, y = _batch(case)
-    x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))  # PyTorch's native NCHW / NCW
-    y = torch.from_numpy(y.astype(np.int64))
-
-    def run():
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    return run
+    return bench.torch_run(model, opt, *_batch(case))
 
 
 def run_network(case: NetCase, repeats: int, warmup: int, peers: bool = True) -> dict:
