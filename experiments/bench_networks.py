@@ -388,6 +388,11 @@ def _commit() -> str:
         return "unknown"
 
 
+def _write_table(path: str, header: str, results: list[dict]) -> None:
+    with open(path, "w") as f:
+        f.write(f"# Train steps per network (`experiments/bench_networks.py`)\n\n{header}\n\n{networks_table(results)}\n")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny shapes and batches, one round (smoke test)")
@@ -408,6 +413,8 @@ def main(argv=None) -> None:
     for case in cases:
         results.append(run_network(case, repeats, warmup, peers=not args.no_peers))
         r = results[-1]
+        if args.out:  # after every network, so that an interrupted run keeps what it measured
+            _write_table(args.out, header, results)
         print(f"  {r['network']}, batch {r['batch']}: " + (
             f"skipped ({r['skipped'].splitlines()[0]})" if "skipped" in r else
             f"ops/reference {r['ratio']:.3f} ({r['ratio_95'][0]:.3f}–{r['ratio_95'][1]:.3f}), "
@@ -421,8 +428,7 @@ def main(argv=None) -> None:
         print(f"\nnoise floor (reference against its own copy): {min(floors):.3f}–{max(floors):.3f}; "
               f"worst ops/reference: {max(r['ratio'] for r in done):.3f}")
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(f"# Train steps per network (`experiments/bench_networks.py`)\n\n{header}\n\n{table}\n")
+        _write_table(args.out, header, results)
     write_json(args.json, repeats, results)
 
 
