@@ -390,7 +390,8 @@ def _commit() -> str:
 
 def _write_table(path: str, header: str, results: list[dict]) -> None:
     with open(path, "w") as f:
-        f.write(f"# Train steps per network (`experiments/bench_networks.py`)\n\n{header}\n\n{networks_table(results)}\n")
+        f.write("# Train steps per network (`experiments/bench_networks.py`)\n\n")
+        f.write(f"{header}\n\n{networks_table(results)}\n")
 
 
 def main(argv=None) -> None:
