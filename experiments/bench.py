@@ -391,7 +391,14 @@ def torch_step(net: Network, batch: int) -> Optional[Callable[[], object]]:
     model = Model()
     opt = (torch.optim.Adam(model.parameters(), lr=net.torch_lr) if net.torch_adam
            else torch.optim.SGD(model.parameters(), lr=net.torch_lr, momentum=0.9))
-    x, y = _batch(net, batch)
+    return torch_run(model, opt, *_batch(net, batch))
+
+
+def torch_run(model, opt, x, y) -> Callable[[], float]:
+    """One PyTorch step of ``opt`` on ``model`` per call, for channels-last ``x`` and integer labels ``y``."""
+    import torch
+    import torch.nn.functional as F
+
     x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))  # PyTorch's native NCHW / NCW
     y = torch.from_numpy(y.astype(np.int64))
 

@@ -24,11 +24,14 @@ import jax.numpy as jnp
 from jax.profiler import ProfileData
 
 import bench
+import bench_networks
 import jaxcnn.ops
 import jaxcnn.reference
 from _timing import block, markdown_table
 
-NETWORKS = {"lenet5": bench.NETWORKS[0], "mnist1d": bench.NETWORKS[1]}
+NETWORKS = {"lenet5": bench.NETWORKS[0], "mnist1d": bench.NETWORKS[1],
+            # bench_networks.py's suite, by the first word of its name in lower case
+            **{c.name.split()[0].lower().rstrip(","): c for c in reversed(bench_networks.NETWORKS)}}
 BACKENDS = {"ops": jaxcnn.ops, "reference": jaxcnn.reference}
 _RUNTIME = re.compile(r"ThunkExecutor|SlinkyThreadPool|Await|Execute|wait for")  # scheduling, not kernels
 
@@ -38,8 +41,11 @@ def kernel_times(network: str = "lenet5", backend: str = "ops", steps: int = 20,
     """``(kernel, µs per step, result type)`` for every XLA kernel of the step, slowest first."""
     net = NETWORKS[network]
     batch = batch or net.batch
-    step, state = bench._jaxcnn_training(net, BACKENDS[backend], batch)
-    x, y = map(jnp.asarray, bench._batch(net, batch))
+    if isinstance(net, bench_networks.NetCase):
+        step, state, (x, y), _ = bench_networks.jaxcnn_step(net._replace(batch=batch), BACKENDS[backend])
+    else:
+        step, state = bench._jaxcnn_training(net, BACKENDS[backend], batch)
+        x, y = map(jnp.asarray, bench._batch(net, batch))
     step = jax.jit(step, donate_argnums=0)
     compiled_text = step.lower(state, (x, y)).compile().as_text()
     if hlo_path:

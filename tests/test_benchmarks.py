@@ -33,3 +33,18 @@ def test_profile_step_prints_the_kernels_of_a_step(tmp_path):
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "kernel" not in line]
     assert len(rows) == 5  # every kernel name printed is one the compiled HLO defines
     assert all(f"%{row.split(' | ')[0][2:]} = " in hlo.read_text() for row in rows)
+
+
+def test_bench_networks_quick_mode(tmp_path):
+    out, table = tmp_path / "result.json", tmp_path / "table.md"
+    proc = subprocess.run([sys.executable, "bench_networks.py", "--quick", "--cases", "1-D", "--cases", "MobileNet",
+                           "--json", str(out), "--out", str(table)], cwd=EXPERIMENTS, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "ops / reference (95%)" in table.read_text() and "noise floor" in proc.stdout
+    (cnn, mobilenet) = json.loads(out.read_text())["results"]
+    assert cnn["ms"]["ops"] > 0 and cnn["ms"]["reference"] > 0 and cnn["ms"]["reference again"] > 0
+    assert cnn["memory"]["ops"]["temp"] >= 0 and cnn["residual_bytes"]["ops"] > 0
+    assert set(cnn["peers_ms"]) <= {"ops", "Flax linen", "PyTorch CPU"} and "ops" in cnn["peers_ms"]
+    # the depthwise-separable stack runs once conv takes groups=, and says why it is skipped until then
+    assert "ms" in mobilenet or "groups" in mobilenet["skipped"]

@@ -466,7 +466,10 @@ AUTO_CASES = [  # (x_shape, w_shape, settings, the plan auto picks on the CPU)
     ((3, 5, 5, 16), (5, 5, 16, 12), {}, ("im2col", "im2col", "col2im")),  # C5: the window is the input
     ((2, 9, 9, 6), (5, 5, 6, 16), dict(connections=ops.LENET5_C3_TABLE), ("im2col", "im2col", "col2im")),  # C3
     ((2, 9, 9, 24), (3, 3, 24, 48), dict(padding="SAME"), ("xla", "xla", "xla")),  # many channels
-    ((2, 9, 9, 24), (3, 3, 24, 48), dict(stride=2, padding="SAME"), ("xla", "xla", "col2im")),  # strided δ
+    ((2, 9, 9, 24), (3, 3, 24, 48), dict(stride=2, padding="SAME"), ("xla", "xla", "xla")),  # strided δ, 2-D
+    ((2, 8, 8, 16), (3, 3, 16, 16), dict(padding=1), ("xla", "xla", "xla")),  # ResNet's 16 → 16
+    ((2, 6, 6, 12), (1, 1, 12, 20), {}, ("im2col", "im2col", "col2im")),  # pointwise: one matrix product
+    ((2, 7, 7, 12), (1, 1, 12, 20), dict(stride=2), ("im2col", "im2col", "col2im")),  # strided pointwise
     ((4, 19, 25), (3, 25, 25), dict(stride=2, padding=1), ("xla", "xla", "col2im")),  # MNIST-1D conv2
     ((4, 9, 25), (3, 25, 25), dict(stride=2, padding=1), ("im2col", "im2col", "col2im")),  # conv3: a small sample
     ((4, 40, 1), (5, 1, 25), dict(stride=2, padding=1), ("taps", "taps", "col2im")),  # MNIST-1D conv1
@@ -475,7 +478,8 @@ AUTO_CASES = [  # (x_shape, w_shape, settings, the plan auto picks on the CPU)
 
 
 @pytest.mark.parametrize("x_shape,w_shape,settings,plan", AUTO_CASES,
-                         ids=["c1", "rgb-wide", "c5", "c3", "wide", "wide-s2", "1d", "1d-small", "1d-one-input",
+                         ids=["c1", "rgb-wide", "c5", "c3", "wide", "wide-s2", "resnet", "pointwise", "pointwise-s2",
+                              "1d", "1d-small", "1d-one-input",
                               "1d-wide"])
 def test_auto_plan_picks_per_shape_and_stays_exact(rng, x_shape, w_shape, settings, plan):
     geom = _shapes.geometry("conv", x_shape[1:-1], w_shape[:-2], settings.get("stride", 1),

@@ -46,7 +46,7 @@ IM2COL_MAX_PAIRS = 128
 #: blocks for ``dW``, col2im for ``dx``; XLA:CPU's grouped convolutions are slow
 #: (performance.md, "Grouped and depthwise convolution").
 GROUPED_MAX_C_IN = 8
-#: ``dx`` by col2im at stride 1 for at most this many channel pairs (strided: always col2im).
+#: 1-D: ``dx`` by col2im at stride 1 for at most this many channel pairs (strided: always col2im).
 COL2IM_MAX_PAIRS = 1024
 
 
@@ -59,9 +59,12 @@ def auto_plan(geom: _shapes.Geometry, in_shape, c_in: int, c_out: int, backend: 
     (LeNet-5's C1, RGB images) use row blocks for ``y`` and ``dW``, whose column matrix the
     two share inside one jitted step; few channel pairs (C3's 6 × 16) use im2col, shared
     the same way. 1-D convolutions use taps for few input channels, im2col while a
-    sample's forward is small, and XLA's convolutions above. ``dx`` overlap-adds ``δ Wᵀ``
-    (col2im) where XLA's transposed convolution would multiply the zeros of a strided δ or
-    the channels are too few to vectorise. Elsewhere XLA's own convolutions win. All of
+    sample's forward is small, and XLA's convolutions above. A 1 × 1 window without padding
+    (a pointwise convolution) is one matrix product per product, im2col and col2im. ``dx``
+    overlap-adds ``δ Wᵀ`` (col2im) in 1-D where XLA's transposed convolution would multiply
+    the zeros of a strided δ or the channels are few; in 2-D and 3-D only where the
+    channels are too few to vectorise (the ``K``-times larger ``δ Wᵀ`` costs more than the
+    zeros there). Elsewhere XLA's own convolutions win. All of
     them are written in XLA:CPU's canonical form, which it also runs fast inside the loop
     of :func:`jaxcnn.train.make_epoch`. The crossovers: performance.md, "auto_plan
     crossovers".
@@ -74,7 +77,7 @@ def auto_plan(geom: _shapes.Geometry, in_shape, c_in: int, c_out: int, backend: 
     """
     if (backend or jax.default_backend()) != "cpu":
         return PLANS["xla"]
-    if whole_window(geom, in_shape):
+    if whole_window(geom, in_shape) or _pointwise(geom):
         return PLANS["im2col"]
     if groups > 1 and c_in // groups <= GROUPED_MAX_C_IN:  # depthwise and narrow groups
         return Plan("taps", "rows", "col2im")
@@ -83,10 +86,14 @@ def auto_plan(geom: _shapes.Geometry, in_shape, c_in: int, c_out: int, backend: 
     if len(geom.window) == 1:
         macs = int(np.prod(geom.out_shape)) * int(np.prod(geom.window)) * c_in * c_out  # per sample, forward
         products = "taps" if c_in <= TAPS_MAX_C_IN else "im2col" if macs < IM2COL_1D_MAX_MACS else "xla"
+        col2im = max(geom.stride) > 1 or c_in * c_out <= COL2IM_MAX_PAIRS
     else:
-        products = "rows" if c_in <= ROWS_MAX_C_IN else "im2col" if c_in * c_out <= IM2COL_MAX_PAIRS else "xla"
-    return Plan(
-        forward=products,
-        weight=products,
-        input="col2im" if max(geom.stride) > 1 or c_in * c_out <= COL2IM_MAX_PAIRS else "xla",
-    )
+        few = c_in <= ROWS_MAX_C_IN
+        products = "rows" if few else "im2col" if c_in * c_out <= IM2COL_MAX_PAIRS else "xla"
+        col2im = few or c_in * c_out <= IM2COL_MAX_PAIRS
+    return Plan(forward=products, weight=products, input="col2im" if col2im else "xla")
+
+
+def _pointwise(geom: _shapes.Geometry) -> bool:
+    """A 1 × 1 window without padding: the column matrix is ``x`` (strided), ``y = x W``."""
+    return all(k == 1 for k in geom.window) and all(p == (0, 0) for p in geom.pads)
