@@ -13,10 +13,12 @@ README "Benchmark"): ResNet18 with augmentation 0.949, DenseNet-BC 768K 0.954, M
 The target here is at least 0.93 for ResNet-20 with batch norm on a short schedule.
 
 Recipe (ResNets): SGD with Nesterov momentum 0.9, batch 128, a one-cycle learning rate
-(cosine warm-up from 0.01 to 0.1 over the first 30% of the steps, cosine decay to 1e-5),
+(cosine warm-up from 0.01 to 0.1 over the first 30% of the steps, cosine decay to 1e-5;
+peak 0.02 without normalisation, which diverges at 0.1),
 weight decay 5e-4 on the conv and dense weights (the L2 penalty of `train.fit`), He
-initialisation, no augmentation; images scaled to [0, 1]. Batch norm's running statistics
-(momentum 0.9) are used for every test evaluation.
+initialisation (Fixup's for the unnormalised network, see `resnet20`), no augmentation;
+images scaled to [0, 1]. Batch norm's running statistics (momentum 0.9) are used for every
+test evaluation.
 
     python experiments/modern_cnn.py [--quick] [--only NAME ...] [--epochs N] [--data-dir DIR] [--out DIR] [--work DIR]
 
@@ -50,6 +52,9 @@ NETWORKS = {
 }
 EPOCHS = {"resnet": 6, "lenet5": 15}
 BATCH, MOMENTUM, PEAK_LR, WEIGHT_DECAY = 128, 0.9, 0.1, 5e-4
+#: Without normalisation the network diverges at the others' peak (a run at 0.1 collapsed to a
+#: constant output when the warm-up passed ~0.07, at step ~270): a fifth of it.
+PEAK_LR_UNNORMALISED = 0.02
 LENET_LR = 0.05
 TARGET = 0.93
 REFERENCES = [("ResNet18 (benchmark, augmented): 0.949", 0.949), ("GoogLeNet (benchmark): 0.937", 0.937)]
@@ -61,6 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", help="output folder (default experiments/results; a temporary folder with --quick)")
     parser.add_argument("--work", help="checkpoints and per-network histories (default: $TMPDIR/jaxcnn-modern_cnn)")
     parser.add_argument("--only", nargs="+", choices=sorted(NETWORKS), help="train only these networks")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the report from --work without training")
     parser.add_argument("--epochs", type=int, help=f"ResNet epochs (default {EPOCHS['resnet']})")
     parser.add_argument("--data-dir", help=f"Fashion-MNIST IDX folder (default ${data.FASHION_MNIST_ENV} or "
                                            f"{data.FASHION_MNIST_DIR})")
@@ -75,10 +81,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def optimizer(recipe: str, total_steps: int) -> optax.GradientTransformation:
+def optimizer(name: str, recipe: str, total_steps: int) -> optax.GradientTransformation:
     if recipe == "lenet5":
         return optax.sgd(optax.cosine_decay_schedule(LENET_LR, total_steps), MOMENTUM)
-    schedule = optax.cosine_onecycle_schedule(total_steps, PEAK_LR, pct_start=0.3, div_factor=10,
+    peak = PEAK_LR_UNNORMALISED if name == "resnet20_none" else PEAK_LR
+    schedule = optax.cosine_onecycle_schedule(total_steps, peak, pct_start=0.3, div_factor=10,
                                               final_div_factor=1e3)
     return optax.sgd(schedule, MOMENTUM, nesterov=True)
 
@@ -92,13 +99,13 @@ def run(name: str, args, fashion: dict) -> dict:
     steps = epochs * (len(d.x_train) // batch)
     checkpoint = os.path.join(args.work, f"{name}.npz")
     model = build()
-    result = train.fit(model, d, optimizer=optimizer(recipe, steps), epochs=epochs, batch_size=batch,
+    result = train.fit(model, d, optimizer=optimizer(name, recipe, steps), epochs=epochs, batch_size=batch,
                        weight_decay=WEIGHT_DECAY if recipe == "resnet" else 0.0, seed=0, quiet=True,
                        checkpoint_path=checkpoint, resume=os.path.exists(checkpoint), step_losses=True)
     # The first epoch of a fresh run includes compilation: time per epoch is the median of the others.
     seconds = [h["seconds"] for h in result.history]
     record = {
-        "name": name, "label": label, "epochs": epochs, "batch": batch, "image": size,
+        "name": name, "label": label, "commit": args.commit, "epochs": epochs, "batch": batch, "image": size,
         "params": model.count(result.state.params),
         "state": int(sum(np.size(a) for a in jax.tree_util.tree_leaves(result.state.model_state))),
         "test_accuracy": result.test.accuracy, "test_loss": result.test.loss,
@@ -127,17 +134,20 @@ def report(args, rep: _common.Report) -> None:
     for r in records:
         best = max(h.get("test_accuracy", 0.0) for h in r["history"])
         target = ("yes" if r["test_accuracy"] >= TARGET else "no") if r["name"] == "resnet20_bn" else ""
-        rows.append([r["label"], f"{r['image']}×{r['image']}", f"{r['params']:,}", f"{r['state']:,}", str(r["epochs"]),
+        rows.append([r["label"], r.get("commit", "unknown"), f"{r['image']}×{r['image']}", f"{r['params']:,}",
+                     f"{r['state']:,}", str(r["epochs"]),
                      f"{r['test_accuracy']:.4f}", f"{best:.4f}", target, f"{r['seconds_per_epoch']:.0f} s"])
     rep.add("Seed 0; 60,000 training / 10,000 test images. Test accuracy after the last epoch (\"best\": the "
             "best epoch, for reference only — no model selection on the test set); \"state\": the non-trainable "
             "values (batch norm's running means and variances); time per epoch: the median over the epochs after "
             "the first (which compiles), training only, on a machine shared with other jobs (see the footer).")
-    rep.table(["network", "input", "parameters", "state", "epochs", "test accuracy", "best epoch", f"≥ {TARGET}",
-               "time per epoch"], rows)
+    rep.table(["network", "commit", "input", "parameters", "state", "epochs", "test accuracy", "best epoch",
+               f"≥ {TARGET}", "time per epoch"], rows)
     if missing:
         rep.add("Not trained in this run: " + ", ".join(missing) + ".")
-    rep.add(f"Code at commit {args.commit}.")
+    commits = sorted({r.get("commit", "unknown") for r in records})
+    rep.add(f"Code at commit {args.commit}." if commits in ([], [args.commit]) else
+            "Each network was trained at the commit in its row; the report was assembled at " + args.commit + ".")
     if records:
         curves = [(r["label"], np.arange(1, len(r["history"]) + 1),
                    [np.array([h["test_accuracy"] for h in r["history"]])]) for r in records]
@@ -171,6 +181,8 @@ def main(argv=None) -> None:
     args.commit = _commit()  # at the start: the tree may change during a long run
     rep = _common.Report(args.out, "modern_cnn",
                          "ResNet-20 (batch norm, group norm, none) and LeNet-5 on Fashion-MNIST")
+    if args.report_only:
+        return report(args, rep)
     names = args.only or list(NETWORKS)
     sizes = {NETWORKS[n][2] for n in names}
     fashion = {s: _common.fashion_mnist_or_exit(args.data_dir, s, limit=256 if args.quick else None) for s in sizes}
