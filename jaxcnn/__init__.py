@@ -32,4 +32,4 @@ def __dir__():
     return sorted([*globals(), *_LAZY])
 
 
-__all__ = ["ops", "reference", "verify", *_LAZY, "__version__"]
+__all__ = [*_LAZY, "__version__"]

@@ -134,3 +134,32 @@ def test_module_errors_are_one_line_and_exit_2(at_root, tmp_path, monkeypatch, c
             cli.main(argv)
         err = capsys.readouterr().err.strip()
         assert e.value.code == 2 and err.startswith("jaxcnn: error:") and message in err and "\n" not in err
+
+
+def test_progress_lines_failures_as_they_happen_and_a_table_within_100_columns():
+    import dataclasses
+    import io
+
+    from jaxcnn.verify import mutants
+
+    good = suite.check_sample("relu", 0, "float64", "eager")
+    wrong = mutants.MUTANTS["sigmoid.derivative_from_input"].build()
+    bad = suite.check_sample("sigmoid", 0, "float64", "eager", op=wrong)
+    long = dataclasses.replace(bad, op="optax.softmax_cross_entropy_with_integer_labels", dtype="bfloat16",
+                               transform="jvp finite differences")
+    records = [good, bad, long]
+    for live in (True, False):
+        stream = io.StringIO()
+        progress = suite.Progress(stream, live=live)
+        progress.start(3, 2, " (3 ops)")
+        for record in records:
+            progress(record)
+        progress.finish()
+        out = stream.getvalue()
+        assert out.startswith("3 checks (3 ops) on 2 workers\n")
+        assert "FAILED sigmoid #0 ((4, 5)) [float64, eager]: rule wrong\n" in out
+        assert ("\r[1/3] 0 failed" in out) == live and ("\n[3/3] 2 failed" in out) == (not live)
+    table = suite.format_table(records)
+    assert max(len(line) for line in table.splitlines()) <= 100
+    assert "optax.softmax_cross_e…" in table and "2 FAILED" not in table and "1 FAILED" in table
+    assert f"{good.worst()[0]:.1e} f64 eager" in table and "jvp-fd = jvp finite differences" in table
