@@ -205,6 +205,20 @@ def kink_conventions() -> list[tuple]:
     return rows
 
 
+def findings(failed: list) -> list[str]:
+    """One line per failed check, read through its float64 diagnosis."""
+    lines = []
+    for r in failed:
+        where = f"`{r.op}` #{r.index} {r.sample}, {r.dtype}, {r.transform}"
+        if r.verdict == "agree":
+            lines.append(f"{where}: outside the {r.dtype} tolerance, but in float64 the rule, autodiff of the "
+                         f"reference and finite differences agree: the function and its reference round "
+                         f"differently in {r.dtype} (two formulas of the same value), no derivative is wrong.")
+        else:
+            lines.append(f"{where}: verdict **{r.verdict or 'none'}**.")
+    return lines
+
+
 def main(argv=None) -> None:
     args = parse_args("Certify jax.nn's custom derivatives and optax's losses with jaxcnn verify.", argv)
     suite.use_compilation_cache()
@@ -232,7 +246,8 @@ def main(argv=None) -> None:
                + "; ".join(f"`{n}` {k}" for n, k in kinds) + ".")
     report.add("## Results\n\n```\n" + suite.format_table(records) + "\n```")
     if failed:
-        report.add("### Failures\n\n```\n" + suite.format_failures(records) + "\n```")
+        report.add("### Findings\n\n" + "\n".join(f"- {line}" for line in findings(failed)))
+        report.add("### Failures in full\n\n```\n" + suite.format_failures(records) + "\n```")
     report.add(
         "## Conventions at the kinks\n\n"
         "At a kink there is no derivative to certify, only a choice. Samples avoid the kinks, so the table above "
