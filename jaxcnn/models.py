@@ -232,7 +232,12 @@ def resnet20(num_classes: int = 10, *, norm: str = "batch", groups: int = 8,
     Args:
       norm: ``"batch"`` (the paper: batch norm after every convolution, the convolutions
         without bias), ``"group"`` (group norm with ``groups`` groups, Wu & He) or
-        ``"none"`` (convolutions with bias, no normalisation).
+        ``"none"`` (convolutions with bias, no normalisation, initialised as Fixup's rules
+        prescribe, Zhang, Dauphin & Ma 2019: each residual branch's last convolution starts at
+        zero and its first is He's scaled by ``9^(-1/2)`` for the nine branches, so the signal
+        does not grow with depth at initialisation — with He's initialisation alone the
+        unnormalised network's logits start ~10× too large and the `modern_cnn` recipe's training
+        collapses to a constant output).
       groups: group norm's number of groups (it must divide 16).
 
     Raises:
@@ -245,15 +250,19 @@ def resnet20(num_classes: int = 10, *, norm: str = "batch", groups: int = 8,
                          f"got {groups!r}.")
     L = nn.bind(ops)
 
-    def conv(features, stride=1):
-        return L.Conv(features, (3, 3), stride=stride, padding=1, use_bias=norm == "none",
-                      w_init=nn.initializers.he_normal())
+    def conv(features, stride=1, w_init=nn.initializers.he_normal()):
+        return L.Conv(features, (3, 3), stride=stride, padding=1, use_bias=norm == "none", w_init=w_init)
+
+    # Fixup (see `norm`): only without normalisation, which otherwise keeps the signal's scale.
+    first, last = ((nn.initializers.variance_scaling(2.0 / 9, "fan_in", "normal"), nn.initializers.zeros())
+                   if norm == "none" else (nn.initializers.he_normal(), nn.initializers.he_normal()))
 
     def normalise():
         return {"batch": [L.BatchNorm()], "group": [L.GroupNorm(groups)], "none": []}[norm]
 
     def block(features, stride=1, c_in=None):
-        body = L.serial(conv(features, stride), *normalise(), L.Relu(), conv(features), *normalise(),
+        body = L.serial(conv(features, stride, first), *normalise(), L.Relu(), conv(features, w_init=last),
+                        *normalise(),
                         name=f"block({features})")
         if stride == 1:
             return L.serial(L.residual(body), L.Relu(), name=f"basic_block({features})")

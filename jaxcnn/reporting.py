@@ -32,9 +32,53 @@ def _save(fig, path: str, dpi: int) -> str:
     return path
 
 
-def save_metrics(directory: str, result: FitResult, config: dict) -> str:
-    """Writes ``metrics.json`` (history, final test loss/accuracy/SSE, confusion, config),
-    atomically like a checkpoint: a reader sees the previous file or the new one, never half of one."""
+def package_version(name: str = "jaxcnn") -> str:
+    """The installed version of package ``name`` (``importlib.metadata``); for jaxcnn run
+    from a source tree without installing it, ``jaxcnn.__version__``."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        if name != "jaxcnn":
+            raise
+        import jaxcnn
+
+        return jaxcnn.__version__
+
+
+def environment() -> dict:
+    """What a run's figures depend on besides its settings: the library versions and the devices."""
+    import platform
+
+    import jax
+
+    devices = jax.devices()
+    return {
+        "versions": {**{name: package_version(name) for name in ("jaxcnn", "jax", "jaxlib", "optax", "numpy")},
+                     "python": platform.python_version()},
+        "device": {"platform": devices[0].platform, "kind": devices[0].device_kind, "count": len(devices),
+                   "processes": jax.process_count()},
+    }
+
+
+def best_epoch(history: Sequence[dict]) -> Optional[dict]:
+    """The evaluated epoch with the highest test accuracy (the first of equals): ``epoch``,
+    ``step``, ``test_accuracy``, ``test_loss``; None if no epoch was evaluated. Chosen on
+    the test set, so an optimistic figure beside the final one, not a held-out score."""
+    evaluated = [h for h in history if "test_accuracy" in h]
+    if not evaluated:
+        return None
+    best = max(evaluated, key=lambda h: h["test_accuracy"])  # max keeps the first of equals
+    return {k: best[k] for k in ("epoch", "step", "test_accuracy", "test_loss")}
+
+
+def save_metrics(directory: str, result: FitResult, config: dict, *, wall_seconds: Optional[float] = None) -> str:
+    """Writes ``metrics.json``: the history, the final test loss/accuracy/SSE and confusion, the
+    best epoch (:func:`best_epoch`), the config, the training time (the epochs' ``seconds``)
+    and ``wall_seconds`` (the whole run, when given), the library versions and the devices
+    (:func:`environment`). Written atomically like a checkpoint: a reader sees the previous
+    file or the new one, never half of one."""
     from jaxcnn import checkpoint
 
     path = os.path.join(directory, "metrics.json")
@@ -45,6 +89,10 @@ def save_metrics(directory: str, result: FitResult, config: dict) -> str:
         "test_accuracy": result.test.accuracy,
         "test_sse": result.test.sse,
         "confusion": result.test.confusion.tolist(),
+        "best": best_epoch(result.history),
+        "train_seconds": sum(h.get("seconds", 0.0) for h in result.history),
+        "wall_seconds": wall_seconds,
+        **environment(),
     }, indent=1)
     checkpoint.write_atomically(path, lambda f: f.write(text.encode()))
     return path

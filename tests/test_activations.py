@@ -11,16 +11,25 @@ from jaxcnn.verify.registry import away_from_zero
 
 
 @pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh"])
-@pytest.mark.parametrize("shape", [(7,), (3, 4), (2, 3, 4)])
+@pytest.mark.parametrize("shape", [(7,), (2, 3, 4)])  # rank 2 is in the low-precision and kink tests below
 def test_elementwise_gradients_all_transforms(rng, name, shape):
     x = jnp.asarray(away_from_zero(rng, *shape, low=0.05, high=3.0))
     opcheck.assert_all(name, x)
 
 
-@pytest.mark.parametrize("axis", [-1, 0, 1])
+@pytest.mark.parametrize("axis", [-1, 0])
 def test_softmax_gradients_all_transforms(rng, axis):
     x = jnp.asarray(rng.normal(size=(3, 5)) * 2)
     opcheck.assert_all("softmax", x, axis=axis)
+
+
+def test_softmax_axis_1_of_a_matrix_is_the_program_of_axis_minus_1(rng):
+    """So the check above of axis=-1 covers it, without compiling it all again."""
+    x, g = jnp.asarray(rng.normal(size=(3, 5))), jnp.asarray(rng.normal(size=(3, 5)))
+    for module in (ops, reference):
+        programs = [str(jax.make_jaxpr(lambda x, g: jax.vjp(lambda v: module.softmax(v, axis=axis), x)[1](g))(x, g))
+                    for axis in (1, -1)]
+        assert programs[0] == programs[1]
 
 
 @pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh", "softmax"])

@@ -1,12 +1,17 @@
 import json
 import os
+import re
 import subprocess
 import sys
+import tomllib
+from importlib import metadata
+from pathlib import Path
 
 import jax
 import pytest
 
-from jaxcnn import cli, ops
+import jaxcnn
+from jaxcnn import cli, ops, reporting
 from jaxcnn.verify.registry import REGISTRY
 
 
@@ -79,3 +84,28 @@ def test_verify_checks_the_json_path_before_the_sweep(tmp_path, capsys, monkeypa
     err = capsys.readouterr().err
     assert err == (f"jaxcnn: error: {tmp_path}/file/v.json: cannot write the --json file: {tmp_path}/file is a "
                    f"file, not a folder.\n")
+
+
+def test_jaxcnn_alone_lists_its_commands_with_what_each_does_and_exits_0():
+    proc = subprocess.run([sys.executable, "-m", "jaxcnn"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert proc.stdout.startswith("usage: jaxcnn [-h] [--version] COMMAND ...")
+    for command, says in (("verify", "certify every op"), ("train", "train a zoo model"),
+                          ("launch", "start a multi-process run")):
+        assert re.search(rf"^ +{command} +{says}", proc.stdout, flags=re.M), proc.stdout
+
+
+def test_version_is_the_installed_package_version_and_the_source_tree_falls_back(capsys, monkeypatch):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"jaxcnn {metadata.version('jaxcnn')}\n"
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["version"] == jaxcnn.__version__  # one version, whichever is read
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", not_installed)
+    assert reporting.package_version() == jaxcnn.__version__
+    with pytest.raises(metadata.PackageNotFoundError):
+        reporting.package_version("optax")

@@ -1,6 +1,7 @@
 """Multi-process training on JAX's distributed runtime, for real: processes on 127.0.0.1
 joined by ``jax.distributed.initialize`` with gloo collectives, started by ``jaxcnn launch``."""
 
+import json
 import os
 import signal
 import socket
@@ -40,6 +41,25 @@ def _leaves(path: Path) -> list:
         return [f[k] for k in sorted(f.files, key=lambda k: (len(k), k)) if k != "__header__"]
 
 
+def test_jaxcnn_train_in_two_processes_reports_once_and_writes_every_output(tmp_path):
+    """The quick version of the test below, in the default suite: ``jaxcnn launch -n 2 -- train``
+    end to end, process 0 alone reporting and writing."""
+    out, cache = tmp_path / "run", tmp_path / "data"
+    data.mnist1d(cache_dir=str(cache))  # generated once, not by each process
+    proc = _launch(tmp_path, 2, [*TRAIN, "--limit", "150", "--epochs", "2", "--data-dir", str(cache),
+                                 "--out", str(out)])
+    text = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, text
+    lines = text.splitlines()
+    assert [line.split(",")[0] for line in lines if "epoch " in line and "best" not in line] == \
+        ["[0] epoch 1", "[0] epoch 2"]
+    assert sum(line.startswith("[0] mnist1d_cnn on mnist1d: test accuracy") for line in lines) == 1
+    assert sorted(os.listdir(out)) == ["checkpoint.npz", "learning_curve.png", "metrics.json"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["device"]["processes"] == 2 and metrics["device"]["count"] == 2 and len(metrics["history"]) == 2
+
+
+@pytest.mark.slow
 def test_two_processes_killed_and_resumed_train_as_one_process_with_two_devices(tmp_path):
     """The same training run twice: one process with two forced host devices, and two
     processes (one device each) on 127.0.0.1, one of them killed after the first

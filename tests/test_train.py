@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 import optax
 import pytest
@@ -264,6 +265,17 @@ def test_cli_train_writes_metrics_plot_and_checkpoint_and_resumes(tmp_path, caps
     assert "test accuracy" in printed
     metrics = json.loads(Path(out, "metrics.json").read_text())
     assert len(metrics["history"]) == 5 and 0 <= metrics["test_accuracy"] <= 1 and "test_loss" in metrics
+    best = max(metrics["history"], key=lambda h: h["test_accuracy"])
+    assert metrics["best"] == {k: best[k] for k in ("epoch", "step", "test_accuracy", "test_loss")}
+    assert (f"best epoch {best['epoch']} of 5 (chosen on the test set): test accuracy {best['test_accuracy']:.4f}"
+            in printed)
+    assert metrics["config"]["out"] == out
+    assert metrics["wall_seconds"] > metrics["train_seconds"] > 0
+    assert metrics["versions"] == {"jaxcnn": reporting.package_version(), "jax": jax.__version__,
+                                   "jaxlib": jaxlib.__version__, "optax": optax.__version__,
+                                   "numpy": np.__version__, "python": ".".join(map(str, sys.version_info[:3]))}
+    assert metrics["device"] == {"platform": jax.devices()[0].platform, "kind": jax.devices()[0].device_kind,
+                                 "count": jax.device_count(), "processes": 1}
     assert Path(out, "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli.main(["train", "--model", "seesaw_cnn", "--data", "seesaw", "--epochs", "8", "--batch-size", "1",
                      "--optimizer", "sgd", "--lr", "0.1", "--weight-decay", "0.1", "--out", out, "--quiet",
@@ -271,20 +283,51 @@ def test_cli_train_writes_metrics_plot_and_checkpoint_and_resumes(tmp_path, caps
     assert len(json.loads(Path(out, "metrics.json").read_text())["history"]) == 8
 
 
-def test_cli_trains_resnet20_with_batch_norm_on_fashion_mnist_and_resumes(tmp_path, capsys):
+def test_cli_takes_mnist1d_batches_in_stored_order_as_greydanus_recipe_and_shuffles_elsewhere(tmp_path, monkeypatch,
+                                                                                                capsys):
+    shuffles = []
+
+    def fit(*args, **kwargs):
+        shuffles.append(kwargs["shuffle"])
+        raise ValueError("stop before training")
+
+    monkeypatch.setattr(train, "fit", fit)
+    seesaw = ["--model", "seesaw_cnn", "--data", "seesaw"]
+    for i, argv in enumerate(([], ["--shuffle"], seesaw, [*seesaw, "--no-shuffle"])):
+        assert cli.main(["train", *argv, "--limit", "8", "--out", str(tmp_path / str(i))]) == 2
+    assert shuffles == [False, True, True, False]
+    assert capsys.readouterr().err.count("stop before training") == 4
+
+
+def _cli_trains_a_batch_norm_model_on_fashion_mnist_and_resumes(model, tmp_path, capsys):
     rng = np.random.default_rng(0)
     for split, n in (("train", 32), ("t10k", 16)):
         data.write_idx(str(tmp_path / f"{split}-images-idx3-ubyte.gz"), rng.integers(0, 256, (n, 28, 28), np.uint8))
         data.write_idx(str(tmp_path / f"{split}-labels-idx1-ubyte.gz"), (np.arange(n) % 10).astype(np.uint8))
     out = str(tmp_path / "run")
-    argv = ["train", "--model", "resnet20", "--data", "fashion_mnist", "--data-dir", str(tmp_path),
+    argv = ["train", "--model", model, "--data", "fashion_mnist", "--data-dir", str(tmp_path),
             "--batch-size", "16", "--optimizer", "sgd", "--lr", "0.1", "--momentum", "0.9", "--out", out, "--quiet"]
     assert cli.main([*argv, "--epochs", "1"]) == 0
-    assert "resnet20 on fashion_mnist: test accuracy" in capsys.readouterr().out
+    assert f"{model} on fashion_mnist: test accuracy" in capsys.readouterr().out
     header = checkpoint.read_header(str(Path(out, "checkpoint.npz")))
     assert any("model_state" in p and "'mean'" in p for p in header["paths"])  # batch norm's running statistics
     assert cli.main([*argv, "--epochs", "2", "--resume"]) == 0
     assert len(json.loads(Path(out, "metrics.json").read_text())["history"]) == 2
+
+
+def test_cli_trains_a_small_batch_norm_model_on_fashion_mnist_and_resumes(tmp_path, capsys, monkeypatch):
+    """The quick version of the ResNet-20 run below: the same command line path, a model that compiles in a moment."""
+    def small_bn(ops=None):
+        L = nn.bind(ops)
+        return L.serial(L.Conv(4, (3, 3), stride=2, use_bias=False), L.BatchNorm(), L.Relu(), L.Flatten(), L.Dense(10))
+
+    monkeypatch.setitem(models.ZOO, "small_bn", models.ZooEntry(small_bn, (-1, 28, 28, 1), "softmax_cross_entropy"))
+    _cli_trains_a_batch_norm_model_on_fashion_mnist_and_resumes("small_bn", tmp_path, capsys)
+
+
+@pytest.mark.slow
+def test_cli_trains_resnet20_with_batch_norm_on_fashion_mnist_and_resumes(tmp_path, capsys):
+    _cli_trains_a_batch_norm_model_on_fashion_mnist_and_resumes("resnet20", tmp_path, capsys)
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -588,6 +631,14 @@ def test_resume_refuses_other_settings_and_a_run_is_never_overwritten_silently(t
     assert checkpoint.read_header(path)["metadata"]["settings"]["batch_size"] == 8
     restarted = train.fit(_model(), d, epochs=1, batch_size=16, quiet=True, checkpoint_path=path, overwrite=True)
     assert len(restarted.history) == 1
+
+
+def test_best_epoch_is_the_first_evaluated_epoch_of_highest_test_accuracy():
+    history = [{"epoch": 1, "step": 2, "test_accuracy": 0.5, "test_loss": 1.0}, {"epoch": 2, "step": 4},
+               {"epoch": 3, "step": 6, "test_accuracy": 0.75, "test_loss": 0.75},
+               {"epoch": 4, "step": 8, "test_accuracy": 0.75, "test_loss": 0.5, "seconds": 1.0}]
+    assert reporting.best_epoch(history) == {"epoch": 3, "step": 6, "test_accuracy": 0.75, "test_loss": 0.75}
+    assert reporting.best_epoch([{"epoch": 1, "step": 2}]) is None
 
 
 def test_metrics_json_is_written_atomically(tmp_path, monkeypatch):
