@@ -7,16 +7,19 @@
   :mod:`jaxcnn.train` (the optax loop), :mod:`jaxcnn.data` (datasets),
   :mod:`jaxcnn.reporting` (metrics and plots), :mod:`jaxcnn.checkpoint`,
   :mod:`jaxcnn.distributed` (several processes and hosts), :mod:`jaxcnn.launch` (the
-  one-machine launcher): imported on first use, so that ``import jaxcnn`` stays as cheap as the ops.
+  one-machine launcher).
+
+Every submodule, the ops included, is imported on first use (``jaxcnn.ops`` or
+``from jaxcnn import ops``), so that the command line prints before JAX has loaded.
 """
 
 import importlib
 
-from jaxcnn import ops, reference, verify
-
 __version__ = "0.1.0"
 
-_LAZY = ("checkpoint", "data", "distributed", "launch", "models", "nn", "reporting", "train")
+# Even ops, reference and verify: the command line prints before JAX is imported.
+_LAZY = ("checkpoint", "data", "distributed", "launch", "models", "nn", "ops", "reference", "reporting", "train",
+         "verify")
 
 
 def __getattr__(name):
@@ -29,4 +32,4 @@ def __dir__():
     return sorted([*globals(), *_LAZY])
 
 
-__all__ = ["ops", "reference", "verify", *_LAZY, "__version__"]
+__all__ = [*_LAZY, "__version__"]

@@ -45,8 +45,12 @@ def _parser() -> argparse.ArgumentParser:
         "diagnosed (rule wrong / finite differences untrustworthy / non-smooth point) and come with "
         "a snippet that reproduces them. Exit status 1 on any failure.",
     )
-    verify.add_argument("--op", action="append", choices=sorted(REGISTRY), metavar="NAME",
-                        help="op to check (repeatable; default: all). Choices: " + ", ".join(sorted(REGISTRY)))
+    verify.add_argument("--op", action="append", metavar="NAME",
+                        help="op to check (repeatable; default: all). Choices: " + ", ".join(sorted(REGISTRY))
+                        + " (or the ops of --module)")
+    verify.add_argument("--module", metavar="PKG.MODULE",
+                        help="certify the ops registered in this importable module (a jaxcnn.verify.Registry "
+                        "named `registry`, or its only one) instead of jaxcnn's")
     verify.add_argument("--dtype", action="append", choices=DTYPES, help="dtype (repeatable; default: all)")
     verify.add_argument("--transform", action="append", choices=TRANSFORMS, metavar="NAME",
                         help="transform (repeatable; default: all). Choices: " + ", ".join(TRANSFORMS))
@@ -57,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="instead, run the mutation suite: deliberately wrong backward rules, each "
                         "of which must be caught and blamed on the right argument")
     verify.add_argument("--json", metavar="PATH", help="also write every check as JSON")
+    verify.add_argument("--no-cache", action="store_true",
+                        help="do not use JAX's persistent compilation cache (also: JAXCNN_NO_CACHE=1); by default "
+                        "compiled programs are kept in $JAXCNN_CACHE_DIR, else ~/.cache/jaxcnn/jax (XDG_CACHE_HOME)")
 
     from jaxcnn.data import DATASETS
     from jaxcnn.models import ZOO
@@ -241,8 +248,17 @@ def _verify(args) -> int:
         _write_json(args.json, [o.to_json() for o in outcomes])
         return 1 if missed else 0
 
-    records, seconds = suite.timed_run(names=args.op, dtypes=args.dtype or suite.DTYPES, quick=args.quick,
-                                       transforms=args.transform, jobs=args.jobs)
+    if not args.no_cache and not os.environ.get("JAXCNN_NO_CACHE"):
+        suite.use_compilation_cache()
+    settings = dict(names=args.op, dtypes=args.dtype or suite.DTYPES, quick=args.quick, transforms=args.transform,
+                    module=args.module)
+    units = suite.plan(**settings)
+    workers = max(1, min(args.jobs, len(units)))
+    progress = suite.Progress()
+    progress.start(sum(len(u.checks) for u in units), workers,
+                   f" ({len({u.name for u in units})} ops{', ' + args.module if args.module else ''})")
+    records, seconds = suite.timed_run(**settings, jobs=workers, units=units, progress=progress)
+    progress.finish()
     print(suite.format_table(records))
     failures = suite.format_failures(records)
     if failures:
@@ -251,6 +267,19 @@ def _verify(args) -> int:
     print(f"\n{len(records) - failed} passed, {failed} failed ({len(records)} checks in {seconds:.1f} s)")
     _write_json(args.json, suite.to_json(records))
     return 1 if failed else 0
+
+
+def _check_op_names(parser: argparse.ArgumentParser, args) -> None:
+    """``--op`` names must be in the registry certified (jaxcnn's, or that of ``--module``)."""
+    from jaxcnn.verify import suite
+
+    try:
+        registry = suite.load_registry(args.module)
+    except (ImportError, ValueError) as e:
+        parser.error(f"--module {args.module}: {e}" if isinstance(e, ImportError) else str(e))
+    unknown = [name for name in args.op or () if name not in registry]
+    if unknown:
+        parser.error(f"argument --op: invalid choice: {unknown[0]!r} (choose from {', '.join(sorted(registry))})")
 
 
 def _write_json(path: Optional[str], data) -> None:
@@ -283,11 +312,20 @@ def _interrupted(args) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the command line; returns the exit status: 0, 1 (verify found a failure), 2 (a
     user error, one line on stderr, no traceback) or 130 (interrupted with Ctrl-C)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["verify"] and not {"-h", "--help"} & set(argv):
+        print("jaxcnn verify: loading JAX and the checks ...", flush=True)  # before the slow imports
+        if os.environ.get("JAXCNN_FAST_COMPILE", "1") != "0":  # before anything compiles
+            from jaxcnn.verify import suite
+
+            suite.use_fast_compilation()
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:  # `jaxcnn` alone: what it can do, as `pip` does
         parser.print_help()
         return 0
+    if args.command == "verify" and (args.op or args.module):
+        _check_op_names(parser, args)
     try:
         if args.command == "verify":
             return _verify(args)

@@ -80,3 +80,12 @@ def test_quick_mode_defaults_to_a_temporary_folder(experiment):
     args = experiment("_common").parse_args("x", ["--quick"], seeds=3)
     assert pathlib.Path(args.out).is_dir() and "results" not in args.out and args.seeds == 3
     assert experiment("_common").parse_args("x", []).out == str(EXPERIMENTS / "results")
+
+
+def test_verify_ecosystem_quick_certifies_softplus_and_catches_the_planted_error(experiment, tmp_path):
+    experiment("verify_ecosystem").main(["--quick", "--out", str(tmp_path)])
+    report = (tmp_path / "verify_ecosystem.md").read_text()
+    assert "jax.nn.softplus" in report and "0 failed" in report and "QUICK SMOKE RUN" in report
+    planted = "| jax.nn.softplus (planted error) | #0 ((4, 5)) | float64 | jvp finite differences | rule wrong | x |"
+    assert planted in report
+    assert "| relu at 0 | jnp.maximum(x, 0) | 0.5 | 0.5 |" in report

@@ -38,8 +38,10 @@ def test_ops_exports_functions_never_modules():
 def test_import_jaxcnn_reaches_every_subpackage_lazily():
     code = (
         "import sys, jaxcnn\n"
-        "lazy = ['checkpoint', 'data', 'distributed', 'launch', 'models', 'nn', 'reporting', 'train']\n"
+        "lazy = ['checkpoint', 'data', 'distributed', 'launch', 'models', 'nn', 'ops', 'reference', 'reporting',\n"
+        "        'train', 'verify']\n"
         "assert not [m for m in lazy if 'jaxcnn.' + m in sys.modules], sorted(sys.modules)\n"
+        "assert 'jax' not in sys.modules  # the command line prints before JAX loads\n"
         "print(jaxcnn.nn.Dense.__name__, jaxcnn.models.lenet5.__name__, jaxcnn.train.fit.__name__,\n"
         "      jaxcnn.data.seesaw.__name__, jaxcnn.reporting.save_metrics.__name__,\n"
         "      jaxcnn.distributed.initialize.__name__, jaxcnn.launch.launch.__name__)\n"

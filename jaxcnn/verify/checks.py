@@ -130,11 +130,14 @@ class CheckResult:
 
     def __str__(self) -> str:
         status = "ok" if self.ok else "FAILED"
-        title = self.against if self.against == "custom_vjp contract" else f"hand VJP vs {self.against}"
+        forward_mode = "forward mode" in self.against
+        title = self.against if self.against == "custom_vjp contract" else (
+            f"{'JVP' if forward_mode else 'hand VJP'} vs {self.against}")
         lines = [f"{self.op}: {title} ({self.dtype}): {status}"]
         if self.error:
             lines.append(f"  error: {self.error}")
-        label = {"finite differences": "finite-diff", "custom_vjp contract": "expected"}.get(self.against, "autodiff")
+        label = {"finite differences": "finite-diff", "finite differences (forward mode)": "finite-diff",
+                 "custom_vjp contract": "expected"}.get(self.against, "autodiff")
         if self.forward is not None:
             lines.append("  " + self.forward.describe("reference"))
         lines.extend("  " + r.describe(label) for r in self.arguments)
@@ -297,9 +300,21 @@ def check_vjp(
     return compare_pullbacks(
         name_of(op), against, float_leaves(op, args), tolerance_for(dtype, rtol, atol), dtype,
         rule=lambda: jax.vjp(lambda *a: op(*a, **settings), *args),
-        expected=lambda: jax.vjp(lambda *a: reference(*a, **settings), *args),
+        expected=lambda: compiled_vjp(lambda *a: reference(*a, **settings), *args),
         cotangents=cotangents, seed=seed,
     )
+
+
+def compiled_vjp(fn: Callable, *args: Any) -> tuple[Any, Callable]:
+    """``(fn(*args), pullback)`` as ``jax.vjp`` gives them, each side one compiled program.
+
+    For the expected side of a comparison and for transforms whose point is not eager
+    execution: a program compiled whole replaces the dozens of per-primitive programs
+    that eager execution compiles, and the pullback's program serves every cotangent.
+    """
+    out = jax.jit(lambda a: jax.vjp(fn, *a)[0])(args)  # the output of a custom_vjp's fwd, as jax.vjp's
+    pullback = jax.jit(lambda v, a: jax.vjp(fn, *a)[1](v))
+    return out, lambda v: pullback(v, args)
 
 
 def compare_pullbacks(
@@ -414,9 +429,9 @@ def _check_numerical_x64(op, args, step, elementwise_max, directions, seed, tol,
     except Exception as e:
         return CheckResult(name_of(op), "finite differences", "float64", None, (), f"{type(e).__name__}: {e}")
     reports = []
-    for probe in probes(op, args, phi, rng, elementwise_max, directions):
+    found = list(probes(op, args, phi, rng, elementwise_max, directions))
+    for probe, (plus, minus) in zip(found, perturbed_together(found, step)):
         rule = np.asarray(as_array(cotangent_leaf(ct[probe.index], probe.path), probe.leaf), np.float64)
-        plus, minus = perturbed(probe.phi_at, probe.leaf, jnp.asarray(probe.directions), step)
         if probe.elementwise:
             reports.append(compare(probe.name, rule, ((plus - minus) / (2 * step)).reshape(probe.leaf.shape), tol))
         else:
@@ -436,7 +451,7 @@ def start_float64_probing(op: Callable, args: Sequence[Any], settings: dict, rng
         lambda a: jnp.asarray(a, jnp.float64) if _is_float(a) else jnp.asarray(a), tuple(args)
     )
     fn = lambda *a: op(*a, **settings)  # noqa: E731
-    out, pullback = jax.vjp(fn, *args)
+    out, pullback = compiled_vjp(fn, *args)
     v = random_like(rng, out)
 
     def phi(*a):
@@ -486,6 +501,20 @@ def perturbed(phi_at: Callable, leaf: jax.Array, directions: jax.Array, step: fl
     """
     f = jax.jit(lambda d: phi_at(leaf + d.reshape(leaf.shape)))
     return (jax.lax.map(f, step * directions, batch_size=64), jax.lax.map(f, -step * directions, batch_size=64))
+
+
+def perturbed_together(found: Sequence[Probe], step: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`perturbed` for every probe at once: ``(plus, minus)`` per probe, all of them
+    evaluated by one compiled program (a map over the directions of each leaf)."""
+    def evaluate(directions):
+        values = []
+        for probe, u in zip(found, directions):
+            both = jax.lax.map(lambda d, p=probe: p.phi_at(p.leaf + d.reshape(p.leaf.shape)),
+                               jnp.concatenate([step * u, -step * u]), batch_size=64)
+            values.append((both[: len(u)], both[len(u):]))
+        return values
+
+    return jax.jit(evaluate)([jnp.asarray(p.directions) for p in found]) if found else []
 
 
 def _projections(probe: Probe, rule, plus, minus, step, tol) -> ArgumentReport:

@@ -1,7 +1,8 @@
 """The ``custom_vjp`` contract: what any backward rule must satisfy, whatever its formula.
 
 :func:`check_contract` needs no reference. Through ``jax.vjp`` on the op (so it works on
-any reverse-differentiable function, ``custom_vjp`` or not) it checks that
+any reverse-differentiable function, ``custom_vjp`` or not; each side compiled whole, the
+eager execution is the ``"eager"`` transform's) it checks that
 
 * the primal call ``op(*args)`` and the ``fwd`` run by ``jax.vjp`` give the same output;
 * the pullback returns one cotangent per argument, each floating leaf with the shape
@@ -25,6 +26,7 @@ from jaxcnn.verify.checks import (
     CheckResult,
     Tolerance,
     compare,
+    compiled_vjp,
     cotangent_leaf,
     dtype_name,
     float_leaves,
@@ -74,8 +76,8 @@ def check_contract(
     against = "custom_vjp contract"
     fn = lambda *a: op(*a, **settings)  # noqa: E731
     try:
-        primal = fn(*args)
-        out, pullback = jax.vjp(fn, *args)
+        primal = jax.jit(fn)(*args)
+        out, pullback = compiled_vjp(fn, *args)
         rng = np.random.default_rng(seed)
         g1, g2 = random_like(rng, out), random_like(rng, out)
         (a, b) = LINEARITY

@@ -17,9 +17,10 @@ To register a new op (or a new option of an old one), add an :class:`OpInfo` (or
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
@@ -54,12 +55,21 @@ def _describe(arg: Any) -> str:
     return "{" + ", ".join(str(tuple(np.shape(l))) for l in leaves) + "}"
 
 
+#: How an op's derivative is defined: a ``jax.custom_vjp`` (reverse mode only), a
+#: ``jax.custom_jvp`` (forward mode; reverse mode by transposing it), or plain autodiff.
+RULES = ("custom_vjp", "custom_jvp", "autodiff")
+
+
 @dataclasses.dataclass(frozen=True)
 class OpInfo:
     """An op, its autodiff reference, and a catalogue of sample inputs.
 
     ``batched`` lists the per-example arguments (vmapped, and split over devices by the
-    sharding check); the others are shared weights or settings.
+    sharding check); the others are shared weights or settings. ``function`` and
+    ``reference_function`` default to ``jaxcnn.ops.<name>`` and
+    ``jaxcnn.reference.<name>``; a user's registry (:class:`Registry`) gives them.
+    ``rule`` is one of :data:`RULES`, or ``"auto"``: found by tracing the op
+    (:func:`rule_of`).
     """
 
     name: str
@@ -67,14 +77,136 @@ class OpInfo:
     few: int = 2  # how many samples the costly transforms of the full sweep use
     quick: int = 1  # how many samples ``--quick`` keeps
     batched: tuple[int, ...] = (0,)
+    function: Optional[Callable] = None
+    reference_function: Optional[Callable] = None
+    rule: str = "auto"
 
     @property
     def op(self) -> Callable:
-        return getattr(ops, self.name)
+        return self.function if self.function is not None else getattr(ops, self.name)
 
     @property
     def reference(self) -> Callable:
-        return getattr(reference, self.name)
+        return self.reference_function if self.reference_function is not None else getattr(reference, self.name)
+
+    def rule_at(self, sample: Sample) -> str:
+        """:attr:`rule`, or when ``"auto"``, the rule found by tracing the op at ``sample``."""
+        if self.rule != "auto":
+            return self.rule
+        return rule_of(self.op, *cast(sample.args, "float32"), **cast_settings(sample.settings, "float32"))
+
+
+def rule_of(op: Callable, *args: Any, **settings: Any) -> str:
+    """Which of :data:`RULES` defines ``op``'s derivative at ``args``: the outermost kind of
+    custom rule found in its traced program (a ``custom_vjp`` anywhere makes forward mode
+    impossible, so it wins), ``"autodiff"`` if it has none.
+
+    >>> import jax
+    >>> rule_of(jax.nn.relu, np.ones(3)), rule_of(ops.relu, np.ones(3)), rule_of(jax.numpy.tanh, np.ones(3))
+    ('custom_jvp', 'custom_vjp', 'autodiff')
+    """
+    found = set()
+
+    def visit(jaxpr):
+        for eqn in jaxpr.eqns:
+            name = eqn.primitive.name
+            if name.startswith("custom_vjp"):
+                found.add("custom_vjp")
+            elif name.startswith("custom_jvp"):
+                found.add("custom_jvp")
+            for param in eqn.params.values():
+                for sub in param if isinstance(param, (tuple, list)) else (param,):
+                    inner = getattr(sub, "jaxpr", sub)
+                    if isinstance(inner, jax.extend.core.Jaxpr):
+                        visit(inner)
+
+    visit(jax.make_jaxpr(lambda *a: op(*a, **settings))(*args).jaxpr)
+    return next((rule for rule in RULES if rule in found), "autodiff")
+
+
+class Registry(dict):
+    """Ops to certify, by name: a ``dict`` of :class:`OpInfo` with :meth:`register`.
+
+    ``jaxcnn verify --module PKG.MODULE`` certifies the registry found in that module
+    (its ``registry`` attribute, or its only :class:`Registry`), with the same transforms,
+    dtypes, verdicts and JSON report as jaxcnn's own ops; :func:`jaxcnn.verify.pytest_cases`
+    turns one into tests.
+
+    >>> import jax, jax.numpy as jnp
+    >>> registry = Registry()
+    >>> info = registry.register("tanh", jax.nn.tanh, lambda x: (1 - jnp.exp(-2 * x)) / (1 + jnp.exp(-2 * x)),
+    ...                          [Sample((normal((3, 4)),))])
+    >>> list(registry), info.rule
+    (['tanh'], 'auto')
+    """
+
+    def __hash__(self) -> int:  # a registry is one object (results are cached by it), not a value
+        return id(self)
+
+    def register(
+        self,
+        name: str,
+        op: Callable,
+        reference: Callable,
+        samples: Any,
+        *,
+        batched: tuple[int, ...] = (0,),
+        rule: str = "auto",
+        few: Optional[int] = None,
+        quick: int = 1,
+    ) -> OpInfo:
+        """Adds an op under ``name`` and returns its :class:`OpInfo`.
+
+        Args:
+          name: the name reports use; unique in this registry.
+          op: the function whose derivative rule is certified, called as ``op(*args, **settings)``.
+          reference: the same forward written so that JAX's autodiff differentiates it.
+          samples: :class:`Sample` objects (or tuples of positional arguments), or a function
+            ``rng -> list[Sample]`` drawing them from a ``np.random.Generator``. Use float64
+            NumPy arrays; each check casts them to the dtype under test. Draw them away
+            from kinks (:func:`away_from_zero`, :func:`distinct`).
+          batched: positions of the per-example arguments (vmapped and split over devices).
+          rule: ``"custom_vjp"``, ``"custom_jvp"``, ``"autodiff"``, or ``"auto"`` (traced).
+          few: how many samples the costly transforms use (default: all of them).
+          quick: how many samples ``--quick`` keeps.
+
+        Raises:
+          ValueError: ``name`` is taken, no samples, or an unknown ``rule``.
+          TypeError: ``op`` or ``reference`` is not callable, or a sample is not a Sample or tuple.
+        """
+        if name in self:
+            raise ValueError(f"register: an op named {name!r} is already registered; give each op its own name.")
+        for what, fn in (("op", op), ("reference", reference)):
+            if not callable(fn):
+                raise TypeError(f"register: `{what}` of {name!r} must be callable, got {type(fn).__name__}.")
+        if rule not in RULES + ("auto",):
+            raise ValueError(f"register: `rule` of {name!r} must be one of {', '.join(RULES)} or 'auto', got {rule!r}.")
+        draw = samples if callable(samples) else _fixed(name, samples)
+        count = len(draw(np.random.default_rng(0)))
+        if count == 0:
+            raise ValueError(f"register: {name!r} needs at least one sample, got none.")
+        info = OpInfo(name, draw, few=count if few is None else few, quick=quick, batched=tuple(batched),
+                      function=op, reference_function=reference, rule=rule)
+        self[name] = info
+        return info
+
+
+def _fixed(name: str, samples: Any) -> Callable[[np.random.Generator], list[Sample]]:
+    """A fixed list of samples as a sample-drawing function (the rng is not used)."""
+    fixed = []
+    for sample in samples:
+        if isinstance(sample, tuple):
+            sample = Sample(sample)
+        if not isinstance(sample, Sample):
+            raise TypeError(f"register: each sample of {name!r} must be a Sample or a tuple of arguments, "
+                            f"got {type(sample).__name__}.")
+        fixed.append(sample)
+    return lambda rng: list(fixed)
+
+
+def normal(shape: Any, scale: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Standard normal float64 values of ``shape`` (times ``scale``), from ``seed``."""
+    return np.random.default_rng(seed).normal(size=shape) * scale
 
 
 def cast(tree: Any, dtype: Any) -> Any:
@@ -451,7 +583,7 @@ def _dropout(rng):
 
 
 #: Every op in :mod:`jaxcnn.ops`, by name.
-REGISTRY: dict[str, OpInfo] = {
+REGISTRY: Registry = Registry({
     info.name: info
     for info in [
         OpInfo("dense", _dense),
@@ -480,7 +612,7 @@ REGISTRY: dict[str, OpInfo] = {
         OpInfo("global_mean_pool", _global_mean_pool),
         OpInfo("global_max_pool", _global_max_pool),
     ]
-}
+})
 
 #: Public ops that fix a setting of a registered op (the spatial rank of ``conv``): they run
 #: the same custom_vjp, so its samples certify them; ``tests/test_conv.py`` checks they agree.

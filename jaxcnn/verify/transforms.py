@@ -21,7 +21,13 @@
   others replicated; the jitted op's VJP on the sharded arrays against the reference
   on a single device (data parallelism);
 * ``"contract"``: :func:`~jaxcnn.verify.check_contract` (no reference);
-* ``"finite differences"``: :func:`~jaxcnn.verify.check_numerical` (no reference).
+* ``"finite differences"``: :func:`~jaxcnn.verify.check_numerical` (no reference);
+* ``"jvp"``, ``"jvp finite differences"``: forward mode, for ``custom_jvp`` rules and
+  plain autodiff (:mod:`jaxcnn.verify.forward`).
+
+Apart from ``"eager"`` (and the op's own calls), each side of a comparison runs as a
+program compiled whole: the numbers are the same, and one program replaces the many
+that eager execution compiles one primitive at a time.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from jaxcnn.verify.checks import (
     check_numerical,
     check_vjp,
     compare_pullbacks,
+    compiled_vjp,
     dtype_name,
     float_leaves,
     name_of,
@@ -46,9 +53,14 @@ from jaxcnn.verify.checks import (
     tolerance_for,
 )
 from jaxcnn.verify.contract import check_contract
+from jaxcnn.verify.forward import check_jvp, check_jvp_numerical
 
 #: Every transform :func:`check_transform` knows, in the order reports list them.
-TRANSFORMS = ("contract", "eager", "jit", "vmap", "grad-of-grad", "checkpoint", "sharding", "finite differences")
+TRANSFORMS = ("contract", "eager", "jit", "vmap", "grad-of-grad", "checkpoint", "sharding", "finite differences",
+              "jvp", "jvp finite differences")
+
+#: The transforms that need forward mode, which a ``custom_vjp`` does not have.
+FORWARD_MODE = ("jvp", "jvp finite differences")
 
 #: The examples of a vmap check are the sample scaled by these factors (positive, so a
 #: sample drawn away from kinks and ties stays away from them).
@@ -110,6 +122,10 @@ def check_transform(
         return _check_vmap(op, reference, args, tuple(batched), settings, seed, rtol, atol)
     if transform == "sharding":
         return _check_sharded(op, reference, args, tuple(batched), settings, seed, rtol, atol)
+    if transform == "jvp":
+        return check_jvp(op, reference, *args, **tol, **settings)
+    if transform == "jvp finite differences":
+        return check_jvp_numerical(op, *args, **tol, **settings)
     raise ValueError(f"check_transform: unknown `transform` {transform!r}; use one of {', '.join(TRANSFORMS)}.")
 
 
@@ -134,14 +150,22 @@ def gradient_of(fn: Callable, args: Sequence[Any], settings: dict, seed: int = 1
     Its VJP is a Hessian-vector product. ``v`` depends only on ``seed`` and the output's
     shape, so the op and its reference get the same one.
     """
-    v = random_like(np.random.default_rng(seed), fn(*args, **settings))
+    v = random_like(np.random.default_rng(seed), jax.eval_shape(functools.partial(fn, **settings), *args))
     argnums = tuple(i for i, a in enumerate(args) if _is_float_arg(a))
 
     def scalar(*a):
         out = jax.tree_util.tree_leaves(fn(*a, **settings))
         return sum(jnp.vdot(o, w) for o, w in zip(out, jax.tree_util.tree_leaves(v)))
 
-    return functools.wraps(fn)(jax.grad(scalar, argnums=argnums))
+    # Compiled whole: the Hessian-vector product is the same under jit, and the eager
+    # execution of the rule is the "eager" transform's to check.
+    compiled = jax.jit(jax.grad(scalar, argnums=argnums))
+
+    @functools.wraps(fn)
+    def gradient(*a):
+        return compiled(*a)
+
+    return gradient
 
 
 # --------------------------------------------------------------------------- vmap
@@ -176,15 +200,20 @@ def _check_vmap(op, reference, args, batched, settings, seed, rtol, atol) -> Che
     def pullback_at(fn, values, v):
         return _without_float0(jax.vjp(_bound(fn, settings), *_replace(args, batched, values))[1](v))
 
+    # Each side compiled whole (one program per side and role, the same for every
+    # example and cotangent); eager execution is the "eager" transform's to check.
     def rule():
-        out = jax.vmap(lambda values: op(*_replace(args, batched, values), **settings))(stacked)
-        return out, lambda vs: jax.vmap(functools.partial(pullback_at, op))(stacked, vs)
+        out = jax.jit(jax.vmap(lambda values: op(*_replace(args, batched, values), **settings)))(stacked)
+        pullback = jax.jit(jax.vmap(functools.partial(pullback_at, op)))
+        return out, lambda vs: pullback(stacked, vs)
 
     def expected():
-        out = _stack([reference(*e, **settings) for e in examples])
+        forward = jax.jit(lambda values: reference(*_replace(args, batched, values), **settings))
+        out = _stack([forward([e[i] for i in batched]) for e in examples])
+        pullback = jax.jit(functools.partial(pullback_at, reference))
 
         def loop(vs):
-            return _stack([pullback_at(reference, [e[i] for i in batched], jax.tree_util.tree_map(lambda a: a[k], vs))
+            return _stack([pullback([e[i] for i in batched], jax.tree_util.tree_map(lambda a: a[k], vs))
                            for k, e in enumerate(examples)])
 
         return out, loop
@@ -238,6 +267,6 @@ def _check_sharded(op, reference, args, batched, settings, seed, rtol, atol) -> 
     return compare_pullbacks(
         name_of(op), against, float_leaves(op, args), tolerance_for(dtype, rtol, atol), dtype,
         rule=lambda: jax.vjp(_bound(op, settings, jax.jit), *placed),
-        expected=lambda: jax.vjp(_bound(reference, settings), *tiled),
+        expected=lambda: compiled_vjp(_bound(reference, settings), *tiled),
         seed=seed,
     )

@@ -1,0 +1,165 @@
+"""Your own ops: a Registry certified by `jaxcnn verify --module` and by pytest_cases, the
+README's worked example (examples/custom_rules.py) passing, and wrong rules (a custom_vjp
+and a custom_jvp) caught and blamed on the right op, argument and transform."""
+
+import json
+import pathlib
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcnn import cli, ops
+from jaxcnn.verify import GradientMismatch, Registry, Sample, normal, pytest_cases, rule_of
+from jaxcnn.verify import suite
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+WRONG = textwrap.dedent('''
+    import jax
+    from examples import custom_rules
+    from jaxcnn.verify import Registry, Sample, normal
+
+    @jax.custom_vjp
+    def swish(x):
+        return custom_rules.swish(x)
+
+    swish.defvjp(lambda x: (swish(x), x), lambda x, g: (g * jax.nn.sigmoid(x),))  # the product rule forgotten
+
+    @jax.custom_jvp
+    def softplus(x):
+        return custom_rules.softplus(x)
+
+    softplus.defjvp(lambda p, t: (softplus(p[0]), jax.nn.tanh(p[0]) * t[0]))  # tanh for the sigmoid
+
+    registry = Registry()
+    registry.register("swish", swish, custom_rules.swish_reference, [Sample((normal((3, 4)),))])
+    registry.register("softplus", softplus, custom_rules.softplus_reference, [Sample((normal((3, 4)),))])
+''')
+
+
+@pytest.fixture
+def at_root(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.syspath_prepend(str(ROOT))
+
+
+def test_the_worked_example_is_certified_by_the_command_line(at_root, tmp_path, capsys):
+    path = tmp_path / "v.json"
+    argv = ["verify", "--module", "examples.custom_rules", "--quick", "--dtype", "float64", "--jobs", "1",
+            "--no-cache", "--json", str(path)]
+    assert cli.main(argv) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "checks (3 ops, examples.custom_rules) on 1 worker" in out and "0 failed" in out
+    records = json.loads(path.read_text())
+    assert {r["op"] for r in records} == {"swish", "softplus", "huber"}
+    by_op = {op: {r["transform"] for r in records if r["op"] == op} for op in ("swish", "softplus")}
+    assert "jvp finite differences" in by_op["softplus"]  # a custom_jvp: forward mode checked
+    assert not {"jvp", "jvp finite differences"} & by_op["swish"]  # a custom_vjp has no forward mode
+    assert all("module='examples.custom_rules'" in r["snippet"] for r in records)
+
+
+def test_wrong_rules_in_a_users_module_fail_with_the_right_blame(at_root, tmp_path, monkeypatch, capsys):
+    (tmp_path / "wrong_rules.py").write_text(WRONG)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "v.json"
+    argv = ["verify", "--module", "wrong_rules", "--quick", "--dtype", "float64", "--jobs", "1", "--no-cache",
+            "--json", str(path)]
+    assert cli.main(argv) == 1
+    out = capsys.readouterr().out
+    assert "FAILED swish #0" in out and "FAILED softplus #0" in out and "verdict: rule wrong" in out
+    failed = {(r["op"], r["transform"]) for r in json.loads(path.read_text()) if not r["ok"]}
+    assert ("swish", "eager") in failed and ("swish", "finite differences") in failed
+    assert {("softplus", "jvp finite differences"), ("softplus", "eager")} <= failed  # forward and its transpose
+
+
+def test_pytest_cases_make_one_test_per_check_and_fail_a_wrong_rule(at_root, tmp_path, monkeypatch):
+    (tmp_path / "wrong_rules_cases.py").write_text(WRONG)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import wrong_rules_cases
+    from examples import custom_rules
+
+    cases = pytest_cases(custom_rules.registry, dtypes=("float32",), quick=True)
+    ids = [c.id for c in cases]
+    assert "swish-0-float32-vmap" in ids and "softplus-0-float32-jvp" in ids and len(ids) == len(set(ids))
+    assert len(cases) == sum(len(u.checks) for u in suite.plan(dtypes=("float32",), quick=True,
+                                                              module=custom_rules.registry))
+    cases[0].values[0].assert_ok()
+    wrong = {c.id: c.values[0] for c in pytest_cases(wrong_rules_cases.registry, dtypes=("float32",), quick=True,
+                                                     transforms=("eager", "jvp"))}
+    with pytest.raises(GradientMismatch, match=r"(?s)swish #0 .*float32, eager.*MISMATCH.*rule wrong"):
+        wrong["swish-0-float32-eager"].assert_ok()
+    with pytest.raises(GradientMismatch, match=r"(?s)softplus #0 .*float32, jvp.*JVP vs forward mode"):
+        wrong["softplus-0-float32-jvp"].assert_ok()
+
+
+def test_the_rule_kind_is_found_by_tracing_or_given():
+    x = np.ones(3)
+    assert (rule_of(jax.nn.relu, x), rule_of(ops.relu, x), rule_of(jnp.sin, x)) == (
+        "custom_jvp", "custom_vjp", "autodiff")
+    assert rule_of(jax.jit(jax.nn.softplus), x) == "custom_jvp"  # found inside a jit
+    registry = Registry()
+    info = registry.register("sin", jnp.sin, jnp.sin, [(normal(3),)], rule="custom_vjp")
+    assert info.rule_at(info.samples(None)[0]) == "custom_vjp"
+    assert not any("jvp" in t for u in suite.plan(module=registry) for _, t in u.checks)
+
+
+def test_registration_errors():
+    registry = Registry()
+    registry.register("sin", jnp.sin, jnp.sin, [Sample((normal(3),))])
+    with pytest.raises(ValueError, match="an op named 'sin' is already registered"):
+        registry.register("sin", jnp.sin, jnp.sin, [Sample((normal(3),))])
+    with pytest.raises(TypeError, match="`reference` of 'cos' must be callable, got str"):
+        registry.register("cos", jnp.cos, "cos", [Sample((normal(3),))])
+    with pytest.raises(ValueError, match="`rule` of 'cos' must be one of custom_vjp, custom_jvp, autodiff or 'auto', "
+                                         "got 'vjp'"):
+        registry.register("cos", jnp.cos, jnp.cos, [Sample((normal(3),))], rule="vjp")
+    with pytest.raises(ValueError, match="'cos' needs at least one sample, got none"):
+        registry.register("cos", jnp.cos, jnp.cos, [])
+    with pytest.raises(TypeError, match="each sample of 'cos' must be a Sample or a tuple of arguments, got ndarray"):
+        registry.register("cos", jnp.cos, jnp.cos, [normal(3)])
+
+
+def test_module_errors_are_one_line_and_exit_2(at_root, tmp_path, monkeypatch, capsys):
+    (tmp_path / "no_registry.py").write_text("x = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for argv, message in (
+        (["verify", "--module", "no_such_module_v24"], "No module named 'no_such_module_v24'"),
+        (["verify", "--module", "no_registry"], "expected one jaxcnn.verify.Registry in the module"),
+        (["verify", "--module", "examples.custom_rules", "--op", "relu"], "invalid choice: 'relu'"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and err.startswith("jaxcnn: error:") and message in err and "\n" not in err
+
+
+def test_progress_lines_failures_as_they_happen_and_a_table_within_100_columns():
+    import dataclasses
+    import io
+
+    from jaxcnn.verify import mutants
+
+    good = suite.check_sample("relu", 0, "float64", "eager")
+    wrong = mutants.MUTANTS["sigmoid.derivative_from_input"].build()
+    bad = suite.check_sample("sigmoid", 0, "float64", "eager", op=wrong)
+    long = dataclasses.replace(bad, op="optax.softmax_cross_entropy_with_integer_labels", dtype="bfloat16",
+                               transform="jvp finite differences")
+    records = [good, bad, long]
+    for live in (True, False):
+        stream = io.StringIO()
+        progress = suite.Progress(stream, live=live)
+        progress.start(3, 2, " (3 ops)")
+        for record in records:
+            progress(record)
+        progress.finish()
+        out = stream.getvalue()
+        assert out.startswith("3 checks (3 ops) on 2 workers\n")
+        assert "FAILED sigmoid #0 ((4, 5)) [float64, eager]: rule wrong\n" in out
+        assert ("\r[1/3] 0 failed" in out) == live and ("\n[3/3] 2 failed" in out) == (not live)
+    table = suite.format_table(records)
+    assert max(len(line) for line in table.splitlines()) <= 100
+    assert "optax.softmax_cross_e…" in table and "2 FAILED" not in table and "1 FAILED" in table
+    assert f"{good.worst()[0]:.1e} f64 eager" in table and "jvp-fd = jvp finite differences" in table
