@@ -1,5 +1,5 @@
 """Your own ops: a Registry certified by `jaxcnn verify --module` and by pytest_cases, the
-README's worked example (examples/custom_rules.py) passing, and wrong rules (a custom_vjp
+README's worked example (experiments/custom_rules.py) passing, and wrong rules (a custom_vjp
 and a custom_jvp) caught and blamed on the right op, argument and transform."""
 
 import json
@@ -19,7 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 WRONG = textwrap.dedent('''
     import jax
-    from examples import custom_rules
+    from experiments import custom_rules
     from jaxcnn.verify import Registry, Sample, normal
 
     @jax.custom_vjp
@@ -48,17 +48,17 @@ def at_root(monkeypatch):
 
 def test_the_worked_example_is_certified_by_the_command_line(at_root, tmp_path, capsys):
     path = tmp_path / "v.json"
-    argv = ["verify", "--module", "examples.custom_rules", "--quick", "--dtype", "float64", "--jobs", "1",
+    argv = ["verify", "--module", "experiments.custom_rules", "--quick", "--dtype", "float64", "--jobs", "1",
             "--no-cache", "--json", str(path)]
     assert cli.main(argv) == 0, capsys.readouterr().out
     out = capsys.readouterr().out
-    assert "checks (3 ops, examples.custom_rules) on 1 worker" in out and "0 failed" in out
+    assert "checks (3 ops, experiments.custom_rules) on 1 worker" in out and "0 failed" in out
     records = json.loads(path.read_text())
     assert {r["op"] for r in records} == {"swish", "softplus", "huber"}
     by_op = {op: {r["transform"] for r in records if r["op"] == op} for op in ("swish", "softplus")}
     assert "jvp finite differences" in by_op["softplus"]  # a custom_jvp: forward mode checked
     assert not {"jvp", "jvp finite differences"} & by_op["swish"]  # a custom_vjp has no forward mode
-    assert all("module='examples.custom_rules'" in r["snippet"] for r in records)
+    assert all("module='experiments.custom_rules'" in r["snippet"] for r in records)
 
 
 def test_wrong_rules_in_a_users_module_fail_with_the_right_blame(at_root, tmp_path, monkeypatch, capsys):
@@ -79,7 +79,7 @@ def test_pytest_cases_make_one_test_per_check_and_fail_a_wrong_rule(at_root, tmp
     (tmp_path / "wrong_rules_cases.py").write_text(WRONG)
     monkeypatch.syspath_prepend(str(tmp_path))
     import wrong_rules_cases
-    from examples import custom_rules
+    from experiments import custom_rules
 
     cases = pytest_cases(custom_rules.registry, dtypes=("float32",), quick=True)
     ids = [c.id for c in cases]
@@ -128,7 +128,7 @@ def test_module_errors_are_one_line_and_exit_2(at_root, tmp_path, monkeypatch, c
     for argv, message in (
         (["verify", "--module", "no_such_module_v24"], "No module named 'no_such_module_v24'"),
         (["verify", "--module", "no_registry"], "expected one jaxcnn.verify.Registry in the module"),
-        (["verify", "--module", "examples.custom_rules", "--op", "relu"], "invalid choice: 'relu'"),
+        (["verify", "--module", "experiments.custom_rules", "--op", "relu"], "invalid choice: 'relu'"),
     ):
         with pytest.raises(SystemExit) as e:
             cli.main(argv)

@@ -3,7 +3,7 @@
 Three ops with hand-written derivatives, each registered with a reference written
 plainly for autodiff and a few samples, then certified by
 
-    jaxcnn verify --module examples.custom_rules
+    jaxcnn verify --module experiments.custom_rules
 
 (run from the repository root) or, one test per check, by
 ``pytest.mark.parametrize("case", jaxcnn.verify.pytest_cases(registry))``.
