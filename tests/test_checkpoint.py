@@ -90,12 +90,16 @@ def test_ctrl_c_during_a_save_takes_effect_after_it(tmp_path, monkeypatch):
         savez(f, **arrays)
 
     monkeypatch.setattr(np, "savez", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        checkpoint.save(path, TREE)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever ran before
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            checkpoint.save(path, TREE)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
     loaded, _ = checkpoint.load(path, TREE)  # the save completed first
     np.testing.assert_array_equal(loaded["w"], TREE["w"])
     assert os.listdir(tmp_path) == ["c.npz"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_check_writable_names_the_folder_it_cannot_write(tmp_path, monkeypatch):
