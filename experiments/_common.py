@@ -75,6 +75,7 @@ class Report:
     def __init__(self, out: str, name: str, title: str):
         self.out, self.name, self.start = out, name, time.perf_counter()
         self.parts = [f"# {title}"]
+        self.command = None  # how to reproduce, when not this process's own command line
 
     def add(self, text: str) -> None:
         self.parts.append(text.strip())
@@ -90,7 +91,7 @@ class Report:
 
     def save(self, quick: bool) -> str:
         seconds = time.perf_counter() - self.start
-        command = "python experiments/" + self.name + ".py " + " ".join(sys.argv[1:])
+        command = self.command or "python experiments/" + self.name + ".py " + " ".join(sys.argv[1:])
         self.parts.append(
             f"---\nReproduce: `{command.strip()}`{' (QUICK SMOKE RUN: numbers are meaningless)' if quick else ''}. "
             f"Wall time {seconds / 60:.1f} min ({seconds:.0f} s) on {machine()}."
