@@ -16,3 +16,21 @@ FLOAT_DTYPES = ["float32", "float64"]
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def covering(name_a, values_a, name_b, values_b, ids_b=None):
+    """``pytest.mark.parametrize`` over ``values_a × values_b`` in which the default suite runs
+    a covering diagonal (every value of each list at least once, ``max(len)`` cases) and the
+    rest of the cross product is marked ``slow`` (``python -m pytest -m slow`` runs it).
+
+    ``name_b`` may name several arguments (``"x_shape,w_shape,settings"``), each value of
+    ``values_b`` then being their tuple; ids read ``"<id of b>-<a>"``.
+    """
+    diagonal = {(k % len(values_a), k % len(values_b)) for k in range(max(len(values_a), len(values_b)))}
+    params = []
+    for j, b in enumerate(values_b):
+        for i, a in enumerate(values_a):
+            params.append(pytest.param(
+                a, *(b if "," in name_b else (b,)), id=f"{ids_b[j] if ids_b else b}-{a}",
+                marks=() if (i, j) in diagonal else (pytest.mark.slow,)))
+    return pytest.mark.parametrize(f"{name_a},{name_b}", params)

@@ -21,7 +21,9 @@ def test_every_op_has_a_mutant_and_the_listed_mistakes_are_there():
     assert set(LISTED) <= set(mutants.MUTANTS)
 
 
-@pytest.mark.parametrize("name", sorted(mutants.MUTANTS))
+# the listed mutants by default; all of them with -m slow, as `jaxcnn verify --mutants` runs them
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=() if name in LISTED else (pytest.mark.slow,)) for name in sorted(mutants.MUTANTS)])
 def test_mutant_is_caught_blamed_on_its_argument_and_diagnosed(name):
     o = mutants.run_one(mutants.MUTANTS[name], 0)
     assert o.ok, str(o)
