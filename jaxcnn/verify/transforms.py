@@ -4,8 +4,8 @@
 (the same numbers as :func:`~jaxcnn.verify.check_vjp`) after a transform:
 
 * ``"eager"``: no transform; ``"jit"``: both functions under ``jax.jit``;
-* ``"checkpoint"``: the op under ``jax.checkpoint`` (rematerialised) against the plain
-  reference;
+* ``"checkpoint"``: the op under ``jax.checkpoint`` (rematerialised, in one compiled
+  program) against the plain reference;
 * ``"vmap"``: batched arguments (``batched``, e.g. the input) stacked over a new axis,
   the others (weights) unbatched and shared: the per-example gradients of *every*
   argument, from ``jax.vmap`` of the op's VJP, against a Python loop of the reference's
@@ -47,6 +47,7 @@ from jaxcnn.verify.checks import (
     compare_pullbacks,
     compiled_vjp,
     dtype_name,
+    expected_vjp,
     float_leaves,
     name_of,
     random_like,
@@ -112,10 +113,13 @@ def check_transform(
         return check_numerical(op, *args, **tol, **settings)
     if transform == "eager":
         return check_vjp(op, reference, *args, **tol, **settings)
-    if transform == "jit":
-        return check_vjp(_bound(op, settings, jax.jit), _bound(reference, settings, jax.jit), *args, **tol)
-    if transform == "checkpoint":
-        return check_vjp(_bound(op, settings, jax.checkpoint), _bound(reference, settings), *args, **tol)
+    if transform in ("jit", "checkpoint"):  # against the same autodiff as "eager", computed once (expected_vjp)
+        # checkpoint: rematerialised inside one compiled program (eager execution is "eager"'s)
+        rule = _bound(op, settings, jax.jit if transform == "jit" else lambda f: jax.jit(jax.checkpoint(f)))
+        dtype = dtype_name(args)
+        return compare_pullbacks(name_of(op), f"autodiff of {name_of(reference)}", float_leaves(op, args),
+                                 tolerance_for(dtype, rtol, atol), dtype, rule=lambda: jax.vjp(rule, *args),
+                                 expected=lambda: expected_vjp(reference, args, settings), seed=seed)
     if transform == "grad-of-grad":
         return check_vjp(gradient_of(op, args, settings), gradient_of(reference, args, settings), *args, **tol)
     if transform == "vmap":
