@@ -84,6 +84,8 @@ def _relu_bwd(passes_at_zero, mask, g):
 
 
 _relu.defvjp(_relu_fwd, _relu_bwd)
+# Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
+_relu = jax.jit(_relu, static_argnums=1)
 
 
 # --------------------------------------------------------------------------- leaky ReLU
@@ -136,6 +138,8 @@ def _leaky_relu_bwd(slope, passes_at_zero, mask, g):
 
 
 _leaky_relu.defvjp(_leaky_relu_fwd, _leaky_relu_bwd)
+# Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
+_leaky_relu = jax.jit(_leaky_relu, static_argnums=(1, 2))
 
 
 # --------------------------------------------------------------------------- sigmoid
@@ -179,6 +183,8 @@ def _sigmoid_bwd(y, g):
 
 
 _sigmoid.defvjp(_sigmoid_fwd, _sigmoid_bwd)
+# Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
+_sigmoid = jax.jit(_sigmoid)
 
 
 # --------------------------------------------------------------------------- tanh
@@ -228,6 +234,8 @@ def _tanh_bwd(y, g):
 
 
 _tanh.defvjp(_tanh_fwd, _tanh_bwd)
+# Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
+_tanh = jax.jit(_tanh)
 
 
 # --------------------------------------------------------------------------- softmax
@@ -285,6 +293,8 @@ def _softmax_bwd(axis, res: SoftmaxResiduals, g):
 
 
 _softmax.defvjp(_softmax_fwd, _softmax_bwd)
+# Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
+_softmax = jax.jit(_softmax, static_argnums=1)
 
 
 # --------------------------------------------------------------------------- log-softmax
@@ -339,6 +349,8 @@ def _log_softmax_bwd(axis, y, g):
 
 
 _log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
+# Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
+_log_softmax = jax.jit(_log_softmax, static_argnums=1)
 
 
 # --------------------------------------------------------------------------- references

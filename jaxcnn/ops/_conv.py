@@ -195,6 +195,8 @@ def _conv_bwd(spec: ConvSpec, res: ConvResiduals, g):
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
+# Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
+_conv = jax.jit(_conv, static_argnums=3)
 
 
 # --------------------------------------------------------------------------- the lecture's formulas

@@ -174,6 +174,8 @@ def _conv_transpose_bwd(geom: Geometry, groups: int, bias: bool, res: ConvTransp
 
 
 _conv_transpose.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
+# Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
+_conv_transpose = jax.jit(_conv_transpose, static_argnums=(3, 4, 5))
 
 
 def _validate(x, w, b, stride, padding, dilation, output_padding, groups):

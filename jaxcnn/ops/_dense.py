@@ -77,6 +77,8 @@ def _dense_bwd(bias: bool, res: DenseResiduals, g):
 
 
 _dense.defvjp(_dense_fwd, _dense_bwd)
+# Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
+_dense = jax.jit(_dense, static_argnums=3)
 
 
 def _validate(x, w, b):

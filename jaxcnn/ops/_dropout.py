@@ -90,6 +90,8 @@ def _dropout_bwd(rate, key, g):
 
 
 _dropout.defvjp(_dropout_fwd, _dropout_bwd)
+# Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
+_dropout = jax.jit(_dropout, static_argnums=2)
 
 
 def _validate_key(key):

@@ -51,6 +51,8 @@ def _flatten_bwd(tail, _, g):
 
 
 _flatten.defvjp(_flatten_fwd, _flatten_bwd)
+# Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
+_flatten = jax.jit(_flatten, static_argnums=1)
 
 
 def flatten_reference(x):

@@ -61,6 +61,8 @@ def _global_mean_pool_bwd(keepdims, shape, g):
 
 
 _global_mean_pool.defvjp(_global_mean_pool_fwd, _global_mean_pool_bwd)
+# Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
+_global_mean_pool = jax.jit(_global_mean_pool, static_argnums=1)
 
 
 def global_max_pool(x: jax.Array, *, keepdims: bool = False) -> jax.Array:
@@ -119,6 +121,8 @@ def _global_max_pool_bwd(keepdims, res: ArgmaxResiduals, g):
 
 
 _global_max_pool.defvjp(_global_max_pool_fwd, _global_max_pool_bwd)
+# Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
+_global_max_pool = jax.jit(_global_max_pool, static_argnums=1)
 
 
 def _spatial(x):

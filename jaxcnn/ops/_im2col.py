@@ -81,6 +81,8 @@ def _im2col_bwd(geom, spatial_shape, _, g):
 
 
 _im2col.defvjp(_im2col_fwd, _im2col_bwd)
+# Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
+_im2col = jax.jit(_im2col, static_argnums=(1, 2))
 
 
 # --------------------------------------------------------------------------- the two maps

@@ -230,6 +230,8 @@ def _softmax_cross_entropy_bwd(ignore_index, eps, reduction, res, g):
 
 
 _softmax_cross_entropy.defvjp(_softmax_cross_entropy_fwd, _softmax_cross_entropy_bwd)
+# Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
+_softmax_cross_entropy = jax.jit(_softmax_cross_entropy, static_argnums=(3, 4, 5))
 
 
 def _validate_ce(logits, labels, weights, ignore_index, label_smoothing, reduction):
@@ -345,6 +347,8 @@ def _euclidean_loss_bwd(reduction, res: EuclideanResiduals, g):
 
 
 _euclidean_loss.defvjp(_euclidean_loss_fwd, _euclidean_loss_bwd)
+# Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
+_euclidean_loss = jax.jit(_euclidean_loss, static_argnums=2)
 
 
 def _validate_euclidean(pred, target, reduction):
@@ -415,6 +419,8 @@ def _l2_penalty_bwd(res: L2Residuals, g):
 
 
 _l2_penalty.defvjp(_l2_penalty_fwd, _l2_penalty_bwd)
+# Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
+_l2_penalty = jax.jit(_l2_penalty)
 
 
 def _validate_l2(params, lam):

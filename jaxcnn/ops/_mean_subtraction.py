@@ -56,6 +56,8 @@ def _mean_subtraction_bwd(axes, _, g):
 
 
 _mean_subtraction.defvjp(_mean_subtraction_fwd, _mean_subtraction_bwd)
+# Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
+_mean_subtraction = jax.jit(_mean_subtraction, static_argnums=1)
 
 
 def _validate(x, axis):

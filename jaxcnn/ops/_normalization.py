@@ -160,6 +160,8 @@ def _batch_norm_train_bwd(axes, eps, res: NormResiduals, cotangents):
 
 
 _batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+# Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
+_batch_norm_train = jax.jit(_batch_norm_train, static_argnums=(3, 4))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
@@ -192,6 +194,8 @@ def _batch_norm_eval_bwd(axes, eps, res: NormResiduals, g):
 
 
 _batch_norm_eval.defvjp(_batch_norm_eval_fwd, _batch_norm_eval_bwd)
+# Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
+_batch_norm_eval = jax.jit(_batch_norm_eval, static_argnums=(5, 6))
 
 
 def _validate_bn(x, gamma, beta, mean, var, axis, eps):
@@ -387,6 +391,8 @@ def _normalise_bwd(axes, eps, res: NormResiduals, g):
 
 
 _normalise.defvjp(_normalise_fwd, _normalise_bwd)
+# Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
+_normalise = jax.jit(_normalise, static_argnums=(3, 4))
 
 
 def _sum_to(a, shape):

@@ -154,6 +154,8 @@ def _max_pool_bwd(geom: Geometry, in_shape, res: MaxPoolResiduals, g):
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+# Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
+_max_pool = jax.jit(_max_pool, static_argnums=(1, 2))
 
 
 # --------------------------------------------------------------------------- mean pooling
@@ -259,6 +261,8 @@ def _mean_pool_bwd(geom: Geometry, in_shape, counted, res, g):
 
 
 _mean_pool.defvjp(_mean_pool_fwd, _mean_pool_bwd)
+# Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
+_mean_pool = jax.jit(_mean_pool, static_argnums=(1, 2, 3))
 
 
 def _divisor(geom: Geometry, counted, dtype):

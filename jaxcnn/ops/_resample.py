@@ -71,6 +71,8 @@ def _downsample_bwd(factor, fine_shape, res, g):
 
 
 _downsample.defvjp(_downsample_fwd, _downsample_bwd)
+# Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
+_downsample = jax.jit(_downsample, static_argnums=(1, 2))
 
 
 # --------------------------------------------------------------------------- upsample
@@ -132,6 +134,8 @@ def _upsample_bwd(factor, fine_shape, res, g):
 
 
 _upsample.defvjp(_upsample_fwd, _upsample_bwd)
+# Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
+_upsample = jax.jit(_upsample, static_argnums=(1, 2))
 
 
 def _validate(op, x, factor):

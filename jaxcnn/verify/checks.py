@@ -342,8 +342,11 @@ def _remembered(pullback: Callable) -> Callable:
 def fingerprint(tree: Any) -> tuple:
     """A hashable stand-in for a pytree's structure and values (arrays by dtype, shape and bytes)."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
+
     def one(leaf):
         if isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
+            if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+                return ("key", str(leaf.dtype), fingerprint(jax.random.key_data(leaf)))
             a = np.asarray(leaf)
             return (str(a.dtype), a.shape, hashlib.sha1(a.tobytes()).hexdigest())
         try:
@@ -351,6 +354,7 @@ def fingerprint(tree: Any) -> tuple:
             return leaf
         except TypeError:
             return repr(leaf)
+
     return (str(treedef), tuple(one(leaf) for leaf in leaves))
 
 

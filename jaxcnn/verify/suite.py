@@ -371,7 +371,8 @@ def use_compilation_cache(directory: Optional[str] = None) -> str:
 
 
 #: XLA flags that compile the sweep's thousands of tiny programs about twice as fast (no
-#: LLVM optimisation, the classic fusion emitters): the same HLO, the same arithmetic.
+#: LLVM optimisation, the classic fusion emitters): the same HLO; elementwise functions may
+#: round differently (float32 tanh by an ulp), far inside the verifier's tolerances.
 #: ``jaxcnn verify`` adds them unless ``$JAXCNN_FAST_COMPILE=0``; see docs/performance.md.
 FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
 
