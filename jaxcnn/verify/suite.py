@@ -286,7 +286,7 @@ SHORT_DTYPES = {"float64": "f64", "float32": "f32", "bfloat16": "bf16", "float16
 SHORT_TRANSFORMS = {"finite differences": "fd", "jvp finite differences": "jvp-fd"}
 
 #: The table's width, and the most of it an op's name takes (longer names are cut, "…").
-TABLE_WIDTH, NAME_WIDTH = 100, 22
+TABLE_WIDTH, NAME_WIDTH = 100, 30
 
 
 def summary_rows(records: list[Record]) -> list[tuple]:
