@@ -33,7 +33,7 @@ def relu(x: jax.Array, *, derivative_at_zero: float = 1.0) -> jax.Array:
     to reproduce them. Away from 0 the two agree, but exact zeros are common: a ported
     model with zero-initialised biases sees ``x = 0`` wherever an image is blank, and its
     bias gradients then differ from the original's from the first step. The residual is
-    the boolean mask (one byte per element) either way.
+    ``x``; the backward takes the mask from it either way.
 
     Args:
       x: floating array of any shape.
@@ -76,10 +76,13 @@ def _relu(x, passes_at_zero):
 
 
 def _relu_fwd(x, passes_at_zero):
-    return _relu(x, passes_at_zero), (x >= 0 if passes_at_zero else x > 0)  # residual: the mask
+    # residual: x itself, the mask is taken in the backward where it fuses with the select (a
+    # stored boolean mask costs a pass of its own: performance.md, "ReLU's residual")
+    return _relu(x, passes_at_zero), x
 
 
-def _relu_bwd(passes_at_zero, mask, g):
+def _relu_bwd(passes_at_zero, x, g):
+    mask = x >= 0 if passes_at_zero else x > 0  # f'(x) = 1 where x passes, 0 elsewhere
     return (jnp.where(mask, g, jnp.zeros((), g.dtype)),)
 
 
