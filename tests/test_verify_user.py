@@ -161,5 +161,5 @@ def test_progress_lines_failures_as_they_happen_and_a_table_within_100_columns()
         assert ("\r[1/3] 0 failed" in out) == live and ("\n[3/3] 2 failed" in out) == (not live)
     table = suite.format_table(records)
     assert max(len(line) for line in table.splitlines()) <= 100
-    assert "optax.softmax_cross_e…" in table and "2 FAILED" not in table and "1 FAILED" in table
+    assert "optax.softmax_cross_entropy_w…" in table and "2 FAILED" not in table and "1 FAILED" in table
     assert f"{good.worst()[0]:.1e} f64 eager" in table and "jvp-fd = jvp finite differences" in table
