@@ -315,9 +315,9 @@ def expected_vjp(reference: Callable, args: Sequence[Any], settings: dict) -> tu
     """:func:`compiled_vjp` of ``reference`` at ``args``, remembered: the expected side does
     not depend on the transform applied to the rule, so the checks of one sample under
     ``eager``, ``jit`` and ``checkpoint`` trace, compile and run it once (and each
-    cotangent's pullback once). Keyed by the reference itself and the arguments' and
-    settings' values; the last 8 are kept."""
-    key = (reference, fingerprint(args), fingerprint(settings))
+    cotangent's pullback once). Keyed by the reference itself, the arguments' and
+    settings' values and the 64-bit mode; the last 8 are kept."""
+    key = (reference, fingerprint(args), fingerprint(settings), jax.config.jax_enable_x64)
     if key not in _EXPECTED:
         out, pullback = compiled_vjp(lambda *a: reference(*a, **settings), *args)
         _EXPECTED[key] = out, _remembered(pullback)
