@@ -30,6 +30,7 @@ repeats; see ``_timing``). Figures are printed and written as JSON, never assert
     python experiments/bench.py --only ops --json experiments/results/bench_cpu.json
     python experiments/bench.py --quick              # tiny shapes, smoke test
     python experiments/bench.py --only ops --cases relu --cases MNIST-1D   # a few rows
+    python experiments/bench.py --only train --networks MNIST-1D           # one network
 """
 
 from __future__ import annotations
@@ -472,6 +473,8 @@ def main(argv=None) -> None:
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--cases", action="append", default=None, metavar="TEXT",
                         help="per-op and per-method tables: only the shapes whose name contains TEXT (repeatable)")
+    parser.add_argument("--networks", action="append", default=None, metavar="TEXT",
+                        help="train table: only the networks whose name contains TEXT (repeatable)")
     args = parser.parse_args(argv)
     repeats, warmup = args.repeats or (3 if args.quick else 30), 1 if args.quick else 3
     only = set(args.only or ["ops", "conv-methods", "train", "flops"])
@@ -503,7 +506,7 @@ def main(argv=None) -> None:
     lenet_ms = None
     if "train" in only:
         results["train"] = []
-        for net in NETWORKS:
+        for net in [n for n in NETWORKS if args.networks is None or any(text in n.name for text in args.networks)]:
             batch = 8 if args.quick else net.batch
             result = run_network(net, batch, 4 if args.quick else 20, repeats, warmup)
             results["train"].append(result)

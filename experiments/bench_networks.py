@@ -13,8 +13,8 @@ Per network one jitted SGD-with-momentum step (float32, ``train.make_step``), co
 * **memory** — from the compiled step's ``memory_analysis()``: temporary bytes and peak bytes,
   ``ops`` against ``reference``, and the bytes of the residuals ``jax.vjp`` of the loss keeps.
 
-A network whose layers the installed jaxcnn cannot build yet (the depthwise-separable stack
-needs ``Conv(groups=)`` in :func:`jaxcnn.ops.conv`) is skipped with the reason printed.
+A network whose layers the installed jaxcnn cannot build (an older checkout, say) is skipped
+with the reason printed.
 
     python experiments/bench_networks.py --out experiments/results/bench_networks_cpu.md
     python experiments/bench_networks.py --quick              # tiny shapes, one round
