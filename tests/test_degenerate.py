@@ -23,8 +23,12 @@ def _samples(name):
 def _value_and_grads(f, args, settings):
     floating = tuple(i for i, a in enumerate(args)
                      if jnp.issubdtype(jax.tree_util.tree_leaves(a)[0].dtype, jnp.floating))
-    y = f(*args, **settings)
-    grads = jax.grad(lambda *a: jnp.sum(f(*a, **settings)), argnums=floating)(*args)
+
+    @jax.jit  # one program, not one per primitive
+    def value_and_grads(*args):
+        return f(*args, **settings), jax.grad(lambda *a: jnp.sum(f(*a, **settings)), argnums=floating)(*args)
+
+    y, grads = value_and_grads(*args)
     return y, grads, [args[i] for i in floating]
 
 
