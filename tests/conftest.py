@@ -4,9 +4,12 @@ Sample inputs away from kinks come from the verify registry's helpers
 (:func:`jaxcnn.verify.registry.away_from_zero`, :func:`~jaxcnn.verify.registry.distinct`), one set for both.
 """
 
+import functools
+
 import jax
 import numpy as np
 import pytest
+from hypothesis import settings
 
 jax.config.update("jax_enable_x64", True)
 
@@ -34,3 +37,18 @@ def covering(name_a, values_a, name_b, values_b, ids_b=None):
                 a, *(b if "," in name_b else (b,)), id=f"{ids_b[j] if ids_b else b}-{a}",
                 marks=() if (i, j) in diagonal else (pytest.mark.slow,)))
     return pytest.mark.parametrize(f"{name_a},{name_b}", params)
+
+
+def examples(few, many):
+    """Runs a ``@given`` property as a test of ``few`` examples in the default suite and one of
+    ``many`` marked ``slow``: each example compiles its own shapes. Place above ``@given``."""
+    def decorate(prop):
+        @functools.wraps(prop)
+        @pytest.mark.parametrize("examples", [pytest.param(few, id=f"{few}-examples"),
+                                              pytest.param(many, id=f"{many}-examples", marks=pytest.mark.slow)])
+        def test(examples):
+            settings(max_examples=examples, deadline=None)(prop)()
+
+        del test.__wrapped__  # pytest reads the signature: the test takes `examples`, not the property's draws
+        return test
+    return decorate

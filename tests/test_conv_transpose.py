@@ -8,11 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from jax import lax
 
 import opcheck
+from conftest import examples
 from jaxcnn import _shapes, ops, reference, verify
 
 LAYOUT = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}
@@ -128,7 +129,7 @@ def conv_transpose_cases(draw):
     return args, dict(stride=stride, padding=padding)
 
 
-@settings(max_examples=20, deadline=None)
+@examples(8, 30)
 @given(case=conv_transpose_cases())
 def test_vjp_matches_autodiff_and_finite_differences(case):
     args, settings_ = case

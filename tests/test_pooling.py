@@ -7,10 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import opcheck
+from conftest import examples
 from jaxcnn import _shapes, ops, reference, verify
 from jaxcnn.verify import mutants
 from jaxcnn.verify.registry import distinct
@@ -161,7 +162,7 @@ def pool_cases(draw):
     return jnp.asarray(x, jnp.float64), dict(window=window, stride=stride, padding=padding)
 
 
-@settings(max_examples=20, deadline=None)
+@examples(8, 30)
 @given(case=pool_cases())
 def test_max_pool_vjp_matches_autodiff_and_finite_differences(case):
     x, settings_ = case
@@ -169,7 +170,7 @@ def test_max_pool_vjp_matches_autodiff_and_finite_differences(case):
     verify.check_numerical(ops.max_pool, x, **settings_).assert_ok()
 
 
-@settings(max_examples=20, deadline=None)
+@examples(8, 30)
 @given(case=pool_cases(), count_padding=st.booleans())
 def test_mean_pool_vjp_matches_autodiff_and_finite_differences(case, count_padding):
     x, settings_ = case

@@ -7,10 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import opcheck
+from conftest import examples
 from jaxcnn import ops, reference, verify
 
 
@@ -84,7 +85,7 @@ def resample_cases(draw):
     return jnp.asarray(x), (factor if draw(st.booleans()) or len(set(factor)) > 1 else factor[0])
 
 
-@settings(max_examples=15, deadline=None)
+@examples(6, 25)
 @given(case=resample_cases(), name=st.sampled_from(["upsample", "downsample"]))
 def test_vjp_matches_autodiff_and_finite_differences(case, name):
     x, factor = case
