@@ -1,5 +1,7 @@
 """Convolution: the lectures' worked examples, the gradient checks, the classic mistakes, the errors."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -447,17 +449,22 @@ def test_row_blocks_match_the_reference_and_autodiff(rng, spatial, window, strid
     x, w = _normal(rng, 2, *spatial, c_in), _normal(rng, *window, c_in, c_out)
     g = _normal(rng, 2, *geom.out_shape, c_out)
     b = _normal(rng, c_out)
-    _, vjp = jax.vjp(lambda w, b: reference.conv(x, w, b, stride=stride, padding=padding, dilation=dilation), w, b)
-    expected_dw, expected_db = vjp(g)
-    dw, db = _conv_formulas.weight_gradient_rows(x, g, geom)
+    conv = functools.partial(reference.conv, stride=stride, padding=padding, dilation=dilation)
+
+    @jax.jit  # one program, not one per primitive
+    def formulas_and_expected(x, w, b, g):
+        rows = _conv_formulas
+        return (rows.weight_gradient_rows(x, g, geom), rows.weight_gradient_rows(x, g, geom, bias=True),
+                rows.forward_rows(x, w, geom), rows.forward_rows(x, w, geom, b),
+                jax.vjp(lambda w, b: conv(x, w, b), w, b)[1](g), conv(x, w))
+
+    (dw, db), (dw_1, db_1), y_rows, y_rows_b, (expected_dw, expected_db), y = formulas_and_expected(x, w, b, g)
     np.testing.assert_allclose(dw.reshape(w.shape), expected_dw, rtol=1e-11, atol=1e-11)
     assert db is None
-    dw, db = _conv_formulas.weight_gradient_rows(x, g, geom, bias=True)  # db from the column of ones
-    np.testing.assert_allclose(dw.reshape(w.shape), expected_dw, rtol=1e-11, atol=1e-11)
-    np.testing.assert_allclose(db, expected_db, rtol=1e-11, atol=1e-11)
-    y = reference.conv(x, w, stride=stride, padding=padding, dilation=dilation)
-    np.testing.assert_allclose(_conv_formulas.forward_rows(x, w, geom), y, rtol=1e-11, atol=1e-11)
-    np.testing.assert_allclose(_conv_formulas.forward_rows(x, w, geom, b), y + b, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(dw_1.reshape(w.shape), expected_dw, rtol=1e-11, atol=1e-11)  # db: a column of ones
+    np.testing.assert_allclose(db_1, expected_db, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(y_rows, y, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(y_rows_b, y + b, rtol=1e-11, atol=1e-11)
 
 
 AUTO_CASES = [  # (x_shape, w_shape, settings, the plan auto picks on the CPU)
@@ -477,21 +484,29 @@ AUTO_CASES = [  # (x_shape, w_shape, settings, the plan auto picks on the CPU)
 ]
 
 
-@pytest.mark.parametrize("x_shape,w_shape,settings,plan", AUTO_CASES,
-                         ids=["c1", "rgb-wide", "c5", "c3", "wide", "wide-s2", "resnet", "pointwise", "pointwise-s2",
-                              "1d", "1d-small", "1d-one-input",
-                              "1d-wide"])
+AUTO_IDS = ["c1", "rgb-wide", "c5", "c3", "wide", "wide-s2", "resnet", "pointwise", "pointwise-s2", "1d", "1d-small",
+            "1d-one-input", "1d-wide"]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,settings,plan", AUTO_CASES, ids=AUTO_IDS)
 def test_auto_plan_picks_per_shape_and_stays_exact(rng, x_shape, w_shape, settings, plan):
     geom = _shapes.geometry("conv", x_shape[1:-1], w_shape[:-2], settings.get("stride", 1),
                             settings.get("padding", "VALID"), 1)
     assert auto_plan(geom, x_shape[1:-1], *w_shape[-2:], backend="cpu") == Plan(*plan)
     assert auto_plan(geom, x_shape[1:-1], *w_shape[-2:], backend="gpu") == Plan("xla", "xla", "xla")
     x, w, b = _normal(rng, *x_shape), _normal(rng, *w_shape), _normal(rng, w_shape[-1])
-    expected = reference.conv(x, w, b, **settings)
-    for method in METHODS:
-        np.testing.assert_allclose(ops.conv(x, w, b, method=method, **settings), expected, rtol=1e-10, atol=1e-10)
     verify.check_vjp(ops.conv, reference.conv, x, w, b, **settings).assert_ok()
-    verify.check_numerical(ops.conv, x, w, b, **settings).assert_ok()
+
+
+@pytest.mark.slow  # every method at every crossover shape; the default suite's method × shape tests are above
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("x_shape,w_shape,settings,plan", AUTO_CASES, ids=AUTO_IDS)
+def test_every_method_is_exact_at_the_auto_plan_shapes(rng, method, x_shape, w_shape, settings, plan):
+    x, w, b = _normal(rng, *x_shape), _normal(rng, *w_shape), _normal(rng, w_shape[-1])
+    np.testing.assert_allclose(ops.conv(x, w, b, method=method, **settings), reference.conv(x, w, b, **settings),
+                               rtol=1e-10, atol=1e-10)
+    verify.check_vjp(ops.conv, reference.conv, x, w, b, method=method, **settings).assert_ok()
+    verify.check_numerical(ops.conv, x, w, b, method=method, **settings).assert_ok()
 
 
 # --------------------------------------------------------------------------- grouped convolution
