@@ -16,8 +16,22 @@ def _rows(layer: Layer, params, state, input_shape, key, expand: bool):
             child_rows, shape = _rows(child, p, s, shape, k, False)
             rows += child_rows
         return rows, shape
-    _, _, shape = layer.init(key, input_shape)
+    _, _, shape = _abstract_init(layer, key, input_shape)
     return [(layer.name, shape, layer.count(params), _size(state))], shape
+
+
+def _abstract_init(layer: Layer, key, input_shape):
+    """``layer.init`` traced, not run (:func:`jax.eval_shape`): parameters and state as
+    shapes and dtypes, and the output shape. A summary draws no random numbers."""
+    shapes = []
+
+    def init(key):
+        params, state, shape = layer.init(key, input_shape)
+        shapes.append(shape)
+        return params, state
+
+    params, state = jax.eval_shape(init, key)
+    return params, state, shapes[0]
 
 
 def summary(model: Layer, input_shape: Shape, key=None) -> str:
@@ -28,7 +42,7 @@ def summary(model: Layer, input_shape: Shape, key=None) -> str:
     1,516 trainable parameters, not 2,416).
     """
     key = jax.random.PRNGKey(0) if key is None else key
-    params, state, _ = model.init(key, tuple(input_shape))
+    params, state, _ = _abstract_init(model, key, tuple(input_shape))
     rows, _ = _rows(model, params, state, tuple(input_shape), key, True)
     table = [("layer", "output shape", "params", "state")]
     table += [(n, str(tuple(s)), f"{c:,}", f"{k:,}") for n, s, c, k in rows]
