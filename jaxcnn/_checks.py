@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -16,7 +17,8 @@ import numpy as np
 def float_array(op: str, name: str, x: Any) -> jnp.ndarray:
     """Returns `x` as a JAX array of a real floating dtype, or raises TypeError."""
     try:
-        x = jnp.asarray(x)
+        # an array (or tracer) as it is: under eager autodiff, asarray would run a copy per call
+        x = x if isinstance(x, jax.Array) else jnp.asarray(x)
     except TypeError as e:
         raise TypeError(f"{op}: `{name}` must be an array, got {type(x).__name__}.") from e
     if not jnp.issubdtype(x.dtype, jnp.floating):
