@@ -567,7 +567,8 @@ def perturbed_together(found: Sequence[Probe], step: float) -> list[tuple[np.nda
             values.append((both[: len(u)], both[len(u):]))
         return values
 
-    return jax.jit(evaluate)([jnp.asarray(p.directions) for p in found]) if found else []
+    # numpy in and out: eager jnp arithmetic on the results would compile a program per primitive and shape
+    return jax.device_get(jax.jit(evaluate)([p.directions for p in found])) if found else []
 
 
 def _projections(probe: Probe, rule, plus, minus, step, tol) -> ArgumentReport:
