@@ -10,6 +10,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxcnn import ops, reference, verify
 
@@ -34,11 +35,13 @@ def assert_vmap(name, *args, in_axes=0, **settings):
     """Batched inputs along in_axes (a leading axis of size 3 is added to each batched arg)."""
     op, ref = pair(name)
     axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
-    batched = tuple(
-        a if ax is None else jax.tree_util.tree_map(
-            lambda l: jnp.stack([l, 0.5 * l, -l]) if jnp.issubdtype(l.dtype, jnp.floating) else jnp.stack([l, l, l]), a)
-        for a, ax in zip(args, axes)
-    )
+    def stack(leaf):  # in numpy: eager jnp would compile a program per primitive and shape
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            return jnp.stack([leaf] * 3)
+        floating, leaf = jnp.issubdtype(leaf.dtype, jnp.floating), np.asarray(leaf)
+        return jnp.asarray(np.stack([leaf, 0.5 * leaf, -leaf] if floating else [leaf] * 3))
+
+    batched = tuple(a if ax is None else jax.tree_util.tree_map(stack, a) for a, ax in zip(args, axes))
     op_v = jax.vmap(functools.partial(op, **settings), in_axes=axes)
     ref_v = jax.vmap(functools.partial(ref, **settings), in_axes=axes)
     verify.check_vjp(op_v, ref_v, *batched).assert_ok()
@@ -46,9 +49,9 @@ def assert_vmap(name, *args, in_axes=0, **settings):
 
 def _gradient_fn(fn, args, settings, seed=1):
     """x ↦ ∇⟨fn(x), v⟩ for a fixed random v: its VJP is a Hessian-vector product."""
-    out = fn(*args, **settings)
-    key = jax.random.PRNGKey(seed)
-    v = jax.tree_util.tree_map(lambda o: jax.random.normal(key, o.shape, o.dtype), out)
+    out = jax.eval_shape(functools.partial(fn, **settings), *args)
+    rng = np.random.default_rng(seed)
+    v = jax.tree_util.tree_map(lambda o: jnp.asarray(rng.standard_normal(o.shape), o.dtype), out)
     float_argnums = tuple(
         i for i, a in enumerate(args)
         if all(jnp.issubdtype(jnp.result_type(l), jnp.floating) for l in jax.tree_util.tree_leaves(a))
