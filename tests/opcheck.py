@@ -81,3 +81,26 @@ def assert_all(name, *args, vmap_axes=0, **settings):
         assert_vmap(name, *args, in_axes=vmap_axes, **settings)
     assert_grad_of_grad(name, *args, **settings)
     assert_numerical(name, *args, **settings)
+
+
+def assert_transform(transform, name, *args, vmap_axes=0, **settings):
+    """One check of :func:`assert_all` by name ("eager", "jit", "vmap", "grad-of-grad",
+    "checkpoint", "finite differences"): for ``covering`` the transforms with other parameters."""
+    if transform == "eager":
+        assert_vjp(name, *args, **settings)
+    elif transform == "jit":
+        assert_jit(name, *args, **settings)
+    elif transform == "vmap":
+        assert_vmap(name, *args, in_axes=vmap_axes, **settings)
+    elif transform == "grad-of-grad":
+        assert_grad_of_grad(name, *args, **settings)
+    elif transform == "checkpoint":
+        verify.check_transform("checkpoint", *pair(name), *args, **settings).assert_ok()
+    elif transform == "finite differences":
+        assert_numerical(name, *args, **settings)
+    else:
+        raise ValueError(f"unknown transform {transform!r}")
+
+
+#: Every transform of :func:`assert_transform`.
+TRANSFORMS = ["eager", "jit", "vmap", "grad-of-grad", "checkpoint", "finite differences"]

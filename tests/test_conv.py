@@ -555,14 +555,11 @@ def test_grouped_vjp_matches_autodiff_and_finite_differences(rng, method, x_shap
     opcheck.assert_numerical("conv", x, w, b, method=method, **settings)
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_grouped_gradients_under_every_transform(rng, method):
+@covering("method", METHODS, "transform", ["jit", "vmap", "grad-of-grad", "checkpoint"])
+def test_grouped_gradients_under_every_transform(rng, method, transform):
     x, w, b = _normal(rng, 2, 7, 6, 4), _normal(rng, 3, 2, 1, 8), _normal(rng, 8)
     settings = dict(stride=2, padding=1, groups=4, method=method)  # depthwise, multiplier 2
-    opcheck.assert_jit("conv", x, w, b, **settings)
-    opcheck.assert_vmap("conv", x, w, b, in_axes=(0, 0, None), **settings)
-    opcheck.assert_grad_of_grad("conv", x, w, b, **settings)
-    verify.check_transform("checkpoint", ops.conv, reference.conv, x, w, b, **settings).assert_ok()
+    opcheck.assert_transform(transform, "conv", x, w, b, vmap_axes=(0, 0, None), **settings)
 
 
 @covering("method", METHODS, "dtype", ["float32", "bfloat16"])

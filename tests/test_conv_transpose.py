@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from jax import lax
 
 import opcheck
-from conftest import examples
+from conftest import covering, examples
 from jaxcnn import _shapes, ops, reference, verify
 
 LAYOUT = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}
@@ -144,14 +144,10 @@ TRANSFORM_CASES = [
 ]
 
 
-@pytest.mark.parametrize("x_shape,w_shape,settings_", TRANSFORM_CASES, ids=["1d", "2d", "3d"])
-def test_under_jit_vmap_and_grad_of_grad(rng, x_shape, w_shape, settings_):
+@covering("transform", opcheck.TRANSFORMS, "x_shape,w_shape,settings_", TRANSFORM_CASES, ["1d", "2d", "3d"])
+def test_under_jit_vmap_and_grad_of_grad(rng, transform, x_shape, w_shape, settings_):
     x, w, b = _normal(rng, *x_shape), _normal(rng, *w_shape), _normal(rng, w_shape[-1])
-    opcheck.assert_vjp("conv_transpose", x, w, b, **settings_)
-    opcheck.assert_jit("conv_transpose", x, w, b, **settings_)
-    opcheck.assert_vmap("conv_transpose", x, w, b, in_axes=(0, None, None), **settings_)
-    opcheck.assert_grad_of_grad("conv_transpose", x, w, b, **settings_)
-    opcheck.assert_numerical("conv_transpose", x, w, b, **settings_)
+    opcheck.assert_transform(transform, "conv_transpose", x, w, b, vmap_axes=(0, None, None), **settings_)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -225,12 +221,10 @@ OPTION_CASES = [
 ]
 
 
-@pytest.mark.parametrize("x_shape,w_shape,settings_", OPTION_CASES, ids=["1d", "2d", "3d"])
-def test_new_options_under_every_transform(rng, x_shape, w_shape, settings_):
+@covering("transform", opcheck.TRANSFORMS, "x_shape,w_shape,settings_", OPTION_CASES[::-1], ["3d", "2d", "1d"])
+def test_new_options_under_every_transform(rng, transform, x_shape, w_shape, settings_):
     x, w, b = _normal(rng, *x_shape), _normal(rng, *w_shape), _normal(rng, w_shape[-1])
-    opcheck.assert_all("conv_transpose", x, w, b, vmap_axes=(0, None, None), **settings_)
-    verify.check_transform("checkpoint", ops.conv_transpose, reference.conv_transpose, x, w, b,
-                           **settings_).assert_ok()
+    opcheck.assert_transform(transform, "conv_transpose", x, w, b, vmap_axes=(0, None, None), **settings_)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

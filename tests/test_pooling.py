@@ -11,7 +11,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import opcheck
-from conftest import examples
+from conftest import covering, examples
 from jaxcnn import _shapes, ops, reference, verify
 from jaxcnn.verify import mutants
 from jaxcnn.verify.registry import distinct
@@ -187,15 +187,19 @@ TRANSFORM_CASES = [
 ]
 
 
-@pytest.mark.parametrize("x_shape,settings_", TRANSFORM_CASES, ids=["2d-tiled", "2d-tiled-8", "2d-overlap", "1d", "3d"])
-def test_max_pool_under_jit_vmap_and_grad_of_grad(rng, x_shape, settings_):
-    opcheck.assert_all("max_pool", jnp.asarray(distinct(rng, *x_shape)), **settings_)
+TRANSFORM_IDS = ["2d-tiled", "2d-tiled-8", "2d-overlap", "1d", "3d"]
 
 
-@pytest.mark.parametrize("x_shape,settings_", TRANSFORM_CASES, ids=["2d-tiled", "2d-tiled-8", "2d-overlap", "1d", "3d"])
-def test_mean_pool_under_jit_vmap_and_grad_of_grad(rng, x_shape, settings_):
+@covering("transform", opcheck.TRANSFORMS, "x_shape,settings_", TRANSFORM_CASES, TRANSFORM_IDS)
+def test_max_pool_under_jit_vmap_and_grad_of_grad(rng, transform, x_shape, settings_):
+    opcheck.assert_transform(transform, "max_pool", jnp.asarray(distinct(rng, *x_shape)), **settings_)
+
+
+@covering("transform", opcheck.TRANSFORMS, "x_shape,settings_", TRANSFORM_CASES[::-1], TRANSFORM_IDS[::-1])
+def test_mean_pool_under_jit_vmap_and_grad_of_grad(rng, transform, x_shape, settings_):
     count_padding = "padding" not in settings_  # exercise both divisors
-    opcheck.assert_all("mean_pool", jnp.asarray(distinct(rng, *x_shape)), count_padding=count_padding, **settings_)
+    opcheck.assert_transform(transform, "mean_pool", jnp.asarray(distinct(rng, *x_shape)),
+                             count_padding=count_padding, **settings_)
 
 
 @pytest.mark.parametrize("channels", [2, 8], ids=["slices", "block-sum"])  # mean pool's two tiled forwards
