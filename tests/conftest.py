@@ -5,6 +5,9 @@ Sample inputs away from kinks come from the verify registry's helpers
 """
 
 import functools
+import os
+import shutil
+import tempfile
 
 import jax
 import numpy as np
@@ -12,6 +15,23 @@ import pytest
 from hypothesis import settings
 
 jax.config.update("jax_enable_x64", True)
+
+
+def pytest_configure(config):
+    """One persistent compilation cache per run, in a temporary folder shared by the xdist
+    workers and every process a test starts: a program compiled again (the same network
+    built afresh by another test or script) is loaded instead, and nothing is written to
+    the user's ``~/.cache``."""
+    from jaxcnn.verify import suite
+
+    if not hasattr(config, "workerinput"):  # the controller, or the only process
+        os.environ["JAXCNN_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="jaxcnn-test-xla-")
+    suite.use_compilation_cache(os.environ["JAXCNN_TEST_XLA_CACHE"])
+
+
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput"):
+        shutil.rmtree(os.environ.pop("JAXCNN_TEST_XLA_CACHE"), ignore_errors=True)
 
 FLOAT_DTYPES = ["float32", "float64"]
 
