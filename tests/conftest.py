@@ -18,15 +18,24 @@ jax.config.update("jax_enable_x64", True)
 
 
 def pytest_configure(config):
-    """One persistent compilation cache per run, in a temporary folder shared by the xdist
-    workers and every process a test starts: a program compiled again (the same network
-    built afresh by another test or script) is loaded instead, and nothing is written to
-    the user's ``~/.cache``."""
+    """Compiling is most of the suite's time, so, as ``jaxcnn verify`` does (docs/performance.md):
+
+    * the two fast-compile XLA flags (:data:`jaxcnn.verify.suite.FAST_COMPILE_FLAGS`: the
+      same HLO, no LLVM optimisation), unless ``JAXCNN_FAST_COMPILE=0``;
+    * one persistent compilation cache per run, in a temporary folder shared by the xdist
+      workers and every process a test starts (a program compiled again, the same network
+      built afresh by another test or script, is loaded instead), unless ``JAXCNN_NO_CACHE=1``.
+      Nothing is written to the user's ``~/.cache``.
+
+    Both reach the processes tests start through the environment."""
     from jaxcnn.verify import suite
 
+    if os.environ.get("JAXCNN_FAST_COMPILE", "1") != "0":
+        suite.use_fast_compilation()
     if not hasattr(config, "workerinput"):  # the controller, or the only process
         os.environ["JAXCNN_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="jaxcnn-test-xla-")
-    suite.use_compilation_cache(os.environ["JAXCNN_TEST_XLA_CACHE"])
+    if not os.environ.get("JAXCNN_NO_CACHE"):
+        suite.use_compilation_cache(os.environ["JAXCNN_TEST_XLA_CACHE"])
 
 
 def pytest_unconfigure(config):
