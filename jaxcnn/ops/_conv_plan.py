@@ -40,8 +40,6 @@ TAPS_MAX_C_IN = 4
 IM2COL_1D_MAX_MACS = 16_384
 #: 2-D and 3-D: row blocks for at most this many input channels.
 ROWS_MAX_C_IN = 4
-#: 2-D and 3-D: im2col for at most this many channel pairs ``C_in · C_out``, XLA's convolution above.
-IM2COL_MAX_PAIRS = 128
 #: Grouped (``groups > 1``), at most this many input channels per group: taps for ``y``, row
 #: blocks for ``dW``, col2im for ``dx``; XLA:CPU's grouped convolutions are slow
 #: (performance.md, "Grouped and depthwise convolution").
@@ -57,9 +55,9 @@ def auto_plan(geom: _shapes.Geometry, in_shape, c_in: int, c_out: int, backend: 
     Off the CPU, XLA's own convolutions (cuDNN on GPUs). On the CPU: a window covering the
     whole input (LeNet-5's C5) is a dense layer, im2col without a copy; few input channels
     (LeNet-5's C1, RGB images) use row blocks for ``y`` and ``dW``, whose column matrix the
-    two share inside one jitted step; few channel pairs (C3's 6 × 16) use im2col, shared
-    the same way. 1-D convolutions use taps for few input channels, im2col while a
-    sample's forward is small, and XLA's convolutions above. A 1 × 1 window without padding
+    two share inside one jitted step; more input channels (C3's 6) use XLA's convolutions,
+    which need no ``K``-times larger column matrix. 1-D convolutions use taps for few input
+    channels, im2col while a sample's forward is small, and XLA's convolutions above. A 1 × 1 window without padding
     (a pointwise convolution) is one matrix product per product, im2col and col2im. ``dx``
     overlap-adds ``δ Wᵀ`` (col2im) in 1-D where XLA's transposed convolution would multiply
     the zeros of a strided δ or the channels are few; in 2-D and 3-D only where the
@@ -89,8 +87,8 @@ def auto_plan(geom: _shapes.Geometry, in_shape, c_in: int, c_out: int, backend: 
         col2im = max(geom.stride) > 1 or c_in * c_out <= COL2IM_MAX_PAIRS
     else:
         few = c_in <= ROWS_MAX_C_IN
-        products = "rows" if few else "im2col" if c_in * c_out <= IM2COL_MAX_PAIRS else "xla"
-        col2im = few or c_in * c_out <= IM2COL_MAX_PAIRS
+        products = "rows" if few else "xla"
+        col2im = few
     return Plan(forward=products, weight=products, input="col2im" if col2im else "xla")
 
 
