@@ -263,6 +263,7 @@ def test_summary_shows_params_and_state():
     assert table.endswith("total trainable parameters: 122\ntotal state (non-trainable): 8")  # 40 + 8 + 74
 
 
+@pytest.mark.slow  # needs Flax, which only the bench extra installs: `pip install -e ".[test,bench]"`
 def test_a_flax_cnn_with_batch_norm_and_dropout_ports_with_its_variables(rng):
     """Flax linen's Conv → BatchNorm → ReLU → Dropout → Dense, ported layer by layer: the same
     outputs in evaluation and in training (dropout off), the same running mean, and the
