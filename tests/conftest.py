@@ -42,6 +42,7 @@ def pytest_unconfigure(config):
     if not hasattr(config, "workerinput"):
         shutil.rmtree(os.environ.pop("JAXCNN_TEST_XLA_CACHE"), ignore_errors=True)
 
+
 FLOAT_DTYPES = ["float32", "float64"]
 
 

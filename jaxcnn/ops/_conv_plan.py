@@ -57,14 +57,14 @@ def auto_plan(geom: _shapes.Geometry, in_shape, c_in: int, c_out: int, backend: 
     (LeNet-5's C1, RGB images) use row blocks for ``y`` and ``dW``, whose column matrix the
     two share inside one jitted step; more input channels (C3's 6) use XLA's convolutions,
     which need no ``K``-times larger column matrix. 1-D convolutions use taps for few input
-    channels, im2col while a sample's forward is small, and XLA's convolutions above. A 1 × 1 window without padding
-    (a pointwise convolution) is one matrix product per product, im2col and col2im. ``dx``
-    overlap-adds ``δ Wᵀ`` (col2im) in 1-D where XLA's transposed convolution would multiply
-    the zeros of a strided δ or the channels are few; in 2-D and 3-D only where the
-    channels are too few to vectorise (the ``K``-times larger ``δ Wᵀ`` costs more than the
-    zeros there). Elsewhere XLA's own convolutions win. All of
-    them are written in XLA:CPU's canonical form, which it also runs fast inside the loop
-    of :func:`jaxcnn.train.make_epoch`. The crossovers: performance.md, "auto_plan
+    channels, im2col while a sample's forward is small, and XLA's convolutions above. A 1 × 1
+    window without padding (a pointwise convolution) is one matrix product per product,
+    im2col and col2im. ``dx`` overlap-adds ``δ Wᵀ`` (col2im) in 1-D where XLA's transposed
+    convolution would multiply the zeros of a strided δ or the channels are few; in 2-D and
+    3-D only where the channels are too few to vectorise (the ``K``-times larger ``δ Wᵀ``
+    costs more than the zeros there). Elsewhere XLA's own convolutions win. All of them are
+    written in XLA:CPU's canonical form, which it also runs fast inside the loop of
+    :func:`jaxcnn.train.make_epoch`. The crossovers: performance.md, "auto_plan
     crossovers".
 
     Grouped convolutions (``groups > 1``; ``c_in``, ``c_out`` count all channels) run every
