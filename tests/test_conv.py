@@ -1,6 +1,7 @@
 """Convolution: the lectures' worked examples, the gradient checks, the classic mistakes, the errors."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -475,6 +476,9 @@ AUTO_CASES = [  # (x_shape, w_shape, settings, the plan auto picks on the CPU)
     ((2, 9, 9, 24), (3, 3, 24, 48), dict(padding="SAME"), ("xla", "xla", "xla")),  # many channels
     ((2, 9, 9, 24), (3, 3, 24, 48), dict(stride=2, padding="SAME"), ("xla", "xla", "xla")),  # strided δ, 2-D
     ((2, 8, 8, 16), (3, 3, 16, 16), dict(padding=1), ("xla", "xla", "xla")),  # ResNet's 16 → 16
+    ((2, 8, 8, 32), (3, 3, 32, 32), dict(padding=1), ("winograd", "xla", "winograd")),  # ResNet's 32 → 32
+    ((2, 5, 5, 32), (3, 3, 32, 32), dict(padding=1), ("xla", "xla", "xla")),  # 5 × 5 outputs: too few tiles
+    ((2, 8, 8, 32), (3, 3, 32, 32), dict(padding=1, dilation=2), ("xla", "xla", "xla")),  # dilated: no Winograd
     ((2, 6, 6, 12), (1, 1, 12, 20), {}, ("im2col", "im2col", "col2im")),  # pointwise: one matrix product
     ((2, 7, 7, 12), (1, 1, 12, 20), dict(stride=2), ("im2col", "im2col", "col2im")),  # strided pointwise
     ((4, 19, 25), (3, 25, 25), dict(stride=2, padding=1), ("xla", "xla", "col2im")),  # MNIST-1D conv2
@@ -484,14 +488,15 @@ AUTO_CASES = [  # (x_shape, w_shape, settings, the plan auto picks on the CPU)
 ]
 
 
-AUTO_IDS = ["c1", "rgb-wide", "c5", "c3", "wide", "wide-s2", "resnet", "pointwise", "pointwise-s2", "1d", "1d-small",
+AUTO_IDS = ["c1", "rgb-wide", "c5", "c3", "wide", "wide-s2", "resnet", "resnet-32", "resnet-5x5", "dilated",
+            "pointwise", "pointwise-s2", "1d", "1d-small",
             "1d-one-input", "1d-wide"]
 
 
 @pytest.mark.parametrize("x_shape,w_shape,settings,plan", AUTO_CASES, ids=AUTO_IDS)
 def test_auto_plan_picks_per_shape_and_stays_exact(rng, x_shape, w_shape, settings, plan):
     geom = _shapes.geometry("conv", x_shape[1:-1], w_shape[:-2], settings.get("stride", 1),
-                            settings.get("padding", "VALID"), 1)
+                            settings.get("padding", "VALID"), settings.get("dilation", 1))
     assert auto_plan(geom, x_shape[1:-1], *w_shape[-2:], backend="cpu") == Plan(*plan)
     assert auto_plan(geom, x_shape[1:-1], *w_shape[-2:], backend="gpu") == Plan("xla", "xla", "xla")
     x, w, b = _normal(rng, *x_shape), _normal(rng, *w_shape), _normal(rng, w_shape[-1])
@@ -507,6 +512,52 @@ def test_every_method_is_exact_at_the_auto_plan_shapes(rng, method, x_shape, w_s
                                rtol=1e-10, atol=1e-10)
     verify.check_vjp(ops.conv, reference.conv, x, w, b, method=method, **settings).assert_ok()
     verify.check_numerical(ops.conv, x, w, b, method=method, **settings).assert_ok()
+
+
+# --------------------------------------------------------------------------- Winograd F(2×2, 3×3)
+
+WINOGRAD_CASES = [  # 3 × 3 at stride 1: odd and even outputs, pads past the window, groups, a table
+    ((2, 6, 7, 3), (3, 3, 3, 4), dict(padding=1)),
+    ((1, 5, 5, 2), (3, 3, 2, 2), {}),
+    ((2, 4, 9, 3), (3, 3, 3, 2), dict(padding=((0, 2), (3, 1)))),
+    ((1, 3, 3, 1), (3, 3, 1, 1), dict(padding="FULL")),
+    ((1, 7, 6, 4), (3, 3, 2, 4), dict(padding="SAME", groups=2)),
+    ((1, 6, 5, 6), (3, 3, 6, 16), dict(padding="SAME", connections=ops.LENET5_C3_TABLE)),
+]
+WINOGRAD_IDS = ["p1-odd", "valid", "pads-past-window", "full-one-tile", "groups-2", "c3-table"]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,settings", WINOGRAD_CASES, ids=WINOGRAD_IDS)
+def test_winograd_matches_the_reference_autodiff_and_finite_differences(rng, x_shape, w_shape, settings):
+    # Lavin & Gray's y = Aᵀ[(G w Gᵀ) ⊙ (Bᵀ d B)]A and its hand-derived transposes, in float64
+    x, w, b = _normal(rng, *x_shape), _normal(rng, *w_shape), _normal(rng, w_shape[-1])
+    np.testing.assert_allclose(ops.conv(x, w, b, method="winograd", **settings), reference.conv(x, w, b, **settings),
+                               rtol=1e-12, atol=1e-12)
+    verify.check_vjp(ops.conv, reference.conv, x, w, b, method="winograd", **settings).assert_ok()
+    verify.check_numerical(ops.conv, x, w, b, method="winograd", **settings).assert_ok()
+
+
+def test_winograd_under_transforms_and_in_float32(rng):
+    x, w, b = _normal(rng, 2, 6, 7, 3), _normal(rng, 3, 3, 3, 4), _normal(rng, 4)
+    opcheck.assert_jit("conv", x, w, b, padding=1, method="winograd")
+    opcheck.assert_vmap("conv", x, w, b, in_axes=(0, 0, None), padding=1, method="winograd")
+    opcheck.assert_grad_of_grad("conv", x, w, b, padding=1, method="winograd")
+    x32, w32, b32 = (a.astype(jnp.float32) for a in (x, w, b))
+    result = verify.check_vjp(ops.conv, reference.conv, x32, w32, b32, padding=1, method="winograd")
+    result.assert_ok()
+    assert result.dtype == "float32"
+
+
+@pytest.mark.parametrize("w_shape,settings,got", [
+    ((3, 3, 2, 2), dict(stride=2), "stride (2, 2)"),
+    ((3, 3, 2, 2), dict(dilation=2), "dilation (2, 2)"),
+    ((5, 5, 2, 2), {}, "window (5, 5)"),
+    ((3, 2, 2), {}, "window (3,)"),
+])
+def test_winograd_rejects_other_geometries_at_trace_time(w_shape, settings, got):
+    x = jnp.ones((1, *[7] * (len(w_shape) - 2), 2))
+    with pytest.raises(ValueError, match=r"method='winograd'.*needs a 2-D 3 × 3 window at stride 1.*" + re.escape(got)):
+        jax.eval_shape(lambda x, w: ops.conv(x, w, method="winograd", **settings), x, jnp.ones(w_shape))
 
 
 # --------------------------------------------------------------------------- grouped convolution

@@ -16,7 +16,8 @@ groups, so each costs ``1/g`` of the dense one (:mod:`jaxcnn.ops._conv_groups`).
 
 This file is the lecture: :func:`conv`, its ``custom_vjp`` and right after it the three
 formulas. The faster exact formulas ``method`` may pick instead live in
-:mod:`jaxcnn.ops._conv_formulas`, the choice in :mod:`jaxcnn.ops._conv_plan`.
+:mod:`jaxcnn.ops._conv_formulas` and :mod:`jaxcnn.ops._conv_winograd`, the choice in
+:mod:`jaxcnn.ops._conv_plan`.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ import numpy as np
 from jax import lax
 
 from jaxcnn import _checks, _shapes, _xla_cpu
+from jaxcnn.ops import _conv_winograd
 from jaxcnn.ops._conv_formulas import FORMULAS, input_gradient_col2im
 from jaxcnn.ops._conv_groups import check_kernel_channels, checked_groups, per_group
-from jaxcnn.ops._conv_plan import METHODS, PLANS, Plan, auto_plan
+from jaxcnn.ops._conv_plan import GEOMETRY_METHODS, METHODS, PLANS, Plan, auto_plan
 
 #: LeNet-5's S2 → C3 connection table (LeCun et al. 1998, Table I; Hu & Zhu's slide
 #: "Feature map selection"): ``LENET5_C3_TABLE[p, q]`` is true when input map ``p`` of
@@ -104,8 +106,10 @@ def conv(
     JAX's own transpose rules emit); ``"im2col"`` (Park: ``y = im2col(x) W``,
     ``dW = im2col(x)ᵀ δ``, ``dx = col2im(δ Wᵀ)``); ``"taps"`` (the window's strided slices);
     ``"rows"`` (row blocks: im2col over the leading axes, a banded matrix along the last);
-    ``"auto"`` (default), per product the fastest for the shapes at hand
-    (:func:`jaxcnn.ops._conv_plan.auto_plan`). The residuals are ``x`` and the connected ``w``.
+    ``"winograd"`` (Lavin & Gray's F(2×2, 3×3), 2-D 3 × 3 windows at stride 1 without
+    dilation only: :mod:`jaxcnn.ops._conv_winograd`); ``"auto"`` (default), per product the
+    fastest for the shapes at hand (:func:`jaxcnn.ops._conv_plan.auto_plan`). The residuals
+    are ``x`` and the connected ``w``.
 
     Args:
       x: input ``(N, *spatial, C_in)``: ``(N, W, C)``, ``(N, H, W, C)`` or ``(N, D, H, W, C)``.
@@ -123,7 +127,7 @@ def conv(
         (``lax``'s ``feature_group_count``, PyTorch's ``groups``); then ``w`` is
         ``(*window, C_in / g, C_out)``. ``g = C_in`` is a depthwise convolution with channel
         multiplier ``C_out / C_in``.
-      method: ``"auto"``, ``"xla"``, ``"im2col"``, ``"taps"`` or ``"rows"``.
+      method: ``"auto"``, ``"xla"``, ``"im2col"``, ``"taps"``, ``"rows"`` or ``"winograd"``.
 
     Returns:
       ``y`` of shape ``(N, *out_spatial, C_out)`` and the dtype of ``x``.
@@ -136,7 +140,7 @@ def conv(
         the padding is unknown or negative, the kernel is larger than the padded input,
         ``connections`` is not ``(C_in, C_out)``, ``groups`` is below 1, does not divide
         ``C_in`` and ``C_out``, does not match ``w``'s ``C_in / groups`` or comes with
-        ``connections``, or ``method`` is unknown.
+        ``connections``, ``method`` is unknown, or it is ``"winograd"`` for another geometry.
 
     >>> import jax.numpy as jnp
     >>> from jaxcnn import ops
@@ -244,9 +248,10 @@ def bias_gradient(g):
 
 
 # The backward is a table look-up: the lecture's formula ("xla") or an exact alternative.
-_FORWARD = {"xla": forward, **{name: f.forward for name, f in FORMULAS.items()}}
-_WEIGHT_GRADIENT = {"xla": weight_gradient, **{name: f.weight_gradient for name, f in FORMULAS.items()}}
-_INPUT_GRADIENT = {"xla": input_gradient, "col2im": input_gradient_col2im}
+_FORWARD = {"xla": forward, **{name: f.forward for name, f in FORMULAS.items()}, "winograd": _conv_winograd.forward}
+_WEIGHT_GRADIENT = {"xla": weight_gradient, **{name: f.weight_gradient for name, f in FORMULAS.items()},
+                    "winograd": _conv_winograd.weight_gradient}
+_INPUT_GRADIENT = {"xla": input_gradient, "col2im": input_gradient_col2im, "winograd": _conv_winograd.input_gradient}
 
 
 def _connected(w, connections):
@@ -321,9 +326,14 @@ def _validate(op, rank, x, w, b, stride, padding, dilation, connections, groups,
     if b is not None:
         _checks.shape(op, "b", b, (w.shape[-1],), "(C_out,) with C_out = w.shape[-1]")
     _checks.same_dtype(op, x=x, w=w, b=b)
-    if method not in METHODS:
-        raise ValueError(f"{op}: unknown `method` {method!r}; use one of {', '.join(map(repr, METHODS))}.")
+    if method not in METHODS + GEOMETRY_METHODS:
+        raise ValueError(
+            f"{op}: unknown `method` {method!r}; use one of {', '.join(map(repr, METHODS + GEOMETRY_METHODS))}.")
     geom = _shapes.geometry(op, x.shape[1:-1], w.shape[:-2], stride, padding, dilation)
+    if method == "winograd" and not _conv_winograd.applies(geom):
+        raise ValueError(
+            f"{op}: `method='winograd'` (F(2×2, 3×3)) needs a 2-D 3 × 3 window at stride 1 without dilation, "
+            f"got window {geom.window}, stride {geom.stride}, dilation {geom.dilation}; use another method.")
     table = None if connections is None else _connection_table(op, connections, w.shape[-2:])
     if method == "auto":
         plan = auto_plan(geom, x.shape[1:-1], x.shape[-1], w.shape[-1], groups=groups)

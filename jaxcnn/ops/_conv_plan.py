@@ -14,17 +14,21 @@ import jax
 import numpy as np
 
 from jaxcnn import _shapes
+from jaxcnn.ops._conv_winograd import applies as winograd_applies
 from jaxcnn.ops._im2col import whole_window
 
 METHODS = ("auto", "xla", "im2col", "taps", "rows")
+#: Formulas for some geometries only (a clear error elsewhere): Winograd's F(2×2, 3×3) for
+#: 2-D 3 × 3 windows at stride 1 without dilation (:mod:`jaxcnn.ops._conv_winograd`).
+GEOMETRY_METHODS = ("winograd",)
 
 
 class Plan(NamedTuple):
     """Which exact formula computes each of the three products (see :func:`jaxcnn.ops.conv`)."""
 
-    forward: str  # "xla" | "im2col" | "taps" | "rows"
-    weight: str  # dW: "xla" | "im2col" | "taps" | "rows"
-    input: str  # dx: "xla" | "col2im"
+    forward: str  # "xla" | "im2col" | "taps" | "rows" | "winograd"
+    weight: str  # dW: "xla" | "im2col" | "taps" | "rows" | "winograd"
+    input: str  # dx: "xla" | "col2im" | "winograd"
 
 
 PLANS = {
@@ -32,6 +36,7 @@ PLANS = {
     "im2col": Plan("im2col", "im2col", "col2im"),
     "taps": Plan("taps", "taps", "col2im"),
     "rows": Plan("rows", "rows", "col2im"),
+    "winograd": Plan("winograd", "winograd", "winograd"),
 }
 
 #: 1-D: taps for at most this many input channels.
@@ -44,6 +49,11 @@ ROWS_MAX_C_IN = 4
 #: blocks for ``dW``, col2im for ``dx``; XLA:CPU's grouped convolutions are slow
 #: (performance.md, "Grouped and depthwise convolution").
 GROUPED_MAX_C_IN = 8
+#: 2-D 3 × 3, stride 1, no dilation: Winograd's F(2×2, 3×3) for ``y`` and ``dx`` (``dW`` by
+#: XLA's convolution, faster than Winograd's transpose) from this many input channels (per
+#: group) and outputs at least :data:`WINOGRAD_MIN_OUT` on each axis.
+WINOGRAD_MIN_C_IN = 32
+WINOGRAD_MIN_OUT = 6
 #: 1-D: ``dx`` by col2im at stride 1 for at most this many channel pairs (strided: always col2im).
 COL2IM_MAX_PAIRS = 1024
 
@@ -56,8 +66,10 @@ def auto_plan(geom: _shapes.Geometry, in_shape, c_in: int, c_out: int, backend: 
     whole input (LeNet-5's C5) is a dense layer, im2col without a copy; few input channels
     (LeNet-5's C1, RGB images) use row blocks for ``y`` and ``dW``, whose column matrix the
     two share inside one jitted step; more input channels (C3's 6) use XLA's convolutions,
-    which need no ``K``-times larger column matrix. 1-D convolutions use taps for few input
-    channels, im2col while a sample's forward is small, and XLA's convolutions above. A 1 × 1
+    which need no ``K``-times larger column matrix; 3 × 3 windows at stride 1 over at least
+    32 input channels and outputs of at least 6 × 6 (a ResNet's later stages) compute ``y``
+    and ``dx`` by Winograd's F(2×2, 3×3). 1-D convolutions use taps for few input channels,
+    im2col while a sample's forward is small, and XLA's convolutions above. A 1 × 1
     window without padding (a pointwise convolution) is one matrix product per product,
     im2col and col2im. ``dx`` overlap-adds ``δ Wᵀ`` (col2im) in 1-D where XLA's transposed
     convolution would multiply the zeros of a strided δ or the channels are few; in 2-D and
@@ -86,6 +98,8 @@ def auto_plan(geom: _shapes.Geometry, in_shape, c_in: int, c_out: int, backend: 
         products = "taps" if c_in <= TAPS_MAX_C_IN else "im2col" if macs < IM2COL_1D_MAX_MACS else "xla"
         col2im = max(geom.stride) > 1 or c_in * c_out <= COL2IM_MAX_PAIRS
     else:
+        if c_in >= WINOGRAD_MIN_C_IN and min(geom.out_shape) >= WINOGRAD_MIN_OUT and winograd_applies(geom):
+            return Plan(forward="winograd", weight="xla", input="winograd")
         few = c_in <= ROWS_MAX_C_IN
         products = "rows" if few else "xla"
         col2im = few

@@ -415,6 +415,9 @@ def _conv(rng):
                    {"stride": 2, "padding": 1, "method": method}, label=f"2-D k3 s2 p1, method={method}")
             for method in CONV_METHODS
         ),
+        Sample((_normal(rng, 2, 7, 6, 3), _normal(rng, 3, 3, 3, 2), _normal(rng, 2)),
+               {"padding": ((1, 2), (3, 1)), "method": "winograd"},
+               label="2-D k3 s1, pads (1, 2) (3, 1), method='winograd' (F(2×2, 3×3), odd tiles)"),
         Sample((_normal(rng, 1, 6, 5, 4), _normal(rng, 3, 3, 4, 3)),
                {"dilation": 2, "padding": "SAME", "connections": table, "method": "im2col"},
                label="2-D im2col dilation 2 SAME with a table"),

@@ -1,0 +1,109 @@
+"""Winograd's minimal filtering F(2×2, 3×3) (Lavin & Gray, "Fast Algorithms for Convolutional
+Neural Networks", 2016): an exact alternative formula for 2-D 3 × 3 convolutions at stride 1
+without dilation, forward and hand-derived backward.
+
+Per 4 × 4 tile ``d`` of the padded input (tiles 2 apart) and its 2 × 2 tile of outputs,
+
+    ``y = Aᵀ [ (G w Gᵀ) ⊙ (Bᵀ d B) ] A``
+
+with the constant matrices below; over channels the ``⊙`` becomes 16 matrix products, one per
+tile position ``(a, b)``: ``M_ab = V_ab U_ab`` with ``V = Bᵀ d B`` (rows: tiles, columns:
+``C_in``) and ``U = G w Gᵀ`` (``C_in × C_out``). The identity holds in exact arithmetic
+(2.25 times fewer multiplies than the direct sum; rounding differs from it by a few ulp).
+
+The backward is the chain rule through the three linear maps, their transposes written out:
+
+* ``dM_ab = (A δ Aᵀ)_ab`` per output tile (δ zero beyond the output),
+* ``dU_ab = V_abᵀ dM_ab``, summed over the tiles, and ``dW = Gᵀ dU G``,
+* ``dx = δ *full w`` (Hu & Zhu) is itself a 3 × 3 stride-1 correlation of δ with rot180(wᵀ)
+  padded by ``2 − lo`` and ``2 − hi``, so it is this same forward.
+
+Why it is there, and where ``auto`` picks it: ``docs/performance.md``, "Winograd F(2×2, 3×3)".
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxcnn import _shapes, _xla_cpu
+
+#: U = G w Gᵀ: the filter transform (Lavin & Gray, F(2×2, 3×3)).
+G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+
+
+def applies(geom: _shapes.Geometry) -> bool:
+    """Whether the geometry is F(2×2, 3×3)'s: 2-D, a 3 × 3 window, stride 1, no dilation."""
+    return geom.window == (3, 3) and geom.stride == (1, 1) and geom.dilation == (1, 1)
+
+
+def _input_transform(p):
+    """``Bᵀ p`` along one axis, ``Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]``."""
+    return [p[0] - p[2], p[1] + p[2], p[2] - p[1], p[1] - p[3]]
+
+
+def _output_transform(m):
+    """``Aᵀ m`` along one axis, ``Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]``."""
+    return [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
+
+
+def _output_transform_transposed(d):
+    """``A d`` along one axis: the transpose of :func:`_output_transform`."""
+    return [d[0], d[0] + d[1], d[0] - d[1], -d[1]]
+
+
+def _down_columns(transform, grid):
+    """``transform`` applied down every column of a grid (a list of rows of arrays)."""
+    columns = [transform([row[j] for row in grid]) for j in range(len(grid[0]))]
+    return [[column[i] for column in columns] for i in range(len(columns[0]))]
+
+
+def _tiles(geom: _shapes.Geometry) -> tuple[int, int]:
+    """Output tiles per axis, ``⌈o / 2⌉`` (an odd output gets one padded row or column)."""
+    return tuple(-(-o // 2) for o in geom.out_shape)
+
+
+def _transformed_input(x, geom: _shapes.Geometry):
+    """``V_ab = (Bᵀ d B)_ab`` for every tile: 16 arrays ``(N, T_h, T_w, C_in)``, ``k = 4a + b``.
+
+    The padded input, cut to ``2T + 2`` rows and columns, is read as 2 × 2 blocks, so that
+    row ``i`` of every tile is one unstrided slice (``block ⌊i/2⌋ on, parity i mod 2``)."""
+    (th, tw), (n, c) = _tiles(geom), (x.shape[0], x.shape[-1])
+    config = [(0, 0, 0)] + [(lo, 2 * t + 2 - size - lo, 0) for (lo, _), t, size in
+                            zip(geom.pads, (th, tw), x.shape[1:3])] + [(0, 0, 0)]
+    blocks = lax.pad(x, jnp.zeros((), x.dtype), config).reshape(n, th + 1, 2, tw + 1, 2, c)
+    rows = _input_transform([blocks[:, i // 2:i // 2 + th, i % 2] for i in range(4)])
+    return [v for r in rows for v in _input_transform([r[:, :, j // 2:j // 2 + tw, j % 2] for j in range(4)])]
+
+
+def forward(x, w, geom: _shapes.Geometry, b=None):
+    """``y = Aᵀ [U ⊙ V] A + b``, the 16 products ``M_ab = V_ab U_ab`` over channels."""
+    (th, tw), n = _tiles(geom), x.shape[0]
+    u = jnp.einsum("ai,ijpq,bj->abpq", G.astype(w.dtype), w, G.astype(w.dtype)).reshape(16, *w.shape[-2:])
+    m = [v @ u[k] for k, v in enumerate(_transformed_input(x, geom))]
+    rows = _down_columns(_output_transform, [m[4 * a:4 * a + 4] for a in range(4)])  # Aᵀ M: 2 × 4
+    y = jnp.stack([jnp.stack(_output_transform(r), axis=3) for r in rows], axis=2)  # Aᵀ M A: (N, T_h, 2, T_w, 2, C_out)
+    y = y.reshape(n, 2 * th, 2 * tw, w.shape[-1])[:, :geom.out_shape[0], :geom.out_shape[1]]
+    return y if b is None else y + b
+
+
+def weight_gradient(x, g, geom: _shapes.Geometry, bias: bool = False):
+    """``dW = Gᵀ dU G`` with ``dU_ab = Σ_tiles V_abᵀ dM_ab`` and ``dM = A δ Aᵀ`` per tile."""
+    (th, tw), n, c_out = _tiles(geom), g.shape[0], g.shape[-1]
+    g = lax.pad(g, jnp.zeros((), g.dtype),  # δ = 0 for an odd output's padded row and column
+                [(0, 0, 0), (0, 2 * th - g.shape[1], 0), (0, 2 * tw - g.shape[2], 0), (0, 0, 0)])
+    g = g.reshape(n, th, 2, tw, 2, c_out)
+    rows = _output_transform_transposed([g[:, :, r] for r in range(2)])  # (N, T_h, T_w, 2, C_out) each
+    dm = [d for r in rows for d in _output_transform_transposed([r[..., s, :] for s in range(2)])]
+    du = jnp.stack([_xla_cpu.contract_leading(v, d) for v, d in zip(_transformed_input(x, geom), dm)])
+    gt = G.astype(du.dtype)
+    return jnp.einsum("ai,abpq,bj->ijpq", gt, du.reshape(4, 4, *du.shape[1:]), gt), None
+
+
+def input_gradient(g, w, geom: _shapes.Geometry, in_shape):
+    """``dx = δ *full w``: the forward on δ with the flipped, in/out-transposed kernel,
+    padded by ``2 − lo`` and ``2 − hi`` (a negative pad crops)."""
+    flipped = jnp.swapaxes(w[::-1, ::-1], -1, -2)
+    pads = tuple((2 - lo, 2 - hi + r) for (lo, hi), r in zip(geom.pads, _shapes.unreached(in_shape, geom)))
+    return forward(g, flipped, geom._replace(pads=pads, out_shape=tuple(in_shape)))
