@@ -51,7 +51,8 @@ from _timing import (block, blocked_medians, compile_seconds, interleaved_median
 import jaxcnn.ops
 import jaxcnn.reference
 from jaxcnn import _shapes, models, train
-from jaxcnn.ops._conv_plan import METHODS, auto_plan
+from jaxcnn.ops._conv_plan import GEOMETRY_METHODS, METHODS, auto_plan
+from jaxcnn.ops._conv_winograd import applies as winograd_applies
 
 C3 = jaxcnn.ops.LENET5_C3_TABLE
 
@@ -224,22 +225,24 @@ def run_conv_methods(case: OpCase, repeats: int, warmup: int) -> dict:
     plan ``auto`` picks: the crossovers behind :func:`jaxcnn.ops._conv_plan.auto_plan`."""
     rng = np.random.default_rng(0)
     x, w, b = (_build(a, rng) for a in case.args)
+    geom = _shapes.geometry("conv", x.shape[1:-1], w.shape[:-2], case.settings.get("stride", 1),
+                            case.settings.get("padding", "VALID"), case.settings.get("dilation", 1))
     methods = [m for m in METHODS if m not in ("taps", "rows") or w.shape[-2] <= 8]
+    methods += ["winograd"] * winograd_applies(geom)
     v = jnp.asarray(rng.normal(size=jaxcnn.reference.conv(x, w, b, **case.settings).shape), jnp.float32)
     grads = {m: jax.jit(jax.value_and_grad(
         lambda v, x, w, b, m=m: jnp.vdot(jaxcnn.ops.conv(x, w, b, method=m, **case.settings), v), argnums=(1, 2, 3)))
         for m in methods}
     times = interleaved_medians(list(grads.values()), [(v, x, w, b)] * len(grads), repeats=repeats, warmup=warmup)
-    geom = _shapes.geometry("conv", x.shape[1:-1], w.shape[:-2], case.settings.get("stride", 1),
-                            case.settings.get("padding", "VALID"), case.settings.get("dilation", 1))
-    plan = auto_plan(geom, x.shape[1:-1], x.shape[-1], w.shape[-1], groups=case.settings.get("groups", 1))
+    plan = auto_plan(geom, x.shape[1:-1], x.shape[-1], w.shape[-1], groups=case.settings.get("groups", 1),
+                     batch=x.shape[0])
     return {"case": case.name, "ms": {m: t * 1e3 for m, t in zip(grads, times)}, "auto_plan": plan._asdict()}
 
 
 def conv_methods_table(results: list[dict]) -> str:
-    rows = [[r["case"], *(f"{r['ms'][m]:.3f}" if m in r["ms"] else "—" for m in METHODS),
+    rows = [[r["case"], *(f"{r['ms'][m]:.3f}" if m in r["ms"] else "—" for m in METHODS + GEOMETRY_METHODS),
              "{forward} / {weight} / {input}".format(**r["auto_plan"])] for r in results]
-    return markdown_table(["conv, shape", *(f"{m} ms" for m in METHODS), "auto: y / dW / dx"], rows)
+    return markdown_table(["conv, shape", *(f"{m} ms" for m in METHODS + GEOMETRY_METHODS), "auto: y / dW / dx"], rows)
 
 
 # --------------------------------------------------------------------------- 2. train steps

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import opcheck
 from conftest import covering
 from jaxcnn import _shapes, ops, reference, verify
-from jaxcnn.ops import _conv, _conv_formulas
+from jaxcnn.ops import _conv, _conv_formulas, _conv_winograd
 from jaxcnn.ops._conv_plan import METHODS, PLANS, Plan, auto_plan
 from jaxcnn.verify import mutants
 
@@ -473,7 +473,7 @@ AUTO_CASES = [  # (x_shape, w_shape, settings, the plan auto picks on the CPU)
     ((2, 9, 45, 3), (3, 3, 3, 4), dict(stride=2), ("rows", "rows", "col2im")),  # RGB, wide
     ((3, 5, 5, 16), (5, 5, 16, 12), {}, ("im2col", "im2col", "col2im")),  # C5: the window is the input
     ((2, 9, 9, 6), (5, 5, 6, 16), dict(connections=ops.LENET5_C3_TABLE), ("xla", "xla", "xla")),  # C3
-    ((2, 9, 9, 24), (3, 3, 24, 48), dict(padding="SAME"), ("xla", "xla", "xla")),  # many channels
+    ((2, 9, 9, 24), (3, 3, 24, 48), dict(padding="SAME"), ("xla", "xla", "winograd")),  # dx: δ has 48 maps
     ((2, 9, 9, 24), (3, 3, 24, 48), dict(stride=2, padding="SAME"), ("xla", "xla", "xla")),  # strided δ, 2-D
     ((2, 8, 8, 16), (3, 3, 16, 16), dict(padding=1), ("xla", "xla", "xla")),  # ResNet's 16 → 16
     ((2, 8, 8, 32), (3, 3, 32, 32), dict(padding=1), ("winograd", "xla", "winograd")),  # ResNet's 32 → 32
@@ -546,6 +546,28 @@ def test_winograd_under_transforms_and_in_float32(rng):
     result = verify.check_vjp(ops.conv, reference.conv, x32, w32, b32, padding=1, method="winograd")
     result.assert_ok()
     assert result.dtype == "float32"
+
+
+def test_winograd_weight_gradient_in_batch_chunks(rng, monkeypatch):
+    # dU summed over chunks of the batch (here 2 samples, the last chunk padded with a zero sample)
+    x, w, b = _normal(rng, 5, 6, 5, 3), _normal(rng, 3, 3, 3, 2), _normal(rng, 2)
+    monkeypatch.setattr(_conv_winograd, "CHUNK_BYTES", 2 * x[0].size * x.dtype.itemsize)
+    verify.check_vjp(ops.conv, reference.conv, x, w, b, padding=1, method="winograd").assert_ok()
+    chunked = jax.jit(jax.grad(lambda w: jnp.sum(ops.conv(x, w, b, padding=1, method="winograd") ** 2)))(w)
+    monkeypatch.setattr(_conv_winograd, "CHUNK_BYTES", 1 << 20)
+    jax.clear_caches()
+    whole = jax.jit(jax.grad(lambda w: jnp.sum(ops.conv(x, w, b, padding=1, method="winograd") ** 2)))(w)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("batch,c,spatial,weight", [
+    (128, 32, 16, "winograd"), (32, 32, 16, "xla"), (64, 16, 32, "winograd"), (None, 64, 16, "xla"),
+    (1024, 8, 32, "xla"),
+])
+def test_auto_plan_winograd_weight_gradient_needs_large_products(batch, c, spatial, weight):
+    # dW by Winograd where each of its 16 products has ≥ 2²² multiply-adds and a dozen channels a side
+    geom = _shapes.geometry("conv", (spatial, spatial), (3, 3), 1, 1, 1)
+    assert auto_plan(geom, (spatial, spatial), c, c, backend="cpu", batch=batch).weight == weight
 
 
 @pytest.mark.parametrize("w_shape,settings,got", [

@@ -27,8 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxcnn import _shapes, _xla_cpu
+from jaxcnn import _shapes
 
+#: The weight gradient sums the batch in chunks of about this many bytes of input.
+CHUNK_BYTES = 1 << 20
 #: U = G w Gᵀ: the filter transform (Lavin & Gray, F(2×2, 3×3)).
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 
@@ -64,17 +66,24 @@ def _tiles(geom: _shapes.Geometry) -> tuple[int, int]:
     return tuple(-(-o // 2) for o in geom.out_shape)
 
 
-def _transformed_input(x, geom: _shapes.Geometry):
-    """``V_ab = (Bᵀ d B)_ab`` for every tile: 16 arrays ``(N, T_h, T_w, C_in)``, ``k = 4a + b``.
+def _transformed_input(x, geom: _shapes.Geometry, axis: int = 1):
+    """``V_ab = (Bᵀ d B)_ab`` for every tile: 16 arrays, ``k = 4a + b``, with the spatial
+    axes ``axis`` and ``axis + 1`` of ``x`` replaced by the tiles ``(T_h, T_w)``.
 
     The padded input, cut to ``2T + 2`` rows and columns, is read as 2 × 2 blocks, so that
     row ``i`` of every tile is one unstrided slice (``block ⌊i/2⌋ on, parity i mod 2``)."""
-    (th, tw), (n, c) = _tiles(geom), (x.shape[0], x.shape[-1])
-    config = [(0, 0, 0)] + [(lo, 2 * t + 2 - size - lo, 0) for (lo, _), t, size in
-                            zip(geom.pads, (th, tw), x.shape[1:3])] + [(0, 0, 0)]
-    blocks = lax.pad(x, jnp.zeros((), x.dtype), config).reshape(n, th + 1, 2, tw + 1, 2, c)
-    rows = _input_transform([blocks[:, i // 2:i // 2 + th, i % 2] for i in range(4)])
-    return [v for r in rows for v in _input_transform([r[:, :, j // 2:j // 2 + tw, j % 2] for j in range(4)])]
+    th, tw = _tiles(geom)
+    config = [(0, 0, 0)] * x.ndim
+    for k, ((lo, _), t) in enumerate(zip(geom.pads, (th, tw))):
+        config[axis + k] = (lo, 2 * t + 2 - x.shape[axis + k] - lo, 0)
+    padded = lax.pad(x, jnp.zeros((), x.dtype), config)
+    blocks = padded.reshape(*x.shape[:axis], th + 1, 2, tw + 1, 2, *x.shape[axis + 2:])
+
+    def tap(a, i, along, size):  # rows (or columns) i of every tile: block ⌊i/2⌋ on, parity i mod 2
+        return lax.index_in_dim(lax.slice_in_dim(a, i // 2, i // 2 + size, axis=along), i % 2, along + 1, False)
+
+    rows = _input_transform([tap(blocks, i, axis, th) for i in range(4)])
+    return [v for r in rows for v in _input_transform([tap(r, j, axis + 1, tw) for j in range(4)])]
 
 
 def forward(x, w, geom: _shapes.Geometry, b=None):
@@ -89,16 +98,36 @@ def forward(x, w, geom: _shapes.Geometry, b=None):
 
 
 def weight_gradient(x, g, geom: _shapes.Geometry, bias: bool = False):
-    """``dW = Gᵀ dU G`` with ``dU_ab = Σ_tiles V_abᵀ dM_ab`` and ``dM = A δ Aᵀ`` per tile."""
-    (th, tw), n, c_out = _tiles(geom), g.shape[0], g.shape[-1]
+    """``dW = Gᵀ dU G`` with ``dU_ab = Σ_tiles V_abᵀ dM_ab`` and ``dM = A δ Aᵀ`` per tile.
+
+    ``V`` is taken channels-first, so that each ``dU_ab`` is a plain ``(C_in × tiles) ·
+    (tiles × C_out)`` product, and the batch is summed in chunks of about
+    :data:`CHUNK_BYTES` of input, which keep a chunk's ``V`` and ``dM`` in the cache
+    (performance.md, "Winograd F(2×2, 3×3)"); zero samples pad the last chunk."""
+    n, c_in, c_out = x.shape[0], x.shape[-1], g.shape[-1]
+    chunk = max(1, min(n, CHUNK_BYTES // max(1, x[0].size * x.dtype.itemsize)))
+    chunks = -(-n // chunk)
+    if chunks > 1:
+        x, g = (lax.pad(a, jnp.zeros((), a.dtype), [(0, chunks * chunk - n, 0)] + [(0, 0, 0)] * (a.ndim - 1))
+                .reshape(chunks, chunk, *a.shape[1:]) for a in (x, g))
+        du, _ = lax.scan(lambda du, xg: (du + _weight_products(*xg, geom), None),
+                         jnp.zeros((16, c_in, c_out), x.dtype), (x, g))
+    else:
+        du = _weight_products(x, g, geom)
+    gt = G.astype(du.dtype)
+    return jnp.einsum("ai,abpq,bj->ijpq", gt, du.reshape(4, 4, c_in, c_out), gt), None
+
+
+def _weight_products(x, g, geom: _shapes.Geometry):
+    """``dU_ab = V_abᵀ dM_ab`` summed over the tiles of ``x``'s samples: ``(16, C_in, C_out)``."""
+    (th, tw), n, c_in, c_out = _tiles(geom), g.shape[0], x.shape[-1], g.shape[-1]
     g = lax.pad(g, jnp.zeros((), g.dtype),  # δ = 0 for an odd output's padded row and column
                 [(0, 0, 0), (0, 2 * th - g.shape[1], 0), (0, 2 * tw - g.shape[2], 0), (0, 0, 0)])
     g = g.reshape(n, th, 2, tw, 2, c_out)
     rows = _output_transform_transposed([g[:, :, r] for r in range(2)])  # (N, T_h, T_w, 2, C_out) each
     dm = [d for r in rows for d in _output_transform_transposed([r[..., s, :] for s in range(2)])]
-    du = jnp.stack([_xla_cpu.contract_leading(v, d) for v, d in zip(_transformed_input(x, geom), dm)])
-    gt = G.astype(du.dtype)
-    return jnp.einsum("ai,abpq,bj->ijpq", gt, du.reshape(4, 4, *du.shape[1:]), gt), None
+    v = _transformed_input(jnp.moveaxis(x, -1, 0), geom, axis=2)  # (C_in, N, T_h, T_w) each
+    return jnp.stack([v_k.reshape(c_in, -1) @ d_k.reshape(-1, c_out) for v_k, d_k in zip(v, dm)])
 
 
 def input_gradient(g, w, geom: _shapes.Geometry, in_shape):
