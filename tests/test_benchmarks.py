@@ -77,3 +77,11 @@ def test_bench_networks_quick_mode(tmp_path):
     results = _bench_networks(tmp_path)
     assert len(results) == 5 and all(r["ms"]["ops"] > 0 and r["ms"]["reference"] > 0 for r in results)
     assert all(r["residual_bytes"]["ops"] > 0 for r in results)
+
+
+def test_winograd_products_prints_the_three_products_and_the_plan():
+    proc = subprocess.run([sys.executable, "winograd_products.py", "--shapes", "2x6x12x12,1x4x2x3", "--repeats", "1"],
+                          cwd=EXPERIMENTS, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "y ms: xla / winograd (ratio)" in proc.stdout and "auto: y / dW / dx" in proc.stdout
+    assert "2 × 6×6, 12 → 12" in proc.stdout and "1 × 4×4, 2 → 3" in proc.stdout
