@@ -234,8 +234,7 @@ def run_conv_methods(case: OpCase, repeats: int, warmup: int) -> dict:
         lambda v, x, w, b, m=m: jnp.vdot(jaxcnn.ops.conv(x, w, b, method=m, **case.settings), v), argnums=(1, 2, 3)))
         for m in methods}
     times = interleaved_medians(list(grads.values()), [(v, x, w, b)] * len(grads), repeats=repeats, warmup=warmup)
-    plan = auto_plan(geom, x.shape[1:-1], x.shape[-1], w.shape[-1], groups=case.settings.get("groups", 1),
-                     batch=x.shape[0])
+    plan = auto_plan(geom, x.shape[1:-1], x.shape[-1], w.shape[-1], groups=case.settings.get("groups", 1))
     return {"case": case.name, "ms": {m: t * 1e3 for m, t in zip(grads, times)}, "auto_plan": plan._asdict()}
 
 

@@ -66,7 +66,7 @@ def run(shape: Shape, repeats: int) -> dict:
     b = jnp.zeros((shape.c_out,), jnp.float32)
     geom = _shapes.geometry("conv", shape.spatial, shape.window, shape.stride, shape.padding, 1)
     v = jnp.asarray(rng.normal(size=(shape.n, *geom.out_shape, shape.c_out)), jnp.float32)
-    auto = auto_plan(geom, shape.spatial, shape.c_in, shape.c_out, backend="cpu", batch=shape.n)
+    auto = auto_plan(geom, shape.spatial, shape.c_in, shape.c_out, backend="cpu")
     plans = dict(CANDIDATES)
     plans.setdefault("auto", auto)
 

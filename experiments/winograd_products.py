@@ -84,7 +84,7 @@ def main(argv=None) -> None:
         n, size, c_in, c_out = (int(v) for v in spec.split("x"))
         ms = products(n, size, c_in, c_out, args.repeats)
         geom = _shapes.geometry("conv", (size, size), (3, 3), 1, 1, 1)
-        plan = auto_plan(geom, (size, size), c_in, c_out, backend="cpu", batch=n)
+        plan = auto_plan(geom, (size, size), c_in, c_out, backend="cpu")
         row = [f"{n} × {size}×{size}, {c_in} → {c_out}"]
         row += [f"{ms[(p, 'xla')]:.2f} / {ms[(p, 'winograd')]:.2f} ({ms[(p, 'winograd')] / ms[(p, 'xla')]:.2f})"
                 for p in ("y", "dW", "dx")]

@@ -13,6 +13,8 @@ out); each one exists because of a measured cost, kept with the commit it was me
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -34,6 +36,12 @@ def canonical_numbers(n: int) -> lax.ConvDimensionNumbers:
     return lax.ConvDimensionNumbers((0, n + 1, *spatial), (n + 1, n, *range(n)), (0, n + 1, *spatial))
 
 
+#: :func:`correlate_over_batch` sums the batch in chunks of at most this many multiply-adds
+#: per kernel tap and this many bytes of ``a`` and ``b``, a power of two samples each.
+CORRELATE_CHUNK_MACS = 1 << 21
+CORRELATE_CHUNK_BYTES = 1 << 20
+
+
 def correlate_over_batch(a, b, window_strides, pads, rhs_dilation):
     """``out[k, p, q] = Σ_{n,o} a_pad[n, o·d + k·s, p] b[n, o, q]`` over the batch and every
     position ``o`` (``s`` = ``window_strides``, ``d`` = ``rhs_dilation``), laid out
@@ -42,7 +50,32 @@ def correlate_over_batch(a, b, window_strides, pads, rhs_dilation):
     ``C_a`` plays the batch, ``N`` the contracted feature and ``b`` the kernel
     ``(*out, N, C_b)``, moved there with explicit transposes so that the convolution is in
     the canonical form; read through swapped dimension numbers instead, XLA:CPU runs it far
-    slower inside a loop body (performance.md, "Canonical convolution form")."""
+    slower inside a loop body (performance.md, "Canonical convolution form"). On XLA:CPU the
+    batch is summed in chunks (:data:`CORRELATE_CHUNK_MACS`, a ``lax.scan``; zero samples pad
+    the last): its convolution over a long contracted batch runs several times slower than
+    over a few samples (performance.md, "Weight gradient in batch chunks")."""
+    n = a.shape[0]
+    chunk = _batch_chunk(a, b) if on_cpu() else n
+    if chunk >= n:
+        return _correlate(a, b, window_strides, pads, rhs_dilation)
+    chunks = -(-n // chunk)
+    a, b = (lax.pad(x, jnp.zeros((), x.dtype), [(0, chunks * chunk - n, 0)] + [(0, 0, 0)] * (x.ndim - 1))
+            .reshape(chunks, chunk, *x.shape[1:]) for x in (a, b))
+    out = jax.eval_shape(lambda a, b: _correlate(a, b, window_strides, pads, rhs_dilation), a[0], b[0])
+    total, _ = lax.scan(lambda total, ab: (total + _correlate(*ab, window_strides, pads, rhs_dilation), None),
+                        jnp.zeros(out.shape, out.dtype), (a, b))
+    return total
+
+
+def _batch_chunk(a, b) -> int:
+    """Samples per chunk: a power of two within both budgets, at least one."""
+    macs = max(1, math.prod(b.shape[1:-1]) * a.shape[-1] * b.shape[-1])  # per sample and tap
+    size = max(1, (math.prod(a.shape[1:]) + math.prod(b.shape[1:])) * a.dtype.itemsize)
+    fits = max(1, min(CORRELATE_CHUNK_MACS // macs, CORRELATE_CHUNK_BYTES // size))
+    return 1 << (fits.bit_length() - 1)
+
+
+def _correlate(a, b, window_strides, pads, rhs_dilation):
     n = a.ndim - 2
     spatial = tuple(range(1, n + 1))
     out = lax.conv_general_dilated(

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import opcheck
 from conftest import covering
-from jaxcnn import _shapes, ops, reference, verify
+from jaxcnn import _shapes, _xla_cpu, ops, reference, verify
 from jaxcnn.ops import _conv, _conv_formulas, _conv_winograd
 from jaxcnn.ops._conv_plan import METHODS, PLANS, Plan, auto_plan
 from jaxcnn.verify import mutants
@@ -560,14 +560,17 @@ def test_winograd_weight_gradient_in_batch_chunks(rng, monkeypatch):
     np.testing.assert_allclose(chunked, whole, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("batch,c,spatial,weight", [
-    (128, 32, 16, "winograd"), (32, 32, 16, "xla"), (64, 16, 32, "winograd"), (None, 64, 16, "xla"),
-    (1024, 8, 32, "xla"),
-])
-def test_auto_plan_winograd_weight_gradient_needs_large_products(batch, c, spatial, weight):
-    # dW by Winograd where each of its 16 products has ≥ 2²² multiply-adds and a dozen channels a side
-    geom = _shapes.geometry("conv", (spatial, spatial), (3, 3), 1, 1, 1)
-    assert auto_plan(geom, (spatial, spatial), c, c, backend="cpu", batch=batch).weight == weight
+@pytest.mark.parametrize("settings", [dict(stride=2, padding=1), dict(padding="SAME", dilation=2, groups=3)])
+def test_xla_weight_gradient_in_batch_chunks(rng, monkeypatch, settings):
+    # XLA:CPU's dW sums the batch in chunks (2 samples here; a zero sample pads the last chunk)
+    x, w, b = _normal(rng, 5, 7, 6, 3), _normal(rng, 3, 3, 3 // settings.get("groups", 1), 6), _normal(rng, 6)
+    grad = jax.jit(jax.grad(lambda w: jnp.sum(ops.conv(x, w, b, method="xla", **settings) ** 2)))
+    whole = grad(w)
+    monkeypatch.setattr(_xla_cpu, "CORRELATE_CHUNK_BYTES", 2 * (x[0].size + 6 * 7 * 6) * x.dtype.itemsize)
+    assert _xla_cpu._batch_chunk(x, jnp.zeros((5, 7, 6, 6))) == 2
+    jax.clear_caches()
+    verify.check_vjp(ops.conv, reference.conv, x, w, b, method="xla", **settings).assert_ok()
+    np.testing.assert_allclose(grad(w), whole, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("w_shape,settings,got", [

@@ -336,7 +336,7 @@ def _validate(op, rank, x, w, b, stride, padding, dilation, connections, groups,
             f"got window {geom.window}, stride {geom.stride}, dilation {geom.dilation}; use another method.")
     table = None if connections is None else _connection_table(op, connections, w.shape[-2:])
     if method == "auto":
-        plan = auto_plan(geom, x.shape[1:-1], x.shape[-1], w.shape[-1], groups=groups, batch=x.shape[0])
+        plan = auto_plan(geom, x.shape[1:-1], x.shape[-1], w.shape[-1], groups=groups)
     else:
         plan = PLANS[method]
     if x.size == 0 or w.size == 0:  # an empty batch or no channels: XLA's convolutions take empty operands

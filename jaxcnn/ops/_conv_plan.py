@@ -50,21 +50,17 @@ ROWS_MAX_C_IN = 4
 #: (performance.md, "Grouped and depthwise convolution").
 GROUPED_MAX_C_IN = 8
 #: 2-D 3 × 3, stride 1, no dilation: Winograd's F(2×2, 3×3) for ``y`` from this many input
-#: channels (per group), for ``dx`` from this many output channels, where the outputs (for
-#: ``dx`` the inputs) are at least :data:`WINOGRAD_MIN_OUT` on each axis; for ``dW`` (batch
-#: chunks) from :data:`WINOGRAD_WEIGHT_MIN_CHANNELS` channels on both sides.
+#: channels (per group) and for ``dx`` from this many output channels, where the outputs (for
+#: ``dx`` the inputs) are at least :data:`WINOGRAD_MIN_OUT` on each axis. ``dW`` stays XLA's,
+#: summed in batch chunks (:func:`jaxcnn._xla_cpu.correlate_over_batch`).
 WINOGRAD_MIN_CHANNELS = 32
 WINOGRAD_MIN_OUT = 6
-WINOGRAD_WEIGHT_MIN_CHANNELS = 12
-#: ... and at least this many multiply-adds in each of its 16 products, ``tiles · C_in · C_out``
-#: over the batch's 2 × 2 output tiles: smaller ones lose to XLA's ``dW`` inside a step.
-WINOGRAD_WEIGHT_MIN_MACS = 1 << 22
 #: 1-D: ``dx`` by col2im at stride 1 for at most this many channel pairs (strided: always col2im).
 COL2IM_MAX_PAIRS = 1024
 
 
 def auto_plan(geom: _shapes.Geometry, in_shape, c_in: int, c_out: int, backend: Optional[str] = None, *,
-              groups: int = 1, batch: Optional[int] = None) -> Plan:
+              groups: int = 1) -> Plan:
     """The formulas ``method="auto"`` picks: all exact, chosen by shape for speed.
 
     Off the CPU, XLA's own convolutions (cuDNN on GPUs). On the CPU: a window covering the
@@ -72,8 +68,8 @@ def auto_plan(geom: _shapes.Geometry, in_shape, c_in: int, c_out: int, backend: 
     (LeNet-5's C1, RGB images) use row blocks for ``y`` and ``dW``, whose column matrix the
     two share inside one jitted step; more input channels (C3's 6) use XLA's convolutions,
     which need no ``K``-times larger column matrix; 3 × 3 windows at stride 1 (a ResNet's or
-    VGG's) use Winograd's F(2×2, 3×3) for ``dW`` from 12 channels and for ``y`` and ``dx``
-    from 32 (:func:`_winograd_where_faster`). 1-D convolutions use taps for few input channels,
+    VGG's) use Winograd's F(2×2, 3×3) for ``y`` and ``dx`` from 32 channels
+    (:func:`_winograd_where_faster`). 1-D convolutions use taps for few input channels,
     im2col while a sample's forward is small, and XLA's convolutions above. A 1 × 1
     window without padding (a pointwise convolution) is one matrix product per product,
     im2col and col2im. ``dx`` overlap-adds ``δ Wᵀ`` (col2im) in 1-D where XLA's transposed
@@ -107,20 +103,14 @@ def auto_plan(geom: _shapes.Geometry, in_shape, c_in: int, c_out: int, backend: 
         products = "rows" if few else "xla"
         col2im = few
     plan = Plan(forward=products, weight=products, input="col2im" if col2im else "xla")
-    return _winograd_where_faster(plan, geom, in_shape, c_in, c_out, batch) if winograd_applies(geom) else plan
+    return _winograd_where_faster(plan, geom, in_shape, c_in, c_out) if winograd_applies(geom) else plan
 
 
-def _winograd_where_faster(plan: Plan, geom: _shapes.Geometry, in_shape, c_in: int, c_out: int,
-                           batch: Optional[int]) -> Plan:
-    """``plan`` with Winograd's F(2×2, 3×3) for each product where it is the faster:
-    ``y`` over many input channels, ``dx`` (the same forward on δ) over many output
-    channels, each with enough tiles; ``dW`` where both sides have a dozen channels and
-    its 16 products are large enough (``batch`` None, not known: XLA's)."""
+def _winograd_where_faster(plan: Plan, geom: _shapes.Geometry, in_shape, c_in: int, c_out: int) -> Plan:
+    """``plan`` with Winograd's F(2×2, 3×3) for ``y`` over many input channels and for
+    ``dx`` (the same forward on δ) over many output channels, each with enough tiles."""
     if c_in >= WINOGRAD_MIN_CHANNELS and min(geom.out_shape) >= WINOGRAD_MIN_OUT:
         plan = plan._replace(forward="winograd")
-    tiles = (batch or 0) * -(-geom.out_shape[0] // 2) * -(-geom.out_shape[1] // 2)
-    if min(c_in, c_out) >= WINOGRAD_WEIGHT_MIN_CHANNELS and tiles * c_in * c_out >= WINOGRAD_WEIGHT_MIN_MACS:
-        plan = plan._replace(weight="winograd")
     if c_out >= WINOGRAD_MIN_CHANNELS and min(in_shape) >= WINOGRAD_MIN_OUT:
         plan = plan._replace(input="winograd")
     return plan
