@@ -36,8 +36,10 @@ def canonical_numbers(n: int) -> lax.ConvDimensionNumbers:
     return lax.ConvDimensionNumbers((0, n + 1, *spatial), (n + 1, n, *range(n)), (0, n + 1, *spatial))
 
 
-#: :func:`correlate_over_batch` sums the batch in chunks of at most this many multiply-adds
-#: per kernel tap and this many bytes of ``a`` and ``b``, a power of two samples each.
+#: :func:`correlate_over_batch` sums the batch in chunks when it contracts more than this many
+#: terms per output (batch × positions), of at most this many multiply-adds per kernel tap and
+#: this many bytes of ``a`` and ``b``, a power of two samples each.
+CORRELATE_CHUNK_MIN_TERMS = 8192
 CORRELATE_CHUNK_MACS = 1 << 21
 CORRELATE_CHUNK_BYTES = 1 << 20
 
@@ -50,12 +52,12 @@ def correlate_over_batch(a, b, window_strides, pads, rhs_dilation):
     ``C_a`` plays the batch, ``N`` the contracted feature and ``b`` the kernel
     ``(*out, N, C_b)``, moved there with explicit transposes so that the convolution is in
     the canonical form; read through swapped dimension numbers instead, XLA:CPU runs it far
-    slower inside a loop body (performance.md, "Canonical convolution form"). On XLA:CPU the
-    batch is summed in chunks (:data:`CORRELATE_CHUNK_MACS`, a ``lax.scan``; zero samples pad
-    the last): its convolution over a long contracted batch runs several times slower than
-    over a few samples (performance.md, "Weight gradient in batch chunks")."""
+    slower inside a loop body (performance.md, "Canonical convolution form"). On XLA:CPU a
+    long batch is summed in chunks (:data:`CORRELATE_CHUNK_MACS`, a ``lax.scan``; zero
+    samples pad the last): its convolution over a long contracted batch runs several times
+    slower than over a few samples (performance.md, "Weight gradient in batch chunks")."""
     n = a.shape[0]
-    chunk = _batch_chunk(a, b) if on_cpu() else n
+    chunk = _batch_chunk(a, b) if on_cpu() and n * math.prod(b.shape[1:-1]) > CORRELATE_CHUNK_MIN_TERMS else n
     if chunk >= n:
         return _correlate(a, b, window_strides, pads, rhs_dilation)
     chunks = -(-n // chunk)

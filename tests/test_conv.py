@@ -567,6 +567,7 @@ def test_xla_weight_gradient_in_batch_chunks(rng, monkeypatch, settings):
     grad = jax.jit(jax.grad(lambda w: jnp.sum(ops.conv(x, w, b, method="xla", **settings) ** 2)))
     whole = grad(w)
     monkeypatch.setattr(_xla_cpu, "CORRELATE_CHUNK_BYTES", 2 * (x[0].size + 6 * 7 * 6) * x.dtype.itemsize)
+    monkeypatch.setattr(_xla_cpu, "CORRELATE_CHUNK_MIN_TERMS", 0)
     assert _xla_cpu._batch_chunk(x, jnp.zeros((5, 7, 6, 6))) == 2
     jax.clear_caches()
     verify.check_vjp(ops.conv, reference.conv, x, w, b, method="xla", **settings).assert_ok()
