@@ -7,6 +7,7 @@ out); each one exists because of a measured cost, kept with the commit it was me
 * :func:`canonical_numbers`, :func:`correlate_over_batch`, :func:`has_slow_loop_convolution`:
   convolutions in XLA:CPU's canonical form, which it also runs fast inside loop bodies.
 * :func:`contract_leading`: a matrix product that lets XLA:CPU transpose the narrow operand.
+* :func:`summed_in_batch_chunks`: a sum over the batch, a cache-sized chunk at a time.
 * :func:`materialized`: a long fused sum computed once into a buffer of its own.
 * :func:`tanh_rational`: float32 ``tanh`` that vectorises inside any fusion.
 """
@@ -58,14 +59,21 @@ def correlate_over_batch(a, b, window_strides, pads, rhs_dilation):
     slower than over a few samples (performance.md, "Weight gradient in batch chunks")."""
     n = a.shape[0]
     chunk = _batch_chunk(a, b) if on_cpu() and n * math.prod(b.shape[1:-1]) > CORRELATE_CHUNK_MIN_TERMS else n
+    return summed_in_batch_chunks(lambda a, b: _correlate(a, b, window_strides, pads, rhs_dilation), chunk, a, b)
+
+
+def summed_in_batch_chunks(fn, chunk: int, *arrays):
+    """``fn(*arrays)`` for a ``fn`` that sums over the batch (the leading axis) and gives 0 for
+    zero samples, computed as the sum of ``fn`` over chunks of ``chunk`` samples in a
+    ``lax.scan`` (zero samples pad the last chunk): one chunk's operands stay in the cache."""
+    n = arrays[0].shape[0]
     if chunk >= n:
-        return _correlate(a, b, window_strides, pads, rhs_dilation)
+        return fn(*arrays)
     chunks = -(-n // chunk)
-    a, b = (lax.pad(x, jnp.zeros((), x.dtype), [(0, chunks * chunk - n, 0)] + [(0, 0, 0)] * (x.ndim - 1))
-            .reshape(chunks, chunk, *x.shape[1:]) for x in (a, b))
-    out = jax.eval_shape(lambda a, b: _correlate(a, b, window_strides, pads, rhs_dilation), a[0], b[0])
-    total, _ = lax.scan(lambda total, ab: (total + _correlate(*ab, window_strides, pads, rhs_dilation), None),
-                        jnp.zeros(out.shape, out.dtype), (a, b))
+    parts = [lax.pad(a, jnp.zeros((), a.dtype), [(0, chunks * chunk - n, 0)] + [(0, 0, 0)] * (a.ndim - 1))
+             .reshape(chunks, chunk, *a.shape[1:]) for a in arrays]
+    out = jax.eval_shape(fn, *(p[0] for p in parts))
+    total, _ = lax.scan(lambda total, xs: (total + fn(*xs), None), jnp.zeros(out.shape, out.dtype), parts)
     return total
 
 

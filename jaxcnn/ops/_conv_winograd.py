@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxcnn import _shapes
+from jaxcnn import _shapes, _xla_cpu
 
 #: The weight gradient sums the batch in chunks of about this many bytes of input.
 CHUNK_BYTES = 1 << 20
@@ -104,18 +104,10 @@ def weight_gradient(x, g, geom: _shapes.Geometry, bias: bool = False):
     (tiles × C_out)`` product, and the batch is summed in chunks of about
     :data:`CHUNK_BYTES` of input, which keep a chunk's ``V`` and ``dM`` in the cache
     (performance.md, "Winograd F(2×2, 3×3)"); zero samples pad the last chunk."""
-    n, c_in, c_out = x.shape[0], x.shape[-1], g.shape[-1]
-    chunk = max(1, min(n, CHUNK_BYTES // max(1, x[0].size * x.dtype.itemsize)))
-    chunks = -(-n // chunk)
-    if chunks > 1:
-        x, g = (lax.pad(a, jnp.zeros((), a.dtype), [(0, chunks * chunk - n, 0)] + [(0, 0, 0)] * (a.ndim - 1))
-                .reshape(chunks, chunk, *a.shape[1:]) for a in (x, g))
-        du, _ = lax.scan(lambda du, xg: (du + _weight_products(*xg, geom), None),
-                         jnp.zeros((16, c_in, c_out), x.dtype), (x, g))
-    else:
-        du = _weight_products(x, g, geom)
+    chunk = max(1, CHUNK_BYTES // max(1, x[0].size * x.dtype.itemsize))
+    du = _xla_cpu.summed_in_batch_chunks(lambda x, g: _weight_products(x, g, geom), chunk, x, g)
     gt = G.astype(du.dtype)
-    return jnp.einsum("ai,abpq,bj->ijpq", gt, du.reshape(4, 4, c_in, c_out), gt), None
+    return jnp.einsum("ai,abpq,bj->ijpq", gt, du.reshape(4, 4, x.shape[-1], g.shape[-1]), gt), None
 
 
 def _weight_products(x, g, geom: _shapes.Geometry):
