@@ -100,7 +100,8 @@ def test_two_processes_killed_and_resumed_train_as_one_process_with_two_devices(
     lines = out.splitlines()
     assert sum("test accuracy" in line for line in lines if "epoch" not in line) == 1  # one process reports
     assert any(line.startswith("[0] mnist1d_cnn on mnist1d: test accuracy") for line in lines)
-    progress = [line for line in lines if "epoch " in line]  # and shows progress, from the resumed epoch on
+    # and shows progress, from the resumed epoch on (the closing "best epoch ..." summary is not progress)
+    progress = [line for line in lines if "epoch " in line and "best epoch " not in line]
     assert len(progress) == EPOCHS - killed_epochs and all(line.startswith("[0] epoch ") for line in progress)
     assert sorted(os.listdir(two.parent)) == ["checkpoint.npz", "learning_curve.png", "metrics.json"]
     header_one, header_two = checkpoint.read_header(one), checkpoint.read_header(two)
