@@ -228,7 +228,8 @@ def run_conv_methods(case: OpCase, repeats: int, warmup: int) -> dict:
     geom = _shapes.geometry("conv", x.shape[1:-1], w.shape[:-2], case.settings.get("stride", 1),
                             case.settings.get("padding", "VALID"), case.settings.get("dilation", 1))
     methods = [m for m in METHODS if m not in ("taps", "rows") or w.shape[-2] <= 8]
-    methods += ["winograd"] * winograd_applies(geom)
+    if winograd_applies(geom):
+        methods.append("winograd")
     v = jnp.asarray(rng.normal(size=jaxcnn.reference.conv(x, w, b, **case.settings).shape), jnp.float32)
     grads = {m: jax.jit(jax.value_and_grad(
         lambda v, x, w, b, m=m: jnp.vdot(jaxcnn.ops.conv(x, w, b, method=m, **case.settings), v), argnums=(1, 2, 3)))

@@ -29,7 +29,7 @@ from jax import lax
 
 from jaxcnn import _shapes, _xla_cpu
 
-#: The weight gradient sums the batch in chunks of about this many bytes of input.
+#: On XLA:CPU the weight gradient sums the batch in chunks of about this many bytes of input.
 CHUNK_BYTES = 1 << 20
 #: U = G w Gᵀ: the filter transform (Lavin & Gray, F(2×2, 3×3)).
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
@@ -101,10 +101,11 @@ def weight_gradient(x, g, geom: _shapes.Geometry, bias: bool = False):
     """``dW = Gᵀ dU G`` with ``dU_ab = Σ_tiles V_abᵀ dM_ab`` and ``dM = A δ Aᵀ`` per tile.
 
     ``V`` is taken channels-first, so that each ``dU_ab`` is a plain ``(C_in × tiles) ·
-    (tiles × C_out)`` product, and the batch is summed in chunks of about
+    (tiles × C_out)`` product, and on XLA:CPU the batch is summed in chunks of about
     :data:`CHUNK_BYTES` of input, which keep a chunk's ``V`` and ``dM`` in the cache
     (performance.md, "Winograd F(2×2, 3×3)"); zero samples pad the last chunk."""
-    chunk = max(1, CHUNK_BYTES // max(1, x[0].size * x.dtype.itemsize))
+    per_sample = max(1, x[0].size * x.dtype.itemsize)
+    chunk = max(1, CHUNK_BYTES // per_sample) if _xla_cpu.on_cpu() else x.shape[0]  # a CPU cache workaround
     du = _xla_cpu.summed_in_batch_chunks(lambda x, g: _weight_products(x, g, geom), chunk, x, g)
     gt = G.astype(du.dtype)
     return jnp.einsum("ai,abpq,bj->ijpq", gt, du.reshape(4, 4, x.shape[-1], g.shape[-1]), gt), None
