@@ -22,7 +22,7 @@ def _name(page: pathlib.Path) -> str:
     return str(page.relative_to(ROOT))
 
 
-def test_every_docs_page_has_a_python_example_or_none_is_expected():
+def test_the_pages_with_examples_have_them():
     with_examples = {_name(page) for page, _, _ in BLOCKS}
     assert {"README.md", "docs/models-and-training.md", "docs/verifying.md", "docs/distributed.md",
             "docs/ops.md"} <= with_examples
