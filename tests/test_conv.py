@@ -861,3 +861,14 @@ def test_auto_never_picks_winograd_in_16_bits(dtype):
     x_shape, w_shape = (2, 8, 8, 32), (3, 3, 32, 32)
     assert "winograd" in _plan(x_shape, w_shape, padding=1, platform="cpu")[:3]
     assert "winograd" not in _plan(x_shape, w_shape, jnp.dtype(dtype), padding=1, platform="cpu")[:3]
+
+
+def test_the_layer_passes_method_and_platform(rng):
+    x = jnp.asarray(rng.normal(size=(2, 8, 8, 32)), jnp.float32)
+    plans = []
+    layer = nn.Conv(8, (3, 3), padding=1, method=lambda problem: plans.append(problem) or Plan.of("taps"),
+                    platform="tpu")
+    params, state, _ = layer.init(jax.random.PRNGKey(0), x.shape)
+    y, _ = layer.apply(params, state, x)
+    assert [p.platform for p in plans] == ["tpu"]
+    np.testing.assert_allclose(y, reference.conv(x, params["w"], params["b"], padding=1), rtol=1e-5, atol=1e-5)
