@@ -842,6 +842,9 @@ def test_method_errors(rng):
     with pytest.raises(ValueError, match=r"computes dx by 'xla', which does not materialize: `materialize_input` "
                                          r"tunes col2im's dx"):
         ops.conv(x, w, method=Plan("xla", "xla", "xla", materialize_input=True))
+    with pytest.raises(ValueError, match=r"conv: a Plan's `weight_chunk` must be an int >= 0 \(samples per chunk of "
+                                         r"dW's batch sum, 0: none\), got -1"):
+        ops.conv(x, w, method=Plan("xla", "xla", "xla", weight_chunk=-1))
     with pytest.raises(TypeError, match=r"conv: `method` must be a formula's name .* a Plan, or a policy returning a "
                                         r"Plan, got 'xla' of type str from the policy"):
         ops.conv(x, w, method=lambda problem: "xla")

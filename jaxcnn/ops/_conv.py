@@ -201,8 +201,10 @@ def _conv_fwd(x, w, b, spec):
 
 def _conv_bwd(spec: ConvSpec, res: ConvResiduals, g):
     geom, plan, groups, in_shape = spec.geometry, spec.plan, spec.groups, res.x.shape[1:-1]
-    dx, (dw, db) = (per_group(product, groups, *args) for product, args in  # per group j: one dense conv each
-                    zip(tuned_products(plan, geom, in_shape, spec.bias), ((g, res.w), (res.x, g))))
+    input_gradient, weight_gradient = tuned_products(plan, geom, in_shape, spec.bias)
+    # per group j (one dense convolution each): δx_j = δ_j *full w_j, dW_j = x_j *valid rot180(δ_j)
+    dx = per_group(input_gradient, groups, g, res.w)
+    dw, db = per_group(weight_gradient, groups, res.x, g)
     dw = _connected(dw.reshape(res.w.shape), spec.connections)  # absent connections: exactly zero
     if spec.bias and db is None:  # unless the formula computed it on the way (row blocks)
         db = bias_gradient(g)
@@ -388,6 +390,9 @@ def resolve_plan(op: str, method, problem: Problem, auto) -> Plan:
         raise TypeError(f"{op}: `method` must be a formula's name ({', '.join(map(repr, METHODS))}), a Plan, or "
                         f"a policy returning a Plan, got {plan!r} of type {type(plan).__name__}"
                         f"{'' if plan is method else f' from the policy {method!r}'}.")
+    if isinstance(plan.weight_chunk, bool) or not isinstance(plan.weight_chunk, int) or plan.weight_chunk < 0:
+        raise ValueError(f"{op}: a Plan's `weight_chunk` must be an int >= 0 (samples per chunk of dW's batch sum, "
+                         f"0: none), got {plan.weight_chunk!r}.")
     for product, name in zip(("y", "dW", "dx"), plan[:3]):
         if name not in FORMULAS:
             raise ValueError(f"{op}: `method` {method!r} computes {product} by the unknown formula {name!r}; "
