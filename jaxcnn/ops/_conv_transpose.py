@@ -196,7 +196,10 @@ def _conv_transpose_bwd(spec: ConvTransposeSpec, res: ConvTransposeResiduals, g)
         dw_flipped, _ = weight_gradient(g, x)
         return _flipped_transposed(dw_flipped.reshape(*window, g.shape[-1], x.shape[-1]))
 
-    dx = per_group(lambda g, w: forward(g, _flipped_transposed(w), spec.geometry), spec.groups, g, res.w)
+    def dx(g, w):  # flip(w)ᵀ flipped first, then transposed: the same values, the program as it always was
+        return forward(g, jnp.swapaxes(lax.rev(w, tuple(range(w.ndim - 2))), -1, -2), spec.geometry)
+
+    dx = per_group(dx, spec.groups, g, res.w)
     dw = per_group(dw, spec.groups, res.x, g)
     db = jnp.sum(g, axis=tuple(range(g.ndim - 1))) if spec.bias else None
     return dx, dw, db
