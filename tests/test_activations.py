@@ -164,6 +164,35 @@ def test_tanh_clamp_is_safe_with_and_without_fused_multiply_adds():
         assert rational(z, fma).max() <= 1.0
 
 
+def test_tanh_method_is_an_explicit_policy(monkeypatch):
+    # float32 on the CPU gets XLA's rational written out; the choice is tanh's `method` and
+    # `platform`, never a guess deep inside the op: "auto" reads only the platform it is given.
+    import re
+
+    from jaxcnn import _xla_cpu
+
+    x = jnp.linspace(-9.0, 9.0, 101, dtype=jnp.float32)
+
+    def uses_rational(**options):
+        return not re.search(r"= tanh\b", str(jax.make_jaxpr(lambda x: ops.tanh(x, **options))(x)))
+
+    assert uses_rational(platform="cpu") and uses_rational(method="rational", platform="gpu")
+    assert not uses_rational(platform="gpu") and not uses_rational(method="jnp", platform="cpu")
+    np.testing.assert_array_equal(ops.tanh(x, method="rational"), jax.jit(_xla_cpu.tanh_rational)(x))
+    np.testing.assert_array_equal(ops.tanh(x, method="jnp"), jax.jit(jnp.tanh)(x))
+    x64 = x.astype(jnp.float64)
+    assert re.search(r"= tanh\b", str(jax.make_jaxpr(lambda x: ops.tanh(x, platform="cpu"))(x64)))  # float64
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # as if traced in a GPU process
+    assert uses_rational(platform="cpu") and not uses_rational()
+    with pytest.raises(ValueError, match=r"tanh: unknown `method` 'fast'; use one of 'auto', 'jnp', 'rational'"):
+        ops.tanh(x, method="fast")
+    with pytest.raises(ValueError, match=r"tanh: `method='rational'` is XLA's float32 approximation, got x of dtype "
+                                         r"float64"):
+        ops.tanh(x64, method="rational")
+    with pytest.raises(TypeError, match=r"tanh: `platform` must be None or a platform name"):
+        reference.tanh(x, platform=1)
+
+
 def test_sigmoid_is_stable_for_large_inputs():
     x = jnp.array([-1000.0, 1000.0], jnp.float32)
     np.testing.assert_array_equal(ops.sigmoid(x), [0.0, 1.0])
