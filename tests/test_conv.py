@@ -15,7 +15,7 @@ from conftest import covering
 from jaxcnn import _shapes, _xla_cpu, ops, reference, verify
 from jaxcnn.ops import _conv, _conv_formulas, _conv_winograd
 from jaxcnn.ops._conv_plan import METHODS, PLANS, Plan, auto_plan
-from jaxcnn.verify import mutants
+from jaxcnn._certify import mutants
 
 
 
@@ -330,7 +330,7 @@ def test_output_shape_formula(padding, stride, window):
 
 # --------------------------------------------------------------------------- the checker catches the lectures' mistakes
 #
-# The wrong rules live once, in jaxcnn.verify.mutants, each with the lecture that warns against it;
+# The wrong rules live once, in jaxcnn._certify.mutants, each with the lecture that warns against it;
 # here every conv mistake the lectures name meets the checker at a small case that shows it, must be
 # blamed on exactly the argument it breaks, and the right rule passes the same check.
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxcnn import ops, reference, verify
+from jaxcnn.verify._report import TOLERANCES
 
 
 def _one_wrong_element(index):
@@ -109,7 +110,7 @@ def test_numerical_check_does_not_leak_the_x64_flag(rng):
 def test_tolerances_follow_the_dtype(rng):
     x = jnp.asarray(rng.normal(size=(8,)))
     assert verify.check_vjp(ops.tanh, reference.tanh, x).dtype == "float64"
-    assert verify.TOLERANCES["float64"].rtol < verify.TOLERANCES["float32"].rtol < verify.TOLERANCES["bfloat16"].rtol
+    assert TOLERANCES["float64"].rtol < TOLERANCES["float32"].rtol < TOLERANCES["bfloat16"].rtol
     # a 1e-6 relative error fails in float64 and passes in float32
     def off(x):
         return reference.tanh(x) * (1 + 1e-6)

@@ -12,15 +12,18 @@ import numpy as np
 import pytest
 
 from jaxcnn import cli, ops
-from jaxcnn.verify import GradientMismatch, Registry, Sample, normal, pytest_cases, rule_of
-from jaxcnn.verify import suite
+from jaxcnn._certify import display, runner
+from jaxcnn._certify.registry import normal
+from jaxcnn.verify import GradientMismatch, Registry, Sample
+from jaxcnn.verify.registry import rule_of
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 WRONG = textwrap.dedent('''
     import jax
     from experiments import custom_rules
-    from jaxcnn.verify import Registry, Sample, normal
+    import numpy as np
+    from jaxcnn.verify import Registry, Sample
 
     @jax.custom_vjp
     def swish(x):
@@ -35,8 +38,10 @@ WRONG = textwrap.dedent('''
     softplus.defjvp(lambda p, t: (softplus(p[0]), jax.nn.tanh(p[0]) * t[0]))  # tanh for the sigmoid
 
     registry = Registry()
-    registry.register("swish", swish, custom_rules.swish_reference, [Sample((normal((3, 4)),))])
-    registry.register("softplus", softplus, custom_rules.softplus_reference, [Sample((normal((3, 4)),))])
+    registry.register("swish", swish, custom_rules.swish_reference,
+                      [Sample((np.random.default_rng(0).normal(size=(3, 4)),))])
+    registry.register("softplus", softplus, custom_rules.softplus_reference,
+                      [Sample((np.random.default_rng(0).normal(size=(3, 4)),))])
 ''')
 
 
@@ -81,14 +86,14 @@ def test_pytest_cases_make_one_test_per_check_and_fail_a_wrong_rule(at_root, tmp
     import wrong_rules_cases
     from experiments import custom_rules
 
-    cases = pytest_cases(custom_rules.registry, dtypes=("float32",), quick=True)
+    cases = custom_rules.registry.pytest_cases(dtypes=("float32",), quick=True)
     ids = [c.id for c in cases]
     assert "swish-0-float32-vmap" in ids and "softplus-0-float32-jvp" in ids and len(ids) == len(set(ids))
-    assert len(cases) == sum(len(u.checks) for u in suite.plan(dtypes=("float32",), quick=True,
+    assert len(cases) == sum(len(u.checks) for u in runner.plan(dtypes=("float32",), quick=True,
                                                               module=custom_rules.registry))
     cases[0].values[0].assert_ok()
-    wrong = {c.id: c.values[0] for c in pytest_cases(wrong_rules_cases.registry, dtypes=("float32",), quick=True,
-                                                     transforms=("eager", "jvp"))}
+    wrong = {c.id: c.values[0] for c in wrong_rules_cases.registry.pytest_cases(dtypes=("float32",), quick=True,
+                                                                            transforms=("eager", "jvp"))}
     with pytest.raises(GradientMismatch, match=r"(?s)swish #0 .*float32, eager.*MISMATCH.*rule wrong"):
         wrong["swish-0-float32-eager"].assert_ok()
     with pytest.raises(GradientMismatch, match=r"(?s)softplus #0 .*float32, jvp.*JVP vs forward mode"):
@@ -103,7 +108,7 @@ def test_the_rule_kind_is_found_by_tracing_or_given():
     registry = Registry()
     info = registry.register("sin", jnp.sin, jnp.sin, [(normal(3),)], rule="custom_vjp")
     assert info.rule_at(info.samples(None)[0]) == "custom_vjp"
-    assert not any("jvp" in t for u in suite.plan(module=registry) for _, t in u.checks)
+    assert not any("jvp" in t for u in runner.plan(module=registry) for _, t in u.checks)
 
 
 def test_registration_errors():
@@ -140,17 +145,17 @@ def test_progress_lines_failures_as_they_happen_and_a_table_within_100_columns()
     import dataclasses
     import io
 
-    from jaxcnn.verify import mutants
+    from jaxcnn._certify import mutants
 
-    good = suite.check_sample("relu", 0, "float64", "eager")
+    good = runner.check_sample("relu", 0, "float64", "eager")
     wrong = mutants.MUTANTS["sigmoid.derivative_from_input"].build()
-    bad = suite.check_sample("sigmoid", 0, "float64", "eager", op=wrong)
+    bad = runner.check_sample("sigmoid", 0, "float64", "eager", op=wrong)
     long = dataclasses.replace(bad, op="optax.softmax_cross_entropy_with_integer_labels", dtype="bfloat16",
                                transform="jvp finite differences")
     records = [good, bad, long]
     for live in (True, False):
         stream = io.StringIO()
-        progress = suite.Progress(stream, live=live)
+        progress = display.Progress(stream, live=live)
         progress.start(3, 2, " (3 ops)")
         for record in records:
             progress(record)
@@ -159,7 +164,7 @@ def test_progress_lines_failures_as_they_happen_and_a_table_within_100_columns()
         assert out.startswith("3 checks (3 ops) on 2 workers\n")
         assert "FAILED sigmoid #0 ((4, 5)) [float64, eager]: rule wrong\n" in out
         assert ("\r[1/3] 0 failed" in out) == live and ("\n[3/3] 2 failed" in out) == (not live)
-    table = suite.format_table(records)
+    table = display.format_table(records)
     assert max(len(line) for line in table.splitlines()) <= 100
     assert "optax.softmax_cross_entropy_w…" in table and "2 FAILED" not in table and "1 FAILED" in table
     assert f"{good.worst()[0]:.1e} f64 eager" in table and "jvp-fd = jvp finite differences" in table

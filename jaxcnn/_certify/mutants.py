@@ -32,9 +32,10 @@ from jax import lax
 from jaxcnn import _shapes, ops
 from jaxcnn.ops import _pooling
 from jaxcnn.ops._dropout import keep_mask
-from jaxcnn.verify import suite
-from jaxcnn.verify.registry import REGISTRY, Sample
-from jaxcnn.verify.suite import Record
+from jaxcnn._certify import display, runner
+from jaxcnn._certify.registry import REGISTRY
+from jaxcnn._certify.runner import Record
+from jaxcnn.verify import Sample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -704,8 +705,8 @@ class Outcome:
 def reproduce(name: str, index: int, transform: str = "eager", seed: int = 0) -> Record:
     """The check of mutant ``name`` at registry sample ``index`` (float64), diagnosed when it fails."""
     m = MUTANTS[name]
-    snippet = f"from jaxcnn.verify import mutants\nprint(mutants.reproduce({name!r}, {index}, {transform!r}))"
-    return suite.check_sample(m.op, index, "float64", transform, op=m.build(), label=name, snippet=snippet, seed=seed)
+    snippet = f"from jaxcnn._certify import mutants\nprint(mutants.reproduce({name!r}, {index}, {transform!r}))"
+    return runner.check_sample(m.op, index, "float64", transform, op=m.build(), label=name, snippet=snippet, seed=seed)
 
 
 def run_one(m: Mutant, seed: int = 0) -> Outcome:
@@ -747,4 +748,4 @@ def format_table(outcomes: list[Outcome]) -> str:
         )
         for o in outcomes
     ]
-    return suite.format_rows(header, rows)
+    return display.format_rows(header, rows)
