@@ -3,6 +3,7 @@ README's worked example (experiments/custom_rules.py) passing, and wrong rules (
 and a custom_jvp) caught and blamed on the right op, argument and transform."""
 
 import json
+import re
 import pathlib
 import textwrap
 
@@ -168,3 +169,71 @@ def test_progress_lines_failures_as_they_happen_and_a_table_within_100_columns()
     assert max(len(line) for line in table.splitlines()) <= 100
     assert "optax.softmax_cross_entropy_w…" in table and "2 FAILED" not in table and "1 FAILED" in table
     assert f"{good.worst()[0]:.1e} f64 eager" in table and "jvp-fd = jvp finite differences" in table
+
+
+RAISES = textwrap.dedent('''
+    import numpy as np
+    from jaxcnn.verify import Registry, Sample
+
+    def broken(x):
+        raise RuntimeError("broken op: this line is the summary\\nand this the detail")
+
+    registry = Registry()
+    registry.register("broken", broken, lambda x: x, [Sample((np.ones((2, 3)),))])
+    registry.register("fine", lambda x: 2 * x, lambda x: x + x, [Sample((np.ones((2, 3)),))])
+''')
+
+
+def test_an_op_that_raises_is_a_failed_row_of_the_table_with_the_one_line_error(at_root, tmp_path, monkeypatch,
+                                                                                 capsys):
+    (tmp_path / "raising_rules.py").write_text(RAISES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "v.json"
+    argv = ["verify", "--module", "raising_rules", "--quick", "--dtype", "float64", "--jobs", "1", "--no-cache",
+            "--json", str(path)]
+    assert cli.main(argv) == 1
+    out = capsys.readouterr().out
+    assert "Traceback" not in out
+    table = out.split("\nFailures:\n")[0]
+    rows = {line.split()[0]: line for line in table.splitlines() if line.startswith(("broken ", "fine "))}
+    assert rows["broken"].endswith("FAILED") and rows["fine"].endswith("ok")
+    records = json.loads(path.read_text())
+    broken = [r for r in records if r["op"] == "broken"]
+    assert broken and all(not r["ok"] for r in broken)
+    assert all(r["error"] == "RuntimeError: broken op: this line is the summary" for r in broken)
+    assert "error: RuntimeError: broken op: this line is the summary\n" in out
+
+
+@pytest.mark.parametrize("module, source, message", [
+    ("empty_rules", "from jaxcnn.verify import Registry\nregistry = Registry()\n",
+     "its Registry `registry` holds no ops, so there is nothing to certify"),
+    ("exiting_rules", "import sys\nsys.exit(0)\n", r"importing it called sys.exit\(0\), so no registry was loaded"),
+])
+def test_a_module_that_certifies_nothing_is_an_error(at_root, tmp_path, monkeypatch, capsys, module, source, message):
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SystemExit) as e:
+        cli.main(["verify", "--module", module, "--no-cache"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"jaxcnn: error: --module {module}: ")
+    assert re.search(message, err) and err.count("\n") == 1
+
+
+def test_filters_that_select_no_check_are_an_error(capsys):
+    assert cli.main(["verify", "--op", "relu", "--dtype", "bfloat16", "--transform", "jit", "--no-cache"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxcnn: error: no check to run: --op relu --dtype bfloat16 --transform 'jit' select none")
+    assert "bfloat16: contract, eager" in err and err.count("\n") == 1
+
+
+def test_one_bug_found_by_several_checks_is_diagnosed_once_with_where_it_showed():
+    from jaxcnn._certify import display, mutants
+
+    wrong = mutants.MUTANTS["sigmoid.derivative_from_input"].build()
+    info = runner.load_registry()["sigmoid"]
+    checks = [("float64", "eager"), ("float64", "finite differences"), ("float32", "eager"), ("float32", "jit")]
+    records = runner.check_unit(info, 0, checks, op=wrong, snippet=lambda dtype, transform: f"{dtype} {transform}")
+    assert not any(r.ok for r in records)
+    text = display.format_failures(records)
+    assert text.count("verdict: rule wrong") == 1 and text.count("reproduce:") == 1
+    assert "sigmoid #0 ((4, 5)): FAILED 4 checks (float64: eager, finite differences; float32: eager, jit)" in text
