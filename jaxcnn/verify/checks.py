@@ -1,20 +1,10 @@
-"""The checks: a hand-derived rule (the rule side) against what it must equal (the expected side).
-
-Each works on any function with a ``jax.custom_vjp`` or ``jax.custom_jvp`` (or plain
+"""The checks, each a hand-derived rule (the rule side) against what it must equal (the
+expected side), on any function with a ``jax.custom_vjp`` or ``jax.custom_jvp`` (or plain
 autodiff) whose positional arguments are arrays or pytrees of arrays; keyword arguments
 are settings passed unchanged to both sides. Only floating leaves are differentiated;
-integer leaves (labels, keys) are held fixed.
-
-* :func:`check_vjp`: ``jax.vjp`` of the op against ``jax.vjp`` of an autodiff reference;
-* :func:`check_numerical`: the op's VJP against float64 central differences;
-* :func:`check_contract`: what any rule must satisfy (no reference);
-* :func:`check_jvp`: forward mode, ``jax.jvp`` against the reference's;
-* :func:`check_transform`: one of these, or :func:`check_vjp` under ``jit``, ``vmap``,
-  grad-of-grad, ``jax.checkpoint`` or sharding (:data:`TRANSFORMS`).
-
-Apart from ``"eager"`` (and the op's own calls), each side runs as a program compiled
-whole: the numbers are the same, and one program replaces the many that eager execution
-compiles one primitive at a time.
+integer leaves (labels, keys) are held fixed. Apart from ``"eager"`` (and the op's own
+calls) each side runs as one compiled program: the same numbers, one program instead of
+the many that eager execution compiles one primitive at a time.
 """
 
 from __future__ import annotations
@@ -64,17 +54,8 @@ def check_vjp(op: Callable, reference: Callable, *args: Any, cotangents: int = 3
     to every floating leaf of ``args``, for ``cotangents`` random normal cotangents drawn
     from ``seed``; per argument the worst element over all cotangents is reported.
 
-    Args:
-      op: the function with the hand-derived rule.
-      reference: the same forward, differentiated by autodiff.
-      *args: arrays or pytrees of arrays.
-      cotangents: how many random cotangents to try.
-      seed: seed of the cotangents.
-      rtol, atol: override the dtype's defaults (``jaxcnn.verify._report.TOLERANCES``).
-      **settings: keyword arguments passed unchanged to both functions.
-
-    Returns:
-      A :class:`~jaxcnn.verify.CheckResult`; call ``.assert_ok()`` to raise on mismatch.
+    ``rtol``, ``atol`` override the dtype's defaults (``jaxcnn.verify._report.TOLERANCES``).
+    Returns a :class:`~jaxcnn.verify.CheckResult`; call ``.assert_ok()`` to raise on mismatch.
 
     >>> import jax.numpy as jnp
     >>> from jaxcnn import ops, reference, verify
@@ -107,20 +88,9 @@ def check_numerical(op: Callable, *args: Any, step: float = 1e-5, elementwise_ma
     * by projections on ``directions`` random directions ``u``,
       ``⟨u, Jᵀv⟩`` against ``(φ(x + h u) − φ(x − h u)) / 2h``, for larger arguments.
 
-    Args:
-      op: the function with the hand-derived rule.
-      *args: arrays or pytrees of arrays; draw them away from kinks (ReLU at 0, ties in
-        a max-pooling window) by more than ``step``.
-      step: the step ``h`` (named ``step``, not ``eps``, so that an op's own ``eps``
-        setting, e.g. batch norm's, passes through ``**settings``).
-      elementwise_max: the largest argument checked element by element.
-      directions: number of random directions for larger arguments.
-      seed: seed of the cotangent and directions.
-      rtol, atol: override the default ``Tolerance(rtol=1e-5, atol=1e-6)``.
-      **settings: keyword arguments passed unchanged to ``op``.
-
-    Returns:
-      A :class:`~jaxcnn.verify.CheckResult`; call ``.assert_ok()`` to raise on mismatch.
+    Draw ``args`` away from kinks (ReLU at 0, ties in a max-pooling window) by more than
+    the step ``h``, ``step`` (not ``eps``: an op's own ``eps`` setting, e.g. batch norm's,
+    passes through ``**settings``). ``rtol``, ``atol`` override ``(1e-5, 1e-6)``.
 
     >>> import jax.numpy as jnp
     >>> from jaxcnn import ops, verify
@@ -173,17 +143,9 @@ def check_contract(op: Callable, *args: Any, seed: int = 0, rtol: Optional[float
     through); a zero cotangent gives exactly zero; the pullback is linear,
     ``vjp(a·g₁ + b·g₂) = a·vjp(g₁) + b·vjp(g₂)``.
 
-    Args:
-      op: the function with the hand-derived rule, called as ``op(*args, **settings)``.
-      *args: arrays or pytrees of arrays; integer leaves are held fixed.
-      seed: seed of the two random cotangents.
-      rtol, atol: override the dtype's defaults for the primal-vs-fwd and linearity
-        comparisons; ``vjp(0)`` must be exactly 0.
-      **settings: keyword arguments passed unchanged to ``op``.
-
-    Returns:
-      A :class:`~jaxcnn.verify.CheckResult` against ``"custom_vjp contract"``; per argument
-      the worst of the properties, named in the report's ``what``.
+    ``rtol``, ``atol`` override the dtype's defaults for the primal-vs-fwd and linearity
+    comparisons; ``vjp(0)`` must be exactly 0. Per argument the report is the worst of the
+    properties, named in its ``what``.
 
     >>> import jax.numpy as jnp
     >>> from jaxcnn import ops, verify
@@ -309,17 +271,8 @@ def check_transform(transform: str, op: Callable, reference: Callable, *args: An
     * ``"jvp"``: :func:`check_jvp`; ``"jvp finite differences"``: ``jax.jvp`` of the op
       against central differences along the same tangents, in float64.
 
-    Args:
-      transform: one of :data:`TRANSFORMS`.
-      op: the function with the hand-derived rule, called as ``op(*args, **settings)``.
-      reference: the same forward, differentiated by autodiff (unused by ``"contract"``,
-        ``"finite differences"`` and ``"jvp finite differences"``).
-      *args: arrays or pytrees of arrays.
-      batched: for ``"vmap"`` and ``"sharding"``: the positions of the per-example
-        arguments (inputs, labels); the others (weights, settings arrays) are shared.
-      seed: seed of the random cotangents.
-      rtol, atol: override the default tolerances.
-      **settings: keyword arguments passed unchanged to both functions.
+    ``batched``: for ``"vmap"`` and ``"sharding"``, the positions of the per-example arguments
+    (inputs, labels); the others (weights, settings arrays) are shared.
 
     Raises:
       ValueError: ``transform`` is unknown, or ``"sharding"`` is asked for with a single
