@@ -271,3 +271,23 @@ def test_verdict_agree_and_projections_for_large_arguments(rng):
     assert verify.diagnose(ops.tanh, reference.tanh, x, elementwise_max=100).verdict == "agree"
     wrong = verify.diagnose(_one_wrong_element((7, 9)), reference.sigmoid, x, elementwise_max=100)
     assert wrong.verdict == "rule wrong" and wrong["x"].worst[0].index[0] == "direction"
+
+
+# --------------------------------------------------------------------------- the public surface
+
+
+def test_the_public_checker_is_a_dozen_names():
+    assert sorted(verify.__all__) == sorted([
+        "TRANSFORMS", "CheckResult", "Diagnosis", "GradientMismatch", "Registry", "Sample", "check_contract",
+        "check_jvp", "check_numerical", "check_transform", "check_vjp", "diagnose"])
+    assert all(hasattr(verify, name) for name in verify.__all__)
+
+
+def test_compiled_expected_sides_are_kept_for_a_bounded_number_of_functions(rng):
+    from jaxcnn.verify import _core
+
+    x = rng.standard_normal(3)
+    functions = [lambda x, k=k: x * k for k in range(40)]
+    for f in functions:
+        verify.check_vjp(f, f, x).assert_ok()
+    assert _core._compiled.cache_info().currsize <= 16  # by identity, never by the arguments' values

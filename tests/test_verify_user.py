@@ -237,3 +237,19 @@ def test_one_bug_found_by_several_checks_is_diagnosed_once_with_where_it_showed(
     text = display.format_failures(records)
     assert text.count("verdict: rule wrong") == 1 and text.count("reproduce:") == 1
     assert "sigmoid #0 ((4, 5)): FAILED 4 checks (float64: eager, finite differences; float32: eager, jit)" in text
+
+
+def test_each_sample_is_drawn_once_per_unit_of_checks():
+    draws = []
+
+    def samples(rng):
+        draws.append(1)
+        return [Sample((rng.normal(size=(3, 4)),)), Sample((rng.normal(size=(2, 5)),))]
+
+    registry = Registry()
+    registry.register("tanh", jnp.tanh, lambda x: (1 - jnp.exp(-2 * x)) / (1 + jnp.exp(-2 * x)), samples)
+    units = runner.plan(dtypes=("float64", "float32"), quick=False, module=registry)
+    draws.clear()
+    records = runner.run(module=registry, units=units)
+    assert len(records) > 2 * len(units) and all(r.ok for r in records)
+    assert len(draws) == len(units)  # once per sample's unit, not per check nor again for a diagnosis
