@@ -47,23 +47,13 @@ class GradientMismatch(AssertionError):
 
 @dataclasses.dataclass(frozen=True)
 class ArgumentReport:
-    """How one array (an argument's gradient, or the forward output) compared.
-
-    Attributes:
-      name: the argument, e.g. ``"w"`` or ``"params['conv']['w']"``; ``"output"`` for the
-        forward value.
-      shape: its shape.
-      max_abs_error: ``max |rule − expected|``.
-      max_rel_error: ``max |rule − expected| / max |expected|``.
-      index: the element that is worst relative to its tolerance (for a projection,
-        ``("direction", k)``).
-      rule: the hand rule's value there.
-      expected: the autodiff or finite-difference value there.
-      tolerance: the error allowed there.
-      ok: whether every element is within its tolerance.
-      note: why the comparison could not be made element by element, if it could not.
-      what: the property compared, when not the value itself (e.g. ``"vjp(0) = 0"``).
-    """
+    """How one array (an argument's gradient, ``"w"`` or ``"params['conv']['w']"``, or the
+    forward value, ``"output"``) compared: its ``shape``, ``max |rule − expected|``, that over
+    ``max |expected|``, the element worst relative to its tolerance (``index``; for a
+    projection ``("direction", k)``) with the ``rule``'s and ``expected`` values and the
+    ``tolerance`` there, whether every element is within its tolerance (``ok``), a ``note``
+    when the comparison could not be made element by element, and the property compared
+    (``what``) when not the value itself (e.g. ``"vjp(0) = 0"``)."""
 
     name: str
     shape: tuple[int, ...]
@@ -191,16 +181,9 @@ VERDICTS = (RULE_WRONG, REFERENCE_WRONG, ALL_DISAGREE, NON_SMOOTH, FD_UNTRUSTWOR
 
 @dataclasses.dataclass(frozen=True)
 class Element:
-    """The three values at one element (or one random direction) of a gradient.
-
-    Attributes:
-      index: the element, or ``("direction", k)``.
-      rule, autodiff: the hand rule's and the reference's ``Jᵀv`` there.
-      central, central_half: central differences with step ``h`` and ``h/2``.
-      forward, backward: the one-sided differences with step ``h``.
-      tolerance: the finite-difference tolerance there.
-      verdict: one of :data:`VERDICTS`.
-    """
+    """The values at one element (``index``, or ``("direction", k)``) of a gradient: the rule's
+    and the reference's ``Jᵀv``, central differences with step ``h`` and ``h/2``, the one-sided
+    ones with step ``h``, the finite-difference tolerance, and the verdict (:data:`VERDICTS`)."""
 
     index: tuple
     rule: float

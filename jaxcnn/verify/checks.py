@@ -195,14 +195,10 @@ def check_jvp(op: Callable, reference: Callable, *args: Any, tangents: int = 3, 
               rtol: Optional[float] = None, atol: Optional[float] = None, **settings: Any) -> CheckResult:
     """Compares ``jax.jvp`` of ``op`` (its ``custom_jvp`` rule) with ``jax.jvp`` of ``reference``.
 
-    Half of JAX's own custom derivatives are ``jax.custom_jvp``; reverse mode reaches such a
-    rule by transposing it, which :func:`check_vjp` exercises, and this checks the rule
-    itself. For each floating leaf, ``tangents`` random normal tangents along that leaf
-    alone; the report of that argument is the worst output element over them. Each side
-    is one compiled program. A ``custom_vjp`` has no forward mode (JAX raises).
-
-    Returns:
-      A :class:`~jaxcnn.verify.CheckResult` against ``"forward mode of <reference>"``.
+    Reverse mode reaches a ``custom_jvp`` rule by transposing it (:func:`check_vjp`); this
+    checks the rule itself. For each floating leaf, ``tangents`` random normal tangents along
+    that leaf alone; its report is the worst output element over them. A ``custom_vjp`` has
+    no forward mode (JAX raises, reported as the error).
 
     >>> import jax, jax.numpy as jnp
     >>> from jaxcnn import verify

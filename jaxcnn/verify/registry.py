@@ -115,17 +115,10 @@ class Registry(dict):
                  quick: int = 1) -> OpInfo:
         """Adds an op under ``name`` and returns its :class:`OpInfo`.
 
-        Args:
-          name: the name reports use; unique in this registry.
-          op: the function whose derivative rule is certified, called as ``op(*args, **settings)``.
-          reference: the same forward written so that JAX's autodiff differentiates it.
-          samples: :class:`Sample` objects (or tuples of positional arguments), or a function
-            ``rng -> list[Sample]`` drawing them from a ``np.random.Generator``. Use float64
-            NumPy arrays, drawn away from kinks; each check casts them to the dtype under test.
-          batched: positions of the per-example arguments (vmapped and split over devices).
-          rule: ``"custom_vjp"``, ``"custom_jvp"``, ``"autodiff"``, or ``"auto"`` (traced).
-          few: how many samples the costly transforms use (default: all of them).
-          quick: how many samples ``--quick`` keeps.
+        ``op`` is called as ``op(*args, **settings)``; ``reference`` is the same forward written
+        for JAX's autodiff; ``samples`` are :class:`Sample` objects (or tuples of positional
+        arguments), or a function ``rng -> list[Sample]`` of a ``np.random.Generator``. The
+        options are :class:`OpInfo`'s (``few`` defaults to all the samples).
 
         Raises:
           ValueError: ``name`` is taken, no samples, or an unknown ``rule``.
