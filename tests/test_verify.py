@@ -291,3 +291,11 @@ def test_compiled_expected_sides_are_kept_for_a_bounded_number_of_functions(rng)
     for f in functions:
         verify.check_vjp(f, f, x).assert_ok()
     assert _core._compiled.cache_info().currsize <= 16  # by identity, never by the arguments' values
+
+
+def test_an_argument_named_like_the_output_is_an_argument(rng):
+    def loss(outputs, targets):
+        return jnp.sum((outputs - targets) ** 2)
+
+    result = verify.check_vjp(loss, loss, jnp.asarray(rng.normal(size=3)), jnp.asarray(rng.normal(size=3)))
+    assert [r.name for r in result.arguments] == ["outputs", "targets"] and result.forward.name == "output"

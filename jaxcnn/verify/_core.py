@@ -84,8 +84,8 @@ def _arg_names(op: Callable, n: int) -> list[str]:
         params = list(inspect.signature(op).parameters.values())
     except (TypeError, ValueError):
         params = []
-    return [params[i].name if i < len(params) and params[i].kind in (params[i].POSITIONAL_ONLY,
-            params[i].POSITIONAL_OR_KEYWORD) else f"arg{i}" for i in range(n)]
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return [positional[i] if i < len(positional) else f"arg{i}" for i in range(n)]
 
 
 def random_like(rng: np.random.Generator, tree: Any) -> Any:
@@ -169,9 +169,13 @@ def collect(op: str, against: str, dtype: str, reports: Callable[[], Iterable[Ar
             found.setdefault(report.name, []).append(report)
     except Exception as e:  # report, do not crash: the rule may be the culprit
         error = f"{type(e).__name__}: {_first_line(e)}"
-    outputs = [worst(r) for name, r in found.items() if name.startswith("output")]
-    arguments = tuple(worst(r) for name, r in found.items() if not name.startswith("output"))
-    return CheckResult(op, against, dtype, worst(outputs) if outputs else None, arguments, error)
+    forward = [worst(r) for name, r in found.items() if _is_output(name)]
+    arguments = tuple(worst(r) for name, r in found.items() if not _is_output(name))
+    return CheckResult(op, against, dtype, worst(forward) if forward else None, arguments, error)
+
+
+def _is_output(name: str) -> bool:
+    return name == "output" or name.startswith(("output[", "output."))
 
 
 def _first_line(e: Exception) -> str:
