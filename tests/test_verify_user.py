@@ -67,16 +67,21 @@ def test_the_worked_example_is_certified_by_the_command_line(at_root, tmp_path, 
     assert all("module='experiments.custom_rules'" in r["snippet"] for r in records)
 
 
-def test_wrong_rules_in_a_users_module_fail_with_the_right_blame(at_root, tmp_path, monkeypatch, capsys):
-    (tmp_path / "wrong_rules.py").write_text(WRONG)
+def _verify_module(tmp_path, monkeypatch, capsys, module: str, source: str):
+    """``jaxcnn verify --module`` of ``source`` (quick, float64): exit status, output, JSON records."""
+    (tmp_path / f"{module}.py").write_text(source)
     monkeypatch.syspath_prepend(str(tmp_path))
     path = tmp_path / "v.json"
-    argv = ["verify", "--module", "wrong_rules", "--quick", "--dtype", "float64", "--jobs", "1", "--no-cache",
-            "--json", str(path)]
-    assert cli.main(argv) == 1
-    out = capsys.readouterr().out
+    code = cli.main(["verify", "--module", module, "--quick", "--dtype", "float64", "--jobs", "1", "--no-cache",
+                     "--json", str(path)])
+    return code, capsys.readouterr().out, json.loads(path.read_text())
+
+
+def test_wrong_rules_in_a_users_module_fail_with_the_right_blame(at_root, tmp_path, monkeypatch, capsys):
+    code, out, records = _verify_module(tmp_path, monkeypatch, capsys, "wrong_rules", WRONG)
+    assert code == 1
     assert "FAILED swish #0" in out and "FAILED softplus #0" in out and "verdict: rule wrong" in out
-    failed = {(r["op"], r["transform"]) for r in json.loads(path.read_text()) if not r["ok"]}
+    failed = {(r["op"], r["transform"]) for r in records if not r["ok"]}
     assert ("swish", "eager") in failed and ("swish", "finite differences") in failed
     assert {("softplus", "jvp finite differences"), ("softplus", "eager")} <= failed  # forward and its transpose
 
@@ -186,18 +191,11 @@ RAISES = textwrap.dedent('''
 
 def test_an_op_that_raises_is_a_failed_row_of_the_table_with_the_one_line_error(at_root, tmp_path, monkeypatch,
                                                                                  capsys):
-    (tmp_path / "raising_rules.py").write_text(RAISES)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    path = tmp_path / "v.json"
-    argv = ["verify", "--module", "raising_rules", "--quick", "--dtype", "float64", "--jobs", "1", "--no-cache",
-            "--json", str(path)]
-    assert cli.main(argv) == 1
-    out = capsys.readouterr().out
-    assert "Traceback" not in out
+    code, out, records = _verify_module(tmp_path, monkeypatch, capsys, "raising_rules", RAISES)
+    assert code == 1 and "Traceback" not in out
     table = out.split("\nFailures:\n")[0]
     rows = {line.split()[0]: line for line in table.splitlines() if line.startswith(("broken ", "fine "))}
     assert rows["broken"].endswith("FAILED") and rows["fine"].endswith("ok")
-    records = json.loads(path.read_text())
     broken = [r for r in records if r["op"] == "broken"]
     assert broken and all(not r["ok"] for r in broken)
     assert all(r["error"] == "RuntimeError: broken op: this line is the summary" for r in broken)
