@@ -26,9 +26,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from jaxcnn.verify.registry import REGISTRY
-    from jaxcnn.verify.suite import DTYPES
-    from jaxcnn.verify.transforms import TRANSFORMS
+    from jaxcnn._certify.registry import REGISTRY
+    from jaxcnn._certify.runner import DTYPES
+    from jaxcnn.verify import TRANSFORMS
 
     from jaxcnn import reporting
 
@@ -233,7 +233,7 @@ def _train(args) -> int:
 
 def _verify(args) -> int:
     from jaxcnn import checkpoint
-    from jaxcnn.verify import mutants, suite
+    from jaxcnn._certify import compilation, display, mutants, runner
 
     if args.json:  # before the sweep, not after it
         checkpoint.check_writable(args.json, "--json file")
@@ -249,32 +249,49 @@ def _verify(args) -> int:
         return 1 if missed else 0
 
     if not args.no_cache and not os.environ.get("JAXCNN_NO_CACHE"):
-        suite.use_compilation_cache()
-    settings = dict(names=args.op, dtypes=args.dtype or suite.DTYPES, quick=args.quick, transforms=args.transform,
+        compilation.use_compilation_cache()
+    settings = dict(names=args.op, dtypes=args.dtype or runner.DTYPES, quick=args.quick, transforms=args.transform,
                     module=args.module)
-    units = suite.plan(**settings)
+    units = runner.plan(**settings)
+    if not units:  # a certificate of nothing is no certificate
+        raise ValueError(_nothing_selected(args, runner))
     workers = max(1, min(args.jobs, len(units)))
-    progress = suite.Progress()
+    progress = display.Progress()
     progress.start(sum(len(u.checks) for u in units), workers,
                    f" ({len({u.name for u in units})} ops{', ' + args.module if args.module else ''})")
-    records, seconds = suite.timed_run(**settings, jobs=workers, units=units, progress=progress)
+    start = time.perf_counter()
+    records = runner.run(**settings, jobs=workers, units=units, progress=progress)
+    seconds = time.perf_counter() - start
     progress.finish()
-    print(suite.format_table(records))
-    failures = suite.format_failures(records)
+    print(display.format_table(records))
+    failures = display.format_failures(records)
     if failures:
         print("\nFailures:\n" + failures)
     failed = sum(not r.ok for r in records)
     print(f"\n{len(records) - failed} passed, {failed} failed ({len(records)} checks in {seconds:.1f} s)")
-    _write_json(args.json, suite.to_json(records))
+    _write_json(args.json, display.to_json(records))
     return 1 if failed else 0
+
+
+def _nothing_selected(args, runner) -> str:
+    """Why the filters select no check: what the ops chosen run in the dtypes chosen."""
+    filters = " ".join([f"--op {n}" for n in args.op or ()] + [f"--dtype {d}" for d in args.dtype or ()]
+                       + [f"--transform {t!r}" for t in args.transform or ()] + (["--quick"] if args.quick else []))
+    available = {}
+    for unit in runner.plan(args.op, args.dtype or runner.DTYPES, args.quick, module=args.module):
+        for dtype, transform in unit.checks:
+            available.setdefault(dtype, dict.fromkeys(()))[transform] = None
+    runs = "; ".join(f"{d}: {', '.join(t)}" for d, t in available.items()) or "nothing"
+    return (f"no check to run: {filters} select none (the ops chosen run {runs}); a certificate of zero checks "
+            f"certifies nothing.")
 
 
 def _check_op_names(parser: argparse.ArgumentParser, args) -> None:
     """``--op`` names must be in the registry certified (jaxcnn's, or that of ``--module``)."""
-    from jaxcnn.verify import suite
+    from jaxcnn._certify import runner
 
     try:
-        registry = suite.load_registry(args.module)
+        registry = runner.load_registry(args.module)
     except (ImportError, ValueError) as e:
         parser.error(f"--module {args.module}: {e}" if isinstance(e, ImportError) else str(e))
     unknown = [name for name in args.op or () if name not in registry]
@@ -316,9 +333,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv[:1] == ["verify"] and not {"-h", "--help"} & set(argv):
         print("jaxcnn verify: loading JAX and the checks ...", flush=True)  # before the slow imports
         if os.environ.get("JAXCNN_FAST_COMPILE", "1") != "0":  # before anything compiles
-            from jaxcnn.verify import suite
+            from jaxcnn._certify import compilation
 
-            suite.use_fast_compilation()
+            compilation.use_fast_compilation()
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:  # `jaxcnn` alone: what it can do, as `pip` does

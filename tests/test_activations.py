@@ -7,7 +7,7 @@ import pytest
 
 import opcheck
 from jaxcnn import nn, ops, reference, verify
-from jaxcnn.verify.registry import away_from_zero
+from jaxcnn._certify.registry import away_from_zero
 
 
 @pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh"])

@@ -19,7 +19,7 @@ from jaxcnn import _shapes, _xla_cpu, _xla_cpu_conv, nn, ops, reference, verify
 from jaxcnn.ops import _conv, _conv_formulas
 from jaxcnn.ops._conv import FORMULAS, METHODS
 from jaxcnn.ops._conv_plan import Plan, Problem
-from jaxcnn.verify import mutants
+from jaxcnn._certify import mutants
 
 #: The methods for every geometry (Winograd's F(2×2, 3×3), for 3 × 3 at stride 1 only, has its own tests).
 GENERAL_METHODS = tuple(m for m in METHODS if m != "winograd")
@@ -344,7 +344,7 @@ def test_output_shape_formula(padding, stride, window):
 
 # --------------------------------------------------------------------------- the checker catches the lectures' mistakes
 #
-# The wrong rules live once, in jaxcnn.verify.mutants, each with the lecture that warns against it;
+# The wrong rules live once, in jaxcnn._certify.mutants, each with the lecture that warns against it;
 # here every conv mistake the lectures name meets the checker at a small case that shows it, must be
 # blamed on exactly the argument it breaks, and the right rule passes the same check.
 

@@ -8,7 +8,7 @@ import pytest
 
 import jaxcnn
 from jaxcnn import ops, reference
-from jaxcnn.verify.registry import REGISTRY, SPECIALISATIONS
+from jaxcnn._certify.registry import REGISTRY, SPECIALISATIONS
 
 
 def test_ops_references_and_the_verify_registry_list_the_same_ops():
