@@ -9,7 +9,7 @@ supports both modes.
 Each op family lives in a private module (``_conv.py``, ``_pooling.py``, ...; read
 ``jaxcnn/ops/_conv.py`` for the convolution's forward and backward), and this package
 exports the functions; the same names in :mod:`jaxcnn.reference` are the autodiff
-references, and :data:`jaxcnn.verify.registry.REGISTRY` certifies each of them.
+references, and :data:`jaxcnn._certify.registry.REGISTRY` certifies each of them.
 """
 
 from jaxcnn.ops._activations import leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
