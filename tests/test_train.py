@@ -287,8 +287,8 @@ def test_cli_takes_mnist1d_batches_in_stored_order_as_greydanus_recipe_and_shuff
                                                                                                 capsys):
     shuffles = []
 
-    def fit(*args, **kwargs):
-        shuffles.append(kwargs["shuffle"])
+    def fit(model, dataset, config):
+        shuffles.append(config.shuffle)
         raise ValueError("stop before training")
 
     monkeypatch.setattr(train, "fit", fit)
@@ -434,7 +434,8 @@ def test_seesaw_worked_example_filter_update():
 def test_evaluation_sse_is_the_summed_squared_error_of_the_output_probabilities(loss):
     model, d = _model(), _toy()
     params, model_state, _ = model.init(KEY, (-1, 8))
-    ev = train.evaluate(model, params, model_state, d.x_test, d.y_test, 4, loss=loss, batch_size=10)
+    loss_fn = ops.softmax_cross_entropy if loss == "softmax_cross_entropy" else train.OneHotTargets(ops.euclidean_loss)
+    ev = train.evaluate(model, params, model_state, d.x_test, d.y_test, 4, loss=loss_fn, batch_size=10)
     out = np.asarray(model.apply(params, model_state, jnp.asarray(d.x_test))[0], np.float64)
     probs = out if loss == "euclidean_loss" else np.exp(out) / np.exp(out).sum(1, keepdims=True)
     expected = np.sum((probs - np.eye(4)[d.y_test]) ** 2)
@@ -610,23 +611,23 @@ def test_fit_checks_where_the_checkpoint_goes_before_the_first_step(tmp_path):
 
 def test_resume_refuses_other_settings_and_a_run_is_never_overwritten_silently(tmp_path):
     d, path = _toy(), str(tmp_path / "c.npz")
-    train.fit(_model(), d, epochs=1, batch_size=16, quiet=True, checkpoint_path=path, settings={"lr": 0.1})
+    train.fit(_model(), d, epochs=1, batch_size=16, quiet=True, checkpoint_path=path, lr=0.1)
     saved = checkpoint.read_header(path)["metadata"]["settings"]
     assert saved["seed"] == 0 and saved["batch_size"] == 16 and saved["lr"] == 0.1 and saved["data_fingerprint"]
     before = Path(path).read_bytes()
     with pytest.raises(ValueError, match=r"c.npz already holds a checkpoint; continue it with resume=True "
                                          r"\(--resume\) or start over with overwrite=True \(--overwrite\)"):
-        train.fit(_model(), d, epochs=2, batch_size=16, quiet=True, checkpoint_path=path, settings={"lr": 0.1})
+        train.fit(_model(), d, epochs=2, batch_size=16, quiet=True, checkpoint_path=path, lr=0.1)
     with pytest.raises(ValueError, match=r"cannot resume from .*c.npz: its settings differ: batch_size 16 -> 8, lr "
                                          r"0.1 -> 0.2, seed 0 -> 1\. .*allow_changed_settings=True"):
         train.fit(_model(), d, epochs=2, batch_size=8, seed=1, quiet=True, checkpoint_path=path, resume=True,
-                  settings={"lr": 0.2})
+                  lr=0.2)
     with pytest.raises(ValueError, match=r"its settings differ: data_fingerprint '[0-9a-f]{16}' -> '[0-9a-f]{16}'"):
         train.fit(_model(), _bad(d, x_train=d.x_train * 2), epochs=2, batch_size=16, quiet=True,
-                  checkpoint_path=path, resume=True, settings={"lr": 0.1})
+                  checkpoint_path=path, resume=True, lr=0.1)
     assert Path(path).read_bytes() == before
     resumed = train.fit(_model(), d, epochs=2, batch_size=8, quiet=True, checkpoint_path=path, resume=True,
-                        settings={"lr": 0.1}, allow_changed_settings=True)
+                        lr=0.1, allow_changed_settings=True)
     assert resumed.history[0]["step"] == 4 and int(resumed.state.step) == 16  # 2 epochs of 8 steps under batch 8
     assert checkpoint.read_header(path)["metadata"]["settings"]["batch_size"] == 8
     restarted = train.fit(_model(), d, epochs=1, batch_size=16, quiet=True, checkpoint_path=path, overwrite=True)
