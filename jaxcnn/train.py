@@ -41,6 +41,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence, Union
@@ -542,7 +543,8 @@ def _refuse_non_finite(state: TrainState, record: dict, path: Optional[str]) -> 
            if k in record and not math.isfinite(record[k])]
     if not bad and bool(_all_finite((state.params, state.model_state, state.opt_state))):
         return
-    kept = f"; {path} keeps the last finite epoch's state, if this run saved one" if path else ""
+    kept = "" if not path else f"; {path} still holds the last finite epoch saved" if os.path.exists(path) else \
+        "; no checkpoint was written"
     raise NonFiniteError(
         f"fit: training diverged in epoch {record['epoch']} (step {record['step']}): "
         f"{', '.join(bad) or 'the params or the optimiser state are no longer finite'}. Stopped without saving "
