@@ -784,8 +784,9 @@ def test_make_loss_takes_the_loss_as_a_callable_not_a_name():
     params, model_state, _ = model.init(KEY, (-1, 8))
     x, y = jnp.asarray(d.x_train), jnp.asarray(d.y_train)
     out = model.apply(params, model_state, x)[0]
+    one_hot = jax.nn.one_hot(y, 4, dtype=out.dtype)
     for loss, expected in ((reference.softmax_cross_entropy, reference.softmax_cross_entropy(out, y)),
-                           (train.OneHotTargets(ops.euclidean_loss), ops.euclidean_loss(out, jax.nn.one_hot(y, 4, dtype=out.dtype)))):
+                           (train.OneHotTargets(ops.euclidean_loss), ops.euclidean_loss(out, one_hot))):
         np.testing.assert_allclose(train.make_loss(model, loss)(params, model_state, x, y)[0], expected, rtol=1e-6)
     # the backend lives in the model and the loss: the reference's loss and penalty leave no hand rule in the step
     auto = nn.bind(reference).serial(nn.bind(reference).Dense(4))
