@@ -218,7 +218,7 @@ def _data_on(mesh: Optional[Mesh]) -> _OnDevice:
     return _HostFeed(mesh) if mesh is not None and mesh.is_multi_process else _OnDevice(mesh)
 
 
-def steps_beat_scan(step_jaxpr: Any, platform: str) -> bool:
+def _steps_beat_scan(step_jaxpr: Any, platform: str) -> bool:
     """The one predicate behind ``loop="auto"``: whether a step is better dispatched batch
     by batch than scanned. Only on XLA:CPU, and only for a step with a convolution that it
     compiles to far slower code inside a loop body than at the top level of a program
@@ -247,7 +247,7 @@ def make_epoch(step: Callable, batch_size: int, mesh: Optional[Mesh] = None, shu
     * ``"scan"``: the whole epoch is one compiled ``lax.scan`` (``num_steps`` static) —
       no host round trip per step, the fastest on GPUs and TPUs;
     * ``"steps"``: one jitted, donated step per batch dispatched from Python;
-    * ``"auto"`` (default): ``"steps"`` where :func:`steps_beat_scan` says so (the step is
+    * ``"auto"`` (default): ``"steps"`` where ``_steps_beat_scan`` says so (the step is
       traced for it, once per shape: JAX caches the trace), else ``"scan"``. ``jaxcnn.ops``
       writes all of its convolutions in XLA:CPU's canonical form, so their steps scan.
     """
@@ -276,7 +276,7 @@ def make_epoch(step: Callable, batch_size: int, mesh: Optional[Mesh] = None, shu
             return loop == "scan"
         batch = tuple(jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype) for a in (x, y))
         platform = (jax.devices()[0] if mesh is None else mesh.devices.flat[0]).platform
-        return not steps_beat_scan(traced.trace(state, batch).jaxpr.jaxpr, platform)
+        return not _steps_beat_scan(traced.trace(state, batch).jaxpr.jaxpr, platform)
 
     def epoch(state: TrainState, x, y, num_steps: int):
         x, y = data.place(x, y)  # a no-op for data already placed
@@ -462,7 +462,7 @@ class Config:
 
     #: Fields that steer a run without changing what it computes: left out of the fingerprint.
     RUN_CONTROL = ("epochs", "steps", "eval_every", "step_losses", "checkpoint_path", "resume", "overwrite",
-                   "allow_changed_settings", "quiet", "penalty", "settings")
+                   "allow_changed_settings", "quiet")
 
     def __post_init__(self):
         if (self.epochs is None) == (self.steps is None):
@@ -497,8 +497,8 @@ class Config:
             raise TypeError(f"fit: `settings` must be JSON-able (a dict of numbers, strings, lists ...): {e}.") from e
         clash = sorted(set(self.settings or {}) & {*self.to_json(), "num_classes", "data_fingerprint"})
         if clash:
-            raise ValueError(f"fit: `settings` may not repeat {clash[0]!r}, a key of the fingerprint; set the "
-                             f"field itself.")
+            raise ValueError(f"fit: `settings` may not repeat {clash[0]!r}, a field of the config or a key fit adds "
+                             f"to the fingerprint.")
 
     def to_json(self) -> dict:
         """The fields as JSON gives them back: callables by name; an optax optimizer as ``"optax"``."""
@@ -509,8 +509,9 @@ class Config:
         return json.loads(json.dumps(fields))
 
     def fingerprint(self, data: Dataset, input_shape: Sequence[int]) -> dict:
-        """What a resumed run must share: the fields less :attr:`RUN_CONTROL` (and an optax
-        optimizer's unset ``lr``, ``momentum``), the caller's ``settings``, the input shape,
+        """What a resumed run must share: the fields less :attr:`RUN_CONTROL` and ``penalty``
+        (its name is the same in either backend), and less an optax optimizer's unset ``lr``
+        and ``momentum``; the caller's ``settings`` beside them; the input shape,
         the number of classes and a digest of the data (a changed dataset under the same
         name is caught too)."""
         digest = hashlib.blake2b(digest_size=8)
@@ -518,7 +519,7 @@ class Config:
             a = np.ascontiguousarray(a)
             digest.update(f"{a.dtype}{a.shape}".encode())
             digest.update(a.data)
-        fields = {k: v for k, v in self.to_json().items() if k not in self.RUN_CONTROL
+        fields = {k: v for k, v in self.to_json().items() if k not in (*self.RUN_CONTROL, "penalty", "settings")
                   and not (k in ("lr", "momentum") and v is None)}
         return {**fields, **json.loads(json.dumps(self.settings or {})), "input_shape": list(input_shape),
                 "num_classes": data.num_classes, "data_fingerprint": digest.hexdigest()}
@@ -734,5 +735,5 @@ def _resume(config: Config, state: TrainState, fingerprint: dict) -> tuple[Train
 __all__ = [
     "Callback", "Config", "Evaluation", "FitResult", "NonFiniteError", "OneHotTargets", "Progress", "TrainState",
     "checkpointing", "epochs", "evaluate", "evaluation", "fit", "init_state", "make_epoch", "make_evaluator",
-    "make_loss", "make_mesh", "make_optimizer", "make_step", "steps_beat_scan", "stop_on_non_finite", "weights",
+    "make_loss", "make_mesh", "make_optimizer", "make_step", "stop_on_non_finite", "weights",
 ]

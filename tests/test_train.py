@@ -756,8 +756,8 @@ def test_config_is_frozen_checked_when_built_and_its_json_is_the_resume_fingerpr
     (dict(epochs=1, loss="euclidean_loss"), TypeError, r"fit: `loss` must be a callable, e.g. "
                                                        r"jaxcnn.ops.softmax_cross_entropy \(the command line alone"),
     (dict(epochs=1, dtype=jnp.int32), TypeError, r"fit: `dtype` must be a floating dtype .* got int32"),
-    (dict(epochs=1, settings={"seed": 3}), ValueError, r"fit: `settings` may not repeat 'seed', a key of the "
-                                                       r"fingerprint"),
+    (dict(epochs=1, settings={"seed": 3}), ValueError, r"fit: `settings` may not repeat 'seed', a field of the "
+                                                       r"config"),
     (dict(epochs=1, settings={"f": object()}), TypeError, r"fit: `settings` must be JSON-able"),
     (dict(epochs=1, input_shape=(-1, 0)), ValueError, r"fit: `input_shape` must be \(-1, \*dims\) with positive int "
                                                       r"dims, got \(-1, 0\)"),
