@@ -173,12 +173,12 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Cal
 # --------------------------------------------------------------------------- epochs
 
 
+@dataclasses.dataclass(frozen=True)
 class _OnDevice:
     """The training set on the device(s) (replicated over a mesh): the compiled program
     receives each batch's row indices and gathers the rows itself."""
 
-    def __init__(self, mesh: Optional[Mesh]):
-        self.mesh = mesh
+    mesh: Optional[Mesh]
 
     def place(self, x, y):
         x, y = jnp.asarray(x), jnp.asarray(y)
@@ -195,10 +195,13 @@ class _OnDevice:
         return x[rows], y[rows]
 
 
-class _HostFeed(_OnDevice):
+@dataclasses.dataclass(frozen=True)
+class _HostFeed:
     """A mesh over several processes: the training set stays on the host, the same in every
     process, and each process transfers only its own rows of every global batch
     (:func:`jaxcnn.distributed.feed`); nothing is resident on the devices."""
+
+    mesh: Mesh
 
     def place(self, x, y):
         return np.asarray(x), np.asarray(y)
@@ -214,7 +217,7 @@ class _HostFeed(_OnDevice):
         return fed
 
 
-def _data_on(mesh: Optional[Mesh]) -> _OnDevice:
+def _data_on(mesh: Optional[Mesh]) -> Union[_OnDevice, _HostFeed]:
     return _HostFeed(mesh) if mesh is not None and mesh.is_multi_process else _OnDevice(mesh)
 
 
@@ -500,6 +503,11 @@ class Config:
             raise ValueError(f"fit: `settings` may not repeat {clash[0]!r}, a field of the config or a key fit adds "
                              f"to the fingerprint.")
 
+    def make_optimizer(self) -> optax.GradientTransformation:
+        """The optax transformation: :func:`make_optimizer` of the name, or the one given."""
+        return self.optimizer if not isinstance(self.optimizer, str) else make_optimizer(self.optimizer, self.lr,
+                                                                                         self.momentum)
+
     def to_json(self) -> dict:
         """The fields as JSON gives them back: callables by name; an optax optimizer as ``"optax"``."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -659,8 +667,7 @@ def fit(model: Layer, data: Dataset, config: Optional[Config] = None, /, *, call
     x_train, x_test, input_shape = _inputs(data, config)
     fingerprint = config.fingerprint(data, input_shape)
     _checks.run_location(config.checkpoint_path, config.resume, config.overwrite)
-    optimizer = make_optimizer(config.optimizer, config.lr, config.momentum) if isinstance(config.optimizer, str) \
-        else config.optimizer
+    optimizer = config.make_optimizer()
     state, history = init_state(model, optimizer, input_shape, config.seed, config.dtype), []
     if config.resume:
         state, history = _resume(config, state, fingerprint)
