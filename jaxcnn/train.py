@@ -122,8 +122,9 @@ class OneHotTargets:
 
 
 def _name(fn: Callable) -> str:
+    """A loss's name for the fingerprint; jaxcnn.reference's functions go by the ops' names."""
     fn = fn.loss if isinstance(fn, OneHotTargets) else fn
-    return getattr(fn, "__name__", type(fn).__name__)
+    return getattr(fn, "__name__", type(fn).__name__).removesuffix("_reference")
 
 
 def make_loss(model: Layer, loss: Callable = jaxcnn.ops.softmax_cross_entropy, weight_decay: float = 0.0,

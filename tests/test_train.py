@@ -745,6 +745,8 @@ def test_config_is_frozen_checked_when_built_and_its_json_is_the_resume_fingerpr
     assert not set(printed) & {"epochs", "steps", "checkpoint_path", "resume", "quiet", "settings"}  # run control
     assert printed == dataclasses.replace(config, epochs=None, steps=7, quiet=True).fingerprint(_toy(), (-1, 8))
     assert printed != dataclasses.replace(config, seed=1).fingerprint(_toy(), (-1, 8))
+    autodiff = train.Config(epochs=1, loss=train.OneHotTargets(reference.euclidean_loss)).fingerprint(_toy(), (-1, 8))
+    assert autodiff["loss"] == "euclidean_loss"  # as the command line wrote it before the loss was a callable
     custom = train.Config(epochs=1, optimizer=optax.sgd(0.1)).fingerprint(_toy(), (-1, 8))
     assert custom["optimizer"] == "optax" and "lr" not in custom and "momentum" not in custom
 
