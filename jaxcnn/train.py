@@ -486,7 +486,7 @@ class Config:
         elif not isinstance(self.optimizer, optax.GradientTransformation):
             raise TypeError(f"fit: `optimizer` must be 'adam', 'sgd' or an optax GradientTransformation, got "
                             f"{self.optimizer!r}.")
-        elif (self.lr, self.momentum) != (1e-2, 0.0):
+        elif (self.lr, self.momentum) != (Config.lr, Config.momentum):  # the defaults: unset
             raise ValueError(f"fit: `lr` and `momentum` set a named optimizer; an optax `optimizer` holds its own "
                              f"(got lr={self.lr}, momentum={self.momentum}).")
         dtype = jnp.dtype(self.dtype)
@@ -499,10 +499,11 @@ class Config:
             json.dumps(self.settings)
         except TypeError as e:
             raise TypeError(f"fit: `settings` must be JSON-able (a dict of numbers, strings, lists ...): {e}.") from e
-        clash = sorted(set(self.settings or {}) & {*self.to_json(), "num_classes", "data_fingerprint"})
+        clash = sorted(set(self.settings or {}) & {*self._fingerprinted(), "input_shape", "num_classes",
+                                                   "data_fingerprint"})
         if clash:
-            raise ValueError(f"fit: `settings` may not repeat {clash[0]!r}, a field of the config or a key fit adds "
-                             f"to the fingerprint.")
+            raise ValueError(f"fit: `settings` may not repeat {clash[0]!r}, a key the config already puts in the "
+                             f"fingerprint.")
 
     def make_optimizer(self) -> optax.GradientTransformation:
         """The optax transformation: :func:`make_optimizer` of the name, or the one given."""
@@ -517,6 +518,10 @@ class Config:
             fields.update(optimizer="optax", lr=None, momentum=None)
         return json.loads(json.dumps(fields))
 
+    def _fingerprinted(self) -> dict:
+        return {k: v for k, v in self.to_json().items() if k not in (*self.RUN_CONTROL, "penalty", "settings")
+                and not (k in ("lr", "momentum") and v is None)}
+
     def fingerprint(self, data: Dataset, input_shape: Sequence[int]) -> dict:
         """What a resumed run must share: the fields less :attr:`RUN_CONTROL` and ``penalty``
         (its name is the same in either backend), and less an optax optimizer's unset ``lr``
@@ -528,10 +533,9 @@ class Config:
             a = np.ascontiguousarray(a)
             digest.update(f"{a.dtype}{a.shape}".encode())
             digest.update(a.data)
-        fields = {k: v for k, v in self.to_json().items() if k not in (*self.RUN_CONTROL, "penalty", "settings")
-                  and not (k in ("lr", "momentum") and v is None)}
-        return {**fields, **json.loads(json.dumps(self.settings or {})), "input_shape": list(input_shape),
-                "num_classes": data.num_classes, "data_fingerprint": digest.hexdigest()}
+        return {**self._fingerprinted(), **json.loads(json.dumps(self.settings or {})),
+                "input_shape": list(input_shape), "num_classes": data.num_classes,
+                "data_fingerprint": digest.hexdigest()}
 
 
 # --------------------------------------------------------------------------- callbacks

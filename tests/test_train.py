@@ -749,6 +749,8 @@ def test_config_is_frozen_checked_when_built_and_its_json_is_the_resume_fingerpr
     assert autodiff["loss"] == "euclidean_loss"  # as the command line wrote it before the loss was a callable
     custom = train.Config(epochs=1, optimizer=optax.sgd(0.1)).fingerprint(_toy(), (-1, 8))
     assert custom["optimizer"] == "optax" and "lr" not in custom and "momentum" not in custom
+    described = train.Config(epochs=1, optimizer=optax.sgd(0.1), settings={"lr": 0.1}).fingerprint(_toy(), (-1, 8))
+    assert described["lr"] == 0.1  # an optax optimizer's hyperparameters, described by the caller
 
 
 @pytest.mark.parametrize("kwargs,error,message", [
@@ -758,8 +760,8 @@ def test_config_is_frozen_checked_when_built_and_its_json_is_the_resume_fingerpr
     (dict(epochs=1, loss="euclidean_loss"), TypeError, r"fit: `loss` must be a callable, e.g. "
                                                        r"jaxcnn.ops.softmax_cross_entropy \(the command line alone"),
     (dict(epochs=1, dtype=jnp.int32), TypeError, r"fit: `dtype` must be a floating dtype .* got int32"),
-    (dict(epochs=1, settings={"seed": 3}), ValueError, r"fit: `settings` may not repeat 'seed', a field of the "
-                                                       r"config"),
+    (dict(epochs=1, settings={"seed": 3}), ValueError, r"fit: `settings` may not repeat 'seed', a key the "
+                                                       r"config already puts in the fingerprint"),
     (dict(epochs=1, settings={"f": object()}), TypeError, r"fit: `settings` must be JSON-able"),
     (dict(epochs=1, input_shape=(-1, 0)), ValueError, r"fit: `input_shape` must be \(-1, \*dims\) with positive int "
                                                       r"dims, got \(-1, 0\)"),
