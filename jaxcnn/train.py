@@ -312,6 +312,9 @@ def epochs(step: Callable, state: TrainState, x, y, *, batch_size: int, steps: i
     yielded is donated to the next epoch: copy it (``jax.tree.map(jnp.copy, state)``) to
     keep it beyond the next iteration.
     """
+    if not 1 <= batch_size <= len(x):
+        raise ValueError(f"epochs: `batch_size` must be between 1 and the training set size {len(x)}, got "
+                         f"{batch_size}.")
     epoch = make_epoch(step, batch_size, mesh, shuffle, loop)
     x, y = _data_on(mesh).place(x, y)
     steps_per_epoch, number = len(x) // batch_size, epochs_done

@@ -1,4 +1,5 @@
 import dataclasses
+import inspect
 import json
 import os
 import re
@@ -953,3 +954,17 @@ def test_fit_says_when_the_input_shape_does_not_fit_the_data():
     with pytest.raises(ValueError, match=r"fit: `input_shape` \(-1, 7\) does not fit the examples of `data.x_train`, "
                                          r"each of shape \(8,\): 7 values per example expected, 8 given"):
         train.fit(_model(), _toy(), epochs=1, batch_size=16, quiet=True, input_shape=(-1, 7))
+
+
+def test_fit_is_a_short_composition_and_no_training_function_takes_a_backend():
+    """The backend lives in the model (and the loss passed): none of the training functions
+    takes ``ops=``; fit composes the pieces in at most 60 lines."""
+    assert len(inspect.getsource(train.fit).splitlines()) <= 60
+    for fn in (train.fit, train.make_loss, train.make_evaluator, train.evaluate, train.make_epoch, train.epochs,
+               train.make_step, train.init_state):
+        assert "ops" not in inspect.signature(fn).parameters, fn.__name__
+    state = train.init_state(_model(), optax.sgd(0.1), (-1, 8))
+    step = train.make_step(train.make_loss(_model()), optax.sgd(0.1))
+    with pytest.raises(ValueError, match=r"epochs: `batch_size` must be between 1 and the training set size 64, got "
+                                         r"65"):
+        next(train.epochs(step, state, _toy().x_train, _toy().y_train, batch_size=65, steps=4))
