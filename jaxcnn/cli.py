@@ -147,6 +147,15 @@ _non_negative_float = _ranged(float, "a number >= 0", lambda v: v >= 0)
 _momentum = _ranged(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
 _seed = _ranged(int, "an integer in [-2**63, 2**63)", lambda v: -(2**63) <= v < 2**63)
 
+
+def _loss(name: str, backend):
+    """A zoo loss name (``models.ZOO[...].loss``) as that backend's loss: names are a command-line notion."""
+    from jaxcnn import train
+
+    loss = getattr(backend, name)
+    return train.OneHotTargets(loss) if name == "euclidean_loss" else loss
+
+
 #: Optional packages ``jaxcnn train`` needs (all in the ``train`` extra), and what for.
 _TRAIN_NEEDS = {"matplotlib": "learning_curve.png", "mnist1d": "--data mnist1d", "tqdm": "the progress bar"}
 
@@ -172,7 +181,7 @@ def _train(args) -> int:
 
     import jaxcnn.ops
     import jaxcnn.reference
-    from jaxcnn import checkpoint, data, models, reporting, train
+    from jaxcnn import _checks, checkpoint, data, models, reporting, train
 
     multi = (args.coordinator, args.num_processes, args.process_id)
     if args.distributed and any(v is not None for v in multi):
@@ -191,7 +200,7 @@ def _train(args) -> int:
     checkpoint_path = os.path.join(out, "checkpoint.npz")
     for name in ("checkpoint.npz", "metrics.json", "learning_curve.png"):
         checkpoint.check_writable(os.path.join(out, name), "output")
-    train.check_run_location(checkpoint_path, args.resume, args.overwrite)
+    _checks.run_location(checkpoint_path, args.resume, args.overwrite)
     if args.allow_changed_settings and not args.resume:
         raise ValueError("--allow-changed-settings goes with --resume.")
     entry = models.ZOO[args.model]
@@ -202,19 +211,19 @@ def _train(args) -> int:
     want, have = entry.input_shape[1:], dataset.x_train.shape[1:]
     if math.prod(want) != math.prod(have):
         raise ValueError(f"model {args.model} takes inputs of shape {want} but dataset {args.data} has {have}.")
-    backend = jaxcnn.ops if args.ops == "hand" else jaxcnn.reference
+    backend = jaxcnn.ops if args.ops == "hand" else jaxcnn.reference  # chosen once: the model, its loss and penalty
     steps = args.steps if args.steps or args.epochs else 6000
     # Greydanus' MNIST-1D recipe cycles through the training set in stored order, batch k = rows [100k, 100k + 100).
     shuffle = args.shuffle if args.shuffle is not None else not args.data.startswith("mnist1d")
-    settings = {k: getattr(args, k) for k in ("model", "data", "optimizer", "lr", "momentum", "ops", "devices")}
-    result = train.fit(
-        entry.build(ops=backend), dataset, input_shape=entry.input_shape, loss=entry.loss,
-        optimizer=train.make_optimizer(args.optimizer, args.lr, args.momentum),
+    run = train.Config(
         epochs=args.epochs, steps=steps if not args.epochs else None, batch_size=args.batch_size,
-        weight_decay=args.weight_decay, seed=args.seed, devices=args.devices, shuffle=shuffle,
-        checkpoint_path=checkpoint_path, resume=args.resume, overwrite=args.overwrite, settings=settings,
-        allow_changed_settings=args.allow_changed_settings, quiet=args.quiet, ops=backend,
+        loss=_loss(entry.loss, backend), penalty=backend.l2_penalty, optimizer=args.optimizer, lr=args.lr,
+        momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed, devices=args.devices,
+        shuffle=shuffle, input_shape=entry.input_shape, checkpoint_path=checkpoint_path, resume=args.resume,
+        overwrite=args.overwrite, allow_changed_settings=args.allow_changed_settings, quiet=args.quiet,
+        settings={k: getattr(args, k) for k in ("model", "data", "ops")},
     )
+    result = train.fit(entry.build(ops=backend), dataset, run)
     if jax.process_index() != 0:  # one process writes and reports
         return 0
     config = {**{k: v for k, v in vars(args).items() if k != "command"}, "out": out, "shuffle": shuffle}

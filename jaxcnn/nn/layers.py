@@ -491,6 +491,16 @@ def Dropout(rate: float, *, ops: Optional[ModuleType] = None) -> Layer:
         if key is None:
             raise ValueError(f"Dropout({rate}): training=True needs a PRNG key; call "
                              f"apply(params, state, x, training=True, key=key).")
-        return ops.dropout(x, key, rate), state
+        return ops.dropout(x, _typed_key(key), rate), state
 
     return Layer(lambda key, s: ((), (), tuple(s)), apply, name=f"Dropout({rate})")
+
+
+def _typed_key(key):
+    """Raw key data of the default PRNG implementation (``PRNGKey``'s ``uint32`` array:
+    shape ``(2,)`` under threefry, ``(4,)`` under ``JAX_DEFAULT_PRNG_IMPL=rbg``) as a typed
+    key, which the op takes under any implementation; anything else as it is."""
+    raw = jax.eval_shape(jax.random.PRNGKey, 0)
+    if getattr(key, "dtype", None) == raw.dtype and getattr(key, "shape", None) == raw.shape:
+        return jax.random.wrap_key_data(key)
+    return key
