@@ -5,9 +5,9 @@ lecture's three convolutions, first). ``method`` is one of
 
 * a formula's name: every product by that formula, as written, on every platform (so
   ``method="xla"`` is the reproducible reference route: no platform rewrite);
-* a :class:`Plan`: each product named, with the optional tunings (``weight_chunk``,
+* a :class:`Plan` (public as ``jaxcnn.ops.ConvPlan``): each product named, with the optional tunings (``weight_chunk``,
   ``materialize_input``) spelled out;
-* a policy, any callable ``policy(problem: Problem) -> Plan`` (the geometry, shapes, dtype
+* a policy, any callable ``policy(problem: Problem) -> Plan`` (``jaxcnn.ops.ConvProblem``) (the geometry, shapes, dtype
   and platform of the call at hand);
 * ``"auto"`` (default), the policy :func:`jaxcnn._xla_cpu_conv.auto_policy`: XLA's
   convolutions off the CPU, the shape-tuned plan on XLA:CPU, never Winograd in 16 bits.
