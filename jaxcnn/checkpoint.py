@@ -243,13 +243,13 @@ def open_regular(path: str, what: str = "file"):
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such {what}.") from None
     except IsADirectoryError:
-        raise ValueError(f"{path}: a folder, not a {what}.") from None
+        raise ValueError(f"{path}: a folder, not a regular file; the {what} must be one.") from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
         kind = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
-                stat.S_IFBLK: "a block device", stat.S_IFDIR: "a folder"}.get(stat.S_IFMT(mode), "not a regular file")
-        raise ValueError(f"{path}: {kind}, not a {what} (only regular files are read).")
+                stat.S_IFBLK: "a block device", stat.S_IFDIR: "a folder"}.get(stat.S_IFMT(mode), "an odd file")
+        raise ValueError(f"{path}: {kind}, not a regular file; the {what} must be one.")
     os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
 
