@@ -35,6 +35,7 @@ import signal
 import stat
 import tempfile
 import threading
+import warnings
 import zipfile
 from typing import Any, Callable, Iterator
 
@@ -200,7 +201,8 @@ def locked(directory: str) -> Iterator[None]:
     second holder, in this process or another, gets a ``ValueError`` at once naming the
     folder and the process that holds it. The lock is the kernel's ``flock`` on the folder
     itself: nothing is written into it, and the lock ends with its process however that
-    ends (a crash, SIGKILL).
+    ends (a crash, SIGKILL). Where the file system cannot lock a folder (some NFS mounts)
+    this is a warning, and the block runs unlocked.
 
     >>> import tempfile
     >>> with locked(tempfile.mkdtemp()):
@@ -215,6 +217,9 @@ def locked(directory: str) -> Iterator[None]:
             holder = _lock_holder(os.fstat(fd))
             raise ValueError(f"{directory} is in use by another run ({holder} holds its lock); wait for it to "
                              f"finish, or write to another folder.") from None
+        except OSError as e:  # a file system without flock on folders (some NFS mounts)
+            warnings.warn(f"cannot lock {directory} ({e.strerror or e}): a second run writing there at the same "
+                          f"time would not be refused.", stacklevel=3)
         yield
     finally:
         os.close(fd)  # releases the lock

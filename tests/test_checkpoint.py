@@ -365,6 +365,19 @@ def test_a_locked_folder_refuses_a_second_holder_at_once(tmp_path):
     assert not os.listdir(tmp_path)  # nothing written into the folder
 
 
+def test_a_folder_that_cannot_be_locked_is_a_warning(tmp_path, monkeypatch):
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(checkpoint.fcntl, "flock", no_locks)
+    ran = []
+    with pytest.warns(UserWarning, match=rf"cannot lock {tmp_path} \(No locks available\): a second run writing "
+                                         rf"there at the same time would not be refused"):
+        with checkpoint.locked(str(tmp_path)):
+            ran.append(True)
+    assert ran == [True]
+
+
 def test_a_killed_holder_releases_the_lock(tmp_path):
     code = "import sys, time; from jaxcnn import checkpoint\nwith checkpoint.locked(sys.argv[1]):\n" \
            "    print('held', flush=True); time.sleep(60)"
