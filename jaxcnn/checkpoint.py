@@ -102,8 +102,9 @@ def write_atomically(path: str, write: Callable[[Any], None]) -> None:
     os.makedirs(directory, exist_ok=True)
     remove_stale_temporaries(path)
     with _interrupts_deferred():
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.tmp-{os.getpid()}-")
+        tmp = None
         try:
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.tmp-{os.getpid()}-")
             with os.fdopen(fd, "wb") as f:
                 write(f)
                 f.flush()
@@ -111,12 +112,20 @@ def write_atomically(path: str, write: Callable[[Any], None]) -> None:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException as e:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
+            if tmp is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(tmp)
             if isinstance(e, OSError):
-                before = "the file there before is intact" if os.path.exists(path) else "nothing was there before"
-                raise OSError(e.errno, f"{path}: could not be written ({e.strerror or e}); {before}.") from e
+                raise _write_error(path, e) from e
             raise
+
+
+def _write_error(path: str, e: OSError) -> OSError:
+    """``e`` (its kind and errno kept) with a message naming ``path`` and what survives."""
+    before = "the file there before is intact" if os.path.exists(path) else "no file was there before"
+    error = type(e)(f"{path}: could not be written ({e.strerror or e}); {before}.")
+    error.errno = e.errno
+    return error
 
 
 def check_writable(path: str, what: str = "checkpoint") -> None:
