@@ -4,68 +4,128 @@ header (leaf paths, shapes, dtypes, metadata).
 Saving is atomic: the file is written next to its destination under a temporary name
 (``.NAME.tmp-PID-*``) and renamed over it, so a crash never leaves half a checkpoint
 behind; a temporary file orphaned by a killed process is removed by the next save or load
-of the same checkpoint, and a Ctrl-C during a save takes effect once the save is done.
-The file's mode follows the umask, as other output files do. Loading needs a template
-pytree of the same structure (e.g. a freshly initialised train state) and checks the
-header's paths, shapes and dtypes against it, then every stored array's own ``.npy``
-header (and its size in the archive) before reading it; a truncated, foreign or
-mismatching file raises ``ValueError`` and changes nothing.
+of the same checkpoint, a failed write (a full disk) removes its own and says that the
+file there before is intact, and a Ctrl-C during a save takes effect once the save is
+done. The file's mode follows the umask, as other output files do.
+
+Every dtype JAX computes in round-trips bit for bit: NumPy's own under their names, and
+the ``ml_dtypes`` ones (bfloat16, the float8/float4 and int4 families), which ``.npy``
+cannot name, as their raw bytes (unsigned integers of their width) under their names.
+
+Loading needs a template pytree of the same structure (e.g. a freshly initialised train
+state, or :class:`jax.ShapeDtypeStruct` leaves) and checks, before anything is allocated,
+the header's schema (every field's type, its nesting), its paths, shapes and dtypes
+against the template, then every stored array's own ``.npy`` header and its size in the
+archive; only a regular file is opened (a FIFO or a device would block or never end). A
+truncated, foreign, malformed or mismatching file raises ``ValueError`` naming the file
+(and the field or leaf) and changes nothing.
+
+:func:`locked` holds a folder for one writer (a training run) at a time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
+import numbers
 import os
 import signal
+import stat
 import tempfile
 import threading
+import warnings
 import zipfile
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
+import ml_dtypes
 import numpy as np
 
 FORMAT = "jaxcnn-checkpoint-v1"
+_MAX_HEADER_BYTES = 1 << 28  # the JSON header; a history of millions of step losses fits
+_MAX_DEPTH = 32  # nesting of the JSON header; jaxcnn's own is 5 deep
+#: The numbers of an epoch record of ``fit``'s history (the first three always there) that readers use.
+_RECORD_REQUIRED = ("train_loss", "train_accuracy", "seconds")
+_RECORD_NUMBERS = (*_RECORD_REQUIRED, "test_loss", "test_accuracy", "test_sse")
 
 
 def save(path: str, tree: Any, metadata: dict | None = None) -> None:
-    """Atomically writes ``tree`` (arrays and scalars) and JSON-able ``metadata`` to ``path``."""
+    """Atomically writes ``tree`` (arrays and scalars) and JSON-able ``metadata`` to ``path``.
+
+    Raises:
+      TypeError: a leaf whose dtype has no exact stored form (object, strings, records).
+      OSError: the file cannot be written (the one there before, if any, is intact).
+    """
     leaves = jax.tree_util.tree_leaves_with_path(tree)
-    arrays = {f"leaf_{i}": np.asarray(jax.device_get(leaf)) for i, (_, leaf) in enumerate(leaves)}
+    arrays, dtypes = {}, []
+    for i, (p, leaf) in enumerate(leaves):
+        a = np.asarray(jax.device_get(leaf))
+        arrays[f"leaf_{i}"] = a.view(_stored_dtype(a.dtype, f"{path}: leaf {jax.tree_util.keystr(p)}"))
+        dtypes.append(a.dtype.name)
     header = {
         "format": FORMAT,
         "paths": [jax.tree_util.keystr(p) for p, _ in leaves],
         "shapes": [list(a.shape) for a in arrays.values()],
-        "dtypes": [str(a.dtype) for a in arrays.values()],
+        "dtypes": dtypes,
         "metadata": metadata or {},
     }
     arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
+def _stored_dtype(dtype: np.dtype, where: str) -> np.dtype:
+    """How a leaf of ``dtype`` is stored: NumPy's numeric dtypes as themselves, the
+    ml_dtypes ones (which ``.npy`` would write as anonymous ``|V2``) as unsigned integers
+    of their width, holding the same bytes."""
+    if dtype.isbuiltin == 1 and dtype.kind in "biufc":
+        return dtype
+    if dtype.isbuiltin == 2 and getattr(ml_dtypes, dtype.name, None) is not None:
+        return np.dtype(f"u{dtype.itemsize}")
+    raise TypeError(f"{where} has dtype {dtype}, which a checkpoint cannot store exactly; leaves must be "
+                    f"booleans, integers, floats (bfloat16 and the other ml_dtypes included) or complex numbers.")
+
+
 def write_atomically(path: str, write: Callable[[Any], None]) -> None:
     """Calls ``write(f)`` on a new temporary file next to ``path`` and renames it over
     ``path``: readers see the old file or the new one, never half of one. The new file's
     mode follows the umask; stale temporary files of ``path`` from killed processes are
-    removed first; a Ctrl-C (SIGINT) arriving meanwhile is raised once the file is in place."""
+    removed first; a Ctrl-C (SIGINT) arriving meanwhile is raised once the file is in place.
+
+    Raises:
+      OSError: of the original kind (e.g. ``errno.ENOSPC``, a full disk), naming ``path``
+        and saying that the file there before, if any, is intact; the temporary file is
+        removed, whatever went wrong.
+    """
     directory, name = os.path.split(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     remove_stale_temporaries(path)
     with _interrupts_deferred():
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.tmp-{os.getpid()}-")
+        tmp = None
         try:
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.tmp-{os.getpid()}-")
             with os.fdopen(fd, "wb") as f:
                 write(f)
                 f.flush()
                 os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes it 0600
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        except BaseException as e:
+            if tmp is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(tmp)
+            if isinstance(e, OSError):
+                raise _write_error(path, e) from e
             raise
+
+
+def _write_error(path: str, e: OSError) -> OSError:
+    """``e`` (its kind and errno kept) with a message naming ``path`` and what survives."""
+    before = "the file there before is intact" if os.path.exists(path) else "no file was there before"
+    error = type(e)(f"{path}: could not be written ({e.strerror or e}); {before}.")
+    error.errno = e.errno
+    return error
 
 
 def check_writable(path: str, what: str = "checkpoint") -> None:
@@ -144,10 +204,74 @@ def _interrupts_deferred():
         raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def locked(directory: str) -> Iterator[None]:
+    """Holds ``directory`` (created if missing) for this process while the block runs: a
+    second holder, in this process or another, gets a ``ValueError`` at once naming the
+    folder and the process that holds it. The lock is the kernel's ``flock`` on the folder
+    itself: nothing is written into it, and the lock ends with its process however that
+    ends (a crash, SIGKILL). Where the file system cannot lock a folder (some NFS mounts)
+    this is a warning, and the block runs unlocked.
+
+    >>> import tempfile
+    >>> with locked(tempfile.mkdtemp()):
+    ...     pass  # train and write the folder's files
+    """
+    os.makedirs(directory, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(os.fstat(fd))
+            raise ValueError(f"{directory} is in use by another run ({holder} holds its lock); wait for it to "
+                             f"finish, or write to another folder.") from None
+        except OSError as e:  # a file system without flock on folders (some NFS mounts)
+            warnings.warn(f"cannot lock {directory} ({e.strerror or e}): a second run writing there at the same "
+                          f"time would not be refused.", stacklevel=3)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _lock_holder(st: os.stat_result) -> str:
+    """Who holds the flock on the file of ``st`` ("process PID"), from Linux's /proc/locks."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/locks") as f:
+            for line in f:
+                fields = line.split()  # "1: FLOCK ADVISORY WRITE 1234 08:01:5678 0 EOF"
+                if fields[1] == "FLOCK":
+                    major, minor, inode = fields[5].split(":")
+                    if (int(major, 16), int(minor, 16), int(inode)) == (os.major(st.st_dev), os.minor(st.st_dev),
+                                                                        st.st_ino):
+                        return f"process {fields[4]}"
+    return "another process"
+
+
+def open_regular(path: str, what: str = "file"):
+    """Opens ``path`` for reading in binary mode if it is a regular file (following
+    symlinks); a FIFO, socket, device or folder is a ``ValueError`` naming it, raised
+    without blocking (opening a FIFO for reading would wait for a writer forever)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such {what}.") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: a folder, not a regular file; the {what} must be one.") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+                stat.S_IFBLK: "a block device", stat.S_IFDIR: "a folder"}.get(stat.S_IFMT(mode), "an odd file")
+        raise ValueError(f"{path}: {kind}, not a regular file; the {what} must be one.")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
 def read_header(path: str) -> dict:
-    """The JSON header of a checkpoint (its metadata under ``"metadata"``)."""
-    with _open(path) as npz:
-        return _header(path, npz)
+    """The JSON header of a checkpoint (its metadata under ``"metadata"``), its schema checked."""
+    with _open(path) as archive:
+        return _header(path, archive)
 
 
 def load(path: str, like: Any) -> tuple[Any, dict]:
@@ -155,10 +279,11 @@ def load(path: str, like: Any) -> tuple[Any, dict]:
 
     Every stored array is checked against the template before it is read: the header's
     path, shape and dtype, then the array's own ``.npy`` header and its size in the archive.
+    The template's leaves may be arrays, scalars or :class:`jax.ShapeDtypeStruct`.
     """
     remove_stale_temporaries(path)
-    with _open(path) as npz:
-        header = _header(path, npz)
+    with _open(path) as archive:
+        header = _header(path, archive)
         template = jax.tree_util.tree_leaves_with_path(like)
         paths = [jax.tree_util.keystr(p) for p, _ in template]
         if paths != header["paths"]:
@@ -171,63 +296,152 @@ def load(path: str, like: Any) -> tuple[Any, dict]:
             )
         leaves = []
         for i, ((p, ref), shape, dtype) in enumerate(zip(template, header["shapes"], header["dtypes"])):
-            ref_shape = tuple(np.shape(ref))
+            ref_shape = tuple(ref.shape) if hasattr(ref, "shape") else np.shape(ref)
             ref_dtype = np.dtype(ref.dtype if hasattr(ref, "dtype") else np.asarray(ref).dtype)
             where = f"{path}: leaf {jax.tree_util.keystr(p)}"
-            if tuple(shape) != ref_shape or dtype != str(ref_dtype):
+            if tuple(shape) != ref_shape or dtype != ref_dtype.name:
                 raise ValueError(f"{where} is {dtype}{tuple(shape)} in the checkpoint but {ref_dtype}{ref_shape} is "
                                  f"expected.")
-            try:
-                _check_member(where, npz.zip, f"leaf_{i}.npy", ref_shape, ref_dtype)
-                leaves.append(npz[f"leaf_{i}"])
-            except (KeyError, ValueError, zipfile.BadZipFile, OSError, EOFError) as e:
-                if isinstance(e, ValueError) and str(e).startswith(where):
-                    raise
-                raise ValueError(f"{where} (leaf_{i}) is missing or corrupt ({e}).") from e
+            stored = _stored_dtype(ref_dtype, where)
+            legacy = np.dtype(f"V{ref_dtype.itemsize}") if stored != ref_dtype else None  # NumPy's |V2 for bfloat16
+            leaves.append(_read_member(where, archive, f"leaf_{i}.npy", ref_shape, stored, legacy).view(ref_dtype))
     tree = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves)
     return tree, header["metadata"]
 
 
-def _check_member(where: str, archive: zipfile.ZipFile, name: str, shape: tuple, dtype: np.dtype) -> None:
-    """Reads only the ``.npy`` header of one archive member: shape, dtype and the member's
-    uncompressed size must be the template's, so nothing of the wrong size is allocated."""
-    info = archive.getinfo(name)
-    with archive.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-        if read is None:
-            raise ValueError(f"{where} is stored in .npy format version {version}; jaxcnn writes 1.0 or 2.0.")
-        stored_shape, _, stored_dtype = read(f)  # Fortran order reads back correctly
-        data_bytes = info.file_size - f.tell()
-    if tuple(stored_shape) != shape or stored_dtype != dtype:
-        raise ValueError(f"{where} is stored as {stored_dtype}{tuple(stored_shape)} but its header and the "
-                         f"template say {dtype}{shape}.")
-    if data_bytes != math.prod(shape) * dtype.itemsize:
-        raise ValueError(f"{where} holds {data_bytes:,} bytes of data but {dtype}{shape} takes "
-                         f"{math.prod(shape) * dtype.itemsize:,}.")
+def _read_member(where: str, archive: zipfile.ZipFile, name: str, shape: tuple | None, dtype: np.dtype,
+                 legacy: np.dtype | None = None) -> np.ndarray:
+    """Reads one ``.npy`` member of the archive: its header first, whose shape (unless
+    ``shape`` is None), dtype (``dtype``, or ``legacy`` for the same bytes) and byte count
+    must be those expected, and only then the data, into an array of exactly that size."""
+    try:
+        info = archive.getinfo(name)
+        with archive.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            read = {(1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read is None:
+                raise ValueError(f"{where} is stored in .npy format version {version}; jaxcnn writes 1.0 or 2.0.")
+            stored_shape, fortran, stored_dtype = read(f)
+            stored_shape = tuple(stored_shape)
+            shape = stored_shape if shape is None else shape
+            if stored_shape != shape or not (stored_dtype == dtype or legacy is not None and stored_dtype == legacy):
+                raise ValueError(f"{where} is stored as {stored_dtype}{stored_shape} but its header and the "
+                                 f"template say {dtype}{shape}.")
+            data_bytes, want = info.file_size - f.tell(), math.prod(shape) * dtype.itemsize
+            if data_bytes != want:
+                raise ValueError(f"{where} holds {data_bytes:,} bytes of data but {dtype}{shape} takes {want:,}.")
+            array = np.empty(shape[::-1] if fortran else shape, dtype)
+            view = memoryview(array.reshape(-1).view(np.uint8))
+            done = 0
+            while done < want and (n := f.readinto(view[done:])):
+                done += n
+            if done != want:
+                raise ValueError(f"{where} ends after {done:,} of its {want:,} bytes.")
+    except (KeyError, zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        if isinstance(e, ValueError) and str(e).startswith(where):
+            raise
+        raise ValueError(f"{where} ({name}) is missing or corrupt ({type(e).__name__}: {e}).") from e
+    return array.T if fortran else array
 
 
 @contextlib.contextmanager
 def _open(path: str):
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint.")
-    with open(path, "rb") as f:
-        try:
-            npz = np.load(f, allow_pickle=False)
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-            raise ValueError(f"{path}: not a readable jaxcnn checkpoint (truncated or foreign file: {e}).") from e
-        if not isinstance(npz, np.lib.npyio.NpzFile):
+    with open_regular(path, "checkpoint") as f:
+        if f.read(6) == b"\x93NUMPY":
             raise ValueError(f"{path}: a single NumPy array (.npy), not a jaxcnn checkpoint (an .npz archive "
                              f"written by jaxcnn.checkpoint.save).")
-        with npz:
-            yield npz
+        f.seek(0)
+        try:
+            archive = zipfile.ZipFile(f)
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+            raise ValueError(f"{path}: not a readable jaxcnn checkpoint (truncated or foreign file: {e}).") from e
+        with archive:
+            yield archive
 
 
-def _header(path: str, npz) -> dict:
+def _header(path: str, archive: zipfile.ZipFile) -> dict:
+    where = f"{path}: the checkpoint header"
     try:
-        header = json.loads(bytes(npz["__header__"]).decode())
-    except (KeyError, ValueError, UnicodeDecodeError, zipfile.BadZipFile, OSError, EOFError) as e:
-        raise ValueError(f"{path}: not a jaxcnn checkpoint (no valid header: {e}).") from e
+        if archive.getinfo("__header__.npy").file_size > _MAX_HEADER_BYTES:
+            raise ValueError(f"{where} is over {_MAX_HEADER_BYTES:,} bytes.")
+        raw = _read_member(where, archive, "__header__.npy", None, np.dtype(np.uint8))
+        header = json.loads(raw.tobytes().decode())
+    except (KeyError, ValueError, RecursionError) as e:  # JSON and Unicode errors are ValueErrors
+        raise ValueError(f"{path}: not a jaxcnn checkpoint (no valid header: {type(e).__name__}: {e}).") from e
+    check_header(path, header)
+    return header
+
+
+def check_header(path: str, header: Any) -> None:
+    """Raises ``ValueError`` naming ``path`` and the field unless ``header`` has the schema
+    :func:`save` writes: ``format``; ``paths``, ``shapes`` (lists of sizes) and ``dtypes``,
+    one entry per leaf; ``metadata``, a JSON object no more than 32 levels deep, whose
+    ``history`` (if any) is a list of epoch records (objects with integer ``epoch`` and
+    ``step``; numbers for ``train_loss``, ``train_accuracy``, ``seconds`` and, if there,
+    ``test_loss``, ``test_accuracy``, ``test_sse``; a list of numbers for ``step_losses``;
+    other fields free) and whose ``settings`` (if any) is an object, as :func:`jaxcnn.train.fit` writes them."""
+    def fail(field, expected, got):
+        shown = repr(got) if len(repr(got)) <= 60 else repr(got)[:57] + "..."
+        raise ValueError(f"{path}: checkpoint header field {field} must be {expected}, got "
+                         f"{type(got).__name__} {shown}. Is the file corrupt or written by something else?")
+
+    if not isinstance(header, dict):
+        fail("(the header)", "a JSON object", header)
     if header.get("format") != FORMAT:
         raise ValueError(f"{path}: unknown checkpoint format {header.get('format')!r}; expected {FORMAT!r}.")
-    return header
+    _check_depth(path, header)
+    for field, kind in (("paths", str), ("dtypes", str), ("shapes", list)):
+        value = header.get(field)
+        if not isinstance(value, list):
+            fail(field, "a list, one entry per leaf", value)
+        for i, entry in enumerate(value):
+            if not isinstance(entry, kind):
+                fail(f"{field}[{i}]", f"a {'list of sizes' if kind is list else 'string'}", entry)
+    for i, shape in enumerate(header["shapes"]):
+        if not all(_is_int(n) and n >= 0 for n in shape):
+            fail(f"shapes[{i}]", "a list of sizes (integers >= 0)", shape)
+    if not len(header["paths"]) == len(header["shapes"]) == len(header["dtypes"]):
+        raise ValueError(f"{path}: checkpoint header lists {len(header['paths'])} paths, {len(header['shapes'])} "
+                         f"shapes and {len(header['dtypes'])} dtypes; it needs one of each per leaf.")
+    metadata = header.get("metadata")
+    if not isinstance(metadata, dict):
+        fail("metadata", "a JSON object", metadata)
+    if "settings" in metadata and not isinstance(metadata["settings"], dict):
+        fail("metadata.settings", "a JSON object", metadata["settings"])
+    history = metadata.get("history", [])
+    if not isinstance(history, list):
+        fail("metadata.history", "a list of epoch records", history)
+    for i, record in enumerate(history):
+        field = f"metadata.history[{i}]"
+        if not isinstance(record, dict):
+            fail(field, "an epoch record (a JSON object)", record)
+        for key in ("epoch", "step"):
+            if not _is_int(record.get(key)) or record[key] < 0:
+                fail(f"{field}.{key}", "an integer >= 0", record.get(key))
+        for key in _RECORD_NUMBERS:
+            if (key in record or key in _RECORD_REQUIRED) and not _is_number(record.get(key)):
+                fail(f"{field}.{key}", "a number", record.get(key))
+        losses = record.get("step_losses", [])
+        if not isinstance(losses, list) or not all(_is_number(v) for v in losses):
+            fail(f"{field}.step_losses", "a list of numbers", losses)
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_depth(path: str, header: dict) -> None:
+    """No recursion: a header nested thousands deep is refused, not a RecursionError."""
+    level = [header]
+    for depth in range(_MAX_DEPTH + 1):
+        level = [v for node in level for v in (node.values() if isinstance(node, dict) else node)
+                 if isinstance(v, (dict, list))]
+        if not level:
+            return
+    raise ValueError(f"{path}: checkpoint header is nested over {_MAX_DEPTH} levels deep; jaxcnn writes at most a "
+                     f"few.")
+

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import math
@@ -223,21 +224,22 @@ def _train(args) -> int:
         overwrite=args.overwrite, allow_changed_settings=args.allow_changed_settings, quiet=args.quiet,
         settings={k: getattr(args, k) for k in ("model", "data", "ops")},
     )
-    result = train.fit(entry.build(ops=backend), dataset, run)
-    if jax.process_index() != 0:  # one process writes and reports
+    with checkpoint.locked(out) if jax.process_index() == 0 else contextlib.nullcontext():  # one run per --out
+        result = train.fit(entry.build(ops=backend), dataset, run)
+        if jax.process_index() != 0:  # one process writes and reports
+            return 0
+        config = {**{k: v for k, v in vars(args).items() if k != "command"}, "out": out, "shuffle": shuffle}
+        reporting.plot_history(result.history, os.path.join(out, "learning_curve.png"), f"{args.model} on {args.data}")
+        reporting.save_metrics(out, result, config, wall_seconds=time.monotonic() - started)
+        seconds = sum(h["seconds"] for h in result.history)
+        best = reporting.best_epoch(result.history)
+        print(f"{args.model} on {args.data}: test accuracy {result.test.accuracy:.4f}, test loss "
+              f"{result.test.loss:.4f} after {int(result.state.step)} steps ({seconds:.1f} s of training)")
+        if best:
+            print(f"best epoch {best['epoch']} of {result.history[-1]['epoch']} (chosen on the test set): test "
+                  f"accuracy {best['test_accuracy']:.4f}, test loss {best['test_loss']:.4f}")
+        print(f"wrote {out}/metrics.json, learning_curve.png, checkpoint.npz")
         return 0
-    config = {**{k: v for k, v in vars(args).items() if k != "command"}, "out": out, "shuffle": shuffle}
-    reporting.plot_history(result.history, os.path.join(out, "learning_curve.png"), f"{args.model} on {args.data}")
-    reporting.save_metrics(out, result, config, wall_seconds=time.monotonic() - started)
-    seconds = sum(h["seconds"] for h in result.history)
-    best = reporting.best_epoch(result.history)
-    print(f"{args.model} on {args.data}: test accuracy {result.test.accuracy:.4f}, test loss "
-          f"{result.test.loss:.4f} after {int(result.state.step)} steps ({seconds:.1f} s of training)")
-    if best:
-        print(f"best epoch {best['epoch']} of {result.history[-1]['epoch']} (chosen on the test set): test accuracy "
-              f"{best['test_accuracy']:.4f}, test loss {best['test_loss']:.4f}")
-    print(f"wrote {out}/metrics.json, learning_curve.png, checkpoint.npz")
-    return 0
 
 
 def _verify(args) -> int:

@@ -6,11 +6,13 @@ Every loader returns a :class:`Dataset` of NumPy arrays: images channels-last
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import hashlib
 import math
 import os
 import struct
-import tempfile
+import warnings
 import zlib
 from typing import NamedTuple, Optional
 
@@ -62,20 +64,61 @@ def mnist1d(seed: int = 42, shuffle_seq: bool = False, cache_dir: Optional[str] 
     variant (one fixed permutation of the 40 positions).
 
     Generating takes seconds; with ``cache_dir`` the result is kept there as
-    ``mnist1d-seed{seed}[-shuffled].npz`` (written atomically, so processes that start
-    together may all write it) and read back on later calls."""
-    if cache_dir is not None:
-        path = os.path.join(cache_dir, f"mnist1d-seed{seed}{'-shuffled' if shuffle_seq else ''}.npz")
-        if os.path.exists(path):
-            with np.load(path, allow_pickle=False) as f:
-                return Dataset(f["x_train"], f["y_train"], f["x_test"], f["y_test"], int(f["num_classes"]))
-        d = mnist1d(seed, shuffle_seq)
-        os.makedirs(cache_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-", suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **d._asdict())
-        os.replace(tmp, path)
-        return d
+    ``mnist1d-seed{seed}[-shuffled].npz`` (a :mod:`jaxcnn.checkpoint` archive, written
+    atomically, so processes that start together may all write it) and read back on later
+    calls. Reading checks the cache before allocating (its version, seed, shapes and dtypes)
+    and then the SHA-256 of its arrays; a cache that fails a check (truncated, edited,
+    written by another version) is regenerated and rewritten with a warning naming it and
+    what was wrong, so a damaged cache is never trained on. A cache that cannot be written
+    (a full disk) is a warning too: the data is generated anyway."""
+    if cache_dir is None:
+        return _generate_mnist1d(seed, shuffle_seq)
+    import jax
+
+    from jaxcnn import checkpoint
+
+    path = os.path.join(cache_dir, f"mnist1d-seed{seed}{'-shuffled' if shuffle_seq else ''}.npz")
+    meta = {"content": _MNIST1D_CACHE, "seed": seed, "shuffle_seq": shuffle_seq, "num_classes": 10}
+    try:
+        arrays, saved = checkpoint.load(path, {k: jax.ShapeDtypeStruct(*v) for k, v in _MNIST1D_SHAPES.items()})
+        arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        wrong = [k for k in meta if saved.get(k) != meta[k]]
+        if wrong:
+            raise ValueError(f"{path}: a cache of another kind ({', '.join(f'{k} {saved.get(k)!r}' for k in wrong)}; "
+                             f"expected {', '.join(f'{k} {meta[k]!r}' for k in wrong)}).")
+        if saved.get("sha256") != _sha256(arrays):
+            raise ValueError(f"{path}: its arrays do not match their SHA-256 (edited or corrupt).")
+        return Dataset(**arrays, num_classes=10)
+    except FileNotFoundError:
+        pass
+    except ValueError as e:
+        warnings.warn(f"MNIST-1D cache {e} Regenerating it.", stacklevel=2)
+    d = _generate_mnist1d(seed, shuffle_seq)
+    arrays = d._asdict()
+    del arrays["num_classes"]
+    try:
+        checkpoint.save(path, arrays, {**meta, "sha256": _sha256(arrays)})
+    except OSError as e:
+        warnings.warn(f"MNIST-1D cache not kept: {e}", stacklevel=2)
+    return d
+
+
+_MNIST1D_CACHE = "jaxcnn-mnist1d-cache-v1"
+#: What a cache must hold (``make_dataset``'s defaults), checked before anything is read.
+_MNIST1D_SHAPES = {"x_train": ((4000, 40), np.float32), "y_train": ((4000,), np.int32),
+                   "x_test": ((1000, 40), np.float32), "y_test": ((1000,), np.int32)}
+
+
+def _sha256(arrays: dict) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}:{a.dtype.str}{a.shape}".encode())
+        digest.update(a.data)
+    return digest.hexdigest()
+
+
+def _generate_mnist1d(seed: int, shuffle_seq: bool) -> Dataset:
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as e:
@@ -102,15 +145,18 @@ def read_idx(path: str) -> np.ndarray:
     The header (magic ``0x0000``, a type byte, the number of dimensions, the sizes) is
     validated first, and a declared payload over 2 GiB is refused before anything is
     allocated; a raw file's size is checked against the declared payload before the
-    payload is read. A ``.gz`` file is decompressed to the end of its stream, so every
-    member's CRC-32 and length are verified (concatenated members, as ``cat a.gz b.gz``
-    or bgzip write, are read as one stream). A truncated, corrupt or foreign file, or one
-    holding more or fewer bytes than its header declares, fails with a ``ValueError``
-    naming it.
+    payload is read; only a regular file is opened (a FIFO would block). A ``.gz`` file is
+    decompressed to the end of its stream, so every member's CRC-32 and length are
+    verified (concatenated members, as ``cat a.gz b.gz`` or bgzip write, are read as one
+    stream). A truncated, corrupt or foreign file, or one holding more or fewer bytes than
+    its header declares, fails with a ``ValueError`` naming it.
     """
+    from jaxcnn import checkpoint
+
     gz = path.endswith(".gz")
     try:
-        with (gzip.open if gz else open)(path, "rb") as f:
+        with checkpoint.open_regular(path, "IDX file") as raw, \
+                (gzip.GzipFile(fileobj=raw) if gz else contextlib.nullcontext(raw)) as f:
             header = f.read(4)
             if len(header) < 4 or header[:2] != b"\x00\x00" or header[2] not in _IDX_DTYPES:
                 raise ValueError(
@@ -128,8 +174,9 @@ def read_idx(path: str) -> np.ndarray:
                                  "over the 2 GiB limit.")
             mismatch = (f"{path}: IDX header declares shape {dims} ({expected:,} bytes of {dtype}) but the "
                         f"file holds {{:,}} bytes after the header (truncated or corrupt).")
-            if not gz and os.path.getsize(path) - 4 - 4 * ndim != expected:
-                raise ValueError(mismatch.format(os.path.getsize(path) - 4 - 4 * ndim))
+            size = os.fstat(raw.fileno()).st_size
+            if not gz and size - 4 - 4 * ndim != expected:
+                raise ValueError(mismatch.format(size - 4 - 4 * ndim))
             data = f.read(expected)
             held = len(data) + _read_to_end(f)  # to the end of the gzip stream: checks its CRC-32s
             if held != expected:
@@ -184,22 +231,36 @@ def _find(directory: str, stem: str) -> str:
 
 def idx_dataset(directory: str, num_classes: int = 10) -> Dataset:
     """An MNIST-format dataset (MNIST, Fashion-MNIST, KMNIST, ...) from its four IDX files,
-    as ``(N, 28, 28, 1)`` float32 images scaled to [0, 1] and int32 labels."""
+    as ``(N, H, W, 1)`` float32 images scaled to [0, 1] and int32 labels.
+
+    Raises:
+      ValueError: naming the file: images that are not ``(N, H, W)``, test images of
+        another resolution than the training images, labels that are not integer class
+        ids in ``[0, num_classes)`` or not one per image (and every :func:`read_idx` error).
+    """
     def images(stem):
-        a = read_idx(_find(directory, stem))
+        path = _find(directory, stem)
+        a = read_idx(path)
         if a.ndim != 3:
-            raise ValueError(f"{stem}: expected images of shape (N, H, W), got {a.shape}.")
-        return (a.astype(np.float32) / 255.0)[..., None]
+            raise ValueError(f"{path}: expected images of shape (N, H, W), got {a.shape}.")
+        return path, (a.astype(np.float32) / 255.0)[..., None]
 
     def labels(stem, n):
         path = _find(directory, stem)
         a = read_idx(path)
         if a.shape != (n,):
-            raise ValueError(f"{stem}: expected {n} labels, got shape {a.shape}.")
+            raise ValueError(f"{path}: expected {n} labels, one per image, got shape {a.shape}.")
+        if not np.issubdtype(a.dtype, np.integer):
+            raise ValueError(f"{path}: labels must be integer class ids (IDX type ubyte, byte, short or int), got "
+                             f"dtype {a.dtype}.")
         check_labels(path, a, num_classes)
         return a.astype(np.int32)
 
-    x_train, x_test = images("train-images-idx3-ubyte"), images("t10k-images-idx3-ubyte")
+    (train_path, x_train), (test_path, x_test) = images("train-images-idx3-ubyte"), images("t10k-images-idx3-ubyte")
+    if x_test.shape[1:] != x_train.shape[1:]:
+        raise ValueError(f"{test_path}: test images are {x_test.shape[1]}×{x_test.shape[2]} but the training images "
+                         f"in {train_path} are {x_train.shape[1]}×{x_train.shape[2]}; both sets must have one "
+                         f"resolution.")
     return Dataset(
         x_train, labels("train-labels-idx1-ubyte", len(x_train)),
         x_test, labels("t10k-labels-idx1-ubyte", len(x_test)), num_classes,

@@ -1,11 +1,21 @@
+import errno
 import gzip
+import io
+import json
+import os
 import re
+import shutil
 import struct
+import zipfile
+from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
-from jaxcnn import data
+from test_checkpoint import _returns_within
+
+from jaxcnn import checkpoint, data
 
 
 def _write_idx(path, array, type_byte=0x08, dims=None, truncate=0, gz=False):
@@ -153,3 +163,142 @@ def test_idx_labels_outside_the_classes_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte: labels must be class ids in \[0, 10\), got 2 "
                                          r"outside it \(the first: label 12 at index 2; values \[12, 255\]\)"):
         data.fashion_mnist(str(directory))
+
+
+def test_idx_labels_of_a_float_type_are_a_value_error_naming_the_file(tmp_path):
+    directory = _fake_fashion(tmp_path)
+    path = data.write_idx(str(directory / "train-labels-idx1-ubyte"), (np.arange(12) % 10).astype(np.float32))
+    with pytest.raises(ValueError, match=re.escape(path) + r": labels must be integer class ids \(IDX type ubyte, "
+                                                           r"byte, short or int\), got dtype float32"):
+        data.fashion_mnist(str(directory))
+
+
+def test_idx_test_images_of_another_resolution_are_refused(tmp_path):
+    directory = _fake_fashion(tmp_path)
+    test = _write_idx(directory / "t10k-images-idx3-ubyte.gz", np.zeros((6, 14, 14), np.uint8), gz=True)
+    train = str(directory / "train-images-idx3-ubyte.gz")
+    with pytest.raises(ValueError, match=re.escape(f"{test}: test images are 14×14 but the training images in "
+                                                   f"{train} are 28×28; both sets must have one resolution")):
+        data.idx_dataset(str(directory))
+
+
+def test_idx_images_and_labels_errors_name_the_file(tmp_path):
+    directory = _fake_fashion(tmp_path)
+    path = _write_idx(directory / "t10k-labels-idx1-ubyte", np.zeros(5, np.uint8))
+    with pytest.raises(ValueError, match=re.escape(path) + r": expected 6 labels, one per image, got shape \(5,\)"):
+        data.idx_dataset(str(directory))
+
+
+def test_idx_reads_only_regular_files(tmp_path):
+    fifo = tmp_path / "images-idx3-ubyte"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    error = _returns_within(10, fifo, lambda: data.read_idx(str(fifo)))
+    assert isinstance(error, ValueError), error
+    assert str(error) == f"{fifo}: a FIFO, not a regular file; the IDX file must be one."
+    with pytest.raises(ValueError, match=r"/dev/zero: a character device, not a regular file; the IDX file must be "):
+        data.read_idx("/dev/zero")
+
+
+# --------------------------------------------------------------------------- the MNIST-1D cache
+
+
+@pytest.fixture(scope="module")
+def mnist1d_cache(tmp_path_factory):
+    """A folder holding a freshly written cache, and the dataset it holds."""
+    directory = tmp_path_factory.mktemp("cache")
+    return directory, data.mnist1d(cache_dir=str(directory))
+
+
+def _cached(directory, tmp_path):
+    """A copy of the cache folder to damage."""
+    copy = tmp_path / "cache"
+    shutil.copytree(directory, copy)
+    return copy, str(copy / "mnist1d-seed42.npz")
+
+
+def _assert_same(a, b):
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_mnist1d_cache_is_read_back(mnist1d_cache, monkeypatch):
+    directory, d = mnist1d_cache
+    monkeypatch.setattr(data, "_generate_mnist1d", None)  # read, not generated
+    _assert_same(data.mnist1d(cache_dir=str(directory)), d)
+    assert os.listdir(directory) == ["mnist1d-seed42.npz"]
+
+
+def _rewrite(path, **changes):
+    """The cache at ``path`` with arrays or metadata replaced, its checksum left as it was."""
+    arrays, meta = checkpoint.load(path, {k: jax.ShapeDtypeStruct(*v) for k, v in data._MNIST1D_SHAPES.items()})
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    for key, value in changes.items():
+        (arrays if key in arrays else meta)[key] = value
+    checkpoint.save(path, arrays, meta)
+
+
+DAMAGE = {
+    "zeroed x_train": (lambda path: _rewrite(path, x_train=np.zeros((4000, 40), np.float32)),
+                       r"its arrays do not match their SHA-256 \(edited or corrupt\)"),
+    "another seed": (lambda path: _rewrite(path, seed=7), r"a cache of another kind \(seed 7; expected seed 42\)"),
+    "truncated": (lambda path: Path(path).write_bytes(Path(path).read_bytes()[:100000]),
+                  r"not a readable jaxcnn checkpoint \(truncated or foreign"),
+    "a key missing": (lambda path: np.savez(path, x_train=np.zeros((4000, 40), np.float32)),
+                      r"not a jaxcnn checkpoint \(no valid header"),
+    "an old cache": (lambda path: np.savez(path, **_arrays(path), num_classes=10), r"not a jaxcnn checkpoint"),
+    "a huge declared size": (lambda path: _huge(path), r"leaf \['x_train'\] is float32\(100000000, 4\) in the "
+                                                      r"checkpoint but float32\(4000, 40\) is expected"),
+}
+
+
+def _arrays(path):
+    arrays, _ = checkpoint.load(path, {k: jax.ShapeDtypeStruct(*v) for k, v in data._MNIST1D_SHAPES.items()})
+    return arrays
+
+
+def _huge(path):
+    """A small file whose header declares 1.5 GiB of x_train."""
+    arrays, meta = checkpoint.load(path, {k: jax.ShapeDtypeStruct(*v) for k, v in data._MNIST1D_SHAPES.items()})
+    checkpoint.save(path, {**arrays, "x_train": np.broadcast_to(np.float32(0), (100_000_000, 4))[:1]}, meta)
+    with zipfile.ZipFile(path) as z:
+        members = {name: z.read(name) for name in z.namelist()}
+    header = json.loads(np.load(io.BytesIO(members["__header__.npy"])).tobytes())
+    index = header["paths"].index("['x_train']")
+    header["shapes"][index] = [100_000_000, 4]
+    members["__header__.npy"] = _npy(np.frombuffer(json.dumps(header).encode(), np.uint8))
+    with zipfile.ZipFile(path, "w") as z:
+        for name, raw in members.items():
+            z.writestr(name, raw)
+    assert os.path.getsize(path) < 2_000_000
+
+
+def _npy(array):
+    f = io.BytesIO()
+    np.save(f, array)
+    return f.getvalue()
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_mnist1d_cache_is_regenerated_with_a_warning(mnist1d_cache, tmp_path, damage, monkeypatch):
+    directory, d = mnist1d_cache
+    monkeypatch.setattr(data, "_generate_mnist1d", lambda seed, shuffle_seq: d)  # as generating gives it, faster
+    copy, path = _cached(directory, tmp_path)
+    spoil, reason = DAMAGE[damage]
+    spoil(path)
+    with pytest.warns(UserWarning, match=re.escape(f"MNIST-1D cache {path}: ") + ".*" + reason + r".* Regenerating it"):
+        _assert_same(data.mnist1d(cache_dir=str(copy)), d)
+    assert os.listdir(copy) == ["mnist1d-seed42.npz"]
+    _assert_same(data.mnist1d(cache_dir=str(copy)), d)  # rewritten: read back without a warning
+
+
+def test_a_cache_that_cannot_be_written_leaves_nothing_behind(tmp_path, monkeypatch):
+    def full(f, **arrays):
+        f.write(b"x" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    path = str(tmp_path / "mnist1d-seed42.npz")
+    with pytest.warns(UserWarning, match=re.escape(f"MNIST-1D cache not kept: {path}: could not be "
+                                                   f"written (No space left on device)")):
+        d = data.mnist1d(cache_dir=str(tmp_path))
+    assert d.x_train.shape == (4000, 40) and not os.listdir(tmp_path)

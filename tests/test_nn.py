@@ -224,3 +224,76 @@ def test_bind_gives_every_layer_one_backend_and_a_call_keyword_still_wins():
     assert hand_rules(hand.serial(hand.Conv(2, (3, 3)), hand.Relu(), hand.MaxPool(2))) == 3
     assert hand_rules(auto.Conv(2, (3, 3), ops=ops)) == 1
     assert nn.bind().ops is None and hand.initializers is nn.initializers
+
+
+# --------------------------------------------------------------------------- params of another model
+
+
+def test_apply_refuses_params_of_another_architecture():
+    model = nn.serial(nn.Conv(4, (3, 3)), nn.Relu(), nn.Flatten(), nn.Dense(10))
+    wider = nn.serial(nn.Conv(6, (3, 3)), nn.Relu(), nn.Flatten(), nn.Dense(10))
+    larger_kernel = nn.serial(nn.Conv(4, (5, 5), padding="SAME"), nn.Relu(), nn.Flatten(), nn.Dense(10))
+    x = jnp.ones((2, 8, 8, 1), jnp.float32)
+    for other in (wider, larger_kernel):
+        params, state, _ = other.init(KEY, (-1, 8, 8, 1))
+        with pytest.raises(ValueError, match=r"serial.apply: the params and state do not have the shapes serial.init "
+                                             r"gives for input shape \(2, 8, 8, 1\): .*params\[0\]\['w'\] \(in "
+                                             r"Conv\(4, \(3, 3\)\)\) has shape \((3, 3|5, 5), 1, [46]\) where init "
+                                             r"gives \(3, 3, 1, 4\)"):
+            jax.jit(lambda p, s, x: model.apply(p, s, x))(params, state, x)
+
+
+def test_apply_refuses_params_made_for_another_input_size():
+    model = nn.serial(nn.Dense(16), nn.Relu(), nn.Dense(4))
+    params, state, _ = model.init(KEY, (-1, 8))
+    with pytest.raises(ValueError, match=r"serial.apply: the params and state do not have the shapes serial.init "
+                                         r"gives for input shape \(3, 9\): params\[0\]\['w'\] \(in Dense\(16\)\) "
+                                         r"has shape \(16, 8\) where init gives \(16, 9\). Were they made for "
+                                         r"another model or input size\?"):
+        model.apply(params, state, jnp.ones((3, 9), jnp.float32))
+
+
+def test_apply_refuses_params_with_leaves_missing_or_extra():
+    model = nn.serial(nn.Dense(16), nn.BatchNorm(), nn.Relu(), nn.Dense(4))
+    params, state, _ = model.init(KEY, (-1, 8))
+    x = jnp.ones((3, 8), jnp.float32)
+    with pytest.raises(ValueError, match=r"serial.apply: the params and state do not have the structure serial.init "
+                                         r"gives for input shape \(3, 8\): missing \[\"params\[3\]\['b'\]\", "
+                                         r"\"params\[3\]\['w'\]\"\], unexpected \[\]"):
+        model.apply(params[:3] + ((),), state, x)
+    other_state = nn.serial(nn.Dense(16), nn.BatchNorm(), nn.Relu(), nn.Dense(4)).init(KEY, (-1, 5))[1]
+    bigger = nn.serial(nn.Dense(32), nn.BatchNorm(), nn.Relu(), nn.Dense(4)).init(KEY, (-1, 8))[1]
+    model.apply(params, other_state, x)  # running statistics do not depend on the input size here
+    with pytest.raises(ValueError, match=r"state\[1\]\['mean'\] \(in BatchNorm.*\) has shape \(32,\) where init "
+                                         r"gives \(16,\)"):
+        model.apply(params, bigger, x)
+
+
+def test_the_params_check_traces_init_once_per_input_shape_and_only_at_the_top():
+    calls = []
+
+    def counted(layer):
+        def init(key, shape):
+            calls.append(layer.name)
+            return layer.init(key, shape)
+        return nn.Layer(init, layer.apply, name=layer.name)
+
+    model = nn.serial(counted(nn.Dense(3)), nn.Relu())
+    params, state, _ = model.init(KEY, (-1, 2))
+    calls.clear()
+    for _ in range(3):  # eager calls: the expected shapes are kept
+        model.apply(params, state, jnp.ones((4, 2), jnp.float32))
+    assert calls == ["Dense(3)"]  # the serial's check traced its init once; the Dense itself did not check again
+    model.apply(params, state, jnp.ones((5, 2), jnp.float32))
+    assert calls == ["Dense(3)"] * 2
+
+
+def test_a_layer_whose_init_cannot_be_traced_is_applied_unchecked():
+    def init(key, shape):  # needs concrete values: jax.eval_shape cannot run it
+        scale = float(jax.random.uniform(key))
+        return {"w": jnp.full(shape[1:], scale)}, shape
+
+    layer = nn.Layer.stateless(init, lambda params, x: x * params["w"], name="scaled")
+    params, state, _ = layer.init(KEY, (-1, 3))
+    y, _ = layer.apply(params, state, jnp.ones((2, 3), jnp.float32))
+    np.testing.assert_allclose(y, jnp.broadcast_to(params["w"], (2, 3)))

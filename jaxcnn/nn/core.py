@@ -19,6 +19,12 @@ A layer without state or randomness is written as before, ``init(key, input_shap
 (params, output_shape)`` and ``apply(params, x) -> y``, and lifted with
 :meth:`Layer.stateless`.
 
+``apply`` checks, at trace time, that ``params`` and ``state`` have the structure and
+shapes ``init`` gives for the input's shape (found with ``jax.eval_shape``, once per input
+shape): params of another architecture or input size are a ``ValueError`` naming the
+leaf and the layer, never a silent reinterpretation. The outermost ``apply`` checks the
+whole tree; the layers it calls do not check again.
+
 Shapes include the batch axis (any int, e.g. ``-1`` for "any batch"). ``Layer`` carries a
 ``name``, the ``children`` a :func:`serial` chain is made of (for
 :func:`jaxcnn.nn.summary`), and a ``count`` of trainable parameters.
@@ -31,7 +37,9 @@ layer with :func:`from_stax`).
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -46,15 +54,16 @@ class Layer:
     """``init(key, input_shape) -> (params, state, output_shape)`` and
     ``apply(params, state, x, *, training=False, key=None) -> (y, new_state)``."""
 
-    __slots__ = ("init", "apply", "name", "children", "_count")
+    __slots__ = ("init", "apply", "name", "children", "_count", "_expected")
 
     def __init__(self, init: Callable, apply: Callable, *, name: str, children: Sequence["Layer"] = (),
                  count: Optional[Callable[[Params], int]] = None):
         self.init = init
-        self.apply = apply
+        self.apply = _checked(self, apply)
         self.name = name
         self.children = tuple(children)
         self._count = count
+        self._expected: dict = {}  # input shapes -> what init gives for them (ShapeDtypeStructs), or None
 
     @classmethod
     def stateless(cls, init: Callable[[jax.Array, Shape], tuple[Params, Any]], apply: Callable[[Params, Any], Any],
@@ -97,6 +106,78 @@ class Layer:
 
     def __repr__(self) -> str:
         return f"Layer({self.name})"
+
+
+_inside = threading.local()  # set while an outer apply, which checked the whole tree, runs
+
+
+def _checked(layer: Layer, apply: Callable) -> Callable:
+    """``apply`` preceded by the params/state check (trace time only; skipped inside an
+    outer layer's apply, which has checked the whole tree)."""
+    @functools.wraps(apply)
+    def checked_apply(params, state, x, *args, **kwargs):
+        if getattr(_inside, "active", False) or not _check_params(layer, params, state, x):
+            return apply(params, state, x, *args, **kwargs)
+        _inside.active = True
+        try:
+            return apply(params, state, x, *args, **kwargs)
+        finally:
+            _inside.active = False
+
+    return checked_apply
+
+
+def _check_params(layer: Layer, params, state, x) -> bool:
+    """Raises ValueError unless ``(params, state)`` has the leaves and shapes that
+    ``layer.init`` gives for ``x``'s shape; returns False where init cannot be traced for
+    that shape (nothing to compare with: apply raises its own error, if any)."""
+    input_shape = jax.tree_util.tree_map(lambda a: tuple(jnp.shape(a)), x)
+    cache_key = repr(input_shape)
+    if cache_key not in layer._expected:
+        if len(layer._expected) >= 32:
+            layer._expected.clear()
+        try:
+            layer._expected[cache_key] = jax.tree_util.tree_flatten(
+                jax.eval_shape(lambda: layer.init(jax.random.PRNGKey(0), input_shape)[:2]))
+        except Exception:  # an input init refuses, or an init that needs concrete values
+            layer._expected[cache_key] = None
+    expected = layer._expected[cache_key]
+    if expected is None:
+        return False
+    leaves, treedef = jax.tree_util.tree_flatten((params, state))
+    if treedef == expected[1] and all(jnp.shape(a) == e.shape for a, e in zip(leaves, expected[0])):
+        return True
+    # The slow path, paths and all (it also accepts lists where init gave tuples).
+    want = {jax.tree_util.keystr(p): e.shape for p, e in jax.tree_util.tree_leaves_with_path(
+        jax.tree_util.tree_unflatten(expected[1], expected[0]))}
+    got = {jax.tree_util.keystr(p): tuple(jnp.shape(a)) for p, a in jax.tree_util.tree_leaves_with_path((params,
+                                                                                                          state))}
+    def named(path):  # "[0][2]['w']" -> "params[2]['w']"
+        return ("params" if path.startswith("[0]") else "state") + path[3:]
+
+    if want.keys() != got.keys():
+        missing, extra = [named(p) for p in want if p not in got], [named(p) for p in got if p not in want]
+        raise ValueError(
+            f"{layer.name}.apply: the params and state do not have the structure {layer.name}.init gives for input "
+            f"shape {input_shape}: missing {missing[:3]}{' ...' if len(missing) > 3 else ''}, unexpected "
+            f"{extra[:3]}{' ...' if len(extra) > 3 else ''}. Were they made for another model?")
+    wrong = [f"{named(p)}{_layer_at(layer, p)} has shape {got[p]} where init gives {want[p]}"
+             for p in want if want[p] != got[p]]
+    raise ValueError(
+        f"{layer.name}.apply: the params and state do not have the shapes {layer.name}.init gives for input shape "
+        f"{input_shape}: {'; '.join(wrong[:3])}{f' (and {len(wrong) - 3} more)' if len(wrong) > 3 else ''}. Were "
+        f"they made for another model or input size?")
+
+
+def _layer_at(layer: Layer, path: str) -> str:
+    """The innermost child of a serial chain that a leaf path points into, as " (in Dense(10))"."""
+    inner = layer
+    for index in path[3:].split("]")[:-1]:
+        index = index.lstrip("[")
+        if not (index.isdigit() and int(index) < len(inner.children)):
+            break
+        inner = inner.children[int(index)]
+    return f" (in {inner.name})" if inner is not layer else ""
 
 
 def _size(tree) -> int:
