@@ -22,7 +22,9 @@ TPUs. :func:`jaxcnn.train.fit` trains this way once :func:`initialize` has run:
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 from typing import Any, Optional
 
 import jax
@@ -57,7 +59,9 @@ def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] =
       timeout: seconds to wait for every process to connect.
 
     Raises:
-      ValueError: only some of the three arguments given, or malformed ones.
+      ValueError: only some of the three arguments given, or malformed ones; in process 0,
+        the coordinator's port already in use (checked first: JAX's coordinator service
+        would crash the process).
     """
     given = (coordinator, num_processes, process_id)
     if all(v is None for v in given) and os.environ.get(ENV_COORDINATOR):
@@ -76,6 +80,10 @@ def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] =
                              f"num_processes={num_processes}, process_id={process_id}.")
         if host in ("localhost", "::1") or host.startswith("127."):
             kwargs["coordinator_bind_address"] = f"{host}:{port}"
+        if process_id == 0:  # JAX's coordinator service crashes the process on a port in use
+            bind = kwargs.get("coordinator_bind_address") or os.environ.get("JAX_COORDINATOR_BIND_ADDRESS") or \
+                f"[::]:{port}"
+            check_port_free(*split_address(bind), f"initialize: coordinator {coordinator}")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
         jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=timeout, **kwargs)
@@ -93,6 +101,23 @@ def split_address(address: str) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"coordinator address must be HOST:PORT with a port in 1..65535, got {address!r}.")
     return host.strip("[]"), int(port)
+
+
+def check_port_free(host: str, port: int, what: str) -> None:
+    """Raises ``ValueError`` naming ``what`` if a TCP server could not listen on
+    ``host:port`` because another socket holds it (``::`` or ``0.0.0.0``: every interface)."""
+    wildcard, in_use = host in ("", "::", "0.0.0.0"), False
+    for h in ("::", "0.0.0.0") if wildcard else (host,):  # a wildcard: either IP stack
+        try:
+            with socket.socket(socket.AF_INET6 if ":" in h else socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: a just-closed port is free
+                s.bind((h, port))
+                return
+        except OSError as e:
+            in_use = in_use or e.errno == errno.EADDRINUSE
+    if in_use:
+        raise ValueError(f"{what}: port {port} is already in use{'' if wildcard else ' on ' + host}; stop what "
+                         f"listens there or choose another port.")
 
 
 def _env_int(name: str) -> int:
@@ -165,5 +190,5 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
-__all__ = ["ENV_COORDINATOR", "ENV_NUM_PROCESSES", "ENV_PROCESS_ID", "assert_same", "batch_spec", "feed", "initialize",
-           "is_multiprocess", "is_primary", "padded_size", "replicate", "split_address", "unpad"]
+__all__ = ["ENV_COORDINATOR", "ENV_NUM_PROCESSES", "ENV_PROCESS_ID", "assert_same", "batch_spec", "check_port_free",
+           "feed", "initialize", "is_multiprocess", "is_primary", "padded_size", "replicate", "split_address", "unpad"]

@@ -20,6 +20,7 @@ started is stopped with it, and is killed by the kernel if the launcher itself d
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import socket
@@ -29,7 +30,7 @@ import threading
 import time
 from typing import Optional, Sequence, TextIO
 
-from jaxcnn.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
+from jaxcnn.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID, check_port_free
 
 #: ``jaxcnn`` subcommands the launcher runs with ``--coordinator``, ``--num-processes``, ``--process-id``.
 JAXCNN_COMMANDS = ("train",)
@@ -71,7 +72,14 @@ def launch(command: Sequence[str], num_processes: int, *, timeout: Optional[floa
     module docstring)."""
     if num_processes < 1:
         raise ValueError(f"launch: need at least 1 process, got {num_processes}.")
-    port = port or free_port()
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"launch: `timeout` must be a positive number of seconds, got {timeout}.")
+    if not (math.isfinite(grace) and grace >= 0):
+        raise ValueError(f"launch: `grace` must be a number of seconds >= 0, got {grace}.")
+    if port is None:
+        port = free_port()
+    else:  # before starting anything: a taken port would fail every process later, and obscurely
+        check_port_free(HOST, port, f"launch: coordinator {HOST}:{port}")
     out = out or sys.stdout
     lock = threading.Lock()
 
@@ -178,12 +186,17 @@ def _raise_interrupt(signum, frame):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The launcher's options (shared by ``jaxcnn launch`` and ``python -m jaxcnn.launch``)."""
+    from jaxcnn.cli import _ranged
+
     parser.add_argument("-n", "--num-processes", type=int, required=True, metavar="N", help="processes to start")
-    parser.add_argument("--timeout", type=float, metavar="SECONDS",
-                        help="stop every process after this long and exit with 124 (default: no limit)")
-    parser.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
-                        help="how long stopped processes get between SIGTERM and SIGKILL (default 10)")
-    parser.add_argument("--port", type=int, help="the coordinator's port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--timeout", type=_ranged(float, "a positive number of seconds", lambda v: v > 0),
+                        metavar="SECONDS", help="stop every process after this long and exit with 124 (default: no "
+                        "limit)")
+    parser.add_argument("--grace", type=_ranged(float, "a number of seconds >= 0", lambda v: v >= 0), default=10.0,
+                        metavar="SECONDS", help="how long stopped processes get between SIGTERM and SIGKILL (default "
+                        "10)")
+    parser.add_argument("--port", type=_ranged(int, "a port in 1..65535", lambda v: 0 < v < 65536),
+                        help="the coordinator's port on 127.0.0.1 (default: a free one)")
     parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND",
                         help="after --: `train ...` (a jaxcnn command) or any command line")
 
