@@ -101,7 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             code, verdict, stderr = trial()
             histograms[kind][code] += 1
             failed += verdict == "FAILED"
-            print(f"{kind:7} {'' if delay is None else f'{delay:4.2f} s':6}  status {code:4}  {verdict}", flush=True)
+            line = (stderr.strip().splitlines() or [""])[-1] if verdict == "interrupted" else ""
+            print(f"{kind:7} {'' if delay is None else f'{delay:4.2f} s':6}  status {code:4}  {verdict}  {line[:90]}",
+                  flush=True)
             if verdict == "FAILED":
                 print("    " + "\n    ".join(stderr.strip().splitlines()[-15:]), flush=True)
     for kind, counts in histograms.items():

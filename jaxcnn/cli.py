@@ -307,7 +307,7 @@ def _last_checkpoint(args) -> str:
         history = checkpoint.read_header(path)["metadata"].get("history") or []
     except (ValueError, OSError):
         return "no checkpoint written yet"
-    except Exception:  # noqa: BLE001  (e.g. a signal arrived while JAX was being imported): say no more than known
+    except Exception:  # e.g. a signal arrived while JAX was being imported: say no more than is known
         return f"see {path}"
     epoch = history[-1]["epoch"] if history else 0
     return f"last checkpoint at epoch {epoch} ({path}; continue with --resume)"
@@ -433,7 +433,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"jaxcnn: {_interrupted(args)}", file=sys.stderr, flush=True)
         code = 128 + _received[0]
         if program:
-            sys.stdout.flush()
+            with contextlib.suppress(OSError, ValueError):  # a closed or broken stdout
+                sys.stdout.flush()
             os._exit(code)
         return code
 
