@@ -346,7 +346,7 @@ def _held_port() -> socket.socket:
     return s
 
 
-def test_initialize_refuses_a_taken_coordinator_port_in_process_0_only(monkeypatch):
+def test_initialize_refuses_a_taken_coordinator_port_in_process_0(monkeypatch):
     monkeypatch.delenv("JAX_COORDINATOR_BIND_ADDRESS", raising=False)
     with _held_port() as held:
         port = held.getsockname()[1]
