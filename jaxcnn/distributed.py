@@ -43,8 +43,10 @@ def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] =
     """Joins this process to a multi-process run; call it first, before any JAX computation.
 
     ``jax.distributed.initialize`` with the CPU's cross-process collectives switched to
-    gloo. Give all three arguments (the same ``coordinator`` and ``num_processes`` in
-    every process, ``process_id`` 0 … N−1, process 0 hosting the coordinator), or none:
+    gloo, and JAX's preemption service off: its handler would swallow SIGTERM, which so
+    stops the process as in a single-process run (``jaxcnn train`` says where to resume).
+    Give all three arguments (the same ``coordinator`` and ``num_processes`` in every
+    process, ``process_id`` 0 … N−1, process 0 hosting the coordinator), or none:
     then ``$JAXCNN_COORDINATOR``, ``$JAXCNN_NUM_PROCESSES`` and ``$JAXCNN_PROCESS_ID``
     (set by ``jaxcnn launch``) if present, else JAX's own detection (SLURM, Open MPI,
     TPU pods). A coordinator on a loopback address (``127.0.0.1:PORT``, ``localhost``)
@@ -85,6 +87,8 @@ def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] =
                 f"[::]:{port}"
             check_port_free(*split_address(bind), f"initialize: coordinator {coordinator}")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Its SIGTERM handler would swallow the signal (fit has no preemption sync point): SIGTERM stops the process.
+    jax.config.update("jax_enable_preemption_service", False)
     try:
         jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=timeout, **kwargs)
     except ValueError as e:

@@ -2,19 +2,21 @@
 (also ``python -m jaxcnn.launch -n 2 -- train ...``).
 
 For trying multi-process training out, and for tests. The launcher picks a free port on
-127.0.0.1 (or checks that the one given is free), starts N processes — ``python -m jaxcnn train ... --coordinator 127.0.0.1:PORT
---num-processes N --process-id I`` for a ``jaxcnn`` command, or any other command line
-as given, with ``$JAXCNN_COORDINATOR``, ``$JAXCNN_NUM_PROCESSES`` and
-``$JAXCNN_PROCESS_ID`` set for :func:`jaxcnn.distributed.initialize` — and forwards
-their output line by line with a ``[I]`` prefix.
+127.0.0.1 (or checks that the one given is free), starts N processes — ``python -m
+jaxcnn train ... --coordinator 127.0.0.1:PORT --num-processes N --process-id I`` for a
+``jaxcnn`` command, or any other command line as given, with ``$JAXCNN_COORDINATOR``,
+``$JAXCNN_NUM_PROCESSES`` and ``$JAXCNN_PROCESS_ID`` set for
+:func:`jaxcnn.distributed.initialize` — and forwards their output line by line with a
+``[I]`` prefix.
 
 It fails as a whole: when one process exits with an error or is killed, the launcher
-stops the others (SIGTERM to each process's group, SIGKILL after ``grace`` seconds;
-a ``jaxcnn train`` process says where its run can be resumed), says which process failed, and exits with that process's status (128 + the signal
-number for a killed one). With ``timeout`` it stops every process after that many seconds
-and exits with 124. Each process runs in a process group of its own, so whatever it
-started is stopped with it, and is killed by the kernel if the launcher itself dies
-(Linux), so no process outlives the launcher.
+stops the others (SIGTERM to each process's group, SIGKILL after ``grace`` seconds; a
+``jaxcnn train`` process says where its run can be resumed), says which process failed,
+and exits with that process's status (128 + the signal number for a killed one). With
+``timeout`` it stops every process after that many seconds and exits with 124. Each
+process runs in a process group of its own, so whatever it started is stopped with it,
+and is killed by the kernel if the launcher itself dies (Linux), so no process outlives
+the launcher.
 """
 
 from __future__ import annotations
