@@ -367,10 +367,10 @@ def test_initialize_refuses_a_taken_coordinator_port_in_process_0(monkeypatch):
             distributed.check_port_free("::", wildcard.getsockname()[1], "y")
 
 
-def test_launch_refuses_a_taken_port_before_starting_anything(capsys):
+def test_launch_refuses_a_taken_port_before_starting_anything(tmp_path, capsys):
     with _held_port() as held:
         port = held.getsockname()[1]
-        assert cli.main(["launch", "-n", "2", "--port", str(port), "--", "train"]) == 2
+        assert cli.main(["launch", "-n", "2", "--port", str(port), "--", "train", "--out", str(tmp_path)]) == 2
     out, err = capsys.readouterr()
     assert out == ""  # no "[launch] 2 processes" line: nothing started
     assert err == (f"jaxcnn: error: launch: coordinator 127.0.0.1:{port}: port {port} is already in use on 127.0.0.1; "
@@ -383,9 +383,9 @@ def test_launch_refuses_a_taken_port_before_starting_anything(capsys):
     ("--timeout", "inf", "a positive number of seconds"), ("--port", "0", "a port in 1..65535"),
     ("--port", "70000", "a port in 1..65535"),
 ])
-def test_launch_refuses_out_of_range_options_in_one_line(option, value, expected, capsys):
+def test_launch_refuses_out_of_range_options_in_one_line(option, value, expected, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        cli.main(["launch", "-n", "2", option, value, "--", "train"])
+        cli.main(["launch", "-n", "2", option, value, "--", "train", "--out", str(tmp_path)])
     assert e.value.code == 2
     assert capsys.readouterr().err == f"jaxcnn: error: argument {option}: expected {expected}, got {value!r}\n"
 
