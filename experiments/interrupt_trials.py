@@ -10,7 +10,8 @@ outputs. Every trial must end in one of three ways:
 * ``interrupted``: status 128 + the signal number, the last line on stderr ``jaxcnn: interrupted...``;
 * ``finished``: status 0, the run was over before the signal came;
 * ``finished, then stopped``: the outputs were written (``wrote ...`` printed) and the signal
-  ended the process on its way out (status −signal, as for any Python program).
+  ended the process on its way out (status 128 + the signal number, or −signal where it came
+  after ``jaxcnn.cli.main`` had returned).
 
 Anything else (a crash such as SIGSEGV, status −11, a traceback, a lost interruption) fails.
 A port trial holds a port on 127.0.0.1 and starts process 0 of a two-process run with its
@@ -62,7 +63,7 @@ def signal_trial(delay: float, signum: int, data_dir: str) -> tuple[int, str, st
         verdict = "interrupted"
     elif code == 0:
         verdict = "finished"
-    elif code == -signum and "\nwrote " in "\n" + stdout:
+    elif code in (128 + signum, -signum) and "\nwrote " in "\n" + stdout:
         verdict = "finished, then stopped"
     else:
         verdict = "FAILED"

@@ -402,8 +402,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     continued from.
 
     Called as the program (``argv`` None: the ``jaxcnn`` command, ``python -m jaxcnn``), an
-    interrupted command leaves through ``os._exit`` once that line is printed."""
+    interrupted command leaves through ``os._exit`` once that line is printed, and one that
+    has finished leaves at once on a signal arriving while Python shuts down (status 128 +
+    the signal number, its output already complete)."""
     program = argv is None
+    code = _main(argv, program)
+    if program and threading.current_thread() is threading.main_thread():
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        for s in SIGNALS:
+            signal.signal(s, _leave)
+    return code
+
+
+def _leave(signum, frame):
+    os._exit(128 + signum)
+
+
+def _main(argv: Optional[Sequence[str]], program: bool) -> int:
     args = code = None
     with _signals_interrupt():  # first: from here on, a Ctrl-C or SIGTERM ends in the one line below
         try:

@@ -174,6 +174,16 @@ def test_sigterm_during_training_prints_where_to_resume_and_exits_143(tmp_path):
                         r"--resume\)\n", err)
 
 
+def test_a_signal_while_a_finished_program_shuts_down_ends_it_at_once_with_its_output_complete():
+    code = ("import atexit, os, signal, sys, time; from jaxcnn import cli; "
+            "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(60), print('slept'))); "
+            "sys.argv = ['jaxcnn']; sys.exit(cli.main())")  # `jaxcnn` alone: its help, then status 0
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1])))
+    assert proc.returncode == 128 + signal.SIGTERM and proc.stderr == "", proc.stderr
+    assert proc.stdout.startswith("usage: jaxcnn") and "slept" not in proc.stdout
+
+
 def test_an_interruption_python_can_only_ignore_is_raised_again():
     class SignalledOnDelete:
         def __del__(self):  # a signal handled in here (as in a gc callback) cannot propagate
