@@ -52,7 +52,7 @@ def signal_trial(delay: float, signum: int, data_dir: str) -> tuple[int, str, st
     ``"interrupted"``, ``"finished"``, ``"finished, then stopped"`` or ``"FAILED"``."""
     with tempfile.TemporaryDirectory() as out:
         proc = subprocess.Popen([sys.executable, "-m", "jaxcnn", *TRAIN, "--data-dir", data_dir, "--out", out],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO)
         time.sleep(delay)
         proc.send_signal(signum)
         stdout, stderr = proc.communicate(timeout=600)
@@ -78,7 +78,7 @@ def port_trial() -> tuple[int, str, str]:
         address = f"127.0.0.1:{held.getsockname()[1]}"
         proc = subprocess.run([sys.executable, "-m", "jaxcnn", *TRAIN, "--out", out, "--coordinator", address,
                                "--num-processes", "2", "--process-id", "0"],
-                              capture_output=True, text=True, env=_env(), timeout=600)
+                              capture_output=True, text=True, env=_env(), cwd=REPO, timeout=600)
     expected = f"jaxcnn: error: initialize: coordinator {address}: port {address.split(':')[1]} is already in use"
     ok = proc.returncode == 2 and proc.stderr.startswith(expected) and proc.stderr.count("\n") == 1
     return proc.returncode, "port in use" if ok else "FAILED", proc.stderr
