@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import functools
 import importlib
 import json
 import math
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Optional, Sequence
 
@@ -322,33 +325,165 @@ def _out(args) -> str:
     return args.out or os.path.join("runs", args.model)
 
 
-def _interrupted(args) -> str:
-    """The one line printed on Ctrl-C: where the run can be continued from."""
-    if args.command != "train":
-        return "interrupted"
-    from jaxcnn import checkpoint
-
+def _last_checkpoint(args) -> str:
+    """Where a ``jaxcnn train`` run can be continued from, as the end of a sentence."""
     path = os.path.join(_out(args), "checkpoint.npz")
     try:
+        from jaxcnn import checkpoint
+
         history = checkpoint.read_header(path)["metadata"].get("history") or []
     except (ValueError, OSError):
-        return "interrupted; no checkpoint written yet"
+        return "no checkpoint written yet"
+    except Exception:  # e.g. a signal arrived while JAX was being imported: say no more than is known
+        return f"see {path}"
     epoch = history[-1]["epoch"] if history else 0
-    return f"interrupted; last checkpoint at epoch {epoch} ({path}; continue with --resume)"
+    return f"last checkpoint at epoch {epoch} ({path}; continue with --resume)"
+
+
+def _interrupted(args) -> str:
+    """The one line printed on Ctrl-C or SIGTERM: where the run can be continued from."""
+    if args is None or args.command != "train":
+        return "interrupted"
+    return f"interrupted; {_last_checkpoint(args)}"
+
+
+#: Write errors after which a ``jaxcnn train`` error names the checkpoint that survived.
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
+
+
+def _error_line(args, e: Exception) -> str:
+    """The one line printed for a user error (no traceback)."""
+    text = str(e)
+    if isinstance(e, OSError) and e.strerror:  # without Python's "[Errno N]" prefix, naming the file if it is known
+        text = f"{e.filename}: {e.strerror}" if e.filename and str(e.filename) not in e.strerror else e.strerror
+    if isinstance(e, OSError) and e.errno in _WRITE_ERRORS and args is not None and args.command == "train":
+        text = f"{text.rstrip('.')}; {_last_checkpoint(args)}"
+    return f"jaxcnn: error: {text}"
+
+
+# Signals. A Ctrl-C (SIGINT) or a SIGTERM (`jaxcnn launch`, a batch system or `kill` stopping the run) raises
+# Interrupted in the main thread; the command then prints one line and exits with 128 + the signal number. A
+# program that was interrupted leaves with os._exit: the interpreter's teardown is never run beside XLA threads
+# still compiling or running (which crashes it).
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM received (a KeyboardInterrupt, so that whatever cleans up after a
+    Ctrl-C does so after a SIGTERM too)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_received: list[int] = []  # signals received by the running main(), kept even where an exception was swallowed
+
+
+def _on_signal(signum, frame):
+    _received.append(signum)
+    raise Interrupted(signum)
+
+
+def _on_unraisable(hook_args, default):
+    """An Interrupted raised where Python can only ignore it (a gc callback, a ``__del__``) is
+    raised again at the next point where it propagates."""
+    try:
+        if isinstance(hook_args.exc_value, Interrupted):
+            _raise_again(hook_args.exc_value.signum)
+            return
+        default(hook_args)
+    except Interrupted as e:  # delivered in here
+        _raise_again(e.signum)
+
+
+def _raise_again(signum: int) -> None:
+    import _thread
+
+    # From another thread: the main thread takes it once this hook has returned.
+    _thread.start_new_thread(_thread.interrupt_main, (signum,))
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """While the block runs (in the main thread): SIGINT and SIGTERM raise :class:`Interrupted`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _received.clear()
+    previous = [signal.signal(s, _on_signal) for s in SIGNALS]
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = functools.partial(_on_unraisable, default=previous_hook)
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous_hook
+        for s, handler in zip(SIGNALS, previous):
+            signal.signal(s, handler)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the command line; returns the exit status: 0, 1 (verify found a failure), 2 (a
-    user error, one line on stderr, no traceback) or 130 (interrupted with Ctrl-C)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["verify"] and not {"-h", "--help"} & set(argv):
-        print("jaxcnn verify: loading JAX and the checks ...", flush=True)  # before the slow imports
-        if os.environ.get("JAXCNN_FAST_COMPILE", "1") != "0":  # before anything compiles
-            from jaxcnn._certify import compilation
+    user error, one line on stderr, no traceback), or 128 + the signal number after Ctrl-C
+    (SIGINT, 130) or SIGTERM (143), one line on stderr saying where a training run can be
+    continued from.
 
-            compilation.use_fast_compilation()
-    parser = _parser()
-    args = parser.parse_args(argv)
+    Called as the program (``argv`` None: the ``jaxcnn`` command, ``python -m jaxcnn``), an
+    interrupted command leaves through ``os._exit`` once that line is printed, and one that
+    has finished leaves at once on a signal arriving while Python shuts down (status 128 +
+    the signal number, its output already complete)."""
+    program = argv is None
+    code = _main(argv, program)
+    if program and threading.current_thread() is threading.main_thread():
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        for s in SIGNALS:
+            signal.signal(s, _leave)
+    return code
+
+
+def _leave(signum, frame):
+    os._exit(128 + signum)
+
+
+def _main(argv: Optional[Sequence[str]], program: bool) -> int:
+    args = code = None
+    with _signals_interrupt():  # first: from here on, a Ctrl-C or SIGTERM ends in the one line below
+        try:
+            argv = sys.argv[1:] if argv is None else list(argv)
+            if argv[:1] == ["verify"] and not {"-h", "--help"} & set(argv):
+                print("jaxcnn verify: loading JAX and the checks ...", flush=True)  # before the slow imports
+                if os.environ.get("JAXCNN_FAST_COMPILE", "1") != "0":  # before anything compiles
+                    from jaxcnn._certify import compilation
+
+                    compilation.use_fast_compilation()
+            parser = _parser()
+            args = parser.parse_args(argv)
+            code = _command(parser, args)
+            if args.command == "launch":  # the launcher reports a signal itself
+                return code
+        except KeyboardInterrupt as e:
+            if not _received:  # raised by other code than _on_signal (Python's own handler, a test)
+                _received.append(getattr(e, "signum", signal.SIGINT))
+        except Exception:
+            if not _received:
+                raise
+            # else an Interrupted that foreign code turned into its own error (numpy's import: ImportError)
+        if not _received:
+            return code
+        for s in SIGNALS:  # a second Ctrl-C must not interrupt the message
+            signal.signal(s, signal.SIG_IGN)
+        print(f"jaxcnn: {_interrupted(args)}", file=sys.stderr, flush=True)
+        code = 128 + _received[0]
+        if program:
+            with contextlib.suppress(OSError, ValueError):  # a closed or broken stdout
+                sys.stdout.flush()
+            os._exit(code)
+        return code
+
+
+def _command(parser: argparse.ArgumentParser, args) -> int:
     if args.command is None:  # `jaxcnn` alone: what it can do, as `pip` does
         parser.print_help()
         return 0
@@ -363,15 +498,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return launch.run(args)
         return _train(args)
     except (ValueError, OSError, ImportError) as e:  # FileNotFoundError and PermissionError are OSErrors
-        print(f"jaxcnn: error: {e}", file=sys.stderr)
+        if _received:  # an interruption turned into an error (e.g. an ImportError): main reports it
+            raise
+        print(_error_line(args, e), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the message
-        try:
-            print(f"jaxcnn: {_interrupted(args)}", file=sys.stderr)
-        finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        return 130
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ TPUs. :func:`jaxcnn.train.fit` trains this way once :func:`initialize` has run:
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 from typing import Any, Optional
 
 import jax
@@ -41,8 +43,10 @@ def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] =
     """Joins this process to a multi-process run; call it first, before any JAX computation.
 
     ``jax.distributed.initialize`` with the CPU's cross-process collectives switched to
-    gloo. Give all three arguments (the same ``coordinator`` and ``num_processes`` in
-    every process, ``process_id`` 0 … N−1, process 0 hosting the coordinator), or none:
+    gloo, and JAX's preemption service off: its handler would swallow SIGTERM, which so
+    stops the process as in a single-process run (``jaxcnn train`` says where to resume).
+    Give all three arguments (the same ``coordinator`` and ``num_processes`` in every
+    process, ``process_id`` 0 … N−1, process 0 hosting the coordinator), or none:
     then ``$JAXCNN_COORDINATOR``, ``$JAXCNN_NUM_PROCESSES`` and ``$JAXCNN_PROCESS_ID``
     (set by ``jaxcnn launch``) if present, else JAX's own detection (SLURM, Open MPI,
     TPU pods). A coordinator on a loopback address (``127.0.0.1:PORT``, ``localhost``)
@@ -57,7 +61,9 @@ def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] =
       timeout: seconds to wait for every process to connect.
 
     Raises:
-      ValueError: only some of the three arguments given, or malformed ones.
+      ValueError: only some of the three arguments given, or malformed ones; in process 0,
+        the coordinator's port already in use (checked first: JAX's coordinator service
+        would crash the process).
     """
     given = (coordinator, num_processes, process_id)
     if all(v is None for v in given) and os.environ.get(ENV_COORDINATOR):
@@ -76,7 +82,13 @@ def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] =
                              f"num_processes={num_processes}, process_id={process_id}.")
         if host in ("localhost", "::1") or host.startswith("127."):
             kwargs["coordinator_bind_address"] = f"{host}:{port}"
+        if process_id == 0:  # JAX's coordinator service crashes the process on a port in use
+            bind = kwargs.get("coordinator_bind_address") or os.environ.get("JAX_COORDINATOR_BIND_ADDRESS") or \
+                f"[::]:{port}"
+            check_port_free(*split_address(bind), f"initialize: coordinator {coordinator}")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Its SIGTERM handler would swallow the signal (fit has no preemption sync point): SIGTERM stops the process.
+    jax.config.update("jax_enable_preemption_service", False)
     try:
         jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=timeout, **kwargs)
     except ValueError as e:
@@ -93,6 +105,23 @@ def split_address(address: str) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"coordinator address must be HOST:PORT with a port in 1..65535, got {address!r}.")
     return host.strip("[]"), int(port)
+
+
+def check_port_free(host: str, port: int, what: str) -> None:
+    """Raises ``ValueError`` naming ``what`` if a TCP server could not listen on
+    ``host:port`` because another socket holds it (``::`` or ``0.0.0.0``: every interface)."""
+    wildcard, in_use = host in ("", "::", "0.0.0.0"), False
+    for h in ("::", "0.0.0.0") if wildcard else (host,):  # a wildcard: either IP stack
+        try:
+            with socket.socket(socket.AF_INET6 if ":" in h else socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: a just-closed port is free
+                s.bind((h, port))
+                return
+        except OSError as e:
+            in_use = in_use or e.errno == errno.EADDRINUSE
+    if in_use:
+        raise ValueError(f"{what}: port {port} is already in use{'' if wildcard else ' on ' + host}; stop what "
+                         f"listens there or choose another port.")
 
 
 def _env_int(name: str) -> int:
@@ -165,5 +194,5 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
-__all__ = ["ENV_COORDINATOR", "ENV_NUM_PROCESSES", "ENV_PROCESS_ID", "assert_same", "batch_spec", "feed", "initialize",
-           "is_multiprocess", "is_primary", "padded_size", "replicate", "split_address", "unpad"]
+__all__ = ["ENV_COORDINATOR", "ENV_NUM_PROCESSES", "ENV_PROCESS_ID", "assert_same", "batch_spec", "check_port_free",
+           "feed", "initialize", "is_multiprocess", "is_primary", "padded_size", "replicate", "split_address", "unpad"]

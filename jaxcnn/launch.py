@@ -2,24 +2,27 @@
 (also ``python -m jaxcnn.launch -n 2 -- train ...``).
 
 For trying multi-process training out, and for tests. The launcher picks a free port on
-127.0.0.1, starts N processes — ``python -m jaxcnn train ... --coordinator 127.0.0.1:PORT
---num-processes N --process-id I`` for a ``jaxcnn`` command, or any other command line
-as given, with ``$JAXCNN_COORDINATOR``, ``$JAXCNN_NUM_PROCESSES`` and
-``$JAXCNN_PROCESS_ID`` set for :func:`jaxcnn.distributed.initialize` — and forwards
-their output line by line with a ``[I]`` prefix.
+127.0.0.1 (or checks that the one given is free), starts N processes — ``python -m
+jaxcnn train ... --coordinator 127.0.0.1:PORT --num-processes N --process-id I`` for a
+``jaxcnn`` command, or any other command line as given, with ``$JAXCNN_COORDINATOR``,
+``$JAXCNN_NUM_PROCESSES`` and ``$JAXCNN_PROCESS_ID`` set for
+:func:`jaxcnn.distributed.initialize` — and forwards their output line by line with a
+``[I]`` prefix.
 
 It fails as a whole: when one process exits with an error or is killed, the launcher
-stops the others (SIGTERM to each process's group, SIGKILL after ``grace`` seconds),
-says which process failed, and exits with that process's status (128 + the signal
-number for a killed one). With ``timeout`` it stops every process after that many seconds
-and exits with 124. Each process runs in a process group of its own, so whatever it
-started is stopped with it, and is killed by the kernel if the launcher itself dies
-(Linux), so no process outlives the launcher.
+stops the others (SIGTERM to each process's group, SIGKILL after ``grace`` seconds; a
+``jaxcnn train`` process says where its run can be resumed), says which process failed,
+and exits with that process's status (128 + the signal number for a killed one). With
+``timeout`` it stops every process after that many seconds and exits with 124. Each
+process runs in a process group of its own, so whatever it started is stopped with it,
+and is killed by the kernel if the launcher itself dies (Linux), so no process outlives
+the launcher.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import socket
@@ -29,7 +32,7 @@ import threading
 import time
 from typing import Optional, Sequence, TextIO
 
-from jaxcnn.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
+from jaxcnn.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID, check_port_free
 
 #: ``jaxcnn`` subcommands the launcher runs with ``--coordinator``, ``--num-processes``, ``--process-id``.
 JAXCNN_COMMANDS = ("train",)
@@ -71,7 +74,14 @@ def launch(command: Sequence[str], num_processes: int, *, timeout: Optional[floa
     module docstring)."""
     if num_processes < 1:
         raise ValueError(f"launch: need at least 1 process, got {num_processes}.")
-    port = port or free_port()
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"launch: `timeout` must be a positive number of seconds, got {timeout}.")
+    if not (math.isfinite(grace) and grace >= 0):
+        raise ValueError(f"launch: `grace` must be a number of seconds >= 0, got {grace}.")
+    if port is None:
+        port = free_port()
+    else:  # before starting anything: a taken port would fail every process later, and obscurely
+        check_port_free(HOST, port, f"launch: coordinator {HOST}:{port}")
     out = out or sys.stdout
     lock = threading.Lock()
 
@@ -178,12 +188,17 @@ def _raise_interrupt(signum, frame):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The launcher's options (shared by ``jaxcnn launch`` and ``python -m jaxcnn.launch``)."""
+    from jaxcnn.cli import _ranged
+
     parser.add_argument("-n", "--num-processes", type=int, required=True, metavar="N", help="processes to start")
-    parser.add_argument("--timeout", type=float, metavar="SECONDS",
-                        help="stop every process after this long and exit with 124 (default: no limit)")
-    parser.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
-                        help="how long stopped processes get between SIGTERM and SIGKILL (default 10)")
-    parser.add_argument("--port", type=int, help="the coordinator's port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--timeout", type=_ranged(float, "a positive number of seconds", lambda v: v > 0),
+                        metavar="SECONDS", help="stop every process after this long and exit with 124 (default: no "
+                        "limit)")
+    parser.add_argument("--grace", type=_ranged(float, "a number of seconds >= 0", lambda v: v >= 0), default=10.0,
+                        metavar="SECONDS", help="how long stopped processes get between SIGTERM and SIGKILL (default "
+                        "10)")
+    parser.add_argument("--port", type=_ranged(int, "a port in 1..65535", lambda v: 0 < v < 65536),
+                        help="the coordinator's port on 127.0.0.1 (default: a free one)")
     parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND",
                         help="after --: `train ...` (a jaxcnn command) or any command line")
 

@@ -1,6 +1,7 @@
 """What a training run leaves behind: ``metrics.json`` and PNG plots, for the ``jaxcnn train``
 command and the scripts in ``experiments/`` alike. Plots need the ``train`` extra
-(matplotlib) and are drawn off-screen."""
+(matplotlib) and are drawn off-screen. Every file is written atomically
+(:func:`jaxcnn.checkpoint.write_atomically`)."""
 
 from __future__ import annotations
 
@@ -25,10 +26,16 @@ def _pyplot():
 
 
 def _save(fig, path: str, dpi: int) -> str:
-    """Lays out ``fig``, writes it to ``path`` and closes it."""
+    """Lays out ``fig``, writes it to ``path`` atomically (as a checkpoint: a reader sees the
+    old file or the new one; a symlink at ``path`` is replaced, not followed) and closes it."""
+    from jaxcnn import checkpoint
+
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    _pyplot().close(fig)
+    try:
+        form = os.path.splitext(path)[1][1:].lower() or "png"
+        checkpoint.write_atomically(path, lambda f: fig.savefig(f, format=form, dpi=dpi))
+    finally:
+        _pyplot().close(fig)
     return path
 
 

@@ -1,8 +1,12 @@
+import errno
+import importlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -11,7 +15,7 @@ import jax
 import pytest
 
 import jaxcnn
-from jaxcnn import cli, ops, reporting
+from jaxcnn import checkpoint, cli, data, ops, reporting
 from jaxcnn._certify.registry import REGISTRY
 
 
@@ -109,3 +113,132 @@ def test_version_is_the_installed_package_version_and_the_source_tree_falls_back
     assert reporting.package_version() == jaxcnn.__version__
     with pytest.raises(metadata.PackageNotFoundError):
         reporting.package_version("optax")
+
+
+# --- Signals, exit statuses and the files the CLI writes (issue 36) ---------------------------------------------
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+SEESAW = ["train", "--model", "seesaw_cnn", "--data", "seesaw", "--batch-size", "1", "--optimizer", "sgd", "--quiet"]
+
+
+@pytest.fixture
+def trials(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+    return importlib.import_module("interrupt_trials")
+
+
+@pytest.fixture(scope="module")
+def mnist1d_cache(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("mnist1d")
+    data.mnist1d(cache_dir=str(directory))
+    return str(directory)
+
+
+def test_ctrl_c_in_the_imports_and_sigterm_in_training_end_in_the_interrupted_line(trials, mnist1d_cache):
+    """The quick version of the 20-trial run below (the signal trials of experiments/interrupt_trials.py)."""
+    for delay, signum in ((1.0, signal.SIGINT), (3.0, signal.SIGTERM)):
+        code, verdict, stderr = trials.signal_trial(delay, signum, mnist1d_cache)
+        assert verdict in ("interrupted", "finished", "finished, then stopped"), (delay, code, stderr)
+        assert code != -signal.SIGSEGV
+
+
+@pytest.mark.slow
+def test_twenty_early_ctrl_cs_and_twenty_taken_ports_never_crash(trials, capsys):
+    code = trials.main(["--trials", "20"])
+    out = capsys.readouterr().out
+    assert code == 0 and "0 of 40 trials failed" in out, out
+    assert "status -11" not in out and "status -6" not in out
+
+
+def test_a_taken_coordinator_port_ends_process_0_with_one_line(trials):
+    for _ in range(2):
+        code, verdict, stderr = trials.port_trial()
+        assert verdict == "port in use", (code, stderr)
+
+
+def test_sigterm_during_training_prints_where_to_resume_and_exits_143(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "jaxcnn", *SEESAW, "--steps", "100000000", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1])))
+    try:
+        deadline = time.monotonic() + 600  # until the first checkpoint is written (slow on a loaded machine)
+        while not (out / "checkpoint.npz").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.terminate()
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert re.fullmatch(r"jaxcnn: interrupted; last checkpoint at epoch \d+ \(.*checkpoint.npz; continue with "
+                        r"--resume\)\n", err)
+
+
+def test_a_signal_while_a_finished_program_shuts_down_ends_it_at_once_with_its_output_complete():
+    code = ("import atexit, os, signal, sys, time; from jaxcnn import cli; "
+            "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(60), print('slept'))); "
+            "sys.argv = ['jaxcnn']; sys.exit(cli.main())")  # `jaxcnn` alone: its help, then status 0
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1])))
+    assert proc.returncode == 128 + signal.SIGTERM and proc.stderr == "", proc.stderr
+    assert proc.stdout.startswith("usage: jaxcnn") and "slept" not in proc.stdout
+
+
+def test_an_interruption_python_can_only_ignore_is_raised_again():
+    class SignalledOnDelete:
+        def __del__(self):  # a signal handled in here (as in a gc callback) cannot propagate
+            signal.raise_signal(signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with cli._signals_interrupt(), pytest.raises(cli.Interrupted) as e:
+        SignalledOnDelete()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            pass
+    assert e.value.signum == signal.SIGTERM and isinstance(e.value, KeyboardInterrupt)
+    assert signal.getsignal(signal.SIGTERM) == before  # put back
+
+
+def test_every_output_replaces_a_planted_symlink_and_never_writes_through_it(tmp_path):
+    out, victim = tmp_path / "run", tmp_path / "victim"
+    out.mkdir()
+    victim.write_bytes(b"precious")
+    names = ["checkpoint.npz", "metrics.json", "learning_curve.png"]
+    for name in names:
+        (out / name).symlink_to(victim)
+    assert cli.main([*SEESAW, "--epochs", "1", "--out", str(out), "--overwrite"]) == 0
+    assert victim.read_bytes() == b"precious"
+    assert not any((out / name).is_symlink() for name in names)
+    assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(os.listdir(out)) == sorted(names)  # no temporary file left
+
+
+def test_a_full_disk_names_the_checkpoint_that_survived(tmp_path, capsys, monkeypatch):
+    save, fsync, saves = checkpoint.save, os.fsync, []
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def second_save_fails(*args, **kwargs):
+        saves.append(args[0])
+        if len(saves) == 2:
+            monkeypatch.setattr(os, "fsync", full_disk)
+        save(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save", second_save_fails)
+    assert cli.main([*SEESAW, "--epochs", "3", "--out", str(tmp_path)]) == 2
+    monkeypatch.setattr(os, "fsync", fsync)
+    err = capsys.readouterr().err
+    assert re.fullmatch(rf"jaxcnn: error: [^\n]*No space left on device[^\n]*; last checkpoint at epoch 1 "
+                        rf"\({tmp_path}/checkpoint.npz; continue with --resume\)\n", err), err
+    assert len(checkpoint.read_header(str(tmp_path / "checkpoint.npz"))["metadata"]["history"]) == 1
+    assert os.listdir(tmp_path) == ["checkpoint.npz"]
+
+
+def test_os_errors_read_without_the_errno_prefix_and_name_their_file():
+    args = cli._parser().parse_args([*SEESAW, "--out", "/nowhere"])
+    assert cli._error_line(args, FileNotFoundError(errno.ENOENT, "No such file or directory", "/x/train.gz")) == \
+        "jaxcnn: error: /x/train.gz: No such file or directory"
+    assert cli._error_line(args, ValueError("bad")) == "jaxcnn: error: bad"
+    assert cli._error_line(args, OSError(errno.EROFS, "Read-only file system")) == \
+        "jaxcnn: error: Read-only file system; no checkpoint written yet"
