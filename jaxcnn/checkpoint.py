@@ -187,20 +187,28 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def _interrupts_deferred():
-    """SIGINT during the block is held back and raised as KeyboardInterrupt after it
-    (main thread only; elsewhere signals are not delivered to Python code anyway)."""
+    """SIGINT or SIGTERM during the block is held back and delivered after it, to the handler
+    that was there before (main thread only; elsewhere signals are not delivered to Python code
+    anyway): a save is never cut in half by Ctrl-C or by a launcher stopping its processes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received = []
-    previous = signal.signal(signal.SIGINT, lambda *args: received.append(args))
+    previous = {s: signal.signal(s, lambda *args: received.append(args)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if received and callable(previous):
-        previous(*received[0])  # Python's default handler raises KeyboardInterrupt
-    elif received and previous != signal.SIG_IGN:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if not received:
+        return
+    signum, frame = received[0]
+    handler = previous[signum]
+    if callable(handler):
+        handler(signum, frame)  # Python's default SIGINT handler raises KeyboardInterrupt
+    elif handler == signal.SIG_DFL and signum == signal.SIGTERM:
+        signal.raise_signal(signum)
+    elif handler != signal.SIG_IGN:
         raise KeyboardInterrupt
 
 

@@ -114,6 +114,34 @@ def test_ctrl_c_during_a_save_takes_effect_after_it(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["c.npz"]
 
 
+def test_sigterm_during_a_save_takes_effect_after_it(tmp_path, monkeypatch):
+    """A launcher stops its processes with SIGTERM: the save in progress still completes."""
+    path = str(tmp_path / "c.npz")
+    savez = np.savez
+
+    def terminated(f, **arrays):
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered while the archive is half written
+        savez(f, **arrays)
+
+    class Terminated(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    monkeypatch.setattr(np, "savez", terminated)
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        with pytest.raises(Terminated):
+            checkpoint.save(path, TREE)
+        assert signal.getsignal(signal.SIGTERM) is handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    loaded, _ = checkpoint.load(path, TREE)
+    np.testing.assert_array_equal(loaded["w"], TREE["w"])
+    assert os.listdir(tmp_path) == ["c.npz"]
+
+
 def test_check_writable_names_the_folder_it_cannot_write(tmp_path, monkeypatch):
     # A read-only folder (simulated: these tests may run as root, who may write anywhere).
     def read_only(*args, **kwargs):
