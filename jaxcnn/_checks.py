@@ -7,7 +7,8 @@ to fix it, naming the op and the argument.
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -70,12 +71,12 @@ def shape(op: str, name: str, x: Any, expected: tuple[int, ...], why: str) -> No
 
 
 def axis(op: str, name: str, value: Any, ndim: int) -> tuple[int, ...]:
-    """Normalises an int or tuple of ints to sorted non-negative axes of an ndim array."""
-    axes = (value,) if isinstance(value, (int, np.integer)) else value
-    if not isinstance(axes, (tuple, list)) or not all(
-        isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in axes
-    ):
+    """Normalises an int or a non-empty tuple of ints to sorted non-negative axes of an ndim array."""
+    axes = (value,) if _is_int(value) else value
+    if not isinstance(axes, (tuple, list)) or not all(_is_int(a) for a in axes):
         raise TypeError(f"{op}: `{name}` must be an int or a tuple of ints, got {value!r}.")
+    if not axes:  # a mean over no axis is the element itself: nothing would be normalised
+        raise ValueError(f"{op}: `{name}`={value!r} names no axis; give at least one axis to reduce over.")
     axes = tuple(int(a) for a in axes)
     for a in axes:
         if not -ndim <= a < ndim:
@@ -87,3 +88,62 @@ def axis(op: str, name: str, value: Any, ndim: int) -> tuple[int, ...]:
     if len(set(normalised)) != len(normalised):
         raise ValueError(f"{op}: `{name}`={value!r} repeats an axis.")
     return normalised
+
+
+def single_axis(op: str, name: str, value: Any, ndim: int) -> int:
+    """One axis of an ndim array (an int, not a tuple), normalised to be non-negative."""
+    if not _is_int(value):
+        raise TypeError(f"{op}: `{name}` must be one int (a single axis), got {value!r}.")
+    return axis(op, name, value, ndim)[0]
+
+
+# --------------------------------------------------------------------------- Python settings
+# A setting is a Python value fixed at trace time (a stride, an eps, a flag). The NumPy
+# scalar of the same kind is accepted wherever the Python one is (np.float32(0.1) for a
+# float, np.int64(2) for an int, np.True_ for a flag), bools never count as numbers, and a
+# float setting must be finite: an inf or NaN eps, slope or smoothing gives no error later,
+# only an output of zeros, β or NaN.
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def integer(op: str, name: str, value: Any, *, low: Optional[int] = None) -> int:
+    """An int setting (a Python or NumPy integer, not a bool), at least ``low`` where given."""
+    if not _is_int(value):
+        raise TypeError(f"{op}: `{name}` must be a Python int (or a NumPy integer), got {value!r} of type "
+                        f"{type(value).__name__}.")
+    if low is not None and value < low:
+        raise ValueError(f"{op}: `{name}` must be >= {low}, got {value!r}.")
+    return int(value)
+
+
+def finite_float(op: str, name: str, value: Any, *, low: Optional[float] = None, high: Optional[float] = None,
+                 rule: Optional[str] = None, meaning: str = "") -> float:
+    """A float setting (a Python or NumPy real scalar, not a bool) as a Python float: finite and
+    in ``[low, high]`` where given.
+
+    ``rule`` replaces the range's wording in the message (``"must be >= 0 (it is added to the
+    variance)"``); ``meaning`` says in the type error what the setting is (``" (the drop
+    probability)"``).
+    """
+    if not (_is_int(value) or isinstance(value, (float, np.floating))):
+        raise TypeError(f"{op}: `{name}` must be a Python float{meaning} (or a NumPy floating scalar), got "
+                        f"{value!r} of type {type(value).__name__}.")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{op}: `{name}` must be a finite number, got {value!r}.")
+    if (low is not None and value < low) or (high is not None and value > high):
+        if rule is None:
+            rule = (f"must be in [{low}, {high}]" if low is not None and high is not None
+                    else f"must be >= {low}" if low is not None else f"must be <= {high}")
+        raise ValueError(f"{op}: `{name}` {rule}, got {value!r}.")
+    return value
+
+
+def flag(op: str, name: str, value: Any) -> bool:
+    """A bool setting (``True``/``False`` or a NumPy bool), as a Python bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{op}: `{name}` must be True or False, got {value!r}.")
+    return bool(value)
