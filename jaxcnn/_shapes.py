@@ -25,6 +25,8 @@ from typing import NamedTuple, Sequence, Union
 
 import numpy as np
 
+from jaxcnn import _checks
+
 Padding = Union[str, int, Sequence[Sequence[int]]]
 
 
@@ -276,9 +278,7 @@ def pool_geometry(op: str, in_shape: Sequence[int], window, stride, padding: Pad
     (``(o − 1) s ≥ n + lo``); the windows that then reach beyond the padded input see the
     extra positions as padding, added to ``hi`` in the returned ``pads``."""
     geom = geometry(op, in_shape, window, window if stride is None else stride, padding, dilation)
-    if not isinstance(ceil_mode, (bool, np.bool_)):
-        raise TypeError(f"{op}: `ceil_mode` must be True or False, got {ceil_mode!r}.")
-    if ceil_mode:
+    if _checks.flag(op, "ceil_mode", ceil_mode):
         pads, out = [], []
         for n, kd, s, (lo, hi) in zip(in_shape, dilated(geom.window, geom.dilation), geom.stride, geom.pads):
             o = -(-(n + lo + hi - kd) // s) + 1

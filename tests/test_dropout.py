@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import opcheck
-from jaxcnn import ops
+from jaxcnn import ops, reference
 
 
 def test_rate_is_the_drop_probability_and_kept_elements_are_scaled(rng):
@@ -64,7 +64,11 @@ def test_dropout_errors():
         ops.dropout(x, jax.random.split(jax.random.key(0)), 0.5)
     with pytest.raises(TypeError, match=r"dropout: `key` must be one PRNG key.*dtype int32"):
         ops.dropout(x, jnp.array([0, 1], jnp.int32), 0.5)
-    with pytest.raises(TypeError, match=r"dropout: `deterministic` must be a Python bool"):
+    with pytest.raises(TypeError, match=r"dropout: `deterministic` must be True or False, got 'yes'"):
         ops.dropout(x, jax.random.key(0), 0.5, deterministic="yes")
+    with pytest.raises(ValueError, match=r"dropout: `rate` must be a finite number, got nan"):
+        reference.dropout(x, jax.random.key(0), np.float32("nan"))
+    np.testing.assert_array_equal(ops.dropout(x, jax.random.key(0), np.float32(0.5)),
+                                  ops.dropout(x, jax.random.key(0), float(np.float32(0.5))))
     with pytest.raises(TypeError, match=r"dropout: `x` must be a floating-point array"):
         ops.dropout(jnp.ones(3, jnp.int32), jax.random.key(0), 0.5)

@@ -339,3 +339,9 @@ def test_l2_penalty_errors(rng):
     with pytest.raises(ValueError, match=r"l2_penalty: `lam` must have 0 dimensions \(a scalar\), got 1 dimensions "
                                          r"with shape \(2,\)"):
         ops.l2_penalty({"w": jnp.ones(3)}, jnp.array([0.1, 0.2]))
+    for f in (ops.l2_penalty, reference.l2_penalty):  # a Python or NumPy λ is a setting: finite
+        with pytest.raises(ValueError, match=r"l2_penalty: `lam` must be a finite number, got inf"):
+            f({"w": jnp.ones(3)}, float("inf"))
+        with pytest.raises(ValueError, match=r"l2_penalty: `lam` must be a finite number, got nan"):
+            f({"w": jnp.ones(3)}, np.float32("nan"))
+        assert f({"w": jnp.ones(3, jnp.float64)}, np.float32(0.5)).dtype == jnp.float64  # the leaves' dtype

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxcnn import _checks
@@ -448,8 +449,8 @@ def _validate_l2(params, lam):
         arrays.append(_checks.float_array("l2_penalty", where, leaf))
     params = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), arrays)
     dtype = jnp.result_type(*arrays) if arrays else jnp.float32
-    if isinstance(lam, (int, float)):
-        lam = jnp.asarray(lam, dtype)
+    if isinstance(lam, (int, float, np.integer, np.floating)):  # a setting: finite, in the leaves' dtype
+        lam = jnp.asarray(_checks.finite_float("l2_penalty", "lam", lam), dtype)
     lam = _checks.float_array("l2_penalty", "lam", lam)
     _checks.rank("l2_penalty", "lam", lam, 0, "(a scalar)")
     return params, lam

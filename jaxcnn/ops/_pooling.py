@@ -101,9 +101,7 @@ def max_pool(x: jax.Array, window, stride=None, padding: Padding = "VALID", *, d
     """
     x, geom, _ = _validate("max_pool", x, window, stride, padding, dilation, ceil_mode)
     y = _max_pool(x, geom, x.shape[1:-1])
-    if not isinstance(return_indices, (bool, np.bool_)):
-        raise TypeError(f"max_pool: `return_indices` must be True or False, got {return_indices!r}.")
-    if not return_indices:
+    if not _checks.flag("max_pool", "return_indices", return_indices):
         return y
     # the forward's own arg-max, recomputed without gradient (XLA merges the two passes)
     argmax = _max_pool_fwd(lax.stop_gradient(x), geom, x.shape[1:-1])[1].argmax
@@ -219,8 +217,7 @@ def mean_pool(
     [0.25, 0.25, 0.25, 0.25]
     """
     x, geom, explicit = _validate("mean_pool", x, window, stride, padding, dilation, ceil_mode)
-    if not isinstance(count_padding, (bool, np.bool_)):
-        raise TypeError(f"mean_pool: `count_padding` must be True or False, got {count_padding!r}.")
+    count_padding = _checks.flag("mean_pool", "count_padding", count_padding)
     return _mean_pool(x, geom, x.shape[1:-1], _counted(count_padding, geom, explicit, x.shape[1:-1]))
 
 
