@@ -145,6 +145,19 @@ def test_ce_every_row_ignored_is_a_nan_mean_with_a_zero_gradient_as_pytorch(rng,
         np.testing.assert_array_equal(jax.grad(ops.softmax_cross_entropy)(s, y, **kw), np.zeros((5, 4)))
 
 
+def test_ce_an_optimiser_step_on_an_all_padding_batch_leaves_the_parameters_finite(rng):
+    # the issue's symptom: one weighted all-ignored batch made dW NaN, and SGD wrote NaN into every weight
+    x, w, b = rng.normal(size=(6, 5)), rng.normal(size=(4, 5)), rng.normal(size=4)
+    y, class_weights = np.full(6, 1), rng.uniform(0.5, 2.0, 4)
+
+    def loss(params):
+        return ops.softmax_cross_entropy(ops.dense(x, *params), y, weights=class_weights, ignore_index=1)
+
+    grads = jax.jit(jax.grad(loss))((w, b))
+    np.testing.assert_array_equal(grads[0], np.zeros_like(w))
+    np.testing.assert_array_equal(grads[1], np.zeros_like(b))
+
+
 def test_ce_vmap_over_batches_with_one_all_padding_batch(rng):
     # per-sequence losses, one sequence all padding: its gradient is 0, the others' as the reference's
     s, y = rng.normal(size=(3, 5, 4)), rng.integers(0, 3, size=(3, 5))

@@ -41,9 +41,9 @@ def dropout(x: jax.Array, key: jax.Array, rate: float, *, deterministic: bool = 
       ``y``, the shape and dtype of ``x``.
 
     Raises:
-      TypeError: ``x`` is not floating point, ``key`` is not a PRNG key, or ``rate`` is
-        not a Python number.
-      ValueError: ``rate`` is outside ``[0, 1]``.
+      TypeError: ``x`` is not floating point, ``key`` is not a PRNG key, ``rate`` is
+        not a Python (or NumPy) number, or ``deterministic`` not a bool.
+      ValueError: ``rate`` is outside ``[0, 1]`` or NaN.
 
     >>> import jax, jax.numpy as jnp
     >>> from jaxcnn import ops

@@ -34,7 +34,7 @@ def global_mean_pool(x: jax.Array, *, keepdims: bool = False) -> jax.Array:
       ``(N, C)`` (or ``(N, 1, …, 1, C)``), in the dtype of ``x``.
 
     Raises:
-      TypeError: ``x`` is not floating point.
+      TypeError: ``x`` is not floating point, or ``keepdims`` is not a bool.
       ValueError: ``x`` has no spatial axis.
 
     >>> import jax.numpy as jnp
@@ -80,7 +80,7 @@ def global_max_pool(x: jax.Array, *, keepdims: bool = False) -> jax.Array:
       ``(N, C)`` (or ``(N, 1, …, 1, C)``), in the dtype of ``x``.
 
     Raises:
-      TypeError: ``x`` is not floating point.
+      TypeError: ``x`` is not floating point, or ``keepdims`` is not a bool.
       ValueError: ``x`` has no spatial axis.
 
     >>> import jax, jax.numpy as jnp

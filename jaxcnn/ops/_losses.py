@@ -398,11 +398,12 @@ def l2_penalty(params: Any, lam: Any) -> jax.Array:
 
     Raises:
       TypeError: a leaf or ``lam`` is not floating point.
-      ValueError: ``lam`` is not a scalar.
+      ValueError: ``lam`` is not a scalar, or is a Python (NumPy) number that is not
+        finite.
 
     >>> import jax.numpy as jnp
     >>> from jaxcnn import ops
-    >>> float(ops.l2_penalty({"w": jnp.array([1.0, 2.0]), "v": jnp.array([[2.0]])}, 0.1))
+    >>> round(float(ops.l2_penalty({"w": jnp.array([1.0, 2.0]), "v": jnp.array([[2.0]])}, 0.1)), 6)
     0.45
     """
     params, lam = _validate_l2(params, lam)

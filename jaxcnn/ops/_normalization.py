@@ -18,6 +18,14 @@ and group normalisation give ``γ`` per normalised element, so ``gγ`` is formed
 
 bfloat16 (and float16) inputs are normalised in float32 and the results cast back, as
 PyTorch and Flax do; float32 and float64 stay in their own precision.
+
+The statistics are computed in two passes, ``μ = mean(x)`` then ``σ² = mean((x − μ)²)``.
+Where a sum overflows the dtype (in float32 once ``|x − μ|`` nears ``1.8·10¹⁹``, where
+PyTorch's and the plain formula's ``σ²`` become inf and every output ``β``) they are
+recomputed from ``x`` and ``x − μ`` scaled by powers of two, which is exact: ``x̂`` and
+every gradient stay right for any finite input, and the returned ``σ²`` is inf only where
+the variance itself exceeds the dtype's range. Finite statistics are never recomputed, so
+ordinary inputs give the same bits as the plain formula.
 """
 
 from __future__ import annotations
@@ -74,7 +82,7 @@ def batch_norm(
       gamma: scale ``(C,)``, or None for 1 (no learned scale).
       beta: shift ``(C,)``, or None for 0.
       axis: the channel axis (a Python int).
-      eps: ``ε ≥ 0``, added to the variance (a Python float).
+      eps: ``ε ≥ 0``, finite, added to the variance (a Python or NumPy float).
       mean: running mean ``(C,)`` for evaluation mode; give ``var`` with it.
       var: running variance ``(C,)`` for evaluation mode.
 
@@ -83,11 +91,11 @@ def batch_norm(
       evaluation mode; all in the dtype of ``x``.
 
     Raises:
-      TypeError: an array is not floating point, the dtypes differ, or ``eps`` is not a
-        number.
+      TypeError: an array is not floating point, the dtypes differ, ``axis`` is not one
+        int, or ``eps`` is not a number.
       ValueError: ``x`` has fewer than 2 dimensions, ``axis`` is out of range, a
-        parameter is not ``(C,)``, only one of ``mean``/``var`` is given, ``eps < 0``, or
-        training mode sees one value per channel.
+        parameter is not ``(C,)``, only one of ``mean``/``var`` is given, ``eps`` is
+        negative, infinite or NaN, or training mode sees one value per channel.
 
     >>> import jax.numpy as jnp
     >>> from jaxcnn import ops
@@ -301,7 +309,7 @@ def layer_norm(x: jax.Array, gamma: Optional[jax.Array], beta: Optional[jax.Arra
       gamma: scale of shape ``x.shape[axis]`` (the normalised axes in order), or None for 1.
       beta: shift of the same shape, or None for 0.
       axis: an int or a tuple of ints, the normalised axes.
-      eps: ``ε ≥ 0`` (a Python float).
+      eps: ``ε ≥ 0``, finite (a Python or NumPy float).
 
     Returns:
       ``y``, the shape and dtype of ``x``.
@@ -309,8 +317,8 @@ def layer_norm(x: jax.Array, gamma: Optional[jax.Array], beta: Optional[jax.Arra
     Raises:
       TypeError: an array is not floating point, the dtypes differ, ``axis`` or ``eps``
         has the wrong type.
-      ValueError: ``axis`` is out of range or repeated, ``gamma``/``beta`` have the wrong
-        shape, or ``eps < 0``.
+      ValueError: ``axis`` is empty, out of range or repeated, ``gamma``/``beta`` have
+        the wrong shape, or ``eps`` is negative, infinite or NaN.
 
     >>> import jax.numpy as jnp
     >>> from jaxcnn import ops
@@ -352,7 +360,7 @@ def group_norm(x: jax.Array, gamma: Optional[jax.Array], beta: Optional[jax.Arra
       gamma: ``(C,)``, or None for 1.
       beta: ``(C,)``, or None for 0.
       groups: a Python int dividing ``C``.
-      eps: ``ε ≥ 0`` (a Python float).
+      eps: ``ε ≥ 0``, finite (a Python or NumPy float).
 
     Returns:
       ``y``, the shape and dtype of ``x``.
@@ -361,7 +369,7 @@ def group_norm(x: jax.Array, gamma: Optional[jax.Array], beta: Optional[jax.Arra
       TypeError: an array is not floating point, the dtypes differ, ``groups`` is not
         an int, ``eps`` not a number.
       ValueError: ``x`` has fewer than 2 dimensions, ``groups`` does not divide ``C``,
-        ``gamma``/``beta`` are not ``(C,)``, or ``eps < 0``.
+        ``gamma``/``beta`` are not ``(C,)``, or ``eps`` is negative, infinite or NaN.
 
     >>> import jax.numpy as jnp
     >>> from jaxcnn import ops

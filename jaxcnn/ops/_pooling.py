@@ -86,7 +86,8 @@ def max_pool(x: jax.Array, window, stride=None, padding: Padding = "VALID", *, d
       with ``return_indices=True``.
 
     Raises:
-      TypeError: ``x`` is not floating point, or a setting is not an int/sequence of ints.
+      TypeError: ``x`` is not floating point, a setting is not an int/sequence of ints,
+        or a flag is not a bool.
       ValueError: ``x`` does not have 3 to 5 dimensions, a setting has the wrong number
         of entries, ``window``/``stride`` < 1, the padding is malformed or negative, some
         window would read padding only, or the window is larger than the padded input.
@@ -205,7 +206,8 @@ def mean_pool(
       ``y`` of shape ``(N, *out_spatial, C)`` and the dtype of ``x``.
 
     Raises:
-      TypeError: ``x`` is not floating point, or a setting is not an int/sequence of ints.
+      TypeError: ``x`` is not floating point, a setting is not an int/sequence of ints,
+        or a flag is not a bool.
       ValueError: as :func:`max_pool`.
 
     >>> import jax, jax.numpy as jnp
