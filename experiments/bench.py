@@ -278,7 +278,7 @@ def _jaxcnn_training(net: Network, backend, batch: int):
     params, model_state, _ = model.init(jax.random.PRNGKey(0), (batch, *net.input_shape))
     state = train.TrainState(params, model_state, optimizer.init(params), jnp.zeros((), jnp.int32),
                              jax.random.PRNGKey(1))
-    return train.make_step(train.make_loss(model, ops=backend), optimizer), state
+    return train.make_step(train.make_loss(model, backend.softmax_cross_entropy), optimizer), state
 
 
 def jaxcnn_step(net: Network, backend, batch: int) -> Callable[[], object]:

@@ -266,7 +266,7 @@ def jaxcnn_step(case: NetCase, backend):
     params, model_state, _ = model.init(jax.random.PRNGKey(0), (case.batch, *case.input_shape))
     state = train.TrainState(params, model_state, optimizer.init(params), jnp.zeros((), jnp.int32),
                              jax.random.PRNGKey(1))
-    loss_fn = train.make_loss(model, ops=backend)
+    loss_fn = train.make_loss(model, backend.softmax_cross_entropy)
     x, y = map(jnp.asarray, _batch(case))
 
     def loss_of_params(params):

@@ -1,7 +1,8 @@
 """Plan against plan for one convolution's forward + backward: the crossovers behind ``auto_plan``.
 
 For each shape, ``value_and_grad`` of ``⟨conv(x, w, b), v⟩`` (x, w and b) under a few whole
-plans (one formula per product, :class:`jaxcnn.ops._conv_plan.Plan`) and under autodiff of
+plans (one formula per product, :class:`jaxcnn.ops._conv_plan.Plan`, each with XLA:CPU's
+tunings: :func:`jaxcnn._xla_cpu_conv.tuned`, passed as a policy) and under autodiff of
 the reference, timed interleaved (``_timing.interleaved_times``); each plan's time is read
 as the median of its per-round ratio to the all-XLA plan, with a second compiled copy of the
 all-XLA plan for the noise floor.
@@ -21,9 +22,8 @@ import numpy as np
 
 from _timing import interleaved_times, markdown_table, paired_ratio
 import jaxcnn.reference
-from jaxcnn import _shapes
-from jaxcnn.ops._conv import ConvSpec, _conv
-from jaxcnn.ops._conv_plan import PLANS, Plan, auto_plan
+from jaxcnn import _shapes, _xla_cpu_conv, ops
+from jaxcnn.ops._conv_plan import Plan, auto_plan
 
 
 class Shape(NamedTuple):
@@ -52,10 +52,10 @@ SHAPES = [  # ResNet-8/20's 3×3 convolutions and a few neighbours
 ]
 
 CANDIDATES = {
-    "xla": PLANS["xla"],
-    "xla y/dW, col2im dx": Plan("xla", "xla", "col2im"),
+    "xla": Plan.of("xla"),
+    "xla y/dW, col2im dx": Plan("xla", "xla", "im2col"),
     "im2col y/dW, xla dx": Plan("im2col", "im2col", "xla"),
-    "im2col": PLANS["im2col"],
+    "im2col": Plan.of("im2col"),
 }
 
 
@@ -73,8 +73,13 @@ def run(shape: Shape, repeats: int) -> dict:
     def grad(fn):
         return jax.jit(jax.value_and_grad(lambda v, x, w, b: jnp.vdot(fn(x, w, b), v), argnums=(1, 2, 3)))
 
-    fns = {name: grad(lambda x, w, b, p=p: _conv(x, w, b, ConvSpec(geom, None, p, True))) for name, p in plans.items()}
-    fns["xla again"] = grad(lambda x, w, b: _conv(x, w, b, ConvSpec(geom, None, PLANS["xla"], True)))
+    def conv(plan):  # the plan's formulas, tuned for XLA:CPU as auto's are
+        policy = lambda problem: _xla_cpu_conv.tuned(plan, problem)  # noqa: E731
+        return lambda x, w, b: ops.conv(x, w, b, stride=shape.stride, padding=shape.padding, method=policy,
+                                        platform="cpu")
+
+    fns = {name: grad(conv(p)) for name, p in plans.items()}
+    fns["xla again"] = grad(conv(Plan.of("xla")))
     fns["autodiff"] = grad(lambda x, w, b: jaxcnn.reference.conv(x, w, b, stride=shape.stride, padding=shape.padding))
     times = dict(zip(fns, interleaved_times(list(fns.values()), [(v, x, w, b)] * len(fns), repeats=repeats)))
     ratios = {name: paired_ratio(t, times["xla"])[0] for name, t in times.items() if name != "xla"}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 import _common
-from jaxcnn import data, models, reporting, train
+from jaxcnn import data, models, ops, reporting, train
 
 # (label, build, loss, MNIST homework reference, Fashion-MNIST authors' reference)
 NETWORKS = [
@@ -27,6 +27,8 @@ NETWORKS = [
     ("CNN", models.homework_cnn, "softmax_cross_entropy", 0.94, None),
     ("MLP (100 hidden)", lambda: models.mlp(hidden=100), "softmax_cross_entropy", None, 0.871),
 ]
+LOSSES = {"euclidean_loss": train.OneHotTargets(ops.euclidean_loss),  # the zoo's loss names as losses
+          "softmax_cross_entropy": ops.softmax_cross_entropy}
 EPOCHS, BATCH, LR, MOMENTUM = 10, 32, 0.01, 0.9
 
 
@@ -40,7 +42,7 @@ def main(argv=None) -> None:
 
     rows, curves, ours = [], [], {}
     for label, build, loss, mnist_ref, fashion_ref in NETWORKS:
-        results = [train.fit(build(), fashion, loss=loss, optimizer=train.make_optimizer("sgd", LR, MOMENTUM),
+        results = [train.fit(build(), fashion, loss=LOSSES[loss], optimizer="sgd", lr=LR, momentum=MOMENTUM,
                              epochs=epochs, batch_size=BATCH, seed=seed, quiet=True) for seed in seeds]
         accuracies = [r.test.accuracy for r in results]
         ours[label] = np.mean(accuracies)

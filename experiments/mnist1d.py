@@ -29,7 +29,7 @@ sys.path.insert(0, str(_HERE))
 import numpy as np  # noqa: E402
 
 import _common  # noqa: E402
-from jaxcnn import data, models, reporting, train  # noqa: E402
+from jaxcnn import data, models, ops, reporting, train  # noqa: E402
 
 # (model, shuffled sequence, paper's test accuracy in %)
 RUNS = [
@@ -52,9 +52,9 @@ def main(argv=None) -> None:
     rows, curves, confusion_done = [], {False: [], True: []}, False
     for name, shuffled, paper in runs:
         entry = models.ZOO[name]
-        results = [train.fit(entry.build(), datasets[shuffled], input_shape=entry.input_shape, loss=entry.loss,
-                             optimizer=train.make_optimizer("adam", LR), steps=steps, batch_size=BATCH, seed=seed,
-                             shuffle=False, eval_every=eval_every, quiet=True) for seed in seeds]
+        results = [train.fit(entry.build(), datasets[shuffled], input_shape=entry.input_shape,
+                             loss=ops.softmax_cross_entropy, optimizer="adam", lr=LR, steps=steps, batch_size=BATCH,
+                             seed=seed, shuffle=False, eval_every=eval_every, quiet=True) for seed in seeds]
         accuracies = [r.test.accuracy for r in results]
         seconds = np.mean([sum(h["seconds"] for h in r.history) for r in results])
         label = LABELS[name] + (", shuffled sequence" if shuffled else "")

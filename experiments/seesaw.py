@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 import _common
-from jaxcnn import data, models, reporting, train
+from jaxcnn import data, models, ops, reporting, train
 
 LECTURE = {"seesaw_mlp_sigmoid": (0.023, 1000), "seesaw_mlp": (0.00, 324), "seesaw_cnn": (0.00, 261),
            "seesaw_cnn_pool2": (0.00, 261)}
@@ -30,6 +30,8 @@ LABELS = {"seesaw_mlp_sigmoid": "MLP, sigmoid output", "seesaw_mlp": "MLP, softm
           "seesaw_cnn": "CNN, softmax output (pool 3, stride 1)",
           "seesaw_cnn_pool2": "CNN, softmax output (pool 2, stride 2)"}
 ALPHA = 0.1
+LOSSES = {"euclidean_loss": train.OneHotTargets(ops.euclidean_loss),  # the zoo's loss names as losses
+          "softmax_cross_entropy": ops.softmax_cross_entropy}
 SETTINGS = {"lecture": 0.1, "no_decay": 0.0}  # name → λ
 CONVERGED_SSE = 0.005
 
@@ -37,9 +39,9 @@ CONVERGED_SSE = 0.005
 def run(name: str, lam: float, seed: int, max_epochs: int) -> train.FitResult:
     entry = models.ZOO[name]
     return train.fit(
-        entry.build(), data.seesaw(), input_shape=entry.input_shape, loss=entry.loss, optimizer=optax.sgd(ALPHA),
-        weight_decay=lam, epochs=max_epochs, batch_size=1, shuffle=False, seed=seed, quiet=True,
-        stop_when=lambda record: record["test_sse"] < CONVERGED_SSE,
+        entry.build(), data.seesaw(), input_shape=entry.input_shape, loss=LOSSES[entry.loss],
+        optimizer=optax.sgd(ALPHA), weight_decay=lam, epochs=max_epochs, batch_size=1, shuffle=False, seed=seed,
+        quiet=True, stop_when=lambda record: record["test_sse"] < CONVERGED_SSE,
     )
 
 

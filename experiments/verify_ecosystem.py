@@ -26,8 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import Report, parse_args  # noqa: E402
 from jaxcnn import ops  # noqa: E402
-from jaxcnn.verify import Registry, Sample, away_from_zero, suite  # noqa: E402
-from jaxcnn.verify.diagnose import diagnose  # noqa: E402
+from jaxcnn._certify import compilation, display, runner  # noqa: E402
+from jaxcnn._certify.registry import away_from_zero  # noqa: E402
+from jaxcnn.verify import Registry, Sample, diagnose  # noqa: E402
 
 SQRT_2_OVER_PI = float(np.sqrt(2 / np.pi))
 
@@ -222,14 +223,14 @@ def findings(failed: list) -> list[str]:
 def main(argv=None) -> None:
     args = parse_args("Certify jax.nn's custom derivatives and optax's losses with jaxcnn verify.", argv)
     report = Report(args.out, "verify_ecosystem", "The verifier on JAX's and optax's own derivatives")  # timed
-    suite.use_compilation_cache()
+    compilation.use_compilation_cache()
     registry = build_registry()
     names = ["jax.nn.softplus"] if args.quick else list(registry)
-    dtypes = ("float64",) if args.quick else suite.DTYPES
-    units = suite.plan(names, dtypes, quick=args.quick, module=registry)
-    progress = suite.Progress()
+    dtypes = ("float64",) if args.quick else runner.DTYPES
+    units = runner.plan(names, dtypes, quick=args.quick, module=registry)
+    progress = display.Progress()
     progress.start(sum(len(u.checks) for u in units), 1, f" ({len(names)} functions)")
-    records = suite.run(names, dtypes, quick=args.quick, module=registry, progress=progress, units=units)
+    records = runner.run(names, dtypes, quick=args.quick, module=registry, progress=progress, units=units)
     progress.finish()
     failed = [r for r in records if not r.ok]
 
@@ -242,12 +243,12 @@ def main(argv=None) -> None:
         f"{len(records)} checks, {len(failed)} failed."
     )
     kinds = [(name, registry[name].rule_at(registry[name].samples(np.random.default_rng(0))[0])) for name in names]
-    report.add("## What defines each derivative\n\nFound by tracing each function (`jaxcnn.verify.rule_of`): "
+    report.add("## What defines each derivative\n\nFound by tracing each function (`jaxcnn.verify.registry.rule_of`): "
                + "; ".join(f"`{n}` {k}" for n, k in kinds) + ".")
-    report.add("## Results\n\n```\n" + suite.format_table(records) + "\n```")
+    report.add("## Results\n\n```\n" + display.format_table(records) + "\n```")
     if failed:
         report.add("### Findings\n\n" + "\n".join(f"- {line}" for line in findings(failed)))
-        report.add("### Failures in full\n\n```\n" + suite.format_failures(records) + "\n```")
+        report.add("### Failures in full\n\n```\n" + display.format_failures(records) + "\n```")
     report.add(
         "## Conventions at the kinks\n\n"
         "At a kink there is no derivative to certify, only a choice. Samples avoid the kinks, so the table above "
@@ -260,7 +261,7 @@ def main(argv=None) -> None:
 
     planted = planted_registry(registry)
     planted_names = list(planted)[:1] if args.quick else list(planted)
-    caught = suite.run(planted_names, dtypes=dtypes[:1] if args.quick else ("float32", "float64"), quick=True,
+    caught = runner.run(planted_names, dtypes=dtypes[:1] if args.quick else ("float32", "float64"), quick=True,
                        module=planted)
     rows = [(r.op, f"#{r.index} {r.sample}", r.dtype, r.transform, r.verdict or "-",
              ", ".join(a.name for a in r.result.failures()) or "-") for r in caught if not r.ok]

@@ -2,9 +2,9 @@
 
 For 2-D 3 × 3 stride-1 convolutions (padding 1) of several batch sizes, map sizes and channel
 counts: the forward ``y``, the weight gradient ``dW`` and the input gradient ``dx`` of
-``method="xla"`` (:mod:`jaxcnn.ops._conv`) and of ``method="winograd"``
-(:mod:`jaxcnn.ops._conv_winograd`), each jitted on its own with every operand (δ included) an
-argument, timed in interleaved rounds; with ``--torch``, PyTorch CPU's three products
+the table's ``"xla"`` (:mod:`jaxcnn.ops._conv`) and ``"winograd"`` formulas
+(:mod:`jaxcnn.ops._conv_winograd`), ``dW`` in XLA:CPU's batch chunks, each jitted on its own
+with every operand (δ included) an argument, timed in interleaved rounds; with ``--torch``, PyTorch CPU's three products
 (channels-last) on the same shapes. ``auto`` is the plan ``method="auto"`` picks. The figures
 and the rules read from them: ``docs/performance.md``, "Winograd F(2×2, 3×3)".
 
@@ -24,27 +24,28 @@ import jax.numpy as jnp
 import numpy as np
 
 from _timing import interleaved_times, machine_line, markdown_table
-from jaxcnn import _shapes
-from jaxcnn.ops import _conv, _conv_winograd
-from jaxcnn.ops._conv_plan import auto_plan
+from jaxcnn import _shapes, _xla_cpu, _xla_cpu_conv
+from jaxcnn.ops._conv import FORMULAS
+from jaxcnn.ops._conv_plan import Problem, auto_plan
 
 SHAPES = ["128x32x16x16", "128x16x32x32", "128x8x64x64", "32x32x16x16", "32x16x32x32", "64x16x12x12",
           "64x28x8x8", "32x6x64x64", "32x4x128x128", "64x8x256x256", "64x16x8x32", "64x16x32x8"]
 
 
 def products(n: int, size: int, c_in: int, c_out: int, repeats: int) -> dict:
+    """Each formula's three products as XLA:CPU's policy runs them (``dW`` in its batch chunks)."""
     rng = np.random.default_rng(0)
     x, w, g = (jnp.asarray(rng.normal(size=s), jnp.float32)
                for s in ((n, size, size, c_in), (3, 3, c_in, c_out), (n, size, size, c_out)))
     geom = _shapes.geometry("conv", (size, size), (3, 3), 1, 1, 1)
-    fns = {
-        ("y", "xla"): lambda x, w, g: _conv.forward(x, w, geom),
-        ("y", "winograd"): lambda x, w, g: _conv_winograd.forward(x, w, geom),
-        ("dW", "xla"): lambda x, w, g: _conv.weight_gradient(x, g, geom)[0],
-        ("dW", "winograd"): lambda x, w, g: _conv_winograd.weight_gradient(x, g, geom)[0],
-        ("dx", "xla"): lambda x, w, g: _conv.input_gradient(g, w, geom, (size, size)),
-        ("dx", "winograd"): lambda x, w, g: _conv_winograd.input_gradient(g, w, geom, (size, size)),
-    }
+    problem = Problem(geom, x.shape, w.shape, 1, np.dtype("float32"), "cpu")
+    fns = {}
+    for name in ("xla", "winograd"):
+        f, chunk = FORMULAS[name], _xla_cpu_conv.weight_chunk(name, problem)
+        fns["y", name] = lambda x, w, g, f=f: f.forward(x, w, geom)
+        fns["dW", name] = lambda x, w, g, f=f, chunk=chunk: _xla_cpu.summed_in_batch_chunks(
+            lambda x, g: f.weight_gradient(x, g, geom)[0], chunk, x, g)
+        fns["dx", name] = lambda x, w, g, f=f: f.input_gradient(g, w, geom, (size, size))
     times = interleaved_times([jax.jit(f) for f in fns.values()], [(x, w, g)] * len(fns), repeats=repeats, warmup=2)
     return {key: statistics.median(t) * 1e3 for key, t in zip(fns, times)}
 

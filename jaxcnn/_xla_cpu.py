@@ -1,8 +1,10 @@
 """The XLA:CPU workarounds, in one place: exact rewrites that XLA:CPU compiles to faster code.
 
-None of them changes a value (``tanh_rational`` is XLA's own float32 approximation written
-out); each one exists because of a measured cost, kept with the commit it was measured at in
-``docs/performance.md`` (the section named in each docstring).
+None of them changes a value beyond the order of a sum (``tanh_rational`` is XLA's own float32
+approximation written out); each one exists because of a measured cost, kept with the commit it
+was measured at in ``docs/performance.md`` (the section named in each docstring). No op applies
+one behind the caller's back: the policies pick them from an explicit platform,
+:func:`resolve_platform` (convolution's: :mod:`jaxcnn._xla_cpu_conv`; tanh's: :func:`tanh_method`).
 
 * :func:`canonical_numbers`, :func:`correlate_over_batch`, :func:`has_slow_loop_convolution`:
   convolutions in XLA:CPU's canonical form, which it also runs fast inside loop bodies.
@@ -15,15 +17,32 @@ out); each one exists because of a measured cost, kept with the commit it was me
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 
+def resolve_platform(platform: Optional[str] = None, op: str = "jaxcnn") -> str:
+    """The platform the ops tune for: ``platform`` if given, else ``jax.default_backend()``.
+
+    The one place the default backend is read. The public ops call it once per call, at trace
+    time, where their ``platform=None`` (the default) is resolved (:func:`jaxcnn.ops.conv`,
+    :func:`jaxcnn.ops.conv_transpose`, :func:`jaxcnn.ops.im2col`, :func:`jaxcnn.ops.tanh`, and the
+    layers that wrap them): pass ``platform="cpu"`` to trace XLA:CPU's program in any process,
+    or another name (``"gpu"``) for the plain one."""
+    if platform is None:
+        return jax.default_backend()
+    if not isinstance(platform, str) or not platform:
+        raise TypeError(f"{op}: `platform` must be None or a platform name such as 'cpu' or 'gpu', "
+                        f"got {platform!r}.")
+    return platform
+
+
 def on_cpu() -> bool:
-    """Whether the default backend is XLA:CPU (where these workarounds apply)."""
-    return jax.default_backend() == "cpu"
+    """Whether the resolved default platform is XLA:CPU (for the training loop's choice of scan)."""
+    return resolve_platform() == "cpu"
 
 
 # --------------------------------------------------------------------------- canonical convolutions
@@ -37,14 +56,6 @@ def canonical_numbers(n: int) -> lax.ConvDimensionNumbers:
     return lax.ConvDimensionNumbers((0, n + 1, *spatial), (n + 1, n, *range(n)), (0, n + 1, *spatial))
 
 
-#: :func:`correlate_over_batch` sums the batch in chunks when it contracts more than this many
-#: terms per output (batch × positions), of at most this many multiply-adds per kernel tap and
-#: this many bytes of ``a`` and ``b``, a power of two samples each.
-CORRELATE_CHUNK_MIN_TERMS = 8192
-CORRELATE_CHUNK_MACS = 1 << 21
-CORRELATE_CHUNK_BYTES = 1 << 20
-
-
 def correlate_over_batch(a, b, window_strides, pads, rhs_dilation):
     """``out[k, p, q] = Σ_{n,o} a_pad[n, o·d + k·s, p] b[n, o, q]`` over the batch and every
     position ``o`` (``s`` = ``window_strides``, ``d`` = ``rhs_dilation``), laid out
@@ -53,39 +64,8 @@ def correlate_over_batch(a, b, window_strides, pads, rhs_dilation):
     ``C_a`` plays the batch, ``N`` the contracted feature and ``b`` the kernel
     ``(*out, N, C_b)``, moved there with explicit transposes so that the convolution is in
     the canonical form; read through swapped dimension numbers instead, XLA:CPU runs it far
-    slower inside a loop body (performance.md, "Canonical convolution form"). On XLA:CPU a
-    long batch is summed in chunks (:data:`CORRELATE_CHUNK_MACS`, a ``lax.scan``; zero
-    samples pad the last): its convolution over a long contracted batch runs several times
-    slower than over a few samples (performance.md, "Weight gradient in batch chunks")."""
-    n = a.shape[0]
-    chunk = _batch_chunk(a, b) if on_cpu() and n * math.prod(b.shape[1:-1]) > CORRELATE_CHUNK_MIN_TERMS else n
-    return summed_in_batch_chunks(lambda a, b: _correlate(a, b, window_strides, pads, rhs_dilation), chunk, a, b)
-
-
-def summed_in_batch_chunks(fn, chunk: int, *arrays):
-    """``fn(*arrays)`` for a ``fn`` that sums over the batch (the leading axis) and gives 0 for
-    zero samples, computed as the sum of ``fn`` over chunks of ``chunk`` samples in a
-    ``lax.scan`` (zero samples pad the last chunk): one chunk's operands stay in the cache."""
-    n = arrays[0].shape[0]
-    if chunk >= n:
-        return fn(*arrays)
-    chunks = -(-n // chunk)
-    parts = [lax.pad(a, jnp.zeros((), a.dtype), [(0, chunks * chunk - n, 0)] + [(0, 0, 0)] * (a.ndim - 1))
-             .reshape(chunks, chunk, *a.shape[1:]) for a in arrays]
-    out = jax.eval_shape(fn, *(p[0] for p in parts))
-    total, _ = lax.scan(lambda total, xs: (total + fn(*xs), None), jnp.zeros(out.shape, out.dtype), parts)
-    return total
-
-
-def _batch_chunk(a, b) -> int:
-    """Samples per chunk: a power of two within both budgets, at least one."""
-    macs = max(1, math.prod(b.shape[1:-1]) * a.shape[-1] * b.shape[-1])  # per sample and tap
-    size = max(1, (math.prod(a.shape[1:]) + math.prod(b.shape[1:])) * a.dtype.itemsize)
-    fits = max(1, min(CORRELATE_CHUNK_MACS // macs, CORRELATE_CHUNK_BYTES // size))
-    return 1 << (fits.bit_length() - 1)
-
-
-def _correlate(a, b, window_strides, pads, rhs_dilation):
+    slower inside a loop body (performance.md, "Canonical convolution form"). XLA:CPU's policy
+    also sums a long batch in chunks (:func:`summed_in_batch_chunks`, :mod:`jaxcnn._xla_cpu_conv`)."""
     n = a.ndim - 2
     spatial = tuple(range(1, n + 1))
     out = lax.conv_general_dilated(
@@ -93,6 +73,22 @@ def _correlate(a, b, window_strides, pads, rhs_dilation):
         rhs_dilation=rhs_dilation, dimension_numbers=canonical_numbers(n),
     )  # (C_a, *window, C_b)
     return jnp.transpose(out, (*spatial, 0, n + 1))
+
+
+def summed_in_batch_chunks(fn, chunk: int, *arrays):
+    """``fn(*arrays)`` for a ``fn`` that sums over the batch (the leading axis) and gives 0 for
+    zero samples, computed as the sum of ``fn`` over chunks of ``chunk`` samples in a
+    ``lax.scan`` (zero samples pad the last chunk): one chunk's operands stay in the cache.
+    ``fn`` may return a pytree (``None`` leaves stay ``None``); ``chunk = 0`` means no chunks."""
+    n = arrays[0].shape[0]
+    if not chunk or chunk >= n:
+        return fn(*arrays)
+    chunks = -(-n // chunk)
+    parts = [lax.pad(a, jnp.zeros((), a.dtype), [(0, chunks * chunk - n, 0)] + [(0, 0, 0)] * (a.ndim - 1))
+             .reshape(chunks, chunk, *a.shape[1:]) for a in arrays]
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, *(p[0] for p in parts)))
+    total, _ = lax.scan(lambda total, xs: (jax.tree_util.tree_map(jnp.add, total, fn(*xs)), None), zeros, parts)
+    return total
 
 
 def canonical_convolution(params) -> bool:
@@ -135,6 +131,13 @@ def contract_leading(a, b):
 MATERIALIZE_TERMS = 9
 
 
+def materializes(geom, platform: str) -> bool:
+    """Whether col2im's overlap-add for ``geom`` is :func:`materialized` on ``platform``: on
+    XLA:CPU, from :data:`MATERIALIZE_TERMS` windows per element."""
+    terms = math.prod(-(-k // s) for k, s in zip(geom.window, geom.stride))  # windows per element
+    return platform == "cpu" and terms >= MATERIALIZE_TERMS
+
+
 def materialized(a):
     """``a`` itself, computed into a buffer of its own on XLA:CPU.
 
@@ -144,10 +147,9 @@ def materialized(a):
     ``lax.optimization_barrier`` is dropped by XLA:CPU before fusion, but a matrix product
     is a fusion boundary: ``a``, four values to a row, times the 4 × 4 identity — 8 flops
     per element, exact for finite values (a non-finite entry spreads NaN to the other
-    three of its row). Worth it only for long sums (:data:`MATERIALIZE_TERMS`;
-    performance.md, "col2im materialisation"). Other backends, and sizes not divisible by
-    4, get ``a`` unchanged."""
-    if not on_cpu() or a.size % 4:
+    three of its row). Worth it only for long sums (:func:`materializes`; performance.md,
+    "col2im materialisation"); sizes not divisible by 4 get ``a`` unchanged."""
+    if a.size % 4:
         return a
     return (a.reshape(-1, 4) @ jnp.eye(4, dtype=a.dtype)).reshape(a.shape)
 
@@ -181,3 +183,13 @@ def tanh_rational(x):
     z2 = z * z
     p, q = (jnp.polyval(jnp.asarray(c, x.dtype), z2) for c in (TANH_NUMERATOR, TANH_DENOMINATOR))
     return (z * p) / q
+
+
+#: The ``method`` names of :func:`jaxcnn.ops.tanh`: ``jnp.tanh`` and :func:`tanh_rational`.
+TANH_METHODS = ("auto", "jnp", "rational")
+
+
+def tanh_method(dtype, platform: str) -> str:
+    """``method="auto"`` of :func:`jaxcnn.ops.tanh`: the rational for float32 on XLA:CPU
+    (performance.md, "tanh's rational"), ``jnp.tanh`` elsewhere."""
+    return "rational" if dtype == jnp.float32 and platform == "cpu" else "jnp"

@@ -26,9 +26,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from jaxcnn.verify.registry import REGISTRY
-    from jaxcnn.verify.suite import DTYPES
-    from jaxcnn.verify.transforms import TRANSFORMS
+    from jaxcnn._certify.registry import REGISTRY
+    from jaxcnn._certify.runner import DTYPES
+    from jaxcnn.verify import TRANSFORMS
 
     from jaxcnn import reporting
 
@@ -147,6 +147,15 @@ _non_negative_float = _ranged(float, "a number >= 0", lambda v: v >= 0)
 _momentum = _ranged(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
 _seed = _ranged(int, "an integer in [-2**63, 2**63)", lambda v: -(2**63) <= v < 2**63)
 
+
+def _loss(name: str, backend):
+    """A zoo loss name (``models.ZOO[...].loss``) as that backend's loss: names are a command-line notion."""
+    from jaxcnn import train
+
+    loss = getattr(backend, name)
+    return train.OneHotTargets(loss) if name == "euclidean_loss" else loss
+
+
 #: Optional packages ``jaxcnn train`` needs (all in the ``train`` extra), and what for.
 _TRAIN_NEEDS = {"matplotlib": "learning_curve.png", "mnist1d": "--data mnist1d", "tqdm": "the progress bar"}
 
@@ -172,7 +181,7 @@ def _train(args) -> int:
 
     import jaxcnn.ops
     import jaxcnn.reference
-    from jaxcnn import checkpoint, data, models, reporting, train
+    from jaxcnn import _checks, checkpoint, data, models, reporting, train
 
     multi = (args.coordinator, args.num_processes, args.process_id)
     if args.distributed and any(v is not None for v in multi):
@@ -191,7 +200,7 @@ def _train(args) -> int:
     checkpoint_path = os.path.join(out, "checkpoint.npz")
     for name in ("checkpoint.npz", "metrics.json", "learning_curve.png"):
         checkpoint.check_writable(os.path.join(out, name), "output")
-    train.check_run_location(checkpoint_path, args.resume, args.overwrite)
+    _checks.run_location(checkpoint_path, args.resume, args.overwrite)
     if args.allow_changed_settings and not args.resume:
         raise ValueError("--allow-changed-settings goes with --resume.")
     entry = models.ZOO[args.model]
@@ -202,19 +211,19 @@ def _train(args) -> int:
     want, have = entry.input_shape[1:], dataset.x_train.shape[1:]
     if math.prod(want) != math.prod(have):
         raise ValueError(f"model {args.model} takes inputs of shape {want} but dataset {args.data} has {have}.")
-    backend = jaxcnn.ops if args.ops == "hand" else jaxcnn.reference
+    backend = jaxcnn.ops if args.ops == "hand" else jaxcnn.reference  # chosen once: the model, its loss and penalty
     steps = args.steps if args.steps or args.epochs else 6000
     # Greydanus' MNIST-1D recipe cycles through the training set in stored order, batch k = rows [100k, 100k + 100).
     shuffle = args.shuffle if args.shuffle is not None else not args.data.startswith("mnist1d")
-    settings = {k: getattr(args, k) for k in ("model", "data", "optimizer", "lr", "momentum", "ops", "devices")}
-    result = train.fit(
-        entry.build(ops=backend), dataset, input_shape=entry.input_shape, loss=entry.loss,
-        optimizer=train.make_optimizer(args.optimizer, args.lr, args.momentum),
+    run = train.Config(
         epochs=args.epochs, steps=steps if not args.epochs else None, batch_size=args.batch_size,
-        weight_decay=args.weight_decay, seed=args.seed, devices=args.devices, shuffle=shuffle,
-        checkpoint_path=checkpoint_path, resume=args.resume, overwrite=args.overwrite, settings=settings,
-        allow_changed_settings=args.allow_changed_settings, quiet=args.quiet, ops=backend,
+        loss=_loss(entry.loss, backend), penalty=backend.l2_penalty, optimizer=args.optimizer, lr=args.lr,
+        momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed, devices=args.devices,
+        shuffle=shuffle, input_shape=entry.input_shape, checkpoint_path=checkpoint_path, resume=args.resume,
+        overwrite=args.overwrite, allow_changed_settings=args.allow_changed_settings, quiet=args.quiet,
+        settings={k: getattr(args, k) for k in ("model", "data", "ops")},
     )
+    result = train.fit(entry.build(ops=backend), dataset, run)
     if jax.process_index() != 0:  # one process writes and reports
         return 0
     config = {**{k: v for k, v in vars(args).items() if k != "command"}, "out": out, "shuffle": shuffle}
@@ -233,7 +242,7 @@ def _train(args) -> int:
 
 def _verify(args) -> int:
     from jaxcnn import checkpoint
-    from jaxcnn.verify import mutants, suite
+    from jaxcnn._certify import compilation, display, mutants, runner
 
     if args.json:  # before the sweep, not after it
         checkpoint.check_writable(args.json, "--json file")
@@ -249,32 +258,49 @@ def _verify(args) -> int:
         return 1 if missed else 0
 
     if not args.no_cache and not os.environ.get("JAXCNN_NO_CACHE"):
-        suite.use_compilation_cache()
-    settings = dict(names=args.op, dtypes=args.dtype or suite.DTYPES, quick=args.quick, transforms=args.transform,
+        compilation.use_compilation_cache()
+    settings = dict(names=args.op, dtypes=args.dtype or runner.DTYPES, quick=args.quick, transforms=args.transform,
                     module=args.module)
-    units = suite.plan(**settings)
+    units = runner.plan(**settings)
+    if not units:  # a certificate of nothing is no certificate
+        raise ValueError(_nothing_selected(args, runner))
     workers = max(1, min(args.jobs, len(units)))
-    progress = suite.Progress()
+    progress = display.Progress()
     progress.start(sum(len(u.checks) for u in units), workers,
                    f" ({len({u.name for u in units})} ops{', ' + args.module if args.module else ''})")
-    records, seconds = suite.timed_run(**settings, jobs=workers, units=units, progress=progress)
+    start = time.perf_counter()
+    records = runner.run(**settings, jobs=workers, units=units, progress=progress)
+    seconds = time.perf_counter() - start
     progress.finish()
-    print(suite.format_table(records))
-    failures = suite.format_failures(records)
+    print(display.format_table(records))
+    failures = display.format_failures(records)
     if failures:
         print("\nFailures:\n" + failures)
     failed = sum(not r.ok for r in records)
     print(f"\n{len(records) - failed} passed, {failed} failed ({len(records)} checks in {seconds:.1f} s)")
-    _write_json(args.json, suite.to_json(records))
+    _write_json(args.json, display.to_json(records))
     return 1 if failed else 0
+
+
+def _nothing_selected(args, runner) -> str:
+    """Why the filters select no check: what the ops chosen run in the dtypes chosen."""
+    filters = " ".join([f"--op {n}" for n in args.op or ()] + [f"--dtype {d}" for d in args.dtype or ()]
+                       + [f"--transform {t!r}" for t in args.transform or ()] + (["--quick"] if args.quick else []))
+    available = {}
+    for unit in runner.plan(args.op, args.dtype or runner.DTYPES, args.quick, module=args.module):
+        for dtype, transform in unit.checks:
+            available.setdefault(dtype, dict.fromkeys(()))[transform] = None
+    runs = "; ".join(f"{d}: {', '.join(t)}" for d, t in available.items()) or "nothing"
+    return (f"no check to run: {filters} select none (the ops chosen run {runs}); a certificate of zero checks "
+            f"certifies nothing.")
 
 
 def _check_op_names(parser: argparse.ArgumentParser, args) -> None:
     """``--op`` names must be in the registry certified (jaxcnn's, or that of ``--module``)."""
-    from jaxcnn.verify import suite
+    from jaxcnn._certify import runner
 
     try:
-        registry = suite.load_registry(args.module)
+        registry = runner.load_registry(args.module)
     except (ImportError, ValueError) as e:
         parser.error(f"--module {args.module}: {e}" if isinstance(e, ImportError) else str(e))
     unknown = [name for name in args.op or () if name not in registry]
@@ -316,9 +342,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv[:1] == ["verify"] and not {"-h", "--help"} & set(argv):
         print("jaxcnn verify: loading JAX and the checks ...", flush=True)  # before the slow imports
         if os.environ.get("JAXCNN_FAST_COMPILE", "1") != "0":  # before anything compiles
-            from jaxcnn.verify import suite
+            from jaxcnn._certify import compilation
 
-            suite.use_fast_compilation()
+            compilation.use_fast_compilation()
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:  # `jaxcnn` alone: what it can do, as `pip` does

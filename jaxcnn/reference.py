@@ -11,6 +11,8 @@ from jaxcnn.ops._activations import sigmoid_reference as sigmoid
 from jaxcnn.ops._activations import softmax_reference as softmax
 from jaxcnn.ops._activations import tanh_reference as tanh
 from jaxcnn.ops._conv import LENET5_C3_TABLE
+from jaxcnn.ops._conv_plan import Plan as ConvPlan
+from jaxcnn.ops._conv_plan import Problem as ConvProblem
 from jaxcnn.ops._conv import conv1d_reference as conv1d
 from jaxcnn.ops._conv import conv2d_reference as conv2d
 from jaxcnn.ops._conv import conv3d_reference as conv3d
@@ -35,6 +37,8 @@ from jaxcnn.ops._resample import downsample_reference as downsample
 from jaxcnn.ops._resample import upsample_reference as upsample
 
 __all__ = [
+    "ConvPlan",
+    "ConvProblem",
     "LENET5_C3_TABLE",
     "batch_norm",
     "conv",

@@ -1,11 +1,14 @@
-"""Jit-compiled training with optax: a train step, whole epochs in ``lax.scan``,
-evaluation, data parallelism over devices, and resumable checkpoints.
+"""Jit-compiled training with optax, as pieces you can take apart: a train step, an epoch
+iterator, callbacks, and :func:`fit`, which composes them under a frozen :class:`Config`.
 
-The step is plain optax: ``jax.value_and_grad`` of the loss (the hand-derived rules of
-the model's ops run inside it), ``optimizer.update``, ``optax.apply_updates``. The
-lectures' recipe (Hu & Zhu, Jearanaitanakij) is mini-batch SGD with learning rate α,
-optional momentum, and weight decay λ as the L2 penalty ``½ λ Σ w²`` on the weights
-(not the biases), whose gradient ``λ w`` comes from :func:`jaxcnn.ops.l2_penalty`.
+The step is plain optax (:func:`make_step`): ``jax.value_and_grad`` of the loss (the
+hand-derived rules of the model's ops run inside it), ``optimizer.update``,
+``optax.apply_updates``. The lectures' recipe (Hu & Zhu, Jearanaitanakij) is mini-batch
+SGD with learning rate α, optional momentum, and weight decay λ as the L2 penalty
+``½ λ Σ w²`` on the weights (not the biases), whose gradient ``λ w`` comes from
+:func:`jaxcnn.ops.l2_penalty`. The loss is a callable ``loss(outputs, labels)``
+(:func:`jaxcnn.ops.softmax_cross_entropy` by default): the backend, hand rules or
+autodiff, is chosen once, when the model and the loss are built.
 
 Models carry state (:mod:`jaxcnn.nn`): the train state holds the model's state beside
 its params (batch norm's running statistics), every step applies the model with
@@ -13,30 +16,35 @@ its params (batch norm's running statistics), every step applies the model with
 state it returns; evaluation applies it with ``training=False`` (running statistics, no
 dropout). Checkpoints hold the model state, so a resumed run is bit-identical.
 
-When the training set fits on the device, an epoch — shuffling with the state's PRNG
-key, slicing batches, every step — is one compiled ``lax.scan``: no Python loop per
-batch and no host round-trip.
+:func:`epochs` runs epoch after epoch and yields ``(state, record)``: when the training
+set fits on the device an epoch — shuffling with the state's PRNG key, slicing batches,
+every step — is one compiled ``lax.scan`` (or, where XLA:CPU runs the step's convolutions
+slowly inside a loop, one jitted donated step per batch; :func:`make_epoch`). :func:`fit`
+calls its callbacks after every epoch, in this order: evaluation, the non-finite guard,
+checkpointing, progress, the caller's callbacks and ``stop_when``.
 
 Data parallelism: with ``devices=n`` a 1-D :class:`jax.sharding.Mesh` named ``"batch"``
 holds the first n devices; the train state is replicated, every batch is split along
 its first axis, and XLA inserts the gradient all-reduce. Over several processes or
 hosts, call :func:`jaxcnn.distributed.initialize` first in every process: the same mesh
-then spans every process's devices, each process feeds only its share of each batch,
-and the mean loss, its gradient and any batch statistics (batch norm's mean and variance)
-are computed over the global batch, as in a single-device run: the model is written for
-the whole batch and XLA adds the cross-device reductions (see :mod:`jaxcnn.distributed`).
+then spans every process's devices, the data stay on the host and each process feeds
+only its share of each batch (the same loop, another data adaptor), and the mean loss,
+its gradient and any batch statistics are computed over the global batch, as in a
+single-device run (see :mod:`jaxcnn.distributed`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import json
+import math
 import os
 import sys
 import time
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -46,9 +54,13 @@ from jax import lax
 from jax.sharding import Mesh
 
 import jaxcnn.ops
-from jaxcnn import _xla_cpu, checkpoint, distributed
-from jaxcnn.data import Dataset, check_labels
+from jaxcnn import _checks, _xla_cpu, checkpoint, distributed
+from jaxcnn.data import Dataset
 from jaxcnn.nn import Layer
+
+#: A callback of :func:`fit`: ``callback(state, record)`` after every epoch; it may add to
+#: the record, raise to stop the run, or return True to end it after this epoch.
+Callback = Callable[["TrainState", dict], Optional[bool]]
 
 
 class TrainState(NamedTuple):
@@ -62,46 +74,31 @@ class TrainState(NamedTuple):
     key: jax.Array
 
 
+def init_state(model: Layer, optimizer: optax.GradientTransformation, input_shape: Sequence[int], seed: int = 0,
+               dtype: Any = jnp.float32) -> TrainState:
+    """A fresh state at step 0: ``model.init`` with one half of ``PRNGKey(seed)`` (floating
+    leaves cast to ``dtype``), the optimiser's state, and the other half as the key of the
+    shuffling and of every step's dropout."""
+    init_key, key = jax.random.split(jax.random.PRNGKey(seed))
+    params, model_state, _ = model.init(init_key, tuple(input_shape))
+    params, model_state = jax.tree_util.tree_map(  # floating leaves only: a state may hold counters
+        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, (params, model_state))
+    return TrainState(params, model_state, optimizer.init(params), jnp.zeros((), jnp.int32), key)
+
+
 def make_optimizer(name: str = "adam", lr: float = 1e-2, momentum: float = 0.0) -> optax.GradientTransformation:
     """``"sgd"`` (with optional ``momentum``, the lectures' recipe) or ``"adam"``.
 
     Raises:
       ValueError: an unknown ``name``, ``lr`` not finite and positive, ``momentum`` not in ``[0, 1)``.
     """
-    check_number("make_optimizer", "lr", lr, low=0.0, low_open=True)
-    check_number("make_optimizer", "momentum", momentum, low=0.0, high=1.0)
+    _checks.number("make_optimizer", "lr", lr, low=0.0, low_open=True)
+    _checks.number("make_optimizer", "momentum", momentum, low=0.0, high=1.0)
     if name == "sgd":
         return optax.sgd(lr, momentum=momentum or None)
     if name == "adam":
         return optax.adam(lr)
     raise ValueError(f"make_optimizer: unknown optimizer {name!r}; use 'sgd' or 'adam'.")
-
-
-def check_number(op: str, name: str, value: Any, low: float = -np.inf, high: float = np.inf,
-                 low_open: bool = False) -> float:
-    """``value`` as a float, or an error naming ``op`` and ``name``: it must be a real
-    number (not a bool), finite, ``>= low`` (``> low`` when ``low_open``) and ``< high``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{op}: `{name}` must be a number, got {value!r} ({type(value).__name__}).")
-    interval = f"{'(' if low_open else '['}{low:g}, {high:g})"
-    if not (np.isfinite(value) and (value > low if low_open else value >= low) and value < high):
-        raise ValueError(f"{op}: `{name}` must be a finite number in {interval}, got {value!r}.")
-    return float(value)
-
-
-def check_int(op: str, name: str, value: Any, low: int, high: Optional[int] = None) -> int:
-    """``value`` as an int, or an error naming ``op`` and ``name``: an int (not a bool, not
-    a float such as 2.5), ``>= low`` and, when given, ``< high``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{op}: `{name}` must be an int, got {value!r} ({type(value).__name__}).")
-    if value < low or high is not None and value >= high:
-        bound = f">= {low}" if high is None else f"in [{low}, {high})"
-        raise ValueError(f"{op}: `{name}` must be an int {bound}, got {value}.")
-    return int(value)
-
-
-#: PRNG seeds: jax.random.PRNGKey takes a signed 64-bit integer.
-SEED_RANGE = (-(2**63), 2**63)
 
 
 def weights(params: Any) -> Any:
@@ -111,24 +108,46 @@ def weights(params: Any) -> Any:
     )
 
 
-def make_loss(model: Layer, loss: str = "softmax_cross_entropy", weight_decay: float = 0.0,
-              ops=None) -> Callable:
+@dataclasses.dataclass(frozen=True)
+class OneHotTargets:
+    """A loss written against one-hot targets, such as :func:`jaxcnn.ops.euclidean_loss`,
+    called with class ids: ``OneHotTargets(ops.euclidean_loss)(outputs, labels)`` compares
+    the outputs with ``one_hot(labels)``. Evaluation then scores the outputs themselves as
+    the probabilities (the SSE of :class:`Evaluation`), not their softmax."""
+
+    loss: Callable
+
+    def __call__(self, outputs: jax.Array, labels: jax.Array) -> jax.Array:
+        return self.loss(outputs, jax.nn.one_hot(labels, outputs.shape[-1], dtype=outputs.dtype))
+
+
+def _name(fn: Callable) -> str:
+    """A loss's name for the fingerprint; jaxcnn.reference's functions go by the ops' names."""
+    fn = fn.loss if isinstance(fn, OneHotTargets) else fn
+    return getattr(fn, "__name__", type(fn).__name__).removesuffix("_reference")
+
+
+def make_loss(model: Layer, loss: Callable = jaxcnn.ops.softmax_cross_entropy, weight_decay: float = 0.0,
+              penalty: Callable = jaxcnn.ops.l2_penalty) -> Callable:
     """``loss_fn(params, model_state, x, y, *, training=True, key=None) -> (loss, (outputs,
-    model_state))``: ``data_loss + ½ λ Σ w²`` for integer labels ``y``, the model's outputs
-    and its new state (differentiate with ``has_aux=True``)."""
-    ops = ops or jaxcnn.ops
-    if loss not in ("softmax_cross_entropy", "euclidean_loss"):
-        raise ValueError(f"make_loss: unknown loss {loss!r}; use 'softmax_cross_entropy' or 'euclidean_loss'.")
-    weight_decay = check_number("make_loss", "weight_decay", weight_decay, low=0.0)
+    model_state))``: ``loss(outputs, y) + penalty(weights, λ)`` (``½ λ Σ w²``) for integer
+    labels ``y``, the model's outputs and its new state (differentiate with ``has_aux=True``).
+
+    Raises:
+      TypeError: ``loss`` is not callable (a loss name: pass the function).
+      ValueError: ``weight_decay`` not finite and >= 0.
+    """
+    if not callable(loss):
+        raise TypeError(f"make_loss: `loss` must be a callable loss(outputs, labels), e.g. "
+                        f"jaxcnn.ops.softmax_cross_entropy or train.OneHotTargets(jaxcnn.ops.euclidean_loss), "
+                        f"got {loss!r} ({type(loss).__name__}).")
+    weight_decay = _checks.number("make_loss", "weight_decay", weight_decay, low=0.0)
 
     def loss_fn(params, model_state, x, y, *, training=True, key=None):
         out, model_state = model.apply(params, model_state, x, training=training, key=key)
-        if loss == "euclidean_loss":
-            data = ops.euclidean_loss(out, jax.nn.one_hot(y, out.shape[-1], dtype=out.dtype))
-        else:
-            data = ops.softmax_cross_entropy(out, y)
+        data = loss(out, y)
         if weight_decay:
-            data = data + ops.l2_penalty(weights(params), jnp.asarray(weight_decay, data.dtype))
+            data = data + penalty(weights(params), jnp.asarray(weight_decay, data.dtype))
         return data, (out, model_state)
 
     return loss_fn
@@ -152,99 +171,165 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Cal
     return step
 
 
+# --------------------------------------------------------------------------- epochs
+
+
+@dataclasses.dataclass(frozen=True)
+class _OnDevice:
+    """The training set on the device(s) (replicated over a mesh): the compiled program
+    receives each batch's row indices and gathers the rows itself."""
+
+    mesh: Optional[Mesh]
+
+    def place(self, x, y):
+        x, y = jnp.asarray(x), jnp.asarray(y)
+        return (x, y) if self.mesh is None else distributed.replicate((x, y), self.mesh)
+
+    def resident(self, x, y):
+        return x, y
+
+    def feed(self, x, y, rows):
+        return rows
+
+    def take(self, resident, rows):
+        x, y = resident
+        return x[rows], y[rows]
+
+
+@dataclasses.dataclass(frozen=True)
+class _HostFeed:
+    """A mesh over several processes: the training set stays on the host, the same in every
+    process, and each process transfers only its own rows of every global batch
+    (:func:`jaxcnn.distributed.feed`); nothing is resident on the devices."""
+
+    mesh: Mesh
+
+    def place(self, x, y):
+        return np.asarray(x), np.asarray(y)
+
+    def resident(self, x, y):
+        return ()
+
+    def feed(self, x, y, rows):
+        rows = np.asarray(rows)
+        return distributed.feed(x, rows, self.mesh), distributed.feed(y, rows, self.mesh)
+
+    def take(self, resident, fed):
+        return fed
+
+
+def _data_on(mesh: Optional[Mesh]) -> Union[_OnDevice, _HostFeed]:
+    return _HostFeed(mesh) if mesh is not None and mesh.is_multi_process else _OnDevice(mesh)
+
+
+def _steps_beat_scan(step_jaxpr: Any, platform: str) -> bool:
+    """The one predicate behind ``loop="auto"``: whether a step is better dispatched batch
+    by batch than scanned. Only on XLA:CPU, and only for a step with a convolution that it
+    compiles to far slower code inside a loop body than at the top level of a program
+    (autodiff's transposed convolutions; performance.md, "Scan vs steps")."""
+    return platform == "cpu" and _xla_cpu.has_slow_loop_convolution(step_jaxpr)
+
+
 def make_epoch(step: Callable, batch_size: int, mesh: Optional[Mesh] = None, shuffle: bool = True,
                loop: str = "auto") -> Callable:
     """``epoch(state, x, y, num_steps) -> (state, losses, accuracies)``.
 
     Shuffles with a key split off ``state.key`` (or, with ``shuffle=False``, keeps the
     examples in their stored order, as the lectures' per-pattern updates do) and runs
-    ``num_steps`` steps of ``batch_size`` examples; ``x``, ``y`` are the whole training
-    set on the device. The incoming state's buffers are donated.
+    ``num_steps`` steps of ``batch_size`` examples. The incoming state's buffers are donated.
 
-    With a ``mesh`` (a 1-D :class:`jax.sharding.Mesh` named ``"batch"``, the state
-    replicated on it) every batch is split over the mesh's devices, unevenly when
-    ``batch_size`` does not divide by their number (XLA pads the last shards internally).
-    When the mesh spans several processes (:mod:`jaxcnn.distributed`), ``x`` and ``y`` are
-    NumPy arrays on the host, the same in every process: each process computes the same
-    permutation and gathers only its own rows of each global batch.
+    ``x``, ``y`` are the whole training set: on the device, or, with a ``mesh`` (a 1-D
+    :class:`jax.sharding.Mesh` named ``"batch"``, the state replicated on it) replicated on
+    it, every batch then split over its devices (unevenly when ``batch_size`` does not
+    divide by their number). When the mesh spans several processes (:mod:`jaxcnn.distributed`)
+    ``x`` and ``y`` are NumPy arrays on the host, the same in every process: each process
+    computes the same permutation and transfers only its own rows of each global batch.
+    The two are data adaptors of one loop.
 
-    ``loop`` says how the steps run; the two loops give the same batches and the same updates:
+    ``loop`` says how the steps run; both give the same batches and the same updates:
 
     * ``"scan"``: the whole epoch is one compiled ``lax.scan`` (``num_steps`` static) —
       no host round trip per step, the fastest on GPUs and TPUs;
-    * ``"steps"``: one jitted, donated step per batch dispatched from Python. XLA:CPU
-      compiles a convolution that is not in its canonical channels-last form (autodiff's
-      transposed convolutions) to far slower code inside a loop body than at the top
-      level of a program (performance.md, "Scan vs steps");
-    * ``"auto"`` (default): ``"scan"``, except on the CPU when the step contains such a
-      convolution (found by tracing the step once): then ``"steps"``. ``jaxcnn.ops``
-      writes all of its convolutions (``conv``, ``conv_transpose``, forward and backward)
-      in the canonical form, so their steps scan; tiny steps (the lectures' per-pattern
-      updates) keep the scan too, which saves a host round trip per step.
+    * ``"steps"``: one jitted, donated step per batch dispatched from Python;
+    * ``"auto"`` (default): ``"steps"`` where ``_steps_beat_scan`` says so (the step is
+      traced for it, once per shape: JAX caches the trace), else ``"scan"``. ``jaxcnn.ops``
+      writes all of its convolutions in XLA:CPU's canonical form, so their steps scan.
     """
     if loop not in ("auto", "scan", "steps"):
         raise ValueError(f"make_epoch: unknown `loop` {loop!r}; use 'auto', 'scan' or 'steps'.")
-    fed = mesh is not None and mesh.is_multi_process
+    data = _data_on(mesh)
 
-    def sharded_step(state, xb, yb):
-        if mesh is not None:  # cuts a fed batch's padding; splits the batch over the mesh (unevenly if need be)
-            xb, yb = distributed.unpad(xb, batch_size, mesh), distributed.unpad(yb, batch_size, mesh)
-        return step(state, (xb, yb))
+    def mesh_step(state, batch):  # cuts a fed batch's padding; splits the batch over the mesh (unevenly if need be)
+        if mesh is not None:
+            batch = tuple(distributed.unpad(a, batch_size, mesh) for a in batch)
+        return step(state, batch)
 
-    def batches(key, n, num_steps: int):
+    def order(key, n: int, num_steps: int):
         key, shuffle_key = jax.random.split(key)
-        order = jax.random.permutation(shuffle_key, n) if shuffle else jnp.arange(n)
-        return key, order[: num_steps * batch_size].reshape(num_steps, batch_size)
+        rows = jax.random.permutation(shuffle_key, n) if shuffle else jnp.arange(n)
+        return key, rows[: num_steps * batch_size].reshape(num_steps, batch_size)
 
-    def scan_epoch(state: TrainState, x, y, num_steps: int):
-        key, order = batches(state.key, x.shape[0], num_steps)
-        state, (losses, accuracies) = lax.scan(lambda s, idx: sharded_step(s, x[idx], y[idx]),
-                                                state._replace(key=key), order)
-        return state, losses, accuracies
+    def scan(state, resident, fed):
+        return lax.scan(lambda s, item: mesh_step(s, data.take(resident, item)), state, fed)
 
-    def scan_fed(state: TrainState, key, xs, ys):
-        state, (losses, accuracies) = lax.scan(lambda s, b: sharded_step(s, *b), state._replace(key=key), (xs, ys))
-        return state, losses, accuracies
+    order, scan, traced = jax.jit(order, static_argnums=(1, 2)), jax.jit(scan, donate_argnums=0), jax.jit(mesh_step)
+    one_step = jax.jit(lambda state, resident, item: mesh_step(state, data.take(resident, item)), donate_argnums=0)
 
-    scan_epoch = jax.jit(scan_epoch, static_argnums=3, donate_argnums=0)
-    scan_fed = jax.jit(scan_fed, donate_argnums=0)
-    batches_jit = jax.jit(batches, static_argnums=(1, 2))
-    step_jit = jax.jit(lambda state, x, y, idx: sharded_step(state, x[idx], y[idx]), donate_argnums=0)
-    fed_step_jit = jax.jit(sharded_step, donate_argnums=0)
+    def scans(state, x, y) -> bool:
+        if loop != "auto":
+            return loop == "scan"
+        batch = tuple(jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype) for a in (x, y))
+        platform = (jax.devices()[0] if mesh is None else mesh.devices.flat[0]).platform
+        return not _steps_beat_scan(traced.trace(state, batch).jaxpr.jaxpr, platform)
 
-    def fed_epoch(state: TrainState, x, y, num_steps: int):
-        # The same global permutation in every process (computed from the replicated key);
-        # each process gathers only its rows of each global batch.
-        key, order = batches_jit(state.key, len(x), num_steps)
-        order = np.asarray(order)
-        return scan_fed(state, key, distributed.feed(x, order, mesh), distributed.feed(y, order, mesh))
-
-    def steps_epoch(state: TrainState, x, y, num_steps: int):
-        key, order = batches_jit(state.key, len(x), num_steps)
-        state, metrics = state._replace(key=key), []
-        for idx in np.asarray(order):
-            if fed:
-                state, metric = fed_step_jit(state, distributed.feed(x, idx, mesh), distributed.feed(y, idx, mesh))
-            else:
-                state, metric = step_jit(state, x, y, idx)
+    def epoch(state: TrainState, x, y, num_steps: int):
+        x, y = data.place(x, y)  # a no-op for data already placed
+        key, rows = order(state.key, len(x), num_steps)
+        state, resident = state._replace(key=key), data.resident(x, y)
+        if scans(state, x, y):
+            state, (losses, accuracies) = scan(state, resident, data.feed(x, y, rows))
+            return state, losses, accuracies
+        metrics = []
+        for item in np.asarray(rows):
+            state, metric = one_step(state, resident, data.feed(x, y, item))
             metrics.append(metric)
         losses, accuracies = (jnp.stack(m) for m in zip(*metrics)) if metrics else (jnp.zeros(0), jnp.zeros(0))
         return state, losses, accuracies
 
-    scan = fed_epoch if fed else scan_epoch
-    if loop != "auto":
-        return scan if loop == "scan" else steps_epoch
-    chosen: list[Callable] = []
-
-    def epoch(state: TrainState, x, y, num_steps: int):
-        if not chosen:  # decided once, on the first call's shapes
-            xb, yb = (jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype) for a in (x, y))
-            slow = _xla_cpu.on_cpu() and _xla_cpu.has_slow_loop_convolution(
-                jax.make_jaxpr(sharded_step)(state, xb, yb).jaxpr)
-            chosen.append(steps_epoch if slow else scan)
-        return chosen[0](state, x, y, num_steps)
-
     return epoch
+
+
+def epochs(step: Callable, state: TrainState, x, y, *, batch_size: int, steps: int, shuffle: bool = True,
+           mesh: Optional[Mesh] = None, loop: str = "auto", epochs_done: int = 0,
+           step_losses: bool = False) -> Iterator[tuple[TrainState, dict]]:
+    """Trains epoch after epoch (:func:`make_epoch`; a trailing partial batch is dropped)
+    until ``state.step`` reaches ``steps``, the last epoch cut short, and yields
+    ``(state, record)`` after each. The record: ``epoch`` (counted on from ``epochs_done``),
+    ``step``, ``train_loss`` and ``train_accuracy`` (means over the epoch's steps),
+    ``seconds``, and with ``step_losses`` every step's loss (the loss its update came from).
+
+    The training set is placed once, where ``mesh`` says (:func:`make_epoch`); each state
+    yielded is donated to the next epoch: copy it (``jax.tree.map(jnp.copy, state)``) to
+    keep it beyond the next iteration.
+    """
+    if not 1 <= batch_size <= len(x):
+        raise ValueError(f"epochs: `batch_size` must be between 1 and the training set size {len(x)}, got "
+                         f"{batch_size}.")
+    epoch = make_epoch(step, batch_size, mesh, shuffle, loop)
+    x, y = _data_on(mesh).place(x, y)
+    steps_per_epoch, number = len(x) // batch_size, epochs_done
+    while int(state.step) < steps:
+        start = time.perf_counter()
+        state, losses, accuracies = epoch(state, x, y, min(steps_per_epoch, steps - int(state.step)))
+        losses, number = np.asarray(losses), number + 1
+        record = {"epoch": number, "step": int(state.step), "train_loss": float(losses.mean()),
+                  "train_accuracy": float(np.asarray(accuracies).mean()), "seconds": time.perf_counter() - start}
+        if step_losses:
+            record["step_losses"] = losses.tolist()
+        yield state, record
+
+
+# --------------------------------------------------------------------------- evaluation
 
 
 class Evaluation(NamedTuple):
@@ -255,9 +340,9 @@ class Evaluation(NamedTuple):
       accuracy: fraction of arg-max predictions equal to the label.
       confusion: ``[true class, predicted class]`` counts, ``(num_classes, num_classes)``.
       sse: summed squared error ``Σ_n ‖p_n − t_n‖²`` of the output probabilities ``p``
-        (the softmax of the logits under softmax cross-entropy, the outputs themselves
-        under the Euclidean loss) against the one-hot labels ``t`` — the "SSE" of the
-        Jearanaitanakij lecture's comparison table.
+        (the softmax of the logits, or the outputs themselves under a loss against one-hot
+        targets, :class:`OneHotTargets`: the Euclidean loss) against the one-hot labels
+        ``t`` — the "SSE" of the Jearanaitanakij lecture's comparison table.
     """
 
     loss: float
@@ -266,8 +351,8 @@ class Evaluation(NamedTuple):
     sse: float
 
 
-def make_evaluator(model: Layer, num_classes: int, loss: str = "softmax_cross_entropy",
-                   batch_size: int = 1000, ops=None, mesh: Optional[Mesh] = None) -> Callable:
+def make_evaluator(model: Layer, num_classes: int, loss: Callable = jaxcnn.ops.softmax_cross_entropy,
+                   batch_size: int = 1000, mesh: Optional[Mesh] = None) -> Callable:
     """``evaluate(params, model_state, x, y) -> Evaluation`` in evaluation mode
     (``training=False``), compiled once and reused across calls.
 
@@ -275,8 +360,7 @@ def make_evaluator(model: Layer, num_classes: int, loss: str = "softmax_cross_en
     spans several: every process then passes the whole ``x``, ``y`` (NumPy, on the host)
     but transfers only its own rows, so the set is evaluated once, not once per process.
     """
-    ops = ops or jaxcnn.ops
-    loss_fn = make_loss(model, loss, 0.0, ops)
+    loss_fn = make_loss(model, loss)
 
     @functools.partial(jax.jit, static_argnums=4)
     def batch_stats(params, model_state, xb, yb, size):
@@ -287,12 +371,12 @@ def make_evaluator(model: Layer, num_classes: int, loss: str = "softmax_cross_en
             raise ValueError(f"evaluate: the model has {out.shape[-1]} outputs but num_classes={num_classes}.")
         pred = jnp.argmax(out, axis=-1)
         confusion = jnp.zeros((num_classes, num_classes), jnp.int32).at[yb, pred].add(1)
-        probs = out if loss == "euclidean_loss" else ops.softmax(out)
+        probs = out if isinstance(loss, OneHotTargets) else jax.nn.softmax(out)
         sse = jnp.sum((probs - jax.nn.one_hot(yb, num_classes, dtype=out.dtype)) ** 2)
         return value * xb.shape[0], confusion, sse
 
     def evaluate(params, model_state, x, y) -> Evaluation:
-        _check_examples("evaluate", "x", x, "y", y, num_classes)
+        _checks.examples("evaluate", "x", x, "y", y, num_classes)
         total, sse, confusion = 0.0, 0.0, np.zeros((num_classes, num_classes), np.int64)
         for start in range(0, len(x), batch_size):
             rows = np.arange(start, min(start + batch_size, len(x)))
@@ -310,28 +394,243 @@ def make_evaluator(model: Layer, num_classes: int, loss: str = "softmax_cross_en
 
 
 def evaluate(model: Layer, params: Any, model_state: Any, x: np.ndarray, y: np.ndarray, num_classes: int,
-             loss: str = "softmax_cross_entropy", batch_size: int = 1000, ops=None) -> Evaluation:
+             loss: Callable = jaxcnn.ops.softmax_cross_entropy, batch_size: int = 1000) -> Evaluation:
     """Mean data loss, accuracy and confusion matrix over ``(x, y)`` in evaluation mode, in
     jitted batches.
 
     Raises:
       ValueError: ``x`` and ``y`` differ in length or are empty, a label is outside
-        ``[0, num_classes)``, or the model does not have ``num_classes`` outputs: every
-        example lands in the confusion matrix, none is dropped.
+        ``[0, num_classes)``, an input is not finite, or the model does not have
+        ``num_classes`` outputs: every example lands in the confusion matrix, none is dropped.
     """
-    return make_evaluator(model, num_classes, loss, batch_size, ops)(params, model_state, x, y)
+    return make_evaluator(model, num_classes, loss, batch_size)(params, model_state, x, y)
 
 
-def _check_examples(op: str, x_name: str, x: Any, y_name: str, y: Any, num_classes: int) -> None:
-    """Same number of inputs and labels, at least one, labels 1-D class ids in range."""
-    if len(x) != len(y):
-        raise ValueError(f"{op}: `{x_name}` has {len(x)} examples but `{y_name}` has {len(y)} labels; "
-                         f"they must pair one to one.")
-    if len(x) == 0:
-        raise ValueError(f"{op}: `{x_name}` is empty; it needs at least one example.")
-    if np.ndim(y) != 1:
-        raise ValueError(f"{op}: `{y_name}` must be a 1-D array of class ids, got shape {np.shape(y)}.")
-    check_labels(f"{op}: `{y_name}`", np.asarray(y), num_classes)
+# --------------------------------------------------------------------------- the configuration
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything :func:`fit` is told besides the model and the data: frozen, checked when
+    built, and, less the fields that only steer the run (:attr:`RUN_CONTROL`), the JSON
+    fingerprint a resumed run must match (:meth:`fingerprint`).
+
+    Attributes:
+      epochs, steps: how long to train, exactly one of them (``steps`` cuts the last epoch short).
+      batch_size: examples per step; a trailing partial batch is dropped every epoch.
+      loss: ``loss(outputs, labels)`` on integer labels: :func:`jaxcnn.ops.softmax_cross_entropy`
+        (default), ``jaxcnn.reference.softmax_cross_entropy``, or ``OneHotTargets(ops.euclidean_loss)``.
+      penalty: ``penalty(weights, λ)``, the weight decay's ``½ λ Σ w²`` (:func:`jaxcnn.ops.l2_penalty`).
+      optimizer, lr, momentum: ``"adam"`` or ``"sgd"`` with its learning rate and momentum
+        (:func:`make_optimizer`), or any optax transformation (then it holds them: ``lr``
+        and ``momentum`` stay at their defaults and out of the fingerprint).
+      weight_decay: λ >= 0 of the L2 penalty on the weights (not the biases).
+      seed: the PRNG seed of the initialisation, the shuffling and dropout.
+      devices: data-parallel devices; None: 1, or every device of every process in a
+        multi-process run.
+      dtype: the floating dtype of the params and the inputs.
+      shuffle: reshuffle the training set every epoch; ``False`` visits it in stored
+        order (the lectures' pattern-by-pattern updates with ``batch_size=1``).
+      input_shape: the model's input shape ``(-1, *dims)``; None: the data's.
+      eval_every: evaluate the test set every this many epochs and at the end; 0: at the end only.
+      step_losses: also keep every step's training loss in the records (``step_losses``).
+      checkpoint_path: save the state there after every epoch.
+      resume: continue from ``checkpoint_path`` exactly (the same final state as an
+        uninterrupted run); refused when the fingerprint differs, unless ``allow_changed_settings``.
+      overwrite: start over, replacing a checkpoint; without it or ``resume`` none is replaced.
+      allow_changed_settings: resume even from a checkpoint written under another fingerprint.
+      quiet: no progress display.
+      settings: JSON-able settings of the caller's own for the fingerprint (the command
+        line adds the model, dataset and backend); no key may repeat a fingerprint key.
+    """
+
+    epochs: Optional[int] = None
+    steps: Optional[int] = None
+    batch_size: int = 100
+    loss: Callable = jaxcnn.ops.softmax_cross_entropy
+    penalty: Callable = jaxcnn.ops.l2_penalty
+    optimizer: Union[str, optax.GradientTransformation] = "adam"
+    lr: float = 1e-2
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    seed: int = 0
+    devices: Optional[int] = None
+    dtype: Any = "float32"
+    shuffle: bool = True
+    input_shape: Optional[tuple[int, ...]] = None
+    eval_every: int = 1
+    step_losses: bool = False
+    checkpoint_path: Optional[str] = None
+    resume: bool = False
+    overwrite: bool = False
+    allow_changed_settings: bool = False
+    quiet: bool = False
+    settings: Optional[dict] = None
+
+    #: Fields that steer a run without changing what it computes: left out of the fingerprint.
+    RUN_CONTROL = ("epochs", "steps", "eval_every", "step_losses", "checkpoint_path", "resume", "overwrite",
+                   "allow_changed_settings", "quiet")
+
+    def __post_init__(self):
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError("fit: give exactly one of `epochs` and `steps`.")
+        for name in ("epochs", "steps", "batch_size", "devices"):
+            if getattr(self, name) is not None:
+                _checks.integer("fit", name, getattr(self, name), 1)
+        _checks.integer("fit", "seed", self.seed, *_checks.SEED_RANGE)
+        _checks.integer("fit", "eval_every", self.eval_every, 0)
+        _checks.number("fit", "weight_decay", self.weight_decay, low=0.0)
+        for name in ("loss", "penalty"):
+            if not callable(getattr(self, name)):
+                raise TypeError(f"fit: `{name}` must be a callable, e.g. jaxcnn.ops.softmax_cross_entropy (the "
+                                f"command line alone takes loss names), got {getattr(self, name)!r}.")
+        if isinstance(self.optimizer, str):
+            make_optimizer(self.optimizer, self.lr, self.momentum)
+        elif not isinstance(self.optimizer, optax.GradientTransformation):
+            raise TypeError(f"fit: `optimizer` must be 'adam', 'sgd' or an optax GradientTransformation, got "
+                            f"{self.optimizer!r}.")
+        elif (self.lr, self.momentum) != (Config.lr, Config.momentum):  # the defaults: unset
+            raise ValueError(f"fit: `lr` and `momentum` set a named optimizer; an optax `optimizer` holds its own "
+                             f"(got lr={self.lr}, momentum={self.momentum}).")
+        dtype = jnp.dtype(self.dtype)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"fit: `dtype` must be a floating dtype (float32, float64, bfloat16), got {dtype}.")
+        object.__setattr__(self, "dtype", dtype.name)
+        if self.input_shape is not None:
+            object.__setattr__(self, "input_shape", _checks.input_shape("fit", self.input_shape))
+        try:
+            json.dumps(self.settings)
+        except TypeError as e:
+            raise TypeError(f"fit: `settings` must be JSON-able (a dict of numbers, strings, lists ...): {e}.") from e
+        clash = sorted(set(self.settings or {}) & {*self._fingerprinted(), "input_shape", "num_classes",
+                                                   "data_fingerprint"})
+        if clash:
+            raise ValueError(f"fit: `settings` may not repeat {clash[0]!r}, a key the config already puts in the "
+                             f"fingerprint.")
+
+    def make_optimizer(self) -> optax.GradientTransformation:
+        """The optax transformation: :func:`make_optimizer` of the name, or the one given."""
+        return self.optimizer if not isinstance(self.optimizer, str) else make_optimizer(self.optimizer, self.lr,
+                                                                                         self.momentum)
+
+    def to_json(self) -> dict:
+        """The fields as JSON gives them back: callables by name; an optax optimizer as ``"optax"``."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields.update(loss=_name(self.loss), penalty=_name(self.penalty))
+        if not isinstance(self.optimizer, str):
+            fields.update(optimizer="optax", lr=None, momentum=None)
+        return json.loads(json.dumps(fields))
+
+    def _fingerprinted(self) -> dict:
+        return {k: v for k, v in self.to_json().items() if k not in (*self.RUN_CONTROL, "penalty", "settings")
+                and not (k in ("lr", "momentum") and v is None)}
+
+    def fingerprint(self, data: Dataset, input_shape: Sequence[int]) -> dict:
+        """What a resumed run must share: the fields less :attr:`RUN_CONTROL` and ``penalty``
+        (its name is the same in either backend), and less an optax optimizer's unset ``lr``
+        and ``momentum``; the caller's ``settings`` beside them; the input shape,
+        the number of classes and a digest of the data (a changed dataset under the same
+        name is caught too)."""
+        digest = hashlib.blake2b(digest_size=8)
+        for a in data[:4]:
+            a = np.ascontiguousarray(a)
+            digest.update(f"{a.dtype}{a.shape}".encode())
+            digest.update(a.data)
+        return {**self._fingerprinted(), **json.loads(json.dumps(self.settings or {})),
+                "input_shape": list(input_shape), "num_classes": data.num_classes,
+                "data_fingerprint": digest.hexdigest()}
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+class NonFiniteError(FloatingPointError, ValueError):
+    """Training diverged: a loss or the train state is no longer finite. (A ValueError
+    too: the command line reports it in one line and exits with status 2.)"""
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(a.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def _refuse_non_finite(state: TrainState, record: dict, path: Optional[str]) -> None:
+    bad = [f"{k.replace('_', ' ')} {record[k]}" for k in ("train_loss", "test_loss")
+           if k in record and not math.isfinite(record[k])]
+    if not bad and bool(_all_finite((state.params, state.model_state, state.opt_state))):
+        return
+    kept = "" if not path else f"; {path} still holds the last finite epoch saved" if os.path.exists(path) else \
+        "; no checkpoint was written"
+    raise NonFiniteError(
+        f"fit: training diverged in epoch {record['epoch']} (step {record['step']}): "
+        f"{', '.join(bad) or 'the params or the optimiser state are no longer finite'}. Stopped without saving "
+        f"it{kept}. Lower the learning rate, or look for extreme values in the data.")
+
+
+def stop_on_non_finite(checkpoint_path: Optional[str] = None) -> Callback:
+    """Raises :class:`NonFiniteError` once the epoch's training or test loss, or any
+    floating leaf of the params, model state or optimiser state, is NaN or infinite:
+    diverged training never continues (``checkpoint_path`` is only named in the message)."""
+    return lambda state, record: _refuse_non_finite(state, record, checkpoint_path)
+
+
+def checkpointing(path: str, history: list, settings: dict) -> Callback:
+    """Saves the state after every epoch to ``path``, atomically, with ``history`` (the
+    list the records go to) and the run's fingerprint ``settings``. A state that is not
+    finite is refused (:class:`NonFiniteError`): the file only ever holds finite states."""
+    def save(state, record):
+        _refuse_non_finite(state, record, path)
+        checkpoint.save(path, state, {"history": history, "settings": settings})
+
+    return save
+
+
+def evaluation(evaluate: Callable[[TrainState], Evaluation], every: int, steps: int) -> Callback:
+    """Adds ``test_loss``, ``test_accuracy`` and ``test_sse`` (:class:`Evaluation`) to the
+    record every ``every`` epochs and when ``state.step`` reaches ``steps``; never with ``every=0``."""
+    def add(state, record):
+        if every and (record["epoch"] % every == 0 or record["step"] >= steps):
+            ev = evaluate(state)
+            record.update(test_loss=ev.loss, test_accuracy=ev.accuracy, test_sse=ev.sse)
+
+    return add
+
+
+class Progress(contextlib.AbstractContextManager):
+    """Progress over steps showing loss/accuracy: a tqdm bar on a terminal, one line per
+    epoch on stderr otherwise (a log file, ``jaxcnn launch``'s forwarded output); silent
+    when quiet. A callback, and a context manager that closes the bar."""
+
+    def __init__(self, total: int, done: int, quiet: bool = False):
+        self.bar, self.lines, self.total, self.done = None, False, total, done
+        if quiet:
+            return
+        if not sys.stderr.isatty():
+            self.lines = True
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return
+        self.bar = tqdm(total=total, initial=done, unit="step", dynamic_ncols=True)
+
+    def __call__(self, state: TrainState, record: dict) -> None:
+        shown = {k: f"{v:.4f}" for k, v in record.items() if k in ("train_loss", "train_accuracy", "test_accuracy")}
+        n, self.done = record["step"] - self.done, record["step"]
+        if self.bar is not None:
+            self.bar.set_postfix(shown)
+            self.bar.update(n)
+        elif self.lines:
+            print(f"epoch {record['epoch']}, step {self.done}/{self.total}: "
+                  + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in shown.items()), file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --------------------------------------------------------------------------- fit
 
 
 @dataclasses.dataclass
@@ -354,245 +653,102 @@ def make_mesh(devices: int) -> Mesh:
     return Mesh(np.array(available[:devices]), ("batch",))
 
 
-def fit(
-    model: Layer,
-    data: Dataset,
-    *,
-    input_shape: Optional[tuple[int, ...]] = None,
-    loss: str = "softmax_cross_entropy",
-    optimizer: Optional[optax.GradientTransformation] = None,
-    epochs: Optional[int] = None,
-    steps: Optional[int] = None,
-    batch_size: int = 100,
-    weight_decay: float = 0.0,
-    seed: int = 0,
-    devices: Optional[int] = None,
-    checkpoint_path: Optional[str] = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    settings: Optional[dict] = None,
-    allow_changed_settings: bool = False,
-    eval_every: int = 1,
-    quiet: bool = False,
-    ops=None,
-    dtype: Any = jnp.float32,
-    shuffle: bool = True,
-    stop_when: Optional[Callable[[dict], bool]] = None,
-    step_losses: bool = False,
-) -> FitResult:
-    """Trains ``model`` on ``data`` for ``epochs`` epochs or ``steps`` steps.
+def fit(model: Layer, data: Dataset, config: Optional[Config] = None, /, *, callbacks: Sequence[Callback] = (),
+        stop_when: Optional[Callable[[dict], bool]] = None, **options) -> FitResult:
+    """Trains ``model`` on ``data`` under ``config`` (:class:`Config`; keyword ``options``
+    are its fields, replacing the config's) and returns the final state, the history (one
+    record per epoch, :func:`epochs`) and the final test evaluation.
 
-    Each epoch runs shuffled batches through :func:`make_epoch` with ``loop="auto"`` (one
-    compiled scan, or jitted donated steps where XLA:CPU would run convolutions inside the
-    scan; a trailing partial batch is dropped); with ``steps`` the last epoch is cut short.
-    The test set is evaluated every ``eval_every`` epochs and at the end. With
-    ``checkpoint_path`` the state is saved after every epoch, with the run's settings
-    (``seed``, ``batch_size``, ``loss``, ``weight_decay``, ``dtype``, ``shuffle``,
-    ``input_shape``, a fingerprint of the data, and the caller's ``settings``, e.g. the
-    optimiser's); ``resume=True`` continues from it exactly (the same final params as an
-    uninterrupted run with the same settings) and refuses a checkpoint written with other
-    settings unless ``allow_changed_settings``. An existing checkpoint is never overwritten
-    unless ``resume`` or ``overwrite``.
-
-    Everything is checked before the first step: the arguments' types and ranges, that
-    inputs and labels pair up, that labels are class ids in ``[0, num_classes)``, that the
-    test set is not empty, and that the checkpoint can be written where asked.
-
-    Data parallelism: with ``devices=n`` (default: 1, or every device of every process
-    once :func:`jaxcnn.distributed.initialize` has run) the state is replicated over a
-    1-D mesh and each global batch of ``batch_size`` examples is split over its devices
-    (unevenly if need be). Over several processes, each gathers only its share of every
-    batch (:mod:`jaxcnn.distributed`), all compute the same updates, only process 0
-    writes the checkpoint and shows progress, and the test set is split over the
-    processes and evaluated once.
-
-    Each epoch appends a record to the history: ``epoch``, ``step``, ``train_loss`` and
-    ``train_accuracy`` (means over the epoch's steps), ``seconds``, and on evaluated
-    epochs ``test_loss``, ``test_accuracy`` and ``test_sse`` (see :class:`Evaluation`).
-
-    Args:
-      shuffle: shuffle the training set every epoch; ``False`` visits it in stored
-        order (the lectures' pattern-by-pattern updates with ``batch_size=1``).
-      stop_when: called with each epoch's record after it is appended; training stops
-        early once it returns True (e.g. ``lambda r: r.get("test_sse", 1) < 0.005``;
-        ``len(history)`` is then the number of epochs to converge).
-      step_losses: also keep every step's training loss (the loss the update was
-        computed from) in the record, under ``step_losses``.
-      settings: JSON-able settings the caller wants a resume checked against (the
-        command line passes the model, dataset, optimiser, learning rate and momentum).
-      allow_changed_settings: resume even from a checkpoint whose settings differ.
-      Others as named; ``ops`` (default :mod:`jaxcnn.ops`) computes the loss and the
-      evaluation, the model's own ops are chosen when it is built.
+    Composes :func:`init_state`, :func:`make_step` of :func:`make_loss` and :func:`epochs`,
+    calling after every epoch :func:`evaluation`, :func:`stop_on_non_finite`,
+    :func:`checkpointing` (process 0), :class:`Progress`, ``callbacks`` and ``stop_when``
+    (called with the record; training stops once it returns True). Everything is checked
+    before the first step: the config, the data (inputs and labels pair up, labels are
+    class ids, inputs are finite, the test set is not empty), the checkpoint's place.
 
     Raises:
-      TypeError, ValueError: a bad argument or dataset, as listed above, before any work.
+      TypeError, ValueError: a bad option or dataset, before any work.
       FileNotFoundError: ``resume`` without a checkpoint.
-
-    Returns:
-      The final state, the per-epoch history and the final test evaluation.
+      NonFiniteError: the training diverged (the checkpoint keeps the last finite epoch).
     """
-    if (epochs is None) == (steps is None):
-        raise ValueError("fit: give exactly one of `epochs` and `steps`.")
-    for name, value in (("epochs", epochs), ("steps", steps)):
-        if value is not None:
-            check_int("fit", name, value, 1)
-    _check_examples("fit", "data.x_train", data.x_train, "data.y_train", data.y_train, data.num_classes)
-    _check_examples("fit", "data.x_test", data.x_test, "data.y_test", data.y_test, data.num_classes)
-    n_train = len(data.x_train)
-    check_int("fit", "batch_size", batch_size, 1)
-    if batch_size > n_train:
-        raise ValueError(f"fit: `batch_size` must be between 1 and the training set size {n_train}, got {batch_size}.")
-    multiprocess = distributed.is_multiprocess()
-    if devices is None:
-        devices = jax.device_count() if multiprocess else 1
-    check_int("fit", "devices", devices, 1)
-    check_int("fit", "seed", seed, *SEED_RANGE)
-    check_int("fit", "eval_every", eval_every, 0)
-    weight_decay = check_number("fit", "weight_decay", weight_decay, low=0.0)
-    steps_per_epoch = n_train // batch_size
-    total_steps = steps if steps is not None else epochs * steps_per_epoch
-    optimizer = optimizer or make_optimizer()
-    input_shape = input_shape or (-1, *data.x_train.shape[1:])
-    run_settings = _run_settings(data, input_shape, seed=seed, batch_size=batch_size, loss=loss,
-                                 weight_decay=weight_decay, dtype=jnp.dtype(dtype).name, shuffle=shuffle,
-                                 **(settings or {}))
-    check_run_location(checkpoint_path, resume, overwrite)
-
-    # Over several processes the data stay on the host and each process feeds its rows.
-    to_array = np.asarray if multiprocess else jnp.asarray
-    x_train = to_array(data.x_train.reshape(-1, *input_shape[1:]), dtype)
-    y_train = to_array(data.y_train)
-    x_test = data.x_test.reshape(-1, *input_shape[1:]).astype(dtype)
-
-    key = jax.random.PRNGKey(seed)
-    init_key, key = jax.random.split(key)
-    params, model_state, _ = model.init(init_key, input_shape)
-    params, model_state = jax.tree_util.tree_map(  # floating leaves only: a state may hold counters
-        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, (params, model_state))
-    state = TrainState(params, model_state, optimizer.init(params), jnp.zeros((), jnp.int32), key)
-    history: list[dict] = []
-    if resume:
-        saved = checkpoint.read_header(checkpoint_path)["metadata"].get("settings")
-        _check_resumed_settings(checkpoint_path, saved, run_settings, allow_changed_settings)
-        state, meta = checkpoint.load(checkpoint_path, state)
-        history = meta.get("history", [])
-    distributed.assert_same(np.array([n_train, len(x_test), batch_size, total_steps, int(state.step)]),
+    config = _configure(config, options)
+    x_train, x_test, input_shape = _inputs(data, config)
+    fingerprint = config.fingerprint(data, input_shape)
+    _checks.run_location(config.checkpoint_path, config.resume, config.overwrite)
+    optimizer = config.make_optimizer()
+    state, history = init_state(model, optimizer, input_shape, config.seed, config.dtype), []
+    if config.resume:
+        state, history = _resume(config, state, fingerprint)
+    steps = config.steps or config.epochs * (len(x_train) // config.batch_size)
+    distributed.assert_same(np.array([len(x_train), len(x_test), config.batch_size, steps, int(state.step)]),
                             "fit's settings (training/test set sizes, batch size, total steps, resumed step)")
+    devices = config.devices or (jax.device_count() if distributed.is_multiprocess() else 1)
+    mesh = make_mesh(devices) if devices > 1 or distributed.is_multiprocess() else None
+    state = state if mesh is None else distributed.replicate(state, mesh)
+    evaluator = make_evaluator(model, data.num_classes, config.loss, mesh=mesh)
 
-    mesh = make_mesh(devices) if devices > 1 or multiprocess else None
-    if mesh is not None:
-        state = distributed.replicate(state, mesh)
-        if not multiprocess:
-            x_train, y_train = distributed.replicate((x_train, y_train), mesh)
-
-    epoch_fn = make_epoch(make_step(make_loss(model, loss, weight_decay, ops), optimizer), batch_size, mesh, shuffle)
-    evaluator = make_evaluator(model, data.num_classes, loss, ops=ops, mesh=mesh)
-
-    def evaluate_(s):
+    def test(s):
         return evaluator(s.params, s.model_state, x_test, data.y_test)
 
-    primary = distributed.is_primary()
-    bar = _progress(total_steps, int(state.step), quiet or not primary)
-    epoch = len(history)
-    stopped = bool(stop_when and history and stop_when(history[-1]))
-    while int(state.step) < total_steps and not stopped:
-        start = time.perf_counter()
-        n = min(steps_per_epoch, total_steps - int(state.step))
-        state, losses, accuracies = epoch_fn(state, x_train, y_train, n)
-        losses = np.asarray(losses)
-        epoch += 1
-        record = {"epoch": epoch, "step": int(state.step), "train_loss": float(losses.mean()),
-                  "train_accuracy": float(np.asarray(accuracies).mean()),
-                  "seconds": time.perf_counter() - start}
-        if step_losses:
-            record["step_losses"] = losses.tolist()
-        if eval_every and (epoch % eval_every == 0 or int(state.step) >= total_steps):
-            ev = evaluate_(state)
-            record.update(test_loss=ev.loss, test_accuracy=ev.accuracy, test_sse=ev.sse)
-        history.append(record)
-        stopped = bool(stop_when and stop_when(record))
-        if checkpoint_path and primary:
-            checkpoint.save(checkpoint_path, state, {"history": history, "settings": run_settings})
-        bar.update(n, record)
-    bar.close()
-    return FitResult(state, history, evaluate_(state))
+    path = config.checkpoint_path if distributed.is_primary() else None
+    step = make_step(make_loss(model, config.loss, config.weight_decay, config.penalty), optimizer)
+    run = epochs(step, state, x_train, data.y_train, batch_size=config.batch_size, steps=steps, mesh=mesh,
+                 shuffle=config.shuffle, epochs_done=len(history), step_losses=config.step_losses)
+    with Progress(steps, int(state.step), config.quiet or not distributed.is_primary()) as shown:
+        every_epoch = [evaluation(test, config.eval_every, steps), stop_on_non_finite(config.checkpoint_path),
+                       *([checkpointing(path, history, fingerprint)] if path else []), shown, *callbacks,
+                       lambda state, record: stop_when and stop_when(record)]
+        for state, record in () if stop_when and history and stop_when(history[-1]) else run:
+            history.append(record)
+            if any([callback(state, record) for callback in every_epoch]):
+                break
+    return FitResult(state, history, test(state))
 
 
-def check_run_location(checkpoint_path: Optional[str], resume: bool, overwrite: bool) -> None:
-    """Before any work: the checkpoint can be written there; ``resume`` needs one to exist,
-    and an existing one is replaced only with ``overwrite``."""
-    if resume and (checkpoint_path is None or not os.path.exists(checkpoint_path)):
-        raise FileNotFoundError(f"fit: resume=True but there is no checkpoint at {checkpoint_path!r}.")
-    if checkpoint_path is None:
-        return
-    checkpoint.check_writable(checkpoint_path)
-    if os.path.exists(checkpoint_path) and not resume and not overwrite:
-        raise ValueError(
-            f"fit: {checkpoint_path} already holds a checkpoint; continue it with resume=True "
-            f"(--resume) or start over with overwrite=True (--overwrite)."
-        )
+def _configure(config: Optional[Config], options: dict) -> Config:
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(Config)})
+    if unknown:
+        raise TypeError(f"fit: unknown option {unknown[0]!r}; the options are the fields of train.Config: "
+                        f"{', '.join(f.name for f in dataclasses.fields(Config))}.")
+    return dataclasses.replace(config, **options) if config is not None else Config(**options)
 
 
-def _run_settings(dataset: Dataset, input_shape, /, **settings) -> dict:
-    """The settings a resumed run must share, as JSON would give them back, with a
-    fingerprint of the data (a changed dataset under the same name is caught too)."""
-    digest = hashlib.blake2b(digest_size=8)
-    for a in dataset[:4]:
-        a = np.ascontiguousarray(a)
-        digest.update(f"{a.dtype}{a.shape}".encode())
-        digest.update(a.data)
-    settings.update(input_shape=list(input_shape), num_classes=dataset.num_classes, data_fingerprint=digest.hexdigest())
-    return json.loads(json.dumps(settings))
+def _inputs(data: Dataset, config: Config):
+    """The data checked against the config; the inputs reshaped to the model's input shape
+    and cast to its dtype (on the host: :func:`epochs` places them)."""
+    _checks.examples("fit", "data.x_train", data.x_train, "data.y_train", data.y_train, data.num_classes)
+    _checks.examples("fit", "data.x_test", data.x_test, "data.y_test", data.y_test, data.num_classes)
+    if config.batch_size > len(data.x_train):
+        raise ValueError(f"fit: `batch_size` must be between 1 and the training set size {len(data.x_train)}, got "
+                         f"{config.batch_size}.")
+    shape = _checks.input_shape("fit", config.input_shape or (-1, *data.x_train.shape[1:]), data.x_train.shape[1:],
+                                "data.x_train")
+    _checks.input_shape("fit", shape, data.x_test.shape[1:], "data.x_test")
+    dtype = jnp.dtype(config.dtype)
+    x_train, x_test = (np.asarray(x.reshape(-1, *shape[1:]), dtype) for x in (data.x_train, data.x_test))
+    return x_train, x_test, shape
 
 
-def _check_resumed_settings(path: str, saved: Optional[dict], now: dict, allow: bool) -> None:
+def _resume(config: Config, state: TrainState, fingerprint: dict) -> tuple[TrainState, list]:
+    path = config.checkpoint_path
+    saved = checkpoint.read_header(path)["metadata"].get("settings")
     if saved is None:
         changed = "it was written without its settings (by an older jaxcnn)"
     else:
-        diffs = [f"{k} {saved.get(k, '(unset)')!r} -> {now.get(k, '(unset)')!r}"
-                 for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+        diffs = [f"{k} {saved.get(k, '(unset)')!r} -> {fingerprint.get(k, '(unset)')!r}"
+                 for k in sorted(set(saved) | set(fingerprint)) if saved.get(k) != fingerprint.get(k)]
         changed = "its settings differ: " + ", ".join(diffs) if diffs else ""
-    if changed and not allow:
+    if changed and not config.allow_changed_settings:
         raise ValueError(
             f"fit: cannot resume from {path}: {changed}. Resume with the checkpoint's settings, or pass "
             f"allow_changed_settings=True (--allow-changed-settings) to continue under the new ones."
         )
-
-
-class _progress:
-    """Progress over steps showing loss/accuracy: a tqdm bar on a terminal, one line per
-    epoch on stderr otherwise (a log file, ``jaxcnn launch``'s forwarded output); silent when quiet."""
-
-    def __init__(self, total: int, done: int, quiet: bool):
-        self.bar, self.lines, self.total, self.done = None, False, total, done
-        if quiet:
-            return
-        if not sys.stderr.isatty():
-            self.lines = True
-            return
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            return
-        self.bar = tqdm(total=total, initial=done, unit="step", dynamic_ncols=True)
-
-    def update(self, n: int, record: dict) -> None:
-        shown = {k: f"{v:.4f}" for k, v in record.items() if k in ("train_loss", "train_accuracy", "test_accuracy")}
-        self.done += n
-        if self.bar is not None:
-            self.bar.set_postfix(shown)
-            self.bar.update(n)
-        elif self.lines:
-            print(f"epoch {record['epoch']}, step {self.done}/{self.total}: "
-                  + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in shown.items()), file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+    state, meta = checkpoint.load(path, state)
+    return state, meta.get("history", [])
 
 
 __all__ = [
-    "Evaluation", "FitResult", "SEED_RANGE", "TrainState", "check_int", "check_number", "check_run_location",
-    "evaluate", "fit", "make_epoch", "make_evaluator", "make_loss", "make_mesh", "make_optimizer", "make_step",
-    "weights",
+    "Callback", "Config", "Evaluation", "FitResult", "NonFiniteError", "OneHotTargets", "Progress", "TrainState",
+    "checkpointing", "epochs", "evaluate", "evaluation", "fit", "init_state", "make_epoch", "make_evaluator",
+    "make_loss", "make_mesh", "make_optimizer", "make_step", "stop_on_non_finite", "weights",
 ]

@@ -1,7 +1,7 @@
 """Test configuration: 64-bit types are available (tests always name their dtype).
 
 Sample inputs away from kinks come from the verify registry's helpers
-(:func:`jaxcnn.verify.registry.away_from_zero`, :func:`~jaxcnn.verify.registry.distinct`), one set for both.
+(:func:`jaxcnn._certify.registry.away_from_zero`, :func:`~jaxcnn._certify.registry.distinct`), one set for both.
 """
 
 import functools
@@ -20,7 +20,7 @@ jax.config.update("jax_enable_x64", True)
 def pytest_configure(config):
     """Compiling is most of the suite's time, so, as ``jaxcnn verify`` does (docs/performance.md):
 
-    * the two fast-compile XLA flags (:data:`jaxcnn.verify.suite.FAST_COMPILE_FLAGS`: the
+    * the two fast-compile XLA flags (:data:`jaxcnn._certify.compilation.FAST_COMPILE_FLAGS`: the
       same HLO, no LLVM optimisation), unless ``JAXCNN_FAST_COMPILE=0``;
     * one persistent compilation cache per run, in a temporary folder shared by the xdist
       workers and every process a test starts (a program compiled again, the same network
@@ -28,7 +28,7 @@ def pytest_configure(config):
       Nothing is written to the user's ``~/.cache``.
 
     Both reach the processes tests start through the environment."""
-    from jaxcnn.verify import suite
+    from jaxcnn._certify import compilation as suite
 
     if os.environ.get("JAXCNN_FAST_COMPILE", "1") != "0":
         suite.use_fast_compilation()

@@ -7,7 +7,7 @@ import pytest
 
 import opcheck
 from jaxcnn import nn, ops, reference, verify
-from jaxcnn.verify.registry import away_from_zero
+from jaxcnn._certify.registry import away_from_zero
 
 
 @pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh"])
@@ -164,6 +164,35 @@ def test_tanh_clamp_is_safe_with_and_without_fused_multiply_adds():
         assert rational(z, fma).max() <= 1.0
 
 
+def test_tanh_method_is_an_explicit_policy(monkeypatch):
+    # float32 on the CPU gets XLA's rational written out; the choice is tanh's `method` and
+    # `platform`, never a guess deep inside the op: "auto" reads only the platform it is given.
+    import re
+
+    from jaxcnn import _xla_cpu
+
+    x = jnp.linspace(-9.0, 9.0, 101, dtype=jnp.float32)
+
+    def uses_rational(**options):
+        return not re.search(r"= tanh\b", str(jax.make_jaxpr(lambda x: ops.tanh(x, **options))(x)))
+
+    assert uses_rational(platform="cpu") and uses_rational(method="rational", platform="gpu")
+    assert not uses_rational(platform="gpu") and not uses_rational(method="jnp", platform="cpu")
+    np.testing.assert_array_equal(ops.tanh(x, method="rational"), jax.jit(_xla_cpu.tanh_rational)(x))
+    np.testing.assert_array_equal(ops.tanh(x, method="jnp"), jax.jit(jnp.tanh)(x))
+    x64 = x.astype(jnp.float64)
+    assert re.search(r"= tanh\b", str(jax.make_jaxpr(lambda x: ops.tanh(x, platform="cpu"))(x64)))  # float64
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # as if traced in a GPU process
+    assert uses_rational(platform="cpu") and not uses_rational()
+    with pytest.raises(ValueError, match=r"tanh: unknown `method` 'fast'; use one of 'auto', 'jnp', 'rational'"):
+        ops.tanh(x, method="fast")
+    with pytest.raises(ValueError, match=r"tanh: `method='rational'` is XLA's float32 approximation, got x of dtype "
+                                         r"float64"):
+        ops.tanh(x64, method="rational")
+    with pytest.raises(TypeError, match=r"tanh: `platform` must be None or a platform name"):
+        reference.tanh(x, platform=1)
+
+
 def test_sigmoid_is_stable_for_large_inputs():
     x = jnp.array([-1000.0, 1000.0], jnp.float32)
     np.testing.assert_array_equal(ops.sigmoid(x), [0.0, 1.0])
@@ -209,7 +238,7 @@ def test_activation_errors():
         ops.relu(jnp.ones(3), derivative_at_zero=0.5)
     with pytest.raises(ValueError, match=r"leaky_relu: `derivative_at_zero` must be 1.0 .* or negative_slope=0.2"):
         ops.leaky_relu(jnp.ones(3), 0.2, derivative_at_zero=0.0)
-    with pytest.raises(TypeError, match=r"leaky_relu: `negative_slope` must be a Python float"):
+    with pytest.raises(TypeError, match=r"leaky_relu: `negative_slope` must be a number, got Array"):
         ops.leaky_relu(jnp.ones(3), jnp.float32(0.2))
     with pytest.raises(ValueError, match=r"log_softmax: `axis`=1 is out of range"):
         ops.log_softmax(jnp.ones(3), axis=1)
@@ -230,7 +259,7 @@ def test_activation_settings_accept_numpy_scalars_and_refuse_bools_and_tuples():
         np.testing.assert_array_equal(jax.grad(lambda v: module.relu(v, derivative_at_zero=np.float64(0.0)).sum())(x),
                                       [0.0, 0.0, 1.0])
         np.testing.assert_array_equal(module.softmax(x, axis=np.int64(0)), module.softmax(x))
-        with pytest.raises(TypeError, match=r"leaky_relu: `negative_slope` must be a Python float .* got True"):
+        with pytest.raises(TypeError, match=r"leaky_relu: `negative_slope` must be a number, got True \(bool\)"):
             module.leaky_relu(x, True)
         for name in ("softmax", "log_softmax"):
             with pytest.raises(TypeError, match=rf"{name}: `axis` must be one int \(a single axis\), got \(0,\)"):

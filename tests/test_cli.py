@@ -12,7 +12,7 @@ import pytest
 
 import jaxcnn
 from jaxcnn import cli, ops, reporting
-from jaxcnn.verify.registry import REGISTRY
+from jaxcnn._certify.registry import REGISTRY
 
 
 def test_verify_prints_a_table_and_writes_json(tmp_path, capsys):
@@ -25,7 +25,7 @@ def test_verify_prints_a_table_and_writes_json(tmp_path, capsys):
     assert {r["op"] for r in records} == {"relu", "dense"}
     assert all(r["ok"] for r in records)
     assert {r["transform"] for r in records} == {"eager", "finite differences"}
-    assert all("suite.check_sample(" in r["snippet"] for r in records)
+    assert all("runner.check_sample(" in r["snippet"] for r in records)
 
 
 def test_verify_exits_1_explains_a_wrong_rule_and_prints_code_that_reproduces_it(monkeypatch, capsys):
@@ -76,9 +76,9 @@ def test_bad_arguments_give_one_line_and_exit_2(capsys):
 
 
 def test_verify_checks_the_json_path_before_the_sweep(tmp_path, capsys, monkeypatch):
-    from jaxcnn.verify import suite
+    from jaxcnn._certify import runner
 
-    monkeypatch.setattr(suite, "timed_run", lambda **kwargs: pytest.fail("the sweep ran"))
+    monkeypatch.setattr(runner, "run", lambda **kwargs: pytest.fail("the sweep ran"))
     (tmp_path / "file").write_text("x")
     assert cli.main(["verify", "--op", "relu", "--json", str(tmp_path / "file" / "v.json")]) == 2
     err = capsys.readouterr().err

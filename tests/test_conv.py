@@ -1,6 +1,9 @@
 """Convolution: the lectures' worked examples, the gradient checks, the classic mistakes, the errors."""
 
+import ast
+import collections
 import functools
+import pathlib
 import re
 
 import jax
@@ -12,11 +15,22 @@ from hypothesis import strategies as st
 
 import opcheck
 from conftest import covering
-from jaxcnn import _shapes, _xla_cpu, ops, reference, verify
-from jaxcnn.ops import _conv, _conv_formulas, _conv_winograd
-from jaxcnn.ops._conv_plan import METHODS, PLANS, Plan, auto_plan
-from jaxcnn.verify import mutants
+from jaxcnn import _shapes, _xla_cpu, _xla_cpu_conv, nn, ops, reference, verify
+from jaxcnn.ops import _conv, _conv_formulas
+from jaxcnn.ops._conv import FORMULAS, METHODS
+from jaxcnn.ops._conv_plan import Plan, Problem
+from jaxcnn._certify import mutants
 
+#: The methods for every geometry (Winograd's F(2×2, 3×3), for 3 × 3 at stride 1 only, has its own tests).
+GENERAL_METHODS = tuple(m for m in METHODS if m != "winograd")
+
+
+def _plan(x_shape, w_shape, dtype=jnp.float32, **settings):
+    """The plan ``ops.conv`` resolves for these shapes and settings (``method``, ``platform`` among them)."""
+    return _conv._validate("conv", None, jnp.zeros(x_shape, dtype), jnp.zeros(w_shape, dtype), None,
+                           settings.pop("stride", 1), settings.pop("padding", "VALID"), settings.pop("dilation", 1),
+                           settings.pop("connections", None), settings.pop("groups", 1),
+                           settings.pop("method", "auto"), settings.pop("platform", None))[3].plan
 
 
 def _normal(rng, *shape, dtype=jnp.float64):
@@ -35,7 +49,7 @@ def _kernel_1d(seq):
 # --------------------------------------------------------------------------- worked examples: forward
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", GENERAL_METHODS)
 def test_hu_1d_sequences_valid_full_same(method):
     # Hu & Zhu: f = [0, 1, 2, −1, 3], g = [1, 1, 0]; convolution is correlation with the
     # flipped kernel (rot180), so the kernel handed to the op is g reversed.
@@ -45,7 +59,7 @@ def test_hu_1d_sequences_valid_full_same(method):
         np.testing.assert_array_equal(ops.conv(f, g, padding=padding, method=method).ravel(), values)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", GENERAL_METHODS)
 def test_hu_conv2_matlab_example(method):
     # Hu & Zhu's MATLAB example: conv2(A, B, 'full' | 'valid' | 'same') as printed.
     A = jnp.array([[0, 0, 1, 2], [2, 2, 0, 0], [2, 1, 2, 2], [3, 0, 1, 1]], jnp.float64)
@@ -60,7 +74,7 @@ def test_hu_conv2_matlab_example(method):
         np.testing.assert_array_equal(y[0, :, :, 0], printed)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", GENERAL_METHODS)
 def test_forward_is_the_raj_loop(rng, method):
     # Raj's pseudocode: z(n, m, x', y') = Σ W(n, :, i, j) · Y(:, x'·S + i, y'·S + j) + b,
     # over the zero-padded, dilated input; written here as plain loops.
@@ -81,7 +95,7 @@ def test_forward_is_the_raj_loop(rng, method):
 # --------------------------------------------------------------------------- worked examples: backward
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", GENERAL_METHODS)
 def test_hu_1d_local_sensitivities(method):
     # Hu & Zhu "Local sensitivity in the example": y (5) ⋆ w (3) → 3 outputs.
     y = jnp.array([0.5, -1.0, 2.0, 3.0, -0.25], jnp.float64)
@@ -102,7 +116,7 @@ def test_hu_1d_local_sensitivities(method):
     np.testing.assert_array_equal(db, [d1 + d2 + d3])
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", GENERAL_METHODS)
 def test_hu_2d_local_sensitivity_table(method):
     # Hu & Zhu: a 3×3 map, a 2×2 filter, the 2×2 δ; the nine δ⁽ˡ⁻¹⁾ entries as printed.
     w11, w12, w21, w22 = 2.0, 3.0, 5.0, 7.0
@@ -119,7 +133,7 @@ def test_hu_2d_local_sensitivity_table(method):
     np.testing.assert_array_equal(dy[0, :, :, 0], expected)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", GENERAL_METHODS)
 def test_hu_feature_combination_quiz(rng, method):
     # Hu & Zhu, case 2: y₁ = y₁' ⋆ w₁₁ + y₂' ⋆ w₁₂ + b₁, y₂ = y₂' ⋆ w₂₂ + b₂, i.e. the
     # connection table M₁ = {1, 2}, M₂ = {2}. Quiz answer: δ₁' = δ₁ *full w₁₁ and
@@ -146,7 +160,7 @@ def test_hu_feature_combination_quiz(rng, method):
     )
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", GENERAL_METHODS)
 def test_raj_stride_upsamples_delta_and_crops_padding(rng, method):
     # Raj: with stride S, insert S − 1 zeros between the entries of δ, pad by K − 1,
     # convolve with the filter, then delete the forward's zero-padding (here 1 and 2).
@@ -161,7 +175,7 @@ def test_raj_stride_upsamples_delta_and_crops_padding(rng, method):
     np.testing.assert_allclose(dx.ravel(), padded_map_derivative[1:-2], rtol=1e-12)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", GENERAL_METHODS)
 def test_park_index_formulas_multichannel(rng, method):
     # Park: ∂L/∂w_ijcd = Σ_kl L_kld x_{k+i,l+j,c} and ∂L/∂x = Σ L_mn w_{m−i,n−j} summed over
     # the output channels d, written as explicit scatter loops over the forward's terms.
@@ -202,7 +216,7 @@ def test_lenet5_c3_table_is_the_lecture_table():
     assert reference.LENET5_C3_TABLE is table
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", GENERAL_METHODS)
 def test_lenet5_c3_absent_connections_get_exactly_zero_gradient(rng, method):
     x, w, b = _normal(rng, 2, 9, 9, 6), _normal(rng, 5, 5, 6, 16), _normal(rng, 16)
     settings = dict(connections=ops.LENET5_C3_TABLE, method=method)
@@ -258,7 +272,7 @@ def conv_cases(draw):
     )
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", GENERAL_METHODS)
 @settings(max_examples=8, deadline=None)
 @given(case=conv_cases())
 def test_vjp_matches_autodiff_and_finite_differences(method, case):
@@ -278,7 +292,7 @@ TRANSFORM_CASES = [
 ]
 
 
-@covering("method", METHODS, "x_shape,w_shape,settings", TRANSFORM_CASES, ["1d", "2d", "2d-lenet-c3", "3d"])
+@covering("method", GENERAL_METHODS, "x_shape,w_shape,settings", TRANSFORM_CASES, ["1d", "2d", "2d-lenet-c3", "3d"])
 def test_gradients_under_jit_vmap_and_grad_of_grad(rng, method, x_shape, w_shape, settings):
     x, w, b = _normal(rng, *x_shape), _normal(rng, *w_shape), _normal(rng, w_shape[-1])
     settings = dict(settings, method=method)
@@ -287,7 +301,7 @@ def test_gradients_under_jit_vmap_and_grad_of_grad(rng, method, x_shape, w_shape
     opcheck.assert_grad_of_grad("conv", x, w, b, **settings)
 
 
-@covering("method", METHODS, "dtype", ["float32", "bfloat16"])
+@covering("method", GENERAL_METHODS, "dtype", ["float32", "bfloat16"])
 def test_vjp_low_precision(rng, method, dtype):
     x, w, b = _normal(rng, 2, 8, 7, 3, dtype=dtype), _normal(rng, 3, 3, 3, 4, dtype=dtype), _normal(rng, 4, dtype=dtype)
     result = verify.check_vjp(ops.conv, reference.conv, x, w, b, stride=2, padding="SAME", method=method)
@@ -322,7 +336,7 @@ def test_output_shape_formula(padding, stride, window):
     else:
         pads = {"VALID": ((0, 0),) * 2, "FULL": ((window - 1,) * 2,) * 2, 1: ((1, 1),) * 2}.get(padding, padding)
         expected = tuple((n + lo + hi - window) // stride + 1 for n, (lo, hi) in zip((n_h, n_w), pads))
-    for method in METHODS:  # traced, not run: the shapes are the formula's
+    for method in GENERAL_METHODS:  # traced, not run: the shapes are the formula's
         assert jax.eval_shape(lambda x, w: ops.conv(x, w, stride=stride, padding=padding, method=method),
                               x, w).shape == (1, *expected, 3)
     assert reference.conv(x, w, stride=stride, padding=padding).shape == (1, *expected, 3)
@@ -330,7 +344,7 @@ def test_output_shape_formula(padding, stride, window):
 
 # --------------------------------------------------------------------------- the checker catches the lectures' mistakes
 #
-# The wrong rules live once, in jaxcnn.verify.mutants, each with the lecture that warns against it;
+# The wrong rules live once, in jaxcnn._certify.mutants, each with the lecture that warns against it;
 # here every conv mistake the lectures name meets the checker at a small case that shows it, must be
 # blamed on exactly the argument it breaks, and the right rule passes the same check.
 
@@ -469,9 +483,9 @@ def test_row_blocks_match_the_reference_and_autodiff(rng, spatial, window, strid
 
 
 AUTO_CASES = [  # (x_shape, w_shape, settings, the plan auto picks on the CPU)
-    ((3, 12, 12, 1), (5, 5, 1, 6), {}, ("rows", "rows", "col2im")),  # LeNet-5's C1: one input map
-    ((2, 9, 45, 3), (3, 3, 3, 4), dict(stride=2), ("rows", "rows", "col2im")),  # RGB, wide
-    ((3, 5, 5, 16), (5, 5, 16, 12), {}, ("im2col", "im2col", "col2im")),  # C5: the window is the input
+    ((3, 12, 12, 1), (5, 5, 1, 6), {}, ("rows", "rows", "im2col")),  # LeNet-5's C1: one input map
+    ((2, 9, 45, 3), (3, 3, 3, 4), dict(stride=2), ("rows", "rows", "im2col")),  # RGB, wide
+    ((3, 5, 5, 16), (5, 5, 16, 12), {}, ("im2col", "im2col", "im2col")),  # C5: the window is the input
     ((2, 9, 9, 6), (5, 5, 6, 16), dict(connections=ops.LENET5_C3_TABLE), ("xla", "xla", "xla")),  # C3
     ((2, 9, 9, 24), (3, 3, 24, 48), dict(padding="SAME"), ("xla", "xla", "winograd")),  # dx: δ has 48 maps
     ((2, 9, 9, 24), (3, 3, 24, 48), dict(stride=2, padding="SAME"), ("xla", "xla", "xla")),  # strided δ, 2-D
@@ -479,11 +493,11 @@ AUTO_CASES = [  # (x_shape, w_shape, settings, the plan auto picks on the CPU)
     ((2, 8, 8, 32), (3, 3, 32, 32), dict(padding=1), ("winograd", "xla", "winograd")),  # ResNet's 32 → 32
     ((2, 5, 5, 32), (3, 3, 32, 32), dict(padding=1), ("xla", "xla", "xla")),  # 5 × 5 outputs: too few tiles
     ((2, 8, 8, 32), (3, 3, 32, 32), dict(padding=1, dilation=2), ("xla", "xla", "xla")),  # dilated: no Winograd
-    ((2, 6, 6, 12), (1, 1, 12, 20), {}, ("im2col", "im2col", "col2im")),  # pointwise: one matrix product
-    ((2, 7, 7, 12), (1, 1, 12, 20), dict(stride=2), ("im2col", "im2col", "col2im")),  # strided pointwise
-    ((4, 19, 25), (3, 25, 25), dict(stride=2, padding=1), ("xla", "xla", "col2im")),  # MNIST-1D conv2
-    ((4, 9, 25), (3, 25, 25), dict(stride=2, padding=1), ("im2col", "im2col", "col2im")),  # conv3: a small sample
-    ((4, 40, 1), (5, 1, 25), dict(stride=2, padding=1), ("taps", "taps", "col2im")),  # MNIST-1D conv1
+    ((2, 6, 6, 12), (1, 1, 12, 20), {}, ("im2col", "im2col", "im2col")),  # pointwise: one matrix product
+    ((2, 7, 7, 12), (1, 1, 12, 20), dict(stride=2), ("im2col", "im2col", "im2col")),  # strided pointwise
+    ((4, 19, 25), (3, 25, 25), dict(stride=2, padding=1), ("xla", "xla", "im2col")),  # MNIST-1D conv2
+    ((4, 9, 25), (3, 25, 25), dict(stride=2, padding=1), ("im2col", "im2col", "im2col")),  # conv3: a small sample
+    ((4, 40, 1), (5, 1, 25), dict(stride=2, padding=1), ("taps", "taps", "im2col")),  # MNIST-1D conv1
     ((2, 30, 32), (3, 32, 48), dict(padding="SAME"), ("xla", "xla", "xla")),  # 1-D, many channels
 ]
 
@@ -495,16 +509,14 @@ AUTO_IDS = ["c1", "rgb-wide", "c5", "c3", "wide", "wide-s2", "resnet", "resnet-3
 
 @pytest.mark.parametrize("x_shape,w_shape,settings,plan", AUTO_CASES, ids=AUTO_IDS)
 def test_auto_plan_picks_per_shape_and_stays_exact(rng, x_shape, w_shape, settings, plan):
-    geom = _shapes.geometry("conv", x_shape[1:-1], w_shape[:-2], settings.get("stride", 1),
-                            settings.get("padding", "VALID"), settings.get("dilation", 1))
-    assert auto_plan(geom, x_shape[1:-1], *w_shape[-2:], backend="cpu") == Plan(*plan)
-    assert auto_plan(geom, x_shape[1:-1], *w_shape[-2:], backend="gpu") == Plan("xla", "xla", "xla")
+    assert _plan(x_shape, w_shape, platform="cpu", **settings)[:3] == plan
+    assert _plan(x_shape, w_shape, platform="gpu", **settings) == Plan.of("xla")
     x, w, b = _normal(rng, *x_shape), _normal(rng, *w_shape), _normal(rng, w_shape[-1])
     verify.check_vjp(ops.conv, reference.conv, x, w, b, **settings).assert_ok()
 
 
 @pytest.mark.slow  # every method at every crossover shape; the default suite's method × shape tests are above
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", GENERAL_METHODS)
 @pytest.mark.parametrize("x_shape,w_shape,settings,plan", AUTO_CASES, ids=AUTO_IDS)
 def test_every_method_is_exact_at_the_auto_plan_shapes(rng, method, x_shape, w_shape, settings, plan):
     x, w, b = _normal(rng, *x_shape), _normal(rng, *w_shape), _normal(rng, w_shape[-1])
@@ -548,30 +560,38 @@ def test_winograd_under_transforms_and_in_float32(rng):
     assert result.dtype == "float32"
 
 
-def test_winograd_weight_gradient_in_batch_chunks(rng, monkeypatch):
-    # dU summed over chunks of the batch (here 2 samples, the last chunk padded with a zero sample)
-    x, w, b = _normal(rng, 5, 6, 5, 3), _normal(rng, 3, 3, 3, 2), _normal(rng, 2)
-    monkeypatch.setattr(_conv_winograd, "CHUNK_BYTES", 2 * x[0].size * x.dtype.itemsize)
-    verify.check_vjp(ops.conv, reference.conv, x, w, b, padding=1, method="winograd").assert_ok()
-    chunked = jax.jit(jax.grad(lambda w: jnp.sum(ops.conv(x, w, b, padding=1, method="winograd") ** 2)))(w)
-    monkeypatch.setattr(_conv_winograd, "CHUNK_BYTES", 1 << 20)
-    jax.clear_caches()
-    whole = jax.jit(jax.grad(lambda w: jnp.sum(ops.conv(x, w, b, padding=1, method="winograd") ** 2)))(w)
-    np.testing.assert_allclose(chunked, whole, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("settings", [dict(stride=2, padding=1), dict(padding="SAME", dilation=2, groups=3)])
-def test_xla_weight_gradient_in_batch_chunks(rng, monkeypatch, settings):
-    # XLA:CPU's dW sums the batch in chunks (2 samples here; a zero sample pads the last chunk)
+@pytest.mark.parametrize("formula,settings", [
+    ("winograd", dict(padding=1)),
+    ("xla", dict(stride=2, padding=1)),
+    ("xla", dict(padding="SAME", dilation=2, groups=3)),
+    ("rows", dict(stride=2, padding=1)),  # rows' dW computes db on the way: summed per chunk too
+])
+def test_weight_gradient_in_batch_chunks(rng, formula, settings):
+    # a Plan's weight_chunk sums dW over chunks of the batch (2 samples, a zero sample padding the last chunk)
     x, w, b = _normal(rng, 5, 7, 6, 3), _normal(rng, 3, 3, 3 // settings.get("groups", 1), 6), _normal(rng, 6)
-    grad = jax.jit(jax.grad(lambda w: jnp.sum(ops.conv(x, w, b, method="xla", **settings) ** 2)))
-    whole = grad(w)
-    monkeypatch.setattr(_xla_cpu, "CORRELATE_CHUNK_BYTES", 2 * (x[0].size + 6 * 7 * 6) * x.dtype.itemsize)
-    monkeypatch.setattr(_xla_cpu, "CORRELATE_CHUNK_MIN_TERMS", 0)
-    assert _xla_cpu._batch_chunk(x, jnp.zeros((5, 7, 6, 6))) == 2
-    jax.clear_caches()
-    verify.check_vjp(ops.conv, reference.conv, x, w, b, method="xla", **settings).assert_ok()
-    np.testing.assert_allclose(grad(w), whole, rtol=1e-12, atol=1e-12)
+    chunked = Plan(formula, formula, formula, weight_chunk=2)
+    verify.check_vjp(ops.conv, reference.conv, x, w, b, method=chunked, **settings).assert_ok()
+
+    def grad(plan):
+        return jax.jit(jax.grad(lambda w, b: jnp.sum(ops.conv(x, w, b, method=plan, **settings) ** 2), (0, 1)))(w, b)
+
+    for part, whole in zip(grad(chunked), grad(Plan.of(formula))):
+        np.testing.assert_allclose(part, whole, rtol=1e-12, atol=1e-12)
+    hlo = jax.jit(jax.grad(lambda w: jnp.sum(ops.conv(x, w, b, method=chunked, **settings)))).lower(w).as_text()
+    assert "while" in hlo or "scan" in hlo  # the chunks are a loop
+
+
+def test_the_cpu_policy_chunks_xla_and_winograd_weight_gradients(monkeypatch):
+    # the CPU policy's rule: a power of two samples within the budgets, once the batch is long
+    x_shape, w_shape = (64, 16, 16, 32), (3, 3, 32, 32)
+    assert _plan(x_shape, w_shape, padding=1, platform="cpu").weight_chunk == 8  # 2^21 MACs / (16·16·32·32) = 8
+    assert _plan(x_shape, w_shape, padding=1, platform="gpu").weight_chunk == 0
+    assert _plan(x_shape, w_shape, padding=1, platform="cpu", method="xla").weight_chunk == 0  # a name: as written
+    monkeypatch.setattr(_xla_cpu_conv, "CORRELATE_CHUNK_MIN_TERMS", 64 * 16 * 16)
+    assert _plan(x_shape, w_shape, padding=1, platform="cpu").weight_chunk == 0  # a short batch: no chunks
+    geom = _shapes.geometry("conv", (6, 5), (3, 3), 1, 1, 1)
+    problem = Problem(geom, (5, 6, 5, 3), (3, 3, 3, 2), 1, np.dtype("float32"), "cpu")
+    assert _xla_cpu_conv.weight_chunk("winograd", problem) == (1 << 20) // (6 * 5 * 3 * 4)  # about 1 MiB of x
 
 
 @pytest.mark.parametrize("w_shape,settings,got", [
@@ -597,7 +617,7 @@ GROUPED_CASES = [  # (x_shape, w_shape, settings): depthwise, multiplier 2, stri
 GROUPED_IDS = ["depthwise-2d", "multiplier-2-1d", "s2-pads-dilation-2d", "3d"]
 
 
-@covering("method", METHODS, "x_shape,w_shape,settings", GROUPED_CASES, GROUPED_IDS)
+@covering("method", GENERAL_METHODS, "x_shape,w_shape,settings", GROUPED_CASES, GROUPED_IDS)
 def test_grouped_conv_is_g_independent_dense_convs(rng, method, x_shape, w_shape, settings):
     # PyTorch's and lax's definition: input channels [j·C_in/g, (j+1)·C_in/g) and output
     # channels [j·C_out/g, (j+1)·C_out/g) form group j, a dense convolution of its own; the
@@ -625,21 +645,21 @@ def test_grouped_conv_is_g_independent_dense_convs(rng, method, x_shape, w_shape
     np.testing.assert_allclose(dw, blocks.reshape(w.shape), rtol=1e-11, atol=1e-11)
 
 
-@covering("method", METHODS, "x_shape,w_shape,settings", GROUPED_CASES, GROUPED_IDS)
+@covering("method", GENERAL_METHODS, "x_shape,w_shape,settings", GROUPED_CASES, GROUPED_IDS)
 def test_grouped_vjp_matches_autodiff_and_finite_differences(rng, method, x_shape, w_shape, settings):
     x, w, b = _normal(rng, *x_shape), _normal(rng, *w_shape), _normal(rng, w_shape[-1])
     opcheck.assert_vjp("conv", x, w, b, method=method, **settings)
     opcheck.assert_numerical("conv", x, w, b, method=method, **settings)
 
 
-@covering("method", METHODS, "transform", ["jit", "vmap", "grad-of-grad", "checkpoint"])
+@covering("method", GENERAL_METHODS, "transform", ["jit", "vmap", "grad-of-grad", "checkpoint"])
 def test_grouped_gradients_under_every_transform(rng, method, transform):
     x, w, b = _normal(rng, 2, 7, 6, 4), _normal(rng, 3, 2, 1, 8), _normal(rng, 8)
     settings = dict(stride=2, padding=1, groups=4, method=method)  # depthwise, multiplier 2
     opcheck.assert_transform(transform, "conv", x, w, b, vmap_axes=(0, 0, None), **settings)
 
 
-@covering("method", METHODS, "dtype", ["float32", "bfloat16"])
+@covering("method", GENERAL_METHODS, "dtype", ["float32", "bfloat16"])
 def test_grouped_vjp_low_precision(rng, method, dtype):
     x, w, b = _normal(rng, 2, 8, 7, 4, dtype=dtype), _normal(rng, 3, 3, 2, 6, dtype=dtype), _normal(rng, 6, dtype=dtype)
     result = verify.check_vjp(ops.conv, reference.conv, x, w, b, stride=2, padding="SAME", groups=2, method=method)
@@ -647,15 +667,13 @@ def test_grouped_vjp_low_precision(rng, method, dtype):
     assert result.dtype == dtype and ops.conv(x, w, b, groups=2, method=method).dtype == dtype
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_grouped_conv_costs_one_over_g_of_the_dense_one(method, monkeypatch):
+@pytest.mark.parametrize("method", GENERAL_METHODS)
+def test_grouped_conv_costs_one_over_g_of_the_dense_one(method):
     # XLA's own count of the floating-point operations of forward + backward: a grouped conv
     # computed densely and then masked would cost as much as the dense one.
     x = jnp.ones((2, 8, 8, 16), jnp.float32)
     if method == "auto":  # auto picks per shape: cost the dense conv under the grouped conv's formulas
-        geom = _shapes.geometry("conv", (8, 8), (3, 3), 1, "VALID", 1)
-        grouped_plan = auto_plan(geom, (8, 8), 16, 16, backend="cpu", groups=4)
-        monkeypatch.setattr(_conv, "auto_plan", lambda *args, **kwargs: grouped_plan)
+        method = _plan((2, 8, 8, 16), (3, 3, 4, 16), groups=4, platform="cpu")
     flops = {}
     for g in (1, 4):
         w = jnp.ones((3, 3, 16 // g, 16), jnp.float32)
@@ -666,21 +684,18 @@ def test_grouped_conv_costs_one_over_g_of_the_dense_one(method, monkeypatch):
 
 
 GROUPED_AUTO_CASES = [  # (x_shape, w_shape, settings, the plan auto picks on the CPU)
-    ((2, 9, 9, 8), (3, 3, 1, 8), dict(padding="SAME", groups=8), ("taps", "rows", "col2im")),  # depthwise
-    ((2, 9, 9, 16), (3, 3, 8, 16), dict(stride=2, groups=2), ("taps", "rows", "col2im")),  # 8 per group
+    ((2, 9, 9, 8), (3, 3, 1, 8), dict(padding="SAME", groups=8), ("taps", "rows", "im2col")),  # depthwise
+    ((2, 9, 9, 16), (3, 3, 8, 16), dict(stride=2, groups=2), ("taps", "rows", "im2col")),  # 8 per group
     ((2, 9, 9, 48), (3, 3, 24, 48), dict(padding="SAME", groups=2), ("xla", "xla", "xla")),  # wide groups
-    ((2, 5, 5, 8), (5, 5, 4, 8), dict(groups=2), ("im2col", "im2col", "col2im")),  # the window is the input
+    ((2, 5, 5, 8), (5, 5, 4, 8), dict(groups=2), ("im2col", "im2col", "im2col")),  # the window is the input
 ]
 
 
 @pytest.mark.parametrize("x_shape,w_shape,settings,plan", GROUPED_AUTO_CASES,
                          ids=["depthwise", "narrow-groups", "wide-groups", "whole-window"])
 def test_auto_plan_for_grouped_convs(rng, x_shape, w_shape, settings, plan):
-    geom = _shapes.geometry("conv", x_shape[1:-1], w_shape[:-2], settings.get("stride", 1),
-                            settings.get("padding", "VALID"), 1)
-    groups = settings["groups"]
-    assert auto_plan(geom, x_shape[1:-1], x_shape[-1], w_shape[-1], backend="cpu", groups=groups) == Plan(*plan)
-    assert auto_plan(geom, x_shape[1:-1], x_shape[-1], w_shape[-1], backend="gpu", groups=groups) == PLANS["xla"]
+    assert _plan(x_shape, w_shape, platform="cpu", **settings)[:3] == plan
+    assert _plan(x_shape, w_shape, platform="gpu", **settings) == Plan.of("xla")
     x, w, b = _normal(rng, *x_shape), _normal(rng, *w_shape), _normal(rng, w_shape[-1])
     np.testing.assert_allclose(ops.conv(x, w, b, **settings), reference.conv(x, w, b, **settings), rtol=1e-10,
                                atol=1e-10)
@@ -710,3 +725,153 @@ def test_grouped_conv_errors(rng):
             conv(x, w, groups=2, connections=np.ones((4, 6), bool))
     with pytest.raises(ValueError, match=r"conv2d: `groups` = 3 must divide C_in"):
         ops.conv2d(x, w, groups=3)
+
+
+# --------------------------------------------------------------------------- the table, the plan and the platform
+
+
+def _convolutions(fn, *args):
+    """The optimised CPU program's convolutions, each with its operand shapes (metadata and names stripped)."""
+    hlo = jax.jit(fn).lower(*args).compile().as_text()
+    lines = [re.sub(r",?\s*metadata=\{[^{}]*\}", "", line).strip() for line in hlo.splitlines()]
+    shapes = dict(re.findall(r"^(?:ROOT )?(%[\w.\-]+) = (\S+)", "\n".join(lines), re.M))
+    return collections.Counter(re.sub(r"%[\w.\-]+", lambda m: shapes.get(m.group(0), "%"), line.split(" = ", 1)[1])
+                               for line in lines if " convolution(" in line)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,settings", [
+    ((8, 12, 12, 3), (3, 3, 3, 4), dict(stride=2, padding=1)),
+    ((8, 16, 5), (3, 5, 6), dict(padding="SAME", dilation=2)),
+    ((2, 5, 6, 4, 2), (2, 3, 2, 2, 3), dict(stride=(1, 2, 1), padding=1)),
+    ((64, 16, 16, 32), (3, 3, 32, 32), dict(padding=1)),  # a long batch: XLA:CPU's policy would chunk dW
+], ids=["2d-s2", "1d-dilated", "3d", "long-batch"])
+def test_xla_compiles_to_the_convolutions_of_autodiff(x_shape, w_shape, settings):
+    # method="xla" is the lecture's three convolutions with no platform rewrite: on the CPU the
+    # compiled step has exactly the convolutions (shapes, windows, layouts) of autodiff's.
+    x, w, b = jnp.ones(x_shape, jnp.float32), jnp.ones(w_shape, jnp.float32), jnp.ones(w_shape[-1], jnp.float32)
+
+    def grad(conv):
+        return jax.grad(lambda x, w, b: jnp.sum(jnp.sin(conv(x, w, b, **settings))), (0, 1, 2))
+
+    ours = _convolutions(grad(functools.partial(ops.conv, method="xla", platform="cpu")), x, w, b)
+    assert ours == _convolutions(grad(reference.conv), x, w, b)
+    assert sum(ours.values()) == 3
+
+
+def test_the_plan_depends_on_the_platform_only_as_told(monkeypatch):
+    x_shape, w_shape, settings = (4, 8, 8, 32), (3, 3, 32, 32), dict(padding=1)
+    cpu = _plan(x_shape, w_shape, platform="cpu", **settings)
+    layer = nn.Conv(32, (3, 3), padding=1, platform="cpu")
+    params, state, _ = layer.init(jax.random.PRNGKey(0), x_shape)
+    x = jnp.ones(x_shape, jnp.float32)
+    traced = str(jax.make_jaxpr(lambda p, x: layer.apply(p, state, x)[0])(params, x))
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # as if traced in a GPU process
+    assert _plan(x_shape, w_shape, platform="cpu", **settings) == cpu
+    assert "winograd" in cpu[:3]
+    assert str(jax.make_jaxpr(lambda p, x: layer.apply(p, state, x)[0])(params, x)) == traced
+    assert _plan(x_shape, w_shape, **settings) == Plan.of("xla")  # platform=None: the default backend, resolved
+    assert _xla_cpu.resolve_platform() == "gpu" and _xla_cpu.resolve_platform("cpu") == "cpu"
+
+
+def test_the_default_backend_is_read_in_one_place():
+    # jax.default_backend() is read by _xla_cpu.resolve_platform only: no op guesses the platform deep inside
+    root = pathlib.Path(_conv.__file__).parents[1]
+    readers = []
+    for path in [*root.glob("ops/*.py"), *root.glob("_xla_cpu*.py"), root / "nn" / "layers.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and any(
+                    isinstance(n, ast.Attribute) and n.attr == "default_backend" for n in ast.walk(node)):
+                readers.append(f"{path.name}:{node.name}")
+    assert readers == ["_xla_cpu.py:resolve_platform"]
+
+
+FORMULA_SAMPLES = [  # (x_shape, w_shape, settings): each formula of the table applies to at least one
+    ((2, 9, 8, 3), (3, 2, 3, 4), dict(stride=(2, 1), padding=((1, 0), (2, 1)), dilation=(1, 2))),
+    ((2, 6, 7, 3), (3, 3, 3, 4), dict(padding=1)),
+    ((2, 9, 4), (3, 2, 4), dict(stride=2, padding="SAME", groups=2)),
+]
+
+
+@pytest.mark.parametrize("name", list(FORMULAS))
+def test_every_formula_of_the_table_is_exact_where_it_applies(rng, name):
+    formula = FORMULAS[name]
+    assert formula.name == name and METHODS[0] == "auto" and METHODS[1:] == tuple(FORMULAS)
+    samples = [s for s in FORMULA_SAMPLES if formula.refuses(_shapes.geometry(
+        "conv", s[0][1:-1], s[1][:-2], s[2].get("stride", 1), s[2].get("padding", "VALID"), s[2].get("dilation", 1))
+    ) is None]
+    assert samples, f"give {name!r} a sample it applies to"
+    for x_shape, w_shape, options in samples:
+        x, w, b = _normal(rng, *x_shape), _normal(rng, *w_shape), _normal(rng, w_shape[-1])
+        verify.check_vjp(ops.conv, reference.conv, x, w, b, method=name, **options).assert_ok()
+        mixed = Plan(name, "xla", name) if name != "xla" else Plan("xla", "im2col", "xla")
+        verify.check_vjp(ops.conv, reference.conv, x, w, b, method=mixed, **options).assert_ok()
+        # conv_transpose's products are the same rows with the roles exchanged
+        xt = _normal(rng, *x_shape[:-1], w_shape[-1])
+        wt = _normal(rng, *w_shape[:-2], w_shape[-1] // options.get("groups", 1), x_shape[-1])
+        transpose = {k: v for k, v in options.items() if k != "padding" or v != "SAME"}
+        verify.check_vjp(ops.conv_transpose, reference.conv_transpose, xt, wt, method=name, **transpose).assert_ok()
+
+
+def test_method_takes_a_name_a_plan_or_a_policy(rng):
+    x, w, b = _normal(rng, 2, 8, 8, 4), _normal(rng, 3, 3, 4, 4), _normal(rng, 4)
+    seen = []
+
+    def policy(problem):
+        seen.append(problem)
+        return Plan("winograd", "rows", "im2col", weight_chunk=1, materialize_input=True)
+
+    y = ops.conv(x, w, b, padding=1, method=policy, platform="tpu")
+    np.testing.assert_allclose(y, reference.conv(x, w, b, padding=1), rtol=1e-12, atol=1e-12)
+    verify.check_vjp(ops.conv, reference.conv, x, w, b, padding=1, method=policy).assert_ok()
+    problem = seen[0]
+    assert (problem.x_shape, problem.w_shape, problem.groups, problem.dtype, problem.platform) == (
+        (2, 8, 8, 4), (3, 3, 4, 4), 1, np.dtype("float64"), "tpu")
+    assert problem.geometry.out_shape == (8, 8) and problem.geometry.pads == ((1, 1), (1, 1))
+    assert _plan((2, 8, 8, 4), (3, 3, 4, 4), padding=1, method=policy) == policy(problem)
+
+
+def test_method_errors(rng):
+    x, w = _normal(rng, 2, 8, 8, 4, dtype=jnp.float32), _normal(rng, 3, 3, 4, 4, dtype=jnp.float32)
+    with pytest.raises(ValueError, match=r"conv: `method` Plan\(forward='xla', weight='winograd', input='xla'.*\) "
+                                         r"computes dW by 'winograd', which needs a 2-D 3 × 3 window at stride 1 "
+                                         r"without dilation \(F\(2×2, 3×3\)\), got window \(3, 3\), stride \(2, 2\)"):
+        ops.conv(x, w, stride=2, method=Plan("xla", "winograd", "xla"))
+    with pytest.raises(ValueError, match=r"conv: `method` Plan\(.*\) computes dx by the unknown formula 'fft'; the "
+                                         r"formulas are 'xla', 'im2col', 'taps', 'rows', 'winograd'"):
+        ops.conv(x, w, method=Plan("xla", "xla", "fft"))
+    with pytest.raises(ValueError, match=r"computes dx by 'xla', which does not materialize: `materialize_input` "
+                                         r"tunes col2im's dx"):
+        ops.conv(x, w, method=Plan("xla", "xla", "xla", materialize_input=True))
+    with pytest.raises(ValueError, match=r"conv: a Plan's `weight_chunk` must be an int >= 0 \(samples per chunk of "
+                                         r"dW's batch sum, 0: none\), got -1"):
+        ops.conv(x, w, method=Plan("xla", "xla", "xla", weight_chunk=-1))
+    with pytest.raises(TypeError, match=r"conv: `method` must be a formula's name .* a Plan, or a policy returning a "
+                                        r"Plan, got 'xla' of type str from the policy"):
+        ops.conv(x, w, method=lambda problem: "xla")
+    with pytest.raises(TypeError, match=r"conv: `method` must be .* got \('xla', 'xla', 'xla'\) of type tuple\."):
+        ops.conv(x, w, method=("xla", "xla", "xla"))
+    with pytest.raises(TypeError, match=r"conv: `platform` must be None or a platform name such as 'cpu' or 'gpu', "
+                                        r"got 0"):
+        ops.conv(x, w, platform=0)
+    with pytest.raises(ValueError, match=r"conv_transpose: `method='im2col'` needs a non-negative padding, got "
+                                         r"\(\(0, 0\), \(0, -1\)\)"):  # output_padding past the high padding
+        ops.conv_transpose(x, w, stride=2, output_padding=(0, 1), method="im2col")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_auto_never_picks_winograd_in_16_bits(dtype):
+    # issue 36: F(2×2, 3×3)'s transforms lose more than XLA's convolution in 16 bits; float32 gains
+    x_shape, w_shape = (2, 8, 8, 32), (3, 3, 32, 32)
+    assert "winograd" in _plan(x_shape, w_shape, padding=1, platform="cpu")[:3]
+    assert "winograd" not in _plan(x_shape, w_shape, jnp.dtype(dtype), padding=1, platform="cpu")[:3]
+
+
+def test_the_layer_passes_method_and_platform(rng):
+    x = jnp.asarray(rng.normal(size=(2, 8, 8, 32)), jnp.float32)
+    plans = []
+    layer = nn.Conv(8, (3, 3), padding=1, method=lambda problem: plans.append(problem) or Plan.of("taps"),
+                    platform="tpu")
+    params, state, _ = layer.init(jax.random.PRNGKey(0), x.shape)
+    y, _ = layer.apply(params, state, x)
+    assert [p.platform for p in plans] == ["tpu"]
+    np.testing.assert_allclose(y, reference.conv(x, params["w"], params["b"], padding=1), rtol=1e-5, atol=1e-5)

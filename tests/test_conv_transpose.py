@@ -14,7 +14,8 @@ from jax import lax
 
 import opcheck
 from conftest import covering, examples
-from jaxcnn import _shapes, ops, reference, verify
+from jaxcnn import _shapes, nn, ops, reference, verify
+from jaxcnn.ops._conv_plan import Plan
 
 LAYOUT = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}
 
@@ -349,3 +350,16 @@ def test_errors():
         op(x, w, b, padding=((1.5, 1), (1, 1)))
     with pytest.raises(ValueError, match=r"conv_transpose: `stride` has 3 entries"):  # the reference validates alike
         reference.conv_transpose(x, w, b, stride=(2, 2, 2))
+
+
+def test_the_layer_passes_method_and_platform(rng):
+    # nn.ConvTranspose exposes the op's `method` and `platform`: the same table, the same errors
+    x = jnp.asarray(rng.normal(size=(2, 5, 4, 3)), jnp.float32)
+    layer = nn.ConvTranspose(4, 3, stride=2, padding=1, method=Plan("im2col", "taps", "rows"), platform="cpu")
+    params, state, shape = layer.init(jax.random.PRNGKey(0), x.shape)
+    y, _ = layer.apply(params, state, x)
+    assert y.shape == shape
+    np.testing.assert_allclose(y, reference.conv_transpose(x, params["w"], params["b"], stride=2, padding=1),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"conv_transpose: `method='winograd'` needs a 2-D 3 × 3 window at stride 1"):
+        nn.ConvTranspose(4, 3, stride=2, method="winograd").apply(params, state, x)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxcnn import ops, reference
-from jaxcnn.verify.registry import REGISTRY, cast, cast_settings
+from jaxcnn._certify.registry import REGISTRY, cast, cast_settings
 
 WITH_CHANNELS = ("conv", "conv_transpose", "im2col", "max_pool", "mean_pool", "upsample", "downsample")
 

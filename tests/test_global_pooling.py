@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import opcheck
-from jaxcnn.verify.registry import distinct
+from jaxcnn._certify.registry import distinct
 from jaxcnn import ops, reference
 
 

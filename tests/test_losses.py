@@ -243,17 +243,17 @@ def test_loss_option_errors(rng):
         ops.softmax_cross_entropy(s, y, weights=jnp.ones(4, jnp.float64))
     with pytest.raises(ValueError, match=r"softmax_cross_entropy: `ignore_index`=0 applies to integer class ids only"):
         ops.softmax_cross_entropy(s, jnp.full((3, 4), 0.25, jnp.float32), ignore_index=0)
-    with pytest.raises(TypeError, match=r"softmax_cross_entropy: `ignore_index` must be a Python int \(or a NumPy "
-                                        r"integer\), got 1.0 of type float"):
+    with pytest.raises(TypeError, match=r"softmax_cross_entropy: `ignore_index` must be an int, got 1.0 \(float\)"):
         ops.softmax_cross_entropy(s, y, ignore_index=1.0)
-    with pytest.raises(TypeError, match=r"softmax_cross_entropy: `ignore_index` must be a Python int .* got True"):
+    with pytest.raises(TypeError, match=r"softmax_cross_entropy: `ignore_index` must be an int, got True \(bool\)"):
         ops.softmax_cross_entropy(s, y, ignore_index=True)
-    with pytest.raises(ValueError, match=r"softmax_cross_entropy: `label_smoothing` must be in \[0, 1\], got 1.5"):
+    with pytest.raises(ValueError, match=r"softmax_cross_entropy: `label_smoothing` must be a finite number in "
+                                         r"\[0, 1\], got 1.5"):
         ops.softmax_cross_entropy(s, y, label_smoothing=1.5)
-    with pytest.raises(ValueError, match=r"softmax_cross_entropy: `label_smoothing` must be a finite number, got nan"):
+    with pytest.raises(ValueError, match=r"softmax_cross_entropy: `label_smoothing` must be a finite number in "
+                                         r"\[0, 1\], got nan"):
         reference.softmax_cross_entropy(s, y, label_smoothing=np.float32("nan"))
-    with pytest.raises(TypeError, match=r"softmax_cross_entropy: `label_smoothing` must be a Python float \(or a "
-                                        r"NumPy floating scalar\), got Array"):
+    with pytest.raises(TypeError, match=r"softmax_cross_entropy: `label_smoothing` must be a number, got Array"):
         ops.softmax_cross_entropy(s, y, label_smoothing=jnp.float32(0.1))
     with pytest.raises(ValueError, match=r"softmax_cross_entropy: `reduction` must be one of 'mean', 'sum', 'none', "
                                          r"got 'avg'"):

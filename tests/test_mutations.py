@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from jaxcnn import ops
-from jaxcnn.verify import mutants, suite
-from jaxcnn.verify.registry import REGISTRY
+from jaxcnn._certify import mutants, runner
+from jaxcnn._certify.registry import REGISTRY
 
 LISTED = [  # the mistakes the issue names, and one per remaining op
     "conv.no_kernel_flip", "conv.no_stride_upsampling", "conv.padding_not_cropped",
@@ -73,5 +73,5 @@ def test_a_mutant_keeps_the_real_forward_and_the_other_arguments_rules(rng):
     x, w, b = rng.normal(size=(2, 6, 3)), rng.normal(size=(3, 3, 2)), rng.normal(size=2)
     mutated = m.build()
     np.testing.assert_allclose(mutated(x, w, b, stride=2), ops.conv(x, w, b, stride=2))
-    record = suite.check_sample("conv", 0, "float64", "eager", op=mutated)
+    record = runner.check_sample("conv", 0, "float64", "eager", op=mutated)
     assert record.result["w"].ok and record.result["b"].ok and not record.result["x"].ok

@@ -127,10 +127,9 @@ def test_normalisation_errors():
         ops.batch_norm(jnp.ones(3), None, None)
     with pytest.raises(ValueError, match=r"batch_norm: `axis`=2 is out of range"):
         ops.batch_norm(x, None, None, axis=2)
-    with pytest.raises(ValueError, match=r"batch_norm: `eps` must be >= 0 .* got -0.1"):
+    with pytest.raises(ValueError, match=r"batch_norm: `eps` must be a finite number in \[0, inf\), got -0.1"):
         ops.batch_norm(x, None, None, eps=-0.1)
-    with pytest.raises(TypeError, match=r"batch_norm: `eps` must be a Python float \(or a NumPy floating scalar\), "
-                                        r"got Array"):
+    with pytest.raises(TypeError, match=r"batch_norm: `eps` must be a number, got Array"):
         ops.batch_norm(x, None, None, eps=jnp.float32(1e-5))
     with pytest.raises(TypeError, match=r"batch_norm: all floating arguments must share one dtype"):
         ops.batch_norm(x, jnp.ones(3, jnp.bfloat16), None)
@@ -138,7 +137,7 @@ def test_normalisation_errors():
         ops.layer_norm(jnp.ones((4, 2, 3)), jnp.ones(3), None, axis=(1, 2))
     with pytest.raises(ValueError, match=r"group_norm: `groups`=4 must be a positive divisor of the 6 channels"):
         ops.group_norm(jnp.ones((2, 6)), None, None, 4)
-    with pytest.raises(TypeError, match=r"group_norm: `groups` must be a Python int \(or a NumPy integer\), got 2.0"):
+    with pytest.raises(TypeError, match=r"group_norm: `groups` must be an int, got 2.0 \(float\)"):
         ops.group_norm(jnp.ones((2, 6)), None, None, 2.0)
     with pytest.raises(TypeError, match=r"layer_norm: `x` must be a floating-point array"):
         ops.layer_norm(jnp.ones(3, jnp.int32), None, None)
@@ -153,9 +152,8 @@ NORMS = {"batch_norm": lambda f, x, **kw: f(x, None, None, **kw)[0],
 @pytest.mark.parametrize("eps", [np.inf, np.nan, -1e-5, np.float32("inf")])
 def test_normalisation_refuses_an_eps_that_is_not_finite_or_negative(name, eps):
     # eps = inf made every output β (1/√inf = 0), NaN made it NaN: refused at trace time, by the reference too
-    rule = "a finite number" if not np.isfinite(eps) else r">= 0 \(it is added to the variance\)"
     for module in (ops, reference):
-        with pytest.raises(ValueError, match=rf"{name}: `eps` must be {rule}, got {eps}"):
+        with pytest.raises(ValueError, match=rf"{name}: `eps` must be a finite number in \[0, inf\), got {eps}"):
             NORMS[name](getattr(module, name), jnp.ones((4, 3, 3, 4)), eps=eps)
 
 
@@ -171,7 +169,7 @@ def test_normalisation_axis_and_groups_settings():
                                       module.group_norm(x, None, None, 3, eps=float(np.float32(1e-3))))
         np.testing.assert_array_equal(module.layer_norm(x, None, None, axis=np.int32(-1)),
                                       module.layer_norm(x, None, None))
-        with pytest.raises(TypeError, match=r"group_norm: `groups` must be a Python int .* got True"):
+        with pytest.raises(TypeError, match=r"group_norm: `groups` must be an int, got True \(bool\)"):
             module.group_norm(x, None, None, True)
 
 

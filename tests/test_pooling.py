@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 import opcheck
 from conftest import covering, examples
 from jaxcnn import _shapes, nn, ops, reference, verify
-from jaxcnn.verify import mutants
-from jaxcnn.verify.registry import distinct
+from jaxcnn._certify import mutants
+from jaxcnn._certify.registry import distinct
 
 PARK = [[3, 2, 3, 1], [0, 5, 3, 4], [1, 2, 2, 2], [7, 3, 1, 7]]
 
@@ -231,7 +231,7 @@ def test_vjp_low_precision(rng, dtype, name, settings_):
 
 # --------------------------------------------------------------------------- the checker catches the lectures' mistakes
 #
-# The wrong rules live once, in jaxcnn.verify.mutants (with the lecture that warns against each);
+# The wrong rules live once, in jaxcnn._certify.mutants (with the lecture that warns against each);
 # here the pooling mistakes meet the checker on a 6×6 input whose overlapping windows share maxima.
 
 

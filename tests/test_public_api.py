@@ -8,15 +8,17 @@ import pytest
 
 import jaxcnn
 from jaxcnn import ops, reference
-from jaxcnn.verify.registry import REGISTRY, SPECIALISATIONS
+from jaxcnn._certify.registry import REGISTRY, SPECIALISATIONS
 
 
 def test_ops_references_and_the_verify_registry_list_the_same_ops():
     assert sorted(ops.__all__) == sorted(reference.__all__)
-    functions = {name for name in ops.__all__ if callable(getattr(ops, name))}
-    constants = set(ops.__all__) - functions
-    assert constants == {"LENET5_C3_TABLE"}
-    assert getattr(reference, "LENET5_C3_TABLE") is ops.LENET5_C3_TABLE
+    types = {name for name in ops.__all__ if isinstance(getattr(ops, name), type)}
+    functions = {name for name in ops.__all__ if callable(getattr(ops, name))} - types
+    constants = set(ops.__all__) - functions - types
+    assert constants == {"LENET5_C3_TABLE"} and types == {"ConvPlan", "ConvProblem"}  # conv's `method=` plans
+    for name in constants | types:
+        assert getattr(reference, name) is getattr(ops, name)
     # every op is certified by `jaxcnn verify`, directly or as a specialisation of a registered op
     assert functions == set(REGISTRY) | set(SPECIALISATIONS)
     assert set(REGISTRY).isdisjoint(SPECIALISATIONS) and set(SPECIALISATIONS.values()) <= set(REGISTRY)

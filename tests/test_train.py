@@ -1,3 +1,5 @@
+import dataclasses
+import inspect
 import json
 import os
 import re
@@ -287,8 +289,8 @@ def test_cli_takes_mnist1d_batches_in_stored_order_as_greydanus_recipe_and_shuff
                                                                                                 capsys):
     shuffles = []
 
-    def fit(*args, **kwargs):
-        shuffles.append(kwargs["shuffle"])
+    def fit(model, dataset, config):
+        shuffles.append(config.shuffle)
         raise ValueError("stop before training")
 
     monkeypatch.setattr(train, "fit", fit)
@@ -434,7 +436,8 @@ def test_seesaw_worked_example_filter_update():
 def test_evaluation_sse_is_the_summed_squared_error_of_the_output_probabilities(loss):
     model, d = _model(), _toy()
     params, model_state, _ = model.init(KEY, (-1, 8))
-    ev = train.evaluate(model, params, model_state, d.x_test, d.y_test, 4, loss=loss, batch_size=10)
+    loss_fn = ops.softmax_cross_entropy if loss == "softmax_cross_entropy" else train.OneHotTargets(ops.euclidean_loss)
+    ev = train.evaluate(model, params, model_state, d.x_test, d.y_test, 4, loss=loss_fn, batch_size=10)
     out = np.asarray(model.apply(params, model_state, jnp.asarray(d.x_test))[0], np.float64)
     probs = out if loss == "euclidean_loss" else np.exp(out) / np.exp(out).sum(1, keepdims=True)
     expected = np.sum((probs - np.eye(4)[d.y_test]) ** 2)
@@ -610,23 +613,23 @@ def test_fit_checks_where_the_checkpoint_goes_before_the_first_step(tmp_path):
 
 def test_resume_refuses_other_settings_and_a_run_is_never_overwritten_silently(tmp_path):
     d, path = _toy(), str(tmp_path / "c.npz")
-    train.fit(_model(), d, epochs=1, batch_size=16, quiet=True, checkpoint_path=path, settings={"lr": 0.1})
+    train.fit(_model(), d, epochs=1, batch_size=16, quiet=True, checkpoint_path=path, lr=0.1)
     saved = checkpoint.read_header(path)["metadata"]["settings"]
     assert saved["seed"] == 0 and saved["batch_size"] == 16 and saved["lr"] == 0.1 and saved["data_fingerprint"]
     before = Path(path).read_bytes()
     with pytest.raises(ValueError, match=r"c.npz already holds a checkpoint; continue it with resume=True "
                                          r"\(--resume\) or start over with overwrite=True \(--overwrite\)"):
-        train.fit(_model(), d, epochs=2, batch_size=16, quiet=True, checkpoint_path=path, settings={"lr": 0.1})
+        train.fit(_model(), d, epochs=2, batch_size=16, quiet=True, checkpoint_path=path, lr=0.1)
     with pytest.raises(ValueError, match=r"cannot resume from .*c.npz: its settings differ: batch_size 16 -> 8, lr "
                                          r"0.1 -> 0.2, seed 0 -> 1\. .*allow_changed_settings=True"):
         train.fit(_model(), d, epochs=2, batch_size=8, seed=1, quiet=True, checkpoint_path=path, resume=True,
-                  settings={"lr": 0.2})
+                  lr=0.2)
     with pytest.raises(ValueError, match=r"its settings differ: data_fingerprint '[0-9a-f]{16}' -> '[0-9a-f]{16}'"):
         train.fit(_model(), _bad(d, x_train=d.x_train * 2), epochs=2, batch_size=16, quiet=True,
-                  checkpoint_path=path, resume=True, settings={"lr": 0.1})
+                  checkpoint_path=path, resume=True, lr=0.1)
     assert Path(path).read_bytes() == before
     resumed = train.fit(_model(), d, epochs=2, batch_size=8, quiet=True, checkpoint_path=path, resume=True,
-                        settings={"lr": 0.1}, allow_changed_settings=True)
+                        lr=0.1, allow_changed_settings=True)
     assert resumed.history[0]["step"] == 4 and int(resumed.state.step) == 16  # 2 epochs of 8 steps under batch 8
     assert checkpoint.read_header(path)["metadata"]["settings"]["batch_size"] == 8
     restarted = train.fit(_model(), d, epochs=1, batch_size=16, quiet=True, checkpoint_path=path, overwrite=True)
@@ -724,3 +727,244 @@ def test_cli_sigint_during_training_exits_cleanly(tmp_path):
     assert re.fullmatch(r"jaxcnn: interrupted; last checkpoint at epoch \d+ \(.*checkpoint.npz; continue with "
                         r"--resume\)\n", err)
     checkpoint.read_header(str(out / "checkpoint.npz"))
+
+
+# --------------------------------------------------------------------------- the config and the loop's pieces
+
+
+def test_config_is_frozen_checked_when_built_and_its_json_is_the_resume_fingerprint():
+    config = train.Config(epochs=2, batch_size=16, optimizer="sgd", lr=0.1, dtype=jnp.float32, input_shape=[-1, 8],
+                          settings={"model": "mlp"})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.lr = 0.2
+    assert config.dtype == "float32" and config.input_shape == (-1, 8)
+    assert json.loads(json.dumps(config.to_json())) == config.to_json()
+    printed = config.fingerprint(_toy(), (-1, 8))
+    assert {k: printed[k] for k in ("optimizer", "lr", "momentum", "loss", "batch_size", "model")} == \
+        {"optimizer": "sgd", "lr": 0.1, "momentum": 0.0, "loss": "softmax_cross_entropy", "batch_size": 16,
+         "model": "mlp"}
+    assert not set(printed) & {"epochs", "steps", "checkpoint_path", "resume", "quiet", "settings"}  # run control
+    assert printed == dataclasses.replace(config, epochs=None, steps=7, quiet=True).fingerprint(_toy(), (-1, 8))
+    assert printed != dataclasses.replace(config, seed=1).fingerprint(_toy(), (-1, 8))
+    autodiff = train.Config(epochs=1, loss=train.OneHotTargets(reference.euclidean_loss)).fingerprint(_toy(), (-1, 8))
+    assert autodiff["loss"] == "euclidean_loss"  # as the command line wrote it before the loss was a callable
+    custom = train.Config(epochs=1, optimizer=optax.sgd(0.1)).fingerprint(_toy(), (-1, 8))
+    assert custom["optimizer"] == "optax" and "lr" not in custom and "momentum" not in custom
+    described = train.Config(epochs=1, optimizer=optax.sgd(0.1), settings={"lr": 0.1}).fingerprint(_toy(), (-1, 8))
+    assert described["lr"] == 0.1  # an optax optimizer's hyperparameters, described by the caller
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(epochs=1, optimizer=optax.sgd(0.1), lr=0.5), ValueError, r"fit: `lr` and `momentum` set a named optimizer; "
+                                                                   r"an optax `optimizer` holds its own \(got lr=0.5"),
+    (dict(epochs=1, optimizer="rmsprop"), ValueError, r"make_optimizer: unknown optimizer 'rmsprop'"),
+    (dict(epochs=1, loss="euclidean_loss"), TypeError, r"fit: `loss` must be a callable, e.g. "
+                                                       r"jaxcnn.ops.softmax_cross_entropy \(the command line alone"),
+    (dict(epochs=1, dtype=jnp.int32), TypeError, r"fit: `dtype` must be a floating dtype .* got int32"),
+    (dict(epochs=1, settings={"seed": 3}), ValueError, r"fit: `settings` may not repeat 'seed', a key the "
+                                                       r"config already puts in the fingerprint"),
+    (dict(epochs=1, settings={"f": object()}), TypeError, r"fit: `settings` must be JSON-able"),
+    (dict(epochs=1, input_shape=(-1, 0)), ValueError, r"fit: `input_shape` must be \(-1, \*dims\) with positive int "
+                                                      r"dims, got \(-1, 0\)"),
+])
+def test_config_refuses_bad_fields(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        train.Config(**kwargs)
+
+
+def test_fit_names_an_unknown_option_and_takes_a_config_with_options_replacing_its_fields():
+    with pytest.raises(TypeError, match=r"fit: unknown option 'epoch'; the options are the fields of train.Config: "
+                                        r"epochs, steps, batch_size"):
+        train.fit(_model(), _toy(), epoch=1)
+    config = train.Config(epochs=5, batch_size=16, quiet=True)
+    assert [h["epoch"] for h in train.fit(_model(), _toy(), config, epochs=2).history] == [1, 2]
+
+
+def test_make_loss_takes_the_loss_as_a_callable_not_a_name():
+    with pytest.raises(TypeError, match=r"make_loss: `loss` must be a callable loss\(outputs, labels\), e.g. "
+                                        r"jaxcnn.ops.softmax_cross_entropy or "
+                                        r"train.OneHotTargets\(jaxcnn.ops.euclidean_loss\), got 'euclidean_loss'"):
+        train.make_loss(_model(), "euclidean_loss")
+    model, d = _model(), _toy()
+    params, model_state, _ = model.init(KEY, (-1, 8))
+    x, y = jnp.asarray(d.x_train), jnp.asarray(d.y_train)
+    out = model.apply(params, model_state, x)[0]
+    one_hot = jax.nn.one_hot(y, 4, dtype=out.dtype)
+    for loss, expected in ((reference.softmax_cross_entropy, reference.softmax_cross_entropy(out, y)),
+                           (train.OneHotTargets(ops.euclidean_loss), ops.euclidean_loss(out, one_hot))):
+        np.testing.assert_allclose(train.make_loss(model, loss)(params, model_state, x, y)[0], expected, rtol=1e-6)
+    # the backend lives in the model and the loss: the reference's loss and penalty leave no hand rule in the step
+    auto = nn.bind(reference).serial(nn.bind(reference).Dense(4))
+    p, s, _ = auto.init(KEY, (-1, 8))
+    loss_fn = train.make_loss(auto, reference.softmax_cross_entropy, 0.1, reference.l2_penalty)
+    assert "custom_vjp_call" not in str(jax.make_jaxpr(lambda p: loss_fn(p, s, x, y)[0])(p))
+    hand_loss = train.make_loss(auto, weight_decay=0.1)  # the default loss and penalty: jaxcnn.ops's rules
+    assert str(jax.make_jaxpr(lambda p: hand_loss(p, s, x, y)[0])(p)).count("custom_vjp_call") == 2
+
+
+def test_a_loop_written_from_make_step_and_the_epoch_iterator_is_fit():
+    """The loop a user takes apart: the same pieces as fit, the same final state, bit for bit."""
+    d, optimizer = _toy(), optax.sgd(0.1, momentum=0.9)
+    state = train.init_state(_stateful_mlp(), optimizer, (-1, 8), seed=3)
+    step = train.make_step(train.make_loss(_stateful_mlp(), ops.softmax_cross_entropy, 1e-3), optimizer)
+    evaluate = train.make_evaluator(_stateful_mlp(), d.num_classes)
+    history = []
+    for state, record in train.epochs(step, state, d.x_train, d.y_train, batch_size=16, steps=4 * 6):
+        record["test_accuracy"] = evaluate(state.params, state.model_state, d.x_test, d.y_test).accuracy
+        history.append(record)
+    fitted = train.fit(_stateful_mlp(), d, epochs=6, batch_size=16, seed=3, optimizer=optimizer, weight_decay=1e-3,
+                       quiet=True)
+    for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(fitted.state)):
+        np.testing.assert_array_equal(a, b)
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6] and history[-1]["step"] == 24
+    assert [h["test_accuracy"] for h in history] == [h["test_accuracy"] for h in fitted.history]
+
+
+def _stateful_mlp():
+    return nn.serial(nn.Dense(16), nn.BatchNorm(), nn.Relu(), nn.Dropout(0.2), nn.Dense(4))
+
+
+def test_user_callbacks_see_every_record_after_the_checkpoint_and_can_stop_the_run(tmp_path):
+    path, seen = str(tmp_path / "c.npz"), []
+
+    def callback(state, record):
+        seen.append((record["epoch"], len(checkpoint.read_header(path)["metadata"]["history"]), "test_loss" in record))
+        return record["epoch"] == 2
+
+    result = train.fit(_model(), _toy(), epochs=5, batch_size=16, quiet=True, checkpoint_path=path,
+                       callbacks=[callback])
+    assert seen == [(1, 1, True), (2, 2, True)] and len(result.history) == 2
+
+
+# --------------------------------------------------------------------------- issue 36: reliability
+
+
+def _diverging(d, path, **kwargs):
+    """Two sane epochs saved at ``path``, then resumed with a learning rate that overflows."""
+    train.fit(_model(), d, epochs=2, batch_size=16, quiet=True, checkpoint_path=path, optimizer="sgd", lr=0.1)
+    return train.fit(_model(), d, epochs=4, batch_size=16, quiet=True, checkpoint_path=path, optimizer="sgd",
+                     lr=1e30, resume=True, allow_changed_settings=True, **kwargs)
+
+
+def _finite_leaves(path) -> bool:
+    with np.load(path, allow_pickle=False) as f:
+        return all(np.isfinite(f[k]).all() for k in f.files if k != "__header__" and f[k].dtype.kind == "f")
+
+
+def test_a_non_finite_loss_stops_fit_and_never_replaces_the_last_finite_checkpoint(tmp_path):
+    d, path = _toy(), str(tmp_path / "c.npz")
+    with pytest.raises(train.NonFiniteError, match=r"fit: training diverged in epoch 3 \(step 12\): train loss nan.*"
+                                                   r"Stopped without saving it; .*c.npz still holds the last finite "
+                                                   r"epoch saved. Lower the learning rate"):
+        _diverging(d, path)
+    assert [h["epoch"] for h in checkpoint.read_header(path)["metadata"]["history"]] == [1, 2]
+    assert _finite_leaves(path)
+    assert issubclass(train.NonFiniteError, FloatingPointError) and issubclass(train.NonFiniteError, ValueError)
+
+
+def test_the_checkpoint_callback_refuses_a_non_finite_state(tmp_path):
+    path = str(tmp_path / "c.npz")
+    state = train.init_state(_model(), optax.sgd(0.1), (-1, 8))
+    save = train.checkpointing(path, [], {})
+    save(state, {"epoch": 1, "step": 0, "train_loss": 1.0})
+    before = Path(path).read_bytes()
+    poisoned = state._replace(params=jax.tree_util.tree_map(lambda a: a.at[0].set(jnp.inf), state.params))
+    with pytest.raises(train.NonFiniteError, match=r"epoch 2 \(step 0\): the params or the optimiser state are no "
+                                                   r"longer finite"):
+        save(poisoned, {"epoch": 2, "step": 0, "train_loss": 1.0})
+    with pytest.raises(train.NonFiniteError, match=r"train loss inf"):
+        save(state, {"epoch": 2, "step": 0, "train_loss": float("inf")})
+    assert Path(path).read_bytes() == before
+
+
+def test_cli_train_with_a_diverging_learning_rate_exits_non_zero_and_keeps_the_last_finite_checkpoint(tmp_path,
+                                                                                                       capsys):
+    out = str(tmp_path / "run")
+    argv = ["train", "--data", "mnist1d", "--model", "mnist1d_mlp", "--limit", "400", "--out", out, "--quiet"]
+    assert cli.main([*argv, "--epochs", "3", "--lr", "1e37"]) == 2  # diverges in its first epoch: nothing saved
+    err = capsys.readouterr().err
+    assert err.startswith("jaxcnn: error: fit: training diverged in epoch 1") and "no checkpoint was written" in err
+    assert not os.path.exists(os.path.join(out, "checkpoint.npz"))
+    assert cli.main([*argv, "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert cli.main([*argv, "--epochs", "3", "--lr", "1e37", "--resume", "--allow-changed-settings"]) == 2
+    err = capsys.readouterr().err
+    assert "training diverged in epoch 2" in err and "Traceback" not in err and err.count("\n") == 1
+    path = os.path.join(out, "checkpoint.npz")
+    assert [h["epoch"] for h in checkpoint.read_header(path)["metadata"]["history"]] == [1] and _finite_leaves(path)
+
+
+def test_fit_refuses_a_non_finite_input_naming_the_array_and_the_first_bad_index():
+    d = _toy()
+    x = d.x_train.copy()
+    x[3, 5], x[9, 0] = np.nan, np.inf
+    with pytest.raises(ValueError, match=r"fit: `data.x_train` holds 2 non-finite value\(s\) \(the first: nan at "
+                                         r"index \(3, 5\)\); every input must be finite"):
+        train.fit(_model(), d._replace(x_train=x), epochs=1, batch_size=16, quiet=True)
+    x_test = d.x_test.copy()
+    x_test[1, 2] = -np.inf
+    with pytest.raises(ValueError, match=r"fit: `data.x_test` holds 1 non-finite value\(s\) \(the first: -inf at "
+                                         r"index \(1, 2\)\)"):
+        train.fit(_model(), d._replace(x_test=x_test), epochs=1, batch_size=16, quiet=True)
+
+
+def test_stop_when_raising_keeps_the_epoch_just_trained(tmp_path):
+    path = str(tmp_path / "c.npz")
+
+    def stop(record):
+        if record["epoch"] == 2:
+            raise RuntimeError("stop_when failed")
+        return False
+
+    with pytest.raises(RuntimeError, match="stop_when failed"):
+        train.fit(_model(), _toy(), epochs=5, batch_size=16, quiet=True, checkpoint_path=path, stop_when=stop)
+    assert [h["epoch"] for h in checkpoint.read_header(path)["metadata"]["history"]] == [1, 2]
+    resumed = train.fit(_model(), _toy(), epochs=3, batch_size=16, quiet=True, checkpoint_path=path, resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+
+
+def test_fit_trains_dropout_models_under_the_rbg_prng_and_resumes_exactly(tmp_path):
+    script = textwrap.dedent(f"""
+        import json, sys
+        import jax, numpy as np
+        from jaxcnn import checkpoint, data, nn, train
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(96, 6, 6, 1)).astype(np.float32)
+        y = (x.mean(axis=(1, 2, 3)) > 0).astype(np.int32)
+        d = data.Dataset(x[:64], y[:64], x[64:], y[64:], 2)
+        model = nn.serial(nn.Conv(4, (3, 3), padding="SAME"), nn.BatchNorm(), nn.Relu(), nn.Flatten(),
+                          nn.Dropout(0.3), nn.Dense(2))
+        path = {str(tmp_path / "c.npz")!r}
+        straight = train.fit(model, d, epochs=3, batch_size=16, quiet=True)
+        train.fit(model, d, epochs=1, batch_size=16, quiet=True, checkpoint_path=path)
+        resumed = train.fit(model, d, epochs=3, batch_size=16, quiet=True, checkpoint_path=path, resume=True)
+        same = all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(straight.state),
+                                                        jax.tree_util.tree_leaves(resumed.state)))
+        json.dump({{"key": list(straight.state.key.shape), "same": same, "loss": straight.history[-1]["train_loss"]}},
+                  sys.stdout)
+    """)
+    env = dict(os.environ, JAX_DEFAULT_PRNG_IMPL="rbg", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["key"] == [4] and out["same"] and np.isfinite(out["loss"])  # rbg's raw keys are 4 words
+
+
+def test_fit_says_when_the_input_shape_does_not_fit_the_data():
+    with pytest.raises(ValueError, match=r"fit: `input_shape` \(-1, 7\) does not fit the examples of `data.x_train`, "
+                                         r"each of shape \(8,\): 7 values per example expected, 8 given"):
+        train.fit(_model(), _toy(), epochs=1, batch_size=16, quiet=True, input_shape=(-1, 7))
+
+
+def test_fit_is_a_short_composition_and_no_training_function_takes_a_backend():
+    """The backend lives in the model (and the loss passed): none of the training functions
+    takes ``ops=``; fit composes the pieces in at most 60 lines."""
+    assert len(inspect.getsource(train.fit).splitlines()) <= 60
+    for fn in (train.fit, train.make_loss, train.make_evaluator, train.evaluate, train.make_epoch, train.epochs,
+               train.make_step, train.init_state):
+        assert "ops" not in inspect.signature(fn).parameters, fn.__name__
+    state = train.init_state(_model(), optax.sgd(0.1), (-1, 8))
+    step = train.make_step(train.make_loss(_model()), optax.sgd(0.1))
+    with pytest.raises(ValueError, match=r"epochs: `batch_size` must be between 1 and the training set size 64, got "
+                                         r"65"):
+        next(train.epochs(step, state, _toy().x_train, _toy().y_train, batch_size=65, steps=4))

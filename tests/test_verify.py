@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxcnn import ops, reference, verify
+from jaxcnn.verify._report import TOLERANCES
 
 
 def _one_wrong_element(index):
@@ -109,7 +110,7 @@ def test_numerical_check_does_not_leak_the_x64_flag(rng):
 def test_tolerances_follow_the_dtype(rng):
     x = jnp.asarray(rng.normal(size=(8,)))
     assert verify.check_vjp(ops.tanh, reference.tanh, x).dtype == "float64"
-    assert verify.TOLERANCES["float64"].rtol < verify.TOLERANCES["float32"].rtol < verify.TOLERANCES["bfloat16"].rtol
+    assert TOLERANCES["float64"].rtol < TOLERANCES["float32"].rtol < TOLERANCES["bfloat16"].rtol
     # a 1e-6 relative error fails in float64 and passes in float32
     def off(x):
         return reference.tanh(x) * (1 + 1e-6)
@@ -270,3 +271,31 @@ def test_verdict_agree_and_projections_for_large_arguments(rng):
     assert verify.diagnose(ops.tanh, reference.tanh, x, elementwise_max=100).verdict == "agree"
     wrong = verify.diagnose(_one_wrong_element((7, 9)), reference.sigmoid, x, elementwise_max=100)
     assert wrong.verdict == "rule wrong" and wrong["x"].worst[0].index[0] == "direction"
+
+
+# --------------------------------------------------------------------------- the public surface
+
+
+def test_the_public_checker_is_a_dozen_names():
+    assert sorted(verify.__all__) == sorted([
+        "TRANSFORMS", "CheckResult", "Diagnosis", "GradientMismatch", "Registry", "Sample", "check_contract",
+        "check_jvp", "check_numerical", "check_transform", "check_vjp", "diagnose"])
+    assert all(hasattr(verify, name) for name in verify.__all__)
+
+
+def test_compiled_expected_sides_are_kept_for_a_bounded_number_of_functions(rng):
+    from jaxcnn.verify import _core
+
+    x = rng.standard_normal(3)
+    functions = [lambda x, k=k: x * k for k in range(40)]
+    for f in functions:
+        verify.check_vjp(f, f, x).assert_ok()
+    assert _core._compiled.cache_info().currsize <= 16  # by identity, never by the arguments' values
+
+
+def test_an_argument_named_like_the_output_is_an_argument(rng):
+    def loss(outputs, targets):
+        return jnp.sum((outputs - targets) ** 2)
+
+    result = verify.check_vjp(loss, loss, jnp.asarray(rng.normal(size=3)), jnp.asarray(rng.normal(size=3)))
+    assert [r.name for r in result.arguments] == ["outputs", "targets"] and result.forward.name == "output"

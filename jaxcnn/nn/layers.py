@@ -95,7 +95,8 @@ def Conv(
     dilation: int | Sequence[int] = 1,
     connections: Optional[np.ndarray] = None,
     groups: int = 1,
-    method: str = "auto",
+    method="auto",
+    platform: Optional[str] = None,
     use_bias: bool = True,
     w_init: initializers.Initializer = initializers.lecun_normal(),
     b_init: initializers.Initializer = initializers.zeros(),
@@ -109,7 +110,10 @@ def Conv(
     are initialised to zero and never receive a gradient; the fan-in and the parameter
     count include only the connected ones. With ``groups=g`` the channels split into
     ``g`` groups that do not mix (PyTorch's and ``lax``'s layout; ``g = C_in`` is a
-    depthwise convolution); the fan-in is ``taps · C_in / g``.
+    depthwise convolution); the fan-in is ``taps · C_in / g``. ``method`` and ``platform`` are
+    :func:`jaxcnn.ops.conv`'s: which exact formulas compute the three products, and the
+    platform ``"auto"`` tunes them for (None: ``jax.default_backend()`` when traced;
+    ``platform="cpu"`` traces XLA:CPU's program in any process).
     """
     ops = _backend(ops)
     if not isinstance(features, (int, np.integer)) or features < 1:
@@ -147,7 +151,7 @@ def Conv(
 
     def apply(params, x):
         return ops.conv(x, params["w"], params.get("b"), stride=stride, padding=padding,
-                        dilation=dilation, connections=table, method=method, **grouping)
+                        dilation=dilation, connections=table, method=method, platform=platform, **grouping)
 
     def count(params):
         taps = math.prod(params["w"].shape[:-2])
@@ -166,6 +170,8 @@ def ConvTranspose(
     dilation: int | Sequence[int] = 1,
     output_padding: int | Sequence[int] = 0,
     groups: int = 1,
+    method="auto",
+    platform: Optional[str] = None,
     use_bias: bool = True,
     w_init: initializers.Initializer = initializers.lecun_normal(),
     b_init: initializers.Initializer = initializers.zeros(),
@@ -176,7 +182,8 @@ def ConvTranspose(
 
     Params: ``{"w": (*window, C_in / groups, features), "b": (features,)}``; ``dilation``,
     ``output_padding`` and ``groups`` as in PyTorch's ``ConvTranspose`` (output size
-    ``(n − 1)·s − 2p + d·(k − 1) + output_padding + 1`` for an int padding ``p``).
+    ``(n − 1)·s − 2p + d·(k − 1) + output_padding + 1`` for an int padding ``p``); ``method`` and
+    ``platform`` as in :func:`jaxcnn.ops.conv_transpose`.
     """
     ops = _backend(ops)
     if not isinstance(features, (int, np.integer)) or features < 1:
@@ -204,7 +211,8 @@ def ConvTranspose(
 
     def apply(params, x):
         return ops.conv_transpose(x, params["w"], params.get("b"), stride=stride, padding=padding,
-                                  dilation=dilation, output_padding=output_padding, groups=groups)
+                                  dilation=dilation, output_padding=output_padding, groups=groups, method=method,
+                                  platform=platform)
 
     return Layer.stateless(init, apply, name=f"ConvTranspose({features}, {window})")
 
@@ -483,6 +491,16 @@ def Dropout(rate: float, *, ops: Optional[ModuleType] = None) -> Layer:
         if key is None:
             raise ValueError(f"Dropout({rate}): training=True needs a PRNG key; call "
                              f"apply(params, state, x, training=True, key=key).")
-        return ops.dropout(x, key, rate), state
+        return ops.dropout(x, _typed_key(key), rate), state
 
     return Layer(lambda key, s: ((), (), tuple(s)), apply, name=f"Dropout({rate})")
+
+
+def _typed_key(key):
+    """Raw key data of the default PRNG implementation (``PRNGKey``'s ``uint32`` array:
+    shape ``(2,)`` under threefry, ``(4,)`` under ``JAX_DEFAULT_PRNG_IMPL=rbg``) as a typed
+    key, which the op takes under any implementation; anything else as it is."""
+    raw = jax.eval_shape(jax.random.PRNGKey, 0)
+    if getattr(key, "dtype", None) == raw.dtype and getattr(key, "shape", None) == raw.shape:
+        return jax.random.wrap_key_data(key)
+    return key

@@ -9,11 +9,13 @@ supports both modes.
 Each op family lives in a private module (``_conv.py``, ``_pooling.py``, ...; read
 ``jaxcnn/ops/_conv.py`` for the convolution's forward and backward), and this package
 exports the functions; the same names in :mod:`jaxcnn.reference` are the autodiff
-references, and :data:`jaxcnn.verify.registry.REGISTRY` certifies each of them.
+references, and :data:`jaxcnn._certify.registry.REGISTRY` certifies each of them.
 """
 
 from jaxcnn.ops._activations import leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
 from jaxcnn.ops._conv import LENET5_C3_TABLE, conv, conv1d, conv2d, conv3d
+from jaxcnn.ops._conv_plan import Plan as ConvPlan
+from jaxcnn.ops._conv_plan import Problem as ConvProblem
 from jaxcnn.ops._conv_transpose import conv_transpose
 from jaxcnn.ops._dense import dense
 from jaxcnn.ops._dropout import dropout
@@ -27,6 +29,8 @@ from jaxcnn.ops._pooling import max_pool, mean_pool
 from jaxcnn.ops._resample import downsample, upsample
 
 __all__ = [
+    "ConvPlan",
+    "ConvProblem",
     "LENET5_C3_TABLE",
     "batch_norm",
     "conv",

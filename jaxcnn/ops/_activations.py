@@ -9,7 +9,7 @@ gradient flows where the activation "is positive or zero"; the sigmoid derivativ
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +61,7 @@ def relu(x: jax.Array, *, derivative_at_zero: float = 1.0) -> jax.Array:
 def _at_zero(op, value, allowed, other):
     """``derivative_at_zero`` checked against ``allowed``: True when x = 0 counts as ``x ≥ 0``."""
     rule = f"must be {allowed[0]} (the lectures: the gradient passes at x = 0) or {other}"
-    value = _checks.finite_float(op, "derivative_at_zero", value, rule=rule)
+    value = _checks.number(op, "derivative_at_zero", value)
     if value not in allowed:
         raise ValueError(f"{op}: `derivative_at_zero` {rule}, got {value!r}.")
     return value == allowed[0]
@@ -126,7 +126,7 @@ def leaky_relu(x: jax.Array, negative_slope: float = 0.01, *, derivative_at_zero
 
 def _validate_leaky_relu(x, negative_slope, derivative_at_zero):
     x = _checks.float_array("leaky_relu", "x", x)
-    slope = _checks.finite_float("leaky_relu", "negative_slope", negative_slope)
+    slope = _checks.number("leaky_relu", "negative_slope", negative_slope)
     passes = _at_zero("leaky_relu", derivative_at_zero, (1.0, slope), f"negative_slope={slope} (PyTorch)")
     return x, slope, passes
 
@@ -197,52 +197,68 @@ _sigmoid = jax.jit(_sigmoid)
 # --------------------------------------------------------------------------- tanh
 
 
-def tanh(x: jax.Array) -> jax.Array:
+def tanh(x: jax.Array, *, method: str = "auto", platform: Optional[str] = None) -> jax.Array:
     """Hyperbolic tangent ``f(x) = tanh(x)``.
 
     Backward: ``dx = g · (1 − f²)``, computed from the saved output ``f``.
 
-    In float32 on the CPU the forward is XLA's own rational approximation written out
-    (:func:`jaxcnn._xla_cpu.tanh_rational`: within 6.5 ulp of the exact value; ``|x| < 2.4·10⁻³⁶`` gives
-    ``±0``), which XLA:CPU fuses with the layer before it at full speed; elsewhere it is
-    ``jnp.tanh``.
+    ``method`` picks the forward: ``"jnp"``, ``jnp.tanh``; ``"rational"`` (float32 only), XLA's
+    own rational approximation written out (:func:`jaxcnn._xla_cpu.tanh_rational`: within 6.5
+    ulp of the exact value; ``|x| < 2.4·10⁻³⁶`` gives ``±0``), which XLA:CPU fuses with the layer
+    before it at full speed; ``"auto"`` (default), the rational for float32 on the CPU and
+    ``jnp.tanh`` elsewhere (:func:`jaxcnn._xla_cpu.tanh_method`).
 
     Args:
       x: floating array of any shape.
+      method: ``"auto"``, ``"jnp"`` or ``"rational"``.
+      platform: the platform ``"auto"`` tunes for; None: ``jax.default_backend()`` at trace
+        time (:func:`jaxcnn._xla_cpu.resolve_platform`).
 
     Returns:
       ``tanh(x)``, same shape and dtype.
 
     Raises:
-      TypeError: ``x`` is not floating point.
+      TypeError: ``x`` is not floating point, or ``platform`` is not a name.
+      ValueError: ``method`` is unknown, or ``"rational"`` for another dtype than float32.
 
     >>> import jax, jax.numpy as jnp
     >>> from jaxcnn import ops
     >>> float(jax.grad(ops.tanh)(jnp.float32(0.0)))
     1.0
     """
-    return _tanh(_checks.float_array("tanh", "x", x))
+    x, method = _tanh_checked(x, method, platform)
+    return _tanh(x, method)
 
 
-@jax.custom_vjp
-def _tanh(x):
-    if x.dtype == jnp.float32 and _xla_cpu.on_cpu():
-        return _xla_cpu.tanh_rational(x)
-    return jnp.tanh(x)
+def _tanh_checked(x, method, platform):
+    x = _checks.float_array("tanh", "x", x)
+    platform = _xla_cpu.resolve_platform(platform, "tanh")
+    if not isinstance(method, str) or method not in _xla_cpu.TANH_METHODS:
+        raise ValueError(f"tanh: unknown `method` {method!r}; use one of "
+                         f"{', '.join(map(repr, _xla_cpu.TANH_METHODS))}.")
+    if method == "rational" and x.dtype != jnp.float32:
+        raise ValueError(f"tanh: `method='rational'` is XLA's float32 approximation, got x of dtype {x.dtype}; "
+                         f"use method='jnp' or 'auto'.")
+    return x, _xla_cpu.tanh_method(x.dtype, platform) if method == "auto" else method
 
 
-def _tanh_fwd(x):
-    y = _tanh(x)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _tanh(x, method):
+    return _xla_cpu.tanh_rational(x) if method == "rational" else jnp.tanh(x)
+
+
+def _tanh_fwd(x, method):
+    y = _tanh(x, method)
     return y, y  # residual: f
 
 
-def _tanh_bwd(y, g):
+def _tanh_bwd(method, y, g):
     return (g * (1 - y * y),)
 
 
 _tanh.defvjp(_tanh_fwd, _tanh_bwd)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
-_tanh = jax.jit(_tanh)
+_tanh = jax.jit(_tanh, static_argnums=1)
 
 
 # --------------------------------------------------------------------------- softmax
@@ -394,9 +410,9 @@ def sigmoid_reference(x):
     return jax.nn.sigmoid(_checks.float_array("sigmoid", "x", x))
 
 
-def tanh_reference(x):
-    """Autodiff reference for :func:`tanh` (``jnp.tanh``)."""
-    return jnp.tanh(_checks.float_array("tanh", "x", x))
+def tanh_reference(x, *, method="auto", platform=None):
+    """Autodiff reference for :func:`tanh` (``jnp.tanh``; ``method`` and ``platform`` are validated and ignored)."""
+    return jnp.tanh(_tanh_checked(x, method, platform)[0])
 
 
 def softmax_reference(x, axis=-1):

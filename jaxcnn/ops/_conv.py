@@ -15,9 +15,10 @@ to each group of channels on its own: with ``x_j``, ``w_j``, ``δ_j`` group ``j`
 groups, so each costs ``1/g`` of the dense one (:mod:`jaxcnn.ops._conv_groups`).
 
 This file is the lecture: :func:`conv`, its ``custom_vjp`` and right after it the three
-formulas. The faster exact formulas ``method`` may pick instead live in
-:mod:`jaxcnn.ops._conv_formulas` and :mod:`jaxcnn.ops._conv_winograd`, the choice in
-:mod:`jaxcnn.ops._conv_plan`.
+formulas, the first row of the table :data:`FORMULAS`. The other rows, faster exact formulas
+``method`` may pick instead, live in :mod:`jaxcnn.ops._conv_formulas` and
+:mod:`jaxcnn.ops._conv_winograd`; what ``method`` may be, in :mod:`jaxcnn.ops._conv_plan`; the
+default policy and its thresholds, with the other XLA:CPU workarounds, in :mod:`jaxcnn._xla_cpu_conv`.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxcnn import _checks, _shapes, _xla_cpu
-from jaxcnn.ops import _conv_winograd
-from jaxcnn.ops._conv_formulas import FORMULAS, input_gradient_col2im
+from jaxcnn import _checks, _shapes, _xla_cpu, _xla_cpu_conv
+from jaxcnn.ops._conv_formulas import IM2COL, ROWS, TAPS, Formula, input_gradient_col2im
 from jaxcnn.ops._conv_groups import check_kernel_channels, checked_groups, per_group
-from jaxcnn.ops._conv_plan import GEOMETRY_METHODS, METHODS, PLANS, Plan, auto_plan
+from jaxcnn.ops._conv_plan import Plan, Problem
+from jaxcnn.ops._conv_winograd import WINOGRAD
 
 #: LeNet-5's S2 → C3 connection table (LeCun et al. 1998, Table I; Hu & Zhu's slide
 #: "Feature map selection"): ``LENET5_C3_TABLE[p, q]`` is true when input map ``p`` of
@@ -67,7 +68,8 @@ def conv(
     dilation=1,
     connections=None,
     groups: int = 1,
-    method: str = "auto",
+    method="auto",
+    platform: Optional[str] = None,
 ) -> jax.Array:
     r"""Convolution layer over 1, 2 or 3 spatial axes (chosen by ``w.ndim``), channels-last.
 
@@ -100,16 +102,21 @@ def conv(
       ``method``). It is the block-diagonal connection table without its zero blocks, so
       ``groups`` and ``connections`` are not given together.
 
-    ``method`` picks how the three products are computed, all exactly (the alternatives
-    and why they exist: :mod:`jaxcnn.ops._conv_formulas`, ``docs/performance.md``):
-    ``"xla"``, the formulas above as ``lax.conv_general_dilated`` calls (the convolutions
-    JAX's own transpose rules emit); ``"im2col"`` (Park: ``y = im2col(x) W``,
+    ``method`` picks how the three products are computed, all exactly, from the table
+    :data:`FORMULAS` (the alternatives and why they exist: :mod:`jaxcnn.ops._conv_formulas`,
+    ``docs/performance.md``): ``"xla"``, the formulas above as ``lax.conv_general_dilated``
+    calls (the convolutions JAX's own transpose rules emit; no platform rewrite: the
+    reproducible reference route); ``"im2col"`` (Park: ``y = im2col(x) W``,
     ``dW = im2col(x)ᵀ δ``, ``dx = col2im(δ Wᵀ)``); ``"taps"`` (the window's strided slices);
     ``"rows"`` (row blocks: im2col over the leading axes, a banded matrix along the last);
     ``"winograd"`` (Lavin & Gray's F(2×2, 3×3), 2-D 3 × 3 windows at stride 1 without
-    dilation only: :mod:`jaxcnn.ops._conv_winograd`); ``"auto"`` (default), per product the
-    fastest for the shapes at hand (:func:`jaxcnn.ops._conv_plan.auto_plan`). The residuals
-    are ``x`` and the connected ``w``.
+    dilation only: :mod:`jaxcnn.ops._conv_winograd`). A name runs its formula as written for
+    every product; a :class:`~jaxcnn.ops._conv_plan.Plan` names one per product (and its
+    tunings); a policy, ``policy(problem) -> Plan``, chooses from the geometry, shapes, dtype
+    and platform (:class:`~jaxcnn.ops._conv_plan.Problem`); ``"auto"`` (default) is the policy
+    :func:`jaxcnn._xla_cpu_conv.auto_policy`: XLA's convolutions off the CPU, per product the
+    fastest formula for the shapes at hand on XLA:CPU (never Winograd in bfloat16 or float16).
+    The residuals are ``x`` and the connected ``w``.
 
     Args:
       x: input ``(N, *spatial, C_in)``: ``(N, W, C)``, ``(N, H, W, C)`` or ``(N, D, H, W, C)``.
@@ -127,7 +134,11 @@ def conv(
         (``lax``'s ``feature_group_count``, PyTorch's ``groups``); then ``w`` is
         ``(*window, C_in / g, C_out)``. ``g = C_in`` is a depthwise convolution with channel
         multiplier ``C_out / C_in``.
-      method: ``"auto"``, ``"xla"``, ``"im2col"``, ``"taps"``, ``"rows"`` or ``"winograd"``.
+      method: ``"auto"``, a formula's name (:data:`METHODS`: ``"xla"``, ``"im2col"``,
+        ``"taps"``, ``"rows"``, ``"winograd"``), a ``Plan`` or a policy.
+      platform: the platform the policy tunes for (``"cpu"``, ``"gpu"``, ...); None (default):
+        ``jax.default_backend()`` at trace time, resolved once here by
+        :func:`jaxcnn._xla_cpu.resolve_platform`. Only policies read it.
 
     Returns:
       ``y`` of shape ``(N, *out_spatial, C_out)`` and the dtype of ``x``.
@@ -140,7 +151,8 @@ def conv(
         the padding is unknown or negative, the kernel is larger than the padded input,
         ``connections`` is not ``(C_in, C_out)``, ``groups`` is below 1, does not divide
         ``C_in`` and ``C_out``, does not match ``w``'s ``C_in / groups`` or comes with
-        ``connections``, ``method`` is unknown, or it is ``"winograd"`` for another geometry.
+        ``connections``, ``method`` is unknown, or names a formula that does not apply to
+        the geometry (``"winograd"`` for another window).
 
     >>> import jax.numpy as jnp
     >>> from jaxcnn import ops
@@ -152,7 +164,8 @@ def conv(
     >>> ops.conv(jnp.ones((1, 5, 4)), jnp.ones((3, 1, 8)), groups=4).shape  # depthwise, multiplier 2
     (1, 3, 8)
     """
-    x, w, b, spec = _validate("conv", None, x, w, b, stride, padding, dilation, connections, groups, method)
+    x, w, b, spec = _validate("conv", None, x, w, b, stride, padding, dilation, connections, groups, method,
+                              platform)
     return _conv(x, w, b, spec)
 
 
@@ -162,7 +175,7 @@ class ConvSpec(NamedTuple):
     geometry: _shapes.Geometry  # window, stride, dilation, resolved pads, output shape
     connections: Optional[tuple[tuple[bool, ...], ...]]  # M[p][q], or None for all
     groups: int  # g: channel groups that do not mix (1: a dense convolution)
-    plan: Plan  # the formula for y, dW and dx (method resolved against the shapes)
+    plan: Plan  # the formula for y, dW and dx, and their tunings (method resolved against the problem)
     bias: bool  # whether b was given (db is None otherwise)
 
 
@@ -177,7 +190,7 @@ def _conv(x, w, b, spec):
 
 
 def _forward(x, w, b, spec: ConvSpec):
-    forward = functools.partial(_FORWARD[spec.plan.forward], geom=spec.geometry)
+    forward = functools.partial(FORMULAS[spec.plan.forward].forward, geom=spec.geometry)
     return per_group(lambda x, w, b: forward(x, w, b=b), spec.groups, x, w, b)  # y_j = x_j *valid rot180(w_j)
 
 
@@ -188,10 +201,10 @@ def _conv_fwd(x, w, b, spec):
 
 def _conv_bwd(spec: ConvSpec, res: ConvResiduals, g):
     geom, plan, groups, in_shape = spec.geometry, spec.plan, spec.groups, res.x.shape[1:-1]
-    input_gradient, weight_gradient = _INPUT_GRADIENT[plan.input], _WEIGHT_GRADIENT[plan.weight]
+    input_gradient, weight_gradient = tuned_products(plan, geom, in_shape, spec.bias)
     # per group j (one dense convolution each): δx_j = δ_j *full w_j, dW_j = x_j *valid rot180(δ_j)
-    dx = per_group(lambda g, w: input_gradient(g, w, geom, in_shape), groups, g, res.w)
-    dw, db = per_group(lambda x, g: weight_gradient(x, g, geom, spec.bias), groups, res.x, g)
+    dx = per_group(input_gradient, groups, g, res.w)
+    dw, db = per_group(weight_gradient, groups, res.x, g)
     dw = _connected(dw.reshape(res.w.shape), spec.connections)  # absent connections: exactly zero
     if spec.bias and db is None:  # unless the formula computed it on the way (row blocks)
         db = bias_gradient(g)
@@ -201,6 +214,20 @@ def _conv_bwd(spec: ConvSpec, res: ConvResiduals, g):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _conv = jax.jit(_conv, static_argnums=3)
+
+
+def tuned_products(plan: Plan, geom: _shapes.Geometry, in_shape, bias: bool):
+    """The plan's two backward products for one group, tuned as it says:
+    ``δx = δ *full w`` and ``(dW, db)`` with ``dW = x *valid rot180(δ)``."""
+    input_gradient, weight_gradient = FORMULAS[plan.input].input_gradient, FORMULAS[plan.weight].weight_gradient
+
+    def dx(g, w):  # materialize_input: col2im's tuning (resolve_plan allows it there only)
+        return input_gradient(g, w, geom, in_shape, **({"materialize": True} if plan.materialize_input else {}))
+
+    def dw(x, g):
+        return _xla_cpu.summed_in_batch_chunks(lambda x, g: weight_gradient(x, g, geom, bias), plan.weight_chunk, x, g)
+
+    return dx, dw
 
 
 # --------------------------------------------------------------------------- the lecture's formulas
@@ -236,7 +263,8 @@ def input_gradient(g, w, geom: _shapes.Geometry, in_shape):
 
 
 def weight_gradient(x, g, geom: _shapes.Geometry, bias: bool = False):
-    """``dW = x *valid rot180(δ)``: the padded input ⋆ the stride-upsampled δ, the batch contracted."""
+    """``dW = x *valid rot180(δ)``: the padded input ⋆ the stride-upsampled δ, the batch contracted.
+    Returns ``(dW, None)``: ``db`` is :func:`bias_gradient`."""
     tail = _shapes.unreached(x.shape[1:-1], geom)
     pads = [(lo, hi - r) for (lo, hi), r in zip(geom.pads, tail)]  # drop the unreached tail
     return _xla_cpu.correlate_over_batch(x, g, geom.dilation, pads, geom.stride), None
@@ -247,11 +275,16 @@ def bias_gradient(g):
     return jnp.sum(g, axis=tuple(range(g.ndim - 1)))
 
 
-# The backward is a table look-up: the lecture's formula ("xla") or an exact alternative.
-_FORWARD = {"xla": forward, **{name: f.forward for name, f in FORMULAS.items()}, "winograd": _conv_winograd.forward}
-_WEIGHT_GRADIENT = {"xla": weight_gradient, **{name: f.weight_gradient for name, f in FORMULAS.items()},
-                    "winograd": _conv_winograd.weight_gradient}
-_INPUT_GRADIENT = {"xla": input_gradient, "col2im": input_gradient_col2im, "winograd": _conv_winograd.input_gradient}
+# --------------------------------------------------------------------------- the table
+
+XLA = Formula("xla", lambda geom: None, forward, weight_gradient, input_gradient)
+
+#: Every exact formula for convolution's three products, by name: the lecture's first, then the
+#: alternatives (:mod:`jaxcnn.ops._conv_formulas`, :mod:`jaxcnn.ops._conv_winograd`). ``method``
+#: names a row, a plan one row per product. A new formula is one more row (and one registry sample).
+FORMULAS = {f.name: f for f in (XLA, IM2COL, TAPS, ROWS, WINOGRAD)}
+#: The names ``method`` takes: ``"auto"`` (the default policy), then the table's.
+METHODS = ("auto", *FORMULAS)
 
 
 def _connected(w, connections):
@@ -261,7 +294,8 @@ def _connected(w, connections):
     return jnp.where(np.asarray(connections), w, jnp.zeros((), w.dtype))
 
 
-def conv1d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, groups=1, method="auto"):
+def conv1d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, groups=1, method="auto",
+           platform=None):
     """:func:`conv` over one spatial axis: ``x (N, W, C_in)``, ``w (kw, C_in, C_out)``.
 
     >>> import jax.numpy as jnp
@@ -269,11 +303,12 @@ def conv1d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=N
     >>> ops.conv1d(jnp.ones((1, 4, 2)), jnp.ones((3, 2, 1))).shape
     (1, 2, 1)
     """
-    x, w, b, spec = _validate("conv1d", 1, x, w, b, stride, padding, dilation, connections, groups, method)
+    x, w, b, spec = _validate("conv1d", 1, x, w, b, stride, padding, dilation, connections, groups, method, platform)
     return _conv(x, w, b, spec)
 
 
-def conv2d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, groups=1, method="auto"):
+def conv2d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, groups=1, method="auto",
+           platform=None):
     """:func:`conv` over two spatial axes: ``x (N, H, W, C_in)``, ``w (kh, kw, C_in, C_out)``.
 
     >>> import jax.numpy as jnp
@@ -281,11 +316,12 @@ def conv2d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=N
     >>> ops.conv2d(jnp.ones((2, 32, 32, 3)), jnp.ones((5, 5, 3, 6)), stride=2, padding="SAME").shape
     (2, 16, 16, 6)
     """
-    x, w, b, spec = _validate("conv2d", 2, x, w, b, stride, padding, dilation, connections, groups, method)
+    x, w, b, spec = _validate("conv2d", 2, x, w, b, stride, padding, dilation, connections, groups, method, platform)
     return _conv(x, w, b, spec)
 
 
-def conv3d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, groups=1, method="auto"):
+def conv3d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, groups=1, method="auto",
+           platform=None):
     """:func:`conv` over three spatial axes: ``x (N, D, H, W, C_in)``, ``w (kd, kh, kw, C_in, C_out)``.
 
     >>> import jax.numpy as jnp
@@ -293,14 +329,14 @@ def conv3d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=N
     >>> ops.conv3d(jnp.ones((1, 4, 4, 4, 1)), jnp.ones((2, 2, 2, 1, 3)), padding="FULL").shape
     (1, 5, 5, 5, 3)
     """
-    x, w, b, spec = _validate("conv3d", 3, x, w, b, stride, padding, dilation, connections, groups, method)
+    x, w, b, spec = _validate("conv3d", 3, x, w, b, stride, padding, dilation, connections, groups, method, platform)
     return _conv(x, w, b, spec)
 
 
 # --------------------------------------------------------------------------- validation
 
 
-def _validate(op, rank, x, w, b, stride, padding, dilation, connections, groups, method):
+def _validate(op, rank, x, w, b, stride, padding, dilation, connections, groups, method, platform):
     x = _checks.float_array(op, "x", x)
     w = _checks.float_array(op, "w", w)
     b = None if b is None else _checks.float_array(op, "b", b)
@@ -326,22 +362,50 @@ def _validate(op, rank, x, w, b, stride, padding, dilation, connections, groups,
     if b is not None:
         _checks.shape(op, "b", b, (w.shape[-1],), "(C_out,) with C_out = w.shape[-1]")
     _checks.same_dtype(op, x=x, w=w, b=b)
-    if method not in METHODS + GEOMETRY_METHODS:
-        raise ValueError(
-            f"{op}: unknown `method` {method!r}; use one of {', '.join(map(repr, METHODS + GEOMETRY_METHODS))}.")
     geom = _shapes.geometry(op, x.shape[1:-1], w.shape[:-2], stride, padding, dilation)
-    if method == "winograd" and not _conv_winograd.applies(geom):
-        raise ValueError(
-            f"{op}: `method='winograd'` (F(2×2, 3×3)) needs a 2-D 3 × 3 window at stride 1 without dilation, "
-            f"got window {geom.window}, stride {geom.stride}, dilation {geom.dilation}; use another method.")
     table = None if connections is None else _connection_table(op, connections, w.shape[-2:])
-    if method == "auto":
-        plan = auto_plan(geom, x.shape[1:-1], x.shape[-1], w.shape[-1], groups=groups)
-    else:
-        plan = PLANS[method]
+    problem = Problem(geom, tuple(x.shape), tuple(w.shape), groups, np.dtype(x.dtype),
+                      _xla_cpu.resolve_platform(platform, op))
+    plan = resolve_plan(op, method, problem, _xla_cpu_conv.auto_policy)
     if x.size == 0 or w.size == 0:  # an empty batch or no channels: XLA's convolutions take empty operands
-        plan = PLANS["xla"]
+        plan = Plan.of("xla")
     return x, w, b, ConvSpec(geom, table, groups, plan, b is not None)
+
+
+def resolve_plan(op: str, method, problem: Problem, auto) -> Plan:
+    """``method`` (a formula's name, a ``Plan``, a policy, or ``"auto"``: the policy ``auto``)
+    as the plan for ``problem``, every product's formula checked to apply to its geometry."""
+    if isinstance(method, str) and method == "auto":
+        method = auto
+    if isinstance(method, str):
+        if method not in FORMULAS:
+            raise ValueError(f"{op}: unknown `method` {method!r}; use one of {', '.join(map(repr, METHODS))}, "
+                             f"a Plan naming one per product, or a policy (problem -> Plan).")
+        plan = Plan.of(method)
+    elif isinstance(method, Plan) or not callable(method):
+        plan = method
+    else:
+        plan = method(problem)
+    if not isinstance(plan, Plan):
+        raise TypeError(f"{op}: `method` must be a formula's name ({', '.join(map(repr, METHODS))}), a Plan, or "
+                        f"a policy returning a Plan, got {plan!r} of type {type(plan).__name__}"
+                        f"{'' if plan is method else f' from the policy {method!r}'}.")
+    if isinstance(plan.weight_chunk, bool) or not isinstance(plan.weight_chunk, int) or plan.weight_chunk < 0:
+        raise ValueError(f"{op}: a Plan's `weight_chunk` must be an int >= 0 (samples per chunk of dW's batch sum, "
+                         f"0: none), got {plan.weight_chunk!r}.")
+    for product, name in zip(("y", "dW", "dx"), plan[:3]):
+        if name not in FORMULAS:
+            raise ValueError(f"{op}: `method` {method!r} computes {product} by the unknown formula {name!r}; "
+                             f"the formulas are {', '.join(map(repr, FORMULAS))}.")
+        why = FORMULAS[name].refuses(problem.geometry)
+        if why is None and product == "dx" and plan.materialize_input and (
+                FORMULAS[name].input_gradient is not input_gradient_col2im):
+            why = "does not materialize: `materialize_input` tunes col2im's dx (im2col, taps, rows)"
+        if why is not None:
+            shown = f"`method='{method}'`" if isinstance(method, str) else (
+                f"`method` {method!r} computes {product} by {name!r}, which")
+            raise ValueError(f"{op}: {shown} {why}; use another method.")
+    return plan
 
 
 def _groups(op, groups, c_in, c_out, connections):
@@ -381,33 +445,37 @@ def _connection_table(op, connections, expected):
 # --------------------------------------------------------------------------- references
 
 
-def conv_reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, groups=1, method="auto"):
+def conv_reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, groups=1, method="auto",
+                   platform=None):
     """Autodiff reference for :func:`conv`: ``lax.conv_general_dilated``, no custom rule.
 
     The absent connections are multiplied by zero; ``groups`` is ``lax``'s
     ``feature_group_count``. ``"VALID"`` and ``"SAME"`` are handed
     to ``lax`` as strings (so its own padding arithmetic checks :mod:`jaxcnn._shapes`).
-    ``method`` is validated and otherwise ignored.
+    ``method`` and ``platform`` are validated and otherwise ignored.
     """
-    x, w, b, spec = _validate("conv", None, x, w, b, stride, padding, dilation, connections, groups, method)
+    x, w, b, spec = _validate("conv", None, x, w, b, stride, padding, dilation, connections, groups, method, platform)
     return _reference(x, w, b, spec, padding)
 
 
-def conv1d_reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, groups=1, method="auto"):
+def conv1d_reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, groups=1,
+                     method="auto", platform=None):
     """Autodiff reference for :func:`conv1d`."""
-    x, w, b, spec = _validate("conv1d", 1, x, w, b, stride, padding, dilation, connections, groups, method)
+    x, w, b, spec = _validate("conv1d", 1, x, w, b, stride, padding, dilation, connections, groups, method, platform)
     return _reference(x, w, b, spec, padding)
 
 
-def conv2d_reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, groups=1, method="auto"):
+def conv2d_reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, groups=1,
+                     method="auto", platform=None):
     """Autodiff reference for :func:`conv2d`."""
-    x, w, b, spec = _validate("conv2d", 2, x, w, b, stride, padding, dilation, connections, groups, method)
+    x, w, b, spec = _validate("conv2d", 2, x, w, b, stride, padding, dilation, connections, groups, method, platform)
     return _reference(x, w, b, spec, padding)
 
 
-def conv3d_reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, groups=1, method="auto"):
+def conv3d_reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, connections=None, groups=1,
+                     method="auto", platform=None):
     """Autodiff reference for :func:`conv3d`."""
-    x, w, b, spec = _validate("conv3d", 3, x, w, b, stride, padding, dilation, connections, groups, method)
+    x, w, b, spec = _validate("conv3d", 3, x, w, b, stride, padding, dilation, connections, groups, method, platform)
     return _reference(x, w, b, spec, padding)
 
 

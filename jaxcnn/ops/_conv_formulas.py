@@ -1,13 +1,13 @@
-"""Convolution's alternative exact formulas: each a (forward, weight gradient) pair.
+"""Convolution's alternative exact formulas: each a :class:`Formula` of the table.
 
 :mod:`jaxcnn.ops._conv` holds the lecture's formulas (Hu & Zhu: ``y = x *valid rot180(w)``,
 ``dW = x *valid rot180(δ)``, ``dx = δ *full w``); these order the same sums differently, and
 ``method`` (:mod:`jaxcnn.ops._conv_plan`) picks among them. Why each is there, measured:
 ``docs/performance.md``.
 
-* ``"im2col"`` (Park): ``y = im2col(x) · W`` with ``W = w.reshape(-1, C_out)`` and
-  ``dW = im2col(x)ᵀ · δ``; its input gradient is :func:`input_gradient_col2im`,
-  ``dx = col2im(δ · Wᵀ)`` (overlap-add, then crop).
+* ``"im2col"`` (Park): ``y = im2col(x) · W`` with ``W = w.reshape(-1, C_out)``,
+  ``dW = im2col(x)ᵀ · δ`` and ``dx = col2im(δ · Wᵀ)`` (:func:`input_gradient_col2im`:
+  overlap-add, then crop), the input gradient the two below share.
 * ``"taps"``: ``y = Σ_k Σ_p x_pad[:, o·s + k·d, p] · w[k, p, :]``, the window's strided slices
   scaled and summed in one fused loop, and ``dW`` as one matrix product of the taps with δ.
 * ``"rows"``: im2col over the leading spatial axes only, and along the last axis blocks of
@@ -16,15 +16,16 @@
   summed. With a bias, the column matrix gets a column of ones and the banded matrix the
   row ``b``, so ``y + b`` and ``[dW; db]`` come out of the same two products.
 
-Every forward is ``(x, w, geom, b) -> y`` (``b`` None or added) and every weight gradient
+Every forward is ``(x, w, geom, b) -> y`` (``b`` None or added), every weight gradient
 ``(x, g, geom, bias) -> (dW, db)``, ``dW`` in any shape that reshapes to ``w``'s and ``db``
-None unless the formula computes it on the way (``"rows"`` with ``bias``).
+None unless the formula computes it on the way (``"rows"`` with ``bias``), and every input
+gradient ``(g, w, geom, in_shape) -> dx``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import jax.numpy as jnp
 import numpy as np
@@ -40,10 +41,22 @@ TAPS_PER_MAP_MAX_PAIRS = 32
 
 
 class Formula(NamedTuple):
-    """One exact way to compute convolution's forward and weight gradient."""
+    """One exact way to compute convolution's three products: a row of the table
+    :data:`jaxcnn.ops._conv.FORMULAS`, named by ``method``."""
 
+    name: str
+    refuses: Callable[[_shapes.Geometry], Optional[str]]  # why it does not apply to a geometry, or None
     forward: Callable  # (x, w, geom, b) -> y
     weight_gradient: Callable  # (x, g, geom, bias) -> (dW, db or None)
+    input_gradient: Callable  # (g, w, geom, in_shape) -> dx
+
+
+def refuses_negative_padding(geom: _shapes.Geometry) -> Optional[str]:
+    """Why a formula that pads with ``jnp.pad`` refuses ``geom``: a negative padding (a crop; only
+    the convolution a :func:`jaxcnn.ops.conv_transpose` with ``output_padding`` transposes has one)."""
+    if any(p < 0 for pair in geom.pads for p in pair):
+        return f"needs a non-negative padding, got {geom.pads}"
+    return None
 
 
 def _plus(y, b):
@@ -63,9 +76,10 @@ def weight_gradient_im2col(x, g, geom: _shapes.Geometry, bias: bool = False):
     return _xla_cpu.contract_leading(patches(x, geom), g), None
 
 
-def input_gradient_col2im(g, w, geom: _shapes.Geometry, in_shape):
-    """``dx = col2im(δ · Wᵀ)``: every window's share of ``δ Wᵀ`` added back where it was read."""
-    return col2im(g @ w.reshape(-1, w.shape[-1]).T, geom, in_shape)
+def input_gradient_col2im(g, w, geom: _shapes.Geometry, in_shape, materialize: bool = False):
+    """``dx = col2im(δ · Wᵀ)``: every window's share of ``δ Wᵀ`` added back where it was read
+    (``materialize``: into a buffer of its own, :func:`jaxcnn.ops._im2col.col2im`)."""
+    return col2im(g @ w.reshape(-1, w.shape[-1]).T, geom, in_shape, materialize)
 
 
 # --------------------------------------------------------------------------- taps
@@ -179,8 +193,6 @@ def weight_gradient_rows(x, g, geom: _shapes.Geometry, bias: bool = False):
     return jnp.einsum("kupvq,uvb->kbpq", m, _row_block_diagonals(geom, np.dtype(m.dtype))), db  # (K', k_L, C_in, C_out)
 
 
-FORMULAS = {
-    "im2col": Formula(forward_im2col, weight_gradient_im2col),
-    "taps": Formula(forward_taps, weight_gradient_taps),
-    "rows": Formula(forward_rows, weight_gradient_rows),
-}
+IM2COL = Formula("im2col", refuses_negative_padding, forward_im2col, weight_gradient_im2col, input_gradient_col2im)
+TAPS = Formula("taps", refuses_negative_padding, forward_taps, weight_gradient_taps, input_gradient_col2im)
+ROWS = Formula("rows", refuses_negative_padding, forward_rows, weight_gradient_rows, input_gradient_col2im)

@@ -1,121 +1,76 @@
-"""Which exact formula computes each of convolution's three products: ``method`` and ``auto_plan``.
+"""What ``method=`` means: a plan naming one exact formula per product of convolution.
 
-Every formula gives the same sums (see :mod:`jaxcnn.ops._conv` for the lecture's and
-:mod:`jaxcnn.ops._conv_formulas` for the alternatives); ``method="auto"`` picks, per product,
-the one that is fastest for the shapes at hand. The thresholds below are the crossovers
-``experiments/bench.py --only conv-methods`` measures (performance.md, "auto_plan crossovers").
+The formulas are the rows of one table, :data:`jaxcnn.ops._conv.FORMULAS` (``"xla"``, the
+lecture's three convolutions, first). ``method`` is one of
+
+* a formula's name: every product by that formula, as written, on every platform (so
+  ``method="xla"`` is the reproducible reference route: no platform rewrite);
+* a :class:`Plan` (public as ``jaxcnn.ops.ConvPlan``): each product named, with the optional tunings (``weight_chunk``,
+  ``materialize_input``) spelled out;
+* a policy, any callable ``policy(problem: Problem) -> Plan`` (``jaxcnn.ops.ConvProblem``) (the geometry, shapes, dtype
+  and platform of the call at hand);
+* ``"auto"`` (default), the policy :func:`jaxcnn._xla_cpu_conv.auto_policy`: XLA's
+  convolutions off the CPU, the shape-tuned plan on XLA:CPU, never Winograd in 16 bits.
+
+The platform a policy sees is resolved once per call, by :func:`jaxcnn._xla_cpu.resolve_platform`
+(an explicit ``platform=`` wins over ``jax.default_backend()``).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
-
-import jax
-import numpy as np
+from typing import Any, NamedTuple
 
 from jaxcnn import _shapes
-from jaxcnn.ops._conv_winograd import applies as winograd_applies
-from jaxcnn.ops._im2col import whole_window
-
-METHODS = ("auto", "xla", "im2col", "taps", "rows")
-#: Formulas for some geometries only (a clear error elsewhere): Winograd's F(2×2, 3×3) for
-#: 2-D 3 × 3 windows at stride 1 without dilation (:mod:`jaxcnn.ops._conv_winograd`).
-GEOMETRY_METHODS = ("winograd",)
 
 
 class Plan(NamedTuple):
-    """Which exact formula computes each of the three products (see :func:`jaxcnn.ops.conv`)."""
+    """Which formula of the table computes each of the three products, and how it is tuned.
 
-    forward: str  # "xla" | "im2col" | "taps" | "rows" | "winograd"
-    weight: str  # dW: "xla" | "im2col" | "taps" | "rows" | "winograd"
-    input: str  # dx: "xla" | "col2im" | "winograd"
-
-
-PLANS = {
-    "xla": Plan("xla", "xla", "xla"),
-    "im2col": Plan("im2col", "im2col", "col2im"),
-    "taps": Plan("taps", "taps", "col2im"),
-    "rows": Plan("rows", "rows", "col2im"),
-    "winograd": Plan("winograd", "winograd", "winograd"),
-}
-
-#: 1-D: taps for at most this many input channels.
-TAPS_MAX_C_IN = 4
-#: 1-D: im2col while one sample's forward has fewer multiply-adds than this, XLA's convolution above.
-IM2COL_1D_MAX_MACS = 16_384
-#: 2-D and 3-D: row blocks for at most this many input channels.
-ROWS_MAX_C_IN = 4
-#: Grouped (``groups > 1``), at most this many input channels per group: taps for ``y``, row
-#: blocks for ``dW``, col2im for ``dx``; XLA:CPU's grouped convolutions are slow
-#: (performance.md, "Grouped and depthwise convolution").
-GROUPED_MAX_C_IN = 8
-#: 2-D 3 × 3, stride 1, no dilation: Winograd's F(2×2, 3×3) for ``y`` from this many input
-#: channels (per group) and for ``dx`` from this many output channels, where the outputs (for
-#: ``dx`` the inputs) are at least :data:`WINOGRAD_MIN_OUT` on each axis. ``dW`` stays XLA's,
-#: summed in batch chunks (:func:`jaxcnn._xla_cpu.correlate_over_batch`).
-WINOGRAD_MIN_CHANNELS = 32
-WINOGRAD_MIN_OUT = 6
-#: 1-D: ``dx`` by col2im at stride 1 for at most this many channel pairs (strided: always col2im).
-COL2IM_MAX_PAIRS = 1024
-
-
-def auto_plan(geom: _shapes.Geometry, in_shape, c_in: int, c_out: int, backend: Optional[str] = None, *,
-              groups: int = 1) -> Plan:
-    """The formulas ``method="auto"`` picks: all exact, chosen by shape for speed.
-
-    Off the CPU, XLA's own convolutions (cuDNN on GPUs). On the CPU: a window covering the
-    whole input (LeNet-5's C5) is a dense layer, im2col without a copy; few input channels
-    (LeNet-5's C1, RGB images) use row blocks for ``y`` and ``dW``, whose column matrix the
-    two share inside one jitted step; more input channels (C3's 6) use XLA's convolutions,
-    which need no ``K``-times larger column matrix; 3 × 3 windows at stride 1 (a ResNet's or
-    VGG's) use Winograd's F(2×2, 3×3) for ``y`` and ``dx`` from 32 channels
-    (:func:`_winograd_where_faster`). 1-D convolutions use taps for few input channels,
-    im2col while a sample's forward is small, and XLA's convolutions above. A 1 × 1
-    window without padding (a pointwise convolution) is one matrix product per product,
-    im2col and col2im. ``dx`` overlap-adds ``δ Wᵀ`` (col2im) in 1-D where XLA's transposed
-    convolution would multiply the zeros of a strided δ or the channels are few; in 2-D and
-    3-D only where the channels are too few to vectorise (the ``K``-times larger ``δ Wᵀ``
-    costs more than the zeros there). Elsewhere XLA's own convolutions win. All of them are
-    written in XLA:CPU's canonical form, which it also runs fast inside the loop of
-    :func:`jaxcnn.train.make_epoch`. The crossovers: performance.md, "auto_plan
-    crossovers".
-
-    Grouped convolutions (``groups > 1``; ``c_in``, ``c_out`` count all channels) run every
-    product per group; with few input channels per group (depthwise: one) the forward is
-    the window's scaled taps, ``dW`` row blocks and ``dx`` col2im, since XLA:CPU's grouped
-    convolutions (and above all autodiff's ``batch_group_count`` weight gradient) are slow;
-    wider groups follow the dense rule for one group's channels.
+    ``Plan("rows", "rows", "im2col")``: ``y`` and ``dW`` by row blocks, ``dx`` by col2im (im2col's
+    input gradient). The tunings change no value beyond the order of a sum: ``weight_chunk = c > 0``
+    sums ``dW`` over the batch ``c`` samples at a time (a ``lax.scan``, zero samples padding the last
+    chunk); ``materialize_input`` computes col2im's ``dx`` (that of ``"im2col"``, ``"taps"`` and
+    ``"rows"``) into a buffer of its own (:func:`jaxcnn._xla_cpu.materialized`).
     """
-    if (backend or jax.default_backend()) != "cpu":
-        return PLANS["xla"]
-    if whole_window(geom, in_shape) or _pointwise(geom):
-        return PLANS["im2col"]
-    if groups > 1 and c_in // groups <= GROUPED_MAX_C_IN:  # depthwise and narrow groups
-        return Plan("taps", "rows", "col2im")
-    if groups > 1:  # wide groups: the dense rule for one group's channels
-        c_in, c_out = c_in // groups, c_out // groups
-    if len(geom.window) == 1:
-        macs = int(np.prod(geom.out_shape)) * int(np.prod(geom.window)) * c_in * c_out  # per sample, forward
-        products = "taps" if c_in <= TAPS_MAX_C_IN else "im2col" if macs < IM2COL_1D_MAX_MACS else "xla"
-        col2im = max(geom.stride) > 1 or c_in * c_out <= COL2IM_MAX_PAIRS
-    else:
-        few = c_in <= ROWS_MAX_C_IN
-        products = "rows" if few else "xla"
-        col2im = few
-    plan = Plan(forward=products, weight=products, input="col2im" if col2im else "xla")
-    return _winograd_where_faster(plan, geom, in_shape, c_in, c_out) if winograd_applies(geom) else plan
+
+    forward: str  # y
+    weight: str  # dW
+    input: str  # dx
+    weight_chunk: int = 0
+    materialize_input: bool = False
+
+    @classmethod
+    def of(cls, name: str) -> "Plan":
+        """Every product by the formula ``name``, untuned."""
+        return cls(name, name, name)
 
 
-def _winograd_where_faster(plan: Plan, geom: _shapes.Geometry, in_shape, c_in: int, c_out: int) -> Plan:
-    """``plan`` with Winograd's F(2×2, 3×3) for ``y`` over many input channels and for
-    ``dx`` (the same forward on δ) over many output channels, each with enough tiles."""
-    if c_in >= WINOGRAD_MIN_CHANNELS and min(geom.out_shape) >= WINOGRAD_MIN_OUT:
-        plan = plan._replace(forward="winograd")
-    if c_out >= WINOGRAD_MIN_CHANNELS and min(in_shape) >= WINOGRAD_MIN_OUT:
-        plan = plan._replace(input="winograd")
-    return plan
+class Problem(NamedTuple):
+    """What a policy is told about one convolution (for :func:`jaxcnn.ops.conv_transpose`: about
+    the convolution it transposes, whose input has the transposed convolution's output shape)."""
+
+    geometry: _shapes.Geometry  # window, stride, dilation, resolved pads, output spatial shape
+    x_shape: tuple[int, ...]  # (N, *spatial, C_in)
+    w_shape: tuple[int, ...]  # (*window, C_in / groups, C_out)
+    groups: int
+    dtype: Any  # a NumPy dtype
+    platform: str  # "cpu", "gpu", "tpu", ...
 
 
-def _pointwise(geom: _shapes.Geometry) -> bool:
-    """A 1 × 1 window without padding: the column matrix is ``x`` (strided), ``y = x W``."""
-    return all(k == 1 for k in geom.window) and all(p == (0, 0) for p in geom.pads)
+# Backwards-compatible names (jaxcnn/verify/registry.py, experiments/bench.py): the formulas that
+# apply to every geometry, and those that apply to some; the table's own list is
+# jaxcnn.ops._conv.METHODS.
+METHODS = ("auto", "xla", "im2col", "taps", "rows")
+GEOMETRY_METHODS = ("winograd",)
+
+
+def auto_plan(geom: _shapes.Geometry, in_shape, c_in: int, c_out: int, backend=None, *, groups: int = 1) -> Plan:
+    """The plan ``method="auto"`` gives a float32 convolution of one sample on ``backend``
+    (the resolved default platform if None); kept for the experiments that print it."""
+    import numpy as np
+
+    from jaxcnn import _xla_cpu, _xla_cpu_conv
+
+    problem = Problem(geom, (1, *in_shape, c_in), (*geom.window, c_in // groups, c_out), groups,
+                      np.dtype("float32"), _xla_cpu.resolve_platform(backend))
+    return _xla_cpu_conv.auto_policy(problem)

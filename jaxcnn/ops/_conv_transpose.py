@@ -6,9 +6,13 @@ factor S is the same as striding by factor 1/S — also called transpose convolu
 The op is exactly that: insert ``S − 1`` zeros between neighbours, pad, correlate. It
 is the input-gradient of the strided convolution with the same window, stride and
 padding, which is why its own backward is built from strided correlations (Raj's
-"derivative maps upsampled if stride > 1", read backwards). With ``groups = g`` each group
-of channels is a transposed convolution of its own (:mod:`jaxcnn.ops._conv_groups`), and so
-are its derivatives: ``dx_j`` from ``δ_j`` and ``w_j``, ``dw_j`` from ``x_j`` and ``δ_j``.
+"derivative maps upsampled if stride > 1", read backwards). So its three products are the
+convolution's, from the same table (:data:`jaxcnn.ops._conv.FORMULAS`) with the roles exchanged:
+its ``y`` is the input gradient of the convolution it transposes, its ``dx`` that
+convolution's forward and its ``dw`` that convolution's weight gradient, flipped. With
+``groups = g`` each group of channels is a transposed convolution of its own
+(:mod:`jaxcnn.ops._conv_groups`), and so are its derivatives: ``dx_j`` from ``δ_j`` and
+``w_j``, ``dw_j`` from ``x_j`` and ``δ_j``.
 """
 
 from __future__ import annotations
@@ -21,15 +25,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxcnn import _checks, _shapes
+from jaxcnn import _checks, _shapes, _xla_cpu, _xla_cpu_conv
 from jaxcnn._shapes import Geometry, Padding
-from jaxcnn._xla_cpu import canonical_numbers, correlate_over_batch
+from jaxcnn.ops._conv import FORMULAS, resolve_plan, tuned_products
 from jaxcnn.ops._conv_groups import check_kernel_channels, checked_groups, per_group
+from jaxcnn.ops._conv_plan import Plan, Problem
 
 
 def conv_transpose(
     x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *, stride=1, padding: Padding = "VALID",
-    dilation=1, output_padding=0, groups: int = 1,
+    dilation=1, output_padding=0, groups: int = 1, method="auto", platform: Optional[str] = None,
 ) -> jax.Array:
     r"""Transposed convolution: upsample ``x`` by ``S``, pad, correlate with ``w``.
 
@@ -79,6 +84,13 @@ def conv_transpose(
     * with ``groups = g``, each of these per group ``j``: ``dx_j`` from ``δ_j`` and ``w_j``,
       ``dw_j`` from ``x_j`` and ``δ_j`` (``1/g`` of the dense multiply-adds).
 
+    Each product is a row of convolution's table, for the convolution ``conv(·, flip(w)ᵀ)``
+    being transposed: ``y`` its input gradient, ``dx`` its forward, ``dw`` its weight
+    gradient flipped. ``method`` names them as :func:`jaxcnn.ops.conv`'s does (a formula's
+    name, a ``Plan`` whose ``forward`` computes this op's ``dx`` and ``input`` its ``y``, or a
+    policy, told about the convolution being transposed); ``"auto"`` is XLA's convolutions,
+    their ``dw`` summed in batch chunks on XLA:CPU (:func:`jaxcnn._xla_cpu_conv.transpose_policy`).
+
     Args:
       x: input of shape ``(N, *spatial, C_in)`` (channels last), 1 to 3 spatial axes.
       w: kernel of shape ``(*window, C_in / groups, C_out)`` (the layout of ``lax``'s ``HWIO``).
@@ -92,6 +104,9 @@ def conv_transpose(
         it tells apart the input sizes a strided convolution maps to the same size).
       groups: ``g >= 1`` dividing ``C_in`` and ``C_out``: input channel group ``j`` feeds only
         output channel group ``j`` (as :func:`jaxcnn.ops.conv`'s ``groups``).
+      method: ``"auto"``, a formula's name, a ``Plan`` or a policy (see above).
+      platform: the platform the policy tunes for; None: ``jax.default_backend()`` at trace
+        time (:func:`jaxcnn._xla_cpu.resolve_platform`).
 
     Returns:
       ``y`` of shape ``(N, *out_spatial, C_out)`` and the dtype of ``x``.
@@ -105,7 +120,9 @@ def conv_transpose(
         ``stride``/``dilation``/``output_padding`` has the wrong number of entries or is
         out of range (``output_padding`` below neither stride nor dilation), ``groups`` is
         below 1 or does not divide ``C_in`` and ``C_out``, the padding is malformed,
-        negative or larger than ``k_d − 1``, or the output would be empty.
+        negative or larger than ``k_d − 1``, the output would be empty, or ``method`` is
+        unknown or names a formula that does not apply (``"im2col"``, ``"taps"``, ``"rows"``
+        and ``"winograd"`` need ``output_padding`` at most the high padding).
 
     >>> import jax.numpy as jnp
     >>> from jaxcnn import ops
@@ -118,7 +135,30 @@ def conv_transpose(
     (1, 8, 2)
     """
     x, w, b, geom, groups = _validate(x, w, b, stride, padding, dilation, output_padding, groups)
-    return _conv_transpose(x, w, b, geom, groups, b is not None)
+    spec = _spec(x, w, b, geom, groups, method, _xla_cpu.resolve_platform(platform, "conv_transpose"))
+    return _conv_transpose(x, w, b, spec)
+
+
+class ConvTransposeSpec(NamedTuple):
+    """The static settings of one call, in terms of the convolution being transposed."""
+
+    geometry: Geometry  # that convolution's: pads (lo, hi), out_shape = x's spatial shape
+    out_shape: tuple[int, ...]  # y's spatial shape, that convolution's input
+    groups: int
+    plan: Plan  # y by plan.input, dx by plan.forward, dw by plan.weight
+    bias: bool
+
+
+def _spec(x, w, b, geom: Geometry, groups: int, method, platform: str) -> ConvTransposeSpec:
+    """The convolution being transposed (pads ``k_d − 1 − p`` of this op's ``p``; a negative
+    high pad crops ``output_padding``'s positions) and its plan."""
+    pads = tuple((k - 1 - p_lo, k - 1 - p_hi)
+                 for k, (p_lo, p_hi) in zip(_shapes.dilated(geom.window, geom.dilation), geom.pads))
+    conv_geom, out_shape = geom._replace(pads=pads, out_shape=tuple(x.shape[1:-1])), geom.out_shape
+    problem = Problem(conv_geom, (x.shape[0], *out_shape, w.shape[-1]), (*geom.window, w.shape[-1] // groups,
+                      x.shape[-1]), groups, np.dtype(x.dtype), platform)
+    plan = resolve_plan("conv_transpose", method, problem, _xla_cpu_conv.transpose_policy)
+    return ConvTransposeSpec(conv_geom, out_shape, groups, plan, b is not None)
 
 
 class ConvTransposeResiduals(NamedTuple):
@@ -126,56 +166,48 @@ class ConvTransposeResiduals(NamedTuple):
     w: jax.Array  # the kernel, for dx
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _conv_transpose(x, w, b, geom: Geometry, groups: int, bias: bool):
-    nd = w.ndim - 2
+def _flipped_transposed(w):
+    """``flip(w)ᵀ``: the kernel reversed over its spatial axes, its two channel axes swapped."""
+    return lax.rev(jnp.swapaxes(w, -1, -2), tuple(range(w.ndim - 2)))
 
-    def forward(x, w):  # one group: u = pad(upsample(x, S)), y = u ⋆ w (taps d apart)
-        return lax.conv_general_dilated(x, w, (1,) * nd, geom.pads, lhs_dilation=geom.stride,
-                                        rhs_dilation=geom.dilation, dimension_numbers=canonical_numbers(nd))
 
-    y = per_group(forward, groups, x, w)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _conv_transpose(x, w, b, spec: ConvTransposeSpec):
+    # one group: u = pad(upsample(x, S)), y = u ⋆ w, the input gradient of conv(·, flip(w)ᵀ) at δ = x
+    input_gradient, _ = tuned_products(spec.plan, spec.geometry, spec.out_shape, False)
+    y = per_group(lambda x, w: input_gradient(x, _flipped_transposed(w)), spec.groups, x, w)
     return y if b is None else y + b
 
 
-def _conv_transpose_fwd(x, w, b, geom: Geometry, groups: int, bias: bool):
-    return _conv_transpose(x, w, b, geom, groups, bias), ConvTransposeResiduals(x, w)
+def _conv_transpose_fwd(x, w, b, spec: ConvTransposeSpec):
+    return _conv_transpose(x, w, b, spec), ConvTransposeResiduals(x, w)
 
 
-def _conv_transpose_bwd(geom: Geometry, groups: int, bias: bool, res: ConvTransposeResiduals, g):
-    x, w = res.x, res.w
-    nd = w.ndim - 2
-    spatial = tuple(range(nd))
-    # (lo, hi): the padding of the strided conv being transposed (hi < 0 crops g's tail:
-    # output_padding's positions are part of it, their δ reaches the inputs whose windows cover them).
-    pads = tuple((k - 1 - p_lo, k - 1 - p_hi)
-                 for k, (p_lo, p_hi) in zip(_shapes.dilated(geom.window, geom.dilation), geom.pads))
-    # Every convolution below is in XLA:CPU's canonical form (channels last, kernel
-    # (*window, in, out)), its operands moved there explicitly: read through swapped
-    # dimension numbers instead, XLA:CPU runs them far slower inside a loop body
-    # (performance.md, "Canonical convolution form"). Each group j is a transposed
-    # convolution of its own (per_group): its δ_j meets only w_j and x_j.
+def _conv_transpose_bwd(spec: ConvTransposeSpec, res: ConvTransposeResiduals, g):
+    # Raj's convolution backward with "forward" and "backward" exchanged, per group j (δ_j meets
+    # only w_j and x_j), for the convolution conv(·, flip(w)ᵀ) with pads (lo, hi) that this op transposes:
+    #   dx[i] = Σ_j g[S·i − lo + j·d] · flip(w)[j]ᵀ      that convolution's forward on g
+    #   dw[j] = flip(Σ_i g[S·i − lo + j'·d] ⊗ x[i])ᵀ     its weight gradient, g against x dilated by S
+    forward = FORMULAS[spec.plan.forward].forward
+    _, weight_gradient = tuned_products(spec.plan, spec.geometry, spec.out_shape, False)
+    window = spec.geometry.window
 
-    def input_gradient(g, w):  # dx[i] = Σ_j g[S·i − lo + j·d] · flip(w)[j]ᵀ: a stride-S correlation of δ
-        w_swapped = jnp.swapaxes(lax.rev(w, spatial), -1, -2)  # flip(w)[j]ᵀ: (*window, C_out, C_in)
-        return lax.conv_general_dilated(g, w_swapped, geom.stride, pads, rhs_dilation=geom.dilation,
-                                        dimension_numbers=canonical_numbers(nd))
+    def dw(x, g):
+        dw_flipped, _ = weight_gradient(g, x)
+        return _flipped_transposed(dw_flipped.reshape(*window, g.shape[-1], x.shape[-1]))
 
-    def weight_gradient(x, g):
-        # dw[j] = Σ_o u[o + j·d] ⊗ g[o] = flip(Σ_i g[S·i − lo + j'·d] ⊗ x[i]): δ against x dilated
-        # by S, taps d apart, contracted over the batch.
-        dw_flipped = correlate_over_batch(g, x, geom.dilation, pads, geom.stride)  # (*window, C_out, C_in)
-        return lax.rev(jnp.swapaxes(dw_flipped, -1, -2), spatial)
+    def dx(g, w):  # flip(w)ᵀ flipped first, then transposed: the same values, the program as it always was
+        return forward(g, jnp.swapaxes(lax.rev(w, tuple(range(w.ndim - 2))), -1, -2), spec.geometry)
 
-    dx = per_group(input_gradient, groups, g, w)
-    dw = per_group(weight_gradient, groups, x, g)
-    db = jnp.sum(g, axis=tuple(range(nd + 1))) if bias else None
+    dx = per_group(dx, spec.groups, g, res.w)
+    dw = per_group(dw, spec.groups, res.x, g)
+    db = jnp.sum(g, axis=tuple(range(g.ndim - 1))) if spec.bias else None
     return dx, dw, db
 
 
 _conv_transpose.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
-_conv_transpose = jax.jit(_conv_transpose, static_argnums=(3, 4, 5))
+_conv_transpose = jax.jit(_conv_transpose, static_argnums=3)
 
 
 def _validate(x, w, b, stride, padding, dilation, output_padding, groups):
@@ -212,12 +244,14 @@ def _validate(x, w, b, stride, padding, dilation, output_padding, groups):
 
 
 def conv_transpose_reference(x, w, b=None, *, stride=1, padding: Padding = "VALID", dilation=1, output_padding=0,
-                             groups=1):
+                             groups=1, method="auto", platform=None):
     """Autodiff reference for :func:`conv_transpose`: ``lax.conv_transpose`` with
     ``transpose_kernel=False`` and ``use_consistent_padding=True``, once per group on that
     group's channel slices, the outputs concatenated; ``output_padding`` lowers the high
-    padding of the convolution being transposed (so ``lax`` pads the upsampled input more)."""
+    padding of the convolution being transposed (so ``lax`` pads the upsampled input more).
+    ``method`` and ``platform`` are validated and otherwise ignored."""
     x, w, b, geom, groups = _validate(x, w, b, stride, padding, dilation, output_padding, groups)
+    _spec(x, w, b, geom, groups, method, _xla_cpu.resolve_platform(platform, "conv_transpose"))
     nd = w.ndim - 2
     extent = _shapes.dilated(geom.window, geom.dilation)
     extra = _shapes.spatial_tuple("conv_transpose", "output_padding", output_padding, nd, minimum=0)

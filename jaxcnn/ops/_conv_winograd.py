@@ -27,17 +27,25 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxcnn import _shapes, _xla_cpu
+from jaxcnn import _shapes
+from jaxcnn.ops._conv_formulas import Formula, refuses_negative_padding
 
-#: On XLA:CPU the weight gradient sums the batch in chunks of about this many bytes of input.
-CHUNK_BYTES = 1 << 20
 #: U = G w Gᵀ: the filter transform (Lavin & Gray, F(2×2, 3×3)).
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 
 
+def refuses(geom: _shapes.Geometry):
+    """Why F(2×2, 3×3) does not apply to ``geom`` (None where it does: 2-D, a 3 × 3 window, stride 1,
+    no dilation, no negative padding)."""
+    if geom.window == (3, 3) and geom.stride == (1, 1) and geom.dilation == (1, 1):
+        return refuses_negative_padding(geom)
+    return (f"needs a 2-D 3 × 3 window at stride 1 without dilation (F(2×2, 3×3)), got window {geom.window}, "
+            f"stride {geom.stride}, dilation {geom.dilation}")
+
+
 def applies(geom: _shapes.Geometry) -> bool:
-    """Whether the geometry is F(2×2, 3×3)'s: 2-D, a 3 × 3 window, stride 1, no dilation."""
-    return geom.window == (3, 3) and geom.stride == (1, 1) and geom.dilation == (1, 1)
+    """Whether the geometry is F(2×2, 3×3)'s (:func:`refuses` says None)."""
+    return refuses(geom) is None
 
 
 def _input_transform(p):
@@ -101,12 +109,8 @@ def weight_gradient(x, g, geom: _shapes.Geometry, bias: bool = False):
     """``dW = Gᵀ dU G`` with ``dU_ab = Σ_tiles V_abᵀ dM_ab`` and ``dM = A δ Aᵀ`` per tile.
 
     ``V`` is taken channels-first, so that each ``dU_ab`` is a plain ``(C_in × tiles) ·
-    (tiles × C_out)`` product, and on XLA:CPU the batch is summed in chunks of about
-    :data:`CHUNK_BYTES` of input, which keep a chunk's ``V`` and ``dM`` in the cache
-    (performance.md, "Winograd F(2×2, 3×3)"); zero samples pad the last chunk."""
-    per_sample = max(1, x[0].size * x.dtype.itemsize)
-    chunk = max(1, CHUNK_BYTES // per_sample) if _xla_cpu.on_cpu() else x.shape[0]  # a CPU cache workaround
-    du = _xla_cpu.summed_in_batch_chunks(lambda x, g: _weight_products(x, g, geom), chunk, x, g)
+    (tiles × C_out)`` product."""
+    du = _weight_products(x, g, geom)
     gt = G.astype(du.dtype)
     return jnp.einsum("ai,abpq,bj->ijpq", gt, du.reshape(4, 4, x.shape[-1], g.shape[-1]), gt), None
 
@@ -129,3 +133,6 @@ def input_gradient(g, w, geom: _shapes.Geometry, in_shape):
     flipped = jnp.swapaxes(w[::-1, ::-1], -1, -2)
     pads = tuple((2 - lo, 2 - hi + r) for (lo, hi), r in zip(geom.pads, _shapes.unreached(in_shape, geom)))
     return forward(g, flipped, geom._replace(pads=pads, out_shape=tuple(in_shape)))
+
+
+WINOGRAD = Formula("winograd", refuses, forward, weight_gradient, input_gradient)

@@ -106,8 +106,7 @@ def _validate_key(key):
 
 
 def _validate_rate(rate):
-    return _checks.finite_float("dropout", "rate", rate, low=0.0, high=1.0, meaning=" (the drop probability)",
-                                rule="is the probability of dropping an element and must be in [0, 1]")
+    return _checks.number("dropout", "rate", rate, 0.0, 1.0, high_open=False)  # the drop probability
 
 
 def dropout_reference(x, key, rate, *, deterministic=False):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +19,8 @@ from jax import lax
 from jaxcnn import _checks, _shapes, _xla_cpu
 
 
-def im2col(x: jax.Array, window, *, stride=1, padding: _shapes.Padding = "VALID", dilation=1) -> jax.Array:
+def im2col(x: jax.Array, window, *, stride=1, padding: _shapes.Padding = "VALID", dilation=1,
+           platform: Optional[str] = None) -> jax.Array:
     r"""Every window of ``x`` unrolled into one row (Park's ``Im2col``), channels-last.
 
     Forward, with ``x_pad`` the input zero-padded by ``(lo, hi)`` per spatial axis,
@@ -35,7 +36,8 @@ def im2col(x: jax.Array, window, *, stride=1, padding: _shapes.Padding = "VALID"
     cotangent is added to the input element it was copied from (overlap-add; an input
     element covered by ``m`` windows receives the sum of ``m`` entries), then the
     padding is cropped (Raj: the zero-padding regions are deleted before further
-    backprop).
+    backprop). On XLA:CPU a long overlap-add is computed into a buffer of its own
+    (:func:`jaxcnn._xla_cpu.materializes`), the same values.
 
     Park's slides print MATLAB's layout: patches and positions in column-major order.
     This layout is row-major with channels fastest, the layout of ``w.reshape(-1, C_out)``.
@@ -48,6 +50,8 @@ def im2col(x: jax.Array, window, *, stride=1, padding: _shapes.Padding = "VALID"
       padding: ``"VALID"``, ``"SAME"``, ``"FULL"``, an int, or one ``(low, high)`` pair per
         spatial axis (see :mod:`jaxcnn._shapes`).
       dilation: spacing of the window taps, an int or one per spatial axis, ``>= 1``.
+      platform: the platform to tune the backward for (``"cpu"``, ``"gpu"``, ...); None:
+        ``jax.default_backend()`` at trace time (:func:`jaxcnn._xla_cpu.resolve_platform`).
 
     Returns:
       ``cols`` of shape ``(N, *out_spatial, prod(window) · C)`` and the dtype of ``x``.
@@ -64,25 +68,26 @@ def im2col(x: jax.Array, window, *, stride=1, padding: _shapes.Padding = "VALID"
     [[3.0, 2.0, 0.0, 5.0], [3.0, 1.0, 3.0, 4.0], [1.0, 2.0, 7.0, 3.0], [2.0, 2.0, 1.0, 7.0]]
     """
     x, geom = _validate(x, window, stride, padding, dilation)
-    return _im2col(x, geom, tuple(x.shape[1:-1]))
+    materialize = _xla_cpu.materializes(geom, _xla_cpu.resolve_platform(platform))
+    return _im2col(x, geom, tuple(x.shape[1:-1]), materialize)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _im2col(x, geom, spatial_shape):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _im2col(x, geom, spatial_shape, materialize):
     return patches(x, geom)
 
 
-def _im2col_fwd(x, geom, spatial_shape):
-    return _im2col(x, geom, spatial_shape), None  # linear: no residuals
+def _im2col_fwd(x, geom, spatial_shape, materialize):
+    return _im2col(x, geom, spatial_shape, materialize), None  # linear: no residuals
 
 
-def _im2col_bwd(geom, spatial_shape, _, g):
-    return (col2im(g, geom, spatial_shape),)
+def _im2col_bwd(geom, spatial_shape, materialize, _, g):
+    return (col2im(g, geom, spatial_shape, materialize),)
 
 
 _im2col.defvjp(_im2col_fwd, _im2col_bwd)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
-_im2col = jax.jit(_im2col, static_argnums=(1, 2))
+_im2col = jax.jit(_im2col, static_argnums=(1, 2, 3))
 
 
 # --------------------------------------------------------------------------- the two maps
@@ -134,15 +139,16 @@ def patches(x: jax.Array, geom: _shapes.Geometry) -> jax.Array:
     return cols.reshape(n, *geom.out_shape, features)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def col2im(cols: jax.Array, geom: _shapes.Geometry, spatial_shape: tuple[int, ...]) -> jax.Array:
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def col2im(cols: jax.Array, geom: _shapes.Geometry, spatial_shape: tuple[int, ...], materialize: bool = False
+           ) -> jax.Array:
     """Overlap-add of a column matrix back onto the input grid ``(N, *spatial, C)``.
 
     The transpose of :func:`patches`: the entries of window offset ``k`` are spread onto
     the padded grid at ``o·s + k·d`` (a zero pad with ``s − 1`` interior zeros, Raj's
-    upsampling), the offsets are summed, and the padding is cropped. Sums of 9 or more
-    terms per element are computed into a buffer of their own on the CPU
-    (:func:`jaxcnn._xla_cpu.materialized`). Jitted like :func:`patches`; ``spatial_shape`` must be a tuple.
+    upsampling), the offsets are summed, and the padding is cropped. With ``materialize``
+    the sum is computed into a buffer of its own (:func:`jaxcnn._xla_cpu.materialized`, an
+    XLA:CPU tuning its policies pick). Jitted like :func:`patches`; ``spatial_shape`` must be a tuple.
     """
     n, c = cols.shape[0], cols.shape[-1] // math.prod(geom.window)  # explicit sizes: N or C may be 0
     if whole_window(geom, spatial_shape):
@@ -161,8 +167,7 @@ def col2im(cols: jax.Array, geom: _shapes.Geometry, spatial_shape: tuple[int, ..
     start = (0, *(lo for lo, _ in geom.pads), 0)
     limit = (n, *(lo + size for (lo, _), size in zip(geom.pads, spatial_shape)), c)
     dx = lax.slice(total, start, limit)
-    terms = math.prod(-(-k // s) for k, s in zip(geom.window, geom.stride))  # windows per element
-    return _xla_cpu.materialized(dx) if terms >= _xla_cpu.MATERIALIZE_TERMS else dx
+    return _xla_cpu.materialized(dx) if materialize else dx
 
 
 # --------------------------------------------------------------------------- validation
@@ -179,8 +184,8 @@ def _validate(x, window, stride, padding, dilation):
 # --------------------------------------------------------------------------- reference
 
 
-def im2col_reference(x, window, *, stride=1, padding="VALID", dilation=1):
-    """Autodiff reference for :func:`im2col`: ``lax.conv_general_dilated_patches``.
+def im2col_reference(x, window, *, stride=1, padding="VALID", dilation=1, platform=None):
+    """Autodiff reference for :func:`im2col`: ``lax.conv_general_dilated_patches`` (``platform`` is ignored).
 
     That function orders each patch channel-major (``c · K + k``); the features are
     reordered to this module's offset-major layout (``k · C + c``).

@@ -286,8 +286,7 @@ def _validate_ce(logits, labels, weights, ignore_index, label_smoothing, reducti
         _checks.same_dtype(op, logits=logits, weights=weights)
     if ignore_index is not None:
         ignore_index = _checks.integer(op, "ignore_index", ignore_index)
-    label_smoothing = _checks.finite_float(op, "label_smoothing", label_smoothing, low=0.0, high=1.0,
-                                           rule="must be in [0, 1]")
+    label_smoothing = _checks.number(op, "label_smoothing", label_smoothing, 0.0, 1.0, high_open=False)
     _check_reduction(op, reduction)
     return logits, labels, weights, ignore_index, label_smoothing
 
@@ -451,7 +450,7 @@ def _validate_l2(params, lam):
     params = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), arrays)
     dtype = jnp.result_type(*arrays) if arrays else jnp.float32
     if isinstance(lam, (int, float, np.integer, np.floating)):  # a setting: finite, in the leaves' dtype
-        lam = jnp.asarray(_checks.finite_float("l2_penalty", "lam", lam), dtype)
+        lam = jnp.asarray(_checks.number("l2_penalty", "lam", lam), dtype)
     lam = _checks.float_array("l2_penalty", "lam", lam)
     _checks.rank("l2_penalty", "lam", lam, 0, "(a scalar)")
     return params, lam

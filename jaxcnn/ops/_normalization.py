@@ -263,7 +263,7 @@ def _validate_bn(x, gamma, beta, mean, var, axis, eps):
 
 
 def _eps(op, eps):
-    return _checks.finite_float(op, "eps", eps, low=0.0, rule="must be >= 0 (it is added to the variance)")
+    return _checks.number(op, "eps", eps, low=0.0)  # added to the variance
 
 
 def _params(op, x, shape, **arrays):

@@ -1,295 +1,61 @@
-"""The gradient checker: a hand VJP against autodiff of a reference, and against finite
-differences in float64.
-
-Both checks work on any function with a ``jax.custom_vjp`` (or any reverse-mode
-differentiable function) whose positional arguments are arrays or pytrees of arrays;
-keyword arguments are settings passed unchanged to both sides. Only floating leaves are
-differentiated; integer leaves (labels, indices) are held fixed.
-
-Tolerances. An element passes when ``|rule − expected| ≤ atol · max(1, S) + rtol · |expected|``
-where ``S`` is the largest ``|expected|`` of that argument, so that elements which cancel
-to near zero inside a large gradient are judged on the gradient's scale. The defaults
-depend on the dtype compared (:data:`TOLERANCES`); finite differences, always taken in
-float64, use :data:`FINITE_DIFFERENCE_TOLERANCE`. The reported relative error is
-``max |rule − expected| / max |expected|``.
+"""The checks, each a hand-derived rule (the rule side) against what it must equal (the
+expected side), on any function with a ``jax.custom_vjp`` or ``jax.custom_jvp`` (or plain
+autodiff) whose positional arguments are arrays or pytrees of arrays; keyword arguments
+are settings passed unchanged to both sides. Only floating leaves are differentiated;
+integer leaves (labels, keys) are held fixed. Apart from ``"eager"`` (and the op's own
+calls) each side runs as one compiled program: the same numbers, one program instead of
+the many that eager execution compiles one primitive at a time.
 """
 
 from __future__ import annotations
 
-import collections
-import dataclasses
-import hashlib
-import inspect
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+import functools
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxcnn.verify._core import (Leaves, as_cotangent, central_differences, collect, compiled_vjp, name_of,
+                                 outputs, probe_directions, projection, random_like)
+from jaxcnn.verify._report import (FINITE_DIFFERENCE_TOLERANCE, ArgumentReport, CheckResult, Tolerance, compare,
+                                   tolerance_for)
+
+#: Every transform :func:`check_transform` knows, in the order reports list them.
+TRANSFORMS = ("contract", "eager", "jit", "vmap", "grad-of-grad", "checkpoint", "sharding", "finite differences",
+              "jvp", "jvp finite differences")
+
+#: The transforms that need forward mode, which a ``custom_vjp`` does not have.
+FORWARD_MODE = ("jvp", "jvp finite differences")
 
 
-class Tolerance(NamedTuple):
-    rtol: float
-    atol: float
+def _vjp_check(op: Callable, against: str, leaves: Leaves, tol: Tolerance, rule: Callable, expected: Callable,
+               cotangents: int = 3, seed: int = 0) -> CheckResult:
+    """``rule()`` and ``expected()`` each give ``(output, pullback)``, the pullback one cotangent
+    per floating leaf: the outputs compared, then both pullbacks at random cotangents."""
+    def reports():
+        (out, pullback), (out_ref, pullback_ref) = rule(), expected()
+        yield from (compare(name, a, b, tol) for name, a, b in outputs(out, out_ref))
+        rng = np.random.default_rng(seed)
+        for _ in range(cotangents):
+            v = random_like(rng, out_ref)
+            for name, a, b in zip(leaves.names, pullback(v), pullback_ref(v)):
+                yield compare(name, as_cotangent(a, b), b, tol)
+
+    return collect(name_of(op), against, leaves.dtype, reports)
 
 
-#: Default tolerances for comparing a hand VJP with autodiff in the same dtype.
-TOLERANCES: dict[str, Tolerance] = {
-    "float64": Tolerance(rtol=1e-9, atol=1e-9),
-    "float32": Tolerance(rtol=1e-4, atol=1e-5),
-    "float16": Tolerance(rtol=1e-2, atol=1e-2),
-    "bfloat16": Tolerance(rtol=5e-2, atol=5e-2),
-}
-
-#: Default tolerance for a float64 hand VJP against float64 central differences.
-FINITE_DIFFERENCE_TOLERANCE = Tolerance(rtol=1e-5, atol=1e-6)
-
-
-def by_name(items: Sequence[Any], name: str) -> Any:
-    """The item whose ``.name`` is ``name`` (an argument's report), or a KeyError listing the names."""
-    for item in items:
-        if item.name == name:
-            return item
-    raise KeyError(f"no argument named {name!r}; have {[item.name for item in items]}")
-
-
-class GradientMismatch(AssertionError):
-    """Raised by :meth:`CheckResult.assert_ok` when a check failed; the message is the report."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ArgumentReport:
-    """How one array (an argument's gradient, or the forward output) compared.
-
-    Attributes:
-      name: the argument, e.g. ``"w"`` or ``"params['conv']['w']"``; ``"output"`` for the
-        forward value.
-      shape: its shape.
-      max_abs_error: ``max |rule − expected|``.
-      max_rel_error: ``max |rule − expected| / max |expected|``.
-      index: the element that is worst relative to its tolerance (for a projection check,
-        ``("direction", k)``).
-      rule: the hand rule's value there.
-      expected: the autodiff or finite-difference value there.
-      tolerance: the error allowed there.
-      ok: whether every element is within its tolerance.
-      note: why the comparison could not be made element by element, if it could not.
-      what: the property compared, when not the value itself (e.g. ``"vjp(0) = 0"``).
-    """
-
-    name: str
-    shape: tuple[int, ...]
-    max_abs_error: float
-    max_rel_error: float
-    index: tuple
-    rule: float
-    expected: float
-    tolerance: float
-    ok: bool
-    note: str = ""
-    what: str = ""
-
-    def describe(self, expected_label: str) -> str:
-        name = f"{self.name} [{self.what}]" if self.what else self.name
-        head = f"{name:<16} {str(self.shape):<18}"
-        if self.note:
-            return f"{head} {'ok' if self.ok else 'MISMATCH'}: {self.note}"
-        errors = f"max abs {self.max_abs_error:.2e}  max rel {self.max_rel_error:.2e}"
-        if self.ok:
-            return f"{head} {errors}  ok"
-        where = ", ".join(str(i) for i in self.index)
-        return (
-            f"{head} {errors}  MISMATCH at [{where}]: rule {self.rule:.6g}, "
-            f"{expected_label} {self.expected:.6g}, tolerance {self.tolerance:.2e}"
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckResult:
-    """The outcome of :func:`check_vjp` or :func:`check_numerical`.
-
-    ``ok`` tells whether everything agreed; ``str(result)`` is a readable report;
-    :meth:`assert_ok` raises :class:`GradientMismatch` with that report.
-    """
-
-    op: str
-    against: str  # "autodiff of <reference>" or "finite differences"
-    dtype: str
-    forward: Optional[ArgumentReport]
-    arguments: tuple[ArgumentReport, ...]
-    error: str = ""  # an exception raised while checking
-
-    @property
-    def ok(self) -> bool:
-        reports = self.arguments + ((self.forward,) if self.forward else ())
-        return not self.error and all(r.ok for r in reports)
-
-    def failures(self) -> tuple[ArgumentReport, ...]:
-        reports = ((self.forward,) if self.forward else ()) + self.arguments
-        return tuple(r for r in reports if not r.ok)
-
-    def __getitem__(self, name: str) -> ArgumentReport:
-        return by_name(self.arguments, name)
-
-    def __str__(self) -> str:
-        status = "ok" if self.ok else "FAILED"
-        forward_mode = "forward mode" in self.against
-        title = self.against if self.against == "custom_vjp contract" else (
-            f"{'JVP' if forward_mode else 'hand VJP'} vs {self.against}")
-        lines = [f"{self.op}: {title} ({self.dtype}): {status}"]
-        if self.error:
-            lines.append(f"  error: {self.error}")
-        label = {"finite differences": "finite-diff", "finite differences (forward mode)": "finite-diff",
-                 "custom_vjp contract": "expected"}.get(self.against, "autodiff")
-        if self.forward is not None:
-            lines.append("  " + self.forward.describe("reference"))
-        lines.extend("  " + r.describe(label) for r in self.arguments)
-        return "\n".join(lines)
-
-    def assert_ok(self) -> "CheckResult":
-        """Returns self if the check passed; raises :class:`GradientMismatch` otherwise."""
-        if not self.ok:
-            raise GradientMismatch(str(self))
-        return self
-
-
-# --------------------------------------------------------------------------- comparison
-
-
-def compare(name: str, rule: Any, expected: Any, tol: Tolerance) -> ArgumentReport:
-    """Element-wise comparison of two arrays under ``tol``; NaNs agree with NaNs."""
-    rule, expected = np.asarray(rule), np.asarray(expected)
-    shape = tuple(expected.shape)
-    if rule.shape != expected.shape:
-        note = f"rule returned shape {tuple(rule.shape)}, expected {shape}"
-        return ArgumentReport(name, shape, np.inf, np.inf, (), np.nan, np.nan, 0.0, False, note)
-    rule = rule.astype(np.float64)
-    expected = expected.astype(np.float64)
-    if expected.size == 0:
-        return ArgumentReport(name, shape, 0.0, 0.0, (), 0.0, 0.0, 0.0, True)
-    both_nan = np.isnan(rule) & np.isnan(expected)
-    with np.errstate(invalid="ignore"):
-        err = np.where(both_nan, 0.0, np.abs(rule - expected))
-    err = np.where(np.isnan(err), np.inf, err)
-    finite = np.abs(expected[np.isfinite(expected)])
-    scale = float(finite.max()) if finite.size else 0.0
-    allowed = tol.atol * max(1.0, scale) + tol.rtol * np.where(np.isfinite(expected), np.abs(expected), 0)
-    worst = np.unravel_index(int(np.argmax(err / allowed)), shape)
-    max_abs = float(err.max())
-    return ArgumentReport(
-        name=name,
-        shape=shape,
-        max_abs_error=max_abs,
-        max_rel_error=max_abs / scale if scale > 0 else max_abs,
-        index=tuple(int(i) for i in worst),
-        rule=float(rule[worst]),
-        expected=float(expected[worst]),
-        tolerance=float(allowed[worst]),
-        ok=bool(np.all(err <= allowed)),
-    )
-
-
-def _is_float(leaf: Any) -> bool:
-    return jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
-
-
-def name_of(fn: Callable) -> str:
-    return getattr(fn, "__name__", None) or type(fn).__name__
-
-
-def _arg_names(op: Callable, n: int) -> list[str]:
-    """Names of the first n positional parameters of op (arg0, arg1, ... if unknown)."""
-    try:
-        params = list(inspect.signature(op).parameters.values())
-    except (TypeError, ValueError):
-        params = []
-    names = []
-    for i in range(n):
-        if i < len(params) and params[i].kind in (params[i].POSITIONAL_ONLY, params[i].POSITIONAL_OR_KEYWORD):
-            names.append(params[i].name)
-        else:
-            names.append(f"arg{i}")
-    return names
-
-
-def float_leaves(op: Callable, args: Sequence[Any]):
-    """(name, arg index, path, leaf) for every floating leaf of the positional args."""
-    out = []
-    for i, (name, arg) in enumerate(zip(_arg_names(op, len(args)), args)):
-        for path, leaf in jax.tree_util.tree_leaves_with_path(arg):
-            if _is_float(leaf):
-                out.append((name + jax.tree_util.keystr(path), i, path, leaf))
-    return out
-
-
-def random_like(rng: np.random.Generator, tree: Any) -> Any:
-    """A standard-normal pytree with the shapes and dtypes of tree's floating leaves."""
-    return jax.tree_util.tree_map(
-        lambda t: jnp.asarray(rng.standard_normal(np.shape(t)), dtype=jnp.result_type(t)), tree
-    )
-
-
-def dtype_name(args: Sequence[Any]) -> str:
-    dtypes = sorted({str(jnp.result_type(l)) for a in args for l in jax.tree_util.tree_leaves(a) if _is_float(l)})
-    return "/".join(dtypes) or "none"
-
-
-def tolerance_for(dtype: str, rtol: Optional[float], atol: Optional[float]) -> Tolerance:
-    base = TOLERANCES.get(dtype.split("/")[0], TOLERANCES["float32"])
-    # With mixed dtypes the loosest one governs.
-    for d in dtype.split("/"):
-        t = TOLERANCES.get(d, base)
-        base = Tolerance(max(base.rtol, t.rtol), max(base.atol, t.atol))
-    return Tolerance(base.rtol if rtol is None else rtol, base.atol if atol is None else atol)
-
-
-def cotangent_leaf(ct: Any, path: tuple) -> Any:
-    for key in path:
-        if isinstance(key, jax.tree_util.SequenceKey):
-            ct = ct[key.idx]
-        elif isinstance(key, jax.tree_util.DictKey):
-            ct = ct[key.key]
-        elif isinstance(key, jax.tree_util.GetAttrKey):
-            ct = getattr(ct, key.name)
-        else:  # FlattenedIndexKey and custom nodes
-            ct = jax.tree_util.tree_leaves(ct)[key.key]
-    return ct
-
-
-def worst(reports: list[ArgumentReport]) -> ArgumentReport:
-    """The failing report with the largest error (or the largest error if all pass)."""
-    return max(reports, key=lambda r: (not r.ok, r.max_abs_error / max(r.tolerance, 1e-300)))
-
-
-# --------------------------------------------------------------------------- check_vjp
-
-
-def check_vjp(
-    op: Callable,
-    reference: Callable,
-    *args: Any,
-    cotangents: int = 3,
-    seed: int = 0,
-    rtol: Optional[float] = None,
-    atol: Optional[float] = None,
-    **settings: Any,
-) -> CheckResult:
+def check_vjp(op: Callable, reference: Callable, *args: Any, cotangents: int = 3, seed: int = 0,
+              rtol: Optional[float] = None, atol: Optional[float] = None, **settings: Any) -> CheckResult:
     """Compares ``op``'s forward and VJP with ``reference`` and ``jax.vjp`` of ``reference``.
 
     Both functions are called as ``f(*args, **settings)``. The VJP is taken with respect
     to every floating leaf of ``args``, for ``cotangents`` random normal cotangents drawn
     from ``seed``; per argument the worst element over all cotangents is reported.
 
-    Args:
-      op: the function with the hand-derived rule.
-      reference: the same forward, differentiated by autodiff.
-      *args: arrays or pytrees of arrays.
-      cotangents: how many random cotangents to try.
-      seed: seed of the cotangents.
-      rtol, atol: override the dtype's defaults (:data:`TOLERANCES`).
-      **settings: keyword arguments passed unchanged to both functions.
-
-    Returns:
-      A :class:`CheckResult`; call ``.assert_ok()`` to raise on mismatch.
+    ``rtol``, ``atol`` override the dtype's defaults (``jaxcnn.verify._report.TOLERANCES``).
+    Returns a :class:`~jaxcnn.verify.CheckResult`; call ``.assert_ok()`` to raise on mismatch.
 
     >>> import jax.numpy as jnp
     >>> from jaxcnn import ops, reference, verify
@@ -297,146 +63,20 @@ def check_vjp(
     >>> verify.check_vjp(ops.softmax, reference.softmax, x).ok
     True
     """
-    dtype = dtype_name(args)
-    against = f"autodiff of {name_of(reference)}"
-    return compare_pullbacks(
-        name_of(op), against, float_leaves(op, args), tolerance_for(dtype, rtol, atol), dtype,
-        rule=lambda: jax.vjp(lambda *a: op(*a, **settings), *args),
-        expected=lambda: expected_vjp(reference, args, settings),
-        cotangents=cotangents, seed=seed,
-    )
+    return _rule_vs_autodiff(op, reference, args, settings, lambda f: f, cotangents, seed, rtol, atol)
 
 
-#: The last few expected sides, by (reference, arguments, settings): see :func:`expected_vjp`.
-_EXPECTED: "collections.OrderedDict[tuple, tuple[Any, Callable]]" = collections.OrderedDict()
+def _rule_vs_autodiff(op, reference, args, settings, transform, cotangents=3, seed=0, rtol=None, atol=None):
+    """``transform(op)``'s VJP against the compiled autodiff of ``reference`` (eager, jit, checkpoint)."""
+    leaves = Leaves(op, args)
+    return _vjp_check(op, f"autodiff of {name_of(reference)}", leaves, tolerance_for(leaves.dtype, rtol, atol),
+                      lambda: jax.vjp(transform(leaves.bind(op, settings)), *leaves.arrays),
+                      lambda: compiled_vjp(reference, leaves, settings), cotangents, seed)
 
 
-def expected_vjp(reference: Callable, args: Sequence[Any], settings: dict) -> tuple[Any, Callable]:
-    """:func:`compiled_vjp` of ``reference`` at ``args``, remembered: the expected side does
-    not depend on the transform applied to the rule, so the checks of one sample under
-    ``eager``, ``jit`` and ``checkpoint`` trace, compile and run it once (and each
-    cotangent's pullback once). Keyed by the reference itself, the arguments' and
-    settings' values and the 64-bit mode; the last 8 are kept."""
-    key = (reference, fingerprint(args), fingerprint(settings), jax.config.jax_enable_x64)
-    if key not in _EXPECTED:
-        out, pullback = compiled_vjp(lambda *a: reference(*a, **settings), *args)
-        _EXPECTED[key] = out, _remembered(pullback)
-        while len(_EXPECTED) > 8:
-            _EXPECTED.popitem(last=False)
-    _EXPECTED.move_to_end(key)
-    return _EXPECTED[key]
-
-
-def _remembered(pullback: Callable) -> Callable:
-    results: dict = {}
-
-    def call(v):
-        key = fingerprint(v)
-        if key not in results:
-            results[key] = pullback(v)
-        return results[key]
-
-    return call
-
-
-def fingerprint(tree: Any) -> tuple:
-    """A hashable stand-in for a pytree's structure and values (arrays by dtype, shape and bytes)."""
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-
-    def one(leaf):
-        if isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
-            if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-                return ("key", str(leaf.dtype), fingerprint(jax.random.key_data(leaf)))
-            a = np.asarray(leaf)
-            return (str(a.dtype), a.shape, hashlib.sha1(a.tobytes()).hexdigest())
-        try:
-            hash(leaf)
-            return leaf
-        except TypeError:
-            return repr(leaf)
-
-    return (str(treedef), tuple(one(leaf) for leaf in leaves))
-
-
-def compiled_vjp(fn: Callable, *args: Any) -> tuple[Any, Callable]:
-    """``(fn(*args), pullback)`` as ``jax.vjp`` gives them, each side one compiled program.
-
-    For the expected side of a comparison and for transforms whose point is not eager
-    execution: a program compiled whole replaces the dozens of per-primitive programs
-    that eager execution compiles, and the pullback's program serves every cotangent.
-    """
-    out = jax.jit(lambda a: jax.vjp(fn, *a)[0])(args)  # the output of a custom_vjp's fwd, as jax.vjp's
-    pullback = jax.jit(lambda v, a: jax.vjp(fn, *a)[1](v))
-    return out, lambda v: pullback(v, args)
-
-
-def compare_pullbacks(
-    op_name: str,
-    against: str,
-    leaves: list,
-    tol: Tolerance,
-    dtype: str,
-    rule: Callable[[], tuple[Any, Callable]],
-    expected: Callable[[], tuple[Any, Callable]],
-    cotangents: int = 3,
-    seed: int = 0,
-) -> CheckResult:
-    """The engine of :func:`check_vjp` and of the transformed checks.
-
-    ``rule()`` and ``expected()`` each return ``(output, pullback)`` as ``jax.vjp`` does;
-    the outputs are compared, then both pullbacks at ``cotangents`` random cotangents,
-    leaf by leaf for the floating ``leaves`` (from :func:`float_leaves`). An exception
-    raised by either side becomes the result's ``error``.
-    """
-    try:
-        out, pullback = rule()
-        out_ref, pullback_ref = expected()
-    except Exception as e:  # report, do not crash: the rule may be the culprit
-        return CheckResult(op_name, against, dtype, None, (), f"{type(e).__name__}: {e}")
-
-    fwd_reports = [
-        compare("output" + jax.tree_util.keystr(p), a, b, tol)
-        for (p, a), b in zip(jax.tree_util.tree_leaves_with_path(out), jax.tree_util.tree_leaves(out_ref))
-    ]
-    forward = worst(fwd_reports) if fwd_reports else None
-
-    rng = np.random.default_rng(seed)
-    per_arg: dict[str, list[ArgumentReport]] = {name: [] for name, *_ in leaves}
-    try:
-        for _ in range(cotangents):
-            v = random_like(rng, out_ref)
-            ct_op, ct_ref = pullback(v), pullback_ref(v)
-            for name, i, path, _leaf in leaves:
-                a = cotangent_leaf(ct_op[i], path)
-                b = cotangent_leaf(ct_ref[i], path)
-                per_arg[name].append(compare(name, as_array(a, b), b, tol))
-    except Exception as e:
-        return CheckResult(op_name, against, dtype, forward, (), f"{type(e).__name__}: {e}")
-    arguments = tuple(worst(r) for r in per_arg.values())
-    return CheckResult(op_name, against, dtype, forward, arguments)
-
-
-def as_array(ct: Any, like: Any) -> Any:
-    """A rule's cotangent as an array (None, or a symbolic zero, means zeros)."""
-    if ct is None or getattr(ct, "dtype", None) == jax.dtypes.float0:
-        return np.zeros(np.shape(like))
-    return ct
-
-
-# --------------------------------------------------------------------------- check_numerical
-
-
-def check_numerical(
-    op: Callable,
-    *args: Any,
-    step: float = 1e-5,
-    elementwise_max: int = 512,
-    directions: int = 4,
-    seed: int = 0,
-    rtol: Optional[float] = None,
-    atol: Optional[float] = None,
-    **settings: Any,
-) -> CheckResult:
+def check_numerical(op: Callable, *args: Any, step: float = 1e-5, elementwise_max: int = 512, directions: int = 4,
+                    seed: int = 0, rtol: Optional[float] = None, atol: Optional[float] = None,
+                    **settings: Any) -> CheckResult:
     """Compares ``op``'s VJP with central finite differences, in float64.
 
     64-bit mode is switched on only inside this call (the global flag is left as it
@@ -448,141 +88,302 @@ def check_numerical(
     * by projections on ``directions`` random directions ``u``,
       ``⟨u, Jᵀv⟩`` against ``(φ(x + h u) − φ(x − h u)) / 2h``, for larger arguments.
 
-    Args:
-      op: the function with the hand-derived rule.
-      *args: arrays or pytrees of arrays; draw them away from kinks (ReLU at 0, ties in
-        a max-pooling window) by more than ``step``.
-      step: the step ``h`` (named ``step``, not ``eps``, so that an op's own ``eps``
-        setting, e.g. batch norm's, passes through ``**settings``).
-      elementwise_max: the largest argument checked element by element.
-      directions: number of random directions for larger arguments.
-      seed: seed of the cotangent and directions.
-      rtol, atol: override :data:`FINITE_DIFFERENCE_TOLERANCE`.
-      **settings: keyword arguments passed unchanged to ``op``.
-
-    Returns:
-      A :class:`CheckResult`; call ``.assert_ok()`` to raise on mismatch.
+    Draw ``args`` away from kinks (ReLU at 0, ties in a max-pooling window) by more than
+    the step ``h``, ``step`` (not ``eps``: an op's own ``eps`` setting, e.g. batch norm's,
+    passes through ``**settings``). ``rtol``, ``atol`` override ``(1e-5, 1e-6)``.
 
     >>> import jax.numpy as jnp
     >>> from jaxcnn import ops, verify
     >>> verify.check_numerical(ops.sigmoid, jnp.array([0.3, -1.2])).ok
     True
     """
-    base = FINITE_DIFFERENCE_TOLERANCE
-    tol = Tolerance(base.rtol if rtol is None else rtol, base.atol if atol is None else atol)
+    tol = _fd_tolerance(rtol, atol)
+
+    def reports():
+        leaves = Leaves(op, args).cast(jnp.float64)
+        rng = np.random.default_rng(seed)
+        out, pullback = compiled_vjp(op, leaves, settings)
+        v = random_like(rng, out)
+        rule = [np.asarray(as_cotangent(c, x), np.float64).reshape(-1) for c, x in zip(pullback(v), leaves.arrays)]
+        probes = list(probe_directions(leaves.arrays, elementwise_max, directions, rng))
+        phi, _ = central_differences(projection(leaves.bind(op, settings), v), leaves.arrays,
+                                     [u for u, *_ in probes], [step])
+        for name, x, r, (u, index, elementwise), ((plus, minus),) in zip(leaves.names, leaves.arrays, rule, probes,
+                                                                          phi):
+            numeric = (plus - minus) / (2 * step)
+            if elementwise:
+                yield compare(name, r.reshape(x.shape), numeric.reshape(x.shape), tol)
+            else:  # random directions: ⟨u, Jᵀv⟩, judged on the scale |u| |Jᵀv|
+                yield compare(name, u @ r, numeric, tol, np.linalg.norm(u, axis=1) * np.linalg.norm(r), index)
+
     with jax.enable_x64(True):
-        return _check_numerical_x64(op, args, step, elementwise_max, directions, seed, tol, settings)
+        return collect(name_of(op), "finite differences", "float64", reports)
 
 
-def _check_numerical_x64(op, args, step, elementwise_max, directions, seed, tol, settings):
-    rng = np.random.default_rng(seed)
-    try:
-        args, v, pullback, phi = start_float64_probing(op, args, settings, rng)
-        ct = pullback(v)
-    except Exception as e:
-        return CheckResult(name_of(op), "finite differences", "float64", None, (), f"{type(e).__name__}: {e}")
-    reports = []
-    found = list(probes(op, args, phi, rng, elementwise_max, directions))
-    for probe, (plus, minus) in zip(found, perturbed_together(found, step)):
-        rule = np.asarray(as_array(cotangent_leaf(ct[probe.index], probe.path), probe.leaf), np.float64)
-        if probe.elementwise:
-            reports.append(compare(probe.name, rule, ((plus - minus) / (2 * step)).reshape(probe.leaf.shape), tol))
-        else:
-            reports.append(_projections(probe, rule, plus, minus, step, tol))
-    return CheckResult(name_of(op), "finite differences", "float64", None, tuple(reports))
+def _fd_tolerance(rtol: Optional[float], atol: Optional[float]) -> Tolerance:
+    base = FINITE_DIFFERENCE_TOLERANCE
+    return Tolerance(base.rtol if rtol is None else rtol, base.atol if atol is None else atol)
 
 
-# --------------------------------------------------------------------------- float64 probing
-# Shared by check_numerical and diagnose; call inside ``jax.enable_x64(True)``.
+#: ``vjp(0)`` must be zero: at most 1e-30 (a tolerance of exactly 0 would divide by 0).
+EXACT = Tolerance(rtol=0.0, atol=1e-30)
+
+#: The coefficients of the linearity check ``vjp(a·g₁ + b·g₂) = a·vjp(g₁) + b·vjp(g₂)``.
+LINEARITY = (0.75, -1.5)
 
 
-def start_float64_probing(op: Callable, args: Sequence[Any], settings: dict, rng: np.random.Generator):
-    """``(args, v, pullback, φ)``: ``args`` with floating leaves cast to float64, a random
-    cotangent ``v`` of ``op``'s output, the rule's pullback, and ``φ(*a) = ⟨op(*a), v⟩``.
-    Raises whatever ``op`` raises."""
-    args = jax.tree_util.tree_map(
-        lambda a: jnp.asarray(a, jnp.float64) if _is_float(a) else jnp.asarray(a), tuple(args)
-    )
-    fn = lambda *a: op(*a, **settings)  # noqa: E731
-    out, pullback = compiled_vjp(fn, *args)
-    v = random_like(rng, out)
+def check_contract(op: Callable, *args: Any, seed: int = 0, rtol: Optional[float] = None,
+                   atol: Optional[float] = None, **settings: Any) -> CheckResult:
+    """Checks the ``custom_vjp`` contract of ``op`` at ``args``: no reference needed.
 
-    def phi(*a):
-        return sum(jnp.vdot(o, w) for o, w in zip(jax.tree_util.tree_leaves(fn(*a)), jax.tree_util.tree_leaves(v)))
+    Through ``jax.vjp`` on the op (so it works on any reverse-differentiable function, each
+    side compiled whole): the primal call and the ``fwd`` run by ``jax.vjp`` give the same
+    output; the pullback returns, per floating leaf, a cotangent with the primal's shape and
+    dtype (JAX rejects a wrong count or shape, reported as the error; a wrong dtype it lets
+    through); a zero cotangent gives exactly zero; the pullback is linear,
+    ``vjp(a·g₁ + b·g₂) = a·vjp(g₁) + b·vjp(g₂)``.
 
-    return args, v, pullback, phi
+    ``rtol``, ``atol`` override the dtype's defaults for the primal-vs-fwd and linearity
+    comparisons; ``vjp(0)`` must be exactly 0. Per argument the report is the worst of the
+    properties, named in its ``what``.
 
-
-class Probe(NamedTuple):
-    """One floating leaf of the arguments and the directions to probe it along."""
-
-    name: str  # the argument's name and the leaf's path
-    index: int  # the argument's position
-    path: tuple  # the leaf's path in the argument
-    leaf: jax.Array
-    phi_at: Callable  # value of the leaf -> φ
-    directions: np.ndarray  # (P, leaf.size): unit vectors (element by element) or random
-    indices: list  # per direction: the element's index, or ("direction", k)
-    elementwise: bool
-
-
-def probes(op: Callable, args: Sequence[Any], phi: Callable, rng: np.random.Generator, elementwise_max: int,
-           directions: int):
-    """A :class:`Probe` per floating leaf: every element of leaves of at most
-    ``elementwise_max`` elements, else ``directions`` random directions (drawn from ``rng``)."""
-    for name, i, path, leaf in float_leaves(op, args):
-        def phi_at(value, i=i, path=path):
-            return phi(*args[:i], _replace_leaf(args[i], path, value), *args[i + 1:])
-
-        if leaf.size <= elementwise_max:
-            indices = [tuple(int(j) for j in np.unravel_index(k, leaf.shape)) for k in range(leaf.size)]
-            yield Probe(name, i, path, leaf, phi_at, np.eye(leaf.size), indices, True)
-        else:
-            yield Probe(name, i, path, leaf, phi_at, rng.standard_normal((directions, leaf.size)),
-                        [("direction", k) for k in range(directions)], False)
-
-
-def _replace_leaf(tree: Any, path: tuple, value: Any) -> Any:
-    return jax.tree_util.tree_map_with_path(lambda p, l: value if p == path else l, tree)
-
-
-def perturbed(phi_at: Callable, leaf: jax.Array, directions: jax.Array, step: float) -> tuple[jax.Array, jax.Array]:
-    """``φ(x + step·d)`` and ``φ(x − step·d)`` for every row ``d`` of ``directions``.
-
-    ``phi_at`` maps a value of the leaf ``x`` to the scalar ``φ``; each row of
-    ``directions`` has ``leaf.size`` entries. All rows are evaluated in one jitted map.
+    >>> import jax.numpy as jnp
+    >>> from jaxcnn import ops, verify
+    >>> verify.check_contract(ops.softmax, jnp.array([[0.5, -1.0, 2.0]])).ok
+    True
     """
-    f = jax.jit(lambda d: phi_at(leaf + d.reshape(leaf.shape)))
-    return (jax.lax.map(f, step * directions, batch_size=64), jax.lax.map(f, -step * directions, batch_size=64))
+    leaves = Leaves(op, args)
+    tol = tolerance_for(leaves.dtype, rtol, atol)
+    a, b = LINEARITY
+
+    def reports():
+        primal = jax.jit(leaves.bind(op, settings))(*leaves.arrays)
+        out, pullback = compiled_vjp(op, leaves, settings)
+        rng = np.random.default_rng(seed)
+        g1, g2 = random_like(rng, out), random_like(rng, out)
+        mixed = jax.tree_util.tree_map(lambda u, w: a * u + b * w, g1, g2)
+        cts = [pullback(g) for g in (g1, g2, mixed, jax.tree_util.tree_map(jnp.zeros_like, out))]
+        yield from (compare(name, o, p, tol, what="fwd = primal") for name, o, p in outputs(out, primal))
+        for name, x, c1, c2, c_mixed, c_zero in zip(leaves.names, leaves.arrays, *cts):
+            yield _type_report(name, c1, x)
+            yield compare(name, c_zero, np.zeros(np.shape(x)), EXACT, what="vjp(0) = 0")
+            yield compare(name, c_mixed, a * np.asarray(c1, np.float64) + b * np.asarray(c2, np.float64), tol,
+                          what="linear in g")
+
+    return collect(name_of(op), "custom_vjp contract", leaves.dtype, reports)
 
 
-def perturbed_together(found: Sequence[Probe], step: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """:func:`perturbed` for every probe at once: ``(plus, minus)`` per probe, all of them
-    evaluated by one compiled program (a map over the directions of each leaf)."""
-    def evaluate(directions):
-        values = []
-        for probe, u in zip(found, directions):
-            both = jax.lax.map(lambda d, p=probe: p.phi_at(p.leaf + d.reshape(p.leaf.shape)),
-                               jnp.concatenate([step * u, -step * u]), batch_size=64)
-            values.append((both[: len(u)], both[len(u):]))
-        return values
-
-    # numpy in and out: eager jnp arithmetic on the results would compile a program per primitive and shape
-    return jax.device_get(jax.jit(evaluate)([p.directions for p in found])) if found else []
+def _type_report(name: str, ct: Any, leaf: Any) -> ArgumentReport:
+    """Whether the cotangent has the primal's shape and dtype."""
+    got = (tuple(np.shape(ct)), str(getattr(ct, "dtype", type(ct).__name__)))
+    want = (tuple(np.shape(leaf)), str(jnp.result_type(leaf)))
+    note = "" if got == want else f"cotangent is {got[1]}{list(got[0])}, the primal is {want[1]}{list(want[0])}"
+    bad = 0.0 if got == want else np.inf
+    return ArgumentReport(name, want[0], bad, bad, (), np.nan, np.nan, 0.0, got == want, note, what="shape/dtype")
 
 
-def _projections(probe: Probe, rule, plus, minus, step, tol) -> ArgumentReport:
-    u = probe.directions
-    numeric = np.asarray((plus - minus) / (2 * step))
-    analytic = np.asarray(u @ rule.reshape(-1))
-    reports = []
-    for k in range(len(u)):
-        scale = float(np.linalg.norm(u[k]) * np.linalg.norm(rule))
-        allowed = tol.atol * max(1.0, scale) + tol.rtol * abs(numeric[k])
-        err = abs(analytic[k] - numeric[k])
-        err = err if np.isfinite(err) else np.inf
-        reports.append(ArgumentReport(
-            probe.name, tuple(probe.leaf.shape), err, err / scale if scale > 0 else err,
-            ("direction", k), float(analytic[k]), float(numeric[k]), allowed, bool(err <= allowed),
-        ))
-    return worst(reports)
+def _tangents(leaves: Leaves, tangents: int, seed: int):
+    """``(name, tangents)``: per floating leaf, ``tangents`` random tangents along it alone
+    (zeros for the others), so that a wrong rule is blamed on the leaf it mishandles."""
+    rng = np.random.default_rng(seed)
+    for k, name in enumerate(leaves.names):
+        for _ in range(tangents):
+            yield name, [random_like(rng, x) if j == k else jnp.zeros_like(x) for j, x in enumerate(leaves.arrays)]
+
+
+def check_jvp(op: Callable, reference: Callable, *args: Any, tangents: int = 3, seed: int = 0,
+              rtol: Optional[float] = None, atol: Optional[float] = None, **settings: Any) -> CheckResult:
+    """Compares ``jax.jvp`` of ``op`` (its ``custom_jvp`` rule) with ``jax.jvp`` of ``reference``.
+
+    Reverse mode reaches a ``custom_jvp`` rule by transposing it (:func:`check_vjp`); this
+    checks the rule itself. For each floating leaf, ``tangents`` random normal tangents along
+    that leaf alone; its report is the worst output element over them. A ``custom_vjp`` has
+    no forward mode (JAX raises, reported as the error).
+
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxcnn import verify
+    >>> x = jnp.array([0.5, -1.0, 2.0])
+    >>> verify.check_jvp(jax.nn.relu, lambda x: jnp.where(x > 0, x, 0.0), x).ok
+    True
+    """
+    leaves = Leaves(op, args)
+    tol = tolerance_for(leaves.dtype, rtol, atol)
+
+    def reports():
+        rule, expected = (jax.jit(lambda xs, ts, f=f: jax.jvp(leaves.bind(f, settings), xs, ts))
+                          for f in (op, reference))
+        for k, (name, ts) in enumerate(_tangents(leaves, tangents, seed)):
+            (out, dout), (out_ref, dout_ref) = rule(leaves.arrays, ts), expected(leaves.arrays, ts)
+            if k == 0:
+                yield from (compare(n, a, b, tol) for n, a, b in outputs(out, out_ref))
+            yield from (compare(name, a, b, tol) for _, a, b in outputs(dout, dout_ref))
+
+    return collect(name_of(op), f"forward mode of {name_of(reference)}", leaves.dtype, reports)
+
+
+def _check_jvp_numerical(op: Callable, *args: Any, step: float = 1e-5, tangents: int = 3, seed: int = 0,
+                         rtol: Optional[float] = None, atol: Optional[float] = None, **settings: Any) -> CheckResult:
+    """``jax.jvp`` of ``op`` against ``(f(x + h·t) − f(x − h·t)) / 2h`` along the tangents of
+    :func:`check_jvp`, element by element over the output, in float64 (one compiled program)."""
+    tol = _fd_tolerance(rtol, atol)
+
+    def reports():
+        leaves = Leaves(op, args).cast(jnp.float64)
+        g = leaves.bind(op, settings)
+
+        @jax.jit
+        def evaluate(xs, ts):
+            plus, minus = g(*[x + step * t for x, t in zip(xs, ts)]), g(*[x - step * t for x, t in zip(xs, ts)])
+            return jax.jvp(g, xs, ts)[1], jax.tree_util.tree_map(lambda p, m: (p - m) / (2 * step), plus, minus)
+
+        for name, ts in _tangents(leaves, tangents, seed):
+            yield from (compare(name, a, b, tol) for _, a, b in outputs(*evaluate(leaves.arrays, ts)))
+
+    with jax.enable_x64(True):
+        return collect(name_of(op), "finite differences (forward mode)", "float64", reports)
+
+
+def check_transform(transform: str, op: Callable, reference: Callable, *args: Any, batched: Sequence[int] = (0,),
+                    seed: int = 0, rtol: Optional[float] = None, atol: Optional[float] = None,
+                    **settings: Any) -> CheckResult:
+    """Checks ``op``'s rule against ``reference`` under ``transform``, one of :data:`TRANSFORMS`:
+
+    * ``"eager"``: :func:`check_vjp`; ``"jit"``: the op under ``jax.jit``;
+    * ``"checkpoint"``: the op under ``jax.checkpoint`` (rematerialised, in one compiled
+      program) against the plain reference;
+    * ``"vmap"``: batched arguments (``batched``, e.g. the input) stacked over a new axis
+      (the sample scaled by 1, 0.75, 1.25), the others (weights) unbatched and shared: the
+      per-example gradients of *every* argument, from ``jax.vmap`` of the op's VJP,
+      against a loop of the reference's VJP over the examples;
+    * ``"grad-of-grad"``: ``x ↦ ∇ₓ⟨f(x), v⟩`` for a fixed random ``v`` is compared first
+      (its output is the gradient), then its own VJP, a Hessian-vector product, by
+      reverse-over-reverse differentiation of the op's backward rule. For piecewise-linear
+      ops the Hessian is zero away from the kinks: the check pins that the rule is
+      differentiable and gives exactly that zero;
+    * ``"sharding"``: the batched arguments tiled to a multiple of the device count along
+      their leading axis and split over a ``jax.sharding.Mesh`` of all devices, the others
+      replicated: the jitted op's VJP against the reference on a single device;
+    * ``"contract"``: :func:`check_contract`; ``"finite differences"``: :func:`check_numerical`;
+    * ``"jvp"``: :func:`check_jvp`; ``"jvp finite differences"``: ``jax.jvp`` of the op
+      against central differences along the same tangents, in float64.
+
+    ``batched``: for ``"vmap"`` and ``"sharding"``, the positions of the per-example arguments
+    (inputs, labels); the others (weights, settings arrays) are shared.
+
+    Raises:
+      ValueError: ``transform`` is unknown, or ``"sharding"`` is asked for with a single
+        device or arguments that cannot be split along their batch axis.
+
+    >>> import jax.numpy as jnp
+    >>> from jaxcnn import ops, reference, verify
+    >>> x = jnp.array([[0.5, -1.0], [2.0, 0.3]])
+    >>> w = jnp.array([[1.0, 0.5], [-0.2, 0.7], [0.1, 0.1]])
+    >>> verify.check_transform("vmap", ops.dense, reference.dense, x, w).ok
+    True
+    """
+    tol = dict(seed=seed, rtol=rtol, atol=atol)
+    if transform in ("eager", "jit", "checkpoint"):
+        wrap = {"eager": lambda f: f, "jit": jax.jit, "checkpoint": lambda f: jax.jit(jax.checkpoint(f))}[transform]
+        return _rule_vs_autodiff(op, reference, args, settings, wrap, **tol)
+    if transform == "grad-of-grad":
+        return check_vjp(_gradient_of(op, settings), _gradient_of(reference, settings), *args, **tol)
+    if transform == "vmap":
+        return _check_vmap(op, reference, Leaves(op, args), tuple(batched), settings, tol)
+    if transform == "sharding":
+        return _check_sharded(op, reference, args, tuple(batched), settings, tol)
+    if transform == "jvp":
+        return check_jvp(op, reference, *args, **tol, **settings)
+    without_reference = {"contract": check_contract, "finite differences": check_numerical,
+                         "jvp finite differences": _check_jvp_numerical}
+    if transform not in without_reference:
+        raise ValueError(f"check_transform: unknown `transform` {transform!r}; use one of {', '.join(TRANSFORMS)}.")
+    return without_reference[transform](op, *args, **tol, **settings)
+
+
+def _gradient_of(fn: Callable, settings: dict, seed: int = 1) -> Callable:
+    """``args ↦ ∇⟨fn(*args), v⟩`` over the floating leaves, for a fixed random ``v`` (from
+    ``seed`` and the output's shape: the op and its reference get the same one). Its VJP is
+    a Hessian-vector product; compiled whole (the eager execution is ``"eager"``'s)."""
+    @jax.jit
+    def gradient(*args):
+        leaves = Leaves(fn, args)
+        g = leaves.bind(fn, settings)
+        v = random_like(np.random.default_rng(seed), jax.eval_shape(g, *leaves.arrays))
+        return jax.grad(projection(g, v), argnums=tuple(range(len(leaves.arrays))))(*leaves.arrays)
+
+    return functools.wraps(fn)(lambda *args: gradient(*args))
+
+
+#: The examples of a vmap check are the sample scaled by these factors (positive, so a
+#: sample drawn away from kinks and ties stays away from them).
+VMAP_SCALES = (1.0, 0.75, 1.25)
+
+
+def _check_vmap(op, reference, leaves: Leaves, batched: tuple, settings: dict, tol: dict) -> CheckResult:
+    mapped = [leaves.argument[k] in batched for k in range(len(leaves.flat))]
+    examples = [Leaves(op, leaves.rebuild([x * jnp.asarray(c, x.dtype) if mapped[k] else x
+                                           for k, x in zip(leaves.where, leaves.arrays)])) for c in VMAP_SCALES]
+    stack = functools.partial(jax.tree_util.tree_map, lambda *l: np.stack([np.asarray(x) for x in l]))
+    floats = [stack(*(e.arrays[j] for e in examples)) if mapped[k] else x
+              for j, (k, x) in enumerate(zip(leaves.where, leaves.arrays))]
+    flat = [stack(*(e.flat[k] for e in examples)) if m else x for k, (m, x) in enumerate(zip(mapped, leaves.flat))]
+    axes = ([0 if mapped[k] else None for k in leaves.where], [0 if m else None for m in mapped])
+
+    def pullback_of(fn):
+        return lambda f, c, v: jax.vjp(lambda *f: leaves.call(fn, settings)(f, c), *f)[1](v)
+
+    def rule():  # each side compiled whole, one program per side and role; eager is "eager"'s
+        out = jax.jit(jax.vmap(leaves.call(op, settings), in_axes=axes))(floats, flat)
+        pullback = jax.jit(jax.vmap(pullback_of(op), in_axes=(*axes, 0)))
+        return out, lambda vs: pullback(floats, flat, vs)
+
+    def expected():
+        forward, pullback = jax.jit(leaves.call(reference, settings)), jax.jit(pullback_of(reference))
+        return stack(*(forward(e.arrays, e.flat) for e in examples)), lambda vs: stack(*(
+            pullback(e.arrays, e.flat, jax.tree_util.tree_map(lambda a: a[k], vs)) for k, e in enumerate(examples)))
+
+    against = f"a loop over examples of autodiff of {name_of(reference)}"
+    return _vjp_check(op, against, leaves, tolerance_for(leaves.dtype, tol["rtol"], tol["atol"]), rule, expected,
+                      seed=tol["seed"])
+
+
+def sharded_arguments(op: Callable, args: Sequence[Any], batched: Sequence[int], settings: dict) -> Optional[tuple]:
+    """The arguments for a data-parallel check on every device, or None where none can be made.
+
+    Each batched argument is tiled ``n`` times (``n`` devices; copy ``k`` scaled by
+    ``1 + k / 2n``) along its leading axis. None with a single device, a scalar leaf in a
+    batched argument, or when ``op`` rejects the tiled arguments (its leading axis is not
+    a batch axis, e.g. a 1-D input of ``dense``).
+    """
+    n = jax.device_count()
+    if n < 2 or any(np.ndim(leaf) == 0 for i in batched for leaf in jax.tree_util.tree_leaves(args[i])):
+        return None
+    scaled = lambda leaf, c: leaf * c if np.issubdtype(np.asarray(leaf).dtype, np.floating) else leaf  # noqa: E731
+    tiled = tuple(jax.tree_util.tree_map(lambda l: np.concatenate([scaled(np.asarray(l), 1 + k / (2 * n))
+                                                                   for k in range(n)]), a) if i in batched else a
+                  for i, a in enumerate(args))
+    try:
+        jax.eval_shape(functools.partial(op, **settings), *tiled)
+    except Exception:  # noqa: BLE001 (a rule that raises is reported by the other checks)
+        return None
+    return tiled
+
+
+def _check_sharded(op, reference, args, batched: tuple, settings: dict, tol: dict) -> CheckResult:
+    tiled = sharded_arguments(op, args, batched, settings)
+    if tiled is None:
+        raise ValueError(
+            f"check_transform: 'sharding' needs more than one device (have {jax.device_count()}) and batched "
+            f"arguments {list(batched)} whose leading axis {name_of(op)} accepts tiled; run with "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count=4 to try it on a CPU.")
+    leaves = Leaves(op, tiled)
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    split, replicated = NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
+    flat = [jax.device_put(x, split if leaves.argument[k] in batched else replicated)
+            for k, x in enumerate(leaves.flat)]
+    floats = [flat[k] for k in leaves.where]
+    rule = jax.jit(leaves.call(op, settings))
+    return _vjp_check(op, f"autodiff of {name_of(reference)} on one device", leaves,
+                      tolerance_for(leaves.dtype, tol["rtol"], tol["atol"]),
+                      lambda: jax.vjp(lambda *f: rule(f, flat), *floats),
+                      lambda: compiled_vjp(reference, leaves, settings), seed=tol["seed"])

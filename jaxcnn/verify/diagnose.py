@@ -20,119 +20,30 @@ mean of the two slopes) stay put as the step halves. Per element:
 * ``"agree"``.
 
 An argument's verdict is its worst element's; the diagnosis's verdict is the most
-serious over its arguments (in the order above, read from "rule wrong").
+serious over its arguments (in the order of ``VERDICTS``, from "rule wrong").
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn.verify.checks import (
-    FINITE_DIFFERENCE_TOLERANCE,
-    TOLERANCES,
-    as_array,
-    by_name,
-    cotangent_leaf,
-    name_of,
-    perturbed,
-    probes,
-    start_float64_probing,
-)
-
-AGREE = "agree"
-RULE_WRONG = "rule wrong"
-FD_UNTRUSTWORTHY = "finite differences untrustworthy"
-NON_SMOOTH = "non-smooth point"
-REFERENCE_WRONG = "reference wrong"
-ALL_DISAGREE = "all three disagree"
-
-#: The verdicts, the most serious first.
-VERDICTS = (RULE_WRONG, REFERENCE_WRONG, ALL_DISAGREE, NON_SMOOTH, FD_UNTRUSTWORTHY, AGREE)
+from jaxcnn.verify._core import (Leaves, as_cotangent, central_differences, compiled_vjp, name_of,
+                                 probe_directions, projection, random_like)
+from jaxcnn.verify._report import (AGREE, ALL_DISAGREE, FD_UNTRUSTWORTHY, FINITE_DIFFERENCE_TOLERANCE, NON_SMOOTH,
+                                   REFERENCE_WRONG, RULE_WRONG, TOLERANCES, VERDICTS, ArgumentDiagnosis, Diagnosis,
+                                   Element)
 
 #: At a kink the one-sided gap keeps at least this fraction when the step halves
 #: (at a smooth point it halves: 0.5).
 KINK_RATIO = 0.75
 
 
-@dataclasses.dataclass(frozen=True)
-class Element:
-    """The three values at one element (or one random direction) of a gradient.
-
-    Attributes:
-      index: the element, or ``("direction", k)``.
-      rule, autodiff: the hand rule's and the reference's ``Jᵀv`` there.
-      central, central_half: central differences with step ``h`` and ``h/2``.
-      forward, backward: the one-sided differences with step ``h``.
-      tolerance: the finite-difference tolerance there.
-      verdict: one of :data:`VERDICTS`.
-    """
-
-    index: tuple
-    rule: float
-    autodiff: float
-    central: float
-    central_half: float
-    forward: float
-    backward: float
-    tolerance: float
-    verdict: str
-
-    def __str__(self) -> str:
-        where = ", ".join(str(i) for i in self.index)
-        return (
-            f"[{where}] rule {self.rule:.6g}, autodiff {self.autodiff:.6g}, finite-diff {self.central:.6g} "
-            f"(h/2: {self.central_half:.6g}; one-sided {self.backward:.6g} | {self.forward:.6g}), "
-            f"tolerance {self.tolerance:.1e}: {self.verdict}"
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class ArgumentDiagnosis:
-    """One argument: its verdict and its worst elements, worst first."""
-
-    name: str
-    verdict: str
-    worst: tuple[Element, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class Diagnosis:
-    """The outcome of :func:`diagnose`; ``str()`` is a readable report."""
-
-    op: str
-    verdict: str
-    arguments: tuple[ArgumentDiagnosis, ...]
-    error: str = ""
-
-    def __getitem__(self, name: str) -> ArgumentDiagnosis:
-        return by_name(self.arguments, name)
-
-    def __str__(self) -> str:
-        lines = [f"{self.op}: verdict: {self.verdict}"]
-        if self.error:
-            lines.append(f"  error: {self.error}")
-        for a in self.arguments:
-            lines.append(f"  {a.name}: {a.verdict}")
-            lines.extend(f"    {e}" for e in a.worst if a.verdict != AGREE)
-        return "\n".join(lines)
-
-
-def diagnose(
-    op: Callable,
-    reference: Callable,
-    *args: Any,
-    step: float = 1e-5,
-    elementwise_max: int = 512,
-    directions: int = 4,
-    worst: int = 3,
-    seed: int = 0,
-    **settings: Any,
-) -> Diagnosis:
+def diagnose(op: Callable, reference: Callable, *args: Any, step: float = 1e-5, elementwise_max: int = 512,
+             directions: int = 4, worst: int = 3, seed: int = 0, **settings: Any) -> Diagnosis:
     """Says which of the hand rule, autodiff and finite differences is wrong, per argument.
 
     Runs in float64 (switched on for this call only; floating leaves are cast).
@@ -150,7 +61,7 @@ def diagnose(
       **settings: keyword arguments passed unchanged to both functions.
 
     Returns:
-      A :class:`Diagnosis`.
+      A :class:`~jaxcnn.verify.Diagnosis`.
 
     >>> import jax.numpy as jnp
     >>> from jaxcnn import ops, reference
@@ -161,35 +72,35 @@ def diagnose(
     with jax.enable_x64(True):
         rng = np.random.default_rng(seed)
         try:
-            args, v, pullback, phi = start_float64_probing(op, args, settings, rng)
-            rule, auto = pullback(v), jax.vjp(lambda *a: reference(*a, **settings), *args)[1](v)
+            leaves = Leaves(op, args).cast(jnp.float64)
+            out, pullback = compiled_vjp(op, leaves, settings)
+            v = random_like(rng, out)
+            rule, auto = pullback(v), compiled_vjp(reference, leaves, settings)[1](v)
+            probes = list(probe_directions(leaves.arrays, elementwise_max, directions, rng))
+            phi, phi0 = central_differences(projection(leaves.bind(op, settings), v), leaves.arrays,
+                                            [u for u, *_ in probes], [step, step / 2])
         except Exception as e:
-            return Diagnosis(name_of(op), ALL_DISAGREE, (), f"{type(e).__name__}: {e}")
-        phi0 = float(phi(*args))
+            return Diagnosis(name_of(op), ALL_DISAGREE, (), f"{type(e).__name__}: {str(e).strip().splitlines()[0]}")
         found = []
-        for probe in probes(op, args, phi, rng, elementwise_max, directions):
-            ct = [np.asarray(as_array(cotangent_leaf(c[probe.index], probe.path), probe.leaf), np.float64).reshape(-1)
-                  for c in (rule, auto)]
-            if probe.elementwise:
-                scale = np.full(probe.leaf.size, max(1.0, np.abs(ct[1]).max(initial=0.0)))
+        for name, x, r, a, (u, index, elementwise), values in zip(leaves.names, leaves.arrays, rule, auto, probes,
+                                                                    phi):
+            r, a = (np.asarray(as_cotangent(c, x), np.float64).reshape(-1) for c in (r, a))
+            if elementwise:
+                scale = np.full(x.size, max(1.0, np.abs(a).max(initial=0.0)))
             else:
-                scale = np.maximum(1.0, np.linalg.norm(probe.directions, axis=1) * np.linalg.norm(ct[1]))
-            steps = [perturbed(probe.phi_at, probe.leaf, jnp.asarray(probe.directions), h) for h in (step, step / 2)]
-            rule_v, auto_v = probe.directions @ ct[0], probe.directions @ ct[1]
-            elements = _judge(rule_v, auto_v, phi0, steps, step, scale, probe.indices)
+                scale = np.maximum(1.0, np.linalg.norm(u, axis=1) * np.linalg.norm(a))
+            elements = _judge(u @ r, u @ a, float(phi0), values, step, scale, index)
             picked = tuple(e for _, e in sorted(elements, key=lambda e: -e[0])[:worst])
-            found.append(ArgumentDiagnosis(probe.name, picked[0].verdict if picked else AGREE, picked))
+            found.append(ArgumentDiagnosis(name, picked[0].verdict if picked else AGREE, picked))
     verdict = min((a.verdict for a in found), key=VERDICTS.index, default=AGREE)
     return Diagnosis(name_of(op), verdict, tuple(found))
 
 
-def _judge(rule, auto, phi0, steps, h, scale, indices) -> list[tuple[float, Element]]:
-    """(badness, element) per probe from the rule's and autodiff's values and φ at x ± h·d, x ± h/2·d.
-
-    ``scale`` is the size of the gradient the tolerance is relative to (as in
-    :func:`jaxcnn.verify.checks.compare`), per probe.
-    """
-    (plus, minus), (plus2, minus2) = (tuple(np.asarray(a) for a in s) for s in steps)
+def _judge(rule, auto, phi0, values, h, scale, indices) -> list[tuple[float, Element]]:
+    """(badness, element) per probe from the rule's and autodiff's values and ``values``,
+    φ at x ± h·d and x ± h/2·d; ``scale`` is the size of the gradient each tolerance is
+    relative to (as in :func:`~jaxcnn.verify._report.compare`)."""
+    (plus, minus), (plus2, minus2) = values
     central, central_half = (plus - minus) / (2 * h), (plus2 - minus2) / h
     forward, backward = (plus - phi0) / h, (phi0 - minus) / h
     gap, gap_half = np.abs(forward - backward), np.abs(plus2 - 2 * phi0 + minus2) / (h / 2)
@@ -204,21 +115,10 @@ def _judge(rule, auto, phi0, steps, h, scale, indices) -> list[tuple[float, Elem
     elements = []
     for k in range(len(rule)):
         ra, af, rf = rule_auto[k] <= allowed_tight[k], auto_fd[k] <= allowed[k], rule_fd[k] <= allowed[k]
-        if ra and af:
-            verdict = AGREE
-        elif kink[k]:
-            verdict = NON_SMOOTH
-        elif af:
-            verdict = RULE_WRONG
-        elif ra:
-            verdict = FD_UNTRUSTWORTHY
-        elif rf:
-            verdict = REFERENCE_WRONG
-        else:
-            verdict = ALL_DISAGREE
+        verdict = (AGREE if ra and af else NON_SMOOTH if kink[k] else RULE_WRONG if af else
+                   FD_UNTRUSTWORTHY if ra else REFERENCE_WRONG if rf else ALL_DISAGREE)
         badness = max(rule_auto[k] / allowed_tight[k], auto_fd[k] / allowed[k], rule_fd[k] / allowed[k])
         elements.append((float(badness), Element(
             indices[k], float(rule[k]), float(auto[k]), float(central[k]), float(central_half[k]),
-            float(forward[k]), float(backward[k]), float(allowed[k]), verdict,
-        )))
+            float(forward[k]), float(backward[k]), float(allowed[k]), verdict)))
     return elements

@@ -11,12 +11,14 @@ when the report blames exactly the broken argument, and the failing check is dia
 (it should read "rule wrong"). ``jaxcnn verify --mutants`` prints the table.
 
 The wrong rules are written as the right formula at a wrong operand where possible
-(no kernel flip = the right rule at the flipped kernel), so that each stays one line
-that says what the mistake is.
+(no kernel flip = ``right(g, w=flip(w))``, the real rule of the broken argument at the
+flipped kernel), so that each stays one line that says what the mistake is; the broken
+argument is named once, in the :class:`Mutant`, and its op by the mutant's name.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import inspect
@@ -30,11 +32,10 @@ import numpy as np
 from jax import lax
 
 from jaxcnn import _shapes, ops
-from jaxcnn.ops import _pooling
-from jaxcnn.ops._dropout import keep_mask
-from jaxcnn.verify import suite
-from jaxcnn.verify.registry import REGISTRY, Sample
-from jaxcnn.verify.suite import Record
+from jaxcnn._certify import display, runner
+from jaxcnn._certify.registry import REGISTRY
+from jaxcnn._certify.runner import Record
+from jaxcnn.verify import Sample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,28 +43,33 @@ class Mutant:
     """A wrong backward rule for one argument of one op.
 
     Attributes:
-      name: ``"<op>.<mistake>"``.
-      op: the op of :mod:`jaxcnn.ops` (and of the registry) it breaks.
-      argument: the argument whose cotangent is wrong (what the report must blame).
+      name: ``"<op>.<mistake>"``: the op of :mod:`jaxcnn.ops` (and of the registry) it breaks.
+      argument: the argument whose cotangent is wrong, by name (what the report must blame).
       description: the mistake, in words.
-      wrong: ``(g, args, settings) -> cotangent`` of ``argument``.
+      wrong: ``(right, g, args, settings) -> cotangent`` of ``argument``: ``args`` by position
+        and by name (``args.w``); ``right(g, settings=None, op=None, **operands)`` the real
+        rule's cotangent of ``argument`` (of ``op``, at these settings, these operands by name).
       applies: whether a registry sample can show the mistake (a stride to forget, a
         batch to sum over, overlapping windows, ...).
       lecture: where the lecture notes warn against it (a quiz, a poll, a slide), if they do.
     """
 
     name: str
-    op: str
     argument: str
     description: str
     wrong: Callable
     applies: Callable[[Sample], bool] = lambda sample: True
     lecture: str = ""
 
+    @property
+    def op(self) -> str:
+        return self.name.split(".")[0]
+
     def build(self) -> Callable:
         """The mutated op, ``f(*args, **settings)``: real forward, this mistake in the backward."""
         real_op = getattr(ops, self.op)
-        position = _positions(real_op)[self.argument]
+        names = list(inspect.signature(real_op).parameters)
+        position = names.index(self.argument)
 
         @functools.wraps(real_op)
         def mutated(*args, **settings):
@@ -75,7 +81,14 @@ class Mutant:
 
             def bwd(a, g):
                 cotangents = list(jax.vjp(real, *a)[1](g))
-                cotangents[position] = self.wrong(g, a, settings)
+                args = collections.namedtuple("Arguments", names[: len(a)])(*a)
+
+                def right(g, settings_=None, op=None, **operands):
+                    at = settings if settings_ is None else settings_
+                    return jax.vjp(functools.partial(getattr(ops, op or self.op), **at),
+                                   *args._replace(**operands))[1](g)[position]
+
+                cotangents[position] = self.wrong(right, g, args, settings)
                 return tuple(None if _is_float0(c) else c for c in cotangents)
 
             f.defvjp(lambda *a: (real(*a), a), bwd)
@@ -85,20 +98,11 @@ class Mutant:
         return mutated
 
 
-def _positions(fn: Callable) -> dict[str, int]:
-    return {name: i for i, name in enumerate(inspect.signature(fn).parameters)}
-
-
 def _is_float0(c: Any) -> bool:
     return all(getattr(l, "dtype", None) == jax.dtypes.float0 for l in jax.tree_util.tree_leaves(c))
 
 
 # --------------------------------------------------------------------------- building blocks
-
-
-def _right(op: str, args, settings, g, argument: int):
-    """The real rule's cotangent of ``args[argument]`` (at possibly altered operands)."""
-    return jax.vjp(functools.partial(getattr(ops, op), **settings), *args)[1](g)[argument]
 
 
 def _flip(w):
@@ -171,7 +175,7 @@ def _assign_windows(values, x_shape, settings, pool: bool, positions=None):
     return grid[(slice(None), *(slice(lo, lo + size) for (lo, _), size in zip(pads, x_shape[1:-1])), slice(None))]
 
 
-def _bias_mean_over_batch(g, args, settings):
+def _bias_mean_over_batch(right, g, args, settings):
     """``db`` averaged instead of summed over the batch (summed over positions only)."""
     return jnp.mean(jnp.sum(g, axis=tuple(range(1, g.ndim - 1))), axis=0)
 
@@ -211,91 +215,85 @@ def _window_gt_1(sample: Sample) -> bool:
 # --------------------------------------------------------------------------- the mistakes: conv
 
 
-def _conv_no_stride_upsampling(argument: int):
+def _conv_no_stride_upsampling(right, g, args, settings):
     """The rule at stride 1 with δ packed at the start: its S − 1 zeros never inserted."""
-    def wrong(g, args, settings):
-        dense = dict(settings, stride=1)
-        full = jax.eval_shape(functools.partial(ops.conv, **dense), *args).shape
-        packed = jnp.zeros(full, g.dtype).at[tuple(slice(0, n) for n in g.shape)].set(g)
-        return _right("conv", args, dense, packed, argument)
-
-    return wrong
+    dense = dict(settings, stride=1)
+    full = jax.eval_shape(functools.partial(ops.conv, **dense), *args).shape
+    return right(jnp.zeros(full, g.dtype).at[tuple(slice(0, n) for n in g.shape)].set(g), dense)
 
 
-def _conv_padding_not_cropped(g, args, settings):
+def _conv_padding_not_cropped(right, g, args, settings):
     """``dx`` of the padded map keeps its first n entries instead of deleting the padding."""
-    x = args[0]
+    x = args.x
     pads = _pads(args, settings)
     unpadded = dict(settings, padding="VALID")
     padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    dx_padded = _right("conv", (padded, *args[1:]), unpadded, g, 0)
+    dx_padded = right(g, unpadded, x=padded)
     return dx_padded[(slice(None), *(slice(0, n) for n in x.shape[1:-1]), slice(None))]
 
 
-def _conv_transposed_kernel(g, args, settings):
+def _conv_transposed_kernel(right, g, args, settings):
     """The spatially transposed kernel used where the lectures rotate it by 180°."""
-    x, w = args[0], args[1]
+    w = args.w
     n = w.ndim - 2
     transposed = jnp.transpose(w, (*reversed(range(n)), n, n + 1))
-    return _right("conv", (x, _flip(transposed), *args[2:]), settings, g, 0)
+    return right(g, w=_flip(transposed))
 
 
-def _conv_channels_permuted(g, args, settings):
+def _conv_channels_permuted(right, g, args, settings):
     """``dw`` laid out ``(…, C_out, C_in)`` and read as ``(…, C_in, C_out)`` (OIHW vs HWIO)."""
-    dw = _right("conv", args, settings, g, 1)
+    dw = right(g)
     return dw.reshape(*dw.shape[:-2], dw.shape[-1], dw.shape[-2]).swapaxes(-1, -2)
 
 
-def _conv_own_map_only(g, args, settings):
+def _conv_own_map_only(right, g, args, settings):
     """``δ_p' = δ_p *full w_pp``: only the output map of the same index, not ``Σ_q δ_q *full w_qp``."""
-    x, w = args[0], args[1]
+    w = args.w
     own = w * jnp.asarray(np.eye(w.shape[-2], w.shape[-1]), w.dtype)  # keep w_pp, drop q ≠ p
-    return _right("conv", (x, own, *args[2:]), settings, g, 0)
+    return right(g, w=own)
 
 
-def _conv_connections_ignored(g, args, settings):
+def _conv_connections_ignored(right, g, args, settings):
     """Absent connections get the gradient of a fully connected kernel."""
     full = {k: v for k, v in settings.items() if k != "connections"}
-    return _right("conv", args, full, g, 1)
+    return right(g, full)
 
 
-def _dense_of_groups(args, settings):
-    """The grouped conv's operands and settings as a dense conv whose every input map feeds
-    every output map, each group's kernel repeated over all groups: ``(x, w_dense, ...), settings``."""
-    groups = settings["groups"]
-    w_dense = jnp.tile(args[1], (1,) * (args[1].ndim - 2) + (groups, 1))  # (*window, C_in, C_out)
-    return (args[0], w_dense, *args[2:]), {k: v for k, v in settings.items() if k != "groups"}
+def _dense_of_groups(right, g, args, settings):
+    """The rule of the dense conv whose every input map feeds every output map, each group's
+    kernel repeated over all groups."""
+    w_dense = jnp.tile(args.w, (1,) * (args.w.ndim - 2) + (settings["groups"], 1))  # (*window, C_in, C_out)
+    return right(g, {k: v for k, v in settings.items() if k != "groups"}, w=w_dense)
 
 
-def _conv_groups_mixed_dx(g, args, settings):
+def _conv_groups_mixed_dx(right, g, args, settings):
     """``dx_p = Σ_q δ_q *full w_qp`` over every output map q, not only p's group's."""
-    return _right("conv", *_dense_of_groups(args, settings), g, 0)
+    return _dense_of_groups(right, g, args, settings)
 
 
-def _conv_groups_dw_first_block(g, args, settings):
+def _conv_groups_dw_first_block(right, g, args, settings):
     """``dW`` computed densely and cut to the first ``C_in / g`` input maps for every group,
     not each group's own block ``dW[..., j·C_in/g + p, j·C_out/g + q]``."""
-    dense_args, dense = _dense_of_groups(args, settings)
-    return _right("conv", dense_args, dense, g, 1)[..., : args[1].shape[-2], :]
+    return _dense_of_groups(right, g, args, settings)[..., : args.w.shape[-2], :]
 
 
 def _grouped(sample: Sample) -> bool:
     return sample.settings.get("groups", 1) > 1
 
 
-def _conv_transpose_output_padding_ignored(g, args, settings):
+def _conv_transpose_output_padding_ignored(right, g, args, settings):
     """``dx`` as if the output had no ``output_padding``: δ's last ``a`` positions per axis dropped."""
     extra = _shapes.spatial_tuple("mutant", "output_padding", settings["output_padding"], g.ndim - 2, minimum=0)
     cropped = g[(slice(None), *(slice(0, n - a) for n, a in zip(g.shape[1:-1], extra)), slice(None))]
-    return _right("conv_transpose", args, {**settings, "output_padding": 0}, cropped, 0)
+    return right(cropped, {**settings, "output_padding": 0})
 
 
 # --------------------------------------------------------------------------- the mistakes: pooling
 
 
-def _max_pool_overwrite(g, args, settings):
+def _max_pool_overwrite(right, g, args, settings):
     """δ routed to the arg-max with ``=``: a maximum shared by overlapping windows keeps one δ."""
-    x = args[0]
+    x = args.x
     pads = _pads(args, settings, pool=True)
     padded = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
     positions = _window_positions(x.shape, settings, pool=True)  # (*out, K)
@@ -306,9 +304,9 @@ def _max_pool_overwrite(g, args, settings):
     return _assign_windows(g, x.shape, settings, True, positions=where[..., 0, :])
 
 
-def _mean_pool_overwrite(g, args, settings):
+def _mean_pool_overwrite(right, g, args, settings):
     """``δ / K`` spread with ``=``: an element shared by overlapping windows keeps one share."""
-    x = args[0]
+    x = args.x
     per_window = g / _mean_pool_divisor(x, settings)
     k = _window_positions(x.shape, settings, pool=True).shape[-1]
     return _assign_windows(jnp.repeat(per_window[..., None, :], k, axis=-2), x.shape, settings, True)
@@ -324,21 +322,23 @@ def _mean_pool_divisor(x, settings):
 
 
 def _ceil_divisor_ratio(x, settings):
-    """``divisor_i / K`` per output position: the right rule at ``g · divisor / K`` spreads ``g / K``."""
-    geom, counted = _pool_divisor_parts(x, settings)
-    return _pooling._divisor(geom, counted, x.dtype) / np.prod(geom.window)
+    """``divisor_i / K`` per output position, PyTorch's divisor under ``ceil_mode`` (the input
+    and its explicit padding count, the positions added by rounding up do not): the right
+    rule at ``g · divisor / K`` spreads ``g / K``."""
+    where = (x.shape[1:-1], settings["window"], settings.get("stride"), settings.get("padding", "VALID"),
+             settings.get("dilation", 1))
+    geom, explicit = _shapes.pool_geometry("mutant", *where, True), _shapes.pool_geometry("mutant", *where).pads
+    counts = np.ones(())
+    for k, s, d, o, (lo, _), n, (low, high) in zip(geom.window, geom.stride, geom.dilation, geom.out_shape,
+                                                  geom.pads, x.shape[1:-1], explicit):
+        entries = np.arange(o)[:, None] * s - lo + np.arange(k)[None, :] * d  # input positions, padding < 0
+        counts = np.multiply.outer(counts, np.sum((entries >= -low) & (entries < n + high), axis=1))
+    return jnp.asarray(counts[None, ..., None] / math.prod(geom.window), x.dtype)
 
 
-def _pool_divisor_parts(x, settings):
-    _, geom, explicit = _pooling._validate("mutant", x, settings["window"], settings.get("stride"),
-                                           settings.get("padding", "VALID"), settings.get("dilation", 1),
-                                           settings.get("ceil_mode", False))
-    return geom, _pooling._counted(settings.get("count_padding", True), geom, explicit, x.shape[1:-1])
-
-
-def _max_pool_dilation_ignored(g, args, settings):
+def _max_pool_dilation_ignored(right, g, args, settings):
     """The arg-max found over the dilated window, but δ placed as if the window were contiguous."""
-    x = args[0]
+    x = args.x
     _, indices = ops.max_pool(x, **dict(settings, return_indices=True))
     window = _shapes.spatial_tuple("mutant", "window", settings["window"], x.ndim - 2)
     dilation = _shapes.spatial_tuple("mutant", "dilation", settings.get("dilation", 1), x.ndim - 2)
@@ -360,9 +360,9 @@ def _stride(settings, window):
     return window if stride is None else _shapes.spatial_tuple("mutant", "stride", stride, len(window))
 
 
-def _im2col_overwrite(g, args, settings):
+def _im2col_overwrite(right, g, args, settings):
     """col2im with ``=`` instead of overlap-add: an element in several windows keeps one entry."""
-    x = args[0]
+    x = args.x
     k = _window_positions(x.shape, settings, pool=False).shape[-1]
     return _assign_windows(g.reshape(*g.shape[:-1], k, x.shape[-1]), x.shape, settings, False)
 
@@ -374,9 +374,9 @@ def _factors(x, settings):
     return _shapes.spatial_tuple("mutant", "factor", settings["factor"], x.ndim - 2)
 
 
-def _upsample_nearest_adjoint(g, args, settings):
+def _upsample_nearest_adjoint(right, g, args, settings):
     """``dx[i] = Σ_j g[S·i + j]``: the adjoint of nearest-neighbour upsampling, not of zero insertion."""
-    x = args[0]
+    x = args.x
     factor = _factors(x, settings)
     tail = [(0, 0), *((0, n * s - m) for n, s, m in zip(x.shape[1:-1], factor, g.shape[1:-1])), (0, 0)]
     blocks_shape = (x.shape[0], *(d for n, s in zip(x.shape[1:-1], factor) for d in (n, s)), x.shape[-1])
@@ -384,9 +384,9 @@ def _upsample_nearest_adjoint(g, args, settings):
     return jnp.sum(blocks, axis=tuple(range(2, 2 * len(factor) + 1, 2)))
 
 
-def _downsample_nearest_adjoint(g, args, settings):
+def _downsample_nearest_adjoint(right, g, args, settings):
     """δ copied to all ``S`` positions of a block instead of zeros at the dropped ones."""
-    x = args[0]
+    x = args.x
     for axis, s in enumerate(_factors(x, settings), start=1):
         g = jnp.repeat(g, s, axis=axis)
     return g[tuple(slice(0, n) for n in x.shape)]
@@ -409,7 +409,7 @@ def _normalised(x, axes, eps, mean=None, var=None):
 
 def _bn_parts(args, settings):
     """Batch norm's ``g``-independent parts at the sample: ``x̂``, ``γ/σ`` and the reduced axes."""
-    x, gamma = args[0], args[1]
+    x, gamma = args.x, args.gamma
     axis = settings.get("axis", -1) % x.ndim
     axes = tuple(a for a in range(x.ndim) if a != axis)
     shape = tuple(1 if a in axes else n for a, n in enumerate(x.shape))
@@ -421,24 +421,24 @@ def _bn_parts(args, settings):
 
 def _bn_dropped_term(term: Callable) -> Callable:
     """The right ``dx`` with one term of ``(γ/σ)(g − mean(g) − x̂·mean(g x̂))`` left out (added back)."""
-    def wrong(g, args, settings):
+    def wrong(right, g, args, settings):
         x_hat, scale, axes = _bn_parts(args, settings)
         g_y = g[0]  # training mode returns (y, μ, σ²): the cotangent of y
-        return _right("batch_norm", args, settings, g, 0) + scale * term(g_y, x_hat, axes)
+        return right(g) + scale * term(g_y, x_hat, axes)
 
     return wrong
 
 
-def _bn_eval_with_batch_rule(g, args, settings):
+def _bn_eval_with_batch_rule(right, g, args, settings):
     """Evaluation mode differentiated as if the running statistics were batch statistics."""
     x_hat, scale, axes = _bn_parts(args, settings)
     return scale * (g - jnp.mean(g, axes, keepdims=True) - x_hat * jnp.mean(g * x_hat, axes, keepdims=True))
 
 
-def _layer_norm_gamma_outside(g, args, settings):
+def _layer_norm_gamma_outside(right, g, args, settings):
     """``dx = (γ/σ)(g − mean(g) − x̂·mean(g x̂))``: batch norm's rule, with γ taken as constant
     over the normalised elements, instead of ``(1/σ)(ĝ − mean(ĝ) − x̂·mean(ĝ x̂))``, ``ĝ = gγ``."""
-    x, gamma = args[0], args[1]
+    x, gamma = args.x, args.gamma
     axes = _checks_axes(settings.get("axis", -1), x.ndim)
     x_hat, inv_sigma = _normalised(x, axes, settings.get("eps", 1e-5))
     gamma = jnp.reshape(gamma, tuple(n if a in axes else 1 for a, n in enumerate(x.shape)))
@@ -450,9 +450,9 @@ def _checks_axes(axis, ndim) -> tuple[int, ...]:
     return tuple(sorted(a % ndim for a in ((axis,) if isinstance(axis, int) else axis)))
 
 
-def _group_norm_means_over_all_channels(g, args, settings):
+def _group_norm_means_over_all_channels(right, g, args, settings):
     """The per-group ``x̂`` and ``σ``, but the backward's two means taken over all channels."""
-    x, gamma, groups = args[0], args[1], settings["groups"]
+    x, gamma, groups = args.x, args.gamma, settings["groups"]
     grouped = x.reshape(*x.shape[:-1], groups, x.shape[-1] // groups)
     x_hat, inv_sigma = _normalised(grouped, tuple(range(1, x.ndim - 1)) + (x.ndim,), settings.get("eps", 1e-5))
     x_hat = x_hat.reshape(x.shape)
@@ -464,7 +464,8 @@ def _group_norm_means_over_all_channels(g, args, settings):
 
 
 def _dropout_mask(key, settings, shape):
-    return keep_mask(key, shape, settings["rate"])
+    """Where the forward keeps an element (the op's own mask: a kept one is nonzero)."""
+    return ops.dropout(jnp.ones(shape), key, rate=settings["rate"]) != 0
 
 
 def _dropping(sample: Sample) -> bool:
@@ -491,168 +492,169 @@ def _training(sample: Sample) -> bool:
 # --------------------------------------------------------------------------- the catalogue
 
 
-def _scaled_rule(op: str, argument: int, factor: Callable) -> Callable:
+def _scaled_rule(factor: Callable) -> Callable:
     """The right rule times ``factor(args)`` (a missing ``1/N``, a missing ``½``, ...)."""
-    return lambda g, args, settings: _right(op, args, settings, g, argument) * factor(args)
+    return lambda right, g, args, settings: right(g) * factor(args)
 
 
 def _elementwise(formula: Callable) -> Callable:
     """A wrong ``dx = formula(g, x, settings)`` for a one-argument op."""
-    return lambda g, args, settings: formula(g, args[0], settings)
+    return lambda right, g, args, settings: formula(g, args.x, settings)
 
 
 MUTANTS: dict[str, Mutant] = {m.name: m for m in [
-    Mutant("conv.no_kernel_flip", "conv", "x", "δ correlated with w itself, not rot180(w)",
-           lambda g, a, s: _right("conv", (a[0], _flip(a[1]), *a[2:]), s, g, 0), _window_gt_1,
+    Mutant("conv.no_kernel_flip", "x", "δ correlated with w itself, not rot180(w)",
+           lambda right, g, a, s: right(g, w=_flip(a.w)), _window_gt_1,
            lecture="Hu & Zhu's quiz, option C; Raj's poll 3: δ *full w correlates with rot180(w), not w"),
-    Mutant("conv.transposed_kernel", "conv", "x", "the spatially transposed kernel instead of the flipped one",
+    Mutant("conv.transposed_kernel", "x", "the spatially transposed kernel instead of the flipped one",
            _conv_transposed_kernel,
            _both(_window_gt_1, lambda s: np.ndim(s.args[1]) >= 4 and len(set(np.shape(s.args[1])[:-2])) == 1)),
-    Mutant("conv.no_stride_upsampling", "conv", "x", "δ not upsampled by the stride before the full convolution",
-           _conv_no_stride_upsampling(0), _setting(_strided),
+    Mutant("conv.no_stride_upsampling", "x", "δ not upsampled by the stride before the full convolution",
+           _conv_no_stride_upsampling, _setting(_strided),
            lecture="Raj: with stride S the derivative map is upsampled (S − 1 zeros) before the full convolution"),
-    Mutant("conv.dw_no_stride_upsampling", "conv", "w", "δ not upsampled by the stride before correlating with x",
-           _conv_no_stride_upsampling(1), _setting(_strided),
+    Mutant("conv.dw_no_stride_upsampling", "w", "δ not upsampled by the stride before correlating with x",
+           _conv_no_stride_upsampling, _setting(_strided),
            lecture="Raj: the upsampled derivative map, not δ itself, is correlated with the input"),
-    Mutant("conv.padding_not_cropped", "conv", "x", "the padded derivative map cut to n entries, not cropped",
+    Mutant("conv.padding_not_cropped", "x", "the padded derivative map cut to n entries, not cropped",
            _conv_padding_not_cropped, _padded_low,
            lecture="Raj: the derivative map has the size of the zero-padded map; delete its padding regions"),
-    Mutant("conv.dw_flipped_delta", "conv", "w", "dW correlates x with rot180(δ) instead of δ",
-           lambda g, a, s: _right("conv", a, s, lax.rev(g, _spatial(g)), 1),
+    Mutant("conv.dw_flipped_delta", "w", "dW correlates x with rot180(δ) instead of δ",
+           lambda right, g, a, s: right(lax.rev(g, _spatial(g))),
            lecture="Raj's poll 4 (false): \"the output map must be flipped before convolution\"; "
                    "∂E/∂w = y *valid rot180(δ)"),
-    Mutant("conv.own_map_only", "conv", "x", "δ_p' = δ_p *full w_pp: the other output maps fed by p left out",
+    Mutant("conv.own_map_only", "x", "δ_p' = δ_p *full w_pp: the other output maps fed by p left out",
            _conv_own_map_only, _has(1, lambda w: w.shape[-1] > 1),
            lecture="Hu & Zhu's quiz: δ_p' = Σ_q δ_q *full w_qp sums every output map q that input map p feeds"),
-    Mutant("conv.channels_permuted", "conv", "w", "dW in (C_out, C_in) order read as (C_in, C_out)",
+    Mutant("conv.channels_permuted", "w", "dW in (C_out, C_in) order read as (C_in, C_out)",
            _conv_channels_permuted, _has(1, lambda w: w.shape[-1] > 1 and w.shape[-2] > 1)),
-    Mutant("conv.connections_ignored", "conv", "w", "absent connections of the table get a gradient",
+    Mutant("conv.connections_ignored", "w", "absent connections of the table get a gradient",
            _conv_connections_ignored,
            _setting(lambda s: s.get("connections") is not None and not np.all(s["connections"]))),
-    Mutant("conv.bias_not_summed_over_batch", "conv", "b", "db averaged over the batch instead of summed",
+    Mutant("conv.bias_not_summed_over_batch", "b", "db averaged over the batch instead of summed",
            _bias_mean_over_batch, _both(_has(2), _batch_gt_1)),
-    Mutant("conv.groups_mixed_dx", "conv", "x", "grouped dx summed over every output map, all groups mixed",
+    Mutant("conv.groups_mixed_dx", "x", "grouped dx summed over every output map, all groups mixed",
            _conv_groups_mixed_dx, _grouped),
-    Mutant("conv.groups_dw_first_block", "conv", "w",
+    Mutant("conv.groups_dw_first_block", "w",
            "grouped dW computed densely, every group given the first group's block of input maps",
            _conv_groups_dw_first_block, _grouped),
-    Mutant("conv_transpose.output_padding_ignored", "conv_transpose", "x",
+    Mutant("conv_transpose.output_padding_ignored", "x",
            "dx as if output_padding were 0: δ at the extra output positions dropped",
            _conv_transpose_output_padding_ignored,
            _setting(lambda s: np.max(s.get("output_padding", 0)) > 0)),
-    Mutant("conv_transpose.no_kernel_flip", "conv_transpose", "x", "dx correlates δ with w, not with flip(w)",
-           lambda g, a, s: _right("conv_transpose", (a[0], _flip(a[1]), *a[2:]), s, g, 0), _window_gt_1),
-    Mutant("conv_transpose.dw_flipped", "conv_transpose", "w", "dW left flipped",
-           lambda g, a, s: _flip(_right("conv_transpose", a, s, g, 1)), _window_gt_1),
-    Mutant("conv_transpose.bias_not_summed_over_batch", "conv_transpose", "b",
+    Mutant("conv_transpose.no_kernel_flip", "x", "dx correlates δ with w, not with flip(w)",
+           lambda right, g, a, s: right(g, w=_flip(a.w)), _window_gt_1),
+    Mutant("conv_transpose.dw_flipped", "w", "dW left flipped",
+           lambda right, g, a, s: _flip(right(g)), _window_gt_1),
+    Mutant("conv_transpose.bias_not_summed_over_batch", "b",
            "db averaged over the batch instead of summed", _bias_mean_over_batch, _both(_has(2), _batch_gt_1)),
-    Mutant("dense.bias_not_summed_over_batch", "dense", "b", "db averaged over the batch instead of summed",
-           lambda g, a, s: jnp.mean(g.reshape(-1, g.shape[-1]), axis=0),
+    Mutant("dense.bias_not_summed_over_batch", "b", "db averaged over the batch instead of summed",
+           lambda right, g, a, s: jnp.mean(g.reshape(-1, g.shape[-1]), axis=0),
            _both(_has(2), lambda s: np.ndim(s.args[0]) >= 2)),
-    Mutant("dense.dw_first_example_only", "dense", "w", "dW = δ xᵀ of the first example, not summed over the batch",
-           lambda g, a, s: jnp.outer(g.reshape(-1, g.shape[-1])[0], a[0].reshape(-1, a[0].shape[-1])[0]),
+    Mutant("dense.dw_first_example_only", "w", "dW = δ xᵀ of the first example, not summed over the batch",
+           lambda right, g, a, s: jnp.outer(g.reshape(-1, g.shape[-1])[0], a.x.reshape(-1, a.x.shape[-1])[0]),
            lambda s: np.ndim(s.args[0]) >= 2),
-    Mutant("relu.kink_strict", "relu", "x", "dx = g·[x > 0]: the gradient stopped at x = 0",
+    Mutant("relu.kink_strict", "x", "dx = g·[x > 0]: the gradient stopped at x = 0",
            _elementwise(lambda g, x, s: jnp.where(x > 0, g, 0)),
            lambda s: bool(s.kink) and s.settings.get("derivative_at_zero", 1.0) == 1.0),
-    Mutant("relu.kink_passes_when_asked_to_stop", "relu", "x", "derivative_at_zero=0 ignored: dx = g·[x ≥ 0]",
+    Mutant("relu.kink_passes_when_asked_to_stop", "x", "derivative_at_zero=0 ignored: dx = g·[x ≥ 0]",
            _elementwise(lambda g, x, s: jnp.where(x >= 0, g, 0)),
            lambda s: bool(s.kink) and s.settings.get("derivative_at_zero") == 0.0),
-    Mutant("leaky_relu.slope_forgotten", "leaky_relu", "x", "dx = g·[x ≥ 0]: ReLU's rule, the slope below 0 lost",
+    Mutant("leaky_relu.slope_forgotten", "x", "dx = g·[x ≥ 0]: ReLU's rule, the slope below 0 lost",
            _elementwise(lambda g, x, s: jnp.where(x >= 0, g, 0))),
-    Mutant("log_softmax.diagonal_only", "log_softmax", "x", "dx = g (1 − p): the off-diagonal −p_k g_i dropped",
+    Mutant("log_softmax.diagonal_only", "x", "dx = g (1 − p): the off-diagonal −p_k g_i dropped",
            _elementwise(lambda g, x, s: g * (1 - jnp.exp(ops.log_softmax(x, **s)))),
            lambda s: np.shape(s.args[0])[s.settings.get("axis", -1)] > 1),
-    Mutant("global_mean_pool.missing_1_over_S", "global_mean_pool", "x",
+    Mutant("global_mean_pool.missing_1_over_S", "x",
            "dx = g broadcast, not divided by the map size",
-           lambda g, a, s: _right("global_mean_pool", a, s, g, 0) * math.prod(np.shape(a[0])[1:-1]),
+           lambda right, g, a, s: right(g) * math.prod(np.shape(a.x)[1:-1]),
            lambda s: math.prod(np.shape(s.args[0])[1:-1]) > 1),
-    Mutant("global_max_pool.spread_over_map", "global_max_pool", "x",
+    Mutant("global_max_pool.spread_over_map", "x",
            "δ spread over the whole map, not routed to the max",
-           lambda g, a, s: _right("global_mean_pool", a, s, g, 0) * math.prod(np.shape(a[0])[1:-1]),
+           lambda right, g, a, s: right(g, op="global_mean_pool") * math.prod(np.shape(a.x)[1:-1]),
            lambda s: math.prod(np.shape(s.args[0])[1:-1]) > 1),
-    Mutant("sigmoid.derivative_from_input", "sigmoid", "x", "f'(x) taken as x (1 − x) instead of f (1 − f)",
+    Mutant("sigmoid.derivative_from_input", "x", "f'(x) taken as x (1 − x) instead of f (1 − f)",
            _elementwise(lambda g, x, s: g * x * (1 - x))),
-    Mutant("tanh.missing_square", "tanh", "x", "f'(x) taken as 1 − f instead of 1 − f²",
+    Mutant("tanh.missing_square", "x", "f'(x) taken as 1 − f instead of 1 − f²",
            _elementwise(lambda g, x, s: g * (1 - jnp.tanh(x)))),
-    Mutant("softmax.diagonal_jacobian_only", "softmax", "x", "dx = g p (1 − p): the off-diagonal p_i p_k dropped",
+    Mutant("softmax.diagonal_jacobian_only", "x", "dx = g p (1 − p): the off-diagonal p_i p_k dropped",
            _elementwise(lambda g, x, s: g * ops.softmax(x, **s) * (1 - ops.softmax(x, **s)))),
-    Mutant("softmax_cross_entropy.missing_1_over_N", "softmax_cross_entropy", "logits", "ds = g (p − t), no 1/N",
-           _scaled_rule("softmax_cross_entropy", 0, lambda a: a[0].size // a[0].shape[-1]), _batch_gt_1),
-    Mutant("softmax_cross_entropy.label_gradient_sign", "softmax_cross_entropy", "labels",
-           "dt = +g log p / N (sign lost)", _scaled_rule("softmax_cross_entropy", 1, lambda a: -1.0),
+    Mutant("softmax_cross_entropy.missing_1_over_N", "logits", "ds = g (p − t), no 1/N",
+           _scaled_rule(lambda a: a.logits.size // a.logits.shape[-1]), _batch_gt_1),
+    Mutant("softmax_cross_entropy.label_gradient_sign", "labels",
+           "dt = +g log p / N (sign lost)", _scaled_rule(lambda a: -1.0),
            _has(1, lambda t: np.issubdtype(t.dtype, np.floating))),
-    Mutant("softmax_cross_entropy.weighted_mean_divides_by_N", "softmax_cross_entropy", "logits",
+    Mutant("softmax_cross_entropy.weighted_mean_divides_by_N", "logits",
            "weighted mean divided by N instead of the summed weights of the kept rows",
-           lambda g, a, s: _right("softmax_cross_entropy", a, s, g, 0) * _kept_weight(a[1], s) / a[1].size,
+           lambda right, g, a, s: right(g) * _kept_weight(a.labels, s) / a.labels.size,
            _weighted_class_id_mean),
-    Mutant("softmax_cross_entropy.smoothing_left_out", "softmax_cross_entropy", "logits",
+    Mutant("softmax_cross_entropy.smoothing_left_out", "logits",
            "the backward of the unsmoothed loss: ε/K never reaches the other classes",
-           lambda g, a, s: _right("softmax_cross_entropy", a, dict(s, label_smoothing=0.0), g, 0),
+           lambda right, g, a, s: right(g, dict(s, label_smoothing=0.0)),
            _setting(lambda s: s.get("label_smoothing", 0) > 0)),
-    Mutant("softmax_cross_entropy.ignored_rows_not_masked", "softmax_cross_entropy", "logits",
+    Mutant("softmax_cross_entropy.ignored_rows_not_masked", "logits",
            "ignore_index dropped in the backward: ignored rows get a gradient and count in the mean",
-           lambda g, a, s: _right("softmax_cross_entropy", (a[0], jnp.clip(a[1], 0, a[0].shape[-1] - 1)),
-                                  {k: v for k, v in s.items() if k != "ignore_index"}, g, 0),
+           lambda right, g, a, s: right(g, {k: v for k, v in s.items() if k != "ignore_index"},
+                                        labels=jnp.clip(a.labels, 0, a.logits.shape[-1] - 1)),
            _setting(lambda s: s.get("ignore_index") is not None)),
-    Mutant("euclidean_loss.sum_divided_by_N", "euclidean_loss", "pred", "reduction='sum' still divided by N",
-           _scaled_rule("euclidean_loss", 0, lambda a: 1.0 / a[0].shape[0]),
+    Mutant("euclidean_loss.sum_divided_by_N", "pred", "reduction='sum' still divided by N",
+           _scaled_rule(lambda a: 1.0 / a.pred.shape[0]),
            lambda s: s.settings.get("reduction") == "sum" and np.shape(s.args[0])[0] > 1),
-    Mutant("euclidean_loss.missing_1_over_N", "euclidean_loss", "pred", "dz = g (z − y), no 1/N",
-           _scaled_rule("euclidean_loss", 0, lambda a: a[0].shape[0]), lambda s: np.shape(s.args[0])[0] > 1),
-    Mutant("euclidean_loss.target_gradient_sign", "euclidean_loss", "target", "dy = g (z − y) / N: sign of dz",
-           _scaled_rule("euclidean_loss", 1, lambda a: -1.0)),
-    Mutant("mean_subtraction.identity_backward", "mean_subtraction", "x", "dx = g: the mean of g not subtracted",
+    Mutant("euclidean_loss.missing_1_over_N", "pred", "dz = g (z − y), no 1/N",
+           _scaled_rule(lambda a: a.pred.shape[0]), lambda s: np.shape(s.args[0])[0] > 1),
+    Mutant("euclidean_loss.target_gradient_sign", "target", "dy = g (z − y) / N: sign of dz",
+           _scaled_rule(lambda a: -1.0)),
+    Mutant("mean_subtraction.identity_backward", "x", "dx = g: the mean of g not subtracted",
            _elementwise(lambda g, x, s: g)),
-    Mutant("flatten.column_major", "flatten", "x", "g reshaped back in column-major (Fortran) order",
+    Mutant("flatten.column_major", "x", "g reshaped back in column-major (Fortran) order",
            _elementwise(lambda g, x, s: jnp.reshape(g, x.shape, order="F")), lambda s: np.ndim(s.args[0]) >= 2),
-    Mutant("l2_penalty.lam_missing_half", "l2_penalty", "lam", "dλ = g Σ w², the ½ lost",
-           _scaled_rule("l2_penalty", 1, lambda a: 2.0)),
-    Mutant("l2_penalty.params_missing_lam", "l2_penalty", "params", "dw = g w, λ lost",
-           lambda g, a, s: jax.tree_util.tree_map(lambda w: g * w, a[0]), lambda s: float(s.args[1]) != 1.0),
-    Mutant("max_pool.spread_over_window", "max_pool", "x", "δ spread over the whole window, not routed to the max",
-           lambda g, a, s: _right("mean_pool", a, s, g, 0) * math.prod(_shapes.spatial_tuple(
-               "mutant", "window", s["window"], a[0].ndim - 2)),
+    Mutant("l2_penalty.lam_missing_half", "lam", "dλ = g Σ w², the ½ lost",
+           _scaled_rule(lambda a: 2.0)),
+    Mutant("l2_penalty.params_missing_lam", "params", "dw = g w, λ lost",
+           lambda right, g, a, s: jax.tree_util.tree_map(lambda w: g * w, a.params), lambda s: float(s.args[1]) != 1.0),
+    Mutant("max_pool.spread_over_window", "x", "δ spread over the whole window, not routed to the max",
+           lambda right, g, a, s: right(g, op="mean_pool") * math.prod(_shapes.spatial_tuple(
+               "mutant", "window", s["window"], a.x.ndim - 2)),
            lecture="Jearanaitanakij: the gradient flows through the neuron with the largest activation only"),
-    Mutant("max_pool.overwrite_on_overlap", "max_pool", "x", "dx[argmax] = δ with = instead of +=",
+    Mutant("max_pool.overwrite_on_overlap", "x", "dx[argmax] = δ with = instead of +=",
            _max_pool_overwrite, _overlapping(pool=True),
            lecture="Raj: dy(P(l, m, i, j)) += δ, \"because this entry may be selected in multiple adjacent "
                    "overlapping windows\""),
-    Mutant("mean_pool.missing_1_over_K", "mean_pool", "x", "δ spread without dividing by the window size",
-           lambda g, a, s: _right("mean_pool", a, s, g, 0) * math.prod(_shapes.spatial_tuple(
-               "mutant", "window", s["window"], a[0].ndim - 2)), lambda s: s.settings.get("count_padding", True),
+    Mutant("mean_pool.missing_1_over_K", "x", "δ spread without dividing by the window size",
+           lambda right, g, a, s: right(g) * math.prod(_shapes.spatial_tuple(
+               "mutant", "window", s["window"], a.x.ndim - 2)), lambda s: s.settings.get("count_padding", True),
            lecture="Raj, mean pooling: each entry of the window gets δ / K²"),
-    Mutant("mean_pool.overwrite_on_overlap", "mean_pool", "x", "δ / K spread with = instead of +=",
+    Mutant("mean_pool.overwrite_on_overlap", "x", "δ / K spread with = instead of +=",
            _mean_pool_overwrite, _both(_overlapping(pool=True), _setting(lambda s: not s.get("ceil_mode"))),
            lecture="Raj, mean pooling: += over overlapping windows"),
-    Mutant("mean_pool.ceil_extension_counted", "mean_pool", "x",
+    Mutant("mean_pool.ceil_extension_counted", "x",
            "ceil_mode's windows divided by K, the positions added by rounding up counted as padding",
-           lambda g, a, s: _right("mean_pool", a, s, g * _ceil_divisor_ratio(a[0], s), 0),
+           lambda right, g, a, s: right(g * _ceil_divisor_ratio(a.x, s)),
            _setting(lambda s: s.get("ceil_mode") and s.get("count_padding", True))),
-    Mutant("max_pool.dilation_ignored", "max_pool", "x", "δ routed to s·i − lo + P(i): the window's dilation forgotten",
+    Mutant("max_pool.dilation_ignored", "x", "δ routed to s·i − lo + P(i): the window's dilation forgotten",
            _max_pool_dilation_ignored, _setting(lambda s: np.max(s.get("dilation", 1)) > 1)),
-    Mutant("im2col.overwrite_on_overlap", "im2col", "x", "col2im with = instead of overlap-add (+=)",
+    Mutant("im2col.overwrite_on_overlap", "x", "col2im with = instead of overlap-add (+=)",
            _im2col_overwrite, _overlapping(pool=False)),
-    Mutant("upsample.nearest_neighbour_adjoint", "upsample", "x", "dx[i] = Σ_j g[S·i + j] instead of g[S·i]",
+    Mutant("upsample.nearest_neighbour_adjoint", "x", "dx[i] = Σ_j g[S·i + j] instead of g[S·i]",
            _upsample_nearest_adjoint, _any_factor_gt_1),
-    Mutant("batch_norm.no_mean_g_term", "batch_norm", "x", "dx = (γ/σ)(g − x̂·mean(g x̂)): the −mean(g) term lost",
+    Mutant("batch_norm.no_mean_g_term", "x", "dx = (γ/σ)(g − x̂·mean(g x̂)): the −mean(g) term lost",
            _bn_dropped_term(lambda g, x_hat, axes: jnp.mean(g, axes, keepdims=True)), _training),
-    Mutant("batch_norm.no_xhat_term", "batch_norm", "x", "dx = (γ/σ)(g − mean(g)): the −x̂·mean(g x̂) term lost",
+    Mutant("batch_norm.no_xhat_term", "x", "dx = (γ/σ)(g − mean(g)): the −x̂·mean(g x̂) term lost",
            _bn_dropped_term(lambda g, x_hat, axes: x_hat * jnp.mean(g * x_hat, axes, keepdims=True)), _training),
-    Mutant("batch_norm.eval_with_batch_rule", "batch_norm", "x",
+    Mutant("batch_norm.eval_with_batch_rule", "x",
            "evaluation mode differentiated through the statistics (the training rule at the running ones)",
            _bn_eval_with_batch_rule, lambda s: not _training(s)),
-    Mutant("layer_norm.gamma_outside", "layer_norm", "x", "γ factored out of the means as in batch norm",
+    Mutant("layer_norm.gamma_outside", "x", "γ factored out of the means as in batch norm",
            _layer_norm_gamma_outside, _has(1, lambda gamma: np.ptp(gamma) > 0)),
-    Mutant("group_norm.means_over_all_channels", "group_norm", "x",
+    Mutant("group_norm.means_over_all_channels", "x",
            "the backward's means over every channel instead of the group's", _group_norm_means_over_all_channels,
            _setting(lambda s: s["groups"] > 1)),
-    Mutant("dropout.not_rescaled", "dropout", "x", "dx = g·m: the 1/(1 − rate) of the forward left out",
-           lambda g, a, s: jnp.where(_dropout_mask(a[1], s, g.shape), g, 0), _dropping),
-    Mutant("dropout.fresh_mask", "dropout", "x", "the backward draws a new mask from a split key",
-           lambda g, a, s: jnp.where(_dropout_mask(jax.random.split(a[1])[0], s, g.shape), g, 0) / (1 - s["rate"]),
+    Mutant("dropout.not_rescaled", "x", "dx = g·m: the 1/(1 − rate) of the forward left out",
+           lambda right, g, a, s: jnp.where(_dropout_mask(a.key, s, g.shape), g, 0), _dropping),
+    Mutant("dropout.fresh_mask", "x", "the backward draws a new mask from a split key",
+           lambda right, g, a, s: jnp.where(_dropout_mask(jax.random.split(a.key)[0], s, g.shape), g, 0)
+           / (1 - s["rate"]),
            _dropping),
-    Mutant("downsample.nearest_neighbour_adjoint", "downsample", "x", "δ copied over the block instead of zeros",
+    Mutant("downsample.nearest_neighbour_adjoint", "x", "δ copied over the block instead of zeros",
            _downsample_nearest_adjoint, _any_factor_gt_1),
 ]}
 
@@ -704,8 +706,8 @@ class Outcome:
 def reproduce(name: str, index: int, transform: str = "eager", seed: int = 0) -> Record:
     """The check of mutant ``name`` at registry sample ``index`` (float64), diagnosed when it fails."""
     m = MUTANTS[name]
-    snippet = f"from jaxcnn.verify import mutants\nprint(mutants.reproduce({name!r}, {index}, {transform!r}))"
-    return suite.check_sample(m.op, index, "float64", transform, op=m.build(), label=name, snippet=snippet, seed=seed)
+    snippet = f"from jaxcnn._certify import mutants\nprint(mutants.reproduce({name!r}, {index}, {transform!r}))"
+    return runner.check_sample(m.op, index, "float64", transform, op=m.build(), label=name, snippet=snippet, seed=seed)
 
 
 def run_one(m: Mutant, seed: int = 0) -> Outcome:
@@ -747,4 +749,4 @@ def format_table(outcomes: list[Outcome]) -> str:
         )
         for o in outcomes
     ]
-    return suite.format_rows(header, rows)
+    return display.format_rows(header, rows)
