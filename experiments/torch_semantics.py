@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import torch
 
-from jaxcnn import ops
+from jaxcnn import ops, reference
 
 jax.config.update("jax_enable_x64", True)
 F = torch.nn.functional
@@ -156,10 +156,43 @@ def activations() -> int:
     return 3
 
 
+def edge_cases(rng) -> int:
+    """The corners of issue 36: an all-ignored weighted batch (loss NaN, gradient 0), a NaN weight
+    of a class no kept row has (finite), log-softmax over an empty axis, dilated max-pool ties."""
+    checked = 0
+    s = rng.normal(size=(5, 4))
+    for weights, labels, ignore in [(rng.uniform(0.5, 2.0, 4), np.full(5, 2), 2),
+                                    (np.array([1.0, 2.0, np.nan, 0.5]), np.array([0, 1, 3, 1, 2]), 2),
+                                    (np.array([1.0, 2.0, np.nan, 0.5]), np.array([0, 1, 3, 1, 0]), -100)]:
+        st = torch.tensor(s, requires_grad=True)
+        lt = F.cross_entropy(st, torch.tensor(labels), weight=torch.tensor(weights), ignore_index=ignore)
+        lt.backward()
+        mine = dict(weights=weights, ignore_index=ignore)
+        for f in (ops.softmax_cross_entropy, reference.softmax_cross_entropy):
+            loss, ds = f(s, labels, **mine), jax.grad(lambda s: f(s, labels, **mine))(s)
+            assert np.allclose(loss, lt.item(), equal_nan=True) and np.allclose(ds, st.grad.numpy())
+            checked += 1
+    for axis in range(3):
+        assert F.log_softmax(torch.ones(5, 0, 0), axis).shape == ops.log_softmax(np.ones((5, 0, 0)), axis).shape
+        checked += 1
+    for d, ceil in itertools.product([2, 3], [False, True]):
+        x = rng.integers(0, 2, size=(2, 3, 7, 6)).astype(np.float64)  # NCHW, ties in nearly every window
+        xt = torch.tensor(x, requires_grad=True)
+        yt = F.max_pool2d(xt, 2, 1, 1, d, ceil_mode=ceil)
+        v = rng.normal(size=yt.shape)
+        (yt * torch.tensor(v)).sum().backward()
+        for f in (ops.max_pool, reference.max_pool):
+            dx = jax.vjp(lambda x: f(x, 2, 1, 1, dilation=d, ceil_mode=ceil), np.moveaxis(x, 1, -1))[1](
+                np.moveaxis(v, 1, -1))[0]
+            assert np.allclose(nchw(dx), xt.grad.numpy())
+            checked += 1
+    return checked
+
+
 def main() -> None:
     rng = np.random.default_rng(0)
     counts = {"pooling": pooling(rng), "cross-entropy": cross_entropy(rng), "normalisation": normalisation(rng),
-              "activations": activations(), "convolution": convolution(rng)}
+              "activations": activations(), "convolution": convolution(rng), "edge cases": edge_cases(rng)}
     print(f"torch {torch.__version__}: every comparison agrees (float64) — "
           + ", ".join(f"{name} {n} settings" for name, n in counts.items()))
 

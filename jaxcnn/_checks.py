@@ -71,12 +71,12 @@ def shape(op: str, name: str, x: Any, expected: tuple[int, ...], why: str) -> No
 
 
 def axis(op: str, name: str, value: Any, ndim: int) -> tuple[int, ...]:
-    """Normalises an int or tuple of ints to sorted non-negative axes of an ndim array."""
-    axes = (value,) if isinstance(value, (int, np.integer)) else value
-    if not isinstance(axes, (tuple, list)) or not all(
-        isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in axes
-    ):
+    """Normalises an int or a non-empty tuple of ints to sorted non-negative axes of an ndim array."""
+    axes = (value,) if _is_int(value) else value
+    if not isinstance(axes, (tuple, list)) or not all(_is_int(a) for a in axes):
         raise TypeError(f"{op}: `{name}` must be an int or a tuple of ints, got {value!r}.")
+    if not axes:  # a mean over no axis is the element itself: nothing would be normalised
+        raise ValueError(f"{op}: `{name}`={value!r} names no axis; give at least one axis to reduce over.")
     axes = tuple(int(a) for a in axes)
     for a in axes:
         if not -ndim <= a < ndim:
@@ -90,34 +90,66 @@ def axis(op: str, name: str, value: Any, ndim: int) -> tuple[int, ...]:
     return normalised
 
 
-# --------------------------------------------------------------------------- training settings and data
-# Host-side checks of fit's settings and datasets (Python numbers and NumPy arrays), run before any work.
+def single_axis(op: str, name: str, value: Any, ndim: int) -> int:
+    """One axis of an ndim array (an int, not a tuple), normalised to be non-negative."""
+    if not _is_int(value):
+        raise TypeError(f"{op}: `{name}` must be one int (a single axis), got {value!r}.")
+    return axis(op, name, value, ndim)[0]
+
+
+# --------------------------------------------------------------------------- Python settings
+# A setting is a Python value fixed at trace time or before a run (an eps, a slope, a seed, a
+# flag): the ops' and fit's settings all pass through these three. The NumPy scalar of the same
+# kind is accepted wherever the Python one is (np.float32(0.1) for a number, np.int64(2) for an
+# int, np.True_ for a flag), a bool never counts as a number, and a number must be finite: an inf
+# or NaN eps, slope or smoothing raises no error later, it only makes the outputs 0, β or NaN.
 
 #: PRNG seeds: jax.random.PRNGKey takes a signed 64-bit integer.
 SEED_RANGE = (-(2**63), 2**63)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def number(op: str, name: str, value: Any, low: float = -np.inf, high: float = np.inf,
-           low_open: bool = False) -> float:
+           low_open: bool = False, high_open: bool = True) -> float:
     """``value`` as a float, or an error naming ``op`` and ``name``: it must be a real
-    number (not a bool), finite, ``>= low`` (``> low`` when ``low_open``) and ``< high``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    number (not a bool), finite, ``>= low`` (``> low`` when ``low_open``) and ``< high``
+    (``<= high`` unless ``high_open``)."""
+    if not (_is_int(value) or isinstance(value, (float, np.floating))):
         raise TypeError(f"{op}: `{name}` must be a number, got {value!r} ({type(value).__name__}).")
-    interval = f"{'(' if low_open else '['}{low:g}, {high:g})"
-    if not (np.isfinite(value) and (value > low if low_open else value >= low) and value < high):
+    value = value.item() if isinstance(value, np.generic) else value  # shown as 0.1, not np.float32(0.1)
+    above = value > low if low_open else value >= low
+    below = value < high if high_open else value <= high
+    if not (np.isfinite(value) and above and below):
+        if low == -np.inf and high == np.inf:
+            raise ValueError(f"{op}: `{name}` must be a finite number, got {value!r}.")
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
         raise ValueError(f"{op}: `{name}` must be a finite number in {interval}, got {value!r}.")
     return float(value)
 
 
-def integer(op: str, name: str, value: Any, low: int, high: int | None = None) -> int:
+def integer(op: str, name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
     """``value`` as an int, or an error naming ``op`` and ``name``: an int (not a bool, not
-    a float such as 2.5), ``>= low`` and, when given, ``< high``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    a float such as 2.5), ``>= low`` and ``< high`` where given."""
+    if not _is_int(value):
         raise TypeError(f"{op}: `{name}` must be an int, got {value!r} ({type(value).__name__}).")
-    if value < low or high is not None and value >= high:
-        bound = f">= {low}" if high is None else f"in [{low}, {high})"
+    if (low is not None and value < low) or (high is not None and value >= high):
+        bound = f">= {low}" if high is None else f"< {high}" if low is None else f"in [{low}, {high})"
         raise ValueError(f"{op}: `{name}` must be an int {bound}, got {value}.")
     return int(value)
+
+
+def flag(op: str, name: str, value: Any) -> bool:
+    """A bool setting (``True``/``False`` or a NumPy bool), as a Python bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{op}: `{name}` must be True or False, got {value!r}.")
+    return bool(value)
+
+
+# --------------------------------------------------------------------------- training data
+# Host-side checks of fit's datasets (NumPy arrays), run before any work.
 
 
 def examples(op: str, x_name: str, x: Any, y_name: str, y: Any, num_classes: int) -> None:

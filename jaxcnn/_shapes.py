@@ -25,6 +25,8 @@ from typing import NamedTuple, Sequence, Union
 
 import numpy as np
 
+from jaxcnn import _checks
+
 Padding = Union[str, int, Sequence[Sequence[int]]]
 
 
@@ -267,33 +269,54 @@ def transpose_geometry(op: str, in_shape: Sequence[int], window, stride, padding
 
 def pool_geometry(op: str, in_shape: Sequence[int], window, stride, padding: Padding, dilation=1,
                   ceil_mode: bool = False) -> Geometry:
-    """:func:`geometry` for pooling: ``stride=None`` means ``window``, and no window may
-    cover padding only (each padding side smaller than the window), so that every max
-    and mean is over at least one real element.
+    """:func:`geometry` for pooling: ``stride=None`` means ``window``, and every window must
+    cover at least one input element (:func:`padding_only_window`), so that every max and
+    mean is over at least one real element.
 
     ``ceil_mode`` (PyTorch's): the output size rounds up, ``⌈(n + lo + hi − k_d) / s⌉ + 1``,
     less one where the last window would start past the input and its low padding
     (``(o − 1) s ≥ n + lo``); the windows that then reach beyond the padded input see the
     extra positions as padding, added to ``hi`` in the returned ``pads``."""
     geom = geometry(op, in_shape, window, window if stride is None else stride, padding, dilation)
-    if any(lo >= k or hi >= k for (lo, hi), k in zip(geom.pads, geom.window)):
+    if _checks.flag(op, "ceil_mode", ceil_mode):
+        pads, out = [], []
+        for n, kd, s, (lo, hi) in zip(in_shape, dilated(geom.window, geom.dilation), geom.stride, geom.pads):
+            o = -(-(n + lo + hi - kd) // s) + 1
+            if (o - 1) * s >= n + lo:
+                o -= 1
+            pads.append((lo, max(hi, (o - 1) * s + kd - n - lo)))
+            out.append(o)
+        geom = geom._replace(pads=tuple(pads), out_shape=tuple(out))
+    found = padding_only_window(in_shape, geom)
+    if found is not None:
+        axis, i, positions = found
         raise ValueError(
-            f"{op}: the padding {geom.pads} must be smaller than the window {geom.window} on "
-            f"every side, otherwise a window covers padding only (padding={padding!r}); use "
-            f"less padding or a larger window."
+            f"{op}: a window covers padding only: with padding {padding!r} (pads {geom.pads}), window "
+            f"{geom.window}, dilation {geom.dilation} and stride {geom.stride} on an input of spatial size "
+            f"{tuple(in_shape)}, output position {i} along spatial axis {axis} reads input positions "
+            f"{positions}, none inside [0, {in_shape[axis]}); use less padding or a smaller dilation."
         )
-    if not isinstance(ceil_mode, (bool, np.bool_)):
-        raise TypeError(f"{op}: `ceil_mode` must be True or False, got {ceil_mode!r}.")
-    if not ceil_mode:
-        return geom
-    pads, out = [], []
-    for n, kd, s, (lo, hi) in zip(in_shape, dilated(geom.window, geom.dilation), geom.stride, geom.pads):
-        o = -(-(n + lo + hi - kd) // s) + 1
-        if (o - 1) * s >= n + lo:
-            o -= 1
-        pads.append((lo, max(hi, (o - 1) * s + kd - n - lo)))
-        out.append(o)
-    return geom._replace(pads=tuple(pads), out_shape=tuple(out))
+    return geom
+
+
+def padding_only_window(in_shape: Sequence[int], geom: Geometry):
+    """The first window that reads no input element, as ``(axis, output position, its input
+    positions)``, or None when every window reads one.
+
+    Along an axis, output ``i`` reads the input positions ``s·i − lo + d·j`` for the window
+    offsets ``j < k`` (padding below 0 and from ``n`` on); a window covers padding only if on
+    some axis none of its positions lies in ``[0, n)``. For ``d = 1`` that is a padding side
+    of at least ``k`` that some window reaches; with dilation also a window whose entries
+    step over the input (``n < d``)."""
+    for axis, (n, k, s, d, o, (lo, _)) in enumerate(
+        zip(in_shape, geom.window, geom.stride, geom.dilation, geom.out_shape, geom.pads)
+    ):
+        positions = np.arange(o)[:, None] * s - lo + np.arange(k)[None, :] * d
+        reads = np.any((positions >= 0) & (positions < n), axis=1)
+        if not reads.all():
+            i = int(np.argmin(reads))
+            return axis, i, positions[i].tolist()
+    return None
 
 
 def upsampled_shape(op: str, in_shape: Sequence[int], factor) -> tuple[int, ...]:

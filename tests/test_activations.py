@@ -238,7 +238,41 @@ def test_activation_errors():
         ops.relu(jnp.ones(3), derivative_at_zero=0.5)
     with pytest.raises(ValueError, match=r"leaky_relu: `derivative_at_zero` must be 1.0 .* or negative_slope=0.2"):
         ops.leaky_relu(jnp.ones(3), 0.2, derivative_at_zero=0.0)
-    with pytest.raises(TypeError, match=r"leaky_relu: `negative_slope` must be a Python float"):
+    with pytest.raises(TypeError, match=r"leaky_relu: `negative_slope` must be a number, got Array"):
         ops.leaky_relu(jnp.ones(3), jnp.float32(0.2))
     with pytest.raises(ValueError, match=r"log_softmax: `axis`=1 is out of range"):
         ops.log_softmax(jnp.ones(3), axis=1)
+
+
+@pytest.mark.parametrize("op", [ops.leaky_relu, reference.leaky_relu])
+@pytest.mark.parametrize("slope", [np.nan, np.inf, -np.inf, np.float32("nan")])
+def test_leaky_relu_refuses_a_slope_that_is_not_finite(op, slope):
+    # inf · x is −inf below 0 and NaN at 0; NaN is NaN: no model wants them, so they are refused at trace time
+    with pytest.raises(ValueError, match=rf"leaky_relu: `negative_slope` must be a finite number, got {slope}"):
+        op(jnp.ones(3), slope)
+
+
+def test_activation_settings_accept_numpy_scalars_and_refuse_bools_and_tuples():
+    x = jnp.array([-2.0, 0.0, 3.0])
+    for module in (ops, reference):
+        np.testing.assert_array_equal(module.leaky_relu(x, np.float32(0.25)), module.leaky_relu(x, 0.25))
+        np.testing.assert_array_equal(jax.grad(lambda v: module.relu(v, derivative_at_zero=np.float64(0.0)).sum())(x),
+                                      [0.0, 0.0, 1.0])
+        np.testing.assert_array_equal(module.softmax(x, axis=np.int64(0)), module.softmax(x))
+        with pytest.raises(TypeError, match=r"leaky_relu: `negative_slope` must be a number, got True \(bool\)"):
+            module.leaky_relu(x, True)
+        for name in ("softmax", "log_softmax"):
+            with pytest.raises(TypeError, match=rf"{name}: `axis` must be one int \(a single axis\), got \(0,\)"):
+                getattr(module, name)(x, axis=(0,))
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, -1])
+def test_log_softmax_over_an_empty_axis_is_empty_as_softmax_and_pytorch(axis):
+    # PyTorch's OpInfo sample (5, 0, 0): torch.log_softmax returns the empty tensor for every dim
+    x = jnp.ones((5, 0, 0), jnp.float32)
+    for module in (ops, reference):
+        for name in ("softmax", "log_softmax"):
+            y, vjp = jax.vjp(lambda v: getattr(module, name)(v, axis=axis), x)
+            assert y.shape == x.shape and y.dtype == x.dtype and vjp(y)[0].shape == x.shape
+    y, vjp = jax.vjp(ops.log_softmax, jnp.ones((3, 0)))
+    assert y.shape == (3, 0) and vjp(y)[0].shape == (3, 0)

@@ -94,11 +94,21 @@ def test_conv_transpose_refuses_an_empty_spatial_axis():
             op(x, w, stride=2)
 
 
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
 @pytest.mark.parametrize("axis", [-1, 0])
-def test_softmax_over_an_empty_axis_is_empty_like_jax_nn(axis):
+def test_softmax_over_an_empty_axis_is_empty_like_jax_nn(name, axis):
     x = jnp.ones((3, 0), jnp.float32) if axis == -1 else jnp.ones((0, 3), jnp.float32)
-    y = _assert_matches_reference("softmax", (x,), {"axis": axis})
-    assert y.shape == x.shape == jax.nn.softmax(x, axis=axis).shape
+    y = _assert_matches_reference(name, (x,), {"axis": axis})
+    assert y.shape == x.shape == getattr(jax.nn, name)(x, axis=axis).shape
+
+
+@pytest.mark.parametrize("name", ["max_pool", "mean_pool"])
+def test_pooling_an_empty_spatial_axis_is_refused_since_every_window_reads_padding_only(name):
+    # with padding the padded axis is long enough for a window, but there is nothing to take the max or mean of
+    for op in (getattr(ops, name), getattr(reference, name)):
+        with pytest.raises(ValueError, match=rf"{name}: a window covers padding only: with padding 1 .* input of "
+                                             rf"spatial size \(4, 0\), output position 0 along spatial axis 1"):
+            op(jnp.ones((2, 4, 0, 3), jnp.float32), 2, 1, 1)
 
 
 def test_cross_entropy_refuses_zero_classes():

@@ -8,7 +8,7 @@ import pytest
 
 import opcheck
 from jaxcnn._certify.registry import distinct
-from jaxcnn import ops
+from jaxcnn import ops, reference
 
 
 def test_global_pools_are_torch_adaptive_pools_to_one_by_one(rng):
@@ -46,3 +46,15 @@ def test_global_pool_errors():
         ops.global_mean_pool(jnp.ones((2, 3)))
     with pytest.raises(TypeError, match=r"global_max_pool: `x` must be a floating-point array"):
         ops.global_max_pool(jnp.ones((2, 3, 3), jnp.int32))
+
+
+@pytest.mark.parametrize("name", ["global_mean_pool", "global_max_pool"])
+def test_global_pool_keepdims_must_be_a_bool(name):
+    # bool(keepdims) took "no" and 0.0 silently (as True and False); NumPy's bool is a bool
+    x = jnp.ones((2, 3, 3, 4))
+    for module in (ops, reference):
+        op = getattr(module, name)
+        for bad in ("no", 0.0, None):
+            with pytest.raises(TypeError, match=rf"{name}: `keepdims` must be True or False, got {bad!r}"):
+                op(x, keepdims=bad)
+        assert op(x, keepdims=np.True_).shape == (2, 1, 1, 4)

@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,15 +58,18 @@ def test_ce_stable_for_huge_logits():
     assert np.all(np.isfinite(jax.grad(ops.softmax_cross_entropy, argnums=(0, 1))(s, t)[1]))
 
 
-@pytest.mark.parametrize("labels", [[0, 3], [-1, 0], [5, -2]])
-def test_ce_out_of_range_label_is_nan_in_loss_and_gradient_for_rule_and_reference(labels):
+@pytest.mark.parametrize("labels, ignore", [([0, 3], None), ([-1, 0], None), ([5, -2], None), ([4, 3, 0], 4)])
+def test_ce_out_of_range_label_is_nan_in_loss_and_gradient_for_rule_and_reference(labels, ignore):
     # One definition for both: an id outside [0, K) makes the loss NaN and every element of
-    # dL/ds NaN (finite differences of a NaN loss agree), never a finite update.
-    s = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3)), jnp.float32)
-    for f in (ops.softmax_cross_entropy, reference.softmax_cross_entropy, jax.jit(ops.softmax_cross_entropy)):
+    # dL/ds NaN (finite differences of a NaN loss agree), never a finite update — an ignored
+    # row's gradient included.
+    s = jnp.asarray(np.random.default_rng(0).normal(size=(len(labels), 3)), jnp.float32)
+    rule, ref = (functools.partial(f, ignore_index=ignore) for f in (ops.softmax_cross_entropy,
+                                                                      reference.softmax_cross_entropy))
+    for f in (rule, ref, jax.jit(rule)):
         assert np.isnan(f(s, jnp.array(labels)))
         assert np.all(np.isnan(jax.grad(f)(s, jnp.array(labels))))
-    good = jnp.array([0, 2])
+    good = jnp.arange(len(labels)) % 3
     assert np.all(np.isfinite(jax.grad(ops.softmax_cross_entropy)(s, good)))
 
 
@@ -123,6 +128,81 @@ def test_ce_options_are_torch_cross_entropy_from_its_definition(rng):
     assert np.isnan(ops.softmax_cross_entropy(s, np.full(7, 5), ignore_index=5))
 
 
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_ce_every_row_ignored_is_a_nan_mean_with_a_zero_gradient_as_pytorch(rng, eps, weighted):
+    # torch: cross_entropy(s, y, weight=w, ignore_index=2, label_smoothing=ε) with every y_n = 2 is
+    # 0/0 = nan for "mean", 0 for "sum", and s.grad is 0: no row contributes. A NaN gradient here would
+    # poison every parameter in one optimiser step on an all-padding batch.
+    s, y = rng.normal(size=(5, 4)), np.full(5, 2)
+    kw = dict(weights=rng.uniform(0.5, 2.0, 4) if weighted else None, ignore_index=2, label_smoothing=eps)
+    for f in (ops.softmax_cross_entropy, reference.softmax_cross_entropy):
+        assert np.isnan(f(s, y, **kw))
+        np.testing.assert_array_equal(jax.grad(f)(s, y, **kw), np.zeros((5, 4)))
+        assert f(s, y, reduction="sum", **kw) == 0
+        np.testing.assert_array_equal(f(s, y, reduction="none", **kw), np.zeros(5))
+    with jax.disable_jit():  # the rule itself gives 0, not an XLA rewrite of 0 · (g/0)
+        np.testing.assert_array_equal(jax.grad(ops.softmax_cross_entropy)(s, y, **kw), np.zeros((5, 4)))
+
+
+def test_ce_an_optimiser_step_on_an_all_padding_batch_leaves_the_parameters_finite(rng):
+    # the issue's symptom: one weighted all-ignored batch made dW NaN, and SGD wrote NaN into every weight
+    x, w, b = rng.normal(size=(6, 5)), rng.normal(size=(4, 5)), rng.normal(size=4)
+    y, class_weights = np.full(6, 1), rng.uniform(0.5, 2.0, 4)
+
+    def loss(params):
+        return ops.softmax_cross_entropy(ops.dense(x, *params), y, weights=class_weights, ignore_index=1)
+
+    grads = jax.jit(jax.grad(loss))((w, b))
+    np.testing.assert_array_equal(grads[0], np.zeros_like(w))
+    np.testing.assert_array_equal(grads[1], np.zeros_like(b))
+
+
+def test_ce_vmap_over_batches_with_one_all_padding_batch(rng):
+    # per-sequence losses, one sequence all padding: its gradient is 0, the others' as the reference's
+    s, y = rng.normal(size=(3, 5, 4)), rng.integers(0, 3, size=(3, 5))
+    y[1], y[0, 0] = 3, 3
+    w = rng.uniform(0.5, 2.0, 4)
+
+    def grads(f):
+        return jax.vmap(jax.grad(lambda s, y: f(s, y, weights=w, ignore_index=3, label_smoothing=0.1)))(s, y)
+
+    g = grads(ops.softmax_cross_entropy)
+    np.testing.assert_array_equal(g[1], np.zeros((5, 4)))
+    np.testing.assert_allclose(g, grads(reference.softmax_cross_entropy), rtol=1e-12, atol=1e-15)
+    assert np.all(np.isfinite(g)) and np.all(g[0, 0] == 0)
+
+
+@pytest.mark.parametrize("labels, w, ignore", [([0, 1, 0, 1], [1.0, 2.0, np.nan], None),
+                                               ([0, 1, 2, 1], [1.0, 2.0, np.nan], 2),
+                                               ([1, 1, -100, 1], [np.nan, 2.0, 1.0], -100)])
+def test_ce_never_reads_the_weight_of_an_absent_or_ignored_class(rng, labels, w, ignore):
+    # torch's nll_loss gathers w[y_n] on the kept rows only: a NaN weight of a class that no kept row
+    # has (the ignored class, or the class an ignored id is clipped to) leaves loss and gradient finite;
+    # with label_smoothing > 0 every weight enters the smoothing term, and both are NaN, as in torch.
+    s, y, w = rng.normal(size=(4, 3)), np.array(labels), np.array(w)
+    kept = np.ones(4, bool) if ignore is None else y != ignore
+    log_p = _np_log_softmax(s)
+    w_y = np.where(kept, w[np.clip(y, 0, 2)], 0)
+    loss = -(w_y * log_p[np.arange(4), np.clip(y, 0, 2)])[kept].sum() / w_y.sum()
+    onehot = np.eye(3)[np.clip(y, 0, 2)]
+    grad = np.where(kept[:, None], w_y[:, None] * (np.exp(log_p) - onehot), 0) / w_y.sum()
+    for f in (ops.softmax_cross_entropy, reference.softmax_cross_entropy):
+        np.testing.assert_allclose(f(s, y, weights=w, ignore_index=ignore), loss, rtol=1e-12)
+        np.testing.assert_allclose(jax.grad(f)(s, y, weights=w, ignore_index=ignore), grad, rtol=1e-12, atol=1e-15)
+        assert np.isnan(f(s, y, weights=w, ignore_index=ignore, label_smoothing=0.1))
+
+
+def test_ce_accepts_numpy_scalars_for_its_settings(rng):
+    s, y = rng.normal(size=(6, 4)), np.array([0, 2, 3, 2, 1, 2])
+    for f in (ops.softmax_cross_entropy, reference.softmax_cross_entropy):
+        want = f(s, y, ignore_index=2, label_smoothing=0.25)
+        np.testing.assert_array_equal(f(s, y, ignore_index=np.int64(2), label_smoothing=np.float32(0.25)), want)
+        np.testing.assert_array_equal(f(s, y, ignore_index=np.int32(2), label_smoothing=np.float64(0.25)), want)
+    assert np.isfinite(jax.jit(lambda s: ops.softmax_cross_entropy(s, y, ignore_index=np.int8(2),
+                                                                   label_smoothing=np.float16(0.5)))(s))
+
+
 def test_ce_options_backward_is_sigma_times_p_sum_c_minus_c(rng):
     s, y, w = rng.normal(size=(5, 3)), np.array([0, 1, 1, 2, 1]), rng.uniform(0.5, 2.0, 3)
     eps, g = 0.2, 1.7
@@ -163,11 +243,17 @@ def test_loss_option_errors(rng):
         ops.softmax_cross_entropy(s, y, weights=jnp.ones(4, jnp.float64))
     with pytest.raises(ValueError, match=r"softmax_cross_entropy: `ignore_index`=0 applies to integer class ids only"):
         ops.softmax_cross_entropy(s, jnp.full((3, 4), 0.25, jnp.float32), ignore_index=0)
-    with pytest.raises(TypeError, match=r"softmax_cross_entropy: `ignore_index` must be a Python int or None"):
+    with pytest.raises(TypeError, match=r"softmax_cross_entropy: `ignore_index` must be an int, got 1.0 \(float\)"):
         ops.softmax_cross_entropy(s, y, ignore_index=1.0)
-    with pytest.raises(ValueError, match=r"softmax_cross_entropy: `label_smoothing` must be in \[0, 1\], got 1.5"):
+    with pytest.raises(TypeError, match=r"softmax_cross_entropy: `ignore_index` must be an int, got True \(bool\)"):
+        ops.softmax_cross_entropy(s, y, ignore_index=True)
+    with pytest.raises(ValueError, match=r"softmax_cross_entropy: `label_smoothing` must be a finite number in "
+                                         r"\[0, 1\], got 1.5"):
         ops.softmax_cross_entropy(s, y, label_smoothing=1.5)
-    with pytest.raises(TypeError, match=r"softmax_cross_entropy: `label_smoothing` must be a Python float"):
+    with pytest.raises(ValueError, match=r"softmax_cross_entropy: `label_smoothing` must be a finite number in "
+                                         r"\[0, 1\], got nan"):
+        reference.softmax_cross_entropy(s, y, label_smoothing=np.float32("nan"))
+    with pytest.raises(TypeError, match=r"softmax_cross_entropy: `label_smoothing` must be a number, got Array"):
         ops.softmax_cross_entropy(s, y, label_smoothing=jnp.float32(0.1))
     with pytest.raises(ValueError, match=r"softmax_cross_entropy: `reduction` must be one of 'mean', 'sum', 'none', "
                                          r"got 'avg'"):
@@ -266,3 +352,9 @@ def test_l2_penalty_errors(rng):
     with pytest.raises(ValueError, match=r"l2_penalty: `lam` must have 0 dimensions \(a scalar\), got 1 dimensions "
                                          r"with shape \(2,\)"):
         ops.l2_penalty({"w": jnp.ones(3)}, jnp.array([0.1, 0.2]))
+    for f in (ops.l2_penalty, reference.l2_penalty):  # a Python or NumPy λ is a setting: finite
+        with pytest.raises(ValueError, match=r"l2_penalty: `lam` must be a finite number, got inf"):
+            f({"w": jnp.ones(3)}, float("inf"))
+        with pytest.raises(ValueError, match=r"l2_penalty: `lam` must be a finite number, got nan"):
+            f({"w": jnp.ones(3)}, np.float32("nan"))
+        assert f({"w": jnp.ones(3, jnp.float64)}, np.float32(0.5)).dtype == jnp.float64  # the leaves' dtype

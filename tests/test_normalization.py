@@ -1,6 +1,8 @@
 """batch_norm, layer_norm, group_norm: PyTorch's definitions from first principles (NumPy),
 the hand rule's formula and residuals, every transform, and the error messages."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -125,9 +127,9 @@ def test_normalisation_errors():
         ops.batch_norm(jnp.ones(3), None, None)
     with pytest.raises(ValueError, match=r"batch_norm: `axis`=2 is out of range"):
         ops.batch_norm(x, None, None, axis=2)
-    with pytest.raises(ValueError, match=r"batch_norm: `eps` must be >= 0 .* got -0.1"):
+    with pytest.raises(ValueError, match=r"batch_norm: `eps` must be a finite number in \[0, inf\), got -0.1"):
         ops.batch_norm(x, None, None, eps=-0.1)
-    with pytest.raises(TypeError, match=r"batch_norm: `eps` must be a Python float, got Array"):
+    with pytest.raises(TypeError, match=r"batch_norm: `eps` must be a number, got Array"):
         ops.batch_norm(x, None, None, eps=jnp.float32(1e-5))
     with pytest.raises(TypeError, match=r"batch_norm: all floating arguments must share one dtype"):
         ops.batch_norm(x, jnp.ones(3, jnp.bfloat16), None)
@@ -135,7 +137,76 @@ def test_normalisation_errors():
         ops.layer_norm(jnp.ones((4, 2, 3)), jnp.ones(3), None, axis=(1, 2))
     with pytest.raises(ValueError, match=r"group_norm: `groups`=4 must be a positive divisor of the 6 channels"):
         ops.group_norm(jnp.ones((2, 6)), None, None, 4)
-    with pytest.raises(TypeError, match=r"group_norm: `groups` must be a Python int, got 2.0"):
+    with pytest.raises(TypeError, match=r"group_norm: `groups` must be an int, got 2.0 \(float\)"):
         ops.group_norm(jnp.ones((2, 6)), None, None, 2.0)
     with pytest.raises(TypeError, match=r"layer_norm: `x` must be a floating-point array"):
         ops.layer_norm(jnp.ones(3, jnp.int32), None, None)
+
+
+NORMS = {"batch_norm": lambda f, x, **kw: f(x, None, None, **kw)[0],
+         "layer_norm": lambda f, x, **kw: f(x, None, None, axis=(1, 2, 3), **kw),
+         "group_norm": lambda f, x, **kw: f(x, None, None, 2, **kw)}
+
+
+@pytest.mark.parametrize("name", sorted(NORMS))
+@pytest.mark.parametrize("eps", [np.inf, np.nan, -1e-5, np.float32("inf")])
+def test_normalisation_refuses_an_eps_that_is_not_finite_or_negative(name, eps):
+    # eps = inf made every output β (1/√inf = 0), NaN made it NaN: refused at trace time, by the reference too
+    for module in (ops, reference):
+        with pytest.raises(ValueError, match=rf"{name}: `eps` must be a finite number in \[0, inf\), got {eps}"):
+            NORMS[name](getattr(module, name), jnp.ones((4, 3, 3, 4)), eps=eps)
+
+
+def test_normalisation_axis_and_groups_settings():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3, 6)), jnp.float32)
+    for module in (ops, reference):
+        with pytest.raises(ValueError, match=r"layer_norm: `axis`=\(\) names no axis; give at least one axis"):
+            module.layer_norm(x, None, None, axis=())
+        with pytest.raises(TypeError, match=r"batch_norm: `axis` must be one int \(a single axis\), got \(2,\)"):
+            module.batch_norm(x, None, None, axis=(2,))
+        # NumPy scalars are the settings they stand for
+        np.testing.assert_array_equal(module.group_norm(x, None, None, np.int64(3), eps=np.float32(1e-3)),
+                                      module.group_norm(x, None, None, 3, eps=float(np.float32(1e-3))))
+        np.testing.assert_array_equal(module.layer_norm(x, None, None, axis=np.int32(-1)),
+                                      module.layer_norm(x, None, None))
+        with pytest.raises(TypeError, match=r"group_norm: `groups` must be an int, got True \(bool\)"):
+            module.group_norm(x, None, None, True)
+
+
+@pytest.mark.parametrize("name", sorted(NORMS))
+@pytest.mark.parametrize("power", [62, 64, 100])
+def test_normalisation_in_float32_survives_an_overflowing_variance(rng, name, power):
+    """x̂ is scale-invariant: at 2^p times the input (|x| ≈ 2·10¹⁹ for p = 64) the sum of (x − μ)²
+    overflows float32, and the plain formula gave σ² = inf, x̂ = 0, every output β. Powers of two
+    scale exactly, so y(2^p x) = y(x) and dx(2^p x) = 2^−p dx(x), up to rounding."""
+    x = rng.normal(size=(8, 3, 3, 4)) + rng.normal(size=4) * 3  # channel offsets: μ ≠ 0
+    v = rng.normal(size=x.shape)
+    small, big = jnp.asarray(x, jnp.float32), jnp.asarray(x * 2.0**power, jnp.float32)
+    assert np.all(np.isfinite(big))
+    for module in (ops, reference):
+        f = functools.partial(NORMS[name], getattr(module, name))
+        (y_small, vjp_small), (y_big, vjp_big) = jax.vjp(f, small), jax.vjp(f, big)
+        np.testing.assert_allclose(y_big, y_small, rtol=2e-5, atol=2e-5)
+        dx_small, dx_big = vjp_small(jnp.asarray(v, jnp.float32))[0], vjp_big(jnp.asarray(v, jnp.float32))[0]
+        np.testing.assert_allclose(np.asarray(dx_big, np.float64) * 2.0**power, dx_small, rtol=1e-4, atol=1e-4)
+    if name == "batch_norm":  # the statistics: μ scales by 2^p, σ² by 4^p — inf beyond float32's range
+        for module in (ops, reference):
+            _, mu_small, var_small = module.batch_norm(small, None, None)
+            _, mu_big, var_big = module.batch_norm(big, None, None)
+            np.testing.assert_allclose(np.asarray(mu_big, np.float64), mu_small * 2.0**power, rtol=1e-5)
+            expected = np.asarray(var_small, np.float64) * 4.0**power
+            fits = expected < np.finfo(np.float32).max
+            np.testing.assert_allclose(np.asarray(var_big, np.float64)[fits], expected[fits], rtol=1e-5)
+            assert np.all(np.isinf(np.asarray(var_big)[~fits]))
+
+
+def test_normalisation_of_a_nearly_constant_huge_channel_stays_finite(rng):
+    # the scaled fallback scales x − μ by its own power of two: a huge offset with a small spread keeps
+    # its x̂ (a scale taken from max |x| alone would underflow the spread and divide 0 by 0)
+    x = jnp.asarray(2.0**100 * (1 + 2.0**-10 * rng.normal(size=(64, 3))), jnp.float32)
+    exact = np.asarray(x, np.float64)
+    exact = (exact - exact.mean(0)) / exact.std(0)
+    for module in (ops, reference):
+        y, mu, var = module.batch_norm(x, None, None, eps=1e-5)
+        np.testing.assert_allclose(y, exact, rtol=1e-3, atol=1e-3)
+        assert np.all(np.isfinite(mu)) and np.all(np.isinf(var))

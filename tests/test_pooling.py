@@ -2,6 +2,7 @@
 checks, the classic mistakes, the residual memory, the errors."""
 
 import itertools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 import opcheck
 from conftest import covering, examples
-from jaxcnn import _shapes, ops, reference, verify
+from jaxcnn import _shapes, nn, ops, reference, verify
 from jaxcnn._certify import mutants
 from jaxcnn._certify.registry import distinct
 
@@ -364,9 +365,11 @@ def test_errors(name):
     with pytest.raises(ValueError, match=rf"{name}: `padding` must be 'VALID', 'SAME', 'FULL', an int, or 2 \(low, "
                                          rf"high\) pairs \(one per spatial axis\), got \(\(1, 1\),\)"):
         op(x, 2, padding=((1, 1),))
-    with pytest.raises(ValueError, match=rf"{name}: the padding \(\(0, 2\), \(0, 0\)\) must be smaller than the "
-                                         rf"window \(2, 2\) on every side, otherwise a window covers padding only"):
-        op(x, 2, padding=((0, 2), (0, 0)))
+    with pytest.raises(ValueError, match=rf"{name}: a window covers padding only: with padding \(\(0, 3\), \(0, 0\)\) "
+                                         rf"\(pads \(\(0, 3\), \(0, 0\)\)\), window \(2, 2\), dilation \(1, 1\) and "
+                                         rf"stride \(2, 2\) on an input of spatial size \(5, 5\), output position 3 "
+                                         rf"along spatial axis 0 reads input positions \[6, 7\], none inside \[0, 5\)"):
+        op(x, 2, padding=((0, 3), (0, 0)))
     with pytest.raises(TypeError, match=rf"{name}: `window` must be an int or a sequence of 2 ints \(one per spatial "
                                         rf"axis\), got 2.0"):
         op(x, 2.0)
@@ -466,3 +469,86 @@ def test_pooling_option_errors():
     with pytest.raises(ValueError, match=r"max_pool: the window \(3 with dilation 2, extent 5\) is larger than the "
                                          r"padded input"):
         ops.max_pool(x, 3, dilation=2)
+
+
+# --------------------------------------------------------------------------- windows that read padding only
+
+
+def _blind_window(n, k, s, p, d, ceil):
+    """Brute force: the first output position whose window reads no input position, or None."""
+    for i, positions in enumerate(_torch_windows(n, k, s, p, d, ceil)):
+        if not any(0 <= q < n for q in positions):
+            return i, positions
+    return None
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8])
+def test_pooling_refuses_exactly_the_geometries_with_a_window_of_padding_only(n):
+    """Every window size, stride, padding, dilation and rounding on a 1-D input of n: the ops refuse
+    a geometry iff a brute-force enumeration of the windows finds one that reads padding only (there
+    max_pool gave −inf, mean_pool(count_padding=False) 0/0), and accept every other one, including
+    padding sides of k or more that no window reads alone (dilated windows reach past them)."""
+    x = jax.ShapeDtypeStruct((1, n, 1), jnp.float32)
+    for k, s, p, d, ceil in itertools.product([1, 2, 3], [1, 2, 3], [0, 1, 2, 3], [1, 2, 3, 4], [False, True]):
+        if n + 2 * p < d * (k - 1) + 1:  # no window fits: refused with its own message
+            continue
+        blind = _blind_window(n, k, s, p, d, ceil)
+        ops_ = (lambda x: ops.max_pool(x, k, s, p, dilation=d, ceil_mode=ceil),
+                lambda x: ops.mean_pool(x, k, s, p, count_padding=False, dilation=d, ceil_mode=ceil))
+        for op in ops_:
+            if blind is None:
+                assert jax.eval_shape(op, x).shape == (1, len(_torch_windows(n, k, s, p, d, ceil)), 1)
+                continue
+            read = re.escape(str(blind[1]))
+            with pytest.raises(ValueError, match=rf"a window covers padding only: with padding {p} .* window \({k},\), "
+                                                 rf"dilation \({d},\) and stride \({s},\) on an input of spatial size "
+                                                 rf"\({n},\), output position {blind[0]} along spatial axis 0 reads "
+                                                 rf"input positions {read}, none inside \[0, {n}\)"):
+                jax.eval_shape(op, x)
+
+
+def test_pooling_padding_only_windows_are_refused_on_any_axis_and_by_the_references():
+    x = jnp.ones((1, 5, 3, 2), jnp.float32)  # axis 1 (size 3): entries −1 and 3 with dilation 4 and padding 1
+    for op in (ops.max_pool, ops.mean_pool, reference.max_pool, reference.mean_pool):
+        with pytest.raises(ValueError, match=r"output position 0 along spatial axis 1 reads input positions \[-1, 3\]"):
+            op(x, 2, 1, 1, dilation=(1, 4))
+    with pytest.raises(ValueError, match=r"MaxPool: a window covers padding only"):
+        nn.MaxPool(2, 3, padding=((3, 0),)).init(jax.random.key(0), (1, 4, 1))
+
+
+@pytest.mark.parametrize("n, k, s, p, d", [(5, 2, 1, 2, 3), (6, 2, 2, 3, 4), (7, 3, 2, 3, 2), (4, 2, 3, 2, 3)])
+def test_pooling_with_padding_sides_of_a_window_or_more_that_dilation_reaches_past(rng, n, k, s, p, d):
+    # padding p ≥ k, accepted since every window reads an input element: values are PyTorch's definitions
+    assert p >= k and _blind_window(n, k, s, p, d, False) is None
+    x = distinct(rng, 2, n, 3)
+    windows = _torch_windows(n, k, s, p, d, False)
+    y = ops.max_pool(x, k, s, p, dilation=d)
+    m = ops.mean_pool(x, k, s, p, count_padding=False, dilation=d)
+    for i, positions in enumerate(windows):
+        real = [q for q in positions if 0 <= q < n]
+        np.testing.assert_array_equal(y[:, i], x[:, real].max(axis=1))
+        np.testing.assert_allclose(m[:, i], x[:, real].mean(axis=1), rtol=1e-12)
+    np.testing.assert_array_equal(reference.max_pool(x, k, s, p, dilation=d), y)
+    opcheck.assert_vjp("mean_pool", jnp.asarray(x), window=k, stride=s, padding=p, count_padding=False, dilation=d)
+    opcheck.assert_vjp("max_pool", jnp.asarray(x), window=k, stride=s, padding=p, dilation=d)
+
+
+@pytest.mark.parametrize("d, ceil", [(2, False), (3, True), ((2, 1), True)])
+def test_max_pool_ties_go_to_the_first_maximum_with_dilation_in_rule_and_reference(rng, d, ceil):
+    """torch.nn.functional.max_pool2d with dilation routes a window's δ to its first maximum in
+    window order (the CPU kernel keeps the first strict maximum), as jaxcnn's rule; the reference
+    used to split δ among tied maxima (autodiff of jnp.max). Brute force over the windows."""
+    x = rng.integers(0, 2, size=(2, 7, 6, 2)).astype(np.float64)  # ties in nearly every window
+    k, s, p = 2, 1, 1
+    dh, dw = (d, d) if isinstance(d, int) else d
+    rows, cols = _torch_windows(7, k, s, p, dh, ceil), _torch_windows(6, k, s, p, dw, ceil)
+    g = rng.normal(size=(2, len(rows), len(cols), 2))
+    expected = np.zeros_like(x)
+    for b, c in itertools.product(range(2), range(2)):
+        for i, j in itertools.product(range(len(rows)), range(len(cols))):
+            entries = [(q, r) for q in rows[i] for r in cols[j] if 0 <= q < 7 and 0 <= r < 6]  # window order
+            q, r = max(entries, key=lambda e: (x[b, e[0], e[1], c], -entries.index(e)))  # the first maximum
+            expected[b, q, r, c] += g[b, i, j, c]
+    for op in (ops.max_pool, reference.max_pool):
+        dx = _grad(op, jnp.asarray(x), g, window=k, stride=s, padding=p, dilation=d, ceil_mode=ceil)
+        np.testing.assert_allclose(dx, expected, rtol=1e-12, atol=1e-12)

@@ -60,12 +60,11 @@ def relu(x: jax.Array, *, derivative_at_zero: float = 1.0) -> jax.Array:
 
 def _at_zero(op, value, allowed, other):
     """``derivative_at_zero`` checked against ``allowed``: True when x = 0 counts as ``x ≥ 0``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) not in allowed:
-        raise ValueError(
-            f"{op}: `derivative_at_zero` must be {allowed[0]} (the lectures: the gradient passes at x = 0) or "
-            f"{other}, got {value!r}."
-        )
-    return float(value) == allowed[0]
+    rule = f"must be {allowed[0]} (the lectures: the gradient passes at x = 0) or {other}"
+    value = _checks.number(op, "derivative_at_zero", value)
+    if value not in allowed:
+        raise ValueError(f"{op}: `derivative_at_zero` {rule}, got {value!r}.")
+    return value == allowed[0]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -104,7 +103,8 @@ def leaky_relu(x: jax.Array, negative_slope: float = 0.01, *, derivative_at_zero
 
     Args:
       x: floating array of any shape.
-      negative_slope: the slope below 0 (a Python float; PyTorch's default 0.01).
+      negative_slope: the slope below 0 (a Python float or a NumPy floating scalar;
+        PyTorch's default 0.01).
       derivative_at_zero: ``1.0`` or ``negative_slope``.
 
     Returns:
@@ -112,19 +112,23 @@ def leaky_relu(x: jax.Array, negative_slope: float = 0.01, *, derivative_at_zero
 
     Raises:
       TypeError: ``x`` is not floating point, or ``negative_slope`` is not a number.
-      ValueError: ``derivative_at_zero`` is neither 1 nor ``negative_slope``.
+      ValueError: ``negative_slope`` is infinite or NaN (the output would be ``±inf`` or
+        NaN below 0), or ``derivative_at_zero`` is neither 1 nor ``negative_slope``.
 
     >>> import jax, jax.numpy as jnp
     >>> from jaxcnn import ops
     >>> jax.grad(lambda x: ops.leaky_relu(x, 0.1).sum())(jnp.array([-1.0, 0.0, 2.0])).tolist()
     [0.10000000149011612, 1.0, 1.0]
     """
-    x = _checks.float_array("leaky_relu", "x", x)
-    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
-        raise TypeError(f"leaky_relu: `negative_slope` must be a Python float, got {negative_slope!r}.")
-    slope = float(negative_slope)
-    passes = _at_zero("leaky_relu", derivative_at_zero, (1.0, slope), f"negative_slope={slope} (PyTorch)")
+    x, slope, passes = _validate_leaky_relu(x, negative_slope, derivative_at_zero)
     return _leaky_relu(x, slope, passes)
+
+
+def _validate_leaky_relu(x, negative_slope, derivative_at_zero):
+    x = _checks.float_array("leaky_relu", "x", x)
+    slope = _checks.number("leaky_relu", "negative_slope", negative_slope)
+    passes = _at_zero("leaky_relu", derivative_at_zero, (1.0, slope), f"negative_slope={slope} (PyTorch)")
+    return x, slope, passes
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -275,7 +279,7 @@ def softmax(x: jax.Array, axis: int = -1) -> jax.Array:
       ``p``, same shape and dtype (empty when the axis is: no classes, nothing to normalise).
 
     Raises:
-      TypeError: ``x`` is not floating point.
+      TypeError: ``x`` is not floating point, or ``axis`` is not one int.
       ValueError: ``axis`` is out of range.
 
     >>> import jax.numpy as jnp
@@ -283,9 +287,7 @@ def softmax(x: jax.Array, axis: int = -1) -> jax.Array:
     >>> [round(v, 4) for v in ops.softmax(jnp.log(jnp.array([0.3, 0.7]))).tolist()]
     [0.3, 0.7]
     """
-    x = _checks.float_array("softmax", "x", x)
-    _checks.min_rank("softmax", "x", x, 1, "(..., K)")
-    (axis,) = _checks.axis("softmax", "axis", axis, x.ndim)
+    x, axis = _validate_axis_op("softmax", x, axis)
     if x.shape[axis] == 0:  # no classes: an empty result, as jax.nn.softmax and PyTorch give
         return jnp.zeros_like(x)
     return _softmax(x, axis)
@@ -330,10 +332,11 @@ def log_softmax(x: jax.Array, axis: int = -1) -> jax.Array:
       axis: the normalised axis (a Python int).
 
     Returns:
-      ``y``, same shape and dtype.
+      ``y``, same shape and dtype (empty when the axis is, as :func:`softmax` and PyTorch's
+      ``log_softmax`` give).
 
-    Raises (as :func:`softmax`): TypeError for a non-floating ``x``, ValueError for an
-    ``axis`` out of range.
+    Raises (as :func:`softmax`): TypeError for a non-floating ``x`` or an ``axis`` that is
+    not one int, ValueError for an ``axis`` out of range.
 
     >>> import jax.numpy as jnp
     >>> from jaxcnn import ops
@@ -341,15 +344,16 @@ def log_softmax(x: jax.Array, axis: int = -1) -> jax.Array:
     [-1.3863, -1.3863, -1.3863, -1.3863]
     """
     x, axis = _validate_axis_op("log_softmax", x, axis)
+    if x.shape[axis] == 0:  # no classes: an empty result, as softmax (and PyTorch's log_softmax) give
+        return jnp.zeros_like(x)
     return _log_softmax(x, axis)
 
 
 def _validate_axis_op(op, x, axis):
-    """``x`` floating with at least one dimension, ``axis`` normalised (softmax, log-softmax)."""
+    """``x`` floating with at least one dimension, ``axis`` one normalised axis (softmax, log-softmax)."""
     x = _checks.float_array(op, "x", x)
     _checks.min_rank(op, "x", x, 1, "(..., K)")
-    (axis,) = _checks.axis(op, "axis", axis, x.ndim)
-    return x, axis
+    return x, _checks.single_axis(op, "axis", axis, x.ndim)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -388,15 +392,15 @@ def relu_reference(x, *, derivative_at_zero=1.0):
 
 def leaky_relu_reference(x, negative_slope=0.01, *, derivative_at_zero=1.0):
     """Autodiff reference for :func:`leaky_relu` (``jnp.where`` on the same side of 0)."""
-    x = _checks.float_array("leaky_relu", "x", x)
-    slope = float(negative_slope)
-    passes = _at_zero("leaky_relu", derivative_at_zero, (1.0, slope), f"negative_slope={slope} (PyTorch)")
+    x, slope, passes = _validate_leaky_relu(x, negative_slope, derivative_at_zero)
     return jnp.where(x >= 0 if passes else x > 0, x, slope * x)
 
 
 def log_softmax_reference(x, axis=-1):
     """Autodiff reference for :func:`log_softmax`; the max shift carries no gradient."""
     x, axis = _validate_axis_op("log_softmax", x, axis)
+    if x.shape[axis] == 0:
+        return jnp.zeros_like(x)
     shifted = x - lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
     return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True))
 
@@ -413,9 +417,7 @@ def tanh_reference(x, *, method="auto", platform=None):
 
 def softmax_reference(x, axis=-1):
     """Autodiff reference for :func:`softmax`; the max shift carries no gradient."""
-    x = _checks.float_array("softmax", "x", x)
-    _checks.min_rank("softmax", "x", x, 1, "(..., K)")
-    (axis,) = _checks.axis("softmax", "axis", axis, x.ndim)
+    x, axis = _validate_axis_op("softmax", x, axis)
     if x.shape[axis] == 0:
         return jnp.zeros_like(x)
     e = jnp.exp(x - lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True)))

@@ -9,7 +9,6 @@ that the expectation is ``x`` and nothing changes at test time. The forward is l
 from __future__ import annotations
 
 import functools
-import numbers
 
 import jax
 import jax.numpy as jnp
@@ -42,9 +41,9 @@ def dropout(x: jax.Array, key: jax.Array, rate: float, *, deterministic: bool = 
       ``y``, the shape and dtype of ``x``.
 
     Raises:
-      TypeError: ``x`` is not floating point, ``key`` is not a PRNG key, or ``rate`` is
-        not a Python number.
-      ValueError: ``rate`` is outside ``[0, 1]``.
+      TypeError: ``x`` is not floating point, ``key`` is not a PRNG key, ``rate`` is
+        not a Python (or NumPy) number, or ``deterministic`` not a bool.
+      ValueError: ``rate`` is outside ``[0, 1]`` or NaN.
 
     >>> import jax, jax.numpy as jnp
     >>> from jaxcnn import ops
@@ -55,9 +54,7 @@ def dropout(x: jax.Array, key: jax.Array, rate: float, *, deterministic: bool = 
     x = _checks.float_array("dropout", "x", x)
     key = _validate_key(key)
     rate = _validate_rate(rate)
-    if not isinstance(deterministic, (bool, np.bool_)):
-        raise TypeError(f"dropout: `deterministic` must be a Python bool, got {deterministic!r}.")
-    if deterministic or rate == 0.0:
+    if _checks.flag("dropout", "deterministic", deterministic) or rate == 0.0:
         return x
     if rate == 1.0:
         return jnp.zeros_like(x)
@@ -109,22 +106,14 @@ def _validate_key(key):
 
 
 def _validate_rate(rate):
-    if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
-        raise TypeError(
-            f"dropout: `rate` must be a Python float (the drop probability), got {rate!r} of type "
-            f"{type(rate).__name__}."
-        )
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"dropout: `rate` is the probability of dropping an element and must be in [0, 1], "
-                         f"got {rate!r}.")
-    return float(rate)
+    return _checks.number("dropout", "rate", rate, 0.0, 1.0, high_open=False)  # the drop probability
 
 
 def dropout_reference(x, key, rate, *, deterministic=False):
     """Autodiff reference for :func:`dropout`: the same mask, ``jnp.where`` differentiated."""
     x = _checks.float_array("dropout", "x", x)
     key, rate = _validate_key(key), _validate_rate(rate)
-    if deterministic or rate == 0.0:
+    if _checks.flag("dropout", "deterministic", deterministic) or rate == 0.0:
         return x
     if rate == 1.0:
         return jnp.zeros_like(x)

@@ -34,7 +34,7 @@ def global_mean_pool(x: jax.Array, *, keepdims: bool = False) -> jax.Array:
       ``(N, C)`` (or ``(N, 1, …, 1, C)``), in the dtype of ``x``.
 
     Raises:
-      TypeError: ``x`` is not floating point.
+      TypeError: ``x`` is not floating point, or ``keepdims`` is not a bool.
       ValueError: ``x`` has no spatial axis.
 
     >>> import jax.numpy as jnp
@@ -43,7 +43,7 @@ def global_mean_pool(x: jax.Array, *, keepdims: bool = False) -> jax.Array:
     [[3.0, 4.0]]
     """
     x = _validate("global_mean_pool", x)
-    return _global_mean_pool(x, bool(keepdims))
+    return _global_mean_pool(x, _checks.flag("global_mean_pool", "keepdims", keepdims))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -80,7 +80,7 @@ def global_max_pool(x: jax.Array, *, keepdims: bool = False) -> jax.Array:
       ``(N, C)`` (or ``(N, 1, …, 1, C)``), in the dtype of ``x``.
 
     Raises:
-      TypeError: ``x`` is not floating point.
+      TypeError: ``x`` is not floating point, or ``keepdims`` is not a bool.
       ValueError: ``x`` has no spatial axis.
 
     >>> import jax, jax.numpy as jnp
@@ -90,7 +90,7 @@ def global_max_pool(x: jax.Array, *, keepdims: bool = False) -> jax.Array:
     [0.0, 1.0, 0.0]
     """
     x = _validate("global_max_pool", x)
-    return _global_max_pool(x, bool(keepdims))
+    return _global_max_pool(x, _checks.flag("global_max_pool", "keepdims", keepdims))
 
 
 class ArgmaxResiduals(NamedTuple):
@@ -138,13 +138,14 @@ def _validate(op, x):
 def global_mean_pool_reference(x, *, keepdims=False):
     """Autodiff reference for :func:`global_mean_pool`."""
     x = _validate("global_mean_pool", x)
-    return jnp.mean(x, axis=_spatial(x), keepdims=bool(keepdims))
+    return jnp.mean(x, axis=_spatial(x), keepdims=_checks.flag("global_mean_pool", "keepdims", keepdims))
 
 
 def global_max_pool_reference(x, *, keepdims=False):
     """Autodiff reference for :func:`global_max_pool`: the first maximum picked with ``take_along_axis``
     (``jnp.max``'s own rule would share a tie)."""
     x = _validate("global_max_pool", x)
+    keepdims = _checks.flag("global_max_pool", "keepdims", keepdims)
     flat = _flat(x)
     first = lax.stop_gradient(jnp.argmax(flat, axis=1))
     y = jnp.take_along_axis(flat, first[:, None, :], axis=1)[:, 0, :]

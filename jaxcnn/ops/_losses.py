@@ -13,6 +13,7 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxcnn import _checks
@@ -45,12 +46,20 @@ def softmax_cross_entropy(
 
     and ``reduction="none"`` returns every ``ℓ_n``, ``"sum"`` their sum, ``"mean"`` their
     sum divided by ``D``: with class ids the summed weight of the kept rows,
-    ``D = Σ_n m_n w_{y_n}`` (the count of kept rows without weights; NaN when every row
-    is ignored), with target rows ``D = N``. The backward is the same formula for every
-    option, since ``∂ℓ_n/∂s_n = p_n Σ_k c_nk − c_n``::
+    ``D = Σ_n m_n w_{y_n}`` (the count of kept rows without weights), with target rows
+    ``D = N``. The backward is the same formula for every option, since
+    ``∂ℓ_n/∂s_n = p_n Σ_k c_nk − c_n``::
 
         ds_n = σ_n (p_n Σ_k c_nk − c_n)      σ_n = g/D, g, or g_n (mean, sum, none)
         dt_nk = −σ_n (1 − ε) w_k log p_nk   (target rows)
+
+    An ignored row is selected out, as PyTorch's ``nll_loss`` skips it by index: its
+    ``ℓ_n`` and ``ds_n`` are exactly 0 whatever its logits, and its class weight is never
+    read (nor is the weight of a class no kept row has, unless ``ε > 0`` puts every weight
+    in the smoothing term, as in PyTorch). **Every row ignored** (an all-padding batch):
+    ``"mean"`` is ``0/0 = NaN``, PyTorch's value, while the gradient is 0 — no row
+    contributes — as autodiff of the reference and PyTorch give; ``"sum"`` is 0 and
+    ``"none"`` all zeros. Under ``vmap`` this holds per mapped batch.
 
     Target rows that do not sum to one get exactly this (the lecture's ``p − t`` needs
     ``Σ_k t_k = 1``). ``weights`` are constants: like PyTorch, no gradient flows to them.
@@ -75,10 +84,11 @@ def softmax_cross_entropy(
         are traced. ``jaxcnn.data``, ``train.fit`` and ``train.evaluate`` refuse them where
         they are concrete.)
       weights: per-class weights ``(K,)`` (PyTorch's ``weight``), same dtype as logits.
-      ignore_index: a class id whose rows count for nothing, neither in the loss nor in
-        ``D`` (PyTorch's default -100 is not assumed: None ignores nothing). Class ids
-        only.
-      label_smoothing: ``ε ∈ [0, 1]``: the target becomes ``(1 − ε) t + ε/K``.
+      ignore_index: a class id (a Python or NumPy int) whose rows count for nothing,
+        neither in the loss, its gradient nor ``D`` (PyTorch's default -100 is not
+        assumed: None ignores nothing). Class ids only.
+      label_smoothing: ``ε ∈ [0, 1]`` (a Python or NumPy float): the target becomes
+        ``(1 − ε) t + ε/K``.
       reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
     Returns:
@@ -90,7 +100,7 @@ def softmax_cross_entropy(
         the logits' dtype; ``weights`` has another dtype; an option has the wrong type.
       ValueError: ``logits`` has fewer than 2 dimensions; ``labels`` or ``weights`` has
         the wrong shape; ``ignore_index`` with target rows; ``label_smoothing`` outside
-        ``[0, 1]``; an unknown ``reduction``.
+        ``[0, 1]`` or NaN; an unknown ``reduction``.
 
     >>> import jax, jax.numpy as jnp
     >>> from jaxcnn import ops
@@ -98,8 +108,9 @@ def softmax_cross_entropy(
     >>> [round(v, 6) for v in jax.grad(ops.softmax_cross_entropy)(s, jnp.array([1]))[0].tolist()]
     [0.3, -0.3]
     """
-    logits, labels, weights = _validate_ce(logits, labels, weights, ignore_index, label_smoothing, reduction)
-    return _softmax_cross_entropy(logits, labels, weights, ignore_index, float(label_smoothing), reduction)
+    logits, labels, weights, ignore_index, eps = _validate_ce(logits, labels, weights, ignore_index, label_smoothing,
+                                                              reduction)
+    return _softmax_cross_entropy(logits, labels, weights, ignore_index, eps, reduction)
 
 
 class ClassIdResiduals(NamedTuple):
@@ -128,15 +139,18 @@ class RowCoefficients(NamedTuple):
     """Per class-id row: ``r_n = m_n w_{y_n}`` (the one-hot's coefficient before ``1 − ε``),
     ``m_n`` (kept) and the divisor ``D``; None where the option is off (1 everywhere)."""
 
-    kept: Optional[jax.Array]  # m_n, shape (...,)
+    kept: Optional[jax.Array]  # m_n as a bool mask, shape (...,)
     row_weight: Optional[jax.Array]  # m_n w_{y_n}
     divisor: Any  # D = Σ_n m_n w_{y_n}: an array, or the Python int N
 
 
 def _row_coefficients(labels, k, weights, ignore_index, dtype) -> RowCoefficients:
-    kept = None if ignore_index is None else (labels != ignore_index).astype(dtype)
+    kept = None if ignore_index is None else labels != ignore_index
     w_y = None if weights is None else weights[jnp.clip(labels, 0, k - 1)]
-    row_weight = w_y if kept is None else (kept if w_y is None else kept * w_y)
+    if kept is None:
+        row_weight = w_y
+    else:  # selected, not multiplied: an ignored row's class weight is never read (0 · NaN is NaN)
+        row_weight = jnp.where(kept, jnp.ones((), dtype) if w_y is None else w_y, jnp.zeros((), dtype))
     return RowCoefficients(kept, row_weight, labels.size if row_weight is None else jnp.sum(row_weight))
 
 
@@ -168,7 +182,9 @@ def _ce_rows(s, top, log_sum, labels, weights, ignore_index, eps):
     if eps:  # the smoothing term −(ε/K) m_n Σ_k w_k log p_nk
         w = jnp.ones((k,), s.dtype) if weights is None else weights
         smooth = -(jnp.sum(w * (s - top), axis=-1) - jnp.sum(w) * log_sum[..., 0])
-        rows = (1 - eps) * rows + (eps / k) * (smooth if coef.kept is None else coef.kept * smooth)
+        rows = (1 - eps) * rows + (eps / k) * smooth
+    if coef.kept is not None:  # m_n = 0: the row is selected out, whatever its logits
+        rows = jnp.where(coef.kept, rows, jnp.zeros((), s.dtype))
     return rows * _nan_unless_valid(labels, k, ignore_index, s.dtype)
 
 
@@ -208,16 +224,20 @@ def _softmax_cross_entropy_bwd(ignore_index, eps, reduction, res, g):
         e, labels, weights = res.exp_shifted, res.labels, res.weights
         k = e.shape[-1]
         coef = _row_coefficients(labels, k, weights, ignore_index, e.dtype)
-        scale = _scale(g, coef.divisor, reduction) * _nan_unless_valid(labels, k, ignore_index, g.dtype)
+        valid = _nan_unless_valid(labels, k, ignore_index, g.dtype)
+        scale = _scale(g, coef.divisor, reduction) * valid
         target = labels[..., None] == jnp.arange(k)
         on_target = scale if coef.row_weight is None else scale * coef.row_weight[..., None]
         if not eps:  # Σ_k c_k = r_n
-            return e * (on_target / res.total) - jnp.where(target, on_target, 0), None, None
-        kept = scale if coef.kept is None else scale * coef.kept[..., None]
-        w_sum = k if weights is None else jnp.sum(weights)
-        c_sum = (1 - eps) * on_target + (eps / k) * w_sum * kept
-        smooth = (eps / k) * kept * (1 if weights is None else weights)
-        return e * (c_sum / res.total) - jnp.where(target, (1 - eps) * on_target, 0) - smooth, None, None
+            ds = e * (on_target / res.total) - jnp.where(target, on_target, 0)
+        else:
+            w_sum = k if weights is None else jnp.sum(weights)
+            c_sum = (1 - eps) * on_target + (eps / k) * w_sum * scale
+            smooth = (eps / k) * scale * (1 if weights is None else weights)
+            ds = e * (c_sum / res.total) - jnp.where(target, (1 - eps) * on_target, 0) - smooth
+        if coef.kept is not None:  # c_n = 0 on an ignored row: ds_n = 0, selected (σ = g/0 when all are)
+            ds = jnp.where(coef.kept[..., None], ds, jnp.zeros((), ds.dtype) * valid)
+        return ds, None, None
     s, t, w = res.logits, res.labels, res.weights  # rows t need not sum to one: ds = σ (p Σc − c)
     k = s.shape[-1]
     scale = _scale(g, s.size // k, reduction)
@@ -264,14 +284,11 @@ def _validate_ce(logits, labels, weights, ignore_index, label_smoothing, reducti
         weights = _checks.float_array(op, "weights", weights)
         _checks.shape(op, "weights", weights, logits.shape[-1:], "(one weight per class)")
         _checks.same_dtype(op, logits=logits, weights=weights)
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-        raise TypeError(f"{op}: `ignore_index` must be a Python int or None, got {ignore_index!r}.")
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
-        raise TypeError(f"{op}: `label_smoothing` must be a Python float, got {label_smoothing!r}.")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"{op}: `label_smoothing` must be in [0, 1], got {label_smoothing!r}.")
+    if ignore_index is not None:
+        ignore_index = _checks.integer(op, "ignore_index", ignore_index)
+    label_smoothing = _checks.number(op, "label_smoothing", label_smoothing, 0.0, 1.0, high_open=False)
     _check_reduction(op, reduction)
-    return logits, labels, weights
+    return logits, labels, weights, ignore_index, label_smoothing
 
 
 def _check_reduction(op, reduction):
@@ -380,11 +397,12 @@ def l2_penalty(params: Any, lam: Any) -> jax.Array:
 
     Raises:
       TypeError: a leaf or ``lam`` is not floating point.
-      ValueError: ``lam`` is not a scalar.
+      ValueError: ``lam`` is not a scalar, or is a Python (NumPy) number that is not
+        finite.
 
     >>> import jax.numpy as jnp
     >>> from jaxcnn import ops
-    >>> float(ops.l2_penalty({"w": jnp.array([1.0, 2.0]), "v": jnp.array([[2.0]])}, 0.1))
+    >>> round(float(ops.l2_penalty({"w": jnp.array([1.0, 2.0]), "v": jnp.array([[2.0]])}, 0.1)), 6)
     0.45
     """
     params, lam = _validate_l2(params, lam)
@@ -431,8 +449,8 @@ def _validate_l2(params, lam):
         arrays.append(_checks.float_array("l2_penalty", where, leaf))
     params = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), arrays)
     dtype = jnp.result_type(*arrays) if arrays else jnp.float32
-    if isinstance(lam, (int, float)):
-        lam = jnp.asarray(lam, dtype)
+    if isinstance(lam, (int, float, np.integer, np.floating)):  # a setting: finite, in the leaves' dtype
+        lam = jnp.asarray(_checks.number("l2_penalty", "lam", lam), dtype)
     lam = _checks.float_array("l2_penalty", "lam", lam)
     _checks.rank("l2_penalty", "lam", lam, 0, "(a scalar)")
     return params, lam
@@ -445,8 +463,9 @@ def softmax_cross_entropy_reference(logits, labels, *, weights=None, ignore_inde
                                     reduction="mean"):
     """Autodiff reference for :func:`softmax_cross_entropy`, written as PyTorch's ``cross_entropy``
     is: ``(1 − ε) · nll_loss(log p) + (ε/K) · smooth_loss`` with one divisor for both."""
-    logits, labels, weights = _validate_ce(logits, labels, weights, ignore_index, label_smoothing, reduction)
-    eps, k = float(label_smoothing), logits.shape[-1]
+    logits, labels, weights, ignore_index, eps = _validate_ce(logits, labels, weights, ignore_index, label_smoothing,
+                                                              reduction)
+    k = logits.shape[-1]
     shifted = logits - lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
     log_p = shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
     w = jnp.ones((k,), logits.dtype) if weights is None else lax.stop_gradient(weights)  # constants, as in PyTorch
@@ -454,13 +473,19 @@ def softmax_cross_entropy_reference(logits, labels, *, weights=None, ignore_inde
         t = (1 - eps) * labels + eps / k
         rows = -jnp.sum(w * t * log_p, axis=-1)
         return _reduce(rows, labels.size // k, reduction)
+    # An id outside [0, K) makes everything NaN, the gradient of ignored rows included.
+    log_p = log_p * _nan_unless_valid(labels, k, ignore_index, logits.dtype)
     kept = jnp.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
     safe = jnp.clip(labels, 0, k - 1)
-    nll = jnp.where(kept, -w[safe] * jnp.take_along_axis(log_p, safe[..., None], -1)[..., 0], 0)
-    smooth = jnp.where(kept, -jnp.sum(w * log_p, axis=-1), 0)
-    divisor = jnp.sum(jnp.where(kept, w[safe], 0))
-    rows = (1 - eps) * nll + (eps / k) * smooth
-    return _reduce(rows * _nan_unless_valid(labels, k, ignore_index, logits.dtype), divisor, reduction)
+    # PyTorch's nll_loss reads w[y_n] on kept rows only: the weight of an absent (or the ignored)
+    # class never enters, not even as 0 · w (NaN for a NaN weight), nor in the gradient
+    w_y = jnp.where(kept, w[safe], 0)
+    nll = jnp.where(kept, -w_y * jnp.take_along_axis(log_p, safe[..., None], -1)[..., 0], 0)
+    divisor = jnp.sum(w_y)
+    rows = nll
+    if eps:  # PyTorch adds the smoothing term only for ε > 0: every weight enters it
+        rows = (1 - eps) * nll + (eps / k) * jnp.where(kept, -jnp.sum(w * log_p, axis=-1), 0)
+    return _reduce(rows, divisor, reduction)
 
 
 def euclidean_loss_reference(pred, target, *, reduction="mean"):

@@ -18,13 +18,20 @@ and group normalisation give ``γ`` per normalised element, so ``gγ`` is formed
 
 bfloat16 (and float16) inputs are normalised in float32 and the results cast back, as
 PyTorch and Flax do; float32 and float64 stay in their own precision.
+
+The statistics are computed in two passes, ``μ = mean(x)`` then ``σ² = mean((x − μ)²)``.
+Where a sum overflows the dtype (in float32 once ``|x − μ|`` nears ``1.8·10¹⁹``, where
+PyTorch's and the plain formula's ``σ²`` become inf and every output ``β``) they are
+recomputed from ``x`` and ``x − μ`` scaled by powers of two, which is exact: ``x̂`` and
+every gradient stay right for any finite input, and the returned ``σ²`` is inf only where
+the variance itself exceeds the dtype's range. Finite statistics are never recomputed, so
+ordinary inputs give the same bits as the plain formula.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import numbers
 from typing import NamedTuple, Optional
 
 import jax
@@ -75,7 +82,7 @@ def batch_norm(
       gamma: scale ``(C,)``, or None for 1 (no learned scale).
       beta: shift ``(C,)``, or None for 0.
       axis: the channel axis (a Python int).
-      eps: ``ε ≥ 0``, added to the variance (a Python float).
+      eps: ``ε ≥ 0``, finite, added to the variance (a Python or NumPy float).
       mean: running mean ``(C,)`` for evaluation mode; give ``var`` with it.
       var: running variance ``(C,)`` for evaluation mode.
 
@@ -84,11 +91,11 @@ def batch_norm(
       evaluation mode; all in the dtype of ``x``.
 
     Raises:
-      TypeError: an array is not floating point, the dtypes differ, or ``eps`` is not a
-        number.
+      TypeError: an array is not floating point, the dtypes differ, ``axis`` is not one
+        int, or ``eps`` is not a number.
       ValueError: ``x`` has fewer than 2 dimensions, ``axis`` is out of range, a
-        parameter is not ``(C,)``, only one of ``mean``/``var`` is given, ``eps < 0``, or
-        training mode sees one value per channel.
+        parameter is not ``(C,)``, only one of ``mean``/``var`` is given, ``eps`` is
+        negative, infinite or NaN, or training mode sees one value per channel.
 
     >>> import jax.numpy as jnp
     >>> from jaxcnn import ops
@@ -119,11 +126,46 @@ def _per_channel(v, x, axes):
     return v.reshape(tuple(1 if a in axes else n for a, n in enumerate(x.shape)))
 
 
-def _moments(x, axes):
-    """``μ``, ``x − μ`` and the biased ``σ²`` (two passes: no cancellation)."""
+def _statistics(x, axes, eps):
+    """``μ``, the biased ``σ²`` and ``1/σ = 1/√(σ² + ε)`` over ``axes`` (dims kept).
+
+    Two passes, ``μ = mean(x)`` then ``σ² = mean((x − μ)²)``: no cancellation. Where a sum
+    overflows (``(x − μ)²`` beyond the dtype's range: ``|x − μ| > 1.8·10¹⁹`` in float32), ``σ²``
+    is inf and every ``x̂`` would be 0, so the statistics are recomputed from ``x`` scaled by
+    powers of two (:func:`_scaled_statistics`); finite statistics are kept as they are.
+    """
     mu = jnp.mean(x, axes, keepdims=True)
     centred = x - mu
-    return mu, centred, jnp.mean(centred * centred, axes, keepdims=True)
+    var = jnp.mean(centred * centred, axes, keepdims=True)
+    plain = (mu, var, lax.rsqrt(var + eps))
+    return lax.cond(jnp.all(jnp.isfinite(var)), lambda: plain, lambda: _scaled_statistics(x, axes, eps))
+
+
+def _scaled_statistics(x, axes, eps):
+    """:func:`_statistics` from ``x s₁`` and ``(x − μ) s₂``, powers of two ``s ≤ 1`` that bring
+    the largest magnitude below 1 (:func:`_downscale`), so no sum can overflow:
+
+        μ = mean(x s₁) / s₁      σ² = mean(((x − μ) s₂)²) / s₂²      1/σ = s₂ / √(σ² s₂² + ε s₂²)
+
+    Scaling by a power of two is exact, so these are the plain formulas' values wherever
+    those are finite; ``σ²`` itself is inf when it lies beyond the dtype's range, ``1/σ``
+    still exact. (``ε s₂²`` may underflow: then ``σ² s₂² ≥ 1/(4n)`` outweighs it.)"""
+    s1, up1 = _downscale(x, axes)
+    mu = jnp.mean(x * s1, axes, keepdims=True) * up1
+    s2, up2 = _downscale(x - mu, axes)
+    scaled = (x - mu) * s2
+    var_scaled = jnp.mean(scaled * scaled, axes, keepdims=True)
+    return mu, var_scaled * up2 * up2, s2 * lax.rsqrt(var_scaled + eps * s2 * s2)
+
+
+def _downscale(x, axes):
+    """Per group, the power of two ``s = 2⁻ᵉ ≤ 1`` with ``max |x| s < 1`` (1 where ``max |x| < 1``),
+    and ``2ᵉ``. (Scale back by multiplying with ``2ᵉ``: XLA rewrites ``a / s / s`` as ``a / s²``,
+    and ``s²`` can underflow to 0.)"""
+    top = jnp.max(jnp.abs(x), axes, keepdims=True)
+    mantissa, _ = jnp.frexp(top)  # top = mantissa · 2ᵉ, mantissa in [½, 1)
+    big, one = top >= 1, jnp.ones((), x.dtype)
+    return jnp.where(big, mantissa / top, one), jnp.where(big, top / mantissa, one)  # exact quotients
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -134,9 +176,8 @@ def _batch_norm_train(x, gamma, beta, axes, eps):
 def _batch_norm_train_fwd(x, gamma, beta, axes, eps):
     ct = _compute_dtype(x.dtype)
     xc = x.astype(ct)
-    mu, centred, var = _moments(xc, axes)
-    inv_sigma = lax.rsqrt(var + eps)
-    x_hat = centred * inv_sigma
+    mu, var, inv_sigma = _statistics(xc, axes, eps)
+    x_hat = (xc - mu) * inv_sigma
     gamma_b = _per_channel(gamma.astype(ct), x, axes)
     y = x_hat * gamma_b + _per_channel(beta.astype(ct), x, axes)
     stats = (mu.reshape(gamma.shape).astype(x.dtype), var.reshape(gamma.shape).astype(x.dtype))
@@ -202,7 +243,7 @@ def _validate_bn(x, gamma, beta, mean, var, axis, eps):
     op = "batch_norm"
     x = _checks.float_array(op, "x", x)
     _checks.min_rank(op, "x", x, 2, "(N, ..., C) with channels on `axis`")
-    (axis,) = _checks.axis(op, "axis", axis, x.ndim)
+    axis = _checks.single_axis(op, "axis", axis, x.ndim)
     eps = _eps(op, eps)
     c = x.shape[axis]
     params = _params(op, x, c, gamma=gamma, beta=beta, mean=mean, var=var)
@@ -222,11 +263,7 @@ def _validate_bn(x, gamma, beta, mean, var, axis, eps):
 
 
 def _eps(op, eps):
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"{op}: `eps` must be a Python float, got {eps!r} of type {type(eps).__name__}.")
-    if not eps >= 0:
-        raise ValueError(f"{op}: `eps` must be >= 0 (it is added to the variance), got {eps!r}.")
-    return float(eps)
+    return _checks.number(op, "eps", eps, low=0.0)  # added to the variance
 
 
 def _params(op, x, shape, **arrays):
@@ -272,7 +309,7 @@ def layer_norm(x: jax.Array, gamma: Optional[jax.Array], beta: Optional[jax.Arra
       gamma: scale of shape ``x.shape[axis]`` (the normalised axes in order), or None for 1.
       beta: shift of the same shape, or None for 0.
       axis: an int or a tuple of ints, the normalised axes.
-      eps: ``ε ≥ 0`` (a Python float).
+      eps: ``ε ≥ 0``, finite (a Python or NumPy float).
 
     Returns:
       ``y``, the shape and dtype of ``x``.
@@ -280,8 +317,8 @@ def layer_norm(x: jax.Array, gamma: Optional[jax.Array], beta: Optional[jax.Arra
     Raises:
       TypeError: an array is not floating point, the dtypes differ, ``axis`` or ``eps``
         has the wrong type.
-      ValueError: ``axis`` is out of range or repeated, ``gamma``/``beta`` have the wrong
-        shape, or ``eps < 0``.
+      ValueError: ``axis`` is empty, out of range or repeated, ``gamma``/``beta`` have
+        the wrong shape, or ``eps`` is negative, infinite or NaN.
 
     >>> import jax.numpy as jnp
     >>> from jaxcnn import ops
@@ -323,7 +360,7 @@ def group_norm(x: jax.Array, gamma: Optional[jax.Array], beta: Optional[jax.Arra
       gamma: ``(C,)``, or None for 1.
       beta: ``(C,)``, or None for 0.
       groups: a Python int dividing ``C``.
-      eps: ``ε ≥ 0`` (a Python float).
+      eps: ``ε ≥ 0``, finite (a Python or NumPy float).
 
     Returns:
       ``y``, the shape and dtype of ``x``.
@@ -332,7 +369,7 @@ def group_norm(x: jax.Array, gamma: Optional[jax.Array], beta: Optional[jax.Arra
       TypeError: an array is not floating point, the dtypes differ, ``groups`` is not
         an int, ``eps`` not a number.
       ValueError: ``x`` has fewer than 2 dimensions, ``groups`` does not divide ``C``,
-        ``gamma``/``beta`` are not ``(C,)``, or ``eps < 0``.
+        ``gamma``/``beta`` are not ``(C,)``, or ``eps`` is negative, infinite or NaN.
 
     >>> import jax.numpy as jnp
     >>> from jaxcnn import ops
@@ -348,8 +385,7 @@ def _group_norm(x, gamma, beta, groups, eps, normalise):
     x = _checks.float_array(op, "x", x)
     _checks.min_rank(op, "x", x, 2, "(N, ..., C)")
     c = x.shape[-1]
-    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral):
-        raise TypeError(f"{op}: `groups` must be a Python int, got {groups!r} of type {type(groups).__name__}.")
+    groups = _checks.integer(op, "groups", groups)
     if groups < 1 or c % groups:
         raise ValueError(
             f"{op}: `groups`={groups} must be a positive divisor of the {c} channels of x {tuple(x.shape)}."
@@ -371,9 +407,9 @@ def _normalise(x, gamma, beta, axes, eps):
 
 def _normalise_fwd(x, gamma, beta, axes, eps):
     ct = _compute_dtype(x.dtype)
-    _, centred, var = _moments(x.astype(ct), axes)
-    inv_sigma = lax.rsqrt(var + eps)
-    x_hat = centred * inv_sigma
+    xc = x.astype(ct)
+    mu, _, inv_sigma = _statistics(xc, axes, eps)
+    x_hat = (xc - mu) * inv_sigma
     y = x_hat * gamma.astype(ct) + beta.astype(ct)
     return y.astype(x.dtype), NormResiduals(x_hat, inv_sigma, gamma.astype(ct))
 
@@ -404,12 +440,18 @@ def _sum_to(a, shape):
 
 
 def _reference_normalise(x, gamma, beta, axes, eps):
+    """``(x − μ) / √(σ² + ε)`` with ``x`` and ``x − μ`` scaled by constant powers of two that
+    bring their largest magnitude below 1 (exact: the same bits as unscaled wherever those
+    are finite, and no overflow of ``Σ x`` or ``Σ (x − μ)²`` for any finite ``x``)."""
     ct = _compute_dtype(x.dtype)
     xc = x.astype(ct)
-    mu = jnp.mean(xc, axes, keepdims=True)
-    var = jnp.var(xc, axes, keepdims=True)
-    y = (xc - mu) / jnp.sqrt(var + eps) * gamma.astype(ct) + beta.astype(ct)
-    return y.astype(x.dtype), mu, var
+    s1, up1 = lax.stop_gradient(_downscale(xc, axes))
+    mu = jnp.mean(xc * s1, axes, keepdims=True) * up1
+    s2, up2 = lax.stop_gradient(_downscale(xc - mu, axes))
+    scaled = (xc - mu) * s2
+    var_scaled = jnp.mean(jnp.square(scaled), axes, keepdims=True)  # jnp.var's formula, about a given μ
+    y = scaled / jnp.sqrt(var_scaled + eps * s2 * s2) * gamma.astype(ct) + beta.astype(ct)
+    return y.astype(x.dtype), mu, var_scaled * up2 * up2
 
 
 def batch_norm_reference(x, gamma, beta, *, axis=-1, eps=1e-5, mean=None, var=None):

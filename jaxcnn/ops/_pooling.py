@@ -55,8 +55,10 @@ def max_pool(x: jax.Array, window, stride=None, padding: Padding = "VALID", *, d
     in a window of equal values exactly one element receives δ. A NaN in a window makes
     its output NaN (as ``lax.max`` does); its δ then goes to one element of the window.
 
-    Padding is with −∞, so a padded position never wins; a window that would cover only
-    padding is rejected.
+    Padding is with −∞, so a padded position never wins; a geometry in which some window
+    would cover only padding is rejected at trace time, dilation and ``ceil_mode``
+    included (with ``d = 1`` a padding side smaller than the window always passes; a
+    dilated window can also step over a short input).
 
     Output size along each spatial axis, for input ``n``, window ``k`` (extent
     ``k_d = d(k − 1) + 1``), stride ``s`` and padding ``(lo, hi)``:
@@ -70,8 +72,8 @@ def max_pool(x: jax.Array, window, stride=None, padding: Padding = "VALID", *, d
       stride: an int or one per spatial axis; ``None`` (default) means ``window``
         (non-overlapping windows). ``stride < window`` gives overlapping windows.
       padding: ``"VALID"`` (none), ``"SAME"`` (output ``⌈n / s⌉``), ``"FULL"``
-        (``k − 1`` each side), an int, or one ``(lo, hi)`` pair per spatial axis; each
-        side smaller than the window.
+        (``k − 1`` each side), an int, or one ``(lo, hi)`` pair per spatial axis, such
+        that every window reads at least one input element.
       dilation: the spacing ``d`` of the window's entries, an int or one per axis.
       ceil_mode: round the output size up, as PyTorch's ``ceil_mode``.
       return_indices: also return, as PyTorch's ``return_indices``, the flat index of
@@ -84,10 +86,11 @@ def max_pool(x: jax.Array, window, stride=None, padding: Padding = "VALID", *, d
       with ``return_indices=True``.
 
     Raises:
-      TypeError: ``x`` is not floating point, or a setting is not an int/sequence of ints.
+      TypeError: ``x`` is not floating point, a setting is not an int/sequence of ints,
+        or a flag is not a bool.
       ValueError: ``x`` does not have 3 to 5 dimensions, a setting has the wrong number
-        of entries, ``window``/``stride`` < 1, the padding is malformed, negative or not
-        smaller than the window, or the window is larger than the padded input.
+        of entries, ``window``/``stride`` < 1, the padding is malformed or negative, some
+        window would read padding only, or the window is larger than the padded input.
 
     >>> import jax, jax.numpy as jnp
     >>> from jaxcnn import ops
@@ -99,9 +102,7 @@ def max_pool(x: jax.Array, window, stride=None, padding: Padding = "VALID", *, d
     """
     x, geom, _ = _validate("max_pool", x, window, stride, padding, dilation, ceil_mode)
     y = _max_pool(x, geom, x.shape[1:-1])
-    if not isinstance(return_indices, (bool, np.bool_)):
-        raise TypeError(f"max_pool: `return_indices` must be True or False, got {return_indices!r}.")
-    if not return_indices:
+    if not _checks.flag("max_pool", "return_indices", return_indices):
         return y
     # the forward's own arg-max, recomputed without gradient (XLA merges the two passes)
     argmax = _max_pool_fwd(lax.stop_gradient(x), geom, x.shape[1:-1])[1].argmax
@@ -195,7 +196,8 @@ def mean_pool(
       window: window size ``k``, an int or one per spatial axis.
       stride: an int or one per spatial axis; ``None`` (default) means ``window``.
       padding: ``"VALID"``, ``"SAME"``, ``"FULL"``, an int, or one ``(lo, hi)`` pair
-        per spatial axis, each side smaller than the window (as in :func:`max_pool`).
+        per spatial axis, such that every window reads at least one input element (as in
+        :func:`max_pool`: so ``count_padding=False`` never divides by 0).
       count_padding: whether padded zeros count in the divisor.
       dilation: the spacing ``d`` of the window's entries, an int or one per axis.
       ceil_mode: round the output size up, as PyTorch's ``ceil_mode``.
@@ -204,7 +206,8 @@ def mean_pool(
       ``y`` of shape ``(N, *out_spatial, C)`` and the dtype of ``x``.
 
     Raises:
-      TypeError: ``x`` is not floating point, or a setting is not an int/sequence of ints.
+      TypeError: ``x`` is not floating point, a setting is not an int/sequence of ints,
+        or a flag is not a bool.
       ValueError: as :func:`max_pool`.
 
     >>> import jax, jax.numpy as jnp
@@ -216,8 +219,7 @@ def mean_pool(
     [0.25, 0.25, 0.25, 0.25]
     """
     x, geom, explicit = _validate("mean_pool", x, window, stride, padding, dilation, ceil_mode)
-    if not isinstance(count_padding, (bool, np.bool_)):
-        raise TypeError(f"mean_pool: `count_padding` must be True or False, got {count_padding!r}.")
+    count_padding = _checks.flag("mean_pool", "count_padding", count_padding)
     return _mean_pool(x, geom, x.shape[1:-1], _counted(count_padding, geom, explicit, x.shape[1:-1]))
 
 
@@ -304,20 +306,25 @@ def max_pool_reference(x, window, stride=None, padding: Padding = "VALID", *, di
     Same validation and geometry; −∞ as the initial value and padding. On ties its
     autodiff gradient is whatever XLA's ``select_and_scatter`` picks (on CPU, today, also
     the first maximum) — a backend detail, not a contract — so compare on tie-free inputs.
-    The indices come from a second ``reduce_window`` over (value, flat position) pairs
-    that keeps the larger value and, on a tie, the smaller position.
+    With dilation (which ``reduce_window`` cannot differentiate) the maximum is a fold over
+    the window's entries in window order, ``y ← v`` only where ``v > y`` (or ``v`` is NaN), so
+    on ties δ goes to the first maximum, as in :func:`max_pool` and PyTorch. The indices
+    come from a second ``reduce_window`` over (value, flat position) pairs that keeps the
+    larger value and, on a tie, the smaller position.
     """
     x, geom, _ = _validate("max_pool", x, window, stride, padding, dilation, ceil_mode)
     dims, strides, pads = _full(geom.window), _full(geom.stride), _full_pads(geom.pads)
     if all(d == 1 for d in geom.dilation):
         y = lax.reduce_window(x, -np.inf, lax.max, dims, strides, pads)
-    else:  # JAX has no VJP for a dilated max reduce_window: the max over a stack of strided slices
+    else:  # JAX has no VJP for a dilated max reduce_window: a fold over the strided slices in window
+        # order that replaces y only by a strictly larger value (or a NaN), so that autodiff routes δ to
+        # the first maximum (jnp.max over a stack of the slices would split it among tied maxima)
         xp = jnp.pad(x, _full_pads(geom.pads), constant_values=-np.inf)
-        limits = [[j + (o - 1) * s + 1 for j, o, s in zip(offset, geom.out_shape, geom.stride)]
-                  for offset in itertools.product(*(range(0, k * d, d) for k, d in zip(geom.window, geom.dilation)))]
-        starts = itertools.product(*(range(0, k * d, d) for k, d in zip(geom.window, geom.dilation)))
-        y = jnp.max(jnp.stack([xp[(slice(None), *(slice(a, b, s) for a, b, s in zip(start, limit, geom.stride)))]
-                               for start, limit in zip(starts, limits)]), axis=0)
+        y = None
+        for start in itertools.product(*(range(0, k * d, d) for k, d in zip(geom.window, geom.dilation))):
+            v = xp[(slice(None), *(slice(a, a + (o - 1) * s + 1, s) for a, o, s in
+                                   zip(start, geom.out_shape, geom.stride)))]
+            y = v if y is None else jnp.where((v > y) | jnp.isnan(v), v, y)
     if not return_indices:
         return y
     plane = np.arange(int(np.prod(x.shape[1:-1])), dtype=np.int32).reshape(1, *x.shape[1:-1], 1)
