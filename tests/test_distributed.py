@@ -153,7 +153,9 @@ SCRIPT = textwrap.dedent("""
     for loop in ("scan", "steps"):
         fed = train.make_epoch(step, 5, mesh, loop=loop)(distributed.replicate(state(), mesh), xf, labels, 3)[0]
         for a, b in zip(jax.tree_util.tree_leaves(local), jax.tree_util.tree_leaves(fed)):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+            # atol: the first Dense's bias gets an exactly-zero gradient through batch norm (a shift it
+            # removes), so it holds only the rounding of sums the two processes order differently.
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
     print("fed epochs equal", flush=True)
     try:
         d = data.Dataset(x, np.zeros(15, np.int32), x, np.zeros(15, np.int32), 2)
