@@ -23,36 +23,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bench_networks import mobilenet_blocks, resnet8  # the benchmarked networks, built with public APIs
 from jaxcnn import models, nn, ops
 
 BATCH = 64
-
-
-def resnet8():
-    """experiments/bench_networks.py's ResNet-8 (no normalisation) for 32×32×3."""
-
-    def conv(features, stride=1):
-        return nn.Conv(features, (3, 3), stride=stride, padding=1, w_init=nn.initializers.he_normal())
-
-    def block(features):
-        return nn.serial(nn.residual(nn.serial(conv(features), nn.Relu(), conv(features))), nn.Relu())
-
-    return nn.serial(conv(16), nn.Relu(), block(16), conv(32, 2), nn.Relu(), block(32), conv(64, 2), nn.Relu(),
-                     block(64), nn.GlobalMeanPool(), nn.Dense(10))
-
-
-def mobilenet_blocks():
-    """experiments/bench_networks.py's depthwise-separable stack for 32×32×3."""
-
-    def conv_bn_relu(features, window, stride=1, groups=1):
-        return [nn.Conv(features, window, stride=stride, padding="SAME", groups=groups, use_bias=False,
-                        w_init=nn.initializers.he_normal()), nn.BatchNorm(), nn.Relu()]
-
-    def separable(c_in, c_out, stride=1):
-        return [*conv_bn_relu(c_in, (3, 3), stride, groups=c_in), *conv_bn_relu(c_out, (1, 1))]
-
-    return nn.serial(*conv_bn_relu(32, (3, 3), 2), *separable(32, 64), *separable(64, 128, 2),
-                     *separable(128, 128), *separable(128, 256, 2), nn.GlobalMeanPool(), nn.Dense(10))
 
 
 NETWORKS = {  # name: (model, input shape without the batch)
