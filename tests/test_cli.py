@@ -156,24 +156,6 @@ def test_a_taken_coordinator_port_ends_process_0_with_one_line(trials):
         assert verdict == "port in use", (code, stderr)
 
 
-def test_sigterm_during_training_prints_where_to_resume_and_exits_143(tmp_path):
-    out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "jaxcnn", *SEESAW, "--steps", "100000000", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1])))
-    try:
-        deadline = time.monotonic() + 600  # until the first checkpoint is written (slow on a loaded machine)
-        while not (out / "checkpoint.npz").exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        proc.terminate()
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    assert re.fullmatch(r"jaxcnn: interrupted; last checkpoint at epoch \d+ \(.*checkpoint.npz; continue with "
-                        r"--resume\)\n", err)
-
-
 def test_a_signal_while_a_finished_program_shuts_down_ends_it_at_once_with_its_output_complete():
     code = ("import atexit, os, signal, sys, time; from jaxcnn import cli; "
             "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(60), print('slept'))); "

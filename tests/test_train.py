@@ -710,7 +710,8 @@ def test_cli_ctrl_c_names_the_last_checkpoint_without_a_traceback(tmp_path, caps
     assert capsys.readouterr().err == "jaxcnn: interrupted; no checkpoint written yet\n"
 
 
-def test_cli_sigint_during_training_exits_cleanly(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_cli_sigint_or_sigterm_during_training_says_where_to_resume(tmp_path, signum):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "jaxcnn", *SEESAW, "--steps", "100000000", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -719,11 +720,11 @@ def test_cli_sigint_during_training_exits_cleanly(tmp_path):
         deadline = time.monotonic() + 600  # until the first checkpoint is written (slow on a loaded machine)
         while not (out / "checkpoint.npz").exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 130, err
+    assert proc.returncode == 128 + signum, err
     assert re.fullmatch(r"jaxcnn: interrupted; last checkpoint at epoch \d+ \(.*checkpoint.npz; continue with "
                         r"--resume\)\n", err)
     checkpoint.read_header(str(out / "checkpoint.npz"))
