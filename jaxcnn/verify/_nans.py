@@ -84,12 +84,18 @@ def _inexact(x) -> bool:
     return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)
 
 
+def _finite(x) -> np.ndarray:
+    """The finite mask, on the host (an eager ``jnp.isfinite`` would compile once per shape)."""
+    x = np.asarray(x)
+    return np.isfinite(x if x.dtype.kind in "fc" else x.astype(np.float32))
+
+
 def _bad(x) -> bool:
-    return _inexact(x) and not bool(jnp.all(jnp.isfinite(x)))
+    return _inexact(x) and not _finite(x).all()
 
 
 def _first_bad(x) -> tuple[int, ...]:
-    mask = ~np.asarray(jnp.isfinite(x))
+    mask = ~_finite(x)
     return tuple(int(i) for i in np.unravel_index(int(np.argmax(mask)), mask.shape))
 
 
@@ -102,7 +108,7 @@ def _at(x, idx, shape):
 
 
 def _count(x) -> str:
-    return f"{int(np.sum(~np.asarray(jnp.isfinite(x))))} of {np.size(x)} elements non-finite"
+    return f"{int(np.sum(~_finite(x)))} of {np.size(x)} elements non-finite"
 
 
 def _zero_ct(x):
@@ -149,8 +155,11 @@ class _Interpreter:
         inner = prefix + eqn.source_info.name_stack
         if name in _CALLS:
             return self.run(*_open(params.get("jaxpr", params.get("call_jaxpr"))), ins, inner, within, record)
-        if name in ("custom_vjp_call", "custom_jvp_call"):  # searched through its primal, differentiated by its rule
-            outs = [_Node(n.value) for n in self.run(*_open(params["call_jaxpr"]), ins, inner, within, False)]
+        if name in ("custom_vjp_call", "custom_jvp_call"):  # differentiated by its rule, searched through its primal
+            if self.stop:
+                outs = [_Node(n.value) for n in self.run(*_open(params["call_jaxpr"]), ins, inner, within, False)]
+            else:  # on the way to the backward pass: one compiled call, not op by op
+                outs = [_Node(v) for v in jax.jit(lambda *v: _bind(eqn, v))(*[n.value for n in ins])]
             self._record(_eqn_pullback(eqn, ins), ins, outs, site, record)
             return outs
         if name == "cond":
@@ -198,23 +207,27 @@ class _Interpreter:
 
 
 def _eqn_pullback(eqn, ins):
-    """The VJP of one equation with respect to its active inputs, as ``cts_out -> cts_in``."""
+    """The VJP of one equation with respect to its active inputs, as ``cts_out -> cts_in``.
+
+    Compiled as one program: run eagerly, a rule's every operation would compile on its own.
+    """
 
     def pullback(cts_out):
         active = [i for i, n in enumerate(ins) if n.active]
+        given = [k for k, ct in enumerate(cts_out) if ct is not None]
 
-        def f(*xs):
-            vals = [n.value for n in ins]
-            for i, x in zip(active, xs):
-                vals[i] = x
-            return _bind(eqn, vals)
+        def vjp(vals, cts_given):
+            def f(*xs):
+                return _bind(eqn, [dict(zip(active, xs)).get(i, v) for i, v in enumerate(vals)])
 
-        outs, vjp = jax.vjp(f, *[ins[i].value for i in active])
-        grads = vjp([_zero_ct(o) if ct is None else ct for ct, o in zip(cts_out, outs)])
-        cts_in = [None] * len(ins)
-        for i, g in zip(active, grads):
-            cts_in[i] = g
-        return cts_in
+            outs, pb = jax.vjp(f, *[vals[i] for i in active])
+            cts = [_zero_ct(o) for o in outs]
+            for k, ct in zip(given, cts_given):
+                cts[k] = ct
+            return pb(cts)
+
+        grads = jax.jit(vjp)([n.value for n in ins], [cts_out[k] for k in given])
+        return [dict(zip(active, grads)).get(i) for i in range(len(ins))]
 
     return pullback
 
