@@ -2,6 +2,7 @@
 
 import inspect
 
+import equinox as eqx
 import flax.linen as fnn
 import jax
 import jax.numpy as jnp
@@ -150,3 +151,22 @@ def test_report_str_is_a_few_lines(bad):
     assert (report is None) is not bad
     if bad:
         assert str(report).splitlines()[0].startswith("non-finite value born in the forward pass: log at ")
+
+
+def test_an_equinox_module_with_static_leaves_and_its_path():
+    model = eqx.nn.Sequential([eqx.nn.Linear(5, 4, key=jax.random.PRNGKey(0)), eqx.nn.Lambda(jnp.log)])
+    report = find_nonfinite(lambda m, x: jnp.sum(jax.vmap(m)(x)), model, jnp.ones((3, 5)))
+    assert (report.phase, report.primitive, report.path) == ("forward", "log", "eqx.nn.Sequential")
+    assert report.within == ("under vmap",)
+
+
+def test_a_train_step_names_a_nan_of_its_own_gradient_under_jvp():
+    def loss(w, x):
+        return jnp.sum(jnp.sqrt(x * w))
+
+    def step(w, x):
+        return w - 0.1 * jax.grad(loss)(w, x)
+
+    report = find_nonfinite(step, jnp.array([0.0, 1.0]), jnp.ones(2))  # the derivative of sqrt at 0 is inf
+    assert (report.phase, report.primitive, report.source) == ("forward", "div", _here(loss, 1))
+    assert report.within == ("under jvp",) and "div(0.5, 0.0) = inf" in report.message

@@ -76,8 +76,15 @@ class _Site:
         stack = (self.prefix + info.name_stack).stack
         path = "/".join(s.name for s in stack if isinstance(s, siu.Scope))
         source = frames[0].rsplit(" (", 1)[0] if frames else "unknown"
+        transforms = [s.name for s in stack if isinstance(s, siu.Transform)]  # the program's own jvp, vmap, ...
+        within = (f"under {'('.join(transforms[::-1])}{')' * (len(transforms) - 1)}",) if transforms else ()
+        within += self.within
         return NonFiniteReport(phase, primitive or self.eqn.primitive.name, source, path, message,
-                               self.within, tuple(frames))
+                               within, tuple(frames))
+
+
+def _is_array(x) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray, np.generic, float, int))
 
 
 def _inexact(x) -> bool:
@@ -317,34 +324,39 @@ def locate_nonfinite(fn: Callable, *args, **kwargs) -> NonFiniteReport | None:
       ``None`` when the outputs and the gradient are finite, else a :class:`NonFiniteReport`
       naming the primitive, its ``file:line``, its layer path and the offending values.
     """
-    closed = jax.make_jaxpr(lambda *a: fn(*a, **kwargs))(*args)
-    keyed = jax.tree_util.tree_flatten_with_path(args)[0]
-    leaves = [x for _, x in keyed]
+    keyed, treedef = jax.tree_util.tree_flatten_with_path(args)
+    arrays = [i for i, (_, x) in enumerate(keyed) if _is_array(x)]
     for key, x in keyed:
         if _bad(x):
             return NonFiniteReport("forward", "input", "unknown", "", f"the argument args{jax.tree_util.keystr(key)} "
                                    f"is non-finite already ({_count(x)})")
+
+    def flat(*xs):  # the array leaves in, the rest (an Equinox module's functions, say) held static
+        vals = [x for _, x in keyed]
+        for i, x in zip(arrays, xs):
+            vals[i] = x
+        return [y for y in jax.tree.leaves(fn(*jax.tree.unflatten(treedef, vals), **kwargs)) if _is_array(y)]
+
+    leaves = [keyed[i][1] for i in arrays]
+    closed = jax.make_jaxpr(flat)(*leaves)
     diff = [i for i, x in enumerate(leaves) if _inexact(x)]
     program = core.jaxpr_as_fun(closed)
 
-    def grads(*xs):
+    def outputs_and_gradient(*xs):
         vals = list(leaves)
         for i, x in zip(diff, xs):
             vals[i] = x
-        return program(*vals)
+        out, vjp = jax.vjp(lambda *d: program(*[dict(zip(diff, d)).get(i, v) for i, v in enumerate(vals)]), *xs)
+        return out, vjp([jnp.ones_like(o) if _inexact(o) else _zero_ct(o) for o in out])
 
     with jax.debug_nans(False), jax.debug_infs(False):
-        outs = jax.jit(program)(*leaves)
-        backward = False
-        if not any(map(_bad, outs)):
-            try:
-                out, vjp = jax.vjp(grads, *[leaves[i] for i in diff])
-                backward = any(map(_bad, jax.jit(vjp)([_zero_ct(o) if not _inexact(o) else jnp.ones_like(o)
-                                                       for o in out])))
-            except Exception:  # noqa: BLE001 - not reverse-differentiable: the forward is all there is to check
-                pass
-            if not backward:
-                return None
+        try:
+            outs, gradient = jax.jit(outputs_and_gradient)(*[leaves[i] for i in diff])
+        except Exception:  # noqa: BLE001 - not reverse-differentiable: the forward is all there is to check
+            outs, gradient = jax.jit(program)(*leaves), []
+        backward = not any(map(_bad, outs))
+        if backward and not any(map(_bad, gradient)):
+            return None
         interp = _Interpreter(tape=backward, stop=not backward)
         nodes = [_Node(x, i in diff) for i, x in enumerate(leaves)]
         try:
