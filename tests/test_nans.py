@@ -170,3 +170,20 @@ def test_a_train_step_names_a_nan_of_its_own_gradient_under_jvp():
     report = find_nonfinite(step, jnp.array([0.0, 1.0]), jnp.ones(2))  # the derivative of sqrt at 0 is inf
     assert (report.phase, report.primitive, report.source) == ("forward", "div", _here(loss, 1))
     assert report.within == ("under jvp",) and "div(0.5, 0.0) = inf" in report.message
+
+
+@jax.custom_jvp
+def _sine_jvp(x):
+    return jnp.sin(x)
+
+
+_sine_jvp.defjvps(lambda t, ans, x: t * jnp.cos(x) / x)  # wrong: divides by x
+
+
+def test_a_custom_jvp_rule_under_remat_is_named_by_its_function():
+    def loss(x):
+        return jnp.sum(jax.checkpoint(_sine_jvp)(x))
+
+    report = find_nonfinite(loss, jnp.array([0.0, 1.0]))
+    assert (report.phase, report.primitive, report.source) == ("backward", "custom_jvp_call[_sine_jvp]", _here(loss, 1))
+    assert "becomes inf at [0]" in report.message

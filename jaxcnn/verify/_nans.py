@@ -68,11 +68,15 @@ class _Site:
     eqn: Any
     prefix: Any  # the name stack of the enclosing calls
     within: tuple[str, ...]
+    outer: tuple = ()  # the enclosing calls' equations, innermost last (remat bodies record no frames)
 
     def report(self, phase: str, message: str, primitive: str | None = None) -> NonFiniteReport:
         info = self.eqn.source_info
-        frames = [f"{f.file_name}:{f.start_line} ({f.function_name})" for f in siu.user_frames(info.traceback)
-                  if f.file_name != __file__]
+        for e in (self.eqn, *self.outer[::-1]):
+            frames = [f"{f.file_name}:{f.start_line} ({f.function_name})"
+                      for f in siu.user_frames(e.source_info.traceback) if f.file_name != __file__]
+            if frames:
+                break
         stack = (self.prefix + info.name_stack).stack
         path = "/".join(s.name for s in stack if isinstance(s, siu.Scope))
         source = frames[0].rsplit(" (", 1)[0] if frames else "unknown"
@@ -140,7 +144,7 @@ class _Interpreter:
 
     def __init__(self, tape: bool, stop: bool):
         self.tape = [] if tape else None  # (pullback, in_nodes, out_nodes, site or None)
-        self.stop, self.birth = stop, None
+        self.stop, self.birth, self.outer = stop, None, []
 
     def run(self, jaxpr, consts, nodes, prefix, within, record=True):
         env = dict(zip(jaxpr.constvars, map(_Node, consts)))
@@ -158,7 +162,14 @@ class _Interpreter:
             self.tape.append((pullback, ins, outs, site))
 
     def eqn(self, eqn, ins, prefix, within, record):
-        name, params, site = eqn.primitive.name, eqn.params, _Site(eqn, prefix, within)
+        self.outer.append(eqn)
+        try:
+            return self._eqn(eqn, ins, prefix, within, record)
+        finally:
+            self.outer.pop()
+
+    def _eqn(self, eqn, ins, prefix, within, record):
+        name, params, site = eqn.primitive.name, eqn.params, _Site(eqn, prefix, within, tuple(self.outer[:-1]))
         inner = prefix + eqn.source_info.name_stack
         if name in _CALLS:
             return self.run(*_open(params.get("jaxpr", params.get("call_jaxpr"))), ins, inner, within, record)
@@ -281,9 +292,11 @@ def _backward_report(site, ins, cts_out, ct, k, forward_birth):
     given = ", ".join(_at(n.value, idx, ct.shape) for n in ins)
     incoming = ", ".join(_at(c, idx, ct.shape) for c in cts_out if c is not None)
     where = f" at {list(idx)}" if idx else ""
-    value = np.asarray(ct)[idx].item()
-    return site.report("backward", f"the cotangent of {eqn.primitive.name}'s input {k} becomes {value!r}{where} "
-                                   f"(inputs {given}; incoming cotangent {incoming}; {_count(ct)}){note}")
+    value, name = np.asarray(ct)[idx].item(), eqn.primitive.name
+    if name == "custom_jvp_call":  # differentiated by its jvp rule: name the function it belongs to
+        name = f"custom_jvp_call[{eqn.params['call_jaxpr'].jaxpr.debug_info.func_name}]"
+    return site.report("backward", f"the cotangent of {name}'s input {k} becomes {value!r}{where} "
+                                   f"(inputs {given}; incoming cotangent {incoming}; {_count(ct)}){note}", name)
 
 
 def _inside_bwd(site, invals, cts_out):
