@@ -145,6 +145,7 @@ class _Interpreter:
     def __init__(self, tape: bool, stop: bool):
         self.tape = [] if tape else None  # (pullback, in_nodes, out_nodes, site or None)
         self.stop, self.birth, self.outer = stop, None, []
+        self.compiled = {}  # one program per equation (and activity pattern): a scan body's ops compile once
 
     def run(self, jaxpr, consts, nodes, prefix, within, record=True):
         env = dict(zip(jaxpr.constvars, map(_Node, consts)))
@@ -177,8 +178,9 @@ class _Interpreter:
             if self.stop:
                 outs = [_Node(n.value) for n in self.run(*_open(params["call_jaxpr"]), ins, inner, within, False)]
             else:  # on the way to the backward pass: one compiled call, not op by op
-                outs = [_Node(v) for v in jax.jit(lambda *v: _bind(eqn, v))(*[n.value for n in ins])]
-            self._record(_eqn_pullback(eqn, ins), ins, outs, site, record)
+                call = self.compiled.setdefault(id(eqn), jax.jit(lambda *v: _bind(eqn, v)))
+                outs = [_Node(v) for v in call(*[n.value for n in ins])]
+            self._record(_eqn_pullback(eqn, ins, self.compiled), ins, outs, site, record)
             return outs
         if name == "cond":
             index = int(ins[0].value)
@@ -196,7 +198,7 @@ class _Interpreter:
             return self.scan(eqn, ins, inner, within, record)
         vals = _bind(eqn, [n.value for n in ins])
         outs = [_Node(v) for v in vals]
-        self._record(_eqn_pullback(eqn, ins), ins, outs, site, record)
+        self._record(_eqn_pullback(eqn, ins, self.compiled), ins, outs, site, record)
         if self.birth is None and any(map(_bad, vals)) and not any(_bad(n.value) for n in ins):
             self.birth = site.report("forward", _forward_message(eqn, ins, vals))
             if self.stop:
@@ -224,15 +226,15 @@ class _Interpreter:
         return carry + stacked
 
 
-def _eqn_pullback(eqn, ins):
+def _eqn_pullback(eqn, ins, compiled):
     """The VJP of one equation with respect to its active inputs, as ``cts_out -> cts_in``.
 
     Compiled as one program: run eagerly, a rule's every operation would compile on its own.
     """
 
     def pullback(cts_out):
-        active = [i for i, n in enumerate(ins) if n.active]
-        given = [k for k, ct in enumerate(cts_out) if ct is not None]
+        active = tuple(i for i, n in enumerate(ins) if n.active)
+        given = tuple(k for k, ct in enumerate(cts_out) if ct is not None)
 
         def vjp(vals, cts_given):
             def f(*xs):
@@ -244,7 +246,8 @@ def _eqn_pullback(eqn, ins):
                 cts[k] = ct
             return pb(cts)
 
-        grads = jax.jit(vjp)([n.value for n in ins], [cts_out[k] for k in given])
+        program = compiled.setdefault((id(eqn), active, given), jax.jit(vjp))
+        grads = program([n.value for n in ins], [cts_out[k] for k in given])
         return [dict(zip(active, grads)).get(i) for i in range(len(ins))]
 
     return pullback
