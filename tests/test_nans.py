@@ -187,3 +187,12 @@ def test_a_custom_jvp_rule_under_remat_is_named_by_its_function():
     report = find_nonfinite(loss, jnp.array([0.0, 1.0]))
     assert (report.phase, report.primitive, report.source) == ("backward", "custom_jvp_call[_sine_jvp]", _here(loss, 1))
     assert "becomes inf at [0]" in report.message
+
+
+def test_a_masked_forward_inf_is_noted_in_the_backward_report():
+    def loss(x):
+        return jnp.sum(jnp.where(x > 0, jnp.log(x), 0.0))  # log(0) = -inf, masked; its VJP is 0/0
+
+    report = find_nonfinite(loss, jnp.array([0.0, 1.0]))
+    assert (report.phase, report.primitive, report.source) == ("backward", "log", _here(loss, 1))
+    assert f"the forward had already made log non-finite at {_here(loss, 1)}" in report.message
