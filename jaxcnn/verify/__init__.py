@@ -19,6 +19,7 @@ by ``jaxcnn verify --module PKG.MODULE`` or, one test per check, by
 the same way (and, with ``--mutants``, catches deliberately wrong rules).
 """
 
+from jaxcnn.verify._nans import locate_nonfinite as find_nonfinite
 from jaxcnn.verify._report import CheckResult, Diagnosis, GradientMismatch
 from jaxcnn.verify.checks import TRANSFORMS, check_contract, check_jvp, check_numerical, check_transform, check_vjp
 from jaxcnn.verify.diagnose import diagnose
@@ -37,4 +38,5 @@ __all__ = [
     "check_transform",
     "check_vjp",
     "diagnose",
+    "find_nonfinite",
 ]
