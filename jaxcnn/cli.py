@@ -79,10 +79,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="instead, run the mutation suite: deliberately wrong backward rules, each "
                         "of which must be caught and blamed on the right argument")
     verify.add_argument("--json", metavar="PATH", help="also write every check as JSON")
-    verify.add_argument("--fast-compile", action="store_true",
+    compilers = verify.add_mutually_exclusive_group()
+    compilers.add_argument("--fast-compile", action="store_true",
                         help="compile with two XLA flags that halve the sweep's compile time (no LLVM "
                         "optimisation, the classic fusion emitters) instead of XLA's defaults; the header names them")
-    verify.add_argument("--compilers", type=_flag_sets, metavar="SET,SET",
+    compilers.add_argument("--compilers", type=_flag_sets, metavar="SET,SET",
                         help="run the checks under each of these XLA flag sets, each in its own worker processes, "
                         "and report every check whose verdict depends on the set. Choices: "
                         + ", ".join(compilation.FLAG_SETS) + "; 'all' for every one")
@@ -301,9 +302,6 @@ def _verify(args) -> int:
 
     if not args.no_cache and not os.environ.get("JAXCNN_NO_CACHE"):
         compilation.use_compilation_cache()
-    if args.compilers and args.fast_compile:
-        raise ValueError("--fast-compile and --compilers: choose one; --compilers fast runs the fast-compile flags "
-                         "as one of the sets.")
     settings = dict(names=args.op, dtypes=args.dtype or runner.DTYPES, quick=args.quick, transforms=args.transform,
                     module=args.module)
     units = runner.plan(**settings)

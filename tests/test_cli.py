@@ -143,13 +143,17 @@ def test_verify_compilers_runs_each_flag_set_and_reports_a_disagreement(tmp_path
     assert "--xla_cpu_use_onednn=true" not in records[0]["compiler"]["xla_flags"]
 
 
-def test_an_unknown_flag_set_is_one_line_naming_the_choices(capsys):
+def test_an_unknown_flag_set_and_two_compiler_options_are_one_line_each(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["verify", "--compilers", "default,turbo"])
     assert e.value.code == 2
     assert capsys.readouterr().err == ("jaxcnn: error: argument --compilers: unknown flag set 'turbo'; choose from "
                                        "default, fast, no-xnn-fusions, onednn (comma-separated, e.g. --compilers "
                                        "default,fast).\n")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["verify", "--fast-compile", "--compilers", "fast"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "jaxcnn: error: argument --compilers: not allowed with argument --fast-compile\n"
 
 
 def test_bad_arguments_give_one_line_and_exit_2(capsys):
