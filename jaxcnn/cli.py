@@ -29,7 +29,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"jaxcnn: error: {message}\n")
 
 
+def _flag_sets(text: str) -> tuple[str, ...]:
+    """``--compilers default,fast``: the flag sets named (:data:`jaxcnn._certify.compilation.FLAG_SETS`)."""
+    from jaxcnn._certify import compilation
+
+    names = tuple(compilation.FLAG_SETS) if text == "all" else tuple(dict.fromkeys(n.strip() for n in text.split(",")))
+    try:
+        for name in names:
+            compilation.flag_set(name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--compilers: ")) from None
+    return names
+
+
 def _parser() -> argparse.ArgumentParser:
+    from jaxcnn._certify import compilation
     from jaxcnn._certify.registry import REGISTRY
     from jaxcnn._certify.runner import DTYPES
     from jaxcnn.verify import TRANSFORMS
@@ -65,6 +79,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="instead, run the mutation suite: deliberately wrong backward rules, each "
                         "of which must be caught and blamed on the right argument")
     verify.add_argument("--json", metavar="PATH", help="also write every check as JSON")
+    compilers = verify.add_mutually_exclusive_group()
+    compilers.add_argument("--fast-compile", action="store_true",
+                        help="compile with two XLA flags that halve the sweep's compile time (no LLVM "
+                        "optimisation, the classic fusion emitters) instead of XLA's defaults; the header names them")
+    compilers.add_argument("--compilers", type=_flag_sets, metavar="SET,SET",
+                        help="run the checks under each of these XLA flag sets, each in its own worker processes, "
+                        "and report every check whose verdict depends on the set. Choices: "
+                        + ", ".join(compilation.FLAG_SETS) + "; 'all' for every one")
     verify.add_argument("--no-cache", action="store_true",
                         help="do not use JAX's persistent compilation cache (also: JAXCNN_NO_CACHE=1); by default "
                         "compiled programs are kept in $JAXCNN_CACHE_DIR, else ~/.cache/jaxcnn/jax (XDG_CACHE_HOME)")
@@ -245,6 +267,22 @@ def _train(args) -> int:
         return 0
 
 
+#: The XLA flags ``--fast-compile`` added to ``$XLA_FLAGS`` before JAX's backend started.
+_flags_added: list[str] = []
+
+
+def _compiler(name: str) -> tuple[Optional[str], dict]:
+    """Flag set ``name`` on top of the XLA flags the user gave: the ``$XLA_FLAGS`` its checks
+    need (None: this process's, already in force) and its configuration for the header."""
+    from jaxcnn._certify import compilation
+
+    in_force = os.environ.get("XLA_FLAGS", "")
+    given = " ".join(f for f in in_force.split() if f not in _flags_added)
+    wanted = compilation.with_flags(compilation.flag_set(name), given)
+    added = [f for f in wanted.split() if f not in given.split()]
+    return (None if wanted.split() == in_force.split() else wanted), compilation.describe(name, added, wanted)
+
+
 def _verify(args) -> int:
     from jaxcnn import checkpoint
     from jaxcnn._certify import compilation, display, mutants, runner
@@ -270,21 +308,39 @@ def _verify(args) -> int:
     if not units:  # a certificate of nothing is no certificate
         raise ValueError(_nothing_selected(args, runner))
     workers = max(1, min(args.jobs, len(units)))
-    progress = display.Progress()
-    progress.start(sum(len(u.checks) for u in units), workers,
-                   f" ({len({u.name for u in units})} ops{', ' + args.module if args.module else ''})")
-    start = time.perf_counter()
-    records = runner.run(**settings, jobs=workers, units=units, progress=progress)
-    seconds = time.perf_counter() - start
-    progress.finish()
-    print(display.format_table(records))
-    failures = display.format_failures(records)
-    if failures:
-        print("\nFailures:\n" + failures)
-    failed = sum(not r.ok for r in records)
-    print(f"\n{len(records) - failed} passed, {failed} failed ({len(records)} checks in {seconds:.1f} s)")
-    _write_json(args.json, display.to_json(records))
-    return 1 if failed else 0
+    what = f" ({len({u.name for u in units})} ops{', ' + args.module if args.module else ''})"
+    by_compiler, configs, seconds = {}, {}, {}
+    for name in args.compilers or ("fast" if args.fast_compile else "default",):
+        xla_flags, configs[name] = _compiler(name)
+        if xla_flags is not None:
+            compilation.check_flags(xla_flags.split(), name)
+        print(compilation.header(configs[name]), flush=True)
+        progress = display.Progress()
+        progress.start(sum(len(u.checks) for u in units), workers, what)
+        start = time.perf_counter()
+        by_compiler[name] = runner.run(**settings, jobs=workers, units=units, progress=progress,
+                                       xla_flags=xla_flags)
+        seconds[name] = time.perf_counter() - start
+        progress.finish()
+    failed = 0
+    for name, records in by_compiler.items():
+        if len(by_compiler) > 1:
+            print(f"\n{compilation.header(configs[name])}")
+        print(display.format_table(records))
+        failures = display.format_failures(records)
+        if failures:
+            print(f"\nFailures{' under ' + name if len(by_compiler) > 1 else ''}:\n" + failures)
+        failed += sum(not r.ok for r in records)
+    total = sum(len(records) for records in by_compiler.values())
+    disagreements = 0
+    if len(by_compiler) > 1:
+        print("\n" + display.format_matrix(by_compiler, seconds))
+        disagreements = len(display.disagreements(by_compiler))
+    print(f"\n{total - failed} passed, {failed} failed ({total} checks in {sum(seconds.values()):.1f} s"
+          + (f", {len(by_compiler)} flag sets, {disagreements} disagreements" if len(by_compiler) > 1 else "") + ")")
+    _write_json(args.json, [row for name, records in by_compiler.items()
+                            for row in display.to_json(records, configs[name])])
+    return 1 if failed or disagreements else 0
 
 
 def _nothing_selected(args, runner) -> str:
@@ -454,10 +510,11 @@ def _main(argv: Optional[Sequence[str]], program: bool) -> int:
             argv = sys.argv[1:] if argv is None else list(argv)
             if argv[:1] == ["verify"] and not {"-h", "--help"} & set(argv):
                 print("jaxcnn verify: loading JAX and the checks ...", flush=True)  # before the slow imports
-                if os.environ.get("JAXCNN_FAST_COMPILE", "1") != "0":  # before anything compiles
+                if "--fast-compile" in argv:  # before JAX's backend starts, which reads $XLA_FLAGS once
                     from jaxcnn._certify import compilation
 
-                    compilation.use_fast_compilation()
+                    if not compilation.backend_started():
+                        _flags_added.extend(compilation.use_fast_compilation())
             parser = _parser()
             args = parser.parse_args(argv)
             code = _command(parser, args)

@@ -18,7 +18,7 @@ jax.config.update("jax_enable_x64", True)
 
 
 def pytest_configure(config):
-    """Compiling is most of the suite's time, so, as ``jaxcnn verify`` does (docs/performance.md):
+    """Compiling is most of the suite's time, so, as ``jaxcnn verify --fast-compile`` does (docs/performance.md):
 
     * the two fast-compile XLA flags (:data:`jaxcnn._certify.compilation.FAST_COMPILE_FLAGS`: the
       same HLO, no LLVM optimisation), unless ``JAXCNN_FAST_COMPILE=0``;

@@ -70,6 +70,92 @@ def test_python_m_jaxcnn_verify_checks_data_parallel_sharding_on_4_devices(tmp_p
     assert "0 failed" in proc.stdout
 
 
+def _verify_relu(tmp_path, *options):
+    """``python -m jaxcnn verify`` of one relu check with no $XLA_FLAGS given: the process, the JSON."""
+    path = tmp_path / "v.json"
+    env = {name: value for name, value in os.environ.items() if name != "XLA_FLAGS"}  # not the suite's flags
+    command = [sys.executable, "-m", "jaxcnn", "verify", "--op", "relu", "--dtype", "float64", "--quick",
+               "--transform", "eager", "--json", str(path), *options]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc, json.loads(path.read_text())
+
+
+def test_verify_compiles_under_xlas_defaults_and_its_header_says_so(tmp_path):
+    proc, records = _verify_relu(tmp_path)
+    assert "compiler: default (jax 0.10.2, jaxlib 0.10.2, backend cpu); XLA_FLAGS: none, XLA's default " \
+           "compilation\n" in proc.stdout.replace(jax.__version__, "0.10.2")
+    assert [r["compiler"]["xla_flags"] for r in records] == [[]]
+    assert records[0]["compiler"]["compilation"] == "default" and records[0]["compiler"]["set_by_jaxcnn"] == []
+
+
+def test_verify_fast_compile_sets_the_two_flags_and_names_them_in_the_header(tmp_path):
+    from jaxcnn._certify.compilation import FAST_COMPILE_FLAGS
+
+    proc, records = _verify_relu(tmp_path, "--fast-compile")
+    flags = " ".join(FAST_COMPILE_FLAGS)
+    assert f"backend cpu); XLA_FLAGS: {flags}; jaxcnn set {flags}\n" in proc.stdout
+    assert records[0]["compiler"]["xla_flags"] == records[0]["compiler"]["set_by_jaxcnn"] == list(FAST_COMPILE_FLAGS)
+    assert records[0]["compiler"]["compilation"] == "fast"
+
+
+#: A rule right under XLA's defaults and wrong under oneDNN: a stand-in for a miscompilation.
+FLAG_DEPENDENT_RULE = """
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxcnn.verify import Registry, Sample
+
+
+@jax.custom_vjp
+def sin(x):
+    return jnp.sin(x)
+
+
+def sin_bwd(x, g):
+    wrong = "--xla_cpu_use_onednn=true" in os.environ.get("XLA_FLAGS", "")
+    return (g * jnp.cos(x) * (2.0 if wrong else 1.0),)
+
+
+sin.defvjp(lambda x: (sin(x), x), sin_bwd)
+registry = Registry()
+registry.register("sin", sin, jnp.sin, [Sample((np.random.default_rng(0).normal(size=(3,)),))])
+"""
+
+
+def test_verify_compilers_runs_each_flag_set_and_reports_a_disagreement(tmp_path, monkeypatch, capsys):
+    (tmp_path / "flag_dependent.py").write_text(FLAG_DEPENDENT_RULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "v.json"
+    code = cli.main(["verify", "--module", "flag_dependent", "--dtype", "float64", "--transform", "eager",
+                     "--compilers", "default,onednn", "--jobs", "1", "--json", str(path)])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "1 disagreements between flag sets" in out
+    assert "DISAGREE sin #0 ((3,)) [float64, eager]: passes under default; FAILS under onednn (" in out
+    assert "Failures under onednn:" in out and "Failures under default:" not in out
+    records = json.loads(path.read_text())
+    assert [(r["compiler"]["compilation"], r["ok"]) for r in records] == [("default", True), ("onednn", False)]
+    assert "--xla_cpu_use_onednn=true" in records[1]["compiler"]["xla_flags"]
+    assert "--xla_cpu_use_onednn=true" not in records[0]["compiler"]["xla_flags"]
+
+
+def test_an_unknown_flag_set_and_two_compiler_options_are_one_line_each(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["verify", "--compilers", "default,turbo"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == ("jaxcnn: error: argument --compilers: unknown flag set 'turbo'; choose from "
+                                       "default, fast, no-xnn-fusions, onednn (comma-separated, e.g. --compilers "
+                                       "default,fast).\n")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["verify", "--fast-compile", "--compilers", "fast"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "jaxcnn: error: argument --compilers: not allowed with argument --fast-compile\n"
+
+
 def test_bad_arguments_give_one_line_and_exit_2(capsys):
     for argv in (["verify", "--op", "nonexistent"], ["verify", "--transform", "pmap"]):
         with pytest.raises(SystemExit) as e:

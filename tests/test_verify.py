@@ -299,3 +299,22 @@ def test_an_argument_named_like_the_output_is_an_argument(rng):
 
     result = verify.check_vjp(loss, loss, jnp.asarray(rng.normal(size=3)), jnp.asarray(rng.normal(size=3)))
     assert [r.name for r in result.arguments] == ["outputs", "targets"] and result.forward.name == "output"
+
+
+# --- jaxcnn verify's compiler configurations (jaxcnn._certify.compilation) ---
+
+
+def test_every_flag_set_runs_on_this_jaxlib_and_an_unknown_flag_is_an_error_not_a_crash():
+    from jaxcnn._certify import compilation
+
+    compilation.check_flags([f for flags in compilation.FLAG_SETS.values() for f in flags])
+    with pytest.raises(ValueError, match=r"--compilers mine: this jaxlib \(.*\) does not run with XLA_FLAGS=.*"
+                                         r"Unknown flag in XLA_FLAGS: --xla_cpu_no_such_flag=1"):
+        compilation.check_flags(["--xla_cpu_no_such_flag=1"], "mine")
+
+
+def test_flags_the_user_set_are_kept_and_not_added_twice():
+    from jaxcnn._certify import compilation
+
+    assert compilation.with_flags(compilation.FAST_COMPILE_FLAGS, "--xla_backend_optimization_level=2") == (
+        "--xla_backend_optimization_level=2 --xla_cpu_use_fusion_emitters=false")

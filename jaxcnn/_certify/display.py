@@ -99,8 +99,42 @@ def format_failures(records: list[Record]) -> str:
     return "\n\n".join(blocks)
 
 
-def to_json(records: list[Record]) -> list[dict]:
-    return [{"op": r.op, "sample": r.sample, "index": r.index, "dtype": r.dtype, "transform": r.transform,
+def format_matrix(by_compiler: dict[str, list[Record]], seconds: dict[str, float]) -> str:
+    """The flag-set matrix: one row per flag set (checks, failures, worst errors, time), then
+    every check that passes under some flag sets and fails under others, naming both."""
+    rows = []
+    for name, records in by_compiler.items():
+        measured = [r for r in records if not _pinned(r)]
+        failed = sum(not r.ok for r in records)
+        rows.append((name, len(records), _worst_with_source(measured, 0), _worst_with_source(measured, 1),
+                     f"{seconds.get(name, 0.0):.0f} s", "ok" if not failed else f"{failed} FAILED"))
+    table = format_rows(("flag set", "checks", "worst abs error (where)", "worst rel error (where)", "time",
+                         "status"), rows)
+    lines = [f"{len(disagreements(by_compiler))} disagreements between flag sets"]
+    for key, verdicts in disagreements(by_compiler).items():
+        op, index, sample, dtype, transform = key
+        passed = [name for name, r in verdicts.items() if r.ok]
+        failed = [f"{name} ({r.worst()[0]:.1e} abs)" for name, r in verdicts.items() if not r.ok]
+        lines.append(f"DISAGREE {op} #{index} {sample} [{dtype}, {transform}]: passes under {', '.join(passed)}; "
+                     f"FAILS under {', '.join(failed)}")
+    return table + "\n" + "\n".join(lines)
+
+
+def disagreements(by_compiler: dict[str, list[Record]]) -> dict[tuple, dict[str, Record]]:
+    """The checks (op, sample index, sample, dtype, transform) whose verdict depends on the flag
+    set: each with its :class:`Record` under every flag set that ran it."""
+    checks: dict[tuple, dict[str, Record]] = {}
+    for name, records in by_compiler.items():
+        for r in records:
+            checks.setdefault((r.op, r.index, r.sample, r.dtype, r.transform), {})[name] = r
+    return {key: verdicts for key, verdicts in checks.items() if len({r.ok for r in verdicts.values()}) > 1}
+
+
+def to_json(records: list[Record], compiler: Optional[dict] = None) -> list[dict]:
+    """Every check as a dict; ``compiler``: the configuration it was compiled under
+    (:func:`jaxcnn._certify.compilation.describe`), in each."""
+    return [{"compiler": compiler, "op": r.op, "sample": r.sample, "index": r.index, "dtype": r.dtype,
+             "transform": r.transform,
              "ok": r.ok, "kink": r.kink, "error": r.result.error, "worst_abs_error": r.worst()[0],
              "worst_rel_error": r.worst()[1],
              "forward": dataclasses.asdict(r.result.forward) if r.result.forward else None,

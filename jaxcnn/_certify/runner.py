@@ -11,6 +11,7 @@ or a non-smooth point) and comes with a snippet that reproduces it.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import importlib
@@ -238,19 +239,44 @@ def plan(names: Optional[Iterable[str]] = None, dtypes: Iterable[str] = DTYPES, 
 def run(names: Optional[Iterable[str]] = None, dtypes: Iterable[str] = DTYPES, quick: bool = False,
         transforms: Optional[Iterable[str]] = None, seed: int = 0, jobs: int = 1,
         module: "str | Registry | None" = None, progress: Optional[Callable[[Record], None]] = None,
-        units: Optional[list[Unit]] = None) -> list[Record]:
+        units: Optional[list[Unit]] = None, xla_flags: Optional[str] = None) -> list[Record]:
     """Checks the named ops (all by default), :func:`plan` ``s units (or ``units``), on ``jobs``
     worker processes, each taking one unit at a time, the longest first (compilation, the
     main cost, is single-threaded); with one job (or a Registry object, which cannot be
-    sent to workers) in this process. ``progress`` gets each :class:`Record` as it completes.
+    sent to workers) in this process. ``xla_flags``: the workers' ``$XLA_FLAGS`` (XLA reads
+    it once, as its backend starts, so the checks then always run in workers; a Registry
+    object cannot). ``progress`` gets each :class:`Record` as it completes.
     Returns one :class:`Record` per check, in registry order."""
     units = units if units is not None else plan(names, dtypes, quick, transforms, seed, module)
     progress = progress or (lambda record: None)
-    if jobs <= 1 or len(units) <= 1 or isinstance(module, Registry):
+    if xla_flags is not None and isinstance(module, Registry):
+        raise ValueError("xla_flags: the checks run in worker processes then, and a Registry object cannot be "
+                         "sent to them; pass the name of the module that holds it.")
+    if xla_flags is None and (jobs <= 1 or len(units) <= 1 or isinstance(module, Registry)):
         return [record for unit in units for record in _run_unit(unit, seed, module, progress)]
+    with _environment(XLA_FLAGS=xla_flags):
+        return _run_in_workers(units, seed, jobs, module, progress)
+
+
+@contextlib.contextmanager
+def _environment(**values: Optional[str]):
+    """``os.environ`` with ``values`` set (None: left as it is), for the processes started within."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update({name: value for name, value in values.items() if value is not None})
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _run_in_workers(units: list[Unit], seed: int, jobs: int, module, progress) -> list[Record]:
     by_unit = {}
     context = multiprocessing.get_context("spawn")  # JAX is multithreaded: no fork
-    with concurrent.futures.ProcessPoolExecutor(min(jobs, len(units)), mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(max(1, min(jobs, len(units))), mp_context=context) as pool:
         order = sorted(range(len(units)), key=lambda k: -len(units[k].checks))
         futures = {pool.submit(_run_unit, units[k], seed, module): k for k in order}
         for future in concurrent.futures.as_completed(futures):
