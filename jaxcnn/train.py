@@ -317,8 +317,12 @@ def make_epoch(step: Callable, batch_size: int, mesh: Optional[Mesh] = None, shu
               after_chunk: Optional[Callable] = None):
         if not (chunk is None or chunk == "auto" or isinstance(chunk, int) and chunk >= 1):
             raise ValueError(f"make_epoch: `chunk` must be None, 'auto' or a number of steps >= 1, got {chunk!r}.")
+        if not 0 <= start <= num_steps <= len(x) // batch_size:
+            raise ValueError(f"make_epoch: need 0 <= start <= num_steps <= {len(x) // batch_size} (the whole batches "
+                             f"of {len(x)} examples), got start={start}, num_steps={num_steps}.")
         x, y = data.place(x, y)  # a no-op for data already placed
-        epoch_key, (key, rows) = state.key, order(state.key, len(x), num_steps)
+        # Always the whole epoch's order: an epoch cut short runs the same program, fewer steps.
+        epoch_key, (key, rows) = state.key, order(state.key, len(x), len(x) // batch_size)
         state, resident, scanned = state._replace(key=key), data.resident(x, y), scans(state, x, y)
         fed = data.feed(x, y, rows) if scanned else None
         losses, accuracies, done = [], [], start

@@ -171,8 +171,8 @@ def test_sigterm_during_training_prints_where_to_resume_and_exits_143(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, err
-    assert re.fullmatch(r"jaxcnn: interrupted; last checkpoint at epoch \d+ \(.*checkpoint.npz; continue with "
-                        r"--resume\)\n", err)
+    assert re.fullmatch(r"jaxcnn: interrupted; last checkpoint at (epoch|step \d+ of \d+ in epoch) \d+ "
+                        r"\(.*checkpoint.npz; continue with --resume\)\n", err)
 
 
 def test_a_signal_while_a_finished_program_shuts_down_ends_it_at_once_with_its_output_complete():
@@ -263,21 +263,32 @@ sys.exit(cli.main())
 """
 
 
+_ENV = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
+
+
+def _train_mnist1d(argv, out, *extra):
+    return subprocess.run([sys.executable, "-m", "jaxcnn", *argv, "--out", str(out), *extra], env=_ENV,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def mnist1d_run(tmp_path_factory):
+    """An uninterrupted `jaxcnn train` on MNIST-1D, 100 steps an epoch: its arguments and folder."""
+    folder = tmp_path_factory.mktemp("mnist1d")
+    argv = ["train", "--data", "mnist1d", "--model", "mnist1d_cnn", "--limit", "400", "--batch-size", "4",
+            "--epochs", "3", "--shuffle", "--data-dir", str(folder / "data"), "--quiet"]
+    straight = _train_mnist1d(argv, folder / "straight")
+    assert straight.returncode == 0, straight.stderr
+    return argv, folder / "straight"
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_in_epoch_2_stops_within_seconds_and_resume_ends_with_the_uninterrupted_params(tmp_path, signum):
+def test_a_signal_in_epoch_2_stops_within_seconds_and_resume_ends_with_the_uninterrupted_params(tmp_path, signum,
+                                                                                               mnist1d_run):
     """`jaxcnn train` on MNIST-1D (100 steps an epoch), signalled from outside in epoch 2:
     it exits within seconds naming the step it keeps, and --resume ends with exactly the
     checkpoint arrays of an uninterrupted run (which took its chunks otherwise)."""
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
-    argv = ["train", "--data", "mnist1d", "--model", "mnist1d_cnn", "--limit", "400", "--batch-size", "4",
-            "--epochs", "3", "--shuffle", "--data-dir", str(tmp_path / "data"), "--quiet"]
-
-    def run(out, *extra, **kwargs):
-        return subprocess.run([sys.executable, "-m", "jaxcnn", *argv, "--out", str(out), *extra], env=env,
-                              capture_output=True, text=True, timeout=600, **kwargs)
-
-    straight = run(tmp_path / "straight")
-    assert straight.returncode == 0, straight.stderr
+    (argv, straight), env = mnist1d_run, _ENV
     mark = tmp_path / "in-epoch-2"
     proc = subprocess.Popen([sys.executable, "-c", _CHUNKS_OF_ONE_STEP, *argv, "--out", str(tmp_path / "cut")],
                             env=dict(env, MARK_AT="105", MARK_FILE=str(mark)), stderr=subprocess.PIPE, text=True)
@@ -296,12 +307,12 @@ def test_a_signal_in_epoch_2_stops_within_seconds_and_resume_ends_with_the_unint
                          r"continue with --resume\)\n", err)
     assert match and 5 <= int(match[1]) < 100, err
     assert waited < 10  # a step's chunk and the save, not the rest of the epoch (80 steps at 0.2 s)
-    resumed = run(tmp_path / "cut", "--resume")
+    resumed = _train_mnist1d(argv, tmp_path / "cut", "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    a, b = np.load(tmp_path / "straight" / "checkpoint.npz"), np.load(tmp_path / "cut" / "checkpoint.npz")
+    a, b = np.load(straight / "checkpoint.npz"), np.load(tmp_path / "cut" / "checkpoint.npz")
     leaves = sorted(k for k in a.files if k.startswith("leaf_"))
     assert leaves and leaves == sorted(k for k in b.files if k.startswith("leaf_"))
     for k in leaves:
         np.testing.assert_array_equal(a[k], b[k])
-    history = [json.loads((tmp_path / run / "metrics.json").read_text())["history"] for run in ("straight", "cut")]
+    history = [json.loads((run / "metrics.json").read_text())["history"] for run in (straight, tmp_path / "cut")]
     assert [h["train_loss"] for h in history[0]] == [h["train_loss"] for h in history[1]]

@@ -724,8 +724,8 @@ def test_cli_sigint_during_training_exits_cleanly(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 130, err
-    assert re.fullmatch(r"jaxcnn: interrupted; last checkpoint at epoch \d+ \(.*checkpoint.npz; continue with "
-                        r"--resume\)\n", err)
+    assert re.fullmatch(r"jaxcnn: interrupted; last checkpoint at (epoch|step \d+ of \d+ in epoch) \d+ "
+                        r"\(.*checkpoint.npz; continue with --resume\)\n", err)
     checkpoint.read_header(str(out / "checkpoint.npz"))
 
 
@@ -1023,6 +1023,9 @@ def test_make_epoch_refuses_a_bad_chunk():
     state = train.init_state(_model(), opt, (-1, 8))
     with pytest.raises(ValueError, match=r"make_epoch: `chunk` must be None, 'auto' or a number of steps >= 1, got 0"):
         train.make_epoch(step, 8)(state, d.x_train, d.y_train, 4, chunk=0)
+    with pytest.raises(ValueError, match=r"make_epoch: need 0 <= start <= num_steps <= 8 \(the whole batches of 64 "
+                                         r"examples\), got start=0, num_steps=9"):
+        train.make_epoch(step, 8)(state, d.x_train, d.y_train, 9)
 
 
 def test_the_bar_moves_within_an_epoch_and_lines_come_within_a_long_one(monkeypatch, capsys):
@@ -1093,4 +1096,39 @@ def test_a_handler_that_does_not_raise_lets_the_epoch_go_on(monkeypatch):
         signal.signal(signal.SIGINT, previous)
     assert len(calls) == 1
     for a, b in zip(jax.tree_util.tree_leaves(straight.state), jax.tree_util.tree_leaves(result.state)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_resnet20_shows_progress_within_an_epoch_and_a_ctrl_c_3_s_into_epoch_2_resumes_bit_for_bit(tmp_path,
+                                                                                                   monkeypatch):
+    """The issue's demonstration on synthetic data of ResNet-20's shape (Fashion-MNIST's):
+    the bar moves within every epoch, a SIGINT 3 s into epoch 2 stops it after the chunk
+    running, and the resumed run ends with the uninterrupted run's state, bit for bit."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(288, 28, 28, 1)).astype(np.float32)
+    y = rng.integers(0, 10, 288).astype(np.int32)
+    d, path = data.Dataset(x[:256], y[:256], x[256:], y[256:], 10), str(tmp_path / "ckpt.npz")
+    options = dict(epochs=3, batch_size=8, quiet=True, input_shape=(-1, 28, 28, 1))
+    straight = train.fit(models.resnet20(), d, **options)
+    advance, moves, epoch_2 = train.Progress.advance, [], []
+
+    def advance_and_signal(self, step):
+        advance(self, step)
+        moves.append(step)
+        if step > 32 and not epoch_2:
+            epoch_2.append(time.monotonic())
+        if len(epoch_2) == 1 and time.monotonic() - epoch_2[0] >= 3:
+            os.kill(os.getpid(), signal.SIGINT)
+            epoch_2.append(time.monotonic())
+
+    monkeypatch.setattr(train.Progress, "advance", advance_and_signal)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(models.resnet20(), d, **options, checkpoint_path=path)
+    assert len([m for m in moves if m <= 32]) > 2  # more than once an epoch
+    part = checkpoint.read_header(path)["metadata"]["epoch_in_progress"]
+    assert part["epoch"] == 2 and 0 < part["step"] < 32
+    monkeypatch.undo()
+    resumed = train.fit(models.resnet20(), d, **options, checkpoint_path=path, resume=True)
+    for a, b in zip(jax.tree_util.tree_leaves(straight.state), jax.tree_util.tree_leaves(resumed.state)):
         np.testing.assert_array_equal(a, b)
