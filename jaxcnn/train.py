@@ -290,17 +290,22 @@ def make_epoch(step: Callable, batch_size: int, mesh: Optional[Mesh] = None, shu
             return state, losses.at[i].set(loss), accuracies.at[i].set(accuracy)
 
         n = jax.tree_util.tree_leaves(fed)[0].shape[0]
-        return lax.fori_loop(start, stop, body, (state, jnp.zeros(n, jnp.float32), jnp.zeros(n, jnp.float32)))
+        first = jax.tree_util.tree_map(lambda a: a[0], fed)
+        _, metrics = jax.eval_shape(lambda s, item: mesh_step(s, data.take(resident, item)), state, first)
+        return lax.fori_loop(start, stop, body, (state, *(jnp.zeros(n, m.dtype) for m in metrics)))
 
     order, traced = jax.jit(order, static_argnums=(1, 2)), jax.jit(mesh_step)
     steps_from = jax.jit(steps_from, donate_argnums=0)
     one_step = jax.jit(lambda state, resident, item: mesh_step(state, data.take(resident, item)), donate_argnums=0)
     timed = {"per_step": None, "count": 1}  # chunk="auto": seconds per step and steps per call, as last timed
 
+    def batch_like(x, y):
+        return tuple(jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype) for a in (x, y))
+
     def scans(state, x, y) -> bool:
         if loop != "auto":
             return loop == "scan"
-        batch = tuple(jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype) for a in (x, y))
+        batch = batch_like(x, y)
         platform = (jax.devices()[0] if mesh is None else mesh.devices.flat[0]).platform
         return not _steps_beat_scan(traced.trace(state, batch).jaxpr.jaxpr, platform)
 
@@ -336,7 +341,7 @@ def make_epoch(step: Callable, batch_size: int, mesh: Optional[Mesh] = None, shu
                 for item in np.asarray(rows[done:done + count]):
                     state, metric = one_step(state, resident, data.feed(x, y, item))
                     metrics.append(metric)
-                metrics = [np.asarray(jnp.stack(m), np.float32) for m in zip(*metrics)]
+                metrics = [np.asarray(jnp.stack(m)) for m in zip(*metrics)]
             timed.update(per_step=(time.perf_counter() - began) / count, count=count)
             losses.append(metrics[0])
             accuracies.append(metrics[1])
@@ -344,8 +349,9 @@ def make_epoch(step: Callable, batch_size: int, mesh: Optional[Mesh] = None, shu
             if after_chunk is not None and after_chunk(state._replace(key=epoch_key), done, np.concatenate(losses),
                                                       np.concatenate(accuracies)):
                 break
-        empty = np.zeros(0, np.float32)
-        return state, np.concatenate([empty, *losses]), np.concatenate([empty, *accuracies])
+        if not losses:  # no step to run: empty metrics of the step's dtypes
+            losses, accuracies = ([np.zeros(0, m.dtype)] for m in jax.eval_shape(traced, state, batch_like(x, y))[1])
+        return state, np.concatenate(losses), np.concatenate(accuracies)
 
     return epoch
 
@@ -389,8 +395,8 @@ def epochs(step: Callable, state: TrainState, x, y, *, batch_size: int, steps: i
         start = time.perf_counter()
         done = part["step"] if part else 0
         num_steps = min(steps_per_epoch, steps - int(state.step) + done)
-        previous = (np.asarray(part["losses"], np.float32), np.asarray(part["accuracies"], np.float32),
-                    part["seconds"]) if part else (np.zeros(0, np.float32), np.zeros(0, np.float32), 0.0)
+        previous = (np.asarray(part["losses"]), np.asarray(part["accuracies"]), part["seconds"]) if part else \
+            (np.zeros(0), np.zeros(0), 0.0)  # exact values of the step's dtype, cast back to it below
         number, part, stopped = number + 1, None, []
 
         def after_chunk(state, done, losses, accuracies):
@@ -398,8 +404,8 @@ def epochs(step: Callable, state: TrainState, x, y, *, batch_size: int, steps: i
                 on_chunk(int(state.step))
             if signals:
                 stopped.append((state, {"epoch": number, "step": done, "steps": num_steps,
-                                        "losses": np.concatenate([previous[0], losses]).tolist(),
-                                        "accuracies": np.concatenate([previous[1], accuracies]).tolist(),
+                                        "losses": np.concatenate([previous[0], losses], dtype=float).tolist(),
+                                        "accuracies": np.concatenate([previous[1], accuracies], dtype=float).tolist(),
                                         "seconds": previous[2] + time.perf_counter() - start}))
                 if on_interrupt is not None:
                     on_interrupt(stopped[-1][0], epoch_in_progress=stopped[-1][1])
@@ -411,7 +417,7 @@ def epochs(step: Callable, state: TrainState, x, y, *, batch_size: int, steps: i
         if stopped:  # its handler did not raise: the epoch goes on
             (state, part), number = stopped[-1], number - 1
             continue
-        losses, accuracies = np.concatenate([previous[0], losses]), np.concatenate([previous[1], accuracies])
+        losses, accuracies = (np.concatenate([p.astype(m.dtype), m]) for p, m in zip(previous, (losses, accuracies)))
         record = {"epoch": number, "step": int(state.step), "train_loss": float(losses.mean()),
                   "train_accuracy": float(accuracies.mean()), "seconds": previous[2] + time.perf_counter() - start}
         if step_losses:
