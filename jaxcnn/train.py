@@ -18,8 +18,10 @@ dropout). Checkpoints hold the model state, so a resumed run is bit-identical.
 
 :func:`epochs` runs epoch after epoch and yields ``(state, record)``: when the training
 set fits on the device an epoch — shuffling with the state's PRNG key, slicing batches,
-every step — is one compiled ``lax.scan`` (or, where XLA:CPU runs the step's convolutions
-slowly inside a loop, one jitted donated step per batch; :func:`make_epoch`). :func:`fit`
+every step — is one compiled loop (or, where XLA:CPU runs the step's convolutions
+slowly inside a loop, one jitted donated step per batch; :func:`make_epoch`), called in
+chunks of about a second: the progress bar moves after each, and a Ctrl-C or SIGTERM is
+taken there, leaving a mid-epoch checkpoint that a resumed run continues exactly. :func:`fit`
 calls its callbacks after every epoch, in this order: evaluation, the non-finite guard,
 checkpointing, progress, the caller's callbacks and ``stop_when``.
 
