@@ -189,14 +189,17 @@ def _umask() -> int:
 def _interrupts_deferred():
     """SIGINT or SIGTERM during the block is held back and delivered after it, to the handler
     that was there before (main thread only; elsewhere signals are not delivered to Python code
-    anyway): a save is never cut in half by Ctrl-C or by a launcher stopping its processes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    anyway): a save is never cut in half by Ctrl-C or by a launcher stopping its processes.
+    Yields the list of ``(signum, frame)`` received so far (the training loop polls it between
+    chunks of steps); an ignored signal stays ignored."""
     received = []
-    previous = {s: signal.signal(s, lambda *args: received.append(args)) for s in (signal.SIGINT, signal.SIGTERM)}
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {s: signal.signal(s, lambda *args: received.append(args)) for s in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(s) != signal.SIG_IGN}  # an ignored signal stays ignored
     try:
-        yield
+        yield received
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -388,7 +391,8 @@ def check_header(path: str, header: Any) -> None:
     ``history`` (if any) is a list of epoch records (objects with integer ``epoch`` and
     ``step``; numbers for ``train_loss``, ``train_accuracy``, ``seconds`` and, if there,
     ``test_loss``, ``test_accuracy``, ``test_sse``; a list of numbers for ``step_losses``;
-    other fields free) and whose ``settings`` (if any) is an object, as :func:`jaxcnn.train.fit` writes them."""
+    other fields free), whose ``settings`` (if any) is an object and whose ``epoch_in_progress``
+    (if any, a mid-epoch checkpoint) says where in which epoch, as :func:`jaxcnn.train.fit` writes them."""
     def fail(field, expected, got):
         shown = repr(got) if len(repr(got)) <= 60 else repr(got)[:57] + "..."
         raise ValueError(f"{path}: checkpoint header field {field} must be {expected}, got "
@@ -433,6 +437,27 @@ def check_header(path: str, header: Any) -> None:
         losses = record.get("step_losses", [])
         if not isinstance(losses, list) or not all(_is_number(v) for v in losses):
             fail(f"{field}.step_losses", "a list of numbers", losses)
+    if "epoch_in_progress" in metadata:
+        _check_epoch_in_progress(path, metadata["epoch_in_progress"], fail)
+
+
+def _check_epoch_in_progress(path: str, part: Any, fail: Callable) -> None:
+    """A mid-epoch checkpoint's position (:func:`jaxcnn.train.epochs`): integers ``epoch`` >= 1
+    and ``step`` of ``steps``, one loss and one accuracy per step done, its ``seconds``."""
+    field = "metadata.epoch_in_progress"
+    if not isinstance(part, dict):
+        fail(field, "an object (epoch, step, steps, losses, accuracies, seconds)", part)
+    for key, low in (("epoch", 1), ("step", 0), ("steps", 1)):
+        if not _is_int(part.get(key)) or part[key] < low:
+            fail(f"{field}.{key}", f"an integer >= {low}", part.get(key))
+    if part["step"] > part["steps"]:
+        fail(f"{field}.step", f"at most steps={part['steps']}", part["step"])
+    for key in ("losses", "accuracies"):
+        values = part.get(key)
+        if not isinstance(values, list) or len(values) != part["step"] or not all(_is_number(v) for v in values):
+            fail(f"{field}.{key}", f"a list of {part['step']} numbers (one per step done)", values)
+    if not _is_number(part.get("seconds")):
+        fail(f"{field}.seconds", "a number", part.get("seconds"))
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)

@@ -387,13 +387,15 @@ def _last_checkpoint(args) -> str:
     try:
         from jaxcnn import checkpoint
 
-        history = checkpoint.read_header(path)["metadata"].get("history") or []
+        metadata = checkpoint.read_header(path)["metadata"]
     except (ValueError, OSError):
         return "no checkpoint written yet"
     except Exception:  # e.g. a signal arrived while JAX was being imported: say no more than is known
         return f"see {path}"
-    epoch = history[-1]["epoch"] if history else 0
-    return f"last checkpoint at epoch {epoch} ({path}; continue with --resume)"
+    history, part = metadata.get("history") or [], metadata.get("epoch_in_progress")
+    where = f"epoch {history[-1]['epoch'] if history else 0}" if part is None else \
+        f"step {part['step']} of {part['steps']} in epoch {part['epoch']}"
+    return f"last checkpoint at {where} ({path}; continue with --resume)"
 
 
 def _interrupted(args) -> str:

@@ -18,8 +18,10 @@ dropout). Checkpoints hold the model state, so a resumed run is bit-identical.
 
 :func:`epochs` runs epoch after epoch and yields ``(state, record)``: when the training
 set fits on the device an epoch — shuffling with the state's PRNG key, slicing batches,
-every step — is one compiled ``lax.scan`` (or, where XLA:CPU runs the step's convolutions
-slowly inside a loop, one jitted donated step per batch; :func:`make_epoch`). :func:`fit`
+every step — is one compiled loop (or, where XLA:CPU runs the step's convolutions
+slowly inside a loop, one jitted donated step per batch; :func:`make_epoch`), called in
+chunks of about a second: the progress bar moves after each, and a Ctrl-C or SIGTERM is
+taken there, leaving a mid-epoch checkpoint that a resumed run continues exactly. :func:`fit`
 calls its callbacks after every epoch, in this order: evaluation, the non-finite guard,
 checkpointing, progress, the caller's callbacks and ``stop_when``.
 
@@ -230,9 +232,14 @@ def _steps_beat_scan(step_jaxpr: Any, platform: str) -> bool:
     return platform == "cpu" and _xla_cpu.has_slow_loop_convolution(step_jaxpr)
 
 
+#: The time one compiled call of ``chunk="auto"`` aims at: the bar moves and a Ctrl-C is taken
+#: that often, with one host round trip per call (performance.md, "Scan vs steps").
+_CHUNK_SECONDS = 1.0
+
+
 def make_epoch(step: Callable, batch_size: int, mesh: Optional[Mesh] = None, shuffle: bool = True,
                loop: str = "auto") -> Callable:
-    """``epoch(state, x, y, num_steps) -> (state, losses, accuracies)``.
+    """``epoch(state, x, y, num_steps, *, start=0, chunk=None, after_chunk=None) -> (state, losses, accuracies)``.
 
     Shuffles with a key split off ``state.key`` (or, with ``shuffle=False``, keeps the
     examples in their stored order, as the lectures' per-pattern updates do) and runs
@@ -248,12 +255,20 @@ def make_epoch(step: Callable, batch_size: int, mesh: Optional[Mesh] = None, shu
 
     ``loop`` says how the steps run; both give the same batches and the same updates:
 
-    * ``"scan"``: the whole epoch is one compiled ``lax.scan`` (``num_steps`` static) —
-      no host round trip per step, the fastest on GPUs and TPUs;
+    * ``"scan"``: one compiled loop over the steps (their number a run-time argument: one
+      program for every chunk and epoch length) — no host round trip per step, the fastest
+      on GPUs and TPUs;
     * ``"steps"``: one jitted, donated step per batch dispatched from Python;
     * ``"auto"`` (default): ``"steps"`` where ``_steps_beat_scan`` says so (the step is
       traced for it, once per shape: JAX caches the trace), else ``"scan"``. ``jaxcnn.ops``
       writes all of its convolutions in XLA:CPU's canonical form, so their steps scan.
+
+    The epoch runs in chunks of ``chunk`` steps (None: all at once; ``"auto"``: about a
+    second each, timed as it goes), and after each ``after_chunk(state, done, losses,
+    accuracies)`` is called with the state as a mid-epoch checkpoint keeps it (its key the
+    one the epoch was shuffled with), the steps ``done`` and their metrics; it returns True
+    to end the epoch there. ``start`` continues such a state from step ``start`` of its
+    epoch. Chunks change no bit of the result: the same program runs the same steps.
     """
     if loop not in ("auto", "scan", "steps"):
         raise ValueError(f"make_epoch: unknown `loop` {loop!r}; use 'auto', 'scan' or 'steps'.")
@@ -269,44 +284,102 @@ def make_epoch(step: Callable, batch_size: int, mesh: Optional[Mesh] = None, shu
         rows = jax.random.permutation(shuffle_key, n) if shuffle else jnp.arange(n)
         return key, rows[: num_steps * batch_size].reshape(num_steps, batch_size)
 
-    def scan(state, resident, fed):
-        return lax.scan(lambda s, item: mesh_step(s, data.take(resident, item)), state, fed)
+    def steps_from(state, resident, fed, start, stop):  # steps start .. stop-1 of the epoch, in one loop
+        def body(i, carry):
+            state, losses, accuracies = carry
+            item = jax.tree_util.tree_map(lambda a: lax.dynamic_index_in_dim(a, i, keepdims=False), fed)
+            state, (loss, accuracy) = mesh_step(state, data.take(resident, item))
+            return state, losses.at[i].set(loss), accuracies.at[i].set(accuracy)
 
-    order, scan, traced = jax.jit(order, static_argnums=(1, 2)), jax.jit(scan, donate_argnums=0), jax.jit(mesh_step)
+        n = jax.tree_util.tree_leaves(fed)[0].shape[0]
+        first = jax.tree_util.tree_map(lambda a: a[0], fed)
+        _, metrics = jax.eval_shape(lambda s, item: mesh_step(s, data.take(resident, item)), state, first)
+        return lax.fori_loop(start, stop, body, (state, *(jnp.zeros(n, m.dtype) for m in metrics)))
+
+    order, traced = jax.jit(order, static_argnums=(1, 2)), jax.jit(mesh_step)
+    steps_from = jax.jit(steps_from, donate_argnums=0)
     one_step = jax.jit(lambda state, resident, item: mesh_step(state, data.take(resident, item)), donate_argnums=0)
+    timed = {"per_step": None, "count": 1}  # chunk="auto": seconds per step and steps per call, as last timed
+
+    def batch_like(x, y):
+        return tuple(jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype) for a in (x, y))
 
     def scans(state, x, y) -> bool:
         if loop != "auto":
             return loop == "scan"
-        batch = tuple(jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype) for a in (x, y))
+        batch = batch_like(x, y)
         platform = (jax.devices()[0] if mesh is None else mesh.devices.flat[0]).platform
         return not _steps_beat_scan(traced.trace(state, batch).jaxpr.jaxpr, platform)
 
-    def epoch(state: TrainState, x, y, num_steps: int):
+    def size(chunk, done: int, num_steps: int) -> int:
+        if chunk is None:
+            return num_steps - done
+        if chunk != "auto":
+            return min(chunk, num_steps - done)
+        if timed["per_step"] is None:  # the first call compiles: one step, then timed ones, growing at most 4-fold
+            return 1
+        return max(1, min(num_steps - done, 4 * timed["count"], int(_CHUNK_SECONDS / timed["per_step"])))
+
+    def epoch(state: TrainState, x, y, num_steps: int, *, start: int = 0, chunk: Union[None, int, str] = None,
+              after_chunk: Optional[Callable] = None):
+        if not (chunk is None or chunk == "auto" or isinstance(chunk, int) and chunk >= 1):
+            raise ValueError(f"make_epoch: `chunk` must be None, 'auto' or a number of steps >= 1, got {chunk!r}.")
+        if not 0 <= start <= num_steps <= len(x) // batch_size:
+            raise ValueError(f"make_epoch: need 0 <= start <= num_steps <= {len(x) // batch_size} (the whole batches "
+                             f"of {len(x)} examples), got start={start}, num_steps={num_steps}.")
         x, y = data.place(x, y)  # a no-op for data already placed
-        key, rows = order(state.key, len(x), num_steps)
-        state, resident = state._replace(key=key), data.resident(x, y)
-        if scans(state, x, y):
-            state, (losses, accuracies) = scan(state, resident, data.feed(x, y, rows))
-            return state, losses, accuracies
-        metrics = []
-        for item in np.asarray(rows):
-            state, metric = one_step(state, resident, data.feed(x, y, item))
-            metrics.append(metric)
-        losses, accuracies = (jnp.stack(m) for m in zip(*metrics)) if metrics else (jnp.zeros(0), jnp.zeros(0))
-        return state, losses, accuracies
+        # Always the whole epoch's order: an epoch cut short runs the same program, fewer steps.
+        epoch_key, (key, rows) = state.key, order(state.key, len(x), len(x) // batch_size)
+        state, resident, scanned = state._replace(key=key), data.resident(x, y), scans(state, x, y)
+        fed = data.feed(x, y, rows) if scanned else None
+        losses, accuracies, done = [], [], start
+        while done < num_steps:
+            count, began = size(chunk, done, num_steps), time.perf_counter()
+            if scanned:
+                state, chunk_losses, chunk_accuracies = steps_from(state, resident, fed, done, done + count)
+                metrics = [np.asarray(chunk_losses)[done:done + count], np.asarray(chunk_accuracies)[done:done + count]]
+            else:
+                metrics = []
+                for item in np.asarray(rows[done:done + count]):
+                    state, metric = one_step(state, resident, data.feed(x, y, item))
+                    metrics.append(metric)
+                metrics = [np.asarray(jnp.stack(m)) for m in zip(*metrics)]
+            timed.update(per_step=(time.perf_counter() - began) / count, count=count)
+            losses.append(metrics[0])
+            accuracies.append(metrics[1])
+            done += count
+            if after_chunk is not None and after_chunk(state._replace(key=epoch_key), done, np.concatenate(losses),
+                                                      np.concatenate(accuracies)):
+                break
+        if not losses:  # no step to run: empty metrics of the step's dtypes
+            losses, accuracies = ([np.zeros(0, m.dtype)] for m in jax.eval_shape(traced, state, batch_like(x, y))[1])
+        return state, np.concatenate(losses), np.concatenate(accuracies)
 
     return epoch
 
 
 def epochs(step: Callable, state: TrainState, x, y, *, batch_size: int, steps: int, shuffle: bool = True,
-           mesh: Optional[Mesh] = None, loop: str = "auto", epochs_done: int = 0,
-           step_losses: bool = False) -> Iterator[tuple[TrainState, dict]]:
+           mesh: Optional[Mesh] = None, loop: str = "auto", epochs_done: int = 0, step_losses: bool = False,
+           chunk: Union[None, int, str] = "auto", epoch_in_progress: Optional[dict] = None,
+           on_chunk: Optional[Callable[[int], Any]] = None,
+           on_interrupt: Optional[Callable[[TrainState, dict], Any]] = None) -> Iterator[tuple[TrainState, dict]]:
     """Trains epoch after epoch (:func:`make_epoch`; a trailing partial batch is dropped)
     until ``state.step`` reaches ``steps``, the last epoch cut short, and yields
     ``(state, record)`` after each. The record: ``epoch`` (counted on from ``epochs_done``),
     ``step``, ``train_loss`` and ``train_accuracy`` (means over the epoch's steps),
     ``seconds``, and with ``step_losses`` every step's loss (the loss its update came from).
+
+    Each epoch runs in chunks of steps (``chunk``: about a second each by default; see
+    :func:`make_epoch`), and after each chunk ``on_chunk(step)`` is called (the bar of
+    :class:`Progress` moves). A SIGINT or SIGTERM (Ctrl-C, ``kill``, a batch system) that
+    arrives in an epoch is taken after the chunk running: ``on_interrupt(state,
+    epoch_in_progress=...)`` is called with the state reached and where it stands in its epoch
+    (``{"epoch", "step", "steps", "losses", "accuracies", "seconds"}``; the state's key the
+    one the epoch was shuffled with), e.g. to save it, then the signal is delivered to the
+    handler it would have reached (Python's raises ``KeyboardInterrupt``). Such a state and
+    its ``epoch_in_progress`` continue the epoch where it stopped, to the same final state
+    as an uninterrupted run, bit for bit. In a run over several processes signals are not
+    held back (they would have to be agreed on between processes).
 
     The training set is placed once, where ``mesh`` says (:func:`make_epoch`); each state
     yielded is donated to the next epoch: copy it (``jax.tree.map(jnp.copy, state)``) to
@@ -317,13 +390,38 @@ def epochs(step: Callable, state: TrainState, x, y, *, batch_size: int, steps: i
                          f"{batch_size}.")
     epoch = make_epoch(step, batch_size, mesh, shuffle, loop)
     x, y = _data_on(mesh).place(x, y)
-    steps_per_epoch, number = len(x) // batch_size, epochs_done
-    while int(state.step) < steps:
+    steps_per_epoch, number, part = len(x) // batch_size, epochs_done, epoch_in_progress
+    multiprocess = distributed.is_multiprocess()  # every process must run the same chunks: no timing, no signals
+    chunk = None if multiprocess and chunk == "auto" else chunk
+    while part is not None or int(state.step) < steps:
         start = time.perf_counter()
-        state, losses, accuracies = epoch(state, x, y, min(steps_per_epoch, steps - int(state.step)))
-        losses, number = np.asarray(losses), number + 1
+        done = part["step"] if part else 0
+        num_steps = min(steps_per_epoch, steps - int(state.step) + done)
+        previous = (np.asarray(part["losses"]), np.asarray(part["accuracies"]), part["seconds"]) if part else \
+            (np.zeros(0), np.zeros(0), 0.0)  # exact values of the step's dtype, cast back to it below
+        number, part, stopped = number + 1, None, []
+
+        def after_chunk(state, done, losses, accuracies):
+            if on_chunk is not None:
+                on_chunk(int(state.step))
+            if signals:
+                stopped.append((state, {"epoch": number, "step": done, "steps": num_steps,
+                                        "losses": np.concatenate([previous[0], losses], dtype=float).tolist(),
+                                        "accuracies": np.concatenate([previous[1], accuracies], dtype=float).tolist(),
+                                        "seconds": previous[2] + time.perf_counter() - start}))
+                if on_interrupt is not None:
+                    on_interrupt(stopped[-1][0], epoch_in_progress=stopped[-1][1])
+            return bool(signals)
+
+        # A signal is taken between chunks, and delivered when the block ends.
+        with contextlib.nullcontext([]) if multiprocess else checkpoint._interrupts_deferred() as signals:
+            state, losses, accuracies = epoch(state, x, y, num_steps, start=done, chunk=chunk, after_chunk=after_chunk)
+        if stopped:  # its handler did not raise: the epoch goes on
+            (state, part), number = stopped[-1], number - 1
+            continue
+        losses, accuracies = (np.concatenate([p.astype(m.dtype), m]) for p, m in zip(previous, (losses, accuracies)))
         record = {"epoch": number, "step": int(state.step), "train_loss": float(losses.mean()),
-                  "train_accuracy": float(np.asarray(accuracies).mean()), "seconds": time.perf_counter() - start}
+                  "train_accuracy": float(accuracies.mean()), "seconds": previous[2] + time.perf_counter() - start}
         if step_losses:
             record["step_losses"] = losses.tolist()
         yield state, record
@@ -578,10 +676,19 @@ def stop_on_non_finite(checkpoint_path: Optional[str] = None) -> Callback:
 def checkpointing(path: str, history: list, settings: dict) -> Callback:
     """Saves the state after every epoch to ``path``, atomically, with ``history`` (the
     list the records go to) and the run's fingerprint ``settings``. A state that is not
-    finite is refused (:class:`NonFiniteError`): the file only ever holds finite states."""
-    def save(state, record):
-        _refuse_non_finite(state, record, path)
-        checkpoint.save(path, state, {"history": history, "settings": settings})
+    finite is refused (:class:`NonFiniteError`): the file only ever holds finite states.
+
+    Called as ``save(state, epoch_in_progress=...)`` (the ``on_interrupt`` of :func:`epochs`),
+    it writes a mid-epoch checkpoint, which ``resume`` continues from that step of the epoch;
+    one that is not finite is not written (the file keeps the last finite state)."""
+    def save(state, record=None, *, epoch_in_progress=None):
+        if epoch_in_progress is None:
+            _refuse_non_finite(state, record, path)
+            checkpoint.save(path, state, {"history": history, "settings": settings})
+        elif np.isfinite(epoch_in_progress["losses"]).all() and bool(
+                _all_finite((state.params, state.model_state, state.opt_state))):
+            checkpoint.save(path, state, {"history": history, "settings": settings,
+                                          "epoch_in_progress": epoch_in_progress})
 
     return save
 
@@ -598,12 +705,17 @@ def evaluation(evaluate: Callable[[TrainState], Evaluation], every: int, steps: 
 
 
 class Progress(contextlib.AbstractContextManager):
-    """Progress over steps showing loss/accuracy: a tqdm bar on a terminal, one line per
-    epoch on stderr otherwise (a log file, ``jaxcnn launch``'s forwarded output); silent
+    """Progress over steps showing loss/accuracy: a tqdm bar on a terminal, moving after
+    every chunk of steps (:meth:`advance`, with tqdm's rate and time left), or lines on
+    stderr otherwise (a log file, ``jaxcnn launch``'s forwarded output): one per epoch, and
+    within an epoch one at most every 30 seconds with the rate and the time left; silent
     when quiet. A callback, and a context manager that closes the bar."""
+
+    LINE_SECONDS = 30.0
 
     def __init__(self, total: int, done: int, quiet: bool = False):
         self.bar, self.lines, self.total, self.done = None, False, total, done
+        self.shown, self.since = done, (time.monotonic(), done)  # the step the bar shows; the last line's time, step
         if quiet:
             return
         if not sys.stderr.isatty():
@@ -615,13 +727,25 @@ class Progress(contextlib.AbstractContextManager):
             return
         self.bar = tqdm(total=total, initial=done, unit="step", dynamic_ncols=True)
 
+    def advance(self, step: int) -> None:
+        """Within an epoch: ``step`` steps are done (the ``on_chunk`` of :func:`epochs`)."""
+        if self.bar is not None:
+            self.bar.update(step - self.shown)
+        elif self.lines and time.monotonic() - self.since[0] >= self.LINE_SECONDS:
+            rate = (step - self.since[1]) / (time.monotonic() - self.since[0])
+            left = f", {(self.total - step) / rate:.0f} s left" if rate > 0 else ""
+            print(f"step {step}/{self.total}: {rate:.3g} steps/s{left}", file=sys.stderr, flush=True)
+            self.since = (time.monotonic(), step)
+        self.shown = step
+
     def __call__(self, state: TrainState, record: dict) -> None:
         shown = {k: f"{v:.4f}" for k, v in record.items() if k in ("train_loss", "train_accuracy", "test_accuracy")}
-        n, self.done = record["step"] - self.done, record["step"]
+        self.done = record["step"]
         if self.bar is not None:
             self.bar.set_postfix(shown)
-            self.bar.update(n)
+            self.bar.update(self.done - self.shown)
         elif self.lines:
+            self.since = (time.monotonic(), self.done)
             print(f"epoch {record['epoch']}, step {self.done}/{self.total}: "
                   + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in shown.items()), file=sys.stderr, flush=True)
 
@@ -676,9 +800,9 @@ def fit(model: Layer, data: Dataset, config: Optional[Config] = None, /, *, call
     fingerprint = config.fingerprint(data, input_shape)
     _checks.run_location(config.checkpoint_path, config.resume, config.overwrite)
     optimizer = config.make_optimizer()
-    state, history = init_state(model, optimizer, input_shape, config.seed, config.dtype), []
+    state, history, part = init_state(model, optimizer, input_shape, config.seed, config.dtype), [], None
     if config.resume:
-        state, history = _resume(config, state, fingerprint)
+        state, history, part = _resume(config, state, fingerprint)
     steps = config.steps or config.epochs * (len(x_train) // config.batch_size)
     distributed.assert_same(np.array([len(x_train), len(x_test), config.batch_size, steps, int(state.step)]),
                             "fit's settings (training/test set sizes, batch size, total steps, resumed step)")
@@ -692,11 +816,13 @@ def fit(model: Layer, data: Dataset, config: Optional[Config] = None, /, *, call
 
     path = config.checkpoint_path if distributed.is_primary() else None
     step = make_step(make_loss(model, config.loss, config.weight_decay, config.penalty), optimizer)
-    run = epochs(step, state, x_train, data.y_train, batch_size=config.batch_size, steps=steps, mesh=mesh,
-                 shuffle=config.shuffle, epochs_done=len(history), step_losses=config.step_losses)
+    save = checkpointing(path, history, fingerprint) if path else None
     with Progress(steps, int(state.step), config.quiet or not distributed.is_primary()) as shown:
+        run = epochs(step, state, x_train, data.y_train, batch_size=config.batch_size, steps=steps, mesh=mesh,
+                     shuffle=config.shuffle, epochs_done=len(history), step_losses=config.step_losses,
+                     epoch_in_progress=part, on_chunk=shown.advance, on_interrupt=save)
         every_epoch = [evaluation(test, config.eval_every, steps), stop_on_non_finite(config.checkpoint_path),
-                       *([checkpointing(path, history, fingerprint)] if path else []), shown, *callbacks,
+                       *([save] if path else []), shown, *callbacks,
                        lambda state, record: stop_when and stop_when(record)]
         for state, record in () if stop_when and history and stop_when(history[-1]) else run:
             history.append(record)
@@ -744,7 +870,11 @@ def _resume(config: Config, state: TrainState, fingerprint: dict) -> tuple[Train
             f"allow_changed_settings=True (--allow-changed-settings) to continue under the new ones."
         )
     state, meta = checkpoint.load(path, state)
-    return state, meta.get("history", [])
+    history, part = meta.get("history", []), meta.get("epoch_in_progress")
+    if part is not None and part["epoch"] != len(history) + 1:
+        raise ValueError(f"fit: cannot resume from {path}: it stopped in epoch {part['epoch']} but holds "
+                         f"{len(history)} finished epochs; is the file corrupt?")
+    return state, history, part
 
 
 __all__ = [

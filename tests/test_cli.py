@@ -12,6 +12,7 @@ from importlib import metadata
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 import jaxcnn
@@ -310,3 +311,76 @@ def test_os_errors_read_without_the_errno_prefix_and_name_their_file():
     assert cli._error_line(args, ValueError("bad")) == "jaxcnn: error: bad"
     assert cli._error_line(args, OSError(errno.EROFS, "Read-only file system")) == \
         "jaxcnn: error: Read-only file system; no checkpoint written yet"
+
+
+_CHUNKS_OF_ONE_STEP = """
+import os, sys, time
+from jaxcnn import cli, train
+
+train._CHUNK_SECONDS = 0.0  # chunks of one step
+advance, marker = train.Progress.advance, os.environ.get("MARK_AT")
+
+def advance_slowly(self, step):  # from step MARK_AT on: a marker file, then a slow epoch to signal into
+    advance(self, step)
+    if marker and step >= int(marker):
+        open(os.environ["MARK_FILE"], "w").close()
+        time.sleep(0.2)
+
+train.Progress.advance = advance_slowly
+sys.exit(cli.main())
+"""
+
+
+_ENV = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
+
+
+def _train_mnist1d(argv, out, *extra):
+    return subprocess.run([sys.executable, "-m", "jaxcnn", *argv, "--out", str(out), *extra], env=_ENV,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def mnist1d_run(tmp_path_factory):
+    """An uninterrupted `jaxcnn train` on MNIST-1D, 100 steps an epoch: its arguments and folder."""
+    folder = tmp_path_factory.mktemp("mnist1d")
+    argv = ["train", "--data", "mnist1d", "--model", "mnist1d_cnn", "--limit", "400", "--batch-size", "4",
+            "--epochs", "3", "--shuffle", "--data-dir", str(folder / "data"), "--quiet"]
+    straight = _train_mnist1d(argv, folder / "straight")
+    assert straight.returncode == 0, straight.stderr
+    return argv, folder / "straight"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_in_epoch_2_stops_within_seconds_and_resume_ends_with_the_uninterrupted_params(tmp_path, signum,
+                                                                                               mnist1d_run):
+    """`jaxcnn train` on MNIST-1D (100 steps an epoch), signalled from outside in epoch 2:
+    it exits within seconds naming the step it keeps, and --resume ends with exactly the
+    checkpoint arrays of an uninterrupted run (which took its chunks otherwise)."""
+    (argv, straight), env = mnist1d_run, _ENV
+    mark = tmp_path / "in-epoch-2"
+    proc = subprocess.Popen([sys.executable, "-c", _CHUNKS_OF_ONE_STEP, *argv, "--out", str(tmp_path / "cut")],
+                            env=dict(env, MARK_AT="105", MARK_FILE=str(mark)), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signum)
+        sent = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        waited = time.monotonic() - sent
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signum, err
+    match = re.fullmatch(r"jaxcnn: interrupted; last checkpoint at step (\d+) of 100 in epoch 2 \(.*checkpoint.npz; "
+                         r"continue with --resume\)\n", err)
+    assert match and 5 <= int(match[1]) < 100, err
+    assert waited < 10  # a step's chunk and the save, not the rest of the epoch (80 steps at 0.2 s)
+    resumed = _train_mnist1d(argv, tmp_path / "cut", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = np.load(straight / "checkpoint.npz"), np.load(tmp_path / "cut" / "checkpoint.npz")
+    leaves = sorted(k for k in a.files if k.startswith("leaf_"))
+    assert leaves and leaves == sorted(k for k in b.files if k.startswith("leaf_"))
+    for k in leaves:
+        np.testing.assert_array_equal(a[k], b[k])
+    history = [json.loads((run / "metrics.json").read_text())["history"] for run in (straight, tmp_path / "cut")]
+    assert [h["train_loss"] for h in history[0]] == [h["train_loss"] for h in history[1]]

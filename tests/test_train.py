@@ -725,8 +725,8 @@ def test_cli_sigint_or_sigterm_during_training_says_where_to_resume(tmp_path, si
     finally:
         proc.kill()
     assert proc.returncode == 128 + signum, err
-    assert re.fullmatch(r"jaxcnn: interrupted; last checkpoint at epoch \d+ \(.*checkpoint.npz; continue with "
-                        r"--resume\)\n", err)
+    assert re.fullmatch(r"jaxcnn: interrupted; last checkpoint at (epoch|step \d+ of \d+ in epoch) \d+ "
+                        r"\(.*checkpoint.npz; continue with --resume\)\n", err)
     checkpoint.read_header(str(out / "checkpoint.npz"))
 
 
@@ -969,3 +969,167 @@ def test_fit_is_a_short_composition_and_no_training_function_takes_a_backend():
     with pytest.raises(ValueError, match=r"epochs: `batch_size` must be between 1 and the training set size 64, got "
                                          r"65"):
         next(train.epochs(step, state, _toy().x_train, _toy().y_train, batch_size=65, steps=4))
+
+
+# --------------------------------------------------------------------------- within an epoch: chunks, progress, Ctrl-C
+
+
+def _copy(tree):
+    return jax.tree_util.tree_map(jnp.copy, tree)
+
+
+@pytest.mark.parametrize("loop", ["scan", "steps"])
+def test_an_epoch_in_chunks_is_bit_for_bit_the_epoch_in_one_call(loop):
+    """Shuffled, with batch norm and dropout: chunks of 1, 3 (a remainder of 1) and 5 steps
+    and the timed ones give the same params, model state, key and metrics as one call."""
+    d, opt = _images(), optax.adam(1e-2)
+    step = train.make_step(train.make_loss(_stateful_model()), opt)
+    state = train.init_state(_stateful_model(), opt, (-1, 6, 6, 1), seed=1)
+    x, y = jnp.asarray(d.x_train), jnp.asarray(d.y_train)
+    epoch = train.make_epoch(step, 8, loop=loop)
+    whole, losses, accuracies = epoch(_copy(state), x, y, 7)
+    for chunk in (1, 3, 5, "auto"):
+        seen = []
+        chunked, chunk_losses, chunk_accuracies = epoch(_copy(state), x, y, 7, chunk=chunk,
+                                                        after_chunk=lambda s, done, *_: seen.append(done))
+        for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(chunked)):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(losses, chunk_losses)
+        np.testing.assert_array_equal(accuracies, chunk_accuracies)
+        if chunk != "auto":
+            assert seen == [*range(chunk, 7, chunk), 7]
+
+
+def test_an_epoch_stopped_after_a_chunk_continues_from_there_bit_for_bit():
+    d, opt = _images(), optax.adam(1e-2)
+    step = train.make_step(train.make_loss(_stateful_model()), opt)
+    state = train.init_state(_stateful_model(), opt, (-1, 6, 6, 1), seed=2)
+    x, y = jnp.asarray(d.x_train), jnp.asarray(d.y_train)
+    epoch = train.make_epoch(step, 8)
+    whole, losses, _ = epoch(_copy(state), x, y, 8)
+    kept = []
+    epoch(_copy(state), x, y, 8, chunk=3, after_chunk=lambda s, done, *_: kept.append((_copy(s), done)) or done >= 3)
+    (middle, done), = kept
+    assert done == 3 and int(middle.step) == 3
+    np.testing.assert_array_equal(middle.key, state.key)  # the key the epoch was shuffled with: its order again
+    rest, rest_losses, _ = epoch(middle, x, y, 8, start=3, chunk=2)
+    for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(rest)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(losses[3:], rest_losses)
+
+
+def test_make_epoch_refuses_a_bad_chunk():
+    d, opt = _toy(), optax.sgd(0.1)
+    step = train.make_step(train.make_loss(_model()), opt)
+    state = train.init_state(_model(), opt, (-1, 8))
+    with pytest.raises(ValueError, match=r"make_epoch: `chunk` must be None, 'auto' or a number of steps >= 1, got 0"):
+        train.make_epoch(step, 8)(state, d.x_train, d.y_train, 4, chunk=0)
+    with pytest.raises(ValueError, match=r"make_epoch: need 0 <= start <= num_steps <= 8 \(the whole batches of 64 "
+                                         r"examples\), got start=0, num_steps=9"):
+        train.make_epoch(step, 8)(state, d.x_train, d.y_train, 9)
+
+
+def test_the_bar_moves_within_an_epoch_and_lines_come_within_a_long_one(monkeypatch, capsys):
+    moves = []
+    monkeypatch.setattr(train.Progress, "advance", lambda self, step: moves.append(step))
+    monkeypatch.setattr(train, "_CHUNK_SECONDS", 0.0)  # chunks of one step
+    train.fit(_model(), _toy(), epochs=2, batch_size=16, quiet=True)
+    assert moves == list(range(1, 9))
+    monkeypatch.undo()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    monkeypatch.setattr(train.Progress, "LINE_SECONDS", 0.0)
+    progress = train.Progress(100, 0)
+    progress.advance(10)
+    progress.advance(20)
+    progress(None, {"epoch": 1, "step": 50, "train_loss": 0.5})
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[0] for line in err] == ["step 10/100", "step 20/100", "epoch 1, step 50/100"]
+    assert re.fullmatch(r"step 20/100: \S+ steps/s, \d+ s left", err[1])
+
+
+def _interrupting_at(monkeypatch, at: int, signum=signal.SIGINT):
+    """Progress.advance sends this process ``signum`` once the run reaches step ``at``."""
+    advance = train.Progress.advance
+
+    def advance_and_signal(self, step):
+        advance(self, step)
+        if step == at:
+            os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(train.Progress, "advance", advance_and_signal)
+    monkeypatch.setattr(train, "_CHUNK_SECONDS", 0.0)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_in_an_epoch_keeps_a_mid_epoch_checkpoint_that_resumes_bit_for_bit(tmp_path, monkeypatch, signum):
+    d, path = _images(), str(tmp_path / "ckpt.npz")
+    options = dict(epochs=3, batch_size=8, quiet=True, seed=4, step_losses=True)
+    straight = train.fit(_stateful_model(), d, **options)
+    _interrupting_at(monkeypatch, 8 + 3, signum)  # step 3 of epoch 2
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM raises as SIGINT does
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train.fit(_stateful_model(), d, **options, checkpoint_path=path)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    meta = checkpoint.read_header(path)["metadata"]
+    part = meta["epoch_in_progress"]
+    assert [h["epoch"] for h in meta["history"]] == [1]
+    assert (part["epoch"], part["step"], part["steps"], len(part["losses"])) == (2, 3, 8, 3)
+    monkeypatch.undo()
+    resumed = train.fit(_stateful_model(), d, **options, checkpoint_path=path, resume=True)
+    for a, b in zip(jax.tree_util.tree_leaves(straight.state), jax.tree_util.tree_leaves(resumed.state)):
+        np.testing.assert_array_equal(a, b)
+    assert [{k: v for k, v in h.items() if k != "seconds"} for h in resumed.history] == \
+        [{k: v for k, v in h.items() if k != "seconds"} for h in straight.history]
+    assert "epoch_in_progress" not in checkpoint.read_header(path)["metadata"]
+
+
+def test_a_handler_that_does_not_raise_lets_the_epoch_go_on(monkeypatch):
+    d = _toy()
+    straight = train.fit(_model(), d, epochs=2, batch_size=16, quiet=True)
+    _interrupting_at(monkeypatch, 2)
+    calls = []
+    previous = signal.signal(signal.SIGINT, lambda *args: calls.append(args))
+    try:
+        result = train.fit(_model(), d, epochs=2, batch_size=16, quiet=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert len(calls) == 1
+    for a, b in zip(jax.tree_util.tree_leaves(straight.state), jax.tree_util.tree_leaves(result.state)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_resnet20_shows_progress_within_an_epoch_and_a_ctrl_c_3_s_into_epoch_2_resumes_bit_for_bit(tmp_path,
+                                                                                                   monkeypatch):
+    """The issue's demonstration on synthetic data of ResNet-20's shape (Fashion-MNIST's):
+    the bar moves within every epoch, a SIGINT 3 s into epoch 2 stops it after the chunk
+    running, and the resumed run ends with the uninterrupted run's state, bit for bit."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(288, 28, 28, 1)).astype(np.float32)
+    y = rng.integers(0, 10, 288).astype(np.int32)
+    d, path = data.Dataset(x[:256], y[:256], x[256:], y[256:], 10), str(tmp_path / "ckpt.npz")
+    options = dict(epochs=3, batch_size=8, quiet=True, input_shape=(-1, 28, 28, 1))
+    straight = train.fit(models.resnet20(), d, **options)
+    advance, moves, epoch_2 = train.Progress.advance, [], []
+
+    def advance_and_signal(self, step):
+        advance(self, step)
+        moves.append(step)
+        if step > 32 and not epoch_2:
+            epoch_2.append(time.monotonic())
+        if len(epoch_2) == 1 and time.monotonic() - epoch_2[0] >= 3:
+            os.kill(os.getpid(), signal.SIGINT)
+            epoch_2.append(time.monotonic())
+
+    monkeypatch.setattr(train.Progress, "advance", advance_and_signal)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(models.resnet20(), d, **options, checkpoint_path=path)
+    assert len([m for m in moves if m <= 32]) > 2  # more than once an epoch
+    part = checkpoint.read_header(path)["metadata"]["epoch_in_progress"]
+    assert part["epoch"] == 2 and 0 < part["step"] < 32
+    monkeypatch.undo()
+    resumed = train.fit(models.resnet20(), d, **options, checkpoint_path=path, resume=True)
+    for a, b in zip(jax.tree_util.tree_leaves(straight.state), jax.tree_util.tree_leaves(resumed.state)):
+        np.testing.assert_array_equal(a, b)
