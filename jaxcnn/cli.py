@@ -443,6 +443,21 @@ def _on_signal(signum, frame):
     raise Interrupted(signum)
 
 
+def _import_numpy_held():
+    """Imports NumPy with SIGINT/SIGTERM only recorded, then raises :class:`Interrupted` for one
+    that came: NumPy's C-level import (``import_array``, reached from jaxlib and ml_dtypes too)
+    prints a traceback for an exception raised inside it before turning it into an ImportError."""
+    held = [signal.signal(s, lambda signum, frame: _received.append(signum)) for s in SIGNALS]
+    try:
+        import ml_dtypes  # noqa: F401  (its import_array, with NumPy's)
+        import numpy  # noqa: F401
+    finally:
+        for s, handler in zip(SIGNALS, held):
+            signal.signal(s, handler)
+    if _received:
+        raise Interrupted(_received[0])
+
+
 def _on_unraisable(hook_args, default):
     """An Interrupted raised where Python can only ignore it (a gc callback, a ``__del__``) is
     raised again at the next point where it propagates."""
@@ -509,6 +524,7 @@ def _main(argv: Optional[Sequence[str]], program: bool) -> int:
     args = code = None
     with _signals_interrupt():  # first: from here on, a Ctrl-C or SIGTERM ends in the one line below
         try:
+            _import_numpy_held()
             argv = sys.argv[1:] if argv is None else list(argv)
             if argv[:1] == ["verify"] and not {"-h", "--help"} & set(argv):
                 print("jaxcnn verify: loading JAX and the checks ...", flush=True)  # before the slow imports
