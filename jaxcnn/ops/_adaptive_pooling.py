@@ -226,7 +226,7 @@ def _gather(a, index):
     for axis, positions in enumerate(index):
         a = jnp.take(a, positions, axis=1 + 2 * axis, mode="clip")  # in bounds: (N, o₁, K₁, …, s_d, C)
     a = jnp.moveaxis(a, [2 + 2 * axis for axis in range(d)], [a.ndim - d + axis for axis in range(d)])
-    return a.reshape(*a.shape[:-d], -1) if d > 1 else a
+    return a.reshape(*a.shape[:-d], int(np.prod(a.shape[-d:])))  # no -1: N may be 0
 
 
 def _one_past(shape):
