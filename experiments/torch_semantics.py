@@ -1,7 +1,8 @@
 """The PyTorch options of jaxcnn's ops against PyTorch itself (float64, CPU).
 
 Every option that ports a PyTorch call one-to-one — pooling's ``dilation``, ``ceil_mode``,
-``count_include_pad`` and ``return_indices``; cross-entropy's ``weight``, ``ignore_index``,
+``count_include_pad`` and ``return_indices``; adaptive pooling (1-D to 3-D, any output size);
+cross-entropy's ``weight``, ``ignore_index``,
 ``label_smoothing`` and ``reduction``; ``batch_norm``'s training output and running-variance
 update; ``layer_norm``, ``group_norm``, ``log_softmax``, ``leaky_relu`` and ReLU's derivative at
 0; ``conv``'s ``groups``; ``conv_transpose``'s ``dilation``, ``output_padding`` and ``groups`` — is
@@ -51,6 +52,32 @@ def pooling(rng) -> int:
                 a = ops.mean_pool(xj, k, s, p, count_padding=include, ceil_mode=ceil)
                 assert np.allclose(nchw(a), at), (h, w, k, s, p, ceil, include)
                 checked += 1
+    return checked
+
+
+def adaptive_pooling(rng) -> int:
+    """``adaptive_mean_pool``/``adaptive_max_pool`` against ``F.adaptive_avg_pool{1,2,3}d`` and
+    ``F.adaptive_max_pool{1,2,3}d`` (values, gradients, indices), on random inputs and on 0/1
+    inputs tied in nearly every window, output sizes smaller, larger and not dividing."""
+    checked = 0
+    for d, tied in itertools.product([1, 2, 3], [False, True]):
+        for _ in range(4):
+            spatial = tuple(int(n) for n in rng.integers(1, 8 if d < 3 else 5, d))
+            out = tuple(int(m) for m in rng.integers(1, 10 if d < 3 else 6, d))
+            shape = (2, *spatial, 3)
+            x = rng.integers(0, 2, size=shape).astype(np.float64) if tied else rng.normal(size=shape)
+            v = rng.normal(size=(2, *out, 3))
+            for name, torch_op in [("adaptive_mean_pool", getattr(F, f"adaptive_avg_pool{d}d")),
+                                   ("adaptive_max_pool", getattr(F, f"adaptive_max_pool{d}d"))]:
+                xt = torch.tensor(nchw(x).copy(), requires_grad=True)
+                yt = torch_op(xt, out)
+                (yt * torch.tensor(nchw(v).copy())).sum().backward()
+                for f in (getattr(ops, name), getattr(reference, name)):
+                    y, vjp = jax.vjp(lambda x: f(x, out), x)
+                    assert np.allclose(nchw(y), yt.detach().numpy()) and np.allclose(nchw(vjp(v)[0]), xt.grad.numpy())
+                    checked += 1
+            _, it = getattr(F, f"adaptive_max_pool{d}d")(torch.tensor(nchw(x).copy()), out, return_indices=True)
+            assert np.array_equal(nchw(ops.adaptive_max_pool(x, out, return_indices=True)[1]), it.numpy())
     return checked
 
 
@@ -191,7 +218,8 @@ def edge_cases(rng) -> int:
 
 def main() -> None:
     rng = np.random.default_rng(0)
-    counts = {"pooling": pooling(rng), "cross-entropy": cross_entropy(rng), "normalisation": normalisation(rng),
+    counts = {"pooling": pooling(rng), "adaptive pooling": adaptive_pooling(rng),
+              "cross-entropy": cross_entropy(rng), "normalisation": normalisation(rng),
               "activations": activations(), "convolution": convolution(rng), "edge cases": edge_cases(rng)}
     print(f"torch {torch.__version__}: every comparison agrees (float64) — "
           + ", ".join(f"{name} {n} settings" for name, n in counts.items()))

@@ -330,3 +330,38 @@ def downsampled_shape(op: str, in_shape: Sequence[int], factor) -> tuple[int, ..
     """Spatial shape after keeping every ``S``-th element (the first included): ``⌈n / S⌉``."""
     factor = spatial_tuple(op, "factor", factor, len(in_shape))
     return tuple(-(-n // s) for n, s in zip(in_shape, factor))
+
+
+def adaptive_output_shape(op: str, in_shape: Sequence[int], output_size) -> tuple[int, ...]:
+    """The spatial output shape of adaptive pooling (PyTorch's ``output_size``): an int for
+    every axis, or one entry per spatial axis, each an int ``>= 1`` or ``None`` (the input's
+    size along that axis, as PyTorch's ``None``). Every input axis must be non-empty: an
+    empty axis would leave every window empty."""
+    n = len(in_shape)
+    entries = (output_size,) * n if not hasattr(output_size, "__len__") else tuple(output_size)
+    if len(entries) != n or not all(
+            e is None or (isinstance(e, (int, np.integer)) and not isinstance(e, bool)) for e in entries):
+        raise TypeError(
+            f"{op}: `output_size` must be an int or a sequence of {n} ints or None (one per spatial axis), "
+            f"got {output_size!r}."
+        )
+    out = tuple(size if e is None else int(e) for e, size in zip(entries, in_shape))
+    if any(m < 1 for m in out):
+        raise ValueError(f"{op}: `output_size` must be >= 1 on every axis, got {output_size!r}.")
+    if 0 in in_shape:
+        raise ValueError(
+            f"{op}: the input has size 0 along spatial axis {list(in_shape).index(0)} (spatial shape "
+            f"{tuple(in_shape)}); adaptive pooling needs at least one input position per axis."
+        )
+    return out
+
+
+def adaptive_windows(n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """PyTorch's adaptive windows along an axis of input size ``n`` and output size ``m``:
+    output ``i`` reads ``[start_i, end_i)``, ``start_i = ⌊i·n / m⌋``, ``end_i = ⌈(i + 1)·n / m⌉``
+    (``start_index``/``end_index`` of ATen's ``AdaptiveAveragePooling``), exact in integers.
+
+    The windows cover ``[0, n)`` in order; neighbours overlap by one position where
+    ``(i + 1)·n / m`` is not an integer, and when ``m > n`` several windows read one position."""
+    i = np.arange(m)
+    return i * n // m, -(-(i + 1) * n // m)

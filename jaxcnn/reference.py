@@ -10,6 +10,8 @@ from jaxcnn.ops._activations import relu_reference as relu
 from jaxcnn.ops._activations import sigmoid_reference as sigmoid
 from jaxcnn.ops._activations import softmax_reference as softmax
 from jaxcnn.ops._activations import tanh_reference as tanh
+from jaxcnn.ops._adaptive_pooling import adaptive_max_pool_reference as adaptive_max_pool
+from jaxcnn.ops._adaptive_pooling import adaptive_mean_pool_reference as adaptive_mean_pool
 from jaxcnn.ops._conv import LENET5_C3_TABLE
 from jaxcnn.ops._conv_plan import Plan as ConvPlan
 from jaxcnn.ops._conv_plan import Problem as ConvProblem
@@ -40,6 +42,8 @@ __all__ = [
     "ConvPlan",
     "ConvProblem",
     "LENET5_C3_TABLE",
+    "adaptive_max_pool",
+    "adaptive_mean_pool",
     "batch_norm",
     "conv",
     "conv1d",

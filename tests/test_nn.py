@@ -53,6 +53,31 @@ def test_pool_shapes(layer_cls, window, stride, padding):
     _check_shapes(layer_cls(window, stride, padding), (-1, 9, 2))
 
 
+@pytest.mark.parametrize("layer_cls", [nn.MaxPool, nn.MeanPool])
+@pytest.mark.parametrize("stride,padding,dilation,ceil_mode", [(2, 0, 1, True), (2, 1, 2, True), (3, 1, 2, False),
+                                                               (1, "SAME", (2, 1), True)])
+def test_pool_layers_take_dilation_and_ceil_mode_and_agree_with_the_op(layer_cls, stride, padding, dilation, ceil_mode):
+    # the layers used to lack both options; init's shape must be the op's (7 with ceil_mode: one more window)
+    layer = layer_cls((2, 2), stride, padding, dilation=dilation, ceil_mode=ceil_mode)
+    _, y = _check_shapes(layer, (-1, 7, 8, 3))
+    op = ops.max_pool if layer_cls is nn.MaxPool else ops.mean_pool
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 7, 8, 3)), jnp.float32)
+    np.testing.assert_array_equal(y, op(x, (2, 2), stride, padding, dilation=dilation, ceil_mode=ceil_mode))
+
+
+def test_pool_layer_option_errors_name_the_layer():
+    with pytest.raises(TypeError, match=r"MaxPool: `ceil_mode` must be True or False, got 1"):
+        nn.MaxPool(2, ceil_mode=1).init(KEY, (-1, 7, 7, 1))
+    with pytest.raises(ValueError, match=r"MeanPool: the window \(3 with dilation 3, extent 7\) is larger"):
+        nn.MeanPool(3, dilation=3).init(KEY, (-1, 5, 5, 1))
+
+
+@pytest.mark.parametrize("layer_cls", [nn.AdaptiveMeanPool, nn.AdaptiveMaxPool])
+@pytest.mark.parametrize("spatial,output_size", [((9,), 4), ((7, 6), (3, None)), ((7, 6), 8), ((3, 4, 5), (2, 5, 1))])
+def test_adaptive_pool_shapes(layer_cls, spatial, output_size):
+    _check_shapes(layer_cls(output_size), (-1, *spatial, 2))
+
+
 @pytest.mark.parametrize("factor", [1, 2, 3])
 @pytest.mark.parametrize("spatial", [(7,), (5, 6), (3, 4, 5)])
 def test_resample_shapes(factor, spatial):

@@ -336,6 +336,58 @@ def _ceil_divisor_ratio(x, settings):
     return jnp.asarray(counts[None, ..., None] / math.prod(geom.window), x.dtype)
 
 
+# --------------------------------------------------------------------------- the mistakes: adaptive pooling
+
+
+def _adaptive_windows(x_shape, settings):
+    """Per spatial axis, PyTorch's ``(start, end)`` of every adaptive window."""
+    out = _shapes.adaptive_output_shape("mutant", x_shape[1:-1], settings["output_size"])
+    return [_shapes.adaptive_windows(n, m) for n, m in zip(x_shape[1:-1], out)]
+
+
+def _adaptive_sizes(x_shape, settings):
+    """``|W_i|`` per output position, ``(1, *out, 1)``."""
+    sizes = np.ones(())
+    for start, end in _adaptive_windows(x_shape, settings):
+        sizes = np.multiply.outer(sizes, end - start)
+    return sizes[None, ..., None]
+
+
+def _adaptive_overlapping(sample: Sample) -> bool:
+    """Some input position lies in two windows (where ``+=`` matters)."""
+    return any(np.any(end[:-1] > start[1:]) for start, end in _adaptive_windows(np.shape(sample.args[0]),
+                                                                                 sample.settings))
+
+
+def _adaptive_uneven(sample: Sample) -> bool:
+    """The windows do not all have one size."""
+    return np.ptp(_adaptive_sizes(np.shape(sample.args[0]), sample.settings)) > 0
+
+
+def _no_indices(sample: Sample) -> bool:
+    return not sample.settings.get("return_indices", False)
+
+
+def _adaptive_mean_overwrite(right, g, args, settings):
+    """``δ_i / |W_i|`` spread with ``=``: a position in two windows keeps the last window's share."""
+    share = g / jnp.asarray(_adaptive_sizes(args.x.shape, settings), g.dtype)
+    for axis, (start, end) in enumerate(_adaptive_windows(args.x.shape, settings)):
+        last = np.searchsorted(start, np.arange(args.x.shape[axis + 1]), side="right") - 1  # the last window holding p
+        share = jnp.take(share, last, axis=axis + 1)
+    return share
+
+
+def _adaptive_max_overwrite(right, g, args, settings):
+    """δ routed to the arg-max with ``=``: a maximum shared by overlapping windows keeps one δ."""
+    x = args.x
+    _, indices = ops.adaptive_max_pool(x, settings["output_size"], return_indices=True)
+    n, c = x.shape[0], x.shape[-1]
+    batch = jnp.arange(n).reshape((n,) + (1,) * (g.ndim - 1))
+    channel = jnp.arange(c).reshape((1,) * (g.ndim - 1) + (c,))
+    dx = jnp.zeros((n, math.prod(x.shape[1:-1]), c), g.dtype).at[batch, indices, channel].set(g)
+    return dx.reshape(x.shape)
+
+
 def _max_pool_dilation_ignored(right, g, args, settings):
     """The arg-max found over the dilated window, but δ placed as if the window were contiguous."""
     x = args.x
@@ -630,6 +682,21 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in [
            "ceil_mode's windows divided by K, the positions added by rounding up counted as padding",
            lambda right, g, a, s: right(g * _ceil_divisor_ratio(a.x, s)),
            _setting(lambda s: s.get("ceil_mode") and s.get("count_padding", True))),
+    Mutant("adaptive_mean_pool.divided_by_largest_window", "x",
+           "δ spread as δ / K, K the largest window, not each window's own |W_i|",
+           lambda right, g, a, s: right(g * jnp.asarray(_adaptive_sizes(a.x.shape, s) / np.max(
+               _adaptive_sizes(a.x.shape, s)), g.dtype)), _adaptive_uneven),
+    Mutant("adaptive_mean_pool.overwrite_on_overlap", "x", "δ_i / |W_i| spread with = instead of +=",
+           _adaptive_mean_overwrite, _adaptive_overlapping,
+           lecture="Raj, mean pooling: += over overlapping windows"),
+    Mutant("adaptive_max_pool.overwrite_on_overlap", "x", "dx[P(i)] = δ with = instead of +=",
+           _adaptive_max_overwrite, _both(_adaptive_overlapping, _no_indices),
+           lecture="Raj: dy(P(l, m, i, j)) += δ, \"because this entry may be selected in multiple adjacent "
+                   "overlapping windows\""),
+    Mutant("adaptive_max_pool.spread_over_window", "x", "δ spread over the whole window, not routed to the max",
+           lambda right, g, a, s: right(g * jnp.asarray(_adaptive_sizes(a.x.shape, s), g.dtype),
+                                        {"output_size": s["output_size"]}, op="adaptive_mean_pool"), _no_indices,
+           lecture="Jearanaitanakij: the gradient flows through the neuron with the largest activation only"),
     Mutant("max_pool.dilation_ignored", "x", "δ routed to s·i − lo + P(i): the window's dilation forgotten",
            _max_pool_dilation_ignored, _setting(lambda s: np.max(s.get("dilation", 1)) > 1)),
     Mutant("im2col.overwrite_on_overlap", "x", "col2im with = instead of overlap-add (+=)",

@@ -317,6 +317,32 @@ def _mean_pool(rng):
     ]
 
 
+def _adaptive_mean_pool(rng):
+    return [
+        Sample((_normal(rng, 2, 7, 5, 3),), {"output_size": (3, 2)}, label="2-D (7, 5) -> (3, 2): sizes not dividing"),
+        Sample((_normal(rng, 2, 3, 2),), {"output_size": 5}, label="1-D 3 -> 5: output larger than the input"),
+        Sample((_normal(rng, 1, 4, 5, 3, 2),), {"output_size": (2, 3, None)}, label="3-D (4, 5, 3) -> (2, 3, None)"),
+        Sample((_normal(rng, 2, 6, 6, 2),), {"output_size": 3}, label="2-D 6 -> 3: tiled windows"),
+        Sample((_normal(rng, 2, 10, 2),), {"output_size": 4}, label="1-D 10 -> 4"),
+        Sample((_normal(rng, 1, 2, 5, 2),), {"output_size": (4, 1)}, label="2-D (2, 5) -> (4, 1): larger and global"),
+    ]
+
+
+def _adaptive_max_pool(rng):
+    tied = distinct(rng, 1, 5, 5, 1)
+    tied[0, 1:3, 1:3, 0] = tied.max() + 0.5  # four tied maxima, shared by overlapping windows
+    return [
+        Sample((distinct(rng, 2, 7, 5, 3),), {"output_size": (3, 2)}, label="2-D (7, 5) -> (3, 2): sizes not dividing"),
+        Sample((distinct(rng, 2, 3, 2),), {"output_size": 5}, label="1-D 3 -> 5: output larger than the input"),
+        Sample((distinct(rng, 1, 4, 5, 3, 2),), {"output_size": (2, 3, None)}, label="3-D (4, 5, 3) -> (2, 3, None)"),
+        Sample((distinct(rng, 2, 6, 6, 2),), {"output_size": 3}, label="2-D 6 -> 3: tiled windows"),
+        Sample((tied,), {"output_size": 3}, label="2-D 5 -> 3 with tied maxima in overlapping windows",
+               kink="ties go to the first maximum in window order"),
+        Sample((distinct(rng, 2, 9, 2),), {"output_size": 4, "return_indices": True},
+               label="1-D 9 -> 4, return_indices (flat arg-max indices out too)"),
+    ]
+
+
 def _resample(rng):
     return [
         Sample((_normal(rng, 2, 5, 6, 3),), {"factor": 2}),
@@ -434,6 +460,8 @@ def _registry() -> Registry:
         ("im2col", _im2col, {}),
         ("max_pool", _max_pool, {}),
         ("mean_pool", _mean_pool, {}),
+        ("adaptive_mean_pool", _adaptive_mean_pool, {}),
+        ("adaptive_max_pool", _adaptive_max_pool, {}),
         ("upsample", _resample, {}),
         ("downsample", _resample, {}),
         ("conv_transpose", _conv_transpose, {}),

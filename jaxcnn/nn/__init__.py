@@ -32,6 +32,8 @@ from jaxcnn.nn.core import (
     serial,
 )
 from jaxcnn.nn.layers import (
+    AdaptiveMaxPool,
+    AdaptiveMeanPool,
     BatchNorm,
     Conv,
     ConvTranspose,
@@ -57,6 +59,8 @@ from jaxcnn.nn.layers import (
 from jaxcnn.nn.summary import summary
 
 __all__ = [
+    "AdaptiveMaxPool",
+    "AdaptiveMeanPool",
     "BatchNorm",
     "Conv",
     "ConvTranspose",

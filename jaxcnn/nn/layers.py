@@ -231,21 +231,44 @@ def _spatial(name: str, setting, out_spatial, apply) -> Layer:
     return Layer.stateless(init, lambda params, x: apply(x), name=f"{name}({setting})")
 
 
-def MaxPool(window, stride=None, padding: _shapes.Padding = "VALID", *, ops: Optional[ModuleType] = None) -> Layer:
-    """Max pooling (:func:`jaxcnn.ops.max_pool`); ``stride`` defaults to ``window``."""
+def MaxPool(window, stride=None, padding: _shapes.Padding = "VALID", *, dilation=1, ceil_mode: bool = False,
+            ops: Optional[ModuleType] = None) -> Layer:
+    """Max pooling (:func:`jaxcnn.ops.max_pool`, every option but ``return_indices``: a layer
+    passes one array on); ``stride`` defaults to ``window``."""
     ops = _backend(ops)
     return _spatial("MaxPool", window,
-                    lambda n: _shapes.pool_geometry("MaxPool", n, window, stride, padding).out_shape,
-                    lambda x: ops.max_pool(x, window, stride, padding))
+                    lambda n: _shapes.pool_geometry("MaxPool", n, window, stride, padding, dilation,
+                                                    ceil_mode).out_shape,
+                    lambda x: ops.max_pool(x, window, stride, padding, dilation=dilation, ceil_mode=ceil_mode))
 
 
 def MeanPool(window, stride=None, padding: _shapes.Padding = "VALID", count_padding: bool = True, *,
-             ops: Optional[ModuleType] = None) -> Layer:
-    """Mean pooling (:func:`jaxcnn.ops.mean_pool`); ``stride`` defaults to ``window``."""
+             dilation=1, ceil_mode: bool = False, ops: Optional[ModuleType] = None) -> Layer:
+    """Mean pooling (:func:`jaxcnn.ops.mean_pool`, every option); ``stride`` defaults to ``window``."""
     ops = _backend(ops)
     return _spatial("MeanPool", window,
-                    lambda n: _shapes.pool_geometry("MeanPool", n, window, stride, padding).out_shape,
-                    lambda x: ops.mean_pool(x, window, stride, padding, count_padding))
+                    lambda n: _shapes.pool_geometry("MeanPool", n, window, stride, padding, dilation,
+                                                    ceil_mode).out_shape,
+                    lambda x: ops.mean_pool(x, window, stride, padding, count_padding, dilation=dilation,
+                                            ceil_mode=ceil_mode))
+
+
+def AdaptiveMeanPool(output_size, *, ops: Optional[ModuleType] = None) -> Layer:
+    """Adaptive mean pooling to ``output_size`` (:func:`jaxcnn.ops.adaptive_mean_pool`, PyTorch's
+    ``AdaptiveAvgPool1d/2d/3d``): an int for every spatial axis, or one int or ``None`` (keep) per axis."""
+    ops = _backend(ops)
+    return _spatial("AdaptiveMeanPool", output_size,
+                    lambda n: _shapes.adaptive_output_shape("AdaptiveMeanPool", n, output_size),
+                    lambda x: ops.adaptive_mean_pool(x, output_size))
+
+
+def AdaptiveMaxPool(output_size, *, ops: Optional[ModuleType] = None) -> Layer:
+    """Adaptive max pooling to ``output_size`` (:func:`jaxcnn.ops.adaptive_max_pool`, PyTorch's
+    ``AdaptiveMaxPool1d/2d/3d`` without ``return_indices``: a layer passes one array on)."""
+    ops = _backend(ops)
+    return _spatial("AdaptiveMaxPool", output_size,
+                    lambda n: _shapes.adaptive_output_shape("AdaptiveMaxPool", n, output_size),
+                    lambda x: ops.adaptive_max_pool(x, output_size))
 
 
 def Upsample(factor, *, ops: Optional[ModuleType] = None) -> Layer:

@@ -13,6 +13,7 @@ references, and :data:`jaxcnn._certify.registry.REGISTRY` certifies each of them
 """
 
 from jaxcnn.ops._activations import leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
+from jaxcnn.ops._adaptive_pooling import adaptive_max_pool, adaptive_mean_pool
 from jaxcnn.ops._conv import LENET5_C3_TABLE, conv, conv1d, conv2d, conv3d
 from jaxcnn.ops._conv_plan import Plan as ConvPlan
 from jaxcnn.ops._conv_plan import Problem as ConvProblem
@@ -32,6 +33,8 @@ __all__ = [
     "ConvPlan",
     "ConvProblem",
     "LENET5_C3_TABLE",
+    "adaptive_max_pool",
+    "adaptive_mean_pool",
     "batch_norm",
     "conv",
     "conv1d",
