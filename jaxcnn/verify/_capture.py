@@ -24,11 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax._src import custom_derivatives as _cd
+from jax._src import source_info_util
 
 _JAX_DIR = os.path.dirname(os.path.dirname(jax.__file__))  # site-packages/jax/..
 _HERE = os.path.dirname(__file__)
+_JAXCNN = os.path.dirname(_HERE)
+# jaxcnn's ops are where its rules are defined, not where a program calls them: its layers are
 _SKIP = (os.path.join(_JAX_DIR, "jax") + os.sep, os.path.join(_JAX_DIR, "jaxlib") + os.sep, _HERE + os.sep,
-         os.path.dirname(os.__file__) + os.sep)
+         os.path.join(_JAXCNN, "ops") + os.sep, os.path.dirname(os.__file__) + os.sep)
 
 
 @dataclasses.dataclass
@@ -87,10 +90,13 @@ def _place() -> Optional[tuple[str, str]]:
             scope = getattr(owner, "scope", None)
             if flax_path is None and scope is not None and hasattr(scope, "path") and _is_flax_module(owner):
                 flax_path = "/".join(str(p) for p in scope.path) or type(owner).__name__
-            if _is_module(owner) and (not classes or classes[-1] != type(owner).__name__):
+            if _is_module(owner) and not type(owner).__name__.startswith("_") and (
+                    not classes or classes[-1] != type(owner).__name__):  # not a library's private wrapper
                 classes.append(type(owner).__name__)
         frame = frame.f_back
     path = flax_path if flax_path is not None else " > ".join(reversed(classes))
+    if not path:  # what the program names with jax.named_scope (jaxcnn's layers; Haiku)
+        path = str(source_info_util.current_name_stack())
     return source or "?", path
 
 

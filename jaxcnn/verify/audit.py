@@ -24,19 +24,20 @@ See docs/auditing.md.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn.verify import _capture
-from jaxcnn.verify._core import Leaves, as_cotangent, collect, compiled_vjp, name_of, outputs
+from jaxcnn.verify._core import Leaves, as_cotangent, collect, compiled_vjp, name_of, outputs, random_like
 from jaxcnn.verify._report import (AGREE, ALL_DISAGREE, FD_UNTRUSTWORTHY, NON_SMOOTH, REFERENCE_WRONG, RULE_WRONG,
                                    CheckResult, compare, tolerance_for)
-from jaxcnn.verify.checks import check_jvp, check_numerical, check_transform, check_vjp
+from jaxcnn.verify.checks import check_jvp, check_numerical
 from jaxcnn.verify.diagnose import diagnose
 
 #: The verdict of a rule whose check raised: the rule (or its primal) fails at the real operands.
@@ -175,7 +176,19 @@ def _split(call: _capture.Call) -> tuple[Callable, Callable, tuple]:
         return custom.fun(*merged(dyn))
 
     rule.__name__, primal.__name__ = name, f"{name}'s primal"
+    rule.__signature__ = primal.__signature__ = _dynamic_signature(custom.fun, static, len(args))
     return rule, primal, dynamic
+
+
+def _dynamic_signature(fun: Callable, static: set, n: int) -> inspect.Signature:
+    """The primal's signature without its settings, so that reports name ``x``, ``w`` (not ``arg0``)."""
+    try:
+        params = [p for p in inspect.signature(fun).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    names = [params[i].name if i < len(params) else f"arg{i}" for i in range(n) if i not in static]
+    return inspect.Signature([inspect.Parameter(a, inspect.Parameter.POSITIONAL_ONLY) for a in names])
 
 
 def _check(group: list[_capture.Call], seed: int) -> Finding:
@@ -189,17 +202,14 @@ def _check(group: list[_capture.Call], seed: int) -> Finding:
         return Finding(**base, verdict="not reached", ok=True, note="never executed in this run (a branch not "
                        "taken, a loop run zero times)", seconds=time.perf_counter() - start)
     rule, primal, dynamic = _split(call)
-    results = [check_vjp(rule, primal, *dynamic, seed=seed)]
-    cotangent = _real_cotangent(rule, primal, dynamic, call)
-    if cotangent is not None:
-        results.append(cotangent)
-    results.append(check_transform("jit", rule, primal, *dynamic, seed=seed))
+    in_place = _in_place(rule, primal, dynamic, call, seed)
+    results = [in_place]
     if call.kind == "custom_jvp":
         results.append(check_jvp(rule, primal, *dynamic, seed=seed))
     numerical = check_numerical(rule, *dynamic, seed=seed)
     results.append(numerical)
     checks = tuple(str(r) for r in results)
-    note = "" if cotangent is not None else "no real cotangent reached it; random cotangents only"
+    note = "" if call.cotangent is not None else "no real cotangent reached it; random cotangents only"
     if all(r.ok for r in results):
         return Finding(**base, verdict=AGREE, ok=True, note=note, checks=checks,
                        seconds=time.perf_counter() - start)
@@ -207,21 +217,21 @@ def _check(group: list[_capture.Call], seed: int) -> Finding:
     if errors and all(r.error for r in results):
         return Finding(**base, verdict=RAISED, ok=False, worst=errors[0].error, note=note, checks=checks,
                        seconds=time.perf_counter() - start)
-    eager, jitted = results[0], results[-2 if call.kind == "custom_vjp" else -3]
+    compiled_ok = all(r.ok for r in in_place.arguments + (in_place.forward,) if r.what == COMPILED_EQUALS_EAGER)
     verdict = diagnose(rule, primal, *dynamic, seed=seed)
     judged = verdict.verdict
     if verdict.error:
         judged = RAISED
-    elif judged == REFERENCE_WRONG:
+    elif judged == REFERENCE_WRONG and compiled_ok:
         note = "; ".join(filter(None, [note, "the primal's autodiff disagrees with the rule and finite differences "
                                              "(not differentiable as written): judged by finite differences"]))
         judged = AGREE if numerical.ok else RULE_WRONG
-    elif judged == AGREE and eager.ok != jitted.ok:
+    elif not compiled_ok:
         judged = COMPILED_DIFFERS
     elif judged == AGREE:
         judged = ALL_DISAGREE if not numerical.ok else RULE_WRONG
     ok = judged in CLEAN
-    if judged == NON_SMOOTH:
+    if judged == NON_SMOOTH and compiled_ok:
         note = "; ".join(filter(None, [note, "the operands sit at a kink: the rule's choice there is not judged"]))
     worst = _worst(results)
     return Finding(**base, verdict=judged, ok=ok, worst=worst if not ok else "", note=note,
@@ -239,31 +249,54 @@ def _worst(results: list[CheckResult]) -> str:
     return ""
 
 
-def _real_cotangent(rule: Callable, primal: Callable, dynamic: tuple, call: _capture.Call) -> Optional[CheckResult]:
-    """The rule's VJP against autodiff of its primal with the cotangent the program sent it."""
-    if call.cotangent is None:
-        return None
+#: The ``what`` of the comparison of the compiled rule with the eager rule.
+COMPILED_EQUALS_EAGER = "compiled = eager"
+
+
+def _in_place(rule: Callable, primal: Callable, dynamic: tuple, call: _capture.Call, seed: int,
+              cotangents: int = 2) -> CheckResult:
+    """The rule at the call's operands: its forward and VJP compiled (``jax.jit``, under the
+    user's flags) against the compiled autodiff of its primal, at the cotangent the program
+    sent it (where one reached it) and at ``cotangents`` random ones; and the eager rule
+    against the compiled one at the first of these cotangents."""
     leaves = Leaves(rule, dynamic)
     tol = tolerance_for(leaves.dtype, None, None)
 
     def reports():
-        out, pullback = jax.vjp(leaves.bind(rule, {}), *leaves.arrays)
         out_ref, pullback_ref = compiled_vjp(primal, leaves, {})
-        flat, tree = jax.tree_util.tree_flatten(out_ref)
-        floats = [k for k, o in enumerate(flat) if jnp.issubdtype(jnp.result_type(o), jnp.inexact)]
-        if len(floats) != len(call.cotangent) or any(np.shape(flat[k]) != np.shape(g)
-                                                     for k, g in zip(floats, call.cotangent)):
-            return
-        v = list(jax.tree_util.tree_map(jnp.zeros_like, flat))
-        for k, g in zip(floats, call.cotangent):
-            v[k] = jnp.asarray(g, jnp.result_type(flat[k]))
-        v = jax.tree_util.tree_unflatten(tree, v)
-        yield from (compare(n, a, b, tol) for n, a, b in outputs(out, out_ref))
-        for n, a, b in zip(leaves.names, pullback(v), pullback_ref(v)):
-            yield compare(n, as_cotangent(a, b), b, tol)
+        forward = jax.jit(leaves.bind(rule, {}))
+        pullback = jax.jit(lambda v, *xs: jax.vjp(leaves.bind(rule, {}), *xs)[1](v))
+        yield from (compare(n, a, b, tol) for n, a, b in outputs(forward(*leaves.arrays), out_ref))
+        rng = np.random.default_rng(seed)
+        vs = ([_program_cotangent(call, out_ref)] if call.cotangent is not None else [])
+        vs = [v for v in vs if v is not None] + [random_like(rng, out_ref) for _ in range(cotangents)]
+        for k, v in enumerate(vs):
+            compiled = pullback(v, *leaves.arrays)
+            for n, a, b in zip(leaves.names, compiled, pullback_ref(v)):
+                yield compare(n, as_cotangent(a, b), b, tol)
+            if k == 0:  # the eager rule: the same numbers as the compiled one, within the dtype's tolerance
+                out, eager_pullback = jax.vjp(leaves.bind(rule, {}), *leaves.arrays)
+                yield from (compare(n, a, b, tol, what=COMPILED_EQUALS_EAGER)
+                            for n, a, b in outputs(forward(*leaves.arrays), out))
+                for n, a, b in zip(leaves.names, compiled, eager_pullback(v)):
+                    yield compare(n, as_cotangent(a, b), as_cotangent(b, a), tol, what=COMPILED_EQUALS_EAGER)
 
-    return collect(rule.__name__, f"autodiff of {primal.__name__} with the program's cotangent", leaves.dtype,
+    return collect(rule.__name__, f"autodiff of {primal.__name__}, at the program's operands", leaves.dtype,
                    reports)
+
+
+def _program_cotangent(call: _capture.Call, out_ref: Any) -> Any:
+    """The cotangent the program sent to the call's output, as a pytree like ``out_ref``
+    (zeros for its integer leaves); None when its shapes do not match."""
+    flat, tree = jax.tree_util.tree_flatten(out_ref)
+    floats = [k for k, o in enumerate(flat) if jnp.issubdtype(jnp.result_type(o), jnp.inexact)]
+    if len(floats) != len(call.cotangent) or any(np.shape(flat[k]) != np.shape(g)
+                                                 for k, g in zip(floats, call.cotangent)):
+        return None
+    v = [jnp.zeros_like(o) for o in flat]
+    for k, g in zip(floats, call.cotangent):
+        v[k] = jnp.asarray(g, jnp.result_type(flat[k]))
+    return jax.tree_util.tree_unflatten(tree, v)
 
 
 def _nan_findings(fn: Callable, args: tuple, kwargs: dict) -> list[Finding]:
