@@ -134,6 +134,9 @@ def audit(fn: Callable, *args: Any, nans: bool = False, seed: int = 0, **kwargs:
     >>> report.ok, [f.rule for f in report.findings]
     (True, ['relu'])
     """
+    if not callable(fn):
+        raise TypeError(f"audit: `fn` must be the program to run, a callable (a loss, a model's apply, a train "
+                        f"step), got {type(fn).__name__} {fn!r:.60}.")
     start = time.perf_counter()
     calls = _capture.record(fn, args, kwargs)
     groups: dict[Any, list[_capture.Call]] = {}
@@ -197,7 +200,8 @@ def _check(group: list[_capture.Call], seed: int) -> Finding:
     name = getattr(call.custom, "__name__", "?")
     shapes = ", ".join(f"{np.result_type(call.leaves[k])}{list(np.shape(call.leaves[k]))}" for k in call.arrays
                        if call.recorded)
-    base = dict(rule=name, kind=call.kind, source=call.source, path=call.path, count=len(group), shapes=shapes)
+    paths = ", ".join(dict.fromkeys(c.path for c in group if c.path))
+    base = dict(rule=name, kind=call.kind, source=call.source, path=paths, count=len(group), shapes=shapes)
     if not call.recorded:
         return Finding(**base, verdict="not reached", ok=True, note="never executed in this run (a branch not "
                        "taken, a loop run zero times)", seconds=time.perf_counter() - start)
