@@ -247,3 +247,26 @@ def test_jaxcnn_audit_exits_2_with_one_line_on_a_usage_error(programs, capsys, s
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
     assert re.search(message, err), err
+
+
+def _newton_sqrt(correct: bool):
+    """√x by Newton's iteration in a while_loop (forward mode only), with a custom_jvp."""
+    @jax.custom_jvp
+    def sqrt(x):
+        return jax.lax.while_loop(lambda c: c[1] < 30, lambda c: ((c[0] + x / c[0]) / 2, c[1] + 1), (x, 0))[0]
+
+    @sqrt.defjvp
+    def sqrt_jvp(primals, tangents):
+        (x,), (t,) = primals, tangents
+        y = sqrt(x)
+        return y, t / (2 * y) if correct else t / y
+
+    return sqrt
+
+
+@pytest.mark.parametrize("correct", [True, False])
+def test_a_rule_whose_primal_autodiff_cannot_reverse_is_judged_by_finite_differences(correct):
+    report = audit(lambda x: jnp.sum(_newton_sqrt(correct)(x)), jnp.array([2.0, 3.0]))
+    (finding,) = report.findings
+    assert "not reverse-differentiable" in finding.note and "judged by finite differences" in finding.note
+    assert finding.ok is correct and finding.verdict == ("agree" if correct else "rule wrong")

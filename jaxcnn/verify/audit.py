@@ -206,6 +206,13 @@ def _check(group: list[_capture.Call], seed: int) -> Finding:
         return Finding(**base, verdict="not reached", ok=True, note="never executed in this run (a branch not "
                        "taken, a loop run zero times)", seconds=time.perf_counter() - start)
     rule, primal, dynamic = _split(call)
+    why = _not_differentiable(primal, dynamic)
+    if why:  # judged by finite differences alone
+        numerical = check_numerical(rule, *dynamic, seed=seed)
+        note = f"its primal is not reverse-differentiable ({why}): judged by finite differences"
+        return Finding(**base, verdict=AGREE if numerical.ok else RULE_WRONG, ok=numerical.ok,
+                       worst="" if numerical.ok else _worst([numerical]), note=note, checks=(str(numerical),),
+                       seconds=time.perf_counter() - start)
     in_place = _in_place(rule, primal, dynamic, call, seed)
     results = [in_place]
     if call.kind == "custom_jvp":
@@ -240,6 +247,23 @@ def _check(group: list[_capture.Call], seed: int) -> Finding:
     worst = _worst(results)
     return Finding(**base, verdict=judged, ok=ok, worst=worst if not ok else "", note=note,
                    checks=checks + (str(verdict),), seconds=time.perf_counter() - start)
+
+
+def _not_differentiable(primal: Callable, dynamic: tuple) -> str:
+    """Why autodiff cannot differentiate the primal in reverse mode (e.g. a ``while_loop``), or ""."""
+    leaves = Leaves(primal, dynamic)
+    g = leaves.bind(primal, {})
+
+    def pullback(*xs):
+        out, vjp = jax.vjp(g, *xs)
+        return vjp(jax.tree_util.tree_map(jnp.zeros_like, out))
+
+    try:
+        jax.eval_shape(pullback, *leaves.arrays)
+    except Exception as e:  # noqa: BLE001 (a rule whose primal fails to trace is judged by the other checks)
+        text = str(e).strip()
+        return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:160]
+    return ""
 
 
 def _worst(results: list[CheckResult]) -> str:
