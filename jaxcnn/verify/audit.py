@@ -328,19 +328,20 @@ def _program_cotangent(call: _capture.Call, out_ref: Any) -> Any:
 
 
 def _nan_findings(fn: Callable, args: tuple, kwargs: dict) -> list[Finding]:
-    """The NaN locator's answer as a finding, where ``jaxcnn.verify._nans`` is installed."""
+    """The NaN locator's answer as a finding: ``locate_nonfinite(fn, *args, **kwargs)`` returns
+    None (or an object with a true ``.ok``) when every value is finite, else what it found
+    (its text, and ``.source``/``.path``/``.primitive`` where it names them)."""
     try:
         from jaxcnn.verify._nans import locate_nonfinite
-    except ImportError:
-        return [Finding("nan locator", "nans", "-", "", 0, "", "not available", True,
-                        note="jaxcnn.verify._nans is not installed")]
+    except ImportError as e:
+        raise ValueError("audit: `nans=True` needs the NaN locator, jaxcnn.verify._nans, which this jaxcnn does "
+                         "not have; call audit without `nans`.") from e
     found = locate_nonfinite(fn, *args, **kwargs)
     if found is None or getattr(found, "ok", False):
         return []
-    text = str(found)
-    source = getattr(found, "source", "") or "?"
-    path = getattr(found, "path", "") or ""
-    return [Finding(str(getattr(found, "primitive", "non-finite value")), "nans", str(source), str(path), 1, "",
+    text = str(found).strip()
+    return [Finding(str(getattr(found, "primitive", "") or "non-finite value"), "nans",
+                    str(getattr(found, "source", "") or "?"), str(getattr(found, "path", "") or ""), 1, "",
                     "non-finite value born", False, worst=text.splitlines()[0] if text else "")]
 
 
