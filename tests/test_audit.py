@@ -270,3 +270,15 @@ def test_a_rule_whose_primal_autodiff_cannot_reverse_is_judged_by_finite_differe
     (finding,) = report.findings
     assert "not reverse-differentiable" in finding.note and "judged by finite differences" in finding.note
     assert finding.ok is correct and finding.verdict == ("agree" if correct else "rule wrong")
+
+
+def test_a_rule_taking_a_typed_prng_key_is_audited_at_that_key():
+    @jax.custom_vjp
+    def noisy(x, key):
+        return x + 0.1 * jax.random.normal(key, x.shape, x.dtype)
+
+    noisy.defvjp(lambda x, key: (noisy(x, key), None), lambda _, g: (g, None))
+    report = audit(lambda x, key: jnp.sum(noisy(x, key) ** 2), jnp.ones(3), jax.random.key(0))
+    (finding,) = report.findings
+    assert finding.ok and finding.verdict == "agree" and finding.note == "", report
+    assert "key<fry>[]" in finding.shapes

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import sys
 from typing import Any, Callable, Optional
 
@@ -50,6 +51,7 @@ class Call:
     transforms: tuple[str, ...]
     recorded: bool = False
     cotangent: Any = None
+    keys: dict = dataclasses.field(default_factory=dict)  # leaf -> PRNG implementation, for typed keys
 
     @property
     def args(self) -> tuple:
@@ -96,7 +98,8 @@ def _place() -> Optional[tuple[str, str]]:
         frame = frame.f_back
     path = flax_path if flax_path is not None else " > ".join(reversed(classes))
     if not path:  # what the program names with jax.named_scope (jaxcnn's layers; Haiku)
-        path = str(source_info_util.current_name_stack())
+        path = "/".join(p for p in str(source_info_util.current_name_stack()).split("/")
+                        if p and not re.fullmatch(r"[\w.-]*\(.*\)", p))  # without transforms: jvp(), jit(f)
     return source or "?", path
 
 
@@ -111,6 +114,14 @@ def _is_flax_module(owner: Any) -> bool:
 def _is_module(owner: Any) -> bool:
     return any(c.__name__ == "Module" and c.__module__.split(".")[0] in ("flax", "equinox", "haiku")
                for c in type(owner).__mro__)
+
+
+def _is_float(leaf: Any) -> bool:
+    return jnp.issubdtype(getattr(leaf, "dtype", None) or jnp.result_type(leaf), jnp.inexact)
+
+
+def _is_key(leaf: Any) -> bool:
+    return jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key)
 
 
 def _transforms(leaves: list) -> tuple[str, ...]:
@@ -142,10 +153,10 @@ def _wrapped(kind: str, original: Callable) -> Callable:
         finally:
             rec.active = False
         if rec.cotangents_only:  # the n-th call of this rule at this place in the first run
-            key = (id(self), place)
+            key = (id(self), place[0])
             n = rec.seen.get(key, 0)
             rec.seen[key] = n + 1
-            same = [c for c in rec.calls if id(c.custom) == id(self) and (c.source, c.path) == place]
+            same = [c for c in rec.calls if id(c.custom) == id(self) and c.source == place[0]]
             return _watch(out, same[n]) if n < len(same) else out
         leaves, tree = jax.tree_util.tree_flatten(args)
         arrays = [k for k, leaf in enumerate(leaves) if _is_array(leaf)]
@@ -153,8 +164,11 @@ def _wrapped(kind: str, original: Callable) -> Callable:
         found = Call(kind, self, tuple(self.nondiff_argnums), tree, list(leaves), arrays, source, path,
                      _transforms(leaves))
         rec.calls.append(found)
-        if arrays:
-            jax.debug.callback(lambda *values: _store(found, values), *[leaves[k] for k in arrays])
+        if arrays:  # typed PRNG keys travel as their key data and are wrapped again on the host
+            keys = {k: jax.random.key_impl(leaves[k]) for k in arrays if _is_key(leaves[k])}
+            found.keys = keys
+            jax.debug.callback(lambda *values: _store(found, values),
+                               *[jax.random.key_data(leaves[k]) if k in keys else leaves[k] for k in arrays])
         else:
             found.recorded = True
         return _watch(out, found)
@@ -166,7 +180,8 @@ def _store(call: Call, values) -> None:
     if call.recorded:  # a later iteration, a rematerialised forward, another example: the first is kept
         return
     for k, value in zip(call.arrays, values):
-        call.leaves[k] = np.asarray(value)
+        call.leaves[k] = (jax.random.wrap_key_data(np.asarray(value), impl=call.keys[k]) if k in call.keys
+                          else np.asarray(value))
     call.recorded = True
 
 
@@ -178,7 +193,7 @@ def _store_cotangent(call: Call, values) -> None:
 def _watch(out: Any, call: Call) -> Any:
     """``out`` through an identity whose backward records the cotangent arriving at it."""
     leaves, tree = jax.tree_util.tree_flatten(out)
-    floats = [k for k, leaf in enumerate(leaves) if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+    floats = [k for k, leaf in enumerate(leaves) if _is_float(leaf)]
     if not floats:
         return out
 
@@ -239,14 +254,14 @@ def record(fn: Callable, args: tuple, kwargs: dict) -> list[Call]:
 
 def _gradient_of_sum(fn: Callable, args: tuple, kwargs: dict) -> None:
     flat, tree = jax.tree_util.tree_flatten(args)
-    where = [k for k, leaf in enumerate(flat) if _is_array(leaf) and jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+    where = [k for k, leaf in enumerate(flat) if _is_array(leaf) and _is_float(leaf)]
 
     def total(*floats):
         leaves = list(flat)
         for k, x in zip(where, floats):
             leaves[k] = x
         out = fn(*jax.tree_util.tree_unflatten(tree, leaves), **kwargs)
-        outs = [o for o in jax.tree_util.tree_leaves(out) if jnp.issubdtype(jnp.result_type(o), jnp.inexact)]
+        outs = [o for o in jax.tree_util.tree_leaves(out) if _is_float(o)]
         return sum(jnp.sum(o.astype(jnp.float32)) for o in outs) if outs else jnp.float32(0)
 
     if where:

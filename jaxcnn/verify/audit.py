@@ -153,9 +153,13 @@ def _key(call: _capture.Call) -> tuple:
     custom = call.custom
     code = tuple(getattr(getattr(custom, a, None), "__code__", None) for a in ("fun", "fwd", "bwd", "jvp"))
     static = tuple(repr(call.leaves[k]) if k not in call.arrays else
-                   (np.shape(call.leaves[k]), str(np.result_type(call.leaves[k])) if call.recorded else "")
+                   (np.shape(call.leaves[k]), _dtype(call.leaves[k]) if call.recorded else "")
                    for k in range(len(call.leaves)))
     return (call.kind, code, getattr(custom, "__name__", ""), str(call.tree), static, call.source)
+
+
+def _dtype(leaf: Any) -> str:
+    return str(getattr(leaf, "dtype", None) or np.result_type(leaf))
 
 
 def _split(call: _capture.Call) -> tuple[Callable, Callable, tuple]:
@@ -198,7 +202,7 @@ def _check(group: list[_capture.Call], seed: int) -> Finding:
     call = group[0]
     start = time.perf_counter()
     name = getattr(call.custom, "__name__", "?")
-    shapes = ", ".join(f"{np.result_type(call.leaves[k])}{list(np.shape(call.leaves[k]))}" for k in call.arrays
+    shapes = ", ".join(f"{_dtype(call.leaves[k])}{list(np.shape(call.leaves[k]))}" for k in call.arrays
                        if call.recorded)
     paths = ", ".join(dict.fromkeys(c.path for c in group if c.path))
     base = dict(rule=name, kind=call.kind, source=call.source, path=paths, count=len(group), shapes=shapes)
