@@ -91,6 +91,18 @@ def _parser() -> argparse.ArgumentParser:
                         help="do not use JAX's persistent compilation cache (also: JAXCNN_NO_CACHE=1); by default "
                         "compiled programs are kept in $JAXCNN_CACHE_DIR, else ~/.cache/jaxcnn/jax (XDG_CACHE_HOME)")
 
+    audit = commands.add_parser(
+        "audit",
+        help="check every custom_vjp/custom_jvp rule inside your program, at its real operands",
+        description="Runs the program PKG.MODULE:NAME (a function of no arguments returning (fn, args) or "
+        "(fn, args, kwargs)) once, records every custom_vjp and custom_jvp call in it with its real operands "
+        "and cotangent, and checks each distinct rule there against autodiff of its own primal and float64 "
+        "finite differences, compiled and eager. Exit status 1 on a finding, 2 on a usage error.",
+    )
+    audit.add_argument("program", metavar="PKG.MODULE:NAME", help="where to find the program to audit")
+    audit.add_argument("--nans", action="store_true", help="also locate where a NaN or inf is born")
+    audit.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+
     from jaxcnn.data import DATASETS
     from jaxcnn.models import ZOO
 
@@ -343,6 +355,47 @@ def _verify(args) -> int:
     return 1 if failed or disagreements else 0
 
 
+def _audit(args) -> int:
+    from jaxcnn import checkpoint
+    from jaxcnn.verify import audit
+
+    if args.json:
+        checkpoint.check_writable(args.json, "--json file")
+    fn, fn_args, fn_kwargs = _program(args.program)
+    try:
+        report = audit(fn, *fn_args, nans=args.nans, **fn_kwargs)
+    except Exception as e:  # noqa: BLE001 (the user's program failed: one line, status 2)
+        text = str(e).strip()
+        raise ValueError(f"{args.program}: the program raised {type(e).__name__}: "
+                         f"{text.splitlines()[0] if text else ''}") from e
+    print(report.table())
+    if args.json:
+        checkpoint.write_atomically(args.json, lambda f: f.write(report.to_json().encode()))
+    return 0 if report.ok else 1
+
+
+def _program(spec: str):
+    """``(fn, args, kwargs)`` from ``PKG.MODULE:NAME``, NAME a function returning ``(fn, args)``
+    or ``(fn, args, kwargs)``."""
+    import importlib
+
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ValueError(f"audit: the program must be given as PKG.MODULE:NAME (NAME a function returning "
+                         f"(fn, args) or (fn, args, kwargs)), got {spec!r}.")
+    found = getattr(importlib.import_module(module), name, None)
+    if not callable(found):
+        raise ValueError(f"audit: {module} has no function {name!r} (it must return (fn, args) or "
+                         f"(fn, args, kwargs)).")
+    made = found()
+    if not (isinstance(made, tuple) and len(made) in (2, 3) and callable(made[0])
+            and isinstance(made[1], (tuple, list)) and (len(made) == 2 or isinstance(made[2], dict))):
+        raise ValueError(f"audit: {spec}() must return (fn, args) or (fn, args, kwargs) with fn callable, args a "
+                         f"tuple and kwargs a dict, got {type(made).__name__} "
+                         f"{'of ' + str(len(made)) if isinstance(made, tuple) else ''}".rstrip() + ".")
+    return made[0], tuple(made[1]), dict(made[2]) if len(made) == 3 else {}
+
+
 def _nothing_selected(args, runner) -> str:
     """Why the filters select no check: what the ops chosen run in the dtypes chosen."""
     filters = " ".join([f"--op {n}" for n in args.op or ()] + [f"--dtype {d}" for d in args.dtype or ()]
@@ -567,6 +620,8 @@ def _command(parser: argparse.ArgumentParser, args) -> int:
     try:
         if args.command == "verify":
             return _verify(args)
+        if args.command == "audit":
+            return _audit(args)
         if args.command == "launch":
             from jaxcnn import launch
 

@@ -89,3 +89,13 @@ def test_verify_ecosystem_quick_certifies_softplus_and_catches_the_planted_error
     planted = "| jax.nn.softplus (planted error) | #0 ((4, 5)) | float64 | jvp finite differences | rule wrong | x |"
     assert planted in report
     assert "| relu at 0 | jnp.maximum(x, 0) | 0.5 | 0.5 |" in report
+
+
+def test_audit_ecosystem_quick_catches_and_names_the_planted_flax_rule(experiment, tmp_path):
+    experiment("audit_ecosystem").main(["--quick", "--out", str(tmp_path)])
+    report = (tmp_path / "audit_ecosystem.md").read_text()
+    assert "QUICK SMOKE RUN" in report
+    planted = next(line for line in report.splitlines() if line.startswith("| Flax linen CNN, planted wrong swish"))
+    assert "`swish` at `experiments/audit_ecosystem.py:" in planted and "(Block_0): rule wrong" in planted
+    loss = next(line for line in report.splitlines() if line.startswith("| optax.log_cosh"))
+    assert "| none |" in loss

@@ -10,6 +10,8 @@
   (:data:`TRANSFORMS`).
 * :func:`diagnose`: when they disagree, the verdict: rule wrong, finite differences
   untrustworthy, or a non-smooth point.
+* :func:`audit`: every ``custom_vjp``/``custom_jvp`` rule inside any JAX program (a Flax or
+  Equinox train step), checked at the operands it receives there (docs/auditing.md).
 
 The checks return a :class:`CheckResult` that names the worst element of every argument
 (``.assert_ok()`` raises :class:`GradientMismatch`). Your own ops: a :class:`Registry`
@@ -23,15 +25,19 @@ from jaxcnn.verify._nans import locate_nonfinite as find_nonfinite
 from jaxcnn.verify._report import CheckResult, Diagnosis, GradientMismatch
 from jaxcnn.verify.checks import TRANSFORMS, check_contract, check_jvp, check_numerical, check_transform, check_vjp
 from jaxcnn.verify.diagnose import diagnose
+from jaxcnn.verify.audit import AuditReport, Finding, audit
 from jaxcnn.verify.registry import Registry, Sample
 
 __all__ = [
     "TRANSFORMS",
+    "AuditReport",
     "CheckResult",
     "Diagnosis",
+    "Finding",
     "GradientMismatch",
     "Registry",
     "Sample",
+    "audit",
     "check_contract",
     "check_jvp",
     "check_numerical",
