@@ -200,7 +200,8 @@ def test_grad_of_grad_catches_a_backward_that_is_right_only_to_first_order(rng):
 
 def test_eager_jit_and_checkpoint_share_one_expected_side(rng):
     # the reference is traced for one compiled forward and one pullback, not once per transform;
-    # a wrong rule is still caught under each transform against that shared side
+    # a wrong rule is still caught under each transform against that shared side (the probes
+    # beyond the sample, eager's own program, are left out here)
     traced = []
 
     def counted_reference(x, w):
@@ -209,12 +210,12 @@ def test_eager_jit_and_checkpoint_share_one_expected_side(rng):
 
     x, w = rng.standard_normal((3, 4)), rng.standard_normal((2, 4))
     for transform in ("eager", "jit", "checkpoint"):
-        verify.check_transform(transform, ops.dense, counted_reference, x, w).assert_ok()
+        verify.check_transform(transform, ops.dense, counted_reference, x, w, probe=False).assert_ok()
     assert len(traced) == 2
     wrong = jax.custom_vjp(lambda x, w: ops.dense(x, w))
     wrong.defvjp(lambda x, w: (ops.dense(x, w), (x, w)), lambda res, g: (g @ res[1], 2 * g.T @ res[0]))
     for transform in ("eager", "jit", "checkpoint"):
-        result = verify.check_transform(transform, wrong, counted_reference, x, w)
+        result = verify.check_transform(transform, wrong, counted_reference, x, w, probe=False)
         assert result["x"].ok and not result["w"].ok, transform
     assert len(traced) == 2
 
