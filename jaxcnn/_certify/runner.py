@@ -203,12 +203,13 @@ def check_unit(info: OpInfo, index: int, checks: Iterable[tuple[str, str]], op: 
 
 
 def _where(result: CheckResult, dtype: str, transform: str) -> dict:
-    """What :func:`~jaxcnn.verify.diagnose` needs of a failed check: the transform (and dtype)
-    it failed under, and the probe beyond the sample where only probes failed."""
+    """What :func:`~jaxcnn.verify.diagnose` needs of a failed check: the transform it failed
+    under (``"eager in float32"``: the dtype), and the probe beyond the sample where only
+    probes failed."""
     if result.ok:
         return {}
     probes = [r.probe for r in result.failures()]
-    where = {"transform": transform if dtype == "float64" else f"{transform} in {dtype}"}
+    where = {"transform": f"{transform} in {dtype}" if transform == "eager" and dtype != "float64" else transform}
     return {**where, "probe": probes[0]} if probes and all(probes) else where
 
 
