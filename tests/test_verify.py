@@ -295,6 +295,11 @@ def test_the_probes_keep_the_domain(rng):
     naive = verify.check_vjp(ops.tanh, lambda x: (1 - jnp.exp(-2 * x)) / (1 + jnp.exp(-2 * x)),
                              jnp.array([-2.0, -0.5, 0.7, 1.5], jnp.float32))  # at ×16: e^{64}, squared
     assert naive.ok and "inputs ×16: compared with the reference in float64" in naive.notes[0], str(naive)
+    # inputs shrunk ×1/1024: a normalisation's gradient, and its rounding, grow ×1024 (two features,
+    # no eps: the exact gradient is 0, both sides are float32 noise of the 1/σ terms)
+    from jaxcnn._certify import runner
+
+    assert runner.check_sample("layer_norm", 3, "float32", "eager").ok
     # probability labels (one sign) keep their values, the logits are scaled: the rule p − t holds
     logits, labels = rng.normal(size=(4, 5)), rng.dirichlet(np.ones(5), size=4)
     result = verify.check_vjp(ops.softmax_cross_entropy, reference.softmax_cross_entropy, logits, labels)

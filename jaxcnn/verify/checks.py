@@ -151,10 +151,18 @@ def _judged(leaves: Leaves, probe: tuple, out, out_ref, ct, ct_ref, tol: Toleran
     """A probe's comparisons: the outputs at scaled inputs, the cotangents (divided by the
     cotangent's factor, so that the tolerance scales with it)."""
     c = probe[1] if probe[0] == "cotangent" else 1.0
-    compared = [*(outputs(out, out_ref) if out is not None else ()),
-                *((n, np.asarray(as_cotangent(a, b), np.float64) / c, np.asarray(b, np.float64) / c)
+    # inputs shrunk by s: a scale-invariant op's gradient (a normalisation's) and its rounding grow as 1/s
+    floor = 1 / probe[1] if probe[0] == "inputs" and probe[1] < 1 else 0.0
+    compared = [*((n, a, b, None) for n, a, b in (outputs(out, out_ref) if out is not None else ())),
+                *((n, np.asarray(as_cotangent(a, b), np.float64) / c, np.asarray(b, np.float64) / c, floor)
                   for n, a, b in zip(leaves.names, ct, ct_ref))]
-    return [dataclasses.replace(compare(n, a, b, tol), probe=probe) for n, a, b in compared]
+    return [dataclasses.replace(compare(n, a, b, tol, None if not f else max(f, _largest(b))), probe=probe)
+            for n, a, b, f in compared]
+
+
+def _largest(a: Any) -> float:
+    finite = np.abs(np.asarray(a, np.float64))
+    return float(finite[np.isfinite(finite)].max(initial=0.0))
 
 
 def _reference_in_float64(reference: Callable, leaves: Leaves, settings: dict, which: list, probe: tuple, v: Any):
