@@ -29,8 +29,25 @@ def test_mutant_is_caught_blamed_on_its_argument_and_diagnosed(name):
     assert o.ok, str(o)
     assert o.blamed == (o.mutant.argument,)
     assert not o.record.result[_first_leaf(o)].ok
-    # the verdict: the rule is wrong, except at a kink a sample pins on purpose
-    assert o.record.verdict == ("non-smooth point" if o.record.kink else "rule wrong"), str(o)
+    # the verdict: the rule is wrong, except at a kink a sample pins on purpose, where a
+    # different valid choice is "non-smooth" (routing to every tied maximum is no valid one)
+    valid_at_kink = o.record.kink and name not in NO_SUBGRADIENT
+    assert o.record.verdict == ("non-smooth point" if valid_at_kink else "rule wrong"), str(o)
+
+
+NO_SUBGRADIENT = {"max_pool.routes_to_every_tied_maximum"}
+
+
+def test_a_tie_routed_to_every_maximum_is_judged_jointly_and_the_first_maximum_is_not():
+    name = "max_pool.routes_to_every_tied_maximum"
+    o = mutants.run_one(mutants.MUTANTS[name])
+    assert o.ok and o.record.kink and o.record.verdict == "rule wrong", str(o)
+    joint = o.record.diagnosis["x"].worst[0]
+    assert joint.index == ("jointly", 2) and joint.rule == pytest.approx(2 * joint.central), str(o)
+    # under finite differences a pinned kink must be non-smooth: the right rule is, the mutant is not
+    assert runner.check_sample("max_pool", o.record.index, "float64", "finite differences").ok
+    record = mutants.reproduce(name, o.record.index, "finite differences")
+    assert not record.ok and record.verdict == "rule wrong", str(record)
 
 
 def _first_leaf(outcome):

@@ -200,7 +200,8 @@ def test_grad_of_grad_catches_a_backward_that_is_right_only_to_first_order(rng):
 
 def test_eager_jit_and_checkpoint_share_one_expected_side(rng):
     # the reference is traced for one compiled forward and one pullback, not once per transform;
-    # a wrong rule is still caught under each transform against that shared side
+    # a wrong rule is still caught under each transform against that shared side (the probes
+    # beyond the sample, eager's own program, are left out here)
     traced = []
 
     def counted_reference(x, w):
@@ -209,12 +210,12 @@ def test_eager_jit_and_checkpoint_share_one_expected_side(rng):
 
     x, w = rng.standard_normal((3, 4)), rng.standard_normal((2, 4))
     for transform in ("eager", "jit", "checkpoint"):
-        verify.check_transform(transform, ops.dense, counted_reference, x, w).assert_ok()
+        verify.check_transform(transform, ops.dense, counted_reference, x, w, probe=False).assert_ok()
     assert len(traced) == 2
     wrong = jax.custom_vjp(lambda x, w: ops.dense(x, w))
     wrong.defvjp(lambda x, w: (ops.dense(x, w), (x, w)), lambda res, g: (g @ res[1], 2 * g.T @ res[0]))
     for transform in ("eager", "jit", "checkpoint"):
-        result = verify.check_transform(transform, wrong, counted_reference, x, w)
+        result = verify.check_transform(transform, wrong, counted_reference, x, w, probe=False)
         assert result["x"].ok and not result["w"].ok, transform
     assert len(traced) == 2
 
@@ -226,6 +227,95 @@ def test_transform_errors():
     if jax.device_count() == 1:
         with pytest.raises(ValueError, match=r"'sharding' needs more than one device \(have 1\)"):
             verify.check_transform("sharding", ops.relu, reference.relu, x)
+
+
+# --------------------------------------------------------------------------- beyond the sample
+
+
+def _swish(backward):
+    """Swish with the backward ``backward(x, g)`` (the right one: ``g · swish'(x)``)."""
+    @jax.custom_vjp
+    def f(x):
+        return x * jax.nn.sigmoid(x)
+
+    f.defvjp(lambda x: (f(x), x), backward)
+    return f
+
+
+def _swish_derivative(x):
+    s = jax.nn.sigmoid(x)
+    return s + x * s * (1 - s)
+
+
+def _swish_reference(x):
+    return x * jax.nn.sigmoid(x)
+
+
+# wrong only where the samples do not look: for |x| > 5 (an approximated region), and for
+# cotangents beyond ±10 (clipped: the loss-scaling range)
+FAR_WRONG = _swish(lambda x, g: (g * jnp.where(jnp.abs(x) > 5, 0.5, 1.0) * _swish_derivative(x),))
+CLIPPED = _swish(lambda x, g: (jnp.clip(g, -10, 10) * _swish_derivative(x),))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_rules_wrong_only_beyond_the_sample_are_caught_by_the_probes(rng, dtype):
+    with jax.enable_x64(dtype == jnp.float64):
+        x = jnp.asarray(rng.normal(size=(3, 4)), dtype)  # |x| < 5, cotangents standard normal
+        right = verify.check_vjp(_swish(lambda x, g: (g * _swish_derivative(x),)), _swish_reference, x)
+        assert right.ok and not right.notes, str(right)
+        for op, probe in ((FAR_WRONG, "inputs"), (CLIPPED, "cotangent")):
+            assert verify.check_vjp(op, _swish_reference, x, probe=False).ok  # at the sample it is right
+            result = verify.check_vjp(op, _swish_reference, x)
+            assert not result.ok and result.forward.ok, str(result)
+            assert result["x"].probe[0] == probe and f"x [{probe} ×" in str(result), str(result)
+
+
+def test_the_cotangent_probes_scale_the_tolerance_with_the_cotangent(rng):
+    # a rule off by a relative 1e-3 fails at every scale, one off by 1e-6 (float32 rounding) at none
+    x = jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)
+    for error, ok in ((1e-3, False), (1e-6, True)):
+        op = _swish(lambda x, g, e=error: (g * _swish_derivative(x) * (1 + e),))
+        result = verify.check_vjp(op, _swish_reference, x)
+        assert result.ok == ok, str(result)
+    # the clipped rule's report at ×16384 is the sample's scale: divided by the factor
+    report = verify.check_vjp(CLIPPED, _swish_reference, x)["x"]
+    assert report.probe == ("cotangent", 2.0 ** 14) and abs(report.expected) < 10, report
+
+
+def test_the_probes_keep_the_domain(rng):
+    # exp overflows float32 at inputs ×1024: that scale is skipped and said, the others compared
+    x = jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)
+    exp = jax.custom_vjp(jnp.exp)
+    exp.defvjp(lambda x: (jnp.exp(x), jnp.exp(x)), lambda y, g: (g * y,))
+    result = verify.check_vjp(exp, lambda x: jnp.e ** x, x)
+    assert result.ok and result.notes == ("inputs ×1024 skipped: the reference is not finite there "
+                                          "(outside the op's domain)",), str(result)
+    # a reference that loses its precision out there (float32 overflows in (1 + e^{-2x})²) is not
+    # held against the rule: it is judged against the reference in float64 there, and says so
+    naive = verify.check_vjp(ops.tanh, lambda x: (1 - jnp.exp(-2 * x)) / (1 + jnp.exp(-2 * x)),
+                             jnp.array([-2.0, -0.5, 0.7, 1.5], jnp.float32))  # at ×16: e^{64}, squared
+    assert naive.ok and "inputs ×16: compared with the reference in float64" in naive.notes[0], str(naive)
+    # inputs shrunk ×1/1024: a normalisation's gradient, and its rounding, grow ×1024 (two features,
+    # no eps: the exact gradient is 0, both sides are float32 noise of the 1/σ terms)
+    from jaxcnn._certify import runner
+
+    assert runner.check_sample("layer_norm", 3, "float32", "eager").ok
+    # probability labels (one sign) keep their values, the logits are scaled: the rule p − t holds
+    logits, labels = rng.normal(size=(4, 5)), rng.dirichlet(np.ones(5), size=4)
+    result = verify.check_vjp(ops.softmax_cross_entropy, reference.softmax_cross_entropy, logits, labels)
+    assert result.ok and not result.notes, str(result)
+    # nothing takes both signs: nothing scaled, said so
+    result = verify.check_vjp(ops.softmax_cross_entropy, reference.softmax_cross_entropy, np.abs(logits), labels)
+    assert result.ok and "inputs not scaled" in result.notes[0], str(result)
+
+
+def test_the_diagnosis_beyond_the_sample(rng):
+    x = jnp.asarray(rng.normal(size=(3, 4)))
+    assert verify.diagnose(FAR_WRONG, _swish_reference, x).verdict == "agree"  # at the sample
+    far = verify.diagnose(FAR_WRONG, _swish_reference, x, probe=("inputs", 16.0))
+    assert far.verdict == "rule wrong" and "at the sample's inputs ×16" in str(far), str(far)
+    clipped = verify.diagnose(CLIPPED, _swish_reference, x, probe=("cotangent", 2.0 ** 14))
+    assert clipped.verdict == "rule wrong" and abs(clipped["x"].worst[0].rule) <= 10 * 1.1, str(clipped)
 
 
 # --------------------------------------------------------------------------- the three-way verdict
@@ -264,6 +354,62 @@ def test_verdict_non_smooth_point_at_a_kink():
     assert e.rule == e.autodiff and abs(e.forward - e.backward) > 0.1 * abs(e.rule)
     # against a reference with the other convention (0 at 0) the three values all differ: still a kink
     assert verify.diagnose(ops.relu, lambda x: jnp.where(x > 0, x, 0.0), x)["x"].verdict == "non-smooth point"
+
+
+def _tie_routed(first, second):
+    """Max over one 2×2 window whose two tied maxima get ``first`` and ``second`` times δ."""
+    @jax.custom_vjp
+    def f(x):
+        return ops.max_pool(x, window=2)
+
+    weights = jnp.array([first, second, 0.0, 0.0]).reshape(1, 2, 2, 1)
+    f.defvjp(lambda x: (f(x), None), lambda _, g: (g * weights,))
+    return f
+
+
+@pytest.mark.parametrize("first, second, verdict", [
+    (1.0, 0.0, "non-smooth point"),  # the first maximum: jaxcnn's convention
+    (0.5, 0.5, "non-smooth point"),  # an even split: also a subgradient
+    (1.0, 1.0, "rule wrong"),  # every maximum: the weights sum to 2, jointly wrong
+    (1.5, -0.5, "rule wrong"),  # sums to 1, but -0.5 is outside the one-sided slopes
+])
+def test_verdict_a_tie_is_judged_jointly(first, second, verdict):
+    x = jnp.array([1.0, 1.0, 0.2, -0.3]).reshape(1, 2, 2, 1)
+    d = verify.diagnose(_tie_routed(first, second), lambda x: reference.max_pool(x, window=2), x)
+    assert d.verdict == verdict, str(d)
+
+
+def _batching_wrong():
+    """Swish whose backward pairs each example's cotangent with another's input under vmap."""
+    @jax.custom_batching.custom_vmap
+    def backward(x, g):
+        return g * _swish_derivative(x)
+
+    backward.def_vmap(lambda size, batched, x, g: (g[::-1] * _swish_derivative(x), True))
+    return _swish(lambda x, g: (backward(x, g),))
+
+
+def test_verdict_a_failure_only_under_a_transform_is_explained(rng):
+    from jaxcnn._certify import runner
+
+    registry = verify.Registry()
+    registry.register("swish", _batching_wrong(), _swish_reference, [verify.Sample((rng.normal(size=(3, 4)),))])
+    records = runner.run(module=registry, dtypes=("float32",), transforms=("eager", "jit", "vmap"))
+    assert [(r.transform, r.ok) for r in records] == [("eager", True), ("jit", True), ("vmap", False)]
+    d = records[-1].diagnosis
+    assert d.verdict == "fails only under vmap" and "its batching is wrong" in d.explanation, str(d)
+    assert "verdict: fails only under vmap: the rule is right at the sample" in str(records[-1])
+
+
+def test_verdict_a_rule_that_raises_says_so(rng):
+    def raises(x):
+        raise ValueError("bad window\nsecond line")
+
+    d = verify.diagnose(raises, reference.relu, rng.normal(size=3))
+    assert d.verdict == "the rule raised" and d.error == "ValueError: bad window", str(d)
+    assert str(d) == "raises: verdict: the rule raised: ValueError: bad window"
+    d = verify.diagnose(ops.relu, lambda x: x.undefined, rng.normal(size=3))
+    assert d.verdict == "the reference raised" and "AttributeError" in d.error, str(d)
 
 
 def test_verdict_agree_and_projections_for_large_arguments(rng):

@@ -86,6 +86,44 @@ def test_wrong_rules_in_a_users_module_fail_with_the_right_blame(at_root, tmp_pa
     assert {("softplus", "jvp finite differences"), ("softplus", "eager")} <= failed  # forward and its transpose
 
 
+BEYOND = textwrap.dedent('''
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from experiments import custom_rules
+    from jaxcnn.verify import Registry, Sample
+
+    def swish_with(backward):
+        f = jax.custom_vjp(custom_rules.swish_reference)
+        f.defvjp(lambda x: (f(x), x), backward)
+        return f
+
+    def derivative(x):
+        s = jax.nn.sigmoid(x)
+        return s + x * s * (1 - s)
+
+    registry = Registry()
+    x = np.random.default_rng(0).normal(size=(3, 4))  # |x| < 5, as samples are
+    registry.register("swish", custom_rules.swish, custom_rules.swish_reference, [Sample((x,))])
+    registry.register("swish_far", swish_with(lambda x, g: (g * jnp.where(abs(x) > 5, 0.5, 1.0) * derivative(x),)),
+                      custom_rules.swish_reference, [Sample((x,))])  # approximated for |x| > 5
+    registry.register("swish_clipped", swish_with(lambda x, g: (jnp.clip(g, -10, 10) * derivative(x),)),
+                      custom_rules.swish_reference, [Sample((x,))])  # wrong under loss scaling
+''')
+
+
+def test_rules_wrong_only_beyond_the_samples_fail_in_a_users_module(at_root, tmp_path, monkeypatch, capsys):
+    code, out, records = _verify_module(tmp_path, monkeypatch, capsys, "beyond_rules", BEYOND)
+    assert code == 1
+    failed = {r["op"]: r for r in records if not r["ok"]}
+    assert set(failed) == {"swish_far", "swish_clipped"}, out
+    for op, probe in (("swish_far", "inputs"), ("swish_clipped", "cotangent")):
+        record = failed[op]
+        assert record["transform"] == "eager" and record["verdict"] == "rule wrong", out
+        assert [a["probe"][0] for a in record["arguments"]] == [probe], out
+    assert "x [inputs ×16]" in out and "x [cotangent ×16384]" in out and "at the sample's cotangent ×16384" in out
+
+
 def test_pytest_cases_make_one_test_per_check_and_fail_a_wrong_rule(at_root, tmp_path, monkeypatch):
     (tmp_path / "wrong_rules_cases.py").write_text(WRONG)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -154,8 +154,9 @@ def _overlapping(pool: bool) -> Callable[[Sample], bool]:
     return applies
 
 
-def _assign_windows(values, x_shape, settings, pool: bool, positions=None):
-    """``dx_pad[p] = value`` (assignment, the mistake) for every window entry, then cropped.
+def _assign_windows(values, x_shape, settings, pool: bool, positions=None, add: bool = False):
+    """``dx_pad[p] = value`` (assignment, the mistake; ``+=`` with ``add``) for every window
+    entry, then cropped.
 
     ``values`` is ``(N, *out, K, C)`` (or ``(N, *out, C)`` with ``positions`` per entry).
     """
@@ -170,7 +171,7 @@ def _assign_windows(values, x_shape, settings, pool: bool, positions=None):
         channel = jnp.arange(c).reshape((1,) * (positions.ndim - 1) + (c,))
         flat = flat.at[batch, positions, channel].set(values)
     else:
-        flat = flat.at[batch, positions].set(values)
+        flat = flat.at[batch, positions].add(values) if add else flat.at[batch, positions].set(values)
     grid = flat.reshape(n, *padded, c)
     return grid[(slice(None), *(slice(lo, lo + size) for (lo, _), size in zip(pads, x_shape[1:-1])), slice(None))]
 
@@ -302,6 +303,16 @@ def _max_pool_overwrite(right, g, args, settings):
     candidates = jnp.broadcast_to(positions[None, ..., None], entries.shape)
     where = jnp.take_along_axis(candidates, first_max[..., None, :], -2)
     return _assign_windows(g, x.shape, settings, True, positions=where[..., 0, :])
+
+
+def _max_pool_every_tied_maximum(right, g, args, settings):
+    """δ routed with weight 1 to every maximum of a window: a tie of two passes 2δ on, no subgradient."""
+    x = args.x
+    padded = jnp.pad(x, ((0, 0), *_pads(args, settings, pool=True), (0, 0)), constant_values=-jnp.inf)
+    positions = _window_positions(x.shape, settings, pool=True)  # (*out, K)
+    entries = padded.reshape(x.shape[0], -1, x.shape[-1])[:, positions]  # (N, *out, K, C)
+    routed = jnp.where(entries == entries.max(axis=-2, keepdims=True), g[..., None, :], 0)
+    return _assign_windows(routed, x.shape, settings, True, add=True)
 
 
 def _mean_pool_overwrite(right, g, args, settings):
@@ -671,6 +682,9 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in [
            _max_pool_overwrite, _overlapping(pool=True),
            lecture="Raj: dy(P(l, m, i, j)) += δ, \"because this entry may be selected in multiple adjacent "
                    "overlapping windows\""),
+    Mutant("max_pool.routes_to_every_tied_maximum", "x", "δ routed to every maximum of a tie (weights sum to 2)",
+           _max_pool_every_tied_maximum, lambda s: bool(s.kink),
+           lecture="Jearanaitanakij: the gradient flows through the neuron with the largest activation only"),
     Mutant("mean_pool.missing_1_over_K", "x", "δ spread without dividing by the window size",
            lambda right, g, a, s: right(g) * math.prod(_shapes.spatial_tuple(
                "mutant", "window", s["window"], a.x.ndim - 2)), lambda s: s.settings.get("count_padding", True),

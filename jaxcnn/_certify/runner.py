@@ -49,6 +49,11 @@ QUICK_PLAN = {
     "bfloat16": ("contract",),
 }
 
+#: The dtypes whose ``"eager"`` check probes beyond the sample (scaled inputs and
+#: cotangents, :func:`jaxcnn.verify.check_vjp`), the first of them a sample is checked in:
+#: once per sample, one more compiled program (bfloat16's 8 bits would say no more).
+PROBED = ("float32", "float64")
+
 #: Transforms that run only on the first ``OpInfo.few`` samples of each op.
 FEW_SAMPLES = frozenset({"contract", "vmap", "grad-of-grad", "checkpoint", "sharding"})
 
@@ -176,6 +181,8 @@ def check_unit(info: OpInfo, index: int, checks: Iterable[tuple[str, str]], op: 
     a kink pinned on purpose, under finite differences) is diagnosed once per sample."""
     sample = info.samples(np.random.default_rng(seed))[index]
     op = op or info.op
+    checks = tuple(checks)
+    probed = next((d for d in PROBED if (d, "eager") in checks), None)
     records, diagnosis, bound = [], None, {}
     for dtype, transform in checks:
         start = time.perf_counter()
@@ -184,15 +191,27 @@ def check_unit(info: OpInfo, index: int, checks: Iterable[tuple[str, str]], op: 
                 settings = cast_settings(sample.settings, dtype)
                 bound = {dtype: (_bound(op, settings), _bound(info.reference, settings), cast(sample.args, dtype))}
             rule, ref, args = bound[dtype]
-            result = check_transform(transform, rule, ref, *args, batched=info.batched)
+            result = check_transform(transform, rule, ref, *args, batched=info.batched, probe=dtype == probed)
         if diagnosis is None and (not result.ok or (sample.kink and transform == "finite differences")):
-            diagnosis = diagnose(op, info.reference, *sample.args, **sample.settings)
+            where = _where(result, dtype, transform)
+            diagnosis = diagnose(op, info.reference, *sample.args, **sample.settings, **where)
         failed_or_pinned = not result.ok or (sample.kink and transform == "finite differences")
         records.append(Record(label or info.name, sample.describe(), index, dtype, transform, result, sample.kink,
                               diagnosis if failed_or_pinned else None, snippet(dtype, transform),
                               time.perf_counter() - start))
         progress(records[-1])
     return records
+
+
+def _where(result: CheckResult, dtype: str, transform: str) -> dict:
+    """What :func:`~jaxcnn.verify.diagnose` needs of a failed check: the transform it failed
+    under (``"eager in float32"``: the dtype), and the probe beyond the sample where only
+    probes failed."""
+    if result.ok:
+        return {}
+    probes = [r.probe for r in result.failures()]
+    where = {"transform": f"{transform} in {dtype}" if transform == "eager" and dtype != "float64" else transform}
+    return {**where, "probe": probes[0]} if probes and all(probes) else where
 
 
 def check_sample(name: str, index: int, dtype: str, transform: str, op: Optional[Callable] = None,

@@ -88,6 +88,17 @@ def _arg_names(op: Callable, n: int) -> list[str]:
     return [positional[i] if i < len(positional) else f"arg{i}" for i in range(n)]
 
 
+def signed(arrays: Sequence[Any]) -> list[bool]:
+    """Which leaves take both signs: those the probes beyond the sample scale (a leaf of one
+    sign may be held to it by its domain: a probability, a variance, a scale)."""
+    return [bool(np.any(np.asarray(x) < 0) and np.any(np.asarray(x) > 0)) for x in arrays]
+
+
+def scaled(floats: Sequence[Any], which: Sequence[bool], s: float) -> list:
+    """``floats`` with the leaves ``which`` picks times ``s``, in their own dtype."""
+    return [x * jnp.asarray(s, jnp.result_type(x)) if w else x for x, w in zip(floats, which)]
+
+
 def random_like(rng: np.random.Generator, tree: Any) -> Any:
     """A standard-normal pytree with the shapes and dtypes of ``tree``'s leaves."""
     return jax.tree_util.tree_map(
@@ -157,21 +168,26 @@ def probe_directions(arrays: Sequence[Any], elementwise_max: int, count: int, rn
             yield rng.standard_normal((count, x.size)), [("direction", k) for k in range(count)], False
 
 
-def collect(op: str, against: str, dtype: str, reports: Callable[[], Iterable[ArgumentReport]]) -> CheckResult:
+def collect(op: str, against: str, dtype: str,
+            reports: Callable[[], Iterable["ArgumentReport | str"]]) -> CheckResult:
     """The engine: ``reports()`` yields the comparisons of one check (``"output…"`` for the
-    forward value, an argument's name for its derivative); per name the worst is kept,
-    in the order first seen. An exception, from the rule or either side, is reported as
-    the result's ``error`` in one line, with what was compared before it."""
+    forward value, an argument's name for its derivative) and, as strings, notes on what it
+    left out; per name the worst is kept, in the order first seen. An exception, from the
+    rule or either side, is reported as the result's ``error`` in one line, with what was
+    compared before it."""
     found: dict[str, list[ArgumentReport]] = {}
-    error = ""
+    notes, error = [], ""
     try:
         for report in reports():
+            if isinstance(report, str):
+                notes.append(report)
+                continue
             found.setdefault(report.name, []).append(report)
     except Exception as e:  # report, do not crash: the rule may be the culprit
         error = f"{type(e).__name__}: {_first_line(e)}"
     forward = [worst(r) for name, r in found.items() if _is_output(name)]
     arguments = tuple(worst(r) for name, r in found.items() if not _is_output(name))
-    return CheckResult(op, against, dtype, worst(forward) if forward else None, arguments, error)
+    return CheckResult(op, against, dtype, worst(forward) if forward else None, arguments, error, tuple(notes))
 
 
 def _is_output(name: str) -> bool:

@@ -52,8 +52,10 @@ class ArgumentReport:
     ``max |expected|``, the element worst relative to its tolerance (``index``; for a
     projection ``("direction", k)``) with the ``rule``'s and ``expected`` values and the
     ``tolerance`` there, whether every element is within its tolerance (``ok``), a ``note``
-    when the comparison could not be made element by element, and the property compared
-    (``what``) when not the value itself (e.g. ``"vjp(0) = 0"``)."""
+    when the comparison could not be made element by element, the property compared
+    (``what``) when not the value itself (e.g. ``"vjp(0) = 0"``), and for a probe beyond
+    the sample (:func:`~jaxcnn.verify.check_vjp`'s) which one: ``("inputs", 1024.0)`` or
+    ``("cotangent", 16384.0)``."""
 
     name: str
     shape: tuple[int, ...]
@@ -66,9 +68,15 @@ class ArgumentReport:
     ok: bool
     note: str = ""
     what: str = ""
+    probe: tuple = ()
+
+    @property
+    def label(self) -> str:
+        """What was compared, where not the value at the sample: ``"vjp(0) = 0"``, ``"inputs ×1024"``."""
+        return self.what or (f"{self.probe[0]} {factor(self.probe[1])}" if self.probe else "")
 
     def describe(self, expected_label: str) -> str:
-        name = f"{self.name} [{self.what}]" if self.what else self.name
+        name = f"{self.name} [{self.label}]" if self.label else self.name
         head = f"{name:<16} {str(self.shape):<18}"
         if self.note:
             return f"{head} {'ok' if self.ok else 'MISMATCH'}: {self.note}"
@@ -78,6 +86,11 @@ class ArgumentReport:
         where = ", ".join(str(i) for i in self.index)
         return (f"{head} {errors}  MISMATCH at [{where}]: rule {self.rule:.6g}, "
                 f"{expected_label} {self.expected:.6g}, tolerance {self.tolerance:.2e}")
+
+
+def factor(scale: float) -> str:
+    """``"×1024"``, ``"×1/1024"``: a probe's scale."""
+    return f"×{scale:g}" if scale >= 1 else f"×1/{1 / scale:g}"
 
 
 def by_name(items: Sequence[Any], name: str) -> Any:
@@ -100,6 +113,7 @@ class CheckResult:
     forward: Optional[ArgumentReport]
     arguments: tuple[ArgumentReport, ...]
     error: str = ""  # an exception raised while checking, in one line
+    notes: tuple[str, ...] = ()  # what the check left out, and why (a probe outside the op's domain)
 
     @property
     def ok(self) -> bool:
@@ -117,6 +131,7 @@ class CheckResult:
         lines = [f"{self.op}: {title} ({self.dtype}): {'ok' if self.ok else 'FAILED'}"]
         if self.error:
             lines.append(f"  error: {self.error}")
+        lines.extend(f"  note: {note}" for note in self.notes)
         label = ("finite-diff" if self.against.startswith("finite differences") else
                  "expected" if self.against == "custom_vjp contract" else "autodiff")
         if self.forward is not None:
@@ -162,7 +177,11 @@ def compare(name: str, rule: Any, expected: Any, tol: Tolerance, scale: Any = No
 
 
 def worst(reports: Sequence[ArgumentReport]) -> ArgumentReport:
-    """The failing report with the largest error relative to its tolerance (or the largest if all pass)."""
+    """The failing report with the largest error relative to its tolerance (or the largest if all pass);
+    the comparisons at the sample first: a probe beyond it speaks only where they all pass."""
+    own = [r for r in reports if not r.probe]
+    if own and (not all(r.ok for r in own) or all(r.ok for r in reports)):
+        reports = own
     return max(reports, key=lambda r: (not r.ok, r.max_abs_error / max(r.tolerance, 1e-300)))
 
 
@@ -174,9 +193,17 @@ FD_UNTRUSTWORTHY = "finite differences untrustworthy"
 NON_SMOOTH = "non-smooth point"
 REFERENCE_WRONG = "reference wrong"
 ALL_DISAGREE = "all three disagree"
+RULE_RAISED = "the rule raised"
+REFERENCE_RAISED = "the reference raised"
 
-#: The verdicts of :func:`~jaxcnn.verify.diagnose`, the most serious first.
-VERDICTS = (RULE_WRONG, REFERENCE_WRONG, ALL_DISAGREE, NON_SMOOTH, FD_UNTRUSTWORTHY, AGREE)
+#: The verdicts of :func:`~jaxcnn.verify.diagnose`, the most serious first; beside them
+#: ``"fails only under <transform>"`` (:data:`ONLY_UNDER`), when the three agree at the sample.
+VERDICTS = (RULE_RAISED, RULE_WRONG, REFERENCE_RAISED, REFERENCE_WRONG, ALL_DISAGREE, NON_SMOOTH, FD_UNTRUSTWORTHY,
+            AGREE)
+
+#: The verdict of a check that failed under a transform while the rule, autodiff and finite
+#: differences agree at the sample.
+ONLY_UNDER = "fails only under"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,19 +240,26 @@ class ArgumentDiagnosis:
 
 @dataclasses.dataclass(frozen=True)
 class Diagnosis:
-    """The outcome of :func:`~jaxcnn.verify.diagnose`: ``verdict`` (one of :data:`VERDICTS`),
-    one :class:`ArgumentDiagnosis` per argument (``diagnosis["w"]``); ``str()`` is a readable report."""
+    """The outcome of :func:`~jaxcnn.verify.diagnose`: ``verdict`` (one of :data:`VERDICTS`, or
+    ``"fails only under <transform>"``), what it means where it needs saying (``explanation``:
+    the exception a side raised, in one line, or what a transform-only failure points to),
+    where it was taken (``probe``, as :attr:`ArgumentReport.probe`), one
+    :class:`ArgumentDiagnosis` per argument (``diagnosis["w"]``); ``str()`` is a readable report."""
 
     op: str
     verdict: str
     arguments: tuple[ArgumentDiagnosis, ...]
-    error: str = ""
+    error: str = ""  # the exception a side raised, in one line
+    explanation: str = ""
+    probe: tuple = ()
 
     def __getitem__(self, name: str) -> ArgumentDiagnosis:
         return by_name(self.arguments, name)
 
     def __str__(self) -> str:
-        lines = [f"{self.op}: verdict: {self.verdict}"] + ([f"  error: {self.error}"] if self.error else [])
+        at = f" (at the sample's {self.probe[0]} {factor(self.probe[1])})" if self.probe else ""
+        said = self.explanation or self.error
+        lines = [f"{self.op}: verdict: {self.verdict}{': ' + said if said else ''}{at}"]
         for a in self.arguments:
             lines.append(f"  {a.name}: {a.verdict}")
             lines.extend(f"    {e}" for e in a.worst if a.verdict != AGREE)

@@ -9,6 +9,7 @@ the many that eager execution compiles one primitive at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, Optional, Sequence
 
@@ -18,9 +19,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxcnn.verify._core import (Leaves, as_cotangent, central_differences, collect, compiled_vjp, name_of,
-                                 outputs, probe_directions, projection, random_like)
+                                 outputs, probe_directions, projection, random_like, scaled, signed)
 from jaxcnn.verify._report import (FINITE_DIFFERENCE_TOLERANCE, ArgumentReport, CheckResult, Tolerance, compare,
-                                   tolerance_for)
+                                   factor, tolerance_for)
 
 #: Every transform :func:`check_transform` knows, in the order reports list them.
 TRANSFORMS = ("contract", "eager", "jit", "vmap", "grad-of-grad", "checkpoint", "sharding", "finite differences",
@@ -47,12 +48,22 @@ def _vjp_check(op: Callable, against: str, leaves: Leaves, tol: Tolerance, rule:
 
 
 def check_vjp(op: Callable, reference: Callable, *args: Any, cotangents: int = 3, seed: int = 0,
-              rtol: Optional[float] = None, atol: Optional[float] = None, **settings: Any) -> CheckResult:
+              rtol: Optional[float] = None, atol: Optional[float] = None, probe: bool = True,
+              **settings: Any) -> CheckResult:
     """Compares ``op``'s forward and VJP with ``reference`` and ``jax.vjp`` of ``reference``.
 
     Both functions are called as ``f(*args, **settings)``. The VJP is taken with respect
     to every floating leaf of ``args``, for ``cotangents`` random normal cotangents drawn
     from ``seed``; per argument the worst element over all cotangents is reported.
+
+    With ``probe`` (the default) it also looks beyond the sample, in one more compiled
+    program: the forward and the VJP at the inputs scaled by :data:`INPUT_SCALES` (the
+    floating arguments that take both signs; one of a single sign, a probability or a
+    variance, keeps its values, as do integer ones), and the VJP at the cotangent scaled by
+    :data:`COTANGENT_SCALES` (loss scaling), compared after dividing both sides by the
+    factor. A scale where the reference is not finite is skipped, said in the result's
+    ``notes``. A failure there is reported as such (``x [inputs ×1024]``); the sample's
+    own comparisons are reported first.
 
     ``rtol``, ``atol`` override the dtype's defaults (``jaxcnn.verify._report.TOLERANCES``).
     Returns a :class:`~jaxcnn.verify.CheckResult`; call ``.assert_ok()`` to raise on mismatch.
@@ -63,15 +74,116 @@ def check_vjp(op: Callable, reference: Callable, *args: Any, cotangents: int = 3
     >>> verify.check_vjp(ops.softmax, reference.softmax, x).ok
     True
     """
-    return _rule_vs_autodiff(op, reference, args, settings, lambda f: f, cotangents, seed, rtol, atol)
+    return _rule_vs_autodiff(op, reference, args, settings, lambda f: f, cotangents, seed, rtol, atol, probe)
 
 
-def _rule_vs_autodiff(op, reference, args, settings, transform, cotangents=3, seed=0, rtol=None, atol=None):
+def _rule_vs_autodiff(op, reference, args, settings, transform, cotangents=3, seed=0, rtol=None, atol=None,
+                      probe=False):
     """``transform(op)``'s VJP against the compiled autodiff of ``reference`` (eager, jit, checkpoint)."""
     leaves = Leaves(op, args)
-    return _vjp_check(op, f"autodiff of {name_of(reference)}", leaves, tolerance_for(leaves.dtype, rtol, atol),
-                      lambda: jax.vjp(transform(leaves.bind(op, settings)), *leaves.arrays),
-                      lambda: compiled_vjp(reference, leaves, settings), cotangents, seed)
+    tol = tolerance_for(leaves.dtype, rtol, atol)
+    result = _vjp_check(op, f"autodiff of {name_of(reference)}", leaves, tol,
+                        lambda: jax.vjp(transform(leaves.bind(op, settings)), *leaves.arrays),
+                        lambda: compiled_vjp(reference, leaves, settings), cotangents, seed)
+    if not probe or result.error:
+        return result
+
+    def reports():  # the sample's comparisons again (no computing), then the probes
+        yield from ([result.forward] if result.forward else []) + list(result.arguments)
+        yield from _beyond(op, reference, leaves, settings, tol, seed)
+
+    return collect(result.op, result.against, result.dtype, reports)
+
+
+#: :func:`check_vjp` probes beyond the sample at the inputs scaled by these factors: powers
+#: of two, exact in every binary format, so that zeros, ties and signs stay where the
+#: sample put them (about ×1e-3, ×16, ×1e3) ...
+INPUT_SCALES = (2.0 ** -10, 2.0 ** 4, 2.0 ** 10)
+
+#: ... and at the cotangent scaled by these (the range of loss scaling, about ×1e-4 and ×1e4).
+COTANGENT_SCALES = (2.0 ** -14, 2.0 ** 14)
+
+
+def _beyond(op: Callable, reference: Callable, leaves: Leaves, settings: dict, tol: Tolerance, seed: int):
+    """The probes of :func:`check_vjp`: the rule against autodiff of the reference at the
+    scaled inputs and cotangents, all evaluated in one compiled program; a scale where the
+    reference is less finite than at the sample (outside the op's domain) is a note."""
+    which = signed(leaves.arrays)
+    scales = INPUT_SCALES if any(which) else ()
+    if not scales:
+        yield "inputs not scaled: no floating argument takes both signs (a single sign may be its domain)"
+    rule, expected = leaves.call(op, settings), leaves.call(reference, settings)
+    v = random_like(np.random.default_rng(seed), compiled_vjp(reference, leaves, settings)[0])  # kept, not traced
+    cotangents = [v] + [jax.tree_util.tree_map(lambda w, c=c: w * jnp.asarray(c, w.dtype), v)
+                        for c in COTANGENT_SCALES]
+
+    @jax.jit
+    def evaluate(floats, flat, cotangents):
+        def both(xs, vs):
+            (out, pullback), (out_ref, pullback_ref) = (jax.vjp(lambda *f, g=g: g(f, flat), *xs)
+                                                        for g in (rule, expected))
+            return out, out_ref, [(pullback(w), pullback_ref(w)) for w in vs]
+
+        return both(floats, cotangents), [both(scaled(floats, which, s), cotangents[:1]) for s in scales]
+
+    (_, sample_out, ((_, sample_ct), *at_cotangents)), at_inputs = jax.device_get(
+        evaluate(leaves.arrays, leaves.flat, cotangents))
+    probes = [(("inputs", s), out, out_ref, ct, ct_ref)
+              for s, (out, out_ref, ((ct, ct_ref),)) in zip(scales, at_inputs)]
+    probes += [(("cotangent", c), None, None, ct, ct_ref) for c, (ct, ct_ref) in zip(COTANGENT_SCALES, at_cotangents)]
+    for probe, out, out_ref, ct, ct_ref in probes:
+        if _not_finite(out_ref, ct_ref) > _not_finite(sample_out if out_ref is not None else None, sample_ct):
+            yield f"{probe[0]} {factor(probe[1])} skipped: the reference is not finite there (outside the op's domain)"
+            continue
+        reports = _judged(leaves, probe, out, out_ref, ct, ct_ref, tol)
+        if not all(r.ok for r in reports) and leaves.dtype != "float64":
+            # the reference may be what loses precision out there: the rule is judged against it in float64
+            out_wide, ct_wide = _reference_in_float64(reference, leaves, settings, which, probe, v)
+            wide = _judged(leaves, probe, out, out_wide if out is not None else None, ct, ct_wide, tol)
+            if all(r.ok for r in wide):
+                yield f"{probe[0]} {factor(probe[1])}: compared with the reference in float64 (in {leaves.dtype} " \
+                      f"it is not accurate there)"
+                reports = wide
+        yield from reports
+
+
+def _judged(leaves: Leaves, probe: tuple, out, out_ref, ct, ct_ref, tol: Tolerance) -> list[ArgumentReport]:
+    """A probe's comparisons: the outputs at scaled inputs, the cotangents (divided by the
+    cotangent's factor, so that the tolerance scales with it)."""
+    c = probe[1] if probe[0] == "cotangent" else 1.0
+    # inputs shrunk by s: a scale-invariant op's gradient (a normalisation's) and its rounding grow as 1/s
+    floor = 1 / probe[1] if probe[0] == "inputs" and probe[1] < 1 else 0.0
+    compared = [*((n, a, b, None) for n, a, b in (outputs(out, out_ref) if out is not None else ())),
+                *((n, np.asarray(as_cotangent(a, b), np.float64) / c, np.asarray(b, np.float64) / c, floor)
+                  for n, a, b in zip(leaves.names, ct, ct_ref))]
+    return [dataclasses.replace(compare(n, a, b, tol, None if not f else max(f, _largest(b))), probe=probe)
+            for n, a, b, f in compared]
+
+
+def _largest(a: Any) -> float:
+    finite = np.abs(np.asarray(a, np.float64))
+    return float(finite[np.isfinite(finite)].max(initial=0.0))
+
+
+def _reference_in_float64(reference: Callable, leaves: Leaves, settings: dict, which: list, probe: tuple, v: Any):
+    """The reference's output and VJP at a probe, computed in float64 (one compiled program)."""
+    s, c = (probe[1], 1.0) if probe[0] == "inputs" else (1.0, probe[1])
+    with jax.enable_x64(True):
+        wide = leaves.cast(jnp.float64)
+        w = jax.tree_util.tree_map(lambda t: np.asarray(t, np.float64) * c, v)
+
+        @jax.jit
+        def evaluate(floats, flat, w):
+            out, pullback = jax.vjp(lambda *f: wide.call(reference, settings)(f, flat), *scaled(floats, which, s))
+            return out, pullback(w)
+
+        return jax.device_get(evaluate(wide.arrays, wide.flat, w))
+
+
+def _not_finite(*trees: Any) -> int:
+    """How many elements of the trees' leaves are NaN or infinite."""
+    return sum(int(np.sum(~np.isfinite(np.asarray(leaf, np.float64)))) for tree in trees if tree is not None
+               for leaf in jax.tree_util.tree_leaves(tree))
 
 
 def check_numerical(op: Callable, *args: Any, step: float = 1e-5, elementwise_max: int = 512, directions: int = 4,
@@ -244,11 +356,12 @@ def _check_jvp_numerical(op: Callable, *args: Any, step: float = 1e-5, tangents:
 
 
 def check_transform(transform: str, op: Callable, reference: Callable, *args: Any, batched: Sequence[int] = (0,),
-                    seed: int = 0, rtol: Optional[float] = None, atol: Optional[float] = None,
+                    seed: int = 0, rtol: Optional[float] = None, atol: Optional[float] = None, probe: bool = True,
                     **settings: Any) -> CheckResult:
     """Checks ``op``'s rule against ``reference`` under ``transform``, one of :data:`TRANSFORMS`:
 
-    * ``"eager"``: :func:`check_vjp`; ``"jit"``: the op under ``jax.jit``;
+    * ``"eager"``: :func:`check_vjp` (its probes beyond the sample with ``probe``);
+      ``"jit"``: the op under ``jax.jit``;
     * ``"checkpoint"``: the op under ``jax.checkpoint`` (rematerialised, in one compiled
       program) against the plain reference;
     * ``"vmap"``: batched arguments (``batched``, e.g. the input) stacked over a new axis
@@ -284,9 +397,9 @@ def check_transform(transform: str, op: Callable, reference: Callable, *args: An
     tol = dict(seed=seed, rtol=rtol, atol=atol)
     if transform in ("eager", "jit", "checkpoint"):
         wrap = {"eager": lambda f: f, "jit": jax.jit, "checkpoint": lambda f: jax.jit(jax.checkpoint(f))}[transform]
-        return _rule_vs_autodiff(op, reference, args, settings, wrap, **tol)
+        return _rule_vs_autodiff(op, reference, args, settings, wrap, **tol, probe=probe and transform == "eager")
     if transform == "grad-of-grad":
-        return check_vjp(_gradient_of(op, settings), _gradient_of(reference, settings), *args, **tol)
+        return check_vjp(_gradient_of(op, settings), _gradient_of(reference, settings), *args, **tol, probe=False)
     if transform == "vmap":
         return _check_vmap(op, reference, Leaves(op, args), tuple(batched), settings, tol)
     if transform == "sharding":
