@@ -422,10 +422,11 @@ def test_verdict_agree_and_projections_for_large_arguments(rng):
 # --------------------------------------------------------------------------- the public surface
 
 
-def test_the_public_checker_is_a_dozen_names():
+def test_the_public_checker_is_a_dozen_names_and_the_audits_entry_points():
     assert sorted(verify.__all__) == sorted([
         "TRANSFORMS", "CheckResult", "Diagnosis", "GradientMismatch", "Registry", "Sample", "check_contract",
-        "check_jvp", "check_numerical", "check_transform", "check_vjp", "diagnose"])
+        "check_jvp", "check_numerical", "check_transform", "check_vjp", "diagnose",
+        "audit", "AuditReport", "Finding", "find_nonfinite"])  # the audit of a whole program (issue 32)
     assert all(hasattr(verify, name) for name in verify.__all__)
 
 

@@ -18,9 +18,9 @@ from typing import Optional
 from jaxcnn.nn import core, initializers, layers
 
 #: The layer constructors that take ``ops=``.
-LAYERS = ("BatchNorm", "Conv", "ConvTranspose", "Dense", "Downsample", "Dropout", "Flatten", "GlobalMaxPool",
-          "GlobalMeanPool", "GroupNorm", "LayerNorm", "LeakyRelu", "LogSoftmax", "MaxPool", "MeanPool",
-          "MeanSubtraction", "Relu", "Sigmoid", "Softmax", "Tanh", "Upsample")
+LAYERS = ("AdaptiveMaxPool", "AdaptiveMeanPool", "BatchNorm", "Conv", "ConvTranspose", "Dense", "Downsample",
+          "Dropout", "Flatten", "GlobalMaxPool", "GlobalMeanPool", "GroupNorm", "LayerNorm", "LeakyRelu", "LogSoftmax",
+          "MaxPool", "MeanPool", "MeanSubtraction", "Relu", "Sigmoid", "Softmax", "Tanh", "Upsample")
 #: The combinators, passed through unchanged (they take layers, not ops).
 COMBINATORS = ("dense_block", "fan_in_concat", "fan_in_sum", "fan_out", "identity", "parallel", "residual", "serial")
 
