@@ -336,8 +336,8 @@ def test_a_launcher_stopped_with_sigterm_forwards_where_training_can_resume(tmp_
     assert proc.returncode == 128 + signal.SIGTERM, text
     assert "[launch] got SIGTERM; stopping every process" in text
     lines = [line for line in text.splitlines() if line.startswith("[0] jaxcnn: interrupted")]
-    assert len(lines) == 1 and re.fullmatch(r"\[0\] jaxcnn: interrupted; last checkpoint at epoch \d+ "
-                                            r"\(.*checkpoint.npz; continue with --resume\)", lines[0]), text
+    assert len(lines) == 1 and re.fullmatch(r"\[0\] jaxcnn: interrupted; last checkpoint at (epoch|step \d+ of \d+ in "
+                                            r"epoch) \d+ \(.*checkpoint.npz; continue with --resume\)", lines[0]), text
     checkpoint.read_header(str(out / "checkpoint.npz"))
 
 
