@@ -93,51 +93,35 @@ def test_checkpoint_mode_follows_the_umask(tmp_path, umask):
     assert mode == 0o666 & ~umask == stat.S_IMODE(os.stat(tmp_path / "plain").st_mode)
 
 
-def test_ctrl_c_during_a_save_takes_effect_after_it(tmp_path, monkeypatch):
+class _Terminated(Exception):
+    pass
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated(signum)
+
+
+@pytest.mark.parametrize("signum, handler, raised", [
+    (signal.SIGINT, signal.default_int_handler, KeyboardInterrupt),  # Python's own, whatever ran before
+    (signal.SIGTERM, _raise_terminated, _Terminated),  # a launcher stops its processes with SIGTERM
+], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_a_save_takes_effect_after_it(tmp_path, monkeypatch, signum, handler, raised):
     path = str(tmp_path / "c.npz")
     savez = np.savez
 
     def interrupted(f, **arrays):
-        os.kill(os.getpid(), signal.SIGINT)  # delivered while the archive is half written
+        os.kill(os.getpid(), signum)  # delivered while the archive is half written
         savez(f, **arrays)
 
     monkeypatch.setattr(np, "savez", interrupted)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever ran before
+    previous = signal.signal(signum, handler)
     try:
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(raised):
             checkpoint.save(path, TREE)
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signum) is handler
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signum, previous)
     loaded, _ = checkpoint.load(path, TREE)  # the save completed first
-    np.testing.assert_array_equal(loaded["w"], TREE["w"])
-    assert os.listdir(tmp_path) == ["c.npz"]
-
-
-def test_sigterm_during_a_save_takes_effect_after_it(tmp_path, monkeypatch):
-    """A launcher stops its processes with SIGTERM: the save in progress still completes."""
-    path = str(tmp_path / "c.npz")
-    savez = np.savez
-
-    def terminated(f, **arrays):
-        os.kill(os.getpid(), signal.SIGTERM)  # delivered while the archive is half written
-        savez(f, **arrays)
-
-    class Terminated(Exception):
-        pass
-
-    def handler(signum, frame):
-        raise Terminated(signum)
-
-    monkeypatch.setattr(np, "savez", terminated)
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        with pytest.raises(Terminated):
-            checkpoint.save(path, TREE)
-        assert signal.getsignal(signal.SIGTERM) is handler
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    loaded, _ = checkpoint.load(path, TREE)
     np.testing.assert_array_equal(loaded["w"], TREE["w"])
     assert os.listdir(tmp_path) == ["c.npz"]
 
