@@ -243,7 +243,7 @@ def test_bind_gives_every_layer_one_backend_and_a_call_keyword_still_wins():
 
     def hand_rules(layer):
         params, state, _ = layer.init(jax.random.PRNGKey(0), x.shape)
-        return str(jax.make_jaxpr(layer.apply)(params, state, x)).count("custom_vjp_call")
+        return str(jax.make_jaxpr(layer.apply)(params, state, x)).count("_prim=jaxcnn.")
 
     assert hand_rules(auto.serial(auto.Conv(2, (3, 3)), auto.Relu(), auto.MaxPool(2))) == 0
     assert hand_rules(hand.serial(hand.Conv(2, (3, 3)), hand.Relu(), hand.MaxPool(2))) == 3

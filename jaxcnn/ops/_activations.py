@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxcnn import _checks, _xla_cpu
+from jaxcnn.ops import _rule
 
 # --------------------------------------------------------------------------- ReLU
 
@@ -67,7 +68,7 @@ def _at_zero(op, value, allowed, other):
     return value == allowed[0]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+@functools.partial(_rule.custom_rule, nondiff_argnums=(1,))
 def _relu(x, passes_at_zero):
     # max(x, 0) as a select, NaN passed through: XLA:CPU fuses a select into its neighbours
     # best (performance.md, "ReLU as a select").
@@ -131,7 +132,7 @@ def _validate_leaky_relu(x, negative_slope, derivative_at_zero):
     return x, slope, passes
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+@functools.partial(_rule.custom_rule, nondiff_argnums=(1, 2))
 def _leaky_relu(x, slope, passes_at_zero):
     return jnp.where(x >= 0, x, x * jnp.asarray(slope, x.dtype))
 
@@ -175,7 +176,7 @@ def sigmoid(x: jax.Array) -> jax.Array:
     return _sigmoid(_checks.float_array("sigmoid", "x", x))
 
 
-@jax.custom_vjp
+@_rule.custom_rule
 def _sigmoid(x):
     return lax.logistic(x)
 
@@ -242,7 +243,7 @@ def _tanh_checked(x, method, platform):
     return x, _xla_cpu.tanh_method(x.dtype, platform) if method == "auto" else method
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+@functools.partial(_rule.custom_rule, nondiff_argnums=(1,))
 def _tanh(x, method):
     return _xla_cpu.tanh_rational(x) if method == "rational" else jnp.tanh(x)
 
@@ -297,7 +298,7 @@ class SoftmaxResiduals(NamedTuple):
     p: jax.Array
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+@functools.partial(_rule.custom_rule, nondiff_argnums=(1,))
 def _softmax(x, axis):
     e = jnp.exp(x - jnp.max(x, axis=axis, keepdims=True))
     return e / jnp.sum(e, axis=axis, keepdims=True)
@@ -356,7 +357,7 @@ def _validate_axis_op(op, x, axis):
     return x, _checks.single_axis(op, "axis", axis, x.ndim)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+@functools.partial(_rule.custom_rule, nondiff_argnums=(1,))
 def _log_softmax(x, axis):
     shifted = x - jnp.max(x, axis=axis, keepdims=True)
     return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True))

@@ -45,6 +45,7 @@ from jax import lax
 
 from jaxcnn import _checks, _shapes
 from jaxcnn.ops import _windows
+from jaxcnn.ops import _rule
 
 # --------------------------------------------------------------------------- mean
 
@@ -86,7 +87,7 @@ def adaptive_mean_pool(x: jax.Array, output_size) -> jax.Array:
     return _adaptive_mean_pool(x, x.shape[1:-1], out_shape)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+@functools.partial(_rule.custom_rule, nondiff_argnums=(1, 2))
 def _adaptive_mean_pool(x, in_shape, out_shape):
     windows = _gather(_windows.pad(x, _one_past(in_shape), 0), _window_index(in_shape, out_shape))
     return jnp.sum(windows, axis=-1) / _sizes(in_shape, out_shape, x.dtype)
@@ -164,7 +165,7 @@ class AdaptiveMaxPoolResiduals(NamedTuple):
     indices: jax.Array  # P: flat index of each output's maximum in its input plane, int32, shape of y
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+@functools.partial(_rule.custom_rule, nondiff_argnums=(1, 2))
 def _adaptive_max_pool(x, in_shape, out_shape):
     return _adaptive_max_pool_fwd(x, in_shape, out_shape)[0]
 

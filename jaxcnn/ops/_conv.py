@@ -36,6 +36,7 @@ from jaxcnn.ops._conv_formulas import IM2COL, ROWS, TAPS, Formula, input_gradien
 from jaxcnn.ops._conv_groups import check_kernel_channels, checked_groups, per_group
 from jaxcnn.ops._conv_plan import Plan, Problem
 from jaxcnn.ops._conv_winograd import WINOGRAD
+from jaxcnn.ops import _rule
 
 #: LeNet-5's S2 → C3 connection table (LeCun et al. 1998, Table I; Hu & Zhu's slide
 #: "Feature map selection"): ``LENET5_C3_TABLE[p, q]`` is true when input map ``p`` of
@@ -184,7 +185,7 @@ class ConvResiduals(NamedTuple):
     w: jax.Array  # the connected kernel (absent connections zeroed), for dx
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+@functools.partial(_rule.custom_rule, nondiff_argnums=(3,))
 def _conv(x, w, b, spec):
     return _forward(x, _connected(w, spec.connections), b, spec)
 

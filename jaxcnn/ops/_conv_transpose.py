@@ -30,6 +30,7 @@ from jaxcnn._shapes import Geometry, Padding
 from jaxcnn.ops._conv import FORMULAS, resolve_plan, tuned_products
 from jaxcnn.ops._conv_groups import check_kernel_channels, checked_groups, per_group
 from jaxcnn.ops._conv_plan import Plan, Problem
+from jaxcnn.ops import _rule
 
 
 def conv_transpose(
@@ -171,7 +172,7 @@ def _flipped_transposed(w):
     return lax.rev(jnp.swapaxes(w, -1, -2), tuple(range(w.ndim - 2)))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+@functools.partial(_rule.custom_rule, nondiff_argnums=(3,))
 def _conv_transpose(x, w, b, spec: ConvTransposeSpec):
     # one group: u = pad(upsample(x, S)), y = u ⋆ w, the input gradient of conv(·, flip(w)ᵀ) at δ = x
     input_gradient, _ = tuned_products(spec.plan, spec.geometry, spec.out_shape, False)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxcnn import _checks
+from jaxcnn.ops import _rule
 
 
 def dense(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None) -> jax.Array:
@@ -58,7 +59,7 @@ class DenseResiduals(NamedTuple):
     w: jax.Array  # the weights, for dx = g W
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+@functools.partial(_rule.custom_rule, nondiff_argnums=(3,))
 def _dense(x, w, b, bias: bool):
     y = lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())))
     return y if b is None else y + b

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn import _checks
+from jaxcnn.ops import _rule
 
 
 def dropout(x: jax.Array, key: jax.Array, rate: float, *, deterministic: bool = False) -> jax.Array:
@@ -68,7 +69,7 @@ def keep_mask(key: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
     return jax.random.bits(key, shape, jnp.uint32) >= threshold
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+@functools.partial(_rule.custom_rule, nondiff_argnums=(2,))
 def _dropout(x, key, rate):
     return _apply(x, keep_mask(key, x.shape, rate), rate)
 

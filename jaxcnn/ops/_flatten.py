@@ -8,6 +8,7 @@ import math
 import jax
 
 from jaxcnn import _checks
+from jaxcnn.ops import _rule
 
 
 def flatten(x: jax.Array) -> jax.Array:
@@ -37,7 +38,7 @@ def flatten(x: jax.Array) -> jax.Array:
     return _flatten(x, tuple(x.shape[1:]))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+@functools.partial(_rule.custom_rule, nondiff_argnums=(1,))
 def _flatten(x, tail):
     return x.reshape(x.shape[0], math.prod(tail))
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxcnn import _checks
+from jaxcnn.ops import _rule
 
 
 def global_mean_pool(x: jax.Array, *, keepdims: bool = False) -> jax.Array:
@@ -46,7 +47,7 @@ def global_mean_pool(x: jax.Array, *, keepdims: bool = False) -> jax.Array:
     return _global_mean_pool(x, _checks.flag("global_mean_pool", "keepdims", keepdims))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+@functools.partial(_rule.custom_rule, nondiff_argnums=(1,))
 def _global_mean_pool(x, keepdims):
     return jnp.mean(x, axis=_spatial(x), keepdims=keepdims)
 
@@ -103,7 +104,7 @@ def _flat(x):
     return x.reshape(x.shape[0], math.prod(x.shape[1:-1]), x.shape[-1])  # no -1: N may be 0
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+@functools.partial(_rule.custom_rule, nondiff_argnums=(1,))
 def _global_max_pool(x, keepdims):
     return jnp.max(x, axis=_spatial(x), keepdims=keepdims)
 

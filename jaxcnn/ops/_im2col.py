@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxcnn import _checks, _shapes, _xla_cpu
+from jaxcnn.ops import _rule
 
 
 def im2col(x: jax.Array, window, *, stride=1, padding: _shapes.Padding = "VALID", dilation=1,
@@ -72,7 +73,7 @@ def im2col(x: jax.Array, window, *, stride=1, padding: _shapes.Padding = "VALID"
     return _im2col(x, geom, tuple(x.shape[1:-1]), materialize)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+@functools.partial(_rule.custom_rule, nondiff_argnums=(1, 2, 3))
 def _im2col(x, geom, spatial_shape, materialize):
     return patches(x, geom)
 

@@ -17,6 +17,7 @@ import numpy as np
 from jax import lax
 
 from jaxcnn import _checks
+from jaxcnn.ops import _rule
 
 # --------------------------------------------------------------------------- softmax CE
 
@@ -204,7 +205,7 @@ def _ce_divisor(labels, weights, ignore_index, dtype, k):
     return _row_coefficients(labels, k, weights, ignore_index, dtype).divisor
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+@functools.partial(_rule.custom_rule, nondiff_argnums=(3, 4, 5))
 def _softmax_cross_entropy(logits, labels, weights, ignore_index, eps, reduction):
     return _softmax_cross_entropy_fwd(logits, labels, weights, ignore_index, eps, reduction)[0]
 
@@ -343,7 +344,7 @@ def _per_example(a):
     return jnp.sum(a, axis=tuple(range(1, a.ndim)))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+@functools.partial(_rule.custom_rule, nondiff_argnums=(2,))
 def _euclidean_loss(pred, target, reduction):
     diff = pred - target
     return _reduce(0.5 * _per_example(diff * diff), pred.shape[0], reduction)
@@ -420,7 +421,7 @@ def _sum_sq(params, dtype):
     return sum((jnp.sum(w * w).astype(dtype) for w in leaves), jnp.zeros((), dtype))
 
 
-@jax.custom_vjp
+@_rule.custom_rule
 def _l2_penalty(params, lam):
     return 0.5 * lam * _sum_sq(params, lam.dtype)
 

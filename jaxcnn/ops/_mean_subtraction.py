@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import _checks
+from jaxcnn.ops import _rule
 
 
 def mean_subtraction(x: jax.Array, axis: int | tuple[int, ...] = -1) -> jax.Array:
@@ -42,7 +43,7 @@ def _centre(x, axes):
     return x - jnp.mean(x, axis=axes, keepdims=True)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+@functools.partial(_rule.custom_rule, nondiff_argnums=(1,))
 def _mean_subtraction(x, axes):
     return _centre(x, axes)
 

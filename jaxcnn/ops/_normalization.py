@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxcnn import _checks
+from jaxcnn.ops import _rule
 
 # --------------------------------------------------------------------------- batch norm
 
@@ -168,7 +169,7 @@ def _downscale(x, axes):
     return jnp.where(big, mantissa / top, one), jnp.where(big, top / mantissa, one)  # exact quotients
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+@functools.partial(_rule.custom_rule, nondiff_argnums=(3, 4))
 def _batch_norm_train(x, gamma, beta, axes, eps):
     return _batch_norm_train_fwd(x, gamma, beta, axes, eps)[0]
 
@@ -205,7 +206,7 @@ _batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 _batch_norm_train = jax.jit(_batch_norm_train, static_argnums=(3, 4))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+@functools.partial(_rule.custom_rule, nondiff_argnums=(5, 6))
 def _batch_norm_eval(x, gamma, beta, mean, var, axes, eps):
     return _batch_norm_eval_fwd(x, gamma, beta, mean, var, axes, eps)[0]
 
@@ -399,7 +400,7 @@ def _group_norm(x, gamma, beta, groups, eps, normalise):
     return y.reshape(x.shape)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+@functools.partial(_rule.custom_rule, nondiff_argnums=(3, 4))
 def _normalise(x, gamma, beta, axes, eps):
     """``γ x̂ + β`` with ``x̂`` normalised over ``axes``; ``γ``, ``β`` broadcastable to ``x``."""
     return _normalise_fwd(x, gamma, beta, axes, eps)[0]

@@ -26,6 +26,7 @@ from jax import lax
 from jaxcnn import _checks, _shapes
 from jaxcnn._shapes import Geometry, Padding
 from jaxcnn.ops import _windows
+from jaxcnn.ops import _rule
 
 # --------------------------------------------------------------------------- max pooling
 
@@ -125,7 +126,7 @@ class MaxPoolResiduals(NamedTuple):
     argmax: jax.Array  # P: window offset (row-major) of each output's maximum, shape of y
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+@functools.partial(_rule.custom_rule, nondiff_argnums=(1, 2))
 def _max_pool(x, geom: Geometry, in_shape):
     return _max_pool_fwd(x, geom, in_shape)[0]
 
@@ -239,7 +240,7 @@ def _counted(count_padding, geom: Geometry, explicit, in_shape):
 _BLOCK_SUM_CHANNELS = 8
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+@functools.partial(_rule.custom_rule, nondiff_argnums=(1, 2, 3))
 def _mean_pool(x, geom: Geometry, in_shape, counted):
     xp = _windows.pad(x, geom.pads, 0)
     if _windows.tiled(geom) and x.shape[-1] >= _BLOCK_SUM_CHANNELS:  # tiled: sum each block

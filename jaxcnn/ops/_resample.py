@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxcnn import _checks, _shapes
+from jaxcnn.ops import _rule
 
 # --------------------------------------------------------------------------- downsample
 
@@ -57,7 +58,7 @@ def downsample(x: jax.Array, factor) -> jax.Array:
 # `_downsample`, the output of `_upsample`. With it each is exactly the other's adjoint.
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+@functools.partial(_rule.custom_rule, nondiff_argnums=(1, 2))
 def _downsample(x, factor, fine_shape):
     return lax.slice(x, (0,) * x.ndim, x.shape, (1, *factor, 1))
 
@@ -115,7 +116,7 @@ def upsample(x: jax.Array, factor) -> jax.Array:
     return _upsample(x, factor, _shapes.upsampled_shape("upsample", x.shape[1:-1], factor))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+@functools.partial(_rule.custom_rule, nondiff_argnums=(1, 2))
 def _upsample(x, factor, fine_shape):
     if 0 in x.shape[1:-1]:  # an empty axis stays empty (fine_shape is 0 there too)
         return jnp.zeros((x.shape[0], *fine_shape, x.shape[-1]), x.dtype)
