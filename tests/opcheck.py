@@ -6,6 +6,8 @@ Each helper is :func:`jaxcnn.verify.check_transform` of ``jaxcnn.ops.<name>`` ag
 
 from __future__ import annotations
 
+import functools
+
 from jaxcnn import ops, reference, verify
 
 #: Every transform of :func:`assert_transform`.
@@ -48,3 +50,70 @@ def assert_grad_of_grad(name, *args, **settings):
 
 def assert_numerical(name, *args, **settings):
     assert_transform("finite differences", name, *args, **settings)
+
+
+#: The transforms of :func:`assert_forward_mode`, each compared with the reference's.
+FORWARD_TRANSFORMS = ["jvp", "linearize", "jacfwd", "hessian", "jvp-of-grad", "grad-of-jvp"]
+
+
+def assert_forward_mode(name, *args, rtol=1e-10, atol=1e-12, seed=0, **settings):
+    """``jaxcnn.ops.<name>`` under every forward-mode transform equals ``jaxcnn.reference.<name>``
+    under the same (float64 inputs advised), and the traced programs run the hand rules: the
+    JVP's lowered program carries ``jaxcnn.<rule>.jvp`` and the gradient's ``jaxcnn.<rule>.vjp``.
+
+    Differentiates with respect to every floating argument; integer ones (labels, keys) stay
+    fixed. The Hessian and the forward-over-reverse product are of ``Σ cos(y) ⊙ c`` (a
+    curved function of every output, ``c`` fixed and random)."""
+    import re
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    op = functools.partial(getattr(ops, name), **settings)
+    ref = functools.partial(getattr(reference, name), **settings)
+    where = [i for i, a in enumerate(args) if jnp.issubdtype(jnp.result_type(a), jnp.inexact)]
+    keys = iter(jax.random.split(jax.random.PRNGKey(seed), 4 * len(args) + 4))
+
+    def of(fn):
+        def g(*floats):
+            full = list(args)
+            for i, v in zip(where, floats):
+                full[i] = v
+            return fn(*full)
+        return g
+
+    primals = tuple(jnp.asarray(args[i]) for i in where)
+    tangents = tuple(jax.random.normal(next(keys), p.shape, p.dtype) for p in primals)
+    out = jax.eval_shape(of(ref), *primals)
+    weights = jax.tree_util.tree_map(lambda o: jax.random.normal(next(keys), o.shape, o.dtype)
+                                     if jnp.issubdtype(o.dtype, jnp.inexact) else None, out)
+
+    def scalar(fn):
+        def s(*floats):
+            ys = jax.tree_util.tree_leaves(of(fn)(*floats))
+            cs = jax.tree_util.tree_leaves(weights)
+            return sum(jnp.sum(jnp.cos(y) * c) for y, c in zip(ys, cs))
+        return s
+
+    argnums = tuple(range(len(primals)))
+    cases = {
+        "jvp": lambda fn: jax.jvp(of(fn), primals, tangents),
+        "linearize": lambda fn: jax.linearize(of(fn), *primals)[1](*tangents),
+        "jacfwd": lambda fn: jax.jacfwd(of(fn), argnums=argnums)(*primals),
+        "hessian": lambda fn: jax.hessian(scalar(fn), argnums=argnums)(*primals),
+        "jvp-of-grad": lambda fn: jax.jvp(jax.grad(scalar(fn), argnums=argnums), primals, tangents),
+        "grad-of-jvp": lambda fn: jax.grad(lambda *p: sum(jnp.sum(jnp.cos(t) * c) for t, c in zip(
+                jax.tree_util.tree_leaves(jax.jvp(of(fn), p, tangents)[1]),
+                jax.tree_util.tree_leaves(weights))), argnums=argnums)(*primals),
+    }
+    for transform, run in cases.items():
+        got, expected = run(op), run(ref)
+        for g, e in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected)):
+            np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=rtol, atol=atol,
+                                       err_msg=f"{name}: {transform} of the op vs of the reference")
+    rules = r"jaxcnn\.\w+\.(jvp|vjp)"
+    forward = jax.jit(lambda p, t: jax.jvp(of(op), p, t)).lower(primals, tangents).as_text(debug_info=True)
+    backward = jax.jit(jax.grad(scalar(op), argnums=argnums)).lower(*primals).as_text(debug_info=True)
+    assert "jvp" in {m.group(1) for m in re.finditer(rules, forward)}, f"{name}: jax.jvp ran no hand JVP"
+    assert "vjp" in {m.group(1) for m in re.finditer(rules, backward)}, f"{name}: jax.grad ran no hand VJP"

@@ -86,7 +86,14 @@ def _relu_bwd(passes_at_zero, x, g):
     return (jnp.where(mask, g, jnp.zeros((), g.dtype)),)
 
 
+def _relu_jvp(passes_at_zero, primals, tangents):
+    (x,), (t,) = primals, tangents
+    mask = x >= 0 if passes_at_zero else x > 0  # the VJP's mask: J is diagonal, Jᵀ = J
+    return _relu(x, passes_at_zero), jnp.where(mask, t, jnp.zeros((), t.dtype))
+
+
 _relu.defvjp(_relu_fwd, _relu_bwd)
+_relu.defjvp(_relu_jvp)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _relu = jax.jit(_relu, static_argnums=1)
 
