@@ -989,3 +989,24 @@ def test_forward_mode_low_precision(rng, method, dtype):
     _, expected = jax.jvp(lambda x, w, b: reference.conv(x, w, b, padding=1), (x, w, b), t)
     tol = 1e-4 if dtype == "float32" else 1e-1
     np.testing.assert_allclose(np.asarray(ty, np.float32), np.asarray(expected, np.float32), rtol=tol, atol=tol)
+
+
+ADJOINT_CASES = [  # (x_shape, w_shape, settings, methods)
+    ((2, 6, 5, 4), (3, 3, 2, 4), dict(padding=1, groups=2), METHODS),
+    ((2, 7, 6, 3), (3, 2, 3, 2), dict(stride=(2, 3), padding=((1, 0), (2, 1)), dilation=(1, 2)), GENERAL_METHODS),
+    ((2, 5, 5, 6), (5, 5, 6, 16), dict(connections=ops.LENET5_C3_TABLE), GENERAL_METHODS),  # C5-like: one window
+]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,settings,methods", ADJOINT_CASES, ids=["groups", "strided", "one-window"])
+def test_jvp_and_vjp_are_adjoint(rng, x_shape, w_shape, settings, methods):
+    # the two hand rules tied to each other: ⟨J ṫ, g⟩ = ⟨ṫ, Jᵀ g⟩ for random ṫ and g
+    x, w, b = _normal(rng, *x_shape), _normal(rng, *w_shape), _normal(rng, w_shape[-1])
+    t = tuple(_normal(rng, *a.shape) for a in (x, w, b))
+    for method in methods:
+        conv = functools.partial(ops.conv, method=method, **settings)
+        y, ty = jax.jvp(conv, (x, w, b), t)
+        g = _normal(rng, *y.shape)
+        cotangents = jax.vjp(conv, x, w, b)[1](g)
+        np.testing.assert_allclose(jnp.vdot(ty, g), sum(jnp.vdot(a, c) for a, c in zip(t, cotangents)),
+                                   rtol=1e-12, err_msg=method)

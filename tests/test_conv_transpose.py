@@ -442,3 +442,16 @@ def test_forward_mode_low_precision(rng, dtype, method):
     _, expected = jax.jvp(lambda x, w, b: reference.conv_transpose(x, w, b, **settings_), (x, w, b), t)
     tol = 1e-4 if dtype == "float32" else 1e-1
     np.testing.assert_allclose(np.asarray(ty, np.float32), np.asarray(expected, np.float32), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("method", ["xla", "im2col", "taps", "rows", "auto"])
+def test_jvp_and_vjp_are_adjoint(rng, method):
+    # the two hand rules tied to each other: ⟨J ṫ, g⟩ = ⟨ṫ, Jᵀ g⟩ for random ṫ and g
+    x, w, b = _normal(rng, 2, 4, 3, 4), _normal(rng, 3, 2, 2, 6), _normal(rng, 6)
+    t = tuple(_normal(rng, *a.shape) for a in (x, w, b))
+    conv_transpose = functools.partial(ops.conv_transpose, stride=2, padding=((1, 0), (1, 1)), dilation=(1, 2),
+                                       groups=2, method=method)
+    y, ty = jax.jvp(conv_transpose, (x, w, b), t)
+    g = _normal(rng, *y.shape)
+    cotangents = jax.vjp(conv_transpose, x, w, b)[1](g)
+    np.testing.assert_allclose(jnp.vdot(ty, g), sum(jnp.vdot(a, c) for a, c in zip(t, cotangents)), rtol=1e-12)
