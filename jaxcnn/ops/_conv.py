@@ -18,9 +18,9 @@ Forward mode is bilinearity: ``y`` is linear in ``x`` and in ``w`` separately, s
 ``ṫ_y = ṫ_x *valid rot180(w) + x *valid rot180(ṫ_w) + ṫ_b``, two forward convolutions by the
 same formula as ``y`` (the same ``method``), the absent connections of ``ṫ_w`` masked as ``w``'s.
 
-This file is the lecture: :func:`conv`, its ``custom_vjp`` and right after it the three
-formulas, the first row of the table :data:`FORMULAS`. The other rows, faster exact formulas
-``method`` may pick instead, live in :mod:`jaxcnn.ops._conv_formulas` and
+This file is the lecture: :func:`conv`, its hand rules (the VJP, then the JVP) and right after
+them the three formulas, the first row of the table :data:`FORMULAS`. The other rows, faster
+exact formulas ``method`` may pick instead, live in :mod:`jaxcnn.ops._conv_formulas` and
 :mod:`jaxcnn.ops._conv_winograd`; what ``method`` may be, in :mod:`jaxcnn.ops._conv_plan`; the
 default policy and its thresholds, with the other XLA:CPU workarounds, in :mod:`jaxcnn._xla_cpu_conv`.
 """
