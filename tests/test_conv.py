@@ -875,3 +875,138 @@ def test_the_layer_passes_method_and_platform(rng):
     y, _ = layer.apply(params, state, x)
     assert [p.platform for p in plans] == ["tpu"]
     np.testing.assert_allclose(y, reference.conv(x, params["w"], params["b"], padding=1), rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- forward mode (bilinearity)
+
+FORWARD_CASES = [  # tiny (jacfwd and the Hessian run on each): strides, dilation, asymmetric pads, groups, a table
+    ((1, 7, 2), (3, 2, 2), dict(stride=2, padding="SAME", dilation=2)),
+    ((1, 5, 4, 2), (2, 3, 2, 2), dict(stride=(2, 1), padding=((1, 0), (2, 1)), bias=False)),
+    ((1, 4, 4, 4), (2, 2, 2, 4), dict(padding="FULL", groups=2)),
+    ((1, 3, 3, 6), (2, 2, 6, 16), dict(connections=ops.LENET5_C3_TABLE, bias=False)),
+    ((1, 3, 4, 3, 1), (2, 2, 2, 1, 2), dict(stride=(1, 2, 1), padding=1, dilation=(2, 1, 1))),
+]
+FORWARD_IDS = ["1d-s2-dilated", "2d-asymmetric", "2d-groups", "2d-lenet-c3", "3d"]
+
+
+@covering("method", GENERAL_METHODS, "x_shape,w_shape,settings", FORWARD_CASES, FORWARD_IDS)
+def test_forward_mode_matches_the_reference(rng, method, x_shape, w_shape, settings):
+    # ṫ_y = ṫ_x ⋆ w + x ⋆ ṫ_w + ṫ_b: jvp, linearize, jacfwd, the Hessian, jvp-of-grad and grad-of-jvp
+    settings = dict(settings)
+    x, w, b = _normal(rng, *x_shape), _normal(rng, *w_shape), _normal(rng, w_shape[-1])
+    opcheck.assert_forward_mode("conv", *((x, w, b) if settings.pop("bias", True) else (x, w)), method=method,
+                                **settings)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,settings", [
+    ((1, 4, 5, 2), (3, 3, 2, 2), dict(padding=1)),
+    ((1, 4, 4, 4), (3, 3, 2, 2), dict(padding="SAME", groups=2)),
+    ((1, 3, 3, 6), (3, 3, 6, 16), dict(padding=1, connections=ops.LENET5_C3_TABLE)),
+], ids=["p1", "groups-2", "c3-table"])
+def test_winograd_forward_mode_matches_the_reference(rng, x_shape, w_shape, settings):
+    x, w, b = _normal(rng, *x_shape), _normal(rng, *w_shape), _normal(rng, w_shape[-1])
+    opcheck.assert_forward_mode("conv", x, w, b, method="winograd", **settings)
+
+
+@pytest.mark.parametrize("method", [Plan("taps", "xla", "im2col"), lambda problem: Plan.of("rows")],
+                         ids=["plan", "policy"])
+def test_forward_mode_takes_a_plan_or_a_policy(rng, method):
+    x, w, b = _normal(rng, 1, 5, 4, 2), _normal(rng, 2, 3, 2, 3), _normal(rng, 3)
+    opcheck.assert_forward_mode("conv", x, w, b, stride=(2, 1), padding=1, method=method)
+
+
+@pytest.mark.parametrize("method,platform,convolutions", [
+    ("xla", None, 3), ("im2col", None, 0), ("taps", None, 0), ("rows", None, 0), ("winograd", None, 0),
+    ("auto", "cpu", 0), ("auto", "gpu", 3),  # MNIST-1D's conv1: taps on XLA:CPU, XLA's convolutions elsewhere
+])
+def test_forward_mode_follows_the_method_and_the_platform(method, platform, convolutions):
+    # the tangent's two products are the forward's formula: XLA's convolutions only where y is one
+    x, w = jnp.ones((4, 40, 1)), jnp.ones((5, 1, 25))
+    if method == "winograd":
+        x, w = jnp.ones((1, 6, 6, 2)), jnp.ones((3, 3, 2, 3))
+    settings = dict(padding=1, method=method, platform=platform, **({} if method == "winograd" else dict(stride=2)))
+    jvp = jax.jit(lambda p, t: jax.jvp(lambda x, w: ops.conv(x, w, **settings), p, t))
+    program = jvp.lower((x, w), (x, w)).as_text()
+    assert program.count("stablehlo.convolution") == convolutions  # y, ṫ_x ⋆ w and x ⋆ ṫ_w
+    np.testing.assert_allclose(jvp((x, w), (x, w))[1], 2 * reference.conv(x, w, **settings), rtol=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_jvp_in_x_only_and_in_w_only(rng, method):
+    # each term of the bilinear tangent on its own: a tangent in x alone is conv(ṫ_x, w), one in
+    # w alone is conv(x, ṫ_w), and the two add up to the tangent in both (the bias' tangent apart)
+    x, w, b = _normal(rng, 1, 5, 6, 4), _normal(rng, 3, 3, 2, 4), _normal(rng, 4)
+    tx, tw, tb = _normal(rng, *x.shape), _normal(rng, *w.shape), _normal(rng, 4)
+    zx, zw, zb = jnp.zeros_like(x), jnp.zeros_like(w), jnp.zeros_like(b)
+    settings = dict(padding=1, groups=2, method=method)
+
+    def jvp(fn, *tangents):
+        return jax.jvp(lambda x, w, b: fn(x, w, b, **settings), (x, w, b), tangents)[1]
+
+    in_x, in_w, in_b = jvp(ops.conv, tx, zw, zb), jvp(ops.conv, zx, tw, zb), jvp(ops.conv, zx, zw, tb)
+    np.testing.assert_allclose(in_x, jvp(reference.conv, tx, zw, zb), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(in_w, jvp(reference.conv, zx, tw, zb), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(in_x, reference.conv(tx, w, padding=1, groups=2), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(in_w, reference.conv(x, tw, padding=1, groups=2), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(in_b, jnp.broadcast_to(tb, in_b.shape))
+    np.testing.assert_allclose(jvp(ops.conv, tx, tw, tb), in_x + in_w + in_b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_absent_connections_get_no_tangent(rng, method):
+    # the table masks ṫ_w as it masks w: a tangent on absent connections alone moves nothing
+    x, w = _normal(rng, 1, 5, 5, 6), _normal(rng, 3, 3, 6, 16)
+    absent = jnp.asarray(~ops.LENET5_C3_TABLE, w.dtype)
+    tw = _normal(rng, *w.shape) * absent
+    settings = dict(padding=1, connections=ops.LENET5_C3_TABLE, method=method)
+    y, ty = jax.jvp(lambda w: ops.conv(x, w, **settings), (w,), (tw,))
+    np.testing.assert_array_equal(ty, jnp.zeros_like(y))
+    _, present = jax.jvp(lambda w: ops.conv(x, w, **settings), (w,), (tw + w,))
+    np.testing.assert_allclose(present, ops.conv(x, w, **settings), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", GENERAL_METHODS)
+def test_vmap_of_jvp(rng, method):
+    x, w, b = _normal(rng, 3, 6, 5, 2), _normal(rng, 3, 2, 2, 3), _normal(rng, 3)
+    tx, tw = _normal(rng, *x.shape), _normal(rng, 3, *w.shape)  # per-example kernel tangents
+    settings = dict(stride=2, padding="SAME", method=method)
+
+    def one(conv):
+        return lambda x, tx, tw: jax.jvp(lambda x, w: conv(x[None], w, b, **settings)[0], (x, w), (tx, tw))
+
+    got = jax.vmap(one(ops.conv))(x, tx, tw)
+    expected = jax.vmap(one(reference.conv))(x, tx, tw)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12)
+
+
+@covering("method", METHODS, "dtype", ["float32", "bfloat16"])
+def test_forward_mode_low_precision(rng, method, dtype):
+    x, w, b = (_normal(rng, *s, dtype=dtype) for s in ((1, 6, 5, 2), (3, 3, 2, 3), (3,)))
+    t = tuple(_normal(rng, *a.shape, dtype=dtype) for a in (x, w, b))
+    y, ty = jax.jvp(lambda x, w, b: ops.conv(x, w, b, padding=1, method=method), (x, w, b), t)
+    assert y.dtype == ty.dtype == dtype
+    _, expected = jax.jvp(lambda x, w, b: reference.conv(x, w, b, padding=1), (x, w, b), t)
+    tol = 1e-4 if dtype == "float32" else 1e-1
+    np.testing.assert_allclose(np.asarray(ty, np.float32), np.asarray(expected, np.float32), rtol=tol, atol=tol)
+
+
+ADJOINT_CASES = [  # (x_shape, w_shape, settings, methods)
+    ((2, 6, 5, 4), (3, 3, 2, 4), dict(padding=1, groups=2), METHODS),
+    ((2, 7, 6, 3), (3, 2, 3, 2), dict(stride=(2, 3), padding=((1, 0), (2, 1)), dilation=(1, 2)), GENERAL_METHODS),
+    ((2, 5, 5, 6), (5, 5, 6, 16), dict(connections=ops.LENET5_C3_TABLE), GENERAL_METHODS),  # C5-like: one window
+]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,settings,methods", ADJOINT_CASES, ids=["groups", "strided", "one-window"])
+def test_jvp_and_vjp_are_adjoint(rng, x_shape, w_shape, settings, methods):
+    # the two hand rules tied to each other: ⟨J ṫ, g⟩ = ⟨ṫ, Jᵀ g⟩ for random ṫ and g
+    x, w, b = _normal(rng, *x_shape), _normal(rng, *w_shape), _normal(rng, w_shape[-1])
+    t = tuple(_normal(rng, *a.shape) for a in (x, w, b))
+    for method in methods:
+        conv = functools.partial(ops.conv, method=method, **settings)
+        y, ty = jax.jvp(conv, (x, w, b), t)
+        g = _normal(rng, *y.shape)
+        cotangents = jax.vjp(conv, x, w, b)[1](g)
+        np.testing.assert_allclose(jnp.vdot(ty, g), sum(jnp.vdot(a, c) for a, c in zip(t, cotangents)),
+                                   rtol=1e-12, err_msg=method)

@@ -363,3 +363,95 @@ def test_the_layer_passes_method_and_platform(rng):
                                rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match=r"conv_transpose: `method='winograd'` needs a 2-D 3 × 3 window at stride 1"):
         nn.ConvTranspose(4, 3, stride=2, method="winograd").apply(params, state, x)
+
+
+# --------------------------------------------------------------------------- forward mode (bilinearity)
+
+FORWARD_CASES = [  # tiny (jacfwd and the Hessian run on each); the option cases' output_padding needs "xla"
+    ((1, 3, 2), (3, 2, 2), dict(stride=2, padding="SAME"),
+     ("xla", "im2col", "taps", "rows", Plan("xla", "im2col", "taps"))),
+    ((1, 2, 3, 2), (2, 3, 2, 2), dict(stride=(2, 1), padding=((1, 0), (0, 2)), dilation=(1, 2)),
+     ("xla", "im2col", "taps", "rows")),
+    ((1, 3, 3, 2), (3, 3, 2, 2), dict(padding=1), ("winograd",)),
+    ((1, 3, 4), (3, 1, 4), dict(stride=3, padding=2, dilation=2, output_padding=2, groups=4), ("xla", "auto")),
+    ((1, 2, 2, 4), (3, 2, 2, 2), dict(stride=2, padding=((1, 1), (0, 0)), dilation=(1, 2), output_padding=1,
+                                      groups=2), ("xla",)),
+    ((1, 2, 2, 1, 2), (2, 2, 2, 1, 2), dict(stride=(1, 2, 1), padding="SAME", dilation=(2, 1, 1),
+                                            output_padding=(1, 1, 0), groups=2), ("auto",)),
+]
+FORWARD_PARAMS = [pytest.param(*case[:3], method, id=f"{i}-{method if isinstance(method, str) else 'plan'}")
+                  for i, case in enumerate(FORWARD_CASES) for method in case[3]]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,settings_,method", FORWARD_PARAMS)
+def test_forward_mode_matches_the_reference(rng, x_shape, w_shape, settings_, method):
+    # ṫ_y = pad(upsample(ṫ_x)) ⋆ w + pad(upsample(x)) ⋆ ṫ_w + ṫ_b, by y's own formula
+    x, w, b = _normal(rng, *x_shape), _normal(rng, *w_shape), _normal(rng, w_shape[-1])
+    args = (x, w) if method == "rows" else (x, w, b)  # one case without the bias
+    opcheck.assert_forward_mode("conv_transpose", *args, method=method, **settings_)
+
+
+@pytest.mark.parametrize("method,convolutions", [("xla", 3), ("im2col", 0), ("taps", 0), ("rows", 0)])
+def test_forward_mode_follows_the_method(method, convolutions):
+    x, w = jnp.ones((2, 5, 6, 3)), jnp.ones((3, 3, 3, 4))
+    settings_ = dict(stride=2, padding=1, method=method)
+    jvp = jax.jit(lambda p, t: jax.jvp(lambda x, w: ops.conv_transpose(x, w, **settings_), p, t))
+    assert jvp.lower((x, w), (x, w)).as_text().count("stablehlo.convolution") == convolutions
+    np.testing.assert_allclose(jvp((x, w), (x, w))[1], 2 * reference.conv_transpose(x, w, **settings_), rtol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["xla", "im2col", "taps", "rows"])
+def test_jvp_in_x_only_and_in_w_only(rng, method):
+    x, w, b = _normal(rng, 1, 4, 3, 4), _normal(rng, 3, 2, 2, 6), _normal(rng, 6)
+    tx, tw, tb = _normal(rng, *x.shape), _normal(rng, *w.shape), _normal(rng, 6)
+    zx, zw, zb = jnp.zeros_like(x), jnp.zeros_like(w), jnp.zeros_like(b)
+    settings_ = dict(stride=2, padding=1, dilation=(1, 2), groups=2)
+
+    def jvp(fn, *tangents):
+        return jax.jvp(lambda x, w, b: fn(x, w, b, method=method, **settings_), (x, w, b), tangents)[1]
+
+    in_x, in_w, in_b = jvp(ops.conv_transpose, tx, zw, zb), jvp(ops.conv_transpose, zx, tw, zb), jvp(
+        ops.conv_transpose, zx, zw, tb)
+    np.testing.assert_allclose(in_x, reference.conv_transpose(tx, w, **settings_), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(in_w, reference.conv_transpose(x, tw, **settings_), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(in_b, jnp.broadcast_to(tb, in_b.shape))
+    np.testing.assert_allclose(jvp(ops.conv_transpose, tx, tw, tb), in_x + in_w + in_b, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(jvp(ops.conv_transpose, tx, tw, tb), jvp(reference.conv_transpose, tx, tw, tb),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_vmap_of_jvp(rng):
+    x, w, b = _normal(rng, 3, 3, 2, 2), _normal(rng, 3, 2, 2, 3), _normal(rng, 3)
+    tx, tw = _normal(rng, *x.shape), _normal(rng, 3, *w.shape)  # per-example kernel tangents
+    settings_ = dict(stride=2, padding="SAME", output_padding=1)
+
+    def one(conv_transpose):
+        return lambda x, tx, tw: jax.jvp(lambda x, w: conv_transpose(x[None], w, b, **settings_)[0], (x, w), (tx, tw))
+
+    for g, e in zip(jax.vmap(one(ops.conv_transpose))(x, tx, tw), jax.vmap(one(reference.conv_transpose))(x, tx, tw)):
+        np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype,method", [("float32", "auto"), ("float32", "taps"), ("bfloat16", "xla")])
+def test_forward_mode_low_precision(rng, dtype, method):
+    x, w, b = (_normal(rng, *s, dtype=dtype) for s in ((1, 4, 3, 2), (3, 3, 2, 4), (4,)))
+    t = tuple(_normal(rng, *a.shape, dtype=dtype) for a in (x, w, b))
+    settings_ = dict(stride=2, padding=1, method=method)
+    y, ty = jax.jvp(lambda x, w, b: ops.conv_transpose(x, w, b, **settings_), (x, w, b), t)
+    assert y.dtype == ty.dtype == dtype
+    _, expected = jax.jvp(lambda x, w, b: reference.conv_transpose(x, w, b, **settings_), (x, w, b), t)
+    tol = 1e-4 if dtype == "float32" else 1e-1
+    np.testing.assert_allclose(np.asarray(ty, np.float32), np.asarray(expected, np.float32), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("method", ["xla", "im2col", "taps", "rows", "auto"])
+def test_jvp_and_vjp_are_adjoint(rng, method):
+    # the two hand rules tied to each other: ⟨J ṫ, g⟩ = ⟨ṫ, Jᵀ g⟩ for random ṫ and g
+    x, w, b = _normal(rng, 2, 4, 3, 4), _normal(rng, 3, 2, 2, 6), _normal(rng, 6)
+    t = tuple(_normal(rng, *a.shape) for a in (x, w, b))
+    conv_transpose = functools.partial(ops.conv_transpose, stride=2, padding=((1, 0), (1, 1)), dilation=(1, 2),
+                                       groups=2, method=method)
+    y, ty = jax.jvp(conv_transpose, (x, w, b), t)
+    g = _normal(rng, *y.shape)
+    cotangents = jax.vjp(conv_transpose, x, w, b)[1](g)
+    np.testing.assert_allclose(jnp.vdot(ty, g), sum(jnp.vdot(a, c) for a, c in zip(t, cotangents)), rtol=1e-12)

@@ -75,6 +75,34 @@ def test_im2col_gradients_all_transforms(rng, x_shape, settings):
     opcheck.assert_all("im2col", jnp.asarray(rng.normal(size=x_shape)), **settings)
 
 
+@pytest.mark.parametrize("x_shape,settings", [
+    ((1, 7, 2), dict(window=3, stride=2, padding="FULL", dilation=2)),
+    ((1, 4, 5, 2), dict(window=(2, 3), stride=(2, 1), padding=((0, 1), (1, 2)))),
+    ((1, 3, 4, 2, 1), dict(window=2, stride=(1, 2, 1), padding="SAME")),
+    ((1, 3, 3, 2), dict(window=(3, 3))),  # LeNet-5's C5: the one window is the input
+], ids=["1d", "2d", "3d", "whole-window"])
+def test_im2col_forward_mode(rng, x_shape, settings):
+    # linear: the tangent is the tangent's columns, im2col(ṫ)
+    x, t = jnp.asarray(rng.normal(size=x_shape)), jnp.asarray(rng.normal(size=x_shape))
+    opcheck.assert_forward_mode("im2col", x, **settings)
+    np.testing.assert_array_equal(jax.jvp(lambda x: ops.im2col(x, **settings), (x,), (t,))[1],
+                                  reference.im2col(t, **settings))
+
+
+def test_im2col_vmap_of_jvp_and_low_precision(rng):
+    x, t = jnp.asarray(rng.normal(size=(3, 5, 4, 2))), jnp.asarray(rng.normal(size=(3, 5, 4, 2)))
+
+    def jvp(im2col):
+        return jax.vmap(lambda x, t: jax.jvp(lambda x: im2col(x[None], 2, padding=1)[0], (x,), (t,)))(x, t)
+
+    for got, expected in zip(jvp(ops.im2col), jvp(reference.im2col)):
+        np.testing.assert_array_equal(got, expected)
+    for dtype in ("float32", "bfloat16"):
+        y, ty = jax.jvp(lambda x: ops.im2col(x, 3, stride=2), (x.astype(dtype),), (t.astype(dtype),))
+        assert y.dtype == ty.dtype == dtype
+        np.testing.assert_array_equal(ty, reference.im2col(t.astype(dtype), 3, stride=2))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_im2col_vjp_low_precision(rng, dtype):
     x = jnp.asarray(rng.normal(size=(2, 6, 5, 3)), dtype)

@@ -14,9 +14,13 @@ to each group of channels on its own: with ``x_j``, ``w_j``, ``δ_j`` group ``j`
 ``dx_j = δ_j *full w_j`` and ``dW_j = x_j *valid rot180(δ_j)`` — no product reaches across
 groups, so each costs ``1/g`` of the dense one (:mod:`jaxcnn.ops._conv_groups`).
 
-This file is the lecture: :func:`conv`, its ``custom_vjp`` and right after it the three
-formulas, the first row of the table :data:`FORMULAS`. The other rows, faster exact formulas
-``method`` may pick instead, live in :mod:`jaxcnn.ops._conv_formulas` and
+Forward mode is bilinearity: ``y`` is linear in ``x`` and in ``w`` separately, so its tangent is
+``ṫ_y = ṫ_x *valid rot180(w) + x *valid rot180(ṫ_w) + ṫ_b``, two forward convolutions by the
+same formula as ``y`` (the same ``method``), the absent connections of ``ṫ_w`` masked as ``w``'s.
+
+This file is the lecture: :func:`conv`, its hand rules (the VJP, then the JVP) and right after
+them the three formulas, the first row of the table :data:`FORMULAS`. The other rows, faster
+exact formulas ``method`` may pick instead, live in :mod:`jaxcnn.ops._conv_formulas` and
 :mod:`jaxcnn.ops._conv_winograd`; what ``method`` may be, in :mod:`jaxcnn.ops._conv_plan`; the
 default policy and its thresholds, with the other XLA:CPU workarounds, in :mod:`jaxcnn._xla_cpu_conv`.
 """
@@ -102,6 +106,10 @@ def conv(
       ``dW_j = x_j *valid rot180(δ_j)`` (``1/g`` of the dense multiply-adds, whichever
       ``method``). It is the block-diagonal connection table without its zero blocks, so
       ``groups`` and ``connections`` are not given together.
+
+    Forward mode (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``), by bilinearity:
+    ``ṫ_y = ṫ_x *valid rot180(w) + x *valid rot180(ṫ_w) + ṫ_b``, both products by the plan's
+    forward formula (per group with ``groups``; ``ṫ_w``'s absent connections zeroed as ``w``'s).
 
     ``method`` picks how the three products are computed, all exactly, from the table
     :data:`FORMULAS` (the alternatives and why they exist: :mod:`jaxcnn.ops._conv_formulas`,
@@ -212,7 +220,15 @@ def _conv_bwd(spec: ConvSpec, res: ConvResiduals, g):
     return dx, dw, db
 
 
+def _conv_jvp(spec: ConvSpec, primals, tangents):
+    # bilinearity, by the plan's forward formula: ṫ_y = ṫ_x ⋆ w + x ⋆ ṫ_w + ṫ_b, ṫ_w masked as w is
+    (x, w, b), (tx, tw, tb) = primals, tangents
+    w, tw = _connected(w, spec.connections), _connected(tw, spec.connections)
+    return _forward(x, w, b, spec), _forward(tx, w, tb, spec) + _forward(x, tw, None, spec)
+
+
 _conv.defvjp(_conv_fwd, _conv_bwd)
+_conv.defjvp(_conv_jvp)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _conv = jax.jit(_conv, static_argnums=3)
 

@@ -12,7 +12,8 @@ its ``y`` is the input gradient of the convolution it transposes, its ``dx`` tha
 convolution's forward and its ``dw`` that convolution's weight gradient, flipped. With
 ``groups = g`` each group of channels is a transposed convolution of its own
 (:mod:`jaxcnn.ops._conv_groups`), and so are its derivatives: ``dx_j`` from ``δ_j`` and
-``w_j``, ``dw_j`` from ``x_j`` and ``δ_j``.
+``w_j``, ``dw_j`` from ``x_j`` and ``δ_j``. Forward mode is bilinearity, the tangent two
+products by ``y``'s formula: ``ṫ_y = pad(upsample(ṫ_x)) ⋆ w + pad(upsample(x)) ⋆ ṫ_w + ṫ_b``.
 """
 
 from __future__ import annotations
@@ -84,6 +85,10 @@ def conv_transpose(
     * ``db = Σ g`` over the batch and spatial axes;
     * with ``groups = g``, each of these per group ``j``: ``dx_j`` from ``δ_j`` and ``w_j``,
       ``dw_j`` from ``x_j`` and ``δ_j`` (``1/g`` of the dense multiply-adds).
+
+    Forward mode (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``), by bilinearity:
+    ``ṫ_y = pad(upsample(ṫ_x)) ⋆ w + pad(upsample(x)) ⋆ ṫ_w + ṫ_b``, both products by the
+    plan's formula for ``y`` (per group with ``groups``).
 
     Each product is a row of convolution's table, for the convolution ``conv(·, flip(w)ᵀ)``
     being transposed: ``y`` its input gradient, ``dx`` its forward, ``dw`` its weight
@@ -174,10 +179,14 @@ def _flipped_transposed(w):
 
 @functools.partial(_rule.custom_rule, nondiff_argnums=(3,))
 def _conv_transpose(x, w, b, spec: ConvTransposeSpec):
+    y = _upsampled_correlation(x, w, spec)
+    return y if b is None else y + b
+
+
+def _upsampled_correlation(x, w, spec: ConvTransposeSpec):
     # one group: u = pad(upsample(x, S)), y = u ⋆ w, the input gradient of conv(·, flip(w)ᵀ) at δ = x
     input_gradient, _ = tuned_products(spec.plan, spec.geometry, spec.out_shape, False)
-    y = per_group(lambda x, w: input_gradient(x, _flipped_transposed(w)), spec.groups, x, w)
-    return y if b is None else y + b
+    return per_group(lambda x, w: input_gradient(x, _flipped_transposed(w)), spec.groups, x, w)
 
 
 def _conv_transpose_fwd(x, w, b, spec: ConvTransposeSpec):
@@ -206,7 +215,16 @@ def _conv_transpose_bwd(spec: ConvTransposeSpec, res: ConvTransposeResiduals, g)
     return dx, dw, db
 
 
+def _conv_transpose_jvp(spec: ConvTransposeSpec, primals, tangents):
+    # bilinearity, by the plan's formula for y: ṫ_y = pad(upsample(ṫ_x)) ⋆ w + pad(upsample(x)) ⋆ ṫ_w + ṫ_b
+    (x, w, b), (tx, tw, tb) = primals, tangents
+    y = _upsampled_correlation(x, w, spec)
+    ty = _upsampled_correlation(tx, w, spec) + _upsampled_correlation(x, tw, spec)
+    return (y, ty) if b is None else (y + b, ty + tb)
+
+
 _conv_transpose.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
+_conv_transpose.defjvp(_conv_transpose_jvp)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _conv_transpose = jax.jit(_conv_transpose, static_argnums=3)
 

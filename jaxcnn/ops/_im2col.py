@@ -2,8 +2,9 @@
 
 Lecture: Park, "Training CNN" (``Im2col(A, [2,2], ...)``; convolution via im2col: the
 forward is one matrix product with the column matrix, ``dW`` comes from ``im2col(x)`` and
-``dx`` from col2im of the "row version" of ``dL/dx``). The convolution op's
-``method="im2col"`` is built on :func:`patches` and :func:`col2im` from this module.
+``dx`` from col2im of the "row version" of ``dL/dx``). The map is linear: its JVP is
+``im2col(ṫ)``, its VJP col2im. The convolution op's ``method="im2col"`` is built on
+:func:`patches` and :func:`col2im` from this module.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def im2col(x: jax.Array, window, *, stride=1, padding: _shapes.Padding = "VALID"
     padding is cropped (Raj: the zero-padding regions are deleted before further
     backprop). On XLA:CPU a long overlap-add is computed into a buffer of its own
     (:func:`jaxcnn._xla_cpu.materializes`), the same values.
+
+    Forward mode: im2col is linear, so the tangent is the tangent's columns, ``im2col(ṫ_x)``.
 
     Park's slides print MATLAB's layout: patches and positions in column-major order.
     This layout is row-major with channels fastest, the layout of ``w.reshape(-1, C_out)``.
@@ -86,7 +89,13 @@ def _im2col_bwd(geom, spatial_shape, materialize, _, g):
     return (col2im(g, geom, spatial_shape, materialize),)
 
 
+def _im2col_jvp(geom, spatial_shape, materialize, primals, tangents):
+    (x,), (t,) = primals, tangents
+    return patches(x, geom), patches(t, geom)  # linear: the tangent's columns
+
+
 _im2col.defvjp(_im2col_fwd, _im2col_bwd)
+_im2col.defjvp(_im2col_jvp)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _im2col = jax.jit(_im2col, static_argnums=(1, 2, 3))
 
