@@ -159,3 +159,36 @@ def assert_jvp(name, *args, in_axes=None, rtol=1e-10, atol=1e-12, seed=0, **sett
                                            f"of the reference")
     for out, tangent in zip(leaves_of(got[0]), leaves_of(got[1])):
         assert tangent.dtype == out.dtype, f"{name}: the tangent is {tangent.dtype}, the output {out.dtype}"
+
+
+def assert_adjoint(name, *args, rtol=1e-12, seed=0, **settings):
+    """The hand JVP and the hand VJP of ``jaxcnn.ops.<name>`` are one derivative: the
+    dot-product test ``⟨J ṫ, g⟩ = ⟨ṫ, Jᵀ g⟩`` for random ``ṫ`` (every floating argument) and
+    ``g`` (the output), to rounding (float64 advised). Integer arguments stay fixed."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    leaves_of = jax.tree_util.tree_leaves
+    where = [i for i, a in enumerate(args)
+             if leaves_of(a) and all(jnp.issubdtype(jnp.result_type(v), jnp.inexact) for v in leaves_of(a))]
+
+    def f(*floats):
+        full = list(args)
+        for i, v in zip(where, floats):
+            full[i] = v
+        return getattr(ops, name)(*full, **settings)
+
+    primals = tuple(jax.tree_util.tree_map(jnp.asarray, args[i]) for i in where)
+    keys = iter(jax.random.split(jax.random.PRNGKey(seed), len(leaves_of(primals)) + 1))
+    tangents = jax.tree_util.tree_map(lambda p: jax.random.normal(next(keys), p.shape, p.dtype), primals)
+    out, jt = jax.jvp(f, primals, tangents)
+    g = jax.random.normal(next(keys), out.shape, out.dtype)
+    jtg = jax.vjp(f, *primals)[1](g)
+
+    def dot(a, b):
+        return sum(np.vdot(np.asarray(x, np.float64), np.asarray(y, np.float64)) for x, y in zip(leaves_of(a),
+                                                                                               leaves_of(b)))
+
+    np.testing.assert_allclose(dot(jt, g), dot(tangents, jtg), rtol=rtol,
+                               err_msg=f"{name}: ⟨J ṫ, g⟩ (hand JVP) vs ⟨ṫ, Jᵀ g⟩ (hand VJP), {settings}")

@@ -291,6 +291,11 @@ def test_forward_mode_every_transform_against_the_reference(rng, name, settings)
     opcheck.assert_forward_mode(name, jnp.asarray(away_from_zero(rng, 2, 3, low=0.05, high=3.0)), **settings)
 
 
+@pytest.mark.parametrize("name,settings", FORWARD_CASES, ids=[f"{n}-{s}" for n, s in FORWARD_CASES])
+def test_jvp_is_the_adjoint_of_the_vjp(rng, name, settings):
+    opcheck.assert_adjoint(name, jnp.asarray(away_from_zero(rng, 3, 4, low=0.05, high=3.0)), **settings)
+
+
 @pytest.mark.parametrize("name", ["relu", "leaky_relu", "sigmoid", "tanh", "softmax", "log_softmax"])
 def test_forward_mode_under_vmap_and_in_float32(rng, name):
     x = away_from_zero(rng, 4, 2, 3, low=0.05, high=3.0)
@@ -322,3 +327,17 @@ def test_tanh_rational_tangent_is_the_derivative_of_the_rational_from_its_output
     assert "stablehlo.tanh" not in program
     np.testing.assert_allclose(tangent, jax.jvp(reference.tanh, (x,), (t,))[1], rtol=1e-5, atol=1e-6)
     opcheck.assert_jvp("tanh", x, method="rational", rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "tanh", "softmax", "log_softmax"])
+def test_forward_mode_computes_no_more_transcendentals_than_autodiff_of_the_reference(name):
+    # the JVP reuses the forward's exponentials (log-softmax: p from e^{x − max x}, not a second e^y)
+    import re
+
+    x = jnp.ones((8, 10), jnp.float64)
+
+    def count(module):
+        program = jax.jit(lambda x, t: jax.jvp(getattr(module, name), (x,), (t,))).lower(x, x).compile().as_text()
+        return len(re.findall(r"\b(exponential|tanh|logistic|log)\(", program))
+
+    assert count(ops) <= count(reference)

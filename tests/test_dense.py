@@ -101,6 +101,8 @@ def test_dense_tangent_is_bilinear_and_works_under_vmap_and_in_float32(rng):
     for fwd, rev in zip(jax.jacfwd(ops.dense, argnums=(0, 1, 2))(x, w, b),
                         jax.jacrev(ops.dense, argnums=(0, 1, 2))(x, w, b)):
         np.testing.assert_allclose(fwd, rev, rtol=1e-13)
+    opcheck.assert_adjoint("dense", *_args(rng, (2, 3, 4), 5, jnp.float64))
+    opcheck.assert_adjoint("dense", *_args(rng, (2, 3, 4), 5, jnp.float64, bias=False))
     opcheck.assert_jvp("dense", *_args(rng, (3, 2, 4), 5, jnp.float64), in_axes=(0, None, None))
     per_example_w = jnp.asarray(rng.normal(size=(3, 5, 4)))  # one weight matrix per mapped example
     opcheck.assert_jvp("dense", jnp.asarray(rng.normal(size=(3, 2, 4))), per_example_w, in_axes=(0, 0))

@@ -89,5 +89,6 @@ def test_the_tangent_takes_the_forwards_and_the_backwards_mask(rng):
     assert 0 < kept.sum() < kept.size
     np.testing.assert_allclose(tangent, np.where(kept, 2 * t, 0), rtol=1e-15)
     np.testing.assert_array_equal(jax.jvp(f, (x,), (jnp.ones_like(x),))[1], jax.vjp(f, x)[1](jnp.ones_like(x))[0])
+    opcheck.assert_adjoint("dropout", x, key, rate=0.5)
     opcheck.assert_jvp("dropout", jnp.asarray(rng.normal(size=(3, 4, 5))), key, in_axes=(0,), rate=0.3)
     opcheck.assert_jvp("dropout", jnp.asarray(rng.normal(size=(4, 5)), jnp.float32), key, rate=0.3, rtol=1e-6)

@@ -32,5 +32,6 @@ def test_flatten_forward_mode_every_transform_against_the_reference(rng, shape):
 def test_flatten_tangent_is_the_flattened_tangent_under_vmap_and_in_float32(rng):
     x, t = jnp.asarray(rng.normal(size=(2, 3, 2))), jnp.asarray(rng.normal(size=(2, 3, 2)))
     np.testing.assert_array_equal(jax.jvp(ops.flatten, (x,), (t,))[1], np.asarray(t).reshape(2, 6))
+    opcheck.assert_adjoint("flatten", x)
     opcheck.assert_jvp("flatten", jnp.asarray(rng.normal(size=(3, 2, 2, 2))), in_axes=(0,))
     opcheck.assert_jvp("flatten", jnp.asarray(rng.normal(size=(2, 4, 3)), jnp.float32), rtol=0, atol=0)

@@ -43,5 +43,7 @@ def test_mean_subtraction_forward_mode_every_transform_against_the_reference(rng
 def test_mean_subtraction_tangent_is_the_forward_under_vmap_and_in_float32(rng):
     x, t = jnp.asarray(rng.normal(size=(3, 5))), jnp.asarray(rng.normal(size=(3, 5)))
     np.testing.assert_allclose(jax.jvp(ops.mean_subtraction, (x,), (t,))[1], ops.mean_subtraction(t), rtol=1e-14)
+    for axis in (-1, 0, (0, 1)):
+        opcheck.assert_adjoint("mean_subtraction", x, axis=axis)
     opcheck.assert_jvp("mean_subtraction", jnp.asarray(rng.normal(size=(3, 2, 4))), in_axes=(0,), axis=0)
     opcheck.assert_jvp("mean_subtraction", jnp.asarray(rng.normal(size=(4, 6)), jnp.float32), rtol=1e-5, atol=1e-6)

@@ -418,8 +418,10 @@ def _log_softmax_bwd(axis, y, g):
 
 def _log_softmax_jvp(axis, primals, tangents):
     (x,), (t,) = primals, tangents
-    y = _log_softmax(x, axis)
-    return y, t - jnp.sum(jnp.exp(y) * t, axis=axis, keepdims=True)  # ṫ − Σ p ṫ, J = I − 1 pᵀ
+    # ṫ − Σ p ṫ (J = I − 1 pᵀ), p = e^{x − max x} / Σ: the forward's own exponentials, not a second e^y
+    e = jnp.exp(x - jnp.max(x, axis=axis, keepdims=True))
+    total = jnp.sum(e, axis=axis, keepdims=True)
+    return _log_softmax(x, axis), t - jnp.sum(e * t, axis=axis, keepdims=True) / total
 
 
 _log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
