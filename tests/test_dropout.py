@@ -46,6 +46,9 @@ def test_deterministic_rate_0_and_rate_1(rng):
     np.testing.assert_array_equal(jax.grad(lambda x: ops.dropout(x, key, 1.0).sum())(x), np.zeros((3, 4)))
     np.testing.assert_array_equal(jax.grad(lambda x: ops.dropout(x, key, 0.5, deterministic=True).sum())(x),
                                   np.ones((3, 4)))
+    t = jnp.asarray(rng.normal(size=(3, 4)))  # forward mode: the identity's tangent, and zeros for rate 1
+    np.testing.assert_array_equal(jax.jvp(lambda x: ops.dropout(x, key, 0.5, deterministic=True), (x,), (t,))[1], t)
+    np.testing.assert_array_equal(jax.jvp(lambda x: ops.dropout(x, key, 1.0), (x,), (t,))[1], np.zeros((3, 4)))
 
 
 def test_gradients_all_transforms(rng):
