@@ -61,9 +61,9 @@ def assert_forward_mode(name, *args, rtol=1e-10, atol=1e-12, seed=0, **settings)
     under the same (float64 inputs advised), and the traced programs run the hand rules: the
     JVP's lowered program carries ``jaxcnn.<rule>.jvp`` and the gradient's ``jaxcnn.<rule>.vjp``.
 
-    Differentiates with respect to every floating argument; integer ones (labels, keys) stay
-    fixed. The Hessian and the forward-over-reverse product are of ``Σ cos(y) ⊙ c`` (a
-    curved function of every output, ``c`` fixed and random)."""
+    Differentiates with respect to every floating argument (an array or a pytree of them);
+    integer ones (labels, keys) stay fixed. The Hessian and the forward-over-reverse product
+    are of ``Σ cos(y) ⊙ c`` (a curved function of every output, ``c`` fixed and random)."""
     import re
 
     import jax
@@ -72,8 +72,14 @@ def assert_forward_mode(name, *args, rtol=1e-10, atol=1e-12, seed=0, **settings)
 
     op = functools.partial(getattr(ops, name), **settings)
     ref = functools.partial(getattr(reference, name), **settings)
-    where = [i for i, a in enumerate(args) if jnp.issubdtype(jnp.result_type(a), jnp.inexact)]
-    keys = iter(jax.random.split(jax.random.PRNGKey(seed), 4 * len(args) + 4))
+
+    def floating(a):  # an array, or a pytree of them (l2_penalty's params)
+        leaves = jax.tree_util.tree_leaves(a)
+        return bool(leaves) and all(jnp.issubdtype(jnp.result_type(v), jnp.inexact) for v in leaves)
+
+    where = [i for i, a in enumerate(args) if floating(a)]
+    n_leaves = max(len(args), len(jax.tree_util.tree_leaves(args)))
+    keys = iter(jax.random.split(jax.random.PRNGKey(seed), 4 * n_leaves + 4))
 
     def of(fn):
         def g(*floats):
@@ -83,8 +89,8 @@ def assert_forward_mode(name, *args, rtol=1e-10, atol=1e-12, seed=0, **settings)
             return fn(*full)
         return g
 
-    primals = tuple(jnp.asarray(args[i]) for i in where)
-    tangents = tuple(jax.random.normal(next(keys), p.shape, p.dtype) for p in primals)
+    primals = tuple(jax.tree_util.tree_map(jnp.asarray, args[i]) for i in where)
+    tangents = jax.tree_util.tree_map(lambda p: jax.random.normal(next(keys), p.shape, p.dtype), primals)
     out = jax.eval_shape(of(ref), *primals)
     weights = jax.tree_util.tree_map(lambda o: jax.random.normal(next(keys), o.shape, o.dtype)
                                      if jnp.issubdtype(o.dtype, jnp.inexact) else None, out)
@@ -117,3 +123,72 @@ def assert_forward_mode(name, *args, rtol=1e-10, atol=1e-12, seed=0, **settings)
     backward = jax.jit(jax.grad(scalar(op), argnums=argnums)).lower(*primals).as_text(debug_info=True)
     assert "jvp" in {m.group(1) for m in re.finditer(rules, forward)}, f"{name}: jax.jvp ran no hand JVP"
     assert "vjp" in {m.group(1) for m in re.finditer(rules, backward)}, f"{name}: jax.grad ran no hand VJP"
+
+
+def assert_jvp(name, *args, in_axes=None, rtol=1e-10, atol=1e-12, seed=0, **settings):
+    """``jax.jvp`` of ``jaxcnn.ops.<name>`` equals the reference's, values and dtypes (the
+    tangent's is the output's), in any dtype (loosen ``rtol``/``atol`` below float64). With
+    ``in_axes`` (one entry per floating argument, None for a shared one) under ``jax.vmap``
+    of ``jax.jvp``. Integer arguments (labels, keys) stay fixed, as in :func:`assert_forward_mode`."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    leaves_of = jax.tree_util.tree_leaves
+    where = [i for i, a in enumerate(args)
+             if leaves_of(a) and all(jnp.issubdtype(jnp.result_type(v), jnp.inexact) for v in leaves_of(a))]
+    primals = tuple(jax.tree_util.tree_map(jnp.asarray, args[i]) for i in where)
+    keys = iter(jax.random.split(jax.random.PRNGKey(seed), len(leaves_of(primals))))
+    tangents = jax.tree_util.tree_map(lambda p: jax.random.normal(next(keys), p.shape, p.dtype), primals)
+
+    def jvp(module):
+        def f(*floats):
+            full = list(args)
+            for i, v in zip(where, floats):
+                full[i] = v
+            return getattr(module, name)(*full, **settings)
+
+        run = lambda p, t: jax.jvp(f, p, t)  # noqa: E731
+        return (run if in_axes is None else jax.vmap(run, in_axes=(in_axes, in_axes)))(primals, tangents)
+
+    got, expected = jvp(ops), jvp(reference)
+    for g, e in zip(leaves_of(got), leaves_of(expected)):
+        assert g.dtype == e.dtype, f"{name}: the op's jvp gives {g.dtype}, the reference's {e.dtype}"
+        np.testing.assert_allclose(np.asarray(g, np.float64), np.asarray(e, np.float64), rtol=rtol, atol=atol,
+                                   err_msg=f"{name}: jvp{'' if in_axes is None else ' under vmap'} of the op vs "
+                                           f"of the reference")
+    for out, tangent in zip(leaves_of(got[0]), leaves_of(got[1])):
+        assert tangent.dtype == out.dtype, f"{name}: the tangent is {tangent.dtype}, the output {out.dtype}"
+
+
+def assert_adjoint(name, *args, rtol=1e-12, seed=0, **settings):
+    """The hand JVP and the hand VJP of ``jaxcnn.ops.<name>`` are one derivative: the
+    dot-product test ``⟨J ṫ, g⟩ = ⟨ṫ, Jᵀ g⟩`` for random ``ṫ`` (every floating argument) and
+    ``g`` (the output), to rounding (float64 advised). Integer arguments stay fixed."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    leaves_of = jax.tree_util.tree_leaves
+    where = [i for i, a in enumerate(args)
+             if leaves_of(a) and all(jnp.issubdtype(jnp.result_type(v), jnp.inexact) for v in leaves_of(a))]
+
+    def f(*floats):
+        full = list(args)
+        for i, v in zip(where, floats):
+            full[i] = v
+        return getattr(ops, name)(*full, **settings)
+
+    primals = tuple(jax.tree_util.tree_map(jnp.asarray, args[i]) for i in where)
+    keys = iter(jax.random.split(jax.random.PRNGKey(seed), len(leaves_of(primals)) + 1))
+    tangents = jax.tree_util.tree_map(lambda p: jax.random.normal(next(keys), p.shape, p.dtype), primals)
+    out, jt = jax.jvp(f, primals, tangents)
+    g = jax.random.normal(next(keys), out.shape, out.dtype)
+    jtg = jax.vjp(f, *primals)[1](g)
+
+    def dot(a, b):
+        return sum(np.vdot(np.asarray(x, np.float64), np.asarray(y, np.float64)) for x, y in zip(leaves_of(a),
+                                                                                               leaves_of(b)))
+
+    np.testing.assert_allclose(dot(jt, g), dot(tangents, jtg), rtol=rtol,
+                               err_msg=f"{name}: ⟨J ṫ, g⟩ (hand JVP) vs ⟨ṫ, Jᵀ g⟩ (hand VJP), {settings}")

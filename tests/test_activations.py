@@ -276,3 +276,68 @@ def test_log_softmax_over_an_empty_axis_is_empty_as_softmax_and_pytorch(axis):
             assert y.shape == x.shape and y.dtype == x.dtype and vjp(y)[0].shape == x.shape
     y, vjp = jax.vjp(ops.log_softmax, jnp.ones((3, 0)))
     assert y.shape == (3, 0) and vjp(y)[0].shape == (3, 0)
+
+
+# --------------------------------------------------------------------------- forward mode
+
+FORWARD_CASES = [("relu", {}), ("relu", {"derivative_at_zero": 0.0}), ("leaky_relu", {"negative_slope": 0.2}),
+                 ("leaky_relu", {"negative_slope": 0.2, "derivative_at_zero": 0.2}), ("sigmoid", {}),
+                 ("tanh", {}), ("softmax", {}), ("softmax", {"axis": 0}), ("log_softmax", {}),
+                 ("log_softmax", {"axis": 0})]
+
+
+@pytest.mark.parametrize("name,settings", FORWARD_CASES, ids=[f"{n}-{s}" for n, s in FORWARD_CASES])
+def test_forward_mode_every_transform_against_the_reference(rng, name, settings):
+    opcheck.assert_forward_mode(name, jnp.asarray(away_from_zero(rng, 2, 3, low=0.05, high=3.0)), **settings)
+
+
+@pytest.mark.parametrize("name,settings", FORWARD_CASES, ids=[f"{n}-{s}" for n, s in FORWARD_CASES])
+def test_jvp_is_the_adjoint_of_the_vjp(rng, name, settings):
+    opcheck.assert_adjoint(name, jnp.asarray(away_from_zero(rng, 3, 4, low=0.05, high=3.0)), **settings)
+
+
+@pytest.mark.parametrize("name", ["relu", "leaky_relu", "sigmoid", "tanh", "softmax", "log_softmax"])
+def test_forward_mode_under_vmap_and_in_float32(rng, name):
+    x = away_from_zero(rng, 4, 2, 3, low=0.05, high=3.0)
+    opcheck.assert_jvp(name, jnp.asarray(x), in_axes=(0,))
+    opcheck.assert_jvp(name, jnp.asarray(x, jnp.float32), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("passes", [True, False])
+def test_relu_and_leaky_relu_tangents_take_the_vjps_side_at_zero(passes):
+    # J is diagonal, so jvp with ṫ = 1 is the vjp with g = 1: the same kink convention, exactly
+    x, ones = jnp.array([-1.0, 0.0, 2.0]), jnp.ones(3)
+    cases = [(functools.partial(ops.relu, derivative_at_zero=1.0 if passes else 0.0), 0.0),
+             (functools.partial(ops.leaky_relu, negative_slope=0.1, derivative_at_zero=1.0 if passes else 0.1), 0.1)]
+    for f, below in cases:
+        tangent = jax.jvp(f, (x,), (ones,))[1]
+        np.testing.assert_array_equal(tangent, [below, 1.0 if passes else below, 1.0])
+        np.testing.assert_array_equal(tangent, jax.vjp(f, x)[1](ones)[0])
+
+
+def test_tanh_rational_tangent_is_the_derivative_of_the_rational_from_its_output(rng):
+    # the tangent is 1 − f² of what the forward computed (the rational, not jnp.tanh), as the VJP
+    x = jnp.asarray(rng.normal(size=(3, 4)) * 2, jnp.float32)
+    t = jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)
+    f = functools.partial(ops.tanh, method="rational")
+    y, tangent = jax.jvp(f, (x,), (t,))
+    np.testing.assert_array_equal(tangent, t * (1 - y * y))
+    np.testing.assert_array_equal(jax.jvp(f, (x,), (jnp.ones_like(x),))[1], jax.vjp(f, x)[1](jnp.ones_like(x))[0])
+    program = jax.jit(lambda x, t: jax.jvp(f, (x,), (t,))).lower(x, t).as_text()
+    assert "stablehlo.tanh" not in program
+    np.testing.assert_allclose(tangent, jax.jvp(reference.tanh, (x,), (t,))[1], rtol=1e-5, atol=1e-6)
+    opcheck.assert_jvp("tanh", x, method="rational", rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "tanh", "softmax", "log_softmax"])
+def test_forward_mode_computes_no_more_transcendentals_than_autodiff_of_the_reference(name):
+    # the JVP reuses the forward's exponentials (log-softmax: p from e^{x − max x}, not a second e^y)
+    import re
+
+    x = jnp.ones((8, 10), jnp.float64)
+
+    def count(module):
+        program = jax.jit(lambda x, t: jax.jvp(getattr(module, name), (x,), (t,))).lower(x, x).compile().as_text()
+        return len(re.findall(r"\b(exponential|tanh|logistic|log)\(", program))
+
+    assert count(ops) <= count(reference)

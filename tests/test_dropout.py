@@ -46,6 +46,9 @@ def test_deterministic_rate_0_and_rate_1(rng):
     np.testing.assert_array_equal(jax.grad(lambda x: ops.dropout(x, key, 1.0).sum())(x), np.zeros((3, 4)))
     np.testing.assert_array_equal(jax.grad(lambda x: ops.dropout(x, key, 0.5, deterministic=True).sum())(x),
                                   np.ones((3, 4)))
+    t = jnp.asarray(rng.normal(size=(3, 4)))  # forward mode: the identity's tangent, and zeros for rate 1
+    np.testing.assert_array_equal(jax.jvp(lambda x: ops.dropout(x, key, 0.5, deterministic=True), (x,), (t,))[1], t)
+    np.testing.assert_array_equal(jax.jvp(lambda x: ops.dropout(x, key, 1.0), (x,), (t,))[1], np.zeros((3, 4)))
 
 
 def test_gradients_all_transforms(rng):
@@ -72,3 +75,23 @@ def test_dropout_errors():
                                   ops.dropout(x, jax.random.key(0), float(np.float32(0.5))))
     with pytest.raises(TypeError, match=r"dropout: `x` must be a floating-point array"):
         ops.dropout(jnp.ones(3, jnp.int32), jax.random.key(0), 0.5)
+
+
+@pytest.mark.parametrize("key", [jax.random.key(2), jax.random.PRNGKey(5)], ids=["typed key", "legacy key"])
+def test_forward_mode_every_transform_against_the_reference(rng, key):
+    opcheck.assert_forward_mode("dropout", jnp.asarray(rng.normal(size=(3, 4))), key, rate=0.4)
+
+
+def test_the_tangent_takes_the_forwards_and_the_backwards_mask(rng):
+    # ṫ_y = ṫ_x · m / (1 − rate), m from the key: the mask of the forward and of the VJP
+    x, t = jnp.asarray(rng.normal(size=(6, 7))), jnp.asarray(rng.normal(size=(6, 7)))
+    key = jax.random.key(3)
+    f = lambda x: ops.dropout(x, key, 0.5)  # noqa: E731
+    y, tangent = jax.jvp(f, (x,), (t,))
+    kept = np.asarray(y) != 0
+    assert 0 < kept.sum() < kept.size
+    np.testing.assert_allclose(tangent, np.where(kept, 2 * t, 0), rtol=1e-15)
+    np.testing.assert_array_equal(jax.jvp(f, (x,), (jnp.ones_like(x),))[1], jax.vjp(f, x)[1](jnp.ones_like(x))[0])
+    opcheck.assert_adjoint("dropout", x, key, rate=0.5)
+    opcheck.assert_jvp("dropout", jnp.asarray(rng.normal(size=(3, 4, 5))), key, in_axes=(0,), rate=0.3)
+    opcheck.assert_jvp("dropout", jnp.asarray(rng.normal(size=(4, 5)), jnp.float32), key, rate=0.3, rtol=1e-6)

@@ -358,3 +358,140 @@ def test_l2_penalty_errors(rng):
         with pytest.raises(ValueError, match=r"l2_penalty: `lam` must be a finite number, got nan"):
             f({"w": jnp.ones(3)}, np.float32("nan"))
         assert f({"w": jnp.ones(3, jnp.float64)}, np.float32(0.5)).dtype == jnp.float64  # the leaves' dtype
+
+
+# ----------------------------------------------------------------- forward mode
+
+
+def _ce_forward_cases():
+    """Every option of softmax_cross_entropy, the combinations in the default suite, the rest ``slow``."""
+    rng = np.random.default_rng(1)
+    ids, t, w = np.array([0, 2, 2, 1]), jnp.asarray(rng.dirichlet(np.ones(3), size=4)), jnp.asarray([0.5, 2.0, 1.5])
+    every = {"weights": w, "ignore_index": 2, "label_smoothing": 0.2}
+    cases = [("ids", ids, {}, False),
+             ("ids, leading axes, sum", np.array([[0, 2], [1, 1]]), {"reduction": "sum"}, False),
+             ("ids, every option, mean", ids, every, False),
+             ("ids, every option, none", ids, every | {"reduction": "none"}, False),
+             ("ids, ignored rows", ids, {"ignore_index": 2}, True),
+             ("ids, weights and smoothing, sum", ids, {"weights": w, "label_smoothing": 0.1, "reduction": "sum"}, True),
+             ("rows", t, {}, False),
+             ("rows, weights and smoothing, none", t, {"weights": w, "label_smoothing": 0.1, "reduction": "none"},
+              False),
+             ("rows, sum", t, {"reduction": "sum"}, True)]
+    return [pytest.param(labels, settings, id=name, marks=[pytest.mark.slow] if slow else [])
+            for name, labels, settings, slow in cases]
+
+
+@pytest.mark.parametrize("labels,settings", _ce_forward_cases())
+def test_ce_forward_mode_every_transform_against_the_reference(rng, labels, settings):
+    shape = labels.shape if labels.dtype.kind == "f" else labels.shape + (3,)
+    opcheck.assert_forward_mode("softmax_cross_entropy", _logits(rng, shape), jnp.asarray(labels), **settings)
+
+
+def test_ce_forward_mode_under_vmap_and_in_float32(rng):
+    y, w = jnp.array([0, 2, 2, 1]), jnp.asarray([0.5, 2.0, 1.5])
+    options = dict(weights=w, ignore_index=2, label_smoothing=0.2)
+    opcheck.assert_jvp("softmax_cross_entropy", _logits(rng, (3, 4, 3)), y, in_axes=(0,), **options)
+    t = jax.nn.softmax(_logits(rng, (3, 4, 3)))
+    opcheck.assert_jvp("softmax_cross_entropy", _logits(rng, (3, 4, 3)), t, in_axes=(0, 0), reduction="none")
+    opcheck.assert_jvp("softmax_cross_entropy", _logits(rng, (8, 5), jnp.float32), jnp.arange(8) % 5, rtol=1e-5,
+                       atol=1e-6, **options | {"weights": None})
+    opcheck.assert_jvp("softmax_cross_entropy", _logits(rng, (4, 3), jnp.float32), t[0].astype(jnp.float32),
+                       rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_ce_jvp_is_the_adjoint_of_the_vjp_for_every_option(rng, reduction):
+    # ⟨J ṫ, g⟩ = ⟨ṫ, Jᵀ g⟩: the hand JVP and the lectures' VJP are one derivative
+    s, y, t = _logits(rng, (5, 4)), jnp.array([0, 3, 1, 3, 2]), jax.nn.softmax(_logits(rng, (5, 4)))
+    w = jnp.asarray(rng.uniform(0.5, 2.0, 4))
+    for weights in (None, w):
+        for eps in (0.0, 0.3):
+            for ignore in (None, 3):
+                opcheck.assert_adjoint("softmax_cross_entropy", s, y, weights=weights, label_smoothing=eps,
+                                       ignore_index=ignore, reduction=reduction)
+            opcheck.assert_adjoint("softmax_cross_entropy", s, t, weights=weights, label_smoothing=eps,
+                                   reduction=reduction)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_ce_tangent_of_an_all_padding_batch_is_zero_as_its_gradient(rng, eps, weighted):
+    # every row ignored: "mean" is 0/0 = NaN whatever the logits, a constant: its tangent is 0, the
+    # VJP's gradient (0) contracted with ṫ. Forward-mode autodiff of the reference gives (0/0)·ṫ = NaN.
+    s, s_dot, y = _logits(rng, (5, 4)), _logits(rng, (5, 4)), jnp.full(5, 2)
+    kw = dict(weights=jnp.asarray(rng.uniform(0.5, 2.0, 4)) if weighted else None, ignore_index=2,
+              label_smoothing=eps)
+    loss, tangent = jax.jvp(lambda s: ops.softmax_cross_entropy(s, y, **kw), (s,), (s_dot,))
+    assert np.isnan(loss) and tangent == 0
+    assert np.isnan(jax.jvp(lambda s: reference.softmax_cross_entropy(s, y, **kw), (s,), (s_dot,))[1])
+    for reduction in ("sum", "none"):
+        np.testing.assert_array_equal(
+            jax.jvp(lambda s: ops.softmax_cross_entropy(s, y, reduction=reduction, **kw), (s,), (s_dot,))[1], 0 * y)
+    # one kept row: the tangent is that row's alone, the reference's
+    y = y.at[1].set(0)
+    for f in (ops.softmax_cross_entropy, reference.softmax_cross_entropy):
+        np.testing.assert_allclose(jax.jvp(lambda s: f(s, y, **kw), (s,), (s_dot,))[1],
+                                   jnp.sum(jax.grad(reference.softmax_cross_entropy)(s, y, **kw) * s_dot), rtol=1e-12)
+
+
+def test_ce_tangent_is_nan_for_an_out_of_range_label_and_zero_for_the_weights(rng):
+    s, s_dot, w = _logits(rng, (3, 4)), _logits(rng, (3, 4)), jnp.asarray(rng.uniform(0.5, 2.0, 4))
+    for f in (ops.softmax_cross_entropy, reference.softmax_cross_entropy):
+        for reduction in ("mean", "none"):
+            tangent = jax.jvp(lambda s: f(s, jnp.array([0, 4, 1]), reduction=reduction), (s,), (s_dot,))[1]
+            assert np.all(np.isnan(tangent))  # as the loss and the gradient: never silently finite
+        # class weights are constants (no gradient, as in PyTorch): no tangent either
+        assert jax.jvp(lambda w: f(s, jnp.array([0, 3, 1]), weights=w), (w,), (w,))[1] == 0
+
+
+@pytest.mark.parametrize("shape,reduction", [((4, 3), "mean"), ((2, 3, 2), "sum"), ((3,), "none")])
+def test_euclidean_forward_mode_every_transform_against_the_reference(rng, shape, reduction):
+    z, y = (jnp.asarray(rng.normal(size=shape)) for _ in range(2))
+    opcheck.assert_forward_mode("euclidean_loss", z, y, reduction=reduction)
+
+
+def test_euclidean_tangent_is_the_difference_dotted_under_vmap_and_in_float32(rng):
+    z, y, z_dot, y_dot = (jnp.asarray(rng.normal(size=(4, 3))) for _ in range(4))
+    tangent = jax.jvp(lambda z, y: ops.euclidean_loss(z, y, reduction="none"), (z, y), (z_dot, y_dot))[1]
+    np.testing.assert_allclose(tangent, np.sum((z - y) * (z_dot - y_dot), axis=1), rtol=1e-13)
+    for reduction in ("mean", "sum", "none"):
+        opcheck.assert_adjoint("euclidean_loss", z, y, reduction=reduction)
+    opcheck.assert_jvp("euclidean_loss", jnp.asarray(rng.normal(size=(3, 4, 2))), jnp.asarray(rng.normal(size=(4, 2))),
+                       in_axes=(0, None), reduction="none")
+    opcheck.assert_jvp("euclidean_loss", *(jnp.asarray(rng.normal(size=(6, 4)), jnp.float32) for _ in range(2)),
+                       rtol=1e-5, atol=1e-6)
+
+
+def test_l2_penalty_forward_mode_every_transform_against_the_reference(rng):
+    params = {"conv": {"w": jnp.asarray(rng.normal(size=(2, 2)))}, "dense": [jnp.asarray(rng.normal(size=(3,)))]}
+    opcheck.assert_forward_mode("l2_penalty", params, jnp.float64(0.3))
+    opcheck.assert_forward_mode("l2_penalty", params, 0.3)  # a Python λ: a differentiable argument too
+
+
+def test_l2_penalty_tangent_is_lambda_w_dot_plus_half_lambda_dot_sum_sq_under_vmap_and_in_float32(rng):
+    params, t_params, lam, t_lam = _params(rng), _params(rng), jnp.float64(0.3), jnp.float64(-1.7)
+    leaves, t_leaves = jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(t_params)
+    expected = 0.3 * sum(float(jnp.sum(w * t)) for w, t in zip(leaves, t_leaves)) - 0.5 * 1.7 * sum(
+        float(jnp.sum(w * w)) for w in leaves)
+    np.testing.assert_allclose(jax.jvp(ops.l2_penalty, (params, lam), (t_params, t_lam))[1], expected, rtol=1e-13)
+    opcheck.assert_adjoint("l2_penalty", params, lam)
+    batched = jax.tree_util.tree_map(lambda w: jnp.stack([w, 2 * w, -w]), params)
+    opcheck.assert_jvp("l2_penalty", batched, lam, in_axes=(0, None))
+    opcheck.assert_jvp("l2_penalty", _params(rng, jnp.float32), jnp.float32(0.1), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("labels", ["ids", "rows"])
+def test_ce_forward_mode_computes_no_more_transcendentals_than_autodiff_of_the_reference(rng, labels):
+    # the JVP's softmax is the forward's (one exp and one log per program, as the reference's)
+    import re
+
+    s = _logits(rng, (8, 10))
+    y = jnp.arange(8) % 10 if labels == "ids" else jax.nn.softmax(_logits(rng, (8, 10)))
+
+    def count(module):
+        f = lambda s: module.softmax_cross_entropy(s, y, label_smoothing=0.1)  # noqa: E731
+        program = jax.jit(lambda s, t: jax.jvp(f, (s,), (t,))).lower(s, s).compile().as_text()
+        return len(re.findall(r"\b(exponential|log)\(", program))
+
+    assert count(ops) <= count(reference)

@@ -33,3 +33,17 @@ def test_mean_subtraction_errors():
         ops.mean_subtraction(jnp.ones((2, 3)), axis=-3)
     with pytest.raises(TypeError, match=r"mean_subtraction: `axis` must be an int or a tuple of ints, got 'x'"):
         ops.mean_subtraction(jnp.ones((2, 3)), axis="x")
+
+
+@pytest.mark.parametrize("axis", [-1, (1, 2)])
+def test_mean_subtraction_forward_mode_every_transform_against_the_reference(rng, axis):
+    opcheck.assert_forward_mode("mean_subtraction", jnp.asarray(rng.normal(size=(2, 3, 2))), axis=axis)
+
+
+def test_mean_subtraction_tangent_is_the_forward_under_vmap_and_in_float32(rng):
+    x, t = jnp.asarray(rng.normal(size=(3, 5))), jnp.asarray(rng.normal(size=(3, 5)))
+    np.testing.assert_allclose(jax.jvp(ops.mean_subtraction, (x,), (t,))[1], ops.mean_subtraction(t), rtol=1e-14)
+    for axis in (-1, 0, (0, 1)):
+        opcheck.assert_adjoint("mean_subtraction", x, axis=axis)
+    opcheck.assert_jvp("mean_subtraction", jnp.asarray(rng.normal(size=(3, 2, 4))), in_axes=(0,), axis=0)
+    opcheck.assert_jvp("mean_subtraction", jnp.asarray(rng.normal(size=(4, 6)), jnp.float32), rtol=1e-5, atol=1e-6)

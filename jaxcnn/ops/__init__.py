@@ -1,10 +1,12 @@
-"""Hand-derived ops: every function here is a ``jax.custom_vjp`` whose backward rule is
-the formula derived in the lecture notes (see each function's docstring).
+"""Hand-derived ops: every function here carries two hand rules, the backward (VJP) derived
+in the lecture notes and a hand-derived JVP beside it (see each op's module docstring).
 
-Forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``) does not apply to
-``custom_vjp`` functions and raises ``TypeError``; use reverse mode (``jax.grad``,
-``jax.vjp``, ``jax.jacrev``), or the same function from :mod:`jaxcnn.reference`, which
-supports both modes.
+Every op supports both modes: reverse mode (``jax.grad``, ``jax.vjp``, ``jax.jacrev``) runs
+the lectures' backward formulas, forward mode (``jax.jvp``, ``jax.jacfwd``,
+``jax.linearize``) the hand JVPs, and ``jax.hessian`` and forward-over-reverse
+Hessian-vector products combine them; each op is a :class:`jaxcnn.ops._rule.custom_rule`
+(``jax.custom_vjp``'s interface plus ``defjvp``). Which rule runs under which transform:
+docs/ops.md, "Forward mode".
 
 Each op family lives in a private module (``_conv.py``, ``_pooling.py``, ...; read
 ``jaxcnn/ops/_conv.py`` for the convolution's forward and backward), and this package

@@ -1,9 +1,18 @@
-"""Activation functions with hand-derived backward rules.
+"""Activation functions with hand-derived backward and forward rules.
 
 Lectures: Hu & Zhu ("BP in vector-matrix form": ``δ⁽ˡ⁻¹⁾ = δ⁽ˡ⁾ ⊙ f'(y⁽ˡ⁻¹⁾)`` with
 ``f' = f(1 − f)`` for the sigmoid and ``[x ≥ 0]`` for ReLU); Jearanaitanakij (the ReLU
 gradient flows where the activation "is positive or zero"; the sigmoid derivative
 ``f(1 − f)`` in the worked example); Bell (softmax and its Jacobian).
+
+Each VJP is ``dx = Jᵀ g`` and each JVP ``ṫ_y = J ṫ_x`` with the same ``J`` (the same mask,
+the same saved output), so ``⟨J ṫ, g⟩ = ⟨ṫ, Jᵀ g⟩``:
+
+* elementwise ``f``: ``dx = f'(x) ⊙ g`` and ``ṫ_y = f'(x) ⊙ ṫ_x``, ``J`` diagonal, with
+  ``f' = [x ≥ 0]`` (ReLU), ``1`` or ``negative_slope`` (leaky ReLU), ``y (1 − y)``
+  (sigmoid) and ``1 − y²`` (tanh) from the saved output ``y``;
+* softmax: ``dx = p ⊙ (g − Σ_k g_k p_k)`` and ``ṫ_p = p ⊙ (ṫ − Σ_k p_k ṫ_k)`` (``J`` symmetric);
+* log-softmax: ``dx = g − p Σ_k g_k`` and ``ṫ_y = ṫ − Σ_k p_k ṫ_k``, ``p = e^y``.
 """
 
 from __future__ import annotations
@@ -152,7 +161,14 @@ def _leaky_relu_bwd(slope, passes_at_zero, mask, g):
     return (jnp.where(mask, g, g * jnp.asarray(slope, g.dtype)),)  # g · f'(x), f' ∈ {1, slope}
 
 
+def _leaky_relu_jvp(slope, passes_at_zero, primals, tangents):
+    (x,), (t,) = primals, tangents
+    mask = x >= 0 if passes_at_zero else x > 0  # the VJP's mask
+    return _leaky_relu(x, slope, passes_at_zero), jnp.where(mask, t, t * jnp.asarray(slope, t.dtype))
+
+
 _leaky_relu.defvjp(_leaky_relu_fwd, _leaky_relu_bwd)
+_leaky_relu.defjvp(_leaky_relu_jvp)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _leaky_relu = jax.jit(_leaky_relu, static_argnums=(1, 2))
 
@@ -197,7 +213,14 @@ def _sigmoid_bwd(y, g):
     return (g * (y * (1 - y)),)  # δ · f(1 − f), the derivative formed first
 
 
+def _sigmoid_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    y = _sigmoid(x)
+    return y, t * (y * (1 - y))  # f'(x) ṫ from the output, as the VJP
+
+
 _sigmoid.defvjp(_sigmoid_fwd, _sigmoid_bwd)
+_sigmoid.defjvp(_sigmoid_jvp)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _sigmoid = jax.jit(_sigmoid)
 
@@ -264,7 +287,14 @@ def _tanh_bwd(method, y, g):
     return (g * (1 - y * y),)
 
 
+def _tanh_jvp(method, primals, tangents):
+    (x,), (t,) = primals, tangents
+    y = _tanh(x, method)
+    return y, t * (1 - y * y)  # from the output of the forward that ran (the rational's too), as the VJP
+
+
 _tanh.defvjp(_tanh_fwd, _tanh_bwd)
+_tanh.defjvp(_tanh_jvp)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _tanh = jax.jit(_tanh, static_argnums=1)
 
@@ -321,7 +351,14 @@ def _softmax_bwd(axis, res: SoftmaxResiduals, g):
     return (p * (g - jnp.sum(g * p, axis=axis, keepdims=True)),)
 
 
+def _softmax_jvp(axis, primals, tangents):
+    (x,), (t,) = primals, tangents
+    p = _softmax(x, axis)
+    return p, p * (t - jnp.sum(p * t, axis=axis, keepdims=True))  # J = diag(p) − p pᵀ, symmetric
+
+
 _softmax.defvjp(_softmax_fwd, _softmax_bwd)
+_softmax.defjvp(_softmax_jvp)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _softmax = jax.jit(_softmax, static_argnums=1)
 
@@ -379,7 +416,16 @@ def _log_softmax_bwd(axis, y, g):
     return (g - jnp.exp(y) * jnp.sum(g, axis=axis, keepdims=True),)  # g − p Σ g
 
 
+def _log_softmax_jvp(axis, primals, tangents):
+    (x,), (t,) = primals, tangents
+    # ṫ − Σ p ṫ (J = I − 1 pᵀ), p = e^{x − max x} / Σ: the forward's own exponentials, not a second e^y
+    e = jnp.exp(x - jnp.max(x, axis=axis, keepdims=True))
+    total = jnp.sum(e, axis=axis, keepdims=True)
+    return _log_softmax(x, axis), t - jnp.sum(e * t, axis=axis, keepdims=True) / total
+
+
 _log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
+_log_softmax.defjvp(_log_softmax_jvp)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _log_softmax = jax.jit(_log_softmax, static_argnums=1)
 

@@ -1,7 +1,11 @@
-"""Fully connected (dense) layer with its hand-derived backward.
+"""Fully connected (dense) layer with its hand-derived backward and forward rules.
 
 Lectures: Hu & Zhu, "Backpropagation in vector-matrix form" (the FC layer answers);
 Park, "FC layer" forward/backward; Bell, the chain rule for a linear layer.
+
+``y = x Wᵀ + b`` is bilinear in ``(x, W)`` and linear in ``b``, so its JVP is the forward
+applied to the tangents, one argument at a time: ``ṫ_y = ṫ_x Wᵀ + x ṫ_Wᵀ + ṫ_b``; the VJP
+is its transpose, ``dx = g W``, ``dW = gᵀ x``, ``db = Σ g``.
 """
 
 from __future__ import annotations
@@ -59,9 +63,14 @@ class DenseResiduals(NamedTuple):
     w: jax.Array  # the weights, for dx = g W
 
 
+def _times_w_transposed(x, w):
+    """``x Wᵀ`` over the last axis of ``x``."""
+    return lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())))
+
+
 @functools.partial(_rule.custom_rule, nondiff_argnums=(3,))
 def _dense(x, w, b, bias: bool):
-    y = lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())))
+    y = _times_w_transposed(x, w)
     return y if b is None else y + b
 
 
@@ -77,7 +86,14 @@ def _dense_bwd(bias: bool, res: DenseResiduals, g):
     return dx, dw, db
 
 
+def _dense_jvp(bias: bool, primals, tangents):
+    (x, w, b), (tx, tw, tb) = primals, tangents
+    ty = _times_w_transposed(tx, w) + _times_w_transposed(x, tw)  # ṫ_x Wᵀ + x ṫ_Wᵀ
+    return _dense(x, w, b, bias), ty if b is None else ty + tb  # + ṫ_b
+
+
 _dense.defvjp(_dense_fwd, _dense_bwd)
+_dense.defjvp(_dense_jvp)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _dense = jax.jit(_dense, static_argnums=3)
 

@@ -1,9 +1,11 @@
-"""Dropout with the hand-derived backward: the same mask, regenerated from the key.
+"""Dropout with the hand-derived backward and forward rules: the same mask, regenerated from the key.
 
 Srivastava et al. (2014), in the "inverted" form every framework uses: at training time
 each element is kept with probability ``1 − rate`` and scaled by ``1/(1 − rate)``, so
 that the expectation is ``x`` and nothing changes at test time. The forward is linear in
-``x`` for a fixed mask ``m``, so its transpose is the same mask and scale applied to ``g``.
+``x`` for a fixed mask ``m``, so its transpose is the same mask and scale applied to ``g``
+(the VJP ``dx = g · m / (1 − rate)``) and its JVP is the forward applied to the tangent,
+``ṫ_y = ṫ_x · m / (1 − rate)``, ``m`` from the same key (which has no tangent).
 """
 
 from __future__ import annotations
@@ -87,7 +89,14 @@ def _dropout_bwd(rate, key, g):
     return _apply(g, keep_mask(key, g.shape, rate), rate), None  # dx = g · m / (1 − rate)
 
 
+def _dropout_jvp(rate, primals, tangents):
+    (x, key), (t, _) = primals, tangents  # the key's tangent is float0
+    mask = keep_mask(key, x.shape, rate)  # the forward's and the VJP's mask
+    return _apply(x, mask, rate), _apply(t, mask, rate)
+
+
 _dropout.defvjp(_dropout_fwd, _dropout_bwd)
+_dropout.defjvp(_dropout_jvp)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _dropout = jax.jit(_dropout, static_argnums=2)
 

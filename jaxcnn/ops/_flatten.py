@@ -1,4 +1,8 @@
-"""Flattening the per-example axes, with its (trivial) hand-written backward."""
+"""Flattening the per-example axes, with its (trivial) hand-written backward and forward rules.
+
+Flattening is linear: the JVP is the forward applied to the tangent, ``ṫ_y = flatten(ṫ_x)``,
+and the VJP its transpose, ``dx = g`` reshaped back.
+"""
 
 from __future__ import annotations
 
@@ -51,7 +55,13 @@ def _flatten_bwd(tail, _, g):
     return (g.reshape(g.shape[0], *tail),)
 
 
+def _flatten_jvp(tail, primals, tangents):
+    (x,), (t,) = primals, tangents
+    return _flatten(x, tail), t.reshape(t.shape[0], math.prod(tail))
+
+
 _flatten.defvjp(_flatten_fwd, _flatten_bwd)
+_flatten.defjvp(_flatten_jvp)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _flatten = jax.jit(_flatten, static_argnums=1)
 

@@ -4,6 +4,14 @@ Lectures: Bell (Euclidean loss ``L_i = ½ Σ_j (z_ij − y_ij)²``, ``∂L_i/∂
 ``∂L_i/∂y = y − z``, averaged over the batch); Hu & Zhu ("Softmax-cross-entropy error
 layer: δ = y⁽ᴸ⁾ − t"; weight decay ``− αλW``); Jearanaitanakij (``∂L_i/∂f = p − 1`` at the
 target and ``p`` elsewhere; the regulariser ``½ λ Σ w²`` with gradient ``λw``).
+
+Each loss's JVP is the row of its gradient dotted with the tangents (``ṫ_L = ⟨∇L, ṫ⟩``,
+the VJP's formulas with ``g = 1`` contracted against the tangents):
+
+* cross-entropy, per row: ``ṫ_ℓn = Σ_k (p_nk Σ_j c_nj − c_nk) ṡ_nk − (1 − ε) Σ_k w_k log p_nk ṫ_nk``
+  (the last term for target rows), scaled and summed as the loss (``1/D``, ``1`` or per row);
+* Euclidean: ``ṫ_ℓi = ⟨z_i − y_i, ṫ_z,i − ṫ_y,i⟩``, averaged, summed or per example;
+* L2 penalty: ``ṫ_R = λ Σ ⟨w, ṫ_w⟩ + ½ ṫ_λ Σ w²``.
 """
 
 from __future__ import annotations
@@ -250,7 +258,44 @@ def _softmax_cross_entropy_bwd(ignore_index, eps, reduction, res, g):
     return ds, dt if eps == 0 else (1 - eps) * dt, None
 
 
+def _softmax_cross_entropy_jvp(ignore_index, eps, reduction, primals, tangents):
+    # ṫ_ℓn = ⟨p_n Σc_n − c_n, ṡ_n⟩ (− (1 − ε) ⟨w log p_n, ṫ_n⟩ for target rows): the VJP's ds and dt
+    # contracted with the tangents; the weights are constants (their tangent is not read), as in the VJP
+    (s, labels, weights), (s_dot, t_dot, _) = primals, tangents
+    out = _softmax_cross_entropy(s, labels, weights, ignore_index, eps, reduction)
+    k = s.shape[-1]
+    top, e, total = _normaliser(s)
+    p_dot = jnp.sum(e * s_dot, axis=-1) / total[..., 0]  # ⟨p_n, ṡ_n⟩
+    if not jnp.issubdtype(labels.dtype, jnp.integer):  # target rows: c_n = w ((1 − ε) t_n + ε/K), D = N
+        t = labels if eps == 0 else (1 - eps) * labels + eps / k
+        c = t if weights is None else t * weights
+        log_p = (s - top) - jnp.log(total)
+        rows = jnp.sum(c, axis=-1) * p_dot - jnp.sum(c * s_dot, axis=-1)
+        rows = rows - (1 - eps) * jnp.sum(log_p * (t_dot if weights is None else weights * t_dot), axis=-1)
+        rows = _per_row_scale(rows, s.size // k, reduction)
+        return out, rows if reduction == "none" else jnp.sum(rows)
+    coef = _row_coefficients(labels, k, weights, ignore_index, s.dtype)  # class ids: t_dot is float0
+    valid = _nan_unless_valid(labels, k, ignore_index, s.dtype)
+    r = 1 if coef.row_weight is None else coef.row_weight  # r_n = m_n w_{y_n} = Σ_k c_nk without smoothing
+    picked = jnp.take_along_axis(s_dot, jnp.clip(labels, 0, k - 1)[..., None], -1)[..., 0]  # ṡ_{n, y_n}
+    rows = r * (p_dot - picked)
+    if eps:  # c_n = (1 − ε) r_n onehot + (ε/K) w: the smoothing term (ε/K) (Σw ⟨p_n, ṡ_n⟩ − ⟨w, ṡ_n⟩)
+        w_sum, w_dot = (k, jnp.sum(s_dot, axis=-1)) if weights is None else (
+            jnp.sum(weights), jnp.sum(weights * s_dot, axis=-1))
+        rows = (1 - eps) * rows + (eps / k) * (w_sum * p_dot - w_dot)
+    rows = _per_row_scale(rows, coef.divisor, reduction) * valid
+    if coef.kept is not None:  # ṫ_ℓn = 0 on an ignored row, selected as in the VJP (0, not 0/0, when all are)
+        rows = jnp.where(coef.kept, rows, jnp.zeros((), rows.dtype) * valid)
+    return out, rows if reduction == "none" else jnp.sum(rows)
+
+
+def _per_row_scale(rows, divisor, reduction):
+    """Each row's tangent times ``σ_n / g``: ``1/D`` (mean) or 1 (sum, none), before the sum."""
+    return rows / divisor if reduction == "mean" else rows
+
+
 _softmax_cross_entropy.defvjp(_softmax_cross_entropy_fwd, _softmax_cross_entropy_bwd)
+_softmax_cross_entropy.defjvp(_softmax_cross_entropy_jvp)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _softmax_cross_entropy = jax.jit(_softmax_cross_entropy, static_argnums=(3, 4, 5))
 
@@ -364,7 +409,15 @@ def _euclidean_loss_bwd(reduction, res: EuclideanResiduals, g):
     return dz, -dz
 
 
+def _euclidean_loss_jvp(reduction, primals, tangents):
+    (pred, target), (t_pred, t_target) = primals, tangents
+    diff = pred - target
+    rows = _per_example(diff * (t_pred - t_target))  # ⟨z_i − y_i, ṫ_z,i − ṫ_y,i⟩
+    return _reduce(0.5 * _per_example(diff * diff), pred.shape[0], reduction), _reduce(rows, pred.shape[0], reduction)
+
+
 _euclidean_loss.defvjp(_euclidean_loss_fwd, _euclidean_loss_bwd)
+_euclidean_loss.defjvp(_euclidean_loss_jvp)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _euclidean_loss = jax.jit(_euclidean_loss, static_argnums=2)
 
@@ -437,7 +490,16 @@ def _l2_penalty_bwd(res: L2Residuals, g):
     return dparams, g * 0.5 * res.sum_sq
 
 
+def _l2_penalty_jvp(primals, tangents):
+    (params, lam), (t_params, t_lam) = primals, tangents
+    sum_sq = _sum_sq(params, lam.dtype)
+    leaves, t_leaves = jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(t_params)
+    w_dot = sum((jnp.sum(w * t).astype(lam.dtype) for w, t in zip(leaves, t_leaves)), jnp.zeros((), lam.dtype))
+    return 0.5 * lam * sum_sq, lam * w_dot + 0.5 * t_lam * sum_sq  # λ Σ ⟨w, ṫ_w⟩ + ½ ṫ_λ Σ w²
+
+
 _l2_penalty.defvjp(_l2_penalty_fwd, _l2_penalty_bwd)
+_l2_penalty.defjvp(_l2_penalty_jvp)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _l2_penalty = jax.jit(_l2_penalty)
 

@@ -1,4 +1,8 @@
-"""Mean subtraction with its hand-derived backward (Bell, "Example layer: mean subtraction")."""
+"""Mean subtraction with its hand-derived backward (Bell, "Example layer: mean subtraction").
+
+The forward ``h = x − mean(x)`` is linear and symmetric (``J = I − 1 1ᵀ / D``), so both rules
+are the forward applied again: the VJP ``dx = g − mean(g)`` and the JVP ``ṫ_h = ṫ_x − mean(ṫ_x)``.
+"""
 
 from __future__ import annotations
 
@@ -56,7 +60,13 @@ def _mean_subtraction_bwd(axes, _, g):
     return (_centre(g, axes),)
 
 
+def _mean_subtraction_jvp(axes, primals, tangents):
+    (x,), (t,) = primals, tangents
+    return _centre(x, axes), _centre(t, axes)
+
+
 _mean_subtraction.defvjp(_mean_subtraction_fwd, _mean_subtraction_bwd)
+_mean_subtraction.defjvp(_mean_subtraction_jvp)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _mean_subtraction = jax.jit(_mean_subtraction, static_argnums=1)
 
