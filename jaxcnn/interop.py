@@ -145,11 +145,8 @@ def _to_torch(entry: _Entry, name: str, a: np.ndarray) -> np.ndarray:
         a = a.transpose(n + 1, n, n + 2, *range(n)).reshape(c_in, a.shape[-1], *a.shape[:n])
         return a[(slice(None), slice(None), *[slice(None, None, -1)] * n)]
     if entry.flat is not None and (kind == "Dense" and name == "w" or kind != "Dense" and a.ndim == 1):
-        m = len(entry.flat) - 1  # the columns (h, w, c) -> (c, h, w)
-        lead = a.shape[:-1]
-        a = a.reshape(*lead, *entry.flat)
-        return a.transpose(*range(len(lead)), len(lead) + m, *range(len(lead), len(lead) + m)).reshape(a.shape[
-            :len(lead)] + (-1,))
+        lead, k, m = a.shape[:-1], a.ndim - 1, len(entry.flat) - 1  # the columns (h, w, c) -> (c, h, w)
+        return a.reshape(*lead, *entry.flat).transpose(*range(k), k + m, *range(k, k + m)).reshape(*lead, -1)
     return a
 
 
@@ -164,11 +161,9 @@ def _from_torch(entry: _Entry, name: str, t: np.ndarray, like_shape: tuple) -> n
         t = t[(slice(None), slice(None), *[slice(None, None, -1)] * n)].reshape(g, i_g, o // g, *t.shape[2:])
         return t.transpose(*range(3, n + 3), 1, 0, 2).reshape(like_shape)
     if entry.flat is not None and (kind == "Dense" and name == "w" or kind != "Dense" and t.ndim == 1):
-        m = len(entry.flat) - 1  # the columns (c, h, w) -> (h, w, c)
-        lead = t.shape[:-1]
+        lead, k, m = t.shape[:-1], t.ndim - 1, len(entry.flat) - 1  # the columns (c, h, w) -> (h, w, c)
         t = t.reshape(*lead, entry.flat[-1], *entry.flat[:-1])
-        return t.transpose(*range(len(lead)), *range(len(lead) + 1, len(lead) + m + 1), len(lead)).reshape(
-            like_shape)
+        return t.transpose(*range(k), *range(k + 1, k + m + 1), k).reshape(like_shape)
     return t
 
 
