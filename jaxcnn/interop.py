@@ -167,6 +167,19 @@ def _from_torch(entry: _Entry, name: str, t: np.ndarray, like_shape: tuple) -> n
     return t
 
 
+def _absent_connections(entry: _Entry, params_template) -> Optional[np.ndarray]:
+    """Where a ``Conv`` with a connection table (LeNet-5's C3) has no weight, as a mask of ``w``'s
+    shape, or ``None`` for a full one. The table is read off the layer itself: its weight
+    gradient is exactly zero at the absent connections and nowhere else (for an input of ones)."""
+    like = _subtree(params_template, entry.path)
+    if entry.layer.count(like) == sum(leaf.size for leaf in like.values()):
+        return None
+    params = {k: jnp.ones(v.shape, jnp.float32) for k, v in like.items()}
+    x = jnp.ones((1, *entry.input_shape[1:]), jnp.float32)
+    dw = jax.grad(lambda w: jnp.sum(entry.layer.apply({**params, "w": w}, (), x)[0]))(params["w"])
+    return np.asarray(dw == 0)
+
+
 # --------------------------------------------------------------------------- the public pair
 
 
@@ -250,7 +263,15 @@ def from_torch_state_dict(model: Layer, state_dict: Mapping[str, Any], input_sha
                     f"from_torch_state_dict: {key} has shape {t.shape} where {entry.layer.name} at "
                     f"{('params', 'state')[tree]}{_keystr((*entry.path, name))} needs {want} (PyTorch's layout of "
                     f"jaxcnn's {tuple(leaf.shape)}). Was the state_dict made for another model or input size?")
-            values[(tree, *entry.path, name)] = jnp.asarray(_from_torch(entry, name, t, tuple(leaf.shape)))
+            a = _from_torch(entry, name, t, tuple(leaf.shape))
+            absent = _absent_connections(entry, template[0]) if (entry.layer.kind, name) == ("Conv", "w") else None
+            if absent is not None and np.any(a[absent]):
+                raise ValueError(
+                    f"from_torch_state_dict: {key} has {int(np.count_nonzero(a[absent]))} nonzero weights at "
+                    f"connections {entry.layer.name}'s connection table leaves out (at params"
+                    f"{_keystr((*entry.path, name))}), which it would ignore; zero them in PyTorch (multiply the "
+                    f"weight by the table) or give the layer no table.")
+            values[(tree, *entry.path, name)] = jnp.asarray(a)
     missing = [k for k in wanted if k not in state_dict]
     if missing:
         keys = list(state_dict)

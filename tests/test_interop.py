@@ -226,6 +226,21 @@ def test_zoo_lenet5_exports_the_keys_and_layouts_a_torch_lenet5_loads(rng):
     np.testing.assert_allclose(y, out.detach().numpy(), rtol=0, atol=1e-12)
 
 
+def test_lenet5s_connection_table_takes_torch_weights_zero_where_it_has_no_connection():
+    """The C3 table's absent weights are ignored by the op: a full torch kernel is refused, not silently cut."""
+    model = models.lenet5()
+    params, state, _ = model.init(KEY, (-1, 32, 32, 1))
+    exported = interop.to_torch_state_dict(model, params, state, (-1, 32, 32, 1))
+    table = np.asarray(ops.LENET5_C3_TABLE, bool)  # (C_in, C_out); torch's weight is (C_out, C_in, 5, 5)
+    assert not exported["c3.weight"][~table.T].any()
+    _assert_params_equal(interop.from_torch_state_dict(model, exported, (-1, 32, 32, 1)), (params, state))
+    full = {**exported, "c3.weight": exported["c3.weight"] + 0.5}
+    with pytest.raises(ValueError, match=r"from_torch_state_dict: c3.weight has 900 nonzero weights at connections "
+                                         r"Conv\(16, \(5, 5\)\)'s connection table leaves out \(at "
+                                         r"params\['c3'\]\['w'\]\), which it would ignore"):
+        interop.from_torch_state_dict(model, full, (-1, 32, 32, 1))
+
+
 @pytest.mark.parametrize("groups", [1, 2])
 def test_conv_transpose_1d_and_3d_convs_and_batch_norm_after_a_flatten_match_torch(rng, groups):
     """Layouts beyond the zoo: ConvTranspose2d (IOHW, the flipped kernel, groups), Conv1d (OIW),
