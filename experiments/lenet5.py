@@ -46,7 +46,7 @@ def main(argv=None) -> None:
         # The first epoch includes compilation; time per epoch is the median of the others.
         epoch_seconds = [h["seconds"] for r in results for h in r.history[1:]] or [results[0].history[0]["seconds"]]
         best = max(h["test_accuracy"] for r in results for h in r.history)
-        rows.append([label, f"{model.count(params):,}", f"{model.children[3].count(params[3]):,}",
+        rows.append([label, f"{model.count(params):,}", f"{model.children[3].count(params['c3']):,}",
                      _common.mean_sd(accuracies, digits=4), f"{best:.4f}",
                      "yes" if min(accuracies) >= TARGET else "no", f"{np.median(epoch_seconds):.1f} s"])
         print(rows[-1], flush=True)

@@ -6,6 +6,7 @@
 * :mod:`jaxcnn.nn` (layers and combinators), :mod:`jaxcnn.models` (the zoo),
   :mod:`jaxcnn.train` (the optax loop), :mod:`jaxcnn.data` (datasets),
   :mod:`jaxcnn.reporting` (metrics and plots), :mod:`jaxcnn.checkpoint`,
+  :mod:`jaxcnn.interop` (PyTorch ``state_dict`` import and export),
   :mod:`jaxcnn.distributed` (several processes and hosts), :mod:`jaxcnn.launch` (the
   one-machine launcher).
 
@@ -18,8 +19,8 @@ import importlib
 __version__ = "0.1.0"
 
 # Even ops, reference and verify: the command line prints before JAX is imported.
-_LAZY = ("checkpoint", "data", "distributed", "launch", "models", "nn", "ops", "reference", "reporting", "train",
-         "verify")
+_LAZY = ("checkpoint", "data", "distributed", "interop", "launch", "models", "nn", "ops", "reference", "reporting",
+         "train", "verify")
 
 
 def __getattr__(name):

@@ -114,7 +114,8 @@ def lenet5(num_classes: int = 10, *, full_c3: bool = False, activation: str = "t
     connection table :data:`~jaxcnn.ops.LENET5_C3_TABLE` (60 of 96 connections; all 96
     with ``full_c3=True``) → S4 2×2 mean pooling → C5 conv 5×5, 120 maps → F6 fc 84 →
     fc ``num_classes`` (logits). Subsampling is pooling without trainable coefficients.
-    60,806 trainable parameters (C3: 1,516); 61,706 with the full C3.
+    60,806 trainable parameters (C3: 1,516); 61,706 with the full C3. Params are keyed by the
+    paper's layer names: ``c1``, ``c3``, ``c5``, ``f6``, ``output``.
     """
     L = nn.bind(ops)
     act = {"tanh": L.Tanh, "relu": L.Relu, "sigmoid": L.Sigmoid}.get(activation)
@@ -122,11 +123,11 @@ def lenet5(num_classes: int = 10, *, full_c3: bool = False, activation: str = "t
         raise ValueError(f"lenet5: `activation` must be 'tanh', 'relu' or 'sigmoid', got {activation!r}.")
     table = None if full_c3 else LENET5_C3_TABLE
     return L.serial(
-        L.Conv(6, (5, 5)), act(), L.MeanPool((2, 2)),  # C1: 28×28×6, S2: 14×14×6
-        L.Conv(16, (5, 5), connections=table), act(), L.MeanPool((2, 2)),  # C3: 10×10×16, S4: 5×5×16
-        L.Conv(120, (5, 5)), act(), L.Flatten(),  # C5: 120
-        L.Dense(84), act(),  # F6: 84
-        L.Dense(num_classes),  # output
+        ("c1", L.Conv(6, (5, 5))), act(), L.MeanPool((2, 2)),  # C1: 28×28×6, S2: 14×14×6
+        ("c3", L.Conv(16, (5, 5), connections=table)), act(), L.MeanPool((2, 2)),  # C3: 10×10×16, S4: 5×5×16
+        ("c5", L.Conv(120, (5, 5))), act(), L.Flatten(),  # C5: 120
+        ("f6", L.Dense(84)), act(),  # F6: 84
+        ("output", L.Dense(num_classes)),
         name="lenet5",
     )
 
@@ -240,6 +241,11 @@ def resnet20(num_classes: int = 10, *, norm: str = "batch", groups: int = 8,
         collapses to a constant output).
       groups: group norm's number of groups (it must divide 16).
 
+    Params and state are keyed as in PyTorch's CIFAR ResNets: ``conv1``, ``bn1``, ``layer1`` …
+    ``layer3`` (three blocks each, by position: ``params["layer2"][0]["conv1"]`` is PyTorch's
+    ``layer2.0.conv1``), ``fc``; a block's are ``conv1``, ``bn1``, ``conv2``, ``bn2`` (``gn1``,
+    ``gn2`` with group norm, none without normalisation).
+
     Raises:
       ValueError: an unknown ``norm`` or a ``groups`` that does not divide 16.
     """
@@ -257,27 +263,49 @@ def resnet20(num_classes: int = 10, *, norm: str = "batch", groups: int = 8,
     first, last = ((nn.initializers.variance_scaling(2.0 / 9, "fan_in", "normal"), nn.initializers.zeros())
                    if norm == "none" else (nn.initializers.he_normal(), nn.initializers.he_normal()))
 
-    def normalise():
-        return {"batch": [L.BatchNorm()], "group": [L.GroupNorm(groups)], "none": []}[norm]
+    def normalise(i):  # the norm layer after convolution i, named as PyTorch's: bn1, gn1, or none
+        return {"batch": [(f"bn{i}", L.BatchNorm())], "group": [(f"gn{i}", L.GroupNorm(groups))], "none": []}[norm]
 
     def block(features, stride=1, c_in=None):
-        body = L.serial(conv(features, stride, first), *normalise(), L.Relu(), conv(features, w_init=last),
-                        *normalise(),
-                        name=f"block({features})")
+        body = L.serial(("conv1", conv(features, stride, first)), *normalise(1), L.Relu(),
+                        ("conv2", conv(features, w_init=last)), *normalise(2), name=f"block({features})")
         if stride == 1:
-            return L.serial(L.residual(body), L.Relu(), name=f"basic_block({features})")
-        shortcut = L.serial(L.Downsample(stride), _pad_channels(features - c_in), name="shortcut(A)")
-        return L.serial(L.fan_out(2), L.parallel(body, shortcut), L.fan_in_sum(), L.Relu(),
-                        name=f"basic_block({features}, /{stride})")
+            return _basic_block(body, [], L.Relu(), name=f"basic_block({features})")
+        shortcut = [L.Downsample(stride), _pad_channels(features - c_in)]  # option A
+        return _basic_block(body, shortcut, L.Relu(), name=f"basic_block({features}, /{stride})")
 
     return L.serial(
-        conv(16), *normalise(), L.Relu(),
-        block(16), block(16), block(16),  # 28×28×16
-        block(32, 2, 16), block(32), block(32),  # 14×14×32
-        block(64, 2, 32), block(64), block(64),  # 7×7×64
-        L.GlobalMeanPool(), L.Dense(num_classes),
+        ("conv1", conv(16)), *normalise(1), L.Relu(),
+        ("layer1", L.serial(block(16), block(16), block(16), name="3 × basic_block(16)")),  # 28×28×16
+        ("layer2", L.serial(block(32, 2, 16), block(32), block(32), name="3 × basic_block(32)")),  # 14×14×32
+        ("layer3", L.serial(block(64, 2, 32), block(64), block(64), name="3 × basic_block(64)")),  # 7×7×64
+        L.GlobalMeanPool(), ("fc", L.Dense(num_classes)),
         name=f"resnet20(norm={norm})",
     )
+
+
+def _basic_block(body: nn.Layer, shortcut: list[nn.Layer], relu: nn.Layer, *, name: str) -> nn.Layer:
+    """``relu(body(x) + shortcut(x))``, He et al.'s basic block (PyTorch's ``BasicBlock``), with the
+    body's params and state as its own (``conv1``, ``bn1``, ``conv2``, ``bn2``): the shortcut (the
+    identity, or parameter-free layers applied in order) and the ReLU have none."""
+
+    def init(key, input_shape):
+        params, state, shape = body.init(key, input_shape)
+        skip = input_shape
+        for layer in shortcut:
+            skip = layer.init(key, skip)[2]
+        if tuple(skip) != tuple(shape):
+            raise ValueError(f"{name}: the shortcut gives shape {tuple(skip)} where the body gives {tuple(shape)}.")
+        return params, state, shape
+
+    def apply(params, state, x, *, training=False, key=None):
+        y, state = body.apply(params, state, x, training=training, key=key)
+        for layer in shortcut:
+            x, _ = layer.apply((), (), x)
+        return relu.apply((), (), y + x)[0], state
+
+    return nn.Layer(init, apply, name=name, children=(body, *shortcut, relu),
+                    keys=((), *[None] * (len(shortcut) + 1)), count=body.count, kind="basic_block")
 
 
 def vgg_small(num_classes: int = 10, *, dropout: float = 0.25, dropout_fc: float = 0.5,
@@ -285,18 +313,20 @@ def vgg_small(num_classes: int = 10, *, dropout: float = 0.25, dropout_fc: float
     """A small VGG-style network (Simonyan & Zisserman's stacks of 3×3 convolutions, with
     batch norm and dropout) for ``(N, H, W, C)`` images:
     ``[conv 3×3 → BN → ReLU] × 2 → 2×2 max-pool → dropout`` with 32 and then 64 maps →
-    flatten → fc 256 → ReLU → dropout → fc ``num_classes``."""
+    flatten → fc 256 → ReLU → dropout → fc ``num_classes``. Params and state are keyed
+    ``conv1``…``conv4``, ``bn1``…``bn4``, ``fc1``, ``fc2``."""
     L = nn.bind(ops)
 
-    def conv_bn_relu(features):
-        return [L.Conv(features, (3, 3), padding="SAME", use_bias=False, w_init=nn.initializers.he_normal()),
-                L.BatchNorm(), L.Relu()]
+    def conv_bn_relu(i, features):
+        return [(f"conv{i}", L.Conv(features, (3, 3), padding="SAME", use_bias=False,
+                                    w_init=nn.initializers.he_normal())),
+                (f"bn{i}", L.BatchNorm()), L.Relu()]
 
     return L.serial(
-        *conv_bn_relu(32), *conv_bn_relu(32), L.MaxPool((2, 2)), L.Dropout(dropout),  # 14×14×32
-        *conv_bn_relu(64), *conv_bn_relu(64), L.MaxPool((2, 2)), L.Dropout(dropout),  # 7×7×64
-        L.Flatten(), L.Dense(256, w_init=nn.initializers.he_normal()), L.Relu(), L.Dropout(dropout_fc),
-        L.Dense(num_classes),
+        *conv_bn_relu(1, 32), *conv_bn_relu(2, 32), L.MaxPool((2, 2)), L.Dropout(dropout),  # 14×14×32
+        *conv_bn_relu(3, 64), *conv_bn_relu(4, 64), L.MaxPool((2, 2)), L.Dropout(dropout),  # 7×7×64
+        L.Flatten(), ("fc1", L.Dense(256, w_init=nn.initializers.he_normal())), L.Relu(), L.Dropout(dropout_fc),
+        ("fc2", L.Dense(num_classes)),
         name="vgg_small",
     )
 

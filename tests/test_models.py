@@ -49,7 +49,8 @@ def test_lenet5_parameter_counts():
     assert shape == (-1, 10) and jax.tree_util.tree_leaves(state) == []
     assert model.count(params) == 60_806
     c3 = model.children[3]
-    assert c3.count(params[3]) == 1_516
+    assert list(params) == ["c1", "c3", "c5", "f6", "output"]
+    assert c3.count(params["c3"]) == 1_516
     full = models.lenet5(full_c3=True)
     assert full.count(full.init(KEY, (-1, 32, 32, 1))[0]) == 60_806 - 1_516 + 2_416
 
@@ -63,21 +64,21 @@ def test_mnist1d_cnn_matches_greydanus_shapes():
 
 
 EXPECTED_LENET5_SUMMARY = """\
-layer              output shape      params  state
---------------------------------------------------
-Conv(6, (5, 5))    (-1, 28, 28, 6)      156      0
-Tanh               (-1, 28, 28, 6)        0      0
-MeanPool((2, 2))   (-1, 14, 14, 6)        0      0
-Conv(16, (5, 5))   (-1, 10, 10, 16)   1,516      0
-Tanh               (-1, 10, 10, 16)       0      0
-MeanPool((2, 2))   (-1, 5, 5, 16)         0      0
-Conv(120, (5, 5))  (-1, 1, 1, 120)   48,120      0
-Tanh               (-1, 1, 1, 120)        0      0
-Flatten            (-1, 120)              0      0
-Dense(84)          (-1, 84)          10,164      0
-Tanh               (-1, 84)               0      0
-Dense(10)          (-1, 10)             850      0
---------------------------------------------------
+name    layer              output shape      params  state
+----------------------------------------------------------
+c1      Conv(6, (5, 5))    (-1, 28, 28, 6)      156      0
+        Tanh               (-1, 28, 28, 6)        0      0
+        MeanPool((2, 2))   (-1, 14, 14, 6)        0      0
+c3      Conv(16, (5, 5))   (-1, 10, 10, 16)   1,516      0
+        Tanh               (-1, 10, 10, 16)       0      0
+        MeanPool((2, 2))   (-1, 5, 5, 16)         0      0
+c5      Conv(120, (5, 5))  (-1, 1, 1, 120)   48,120      0
+        Tanh               (-1, 1, 1, 120)        0      0
+        Flatten            (-1, 120)              0      0
+f6      Dense(84)          (-1, 84)          10,164      0
+        Tanh               (-1, 84)               0      0
+output  Dense(10)          (-1, 10)             850      0
+----------------------------------------------------------
 total trainable parameters: 60,806
 total state (non-trainable): 0"""
 
@@ -110,10 +111,12 @@ def test_resnet20_is_he_et_al_cifar_network():
     assert model.count(params) == 269_434  # "0.27M" in He et al.'s Table 6
     # batch norm after each of the 19 convolutions: γ, β as params, running mean and variance as state
     assert sum(np.size(a) for a in jax.tree_util.tree_leaves(state)) == 2 * (16 + 6 * 16 + 6 * 32 + 6 * 64)
-    names = [child.name for child in model.children]
-    assert names[3:12] == ["basic_block(16)"] * 3 + ["basic_block(32, /2)"] + ["basic_block(32)"] * 2 + [
+    assert list(params) == ["conv1", "bn1", "layer1", "layer2", "layer3", "fc"]
+    names = [block.name for stage in model.children[3:6] for block in stage.children]
+    assert names == ["basic_block(16)"] * 3 + ["basic_block(32, /2)"] + ["basic_block(32)"] * 2 + [
         "basic_block(64, /2)"] + ["basic_block(64)"] * 2
-    assert names[-2:] == ["GlobalMeanPool", "Dense(10)"]
+    assert [list(block) for block in params["layer2"]] == [["conv1", "bn1", "conv2", "bn2"]] * 3
+    assert [child.name for child in model.children[-2:]] == ["GlobalMeanPool", "Dense(10)"]
     weight_layers = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
                      if getattr(path[-1], "key", None) == "w"]
     assert len(weight_layers) == 20
@@ -127,7 +130,8 @@ def test_resnet20_is_he_et_al_cifar_network():
 def test_resnet20_stride_two_shortcut_is_the_subsampled_identity_with_zero_channels(rng):
     """Option A: where the map halves, the shortcut keeps every second pixel and appends zero channels."""
     model = models.resnet20(norm="none")
-    block = next(child for child in model.children if child.name == "basic_block(32, /2)")
+    block = next(child for stage in model.children[3:6] for child in stage.children
+                 if child.name == "basic_block(32, /2)")
     params, state, _ = block.init(KEY, (-1, 8, 8, 16))
     zero = jax.tree_util.tree_map(jnp.zeros_like, params)
     x = jnp.asarray(rng.normal(size=(2, 8, 8, 16)), jnp.float32)
@@ -155,7 +159,7 @@ def test_vgg_small_drops_out_in_training_only(rng):
     train_a, new = model.apply(params, state, x, training=True, key=jax.random.PRNGKey(1))
     train_b, _ = model.apply(params, state, x, training=True, key=jax.random.PRNGKey(2))
     assert not np.allclose(train_a, train_b)
-    assert not np.allclose(new[1]["mean"], state[1]["mean"])
+    assert not np.allclose(new["bn1"]["mean"], state["bn1"]["mean"])
 
 
 @pytest.mark.parametrize("name", sorted(models.ZOO))

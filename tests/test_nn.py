@@ -322,3 +322,70 @@ def test_a_layer_whose_init_cannot_be_traced_is_applied_unchecked():
     params, state, _ = layer.init(KEY, (-1, 3))
     y, _ = layer.apply(params, state, jnp.ones((2, 3), jnp.float32))
     np.testing.assert_allclose(y, jnp.broadcast_to(params["w"], (2, 3)))
+
+
+# --------------------------------------------------------------------------- named children
+
+
+def _named_net():
+    return nn.serial(("conv1", nn.Conv(4, (3, 3))), ("bn1", nn.BatchNorm()), nn.Relu(), nn.Flatten(),
+                     ("fc", nn.Dense(2)))
+
+
+def test_named_children_key_params_and_state_and_compute_what_the_positional_chain_does(rng):
+    named = _named_net()
+    positional = nn.serial(nn.Conv(4, (3, 3)), nn.BatchNorm(), nn.Relu(), nn.Flatten(), nn.Dense(2))
+    params, state, shape = named.init(KEY, (-1, 5, 5, 1))
+    assert shape == (-1, 2) and list(params) == ["conv1", "bn1", "fc"] and list(state) == ["conv1", "bn1", "fc"]
+    assert params["fc"]["w"].shape == (2, 36) and list(state["bn1"]) == ["mean", "var"]
+    p, s, _ = positional.init(KEY, (-1, 5, 5, 1))
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(
+        lambda a, b: bool(jnp.array_equal(a, b)), (params["conv1"], params["bn1"], params["fc"]), (p[0], p[1], p[4])))
+    x = jnp.asarray(rng.normal(size=(3, 5, 5, 1)), jnp.float32)
+    y, new = named.apply(params, state, x, training=True, key=KEY)
+    y_pos, new_pos = positional.apply(p, s, x, training=True, key=KEY)
+    np.testing.assert_array_equal(y, y_pos)
+    np.testing.assert_array_equal(new["bn1"]["mean"], new_pos[1]["mean"])
+    assert named.count(params) == positional.count(p) == 122
+    g = jax.grad(lambda p: jnp.sum(named.apply(p, state, x)[0]))(params)
+    assert jax.tree_util.tree_structure(g) == jax.tree_util.tree_structure(params)
+
+
+def test_named_parallel_keys_its_branches():
+    model = nn.serial(nn.fan_out(2), nn.parallel(("left", nn.Dense(3)), ("right", nn.Dense(3))), nn.fan_in_sum())
+    params, _, shape = model.init(KEY, (-1, 4))
+    assert shape == (-1, 3) and list(params[1]) == ["left", "right"]
+    x = jnp.ones((2, 4), jnp.float32)
+    y, _ = model.apply(params, ((), {"left": (), "right": ()}, ()), x)
+    np.testing.assert_allclose(y, x @ (params[1]["left"]["w"] + params[1]["right"]["w"]).T, rtol=1e-6)
+
+
+def test_summary_shows_the_params_keys_of_a_named_chain():
+    model = _named_net()
+    params, _, _ = model.init(KEY, (-1, 5, 5, 1))
+    lines = nn.summary(model, (-1, 5, 5, 1)).splitlines()
+    assert lines[0].split()[:2] == ["name", "layer"]
+    assert [line.split()[0] for line in lines[2:7] if not line.startswith(" ")] == list(params)
+    assert lines[4].split()[0] == "Relu"  # an unnamed layer: no key
+
+
+def test_named_chain_errors_name_the_layer():
+    with pytest.raises(ValueError, match=r"serial: layer 2 \(Dense\(3\)\) has params or state but no name, in a "
+                                         r"chain whose other layers are named; give it one: \('name', Dense\(3\)\)"):
+        nn.serial(("fc1", nn.Dense(3)), nn.Relu(), nn.Dense(3)).init(KEY, (-1, 4))
+    with pytest.raises(ValueError, match=r"serial: layer 1's name must be a non-empty string without '.' and unique "
+                                         r"in the chain, got 'fc' \(Dense\(2\)\)"):
+        nn.serial(("fc", nn.Dense(3)), ("fc", nn.Dense(2)))
+    with pytest.raises(ValueError, match=r"parallel: layer 0's name .* got 'a.b'"):
+        nn.parallel(("a.b", nn.Dense(3)))
+    with pytest.raises(TypeError, match=r"serial: layer 1 must be a jaxcnn.nn.Layer, got int 3"):
+        nn.serial(("fc", nn.Dense(3)), ("relu", 3))
+
+
+def test_apply_names_the_key_and_layer_of_a_wrong_leaf_in_a_named_chain():
+    model = _named_net()
+    params, state, _ = model.init(KEY, (-1, 5, 5, 1))
+    params = {**params, "fc": {"w": jnp.zeros((2, 35)), "b": jnp.zeros(2)}}
+    with pytest.raises(ValueError, match=r"params\['fc'\]\['w'\] \(in Dense\(2\)\) has shape \(2, 35\) where init "
+                                         r"gives \(2, 36\)"):
+        model.apply(params, state, jnp.ones((1, 5, 5, 1), jnp.float32))

@@ -40,16 +40,18 @@ def test_ops_exports_functions_never_modules():
 def test_import_jaxcnn_reaches_every_subpackage_lazily():
     code = (
         "import sys, jaxcnn\n"
-        "lazy = ['checkpoint', 'data', 'distributed', 'launch', 'models', 'nn', 'ops', 'reference', 'reporting',\n"
-        "        'train', 'verify']\n"
+        "lazy = ['checkpoint', 'data', 'distributed', 'interop', 'launch', 'models', 'nn', 'ops', 'reference',\n"
+        "        'reporting', 'train', 'verify']\n"
         "assert not [m for m in lazy if 'jaxcnn.' + m in sys.modules], sorted(sys.modules)\n"
         "assert 'jax' not in sys.modules  # the command line prints before JAX loads\n"
         "print(jaxcnn.nn.Dense.__name__, jaxcnn.models.lenet5.__name__, jaxcnn.train.fit.__name__,\n"
         "      jaxcnn.data.seesaw.__name__, jaxcnn.reporting.save_metrics.__name__,\n"
-        "      jaxcnn.distributed.initialize.__name__, jaxcnn.launch.launch.__name__)\n"
+        "      jaxcnn.distributed.initialize.__name__, jaxcnn.launch.launch.__name__,\n"
+        "      jaxcnn.interop.from_torch_state_dict.__name__)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["Dense", "lenet5", "fit", "seesaw", "save_metrics", "initialize", "launch"]
+    assert out.split() == ["Dense", "lenet5", "fit", "seesaw", "save_metrics", "initialize", "launch",
+                           "from_torch_state_dict"]
     assert set(jaxcnn.__all__) >= {"ops", "reference", "verify", "nn", "models", "train", "data"}
     assert "train" in dir(jaxcnn)
 

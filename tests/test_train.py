@@ -317,14 +317,21 @@ def _cli_trains_a_batch_norm_model_on_fashion_mnist_and_resumes(model, tmp_path,
     assert len(json.loads(Path(out, "metrics.json").read_text())["history"]) == 2
 
 
-def test_cli_trains_a_small_batch_norm_model_on_fashion_mnist_and_resumes(tmp_path, capsys, monkeypatch):
-    """The quick version of the ResNet-20 run below: the same command line path, a model that compiles in a moment."""
+@pytest.mark.parametrize("named", [False, True], ids=["positional", "named"])
+def test_cli_trains_a_small_batch_norm_model_on_fashion_mnist_and_resumes(tmp_path, capsys, monkeypatch, named):
+    """The quick version of the ResNet-20 run below: the same command line path, a model that compiles in a moment;
+    its params and state tuples (stax's way) or dicts keyed by the layers' names (the zoo's)."""
     def small_bn(ops=None):
         L = nn.bind(ops)
-        return L.serial(L.Conv(4, (3, 3), stride=2, use_bias=False), L.BatchNorm(), L.Relu(), L.Flatten(), L.Dense(10))
+        layers = [L.Conv(4, (3, 3), stride=2, use_bias=False), L.BatchNorm(), L.Relu(), L.Flatten(), L.Dense(10)]
+        if named:
+            layers = [("conv1", layers[0]), ("bn1", layers[1]), *layers[2:4], ("fc", layers[4])]
+        return L.serial(*layers)
 
     monkeypatch.setitem(models.ZOO, "small_bn", models.ZooEntry(small_bn, (-1, 28, 28, 1), "softmax_cross_entropy"))
     _cli_trains_a_batch_norm_model_on_fashion_mnist_and_resumes("small_bn", tmp_path, capsys)
+    paths = checkpoint.read_header(str(tmp_path / "run" / "checkpoint.npz"))["paths"]
+    assert any("model_state" in p and "['bn1']['mean']" in p for p in paths) == named
 
 
 @pytest.mark.slow

@@ -26,8 +26,16 @@ leaf and the layer, never a silent reinterpretation. The outermost ``apply`` che
 whole tree; the layers it calls do not check again.
 
 Shapes include the batch axis (any int, e.g. ``-1`` for "any batch"). ``Layer`` carries a
-``name``, the ``children`` a :func:`serial` chain is made of (for
-:func:`jaxcnn.nn.summary`), and a ``count`` of trainable parameters.
+``name``, the ``children`` a combinator is made of with the ``keys`` under which each
+child's params and state sit (for :func:`jaxcnn.nn.summary` and :mod:`jaxcnn.interop`), and
+a ``count`` of trainable parameters.
+
+Children are positional or named. ``serial(a, b, c)`` keeps tuples, one entry per layer,
+as stax does; ``serial(("conv1", a), ("bn1", b), c)`` keeps dicts keyed by the names, as
+PyTorch's ``nn.Sequential(OrderedDict(...))`` and Flax do, and an unnamed layer in a named
+chain must have no params and no state (an activation, a pooling, a flatten): it gets no
+entry. The keys are the same in params and state, so ``params["bn1"]`` and
+``state["bn1"]`` belong to one layer.
 
 jaxcnn layers and stax layers do not mix: stax's ``init`` returns ``(output_shape,
 params)`` and its ``apply`` takes no state, so a jaxcnn layer inside ``stax.serial`` and
@@ -54,21 +62,28 @@ class Layer:
     """``init(key, input_shape) -> (params, state, output_shape)`` and
     ``apply(params, state, x, *, training=False, key=None) -> (y, new_state)``."""
 
-    __slots__ = ("init", "apply", "name", "children", "_count", "_expected")
+    __slots__ = ("init", "apply", "name", "kind", "children", "keys", "_count", "_expected")
 
     def __init__(self, init: Callable, apply: Callable, *, name: str, children: Sequence["Layer"] = (),
-                 count: Optional[Callable[[Params], int]] = None):
+                 keys: Optional[Sequence[Optional[tuple]]] = None, count: Optional[Callable[[Params], int]] = None,
+                 kind: Optional[str] = None):
         self.init = init
         self.apply = _checked(self, apply)
         self.name = name
+        #: What made the layer: its constructor's or combinator's name ("Conv", "serial", ...).
+        self.kind = name.split("(")[0] if kind is None else kind
         self.children = tuple(children)
+        #: For each child, the path from this layer's params (and state) to the child's: ``(i,)``
+        #: in a positional chain, ``("conv1",)`` in a named one, ``()`` where the child's params
+        #: are this layer's own (:func:`residual`), ``None`` where the child has none.
+        self.keys = tuple((i,) for i in range(len(self.children))) if keys is None else tuple(keys)
         self._count = count
         self._expected: dict = {}  # input shapes -> what init gives for them (ShapeDtypeStructs), or None
 
     @classmethod
     def stateless(cls, init: Callable[[jax.Array, Shape], tuple[Params, Any]], apply: Callable[[Params, Any], Any],
-                  *, name: str, children: Sequence["Layer"] = (), count: Optional[Callable[[Params], int]] = None
-                  ) -> "Layer":
+                  *, name: str, children: Sequence["Layer"] = (), keys: Optional[Sequence[Optional[tuple]]] = None,
+                  count: Optional[Callable[[Params], int]] = None, kind: Optional[str] = None) -> "Layer":
         """A layer from ``init(key, input_shape) -> (params, output_shape)`` and
         ``apply(params, x) -> y``: no state (``()``), the same output in training and
         evaluation, no randomness.
@@ -88,7 +103,7 @@ class Layer:
         def full_apply(params, state, x, *, training=False, key=None):
             return apply(params, x), state
 
-        return cls(full_init, full_apply, name=name, children=children, count=count)
+        return cls(full_init, full_apply, name=name, children=children, keys=keys, count=count, kind=kind)
 
     def count(self, params: Params) -> int:
         """Number of trainable scalars in ``params`` (weights fixed at zero excluded)."""
@@ -170,13 +185,17 @@ def _check_params(layer: Layer, params, state, x) -> bool:
 
 
 def _layer_at(layer: Layer, path: str) -> str:
-    """The innermost child of a serial chain that a leaf path points into, as " (in Dense(10))"."""
-    inner = layer
-    for index in path[3:].split("]")[:-1]:
-        index = index.lstrip("[")
-        if not (index.isdigit() and int(index) < len(inner.children)):
+    """The innermost child of a combinator that a leaf path points into, as " (in Dense(10))"."""
+    def text(key):  # ("fc", 0) -> "['fc'][0]", as jax.tree_util.keystr writes a path
+        return "".join(f"[{k!r}]" for k in key)
+
+    inner, rest = layer, path[3:]
+    while True:
+        step = next(((k, c) for k, c in zip(inner.keys, inner.children) if k and rest.startswith(text(k))),
+                    next(((k, c) for k, c in zip(inner.keys, inner.children) if k == ()), None))
+        if step is None:
             break
-        inner = inner.children[int(index)]
+        rest, inner = rest[len(text(step[0])):], step[1]
     return f" (in {inner.name})" if inner is not layer else ""
 
 
@@ -184,8 +203,8 @@ def _size(tree) -> int:
     return sum(math.prod(jnp.shape(leaf)) for leaf in jax.tree_util.tree_leaves(tree))
 
 
-def _check_layers(combinator: str, layers) -> None:
-    for i, layer in enumerate(layers):
+def _check_layers(combinator: str, layers, start: int = 0) -> None:
+    for i, layer in enumerate(layers, start):
         if isinstance(layer, Layer):
             continue
         if isinstance(layer, tuple) and len(layer) == 2 and all(callable(f) for f in layer):
@@ -203,50 +222,106 @@ def _split(key: Optional[jax.Array], n: int):
     return jax.random.split(key, n) if n else []
 
 
-def serial(*layers: Layer, name: str = "serial") -> Layer:
-    """Composes layers left to right: ``apply = fₙ ∘ … ∘ f₁``. Params and state: tuples,
-    one entry per layer; layer ``i`` gets the ``i``-th key of ``split(key, n)``."""
-    _check_layers("serial", layers)
+def _children(combinator: str, layers) -> tuple[tuple[Layer, ...], tuple[Optional[tuple], ...]]:
+    """The layers of ``serial``/``parallel`` and their keys: positional ``(i,)`` where no layer
+    is named; the names where some are given as ``(name, layer)``, ``None`` for the others."""
+    if not any(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) for x in layers):
+        _check_layers(combinator, layers)
+        return tuple(layers), tuple((i,) for i in range(len(layers)))
+    children, keys = [], []
+    for i, x in enumerate(layers):
+        named = isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str)
+        name, layer = x if named else (None, x)
+        _check_layers(combinator, [layer], i)
+        if named and (not name or name in keys or "." in name):
+            raise ValueError(f"{combinator}: layer {i}'s name must be a non-empty string without '.' and unique "
+                             f"in the chain, got {name!r} ({layer.name}).")
+        children.append(layer)
+        keys.append(name)
+    return tuple(children), tuple((k,) if k is not None else None for k in keys)
+
+
+def _unnamed_must_be_empty(combinator: str, i: int, layer: Layer, params, state) -> None:
+    if jax.tree_util.tree_leaves((params, state)):
+        raise ValueError(f"{combinator}: layer {i} ({layer.name}) has params or state but no name, in a chain whose "
+                         f"other layers are named; give it one: ('name', {layer.name}).")
+
+
+def _assemble(keys, entries):
+    """Children's params (or states) as the combinator keeps them: a tuple, or a dict of the named."""
+    if all(k is not None and isinstance(k[0], int) for k in keys):
+        return tuple(entries)
+    return {k[0]: e for k, e in zip(keys, entries) if k is not None}
+
+
+def _entry(tree, key):
+    return () if key is None else tree[key[0]]
+
+
+def serial(*layers: Layer | tuple[str, Layer], name: str = "serial") -> Layer:
+    """Composes layers left to right: ``apply = fₙ ∘ … ∘ f₁``; layer ``i`` gets the ``i``-th
+    key of ``split(key, n)``.
+
+    Params and state are tuples, one entry per layer, or, where layers are given as
+    ``(name, layer)`` pairs, dicts keyed by the names (an unnamed layer among named ones must
+    have no params or state and gets no entry):
+
+    >>> import jax
+    >>> from jaxcnn import nn
+    >>> model = nn.serial(("conv1", nn.Conv(4, 3)), ("bn1", nn.BatchNorm()), nn.Relu(), nn.Flatten(),
+    ...                   ("fc", nn.Dense(2)))
+    >>> params, state, shape = model.init(jax.random.PRNGKey(0), (-1, 5, 5, 1))
+    >>> list(params), list(state), params["fc"]["w"].shape
+    (['conv1', 'bn1', 'fc'], ['conv1', 'bn1', 'fc'], (2, 36))
+    """
+    children, keys = _children("serial", layers)
 
     def init(key, input_shape):
         params, states, shape = [], [], input_shape
-        for layer, k in zip(layers, _split(key, len(layers))):
+        for i, (layer, k, path) in enumerate(zip(children, _split(key, len(children)), keys)):
             p, s, shape = layer.init(k, shape)
+            if path is None:
+                _unnamed_must_be_empty("serial", i, layer, p, s)
             params.append(p)
             states.append(s)
-        return tuple(params), tuple(states), shape
+        return _assemble(keys, params), _assemble(keys, states), shape
 
     def apply(params, state, x, *, training=False, key=None):
         states = []
-        for layer, p, s, k in zip(layers, params, state, _split(key, len(layers))):
-            x, s = layer.apply(p, s, x, training=training, key=k)
+        for layer, path, k in zip(children, keys, _split(key, len(children))):
+            x, s = layer.apply(_entry(params, path), _entry(state, path), x, training=training, key=k)
             states.append(s)
-        return x, tuple(states)
+        return x, _assemble(keys, states)
 
     def count(params):
-        return sum(layer.count(p) for layer, p in zip(layers, params))
+        return sum(layer.count(_entry(params, path)) for layer, path in zip(children, keys))
 
-    return Layer(init, apply, name=name, children=layers, count=count)
+    return Layer(init, apply, name=name, children=children, keys=keys, count=count, kind="serial")
 
 
-def parallel(*layers: Layer, name: str = "parallel") -> Layer:
-    """Applies ``layers[i]`` to the i-th element of a tuple input; returns a tuple."""
-    _check_layers("parallel", layers)
+def parallel(*layers: Layer | tuple[str, Layer], name: str = "parallel") -> Layer:
+    """Applies ``layers[i]`` to the i-th element of a tuple input; returns a tuple. Params and
+    state as in :func:`serial`: tuples, or dicts where the layers are named."""
+    children, keys = _children("parallel", layers)
 
     def init(key, input_shape):
-        _check_tuple_shape("parallel", input_shape, len(layers))
-        triples = [l.init(k, s) for l, k, s in zip(layers, _split(key, len(layers)), input_shape)]
-        return tuple(t[0] for t in triples), tuple(t[1] for t in triples), tuple(t[2] for t in triples)
+        _check_tuple_shape("parallel", input_shape, len(children))
+        triples = [l.init(k, s) for l, k, s in zip(children, _split(key, len(children)), input_shape)]
+        for i, (layer, path, (p, s, _)) in enumerate(zip(children, keys, triples)):
+            if path is None:
+                _unnamed_must_be_empty("parallel", i, layer, p, s)
+        return (_assemble(keys, [t[0] for t in triples]), _assemble(keys, [t[1] for t in triples]),
+                tuple(t[2] for t in triples))
 
     def apply(params, state, xs, *, training=False, key=None):
-        pairs = [l.apply(p, s, x, training=training, key=k)
-                 for l, p, s, x, k in zip(layers, params, state, xs, _split(key, len(layers)))]
-        return tuple(y for y, _ in pairs), tuple(s for _, s in pairs)
+        pairs = [l.apply(_entry(params, path), _entry(state, path), x, training=training, key=k)
+                 for l, path, x, k in zip(children, keys, xs, _split(key, len(children)))]
+        return tuple(y for y, _ in pairs), _assemble(keys, [s for _, s in pairs])
 
     def count(params):
-        return sum(layer.count(p) for layer, p in zip(layers, params))
+        return sum(layer.count(_entry(params, path)) for layer, path in zip(children, keys))
 
-    return Layer(init, apply, name=name, count=count)
+    return Layer(init, apply, name=name, children=children, keys=keys, count=count, kind="parallel")
 
 
 def fan_out(n: int) -> Layer:
@@ -324,7 +399,8 @@ def residual(block: Layer) -> Layer:
         y, state = block.apply(params, state, x, training=training, key=key)
         return x + y, state
 
-    return Layer(init, apply, name=f"residual({block.name})", count=block.count)
+    return Layer(init, apply, name=f"residual({block.name})", children=(block,), keys=((),), count=block.count,
+                 kind="residual")
 
 
 def dense_block(*layers: Layer) -> Layer:
