@@ -59,12 +59,14 @@ def Dense(
     use_bias: bool = True,
     w_init: initializers.Initializer = initializers.lecun_normal(),
     b_init: initializers.Initializer = initializers.zeros(),
+    method: str = "lectures",
     dtype: Any = jnp.float32,
     ops: Optional[ModuleType] = None,
 ) -> Layer:
     """Fully connected layer ``y = x Wᵀ + b`` with ``W`` of shape ``(n_out, n_in)``.
 
     Params: ``{"w": (n_out, n_in), "b": (n_out,)}`` (no ``"b"`` when ``use_bias=False``).
+    ``method`` is :func:`jaxcnn.ops.dense`'s (``"transposed"``: Flax's rounding).
     """
     ops = _backend(ops)
     if not isinstance(n_out, (int, np.integer)) or n_out < 1:
@@ -81,7 +83,7 @@ def Dense(
         return params, (*input_shape[:-1], n_out)
 
     def apply(params, x):
-        return ops.dense(x, params["w"], params.get("b"))
+        return ops.dense(x, params["w"], params.get("b"), method=method)
 
     return Layer.stateless(init, apply, name=f"Dense({n_out})")
 
@@ -340,9 +342,17 @@ def Flatten(*, ops: Optional[ModuleType] = None) -> Layer:
     return Layer.stateless(init, lambda params, x: ops.flatten(x), name="Flatten")
 
 
-def LeakyRelu(negative_slope: float = 0.01, *, ops: Optional[ModuleType] = None) -> Layer:
-    """``x`` for ``x ≥ 0``, ``negative_slope · x`` below (:func:`jaxcnn.ops.leaky_relu`)."""
-    return _elementwise(f"LeakyRelu({negative_slope})", "leaky_relu", ops, negative_slope=negative_slope)
+def LeakyRelu(negative_slope: float = 0.01, *, derivative_at_zero: float = 1.0,
+              ops: Optional[ModuleType] = None) -> Layer:
+    """``x`` for ``x ≥ 0``, ``negative_slope · x`` below (:func:`jaxcnn.ops.leaky_relu`).
+
+    ``derivative_at_zero``: ``1.0`` (default: the lectures, ``jax.nn.leaky_relu``, Flax) or
+    ``negative_slope`` (PyTorch).
+    """
+    if derivative_at_zero == 1.0:
+        return _elementwise(f"LeakyRelu({negative_slope})", "leaky_relu", ops, negative_slope=negative_slope)
+    return _elementwise(f"LeakyRelu({negative_slope}, derivative_at_zero={derivative_at_zero!r})", "leaky_relu",
+                        ops, negative_slope=negative_slope, derivative_at_zero=derivative_at_zero)
 
 
 def LogSoftmax(axis: int = -1, *, ops: Optional[ModuleType] = None) -> Layer:
