@@ -92,13 +92,18 @@ def make_optimizer(name: str = "adam", lr: float = 1e-2, momentum: float = 0.0) 
     """``"sgd"`` (with optional ``momentum``, the lectures' recipe) or ``"adam"``.
 
     Raises:
-      ValueError: an unknown ``name``, ``lr`` not finite and positive, ``momentum`` not in ``[0, 1)``.
+      ValueError: an unknown ``name``, ``lr`` not finite and positive, ``momentum`` not in ``[0, 1)``,
+        or a ``momentum`` with ``"adam"`` (which keeps its own moment estimates: pass an optax
+        ``adam(lr, b1=...)`` as the optimizer to set them).
     """
     _checks.number("make_optimizer", "lr", lr, low=0.0, low_open=True)
     _checks.number("make_optimizer", "momentum", momentum, low=0.0, high=1.0)
     if name == "sgd":
         return optax.sgd(lr, momentum=momentum or None)
     if name == "adam":
+        if momentum:
+            raise ValueError(f"make_optimizer: `momentum` is SGD's; 'adam' keeps its own moment estimates, got "
+                             f"momentum={momentum} with 'adam' (pass optimizer='sgd', or optax.adam(lr, b1=...)).")
         return optax.adam(lr)
     raise ValueError(f"make_optimizer: unknown optimizer {name!r}; use 'sgd' or 'adam'.")
 
@@ -764,13 +769,23 @@ class FitResult:
     test: Evaluation
 
 
+def check_devices(devices: int, argument: str = "devices={}") -> None:
+    """Raises unless ``devices`` (1 or more) are present; on CPU the message names the XLA flag
+    that gives one process more. ``argument`` is how the caller spells the setting."""
+    available = jax.devices()
+    if not 1 <= devices <= len(available):
+        hint = (f"; on CPU, XLA_FLAGS=--xla_force_host_platform_device_count={devices} (set before JAX starts) "
+                f"gives one process {devices} devices" if available[0].platform == "cpu" else "")
+        raise ValueError(f"{argument.format(devices)} requested but {len(available)} available "
+                         f"({available[0].platform}){hint}.")
+
+
 def make_mesh(devices: int) -> Mesh:
     """A 1-D mesh named ``"batch"`` over the first ``devices`` of ``jax.devices()`` (every
     process's devices once :func:`jaxcnn.distributed.initialize` has run; then it must
     span all of them, or some processes would have no device in the program)."""
+    check_devices(devices)
     available = jax.devices()
-    if not 1 <= devices <= len(available):
-        raise ValueError(f"devices={devices} requested but {len(available)} available ({available[0].platform}).")
     if distributed.is_multiprocess() and devices != len(available):
         raise ValueError(f"devices={devices} requested, but a run over {jax.process_count()} processes trains on "
                          f"all of their {len(available)} devices: pass devices={len(available)} or None.")
@@ -879,6 +894,6 @@ def _resume(config: Config, state: TrainState, fingerprint: dict) -> tuple[Train
 
 __all__ = [
     "Callback", "Config", "Evaluation", "FitResult", "NonFiniteError", "OneHotTargets", "Progress", "TrainState",
-    "checkpointing", "epochs", "evaluate", "evaluation", "fit", "init_state", "make_epoch", "make_evaluator",
-    "make_loss", "make_mesh", "make_optimizer", "make_step", "stop_on_non_finite", "weights",
+    "check_devices", "checkpointing", "epochs", "evaluate", "evaluation", "fit", "init_state", "make_epoch",
+    "make_evaluator", "make_loss", "make_mesh", "make_optimizer", "make_step", "stop_on_non_finite", "weights",
 ]

@@ -684,6 +684,77 @@ def test_cli_train_checks_the_output_folder_and_the_run_before_loading_data(tmp_
         assert re.search(message, err) and err.startswith("jaxcnn: error: ") and "Traceback" not in err
 
 
+def _data_never_loaded(monkeypatch):
+    def loaded(**kwargs):
+        raise AssertionError("the data was loaded")
+
+    monkeypatch.setitem(data.DATASETS, "seesaw", loaded)
+
+
+def test_cli_train_refuses_momentum_with_adam_before_loading_data(tmp_path, capsys, monkeypatch):
+    _data_never_loaded(monkeypatch)
+    argv = ["train", "--model", "seesaw_cnn", "--data", "seesaw", "--epochs", "1", "--out", str(tmp_path), "--quiet"]
+    assert cli.main([*argv, "--momentum", "0.9"]) == 2  # the default optimizer is adam
+    assert capsys.readouterr().err == ("jaxcnn: error: --momentum goes with --optimizer sgd; adam keeps its own moment "
+                                       "estimates (got --momentum 0.9 with --optimizer adam).\n")
+    assert cli.main([*argv, "--optimizer", "adam", "--momentum", "0"]) == 2  # given at all: it would be ignored
+    with pytest.raises(AssertionError, match="the data was loaded"):  # sgd takes it
+        cli.main([*argv, "--optimizer", "sgd", "--momentum", "0.9"])
+
+
+@pytest.mark.parametrize("optimizer, momentum, recorded", [("adam", [], None), ("sgd", [], 0.0),
+                                                           ("sgd", ["--momentum", "0.5"], 0.5)])
+def test_metrics_json_records_the_momentum_used_and_none_for_adam(tmp_path, capsys, optimizer, momentum, recorded):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--model", "seesaw_cnn", "--data", "seesaw", "--epochs", "1", "--batch-size", "4",
+                     "--optimizer", optimizer, *momentum, "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["momentum"] == recorded
+
+
+def test_make_optimizer_and_config_refuse_momentum_with_adam():
+    message = (r"make_optimizer: `momentum` is SGD's; 'adam' keeps its own moment estimates, got momentum=0.9 with "
+               r"'adam' \(pass optimizer='sgd', or optax.adam\(lr, b1=...\)\)")
+    with pytest.raises(ValueError, match=message):
+        train.make_optimizer("adam", 1e-3, 0.9)
+    with pytest.raises(ValueError, match=message):
+        train.Config(epochs=1, optimizer="adam", momentum=0.9)
+    train.Config(epochs=1, optimizer="sgd", momentum=0.9)
+
+
+def test_cli_train_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--batch-size BATCH_SIZE examples per optimiser step, split over --devices (default 100)" in text
+    assert "SGD momentum in [0, 1), with --optimizer sgd only" in text
+
+
+def test_cli_train_with_more_devices_than_present_fails_before_loading_data_naming_the_flag(tmp_path, capsys,
+                                                                                            monkeypatch):
+    _data_never_loaded(monkeypatch)
+    n = jax.device_count() + 1
+    assert cli.main([*SEESAW, "--epochs", "1", "--devices", str(n), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"jaxcnn: error: --devices {n} requested but {n - 1} available (cpu); on CPU, "
+                   f"XLA_FLAGS=--xla_force_host_platform_device_count={n} (set before JAX starts) gives one process "
+                   f"{n} devices.\n")
+    with pytest.raises(ValueError, match=rf"devices={n} requested but {n - 1} available \(cpu\); on CPU, "
+                                         rf"XLA_FLAGS=--xla_force_host_platform_device_count={n} "):
+        train.make_mesh(n)
+
+
+def test_cli_train_prints_a_loading_line_before_anything_slow(tmp_path, capsys, monkeypatch):
+    _data_never_loaded(monkeypatch)
+    loud = [a for a in SEESAW if a != "--quiet"]
+    with pytest.raises(AssertionError, match="the data was loaded"):
+        cli.main([*loud, "--epochs", "1", "--out", str(tmp_path)])
+    assert capsys.readouterr().out == "jaxcnn train: loading JAX, the model and the data ...\n"
+    with pytest.raises(AssertionError, match="the data was loaded"):
+        cli.main([*SEESAW, "--epochs", "1", "--out", str(tmp_path)])
+    assert capsys.readouterr().out == ""  # --quiet: nothing
+
+
 def test_cli_train_names_the_extra_to_install_before_training(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as on a bare install: import fails
     assert cli.main([*SEESAW, "--epochs", "1", "--out", str(tmp_path)]) == 2
