@@ -138,6 +138,9 @@ def _parser() -> argparse.ArgumentParser:
                        "reference recipe takes the batches in stored order)")
     train.add_argument("--devices", type=_positive_int,
                        help="data-parallel devices (default 1; every device of every process in a multi-process run)")
+    train.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32",
+                       help="float32 (default), or mixed_bfloat16: float32 params, bfloat16 compute, batch norm and "
+                       "the loss in float32")
     train.add_argument("--ops", choices=("hand", "autodiff"), default="hand",
                        help="hand-derived rules (jaxcnn.ops) or autodiff (jaxcnn.reference)")
     train.add_argument("--out", help="output folder (default runs/MODEL)")
@@ -267,9 +270,9 @@ def _train(args) -> int:
         epochs=args.epochs, steps=steps if not args.epochs else None, batch_size=args.batch_size,
         loss=_loss(entry.loss, backend), penalty=backend.l2_penalty, optimizer=args.optimizer, lr=args.lr,
         momentum=args.momentum or 0.0, weight_decay=args.weight_decay, seed=args.seed, devices=args.devices,
-        shuffle=shuffle, input_shape=entry.input_shape, checkpoint_path=checkpoint_path, resume=args.resume,
-        overwrite=args.overwrite, allow_changed_settings=args.allow_changed_settings, quiet=args.quiet,
-        settings={k: getattr(args, k) for k in ("model", "data", "ops")},
+        precision=args.precision, shuffle=shuffle, input_shape=entry.input_shape, checkpoint_path=checkpoint_path,
+        resume=args.resume, overwrite=args.overwrite, allow_changed_settings=args.allow_changed_settings,
+        quiet=args.quiet, settings={k: getattr(args, k) for k in ("model", "data", "ops")},
     )
     with checkpoint.locked(out) if jax.process_index() == 0 else contextlib.nullcontext():  # one run per --out
         result = train.fit(entry.build(ops=backend), dataset, run)

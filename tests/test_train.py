@@ -1204,3 +1204,67 @@ def test_resnet20_shows_progress_within_an_epoch_and_a_ctrl_c_3_s_into_epoch_2_r
     resumed = train.fit(models.resnet20(), d, **options, checkpoint_path=path, resume=True)
     for a, b in zip(jax.tree_util.tree_leaves(straight.state), jax.tree_util.tree_leaves(resumed.state)):
         np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- the precision policy
+
+
+def _images(n=600, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 8, 8, 1)).astype(np.float32)
+    y = (x[:, :4].sum((1, 2, 3)) > 0).astype(np.int32) + 2 * (x[:, :, :4].sum((1, 2, 3)) > 0)
+    return data.Dataset(x[:512], y[:512], x[512:], y[512:], 4)
+
+
+def _bn_cnn():
+    return nn.serial(nn.Conv(8, (3, 3), padding="SAME"), nn.BatchNorm(), nn.Relu(), nn.MaxPool(2), nn.Flatten(),
+                     nn.Dense(32), nn.Relu(), nn.Dense(4))
+
+
+def test_mixed_bfloat16_keeps_float32_state_and_trains_as_well_as_float32():
+    options = dict(epochs=8, batch_size=32, optimizer="sgd", lr=0.05, momentum=0.9, quiet=True)
+    full = train.fit(_bn_cnn(), _images(), **options)
+    mixed = train.fit(_bn_cnn(), _images(), **options, precision="mixed_bfloat16")
+    leaves = jax.tree_util.tree_leaves((mixed.state.params, mixed.state.model_state, mixed.state.opt_state))
+    assert {a.dtype for a in leaves if jnp.issubdtype(a.dtype, jnp.floating)} == {jnp.dtype(jnp.float32)}
+    assert mixed.history[-1]["train_loss"] != full.history[-1]["train_loss"]  # it did compute in bfloat16
+    assert full.test.accuracy > 0.6  # the task is learnt, and as well in mixed precision
+    assert abs(mixed.test.accuracy - full.test.accuracy) <= 0.05
+    assert abs(mixed.test.loss - full.test.loss) <= 0.1 * full.test.loss
+
+
+def test_mixed_precision_casts_at_the_model_boundary_and_runs_batch_norm_in_float32():
+    model = train.mixed_precision(_bn_cnn())
+    params, state, _ = model.init(KEY, (-1, 8, 8, 1))
+    program = jax.make_jaxpr(lambda p: model.apply(p, state, jnp.ones((2, 8, 8, 1)), training=True))(params)
+    types = {}
+    for eqn in program.jaxpr.eqns:
+        if eqn.primitive.name == "jit":
+            types[eqn.params["name"]] = {str(v.aval.dtype) for v in eqn.invars}
+    assert types["_conv"] == types["_dense"] == types["_relu"] == {"bfloat16"}
+    assert types["_batch_norm_train"] == {"float32"}
+    (out,), new_state = program.out_avals[:1], program.out_avals[1:]
+    assert out.dtype == jnp.float32 and {a.dtype for a in new_state} == {jnp.dtype(jnp.float32)}
+    grads = jax.grad(lambda p: model.apply(p, state, jnp.ones((2, 8, 8, 1)), training=True)[0].sum())(params)
+    assert {a.dtype for a in jax.tree_util.tree_leaves(grads)} == {jnp.dtype(jnp.float32)}
+
+
+def test_precision_is_checked_and_in_the_fingerprint_only_when_mixed():
+    with pytest.raises(ValueError, match=r"fit: `precision` must be one of 'float32', 'mixed_bfloat16', got 'fp16'"):
+        train.Config(epochs=1, precision="fp16")
+    with pytest.raises(ValueError, match=r"fit: precision='mixed_bfloat16' keeps the params in float32 and computes "
+                                         r"in bfloat16; `dtype` must be float32, got float64"):
+        train.Config(epochs=1, precision="mixed_bfloat16", dtype=jnp.float64)
+    assert "precision" not in train.Config(epochs=1).fingerprint(_toy(), (-1, 8))  # older checkpoints resume
+    assert train.Config(epochs=1, precision="mixed_bfloat16").fingerprint(_toy(), (-1, 8))["precision"] == \
+        "mixed_bfloat16"
+
+
+def test_cli_train_takes_precision(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = [*SEESAW, "--epochs", "1", "--out", str(out)]
+    assert cli.main([*argv, "--precision", "mixed_bfloat16"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["precision"] == "mixed_bfloat16"
+    assert set(checkpoint.read_header(str(out / "checkpoint.npz"))["dtypes"]) <= {"float32", "int32", "uint32"}
+    assert cli.main([*argv, "--epochs", "2", "--resume"]) == 2  # the policy is part of the run's settings
+    assert "precision 'mixed_bfloat16' -> '(unset)'" in capsys.readouterr().err

@@ -430,6 +430,10 @@ def BatchNorm(
     (PyTorch's default 0.1 is this default 0.9). Under data parallelism (a batch split
     over a :class:`jax.sharding.Mesh` inside ``jit``) ``μ`` and ``σ²`` are those of the
     global batch: XLA adds the cross-device reductions.
+
+    The layer normalises in its state's dtype (``dtype``): an input of another floating dtype
+    (``train.mixed_precision``'s bfloat16) is cast to it, with ``gamma`` and ``beta``, and the
+    output cast back, so the statistics stay in float32 under a mixed-precision policy.
     """
     ops = _backend(ops)
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
@@ -447,15 +451,19 @@ def BatchNorm(
         return _scale_shift((c,), use_scale, use_bias, dtype), state, tuple(input_shape)
 
     def apply(params, state, x, *, training=False, key=None):
+        compute, stats = x.dtype, state["mean"].dtype
+        if compute != stats:  # the statistics' dtype: cast in here, out at the end
+            x, params = x.astype(stats), {k: v.astype(stats) for k, v in params.items()}
         gamma, beta = params.get("gamma"), params.get("beta")
         if not training:
-            return ops.batch_norm(x, gamma, beta, axis=axis, eps=eps, mean=state["mean"], var=state["var"]), state
+            y = ops.batch_norm(x, gamma, beta, axis=axis, eps=eps, mean=state["mean"], var=state["var"])
+            return y.astype(compute), state
         y, mean, var = ops.batch_norm(x, gamma, beta, axis=axis, eps=eps)
         n = x.size // x.shape[axis]
         mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var * (n / max(n - 1, 1)))
         new = {"mean": momentum * state["mean"] + (1 - momentum) * mean.astype(state["mean"].dtype),
                "var": momentum * state["var"] + (1 - momentum) * var.astype(state["var"].dtype)}
-        return y, new
+        return y.astype(compute), new
 
     return Layer(init, apply, name=name)
 
