@@ -1268,3 +1268,15 @@ def test_cli_train_takes_precision(tmp_path, capsys):
     assert set(checkpoint.read_header(str(out / "checkpoint.npz"))["dtypes"]) <= {"float32", "int32", "uint32"}
     assert cli.main([*argv, "--epochs", "2", "--resume"]) == 2  # the policy is part of the run's settings
     assert "precision 'mixed_bfloat16' -> '(unset)'" in capsys.readouterr().err
+
+
+def test_the_precision_benchmark_runs_in_quick_mode(tmp_path):
+    """Its figures are printed, not asserted (experiments/bench_precision.py)."""
+    out = tmp_path / "result.json"
+    proc = subprocess.run([sys.executable, "bench_precision.py", "--quick", "--repeats", "1", "--json", str(out)],
+                          cwd=Path(__file__).parents[1] / "experiments", capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1])))
+    assert proc.returncode == 0, proc.stderr
+    assert "| network | batch | float32 ms | mixed_bfloat16 ms | speed-up |" in proc.stdout
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["network"] == "LeNet-5" and set(row["ms_per_step"]) == {"float32", "mixed_bfloat16"}
