@@ -101,13 +101,13 @@ def test_the_lectures_conventions_depart_from_flax_at_the_first_step():
     assert abs(port_curve[1] - flax_curve[1]) > 20 * np.finfo(np.float32).eps * flax_curve[1]
 
 
-@pytest.mark.parametrize("conventions, differs", [("flax", "nothing"), ("flax_but_tuned_convs", "conv"),
-                                                  ("flax_but_lectures_dense", "dense")])
-def test_each_setting_of_the_flax_conventions_is_needed(conventions, differs):
-    """ReLU′(0) = 0 alone is not exact: the tuned convolutions and dense's stored layout round differently."""
+@pytest.mark.parametrize("differs", ["nothing", "conv", "dense"])
+def test_each_setting_of_the_flax_conventions_is_needed(differs):
+    """ReLU′(0) = 0 alone is not exact: another conv formula (exact too) and dense's stored layout round
+    differently, and the difference grows over the steps."""
     L = nn.bind(conventions="flax")
     if differs == "conv":
-        L.Conv = lambda *a, **k: nn.Conv(*a, **k, method="auto")
+        L.Conv = lambda *a, **k: nn.Conv(*a, **k, method="im2col")
     if differs == "dense":
         L.Dense = lambda *a, **k: nn.Dense(*a, **k)
     flax_curve, port_curve = flax_and_port(20, L)
