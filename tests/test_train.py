@@ -1209,7 +1209,7 @@ def test_resnet20_shows_progress_within_an_epoch_and_a_ctrl_c_3_s_into_epoch_2_r
 # --------------------------------------------------------------------------- the precision policy
 
 
-def _images(n=600, seed=0):
+def _four_quadrants(n=600, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 8, 8, 1)).astype(np.float32)
     y = (x[:, :4].sum((1, 2, 3)) > 0).astype(np.int32) + 2 * (x[:, :, :4].sum((1, 2, 3)) > 0)
@@ -1223,8 +1223,8 @@ def _bn_cnn():
 
 def test_mixed_bfloat16_keeps_float32_state_and_trains_as_well_as_float32():
     options = dict(epochs=8, batch_size=32, optimizer="sgd", lr=0.05, momentum=0.9, quiet=True)
-    full = train.fit(_bn_cnn(), _images(), **options)
-    mixed = train.fit(_bn_cnn(), _images(), **options, precision="mixed_bfloat16")
+    full = train.fit(_bn_cnn(), _four_quadrants(), **options)
+    mixed = train.fit(_bn_cnn(), _four_quadrants(), **options, precision="mixed_bfloat16")
     leaves = jax.tree_util.tree_leaves((mixed.state.params, mixed.state.model_state, mixed.state.opt_state))
     assert {a.dtype for a in leaves if jnp.issubdtype(a.dtype, jnp.floating)} == {jnp.dtype(jnp.float32)}
     assert mixed.history[-1]["train_loss"] != full.history[-1]["train_loss"]  # it did compute in bfloat16
