@@ -18,7 +18,8 @@ the header's schema (every field's type, its nesting), its paths, shapes and dty
 against the template, then every stored array's own ``.npy`` header and its size in the
 archive; only a regular file is opened (a FIFO or a device would block or never end). A
 truncated, foreign, malformed or mismatching file raises ``ValueError`` naming the file
-(and the field or leaf) and changes nothing.
+(and the field or leaf) and changes nothing. :func:`load_params` reads the params and model
+state of a training checkpoint for inference from the model alone (no train state).
 
 :func:`locked` holds a folder for one writer (a training run) at a time.
 """
@@ -37,9 +38,10 @@ import tempfile
 import threading
 import warnings
 import zipfile
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
@@ -292,24 +294,35 @@ def load(path: str, like: Any) -> tuple[Any, dict]:
     path, shape and dtype, then the array's own ``.npy`` header and its size in the archive.
     The template's leaves may be arrays, scalars or :class:`jax.ShapeDtypeStruct`.
     """
+    return _load(path, like)
+
+
+def _load(path: str, like: Any, prefix: str = "") -> tuple[Any, dict]:
+    """:func:`load`; with a ``prefix`` (``".params"``), ``like`` is the subtree stored under
+    it and the checkpoint's other leaves are skipped."""
     remove_stale_temporaries(path)
     with _open(path) as archive:
         header = _header(path, archive)
         template = jax.tree_util.tree_leaves_with_path(like)
-        paths = [jax.tree_util.keystr(p) for p, _ in template]
-        if paths != header["paths"]:
-            missing = sorted(set(paths) - set(header["paths"]))[:3]
-            extra = sorted(set(header["paths"]) - set(paths))[:3]
+        paths = [prefix + jax.tree_util.keystr(p) for p, _ in template]
+        stored_paths = [p for p in header["paths"] if p == prefix or p.startswith((prefix + "[", prefix + "."))] \
+            if prefix else header["paths"]
+        if paths != stored_paths:
+            missing = sorted(set(paths) - set(stored_paths))[:3]
+            extra = sorted(set(stored_paths) - set(paths))[:3]
             raise ValueError(
-                f"{path}: checkpoint does not match the expected structure "
-                f"({len(header['paths'])} leaves saved, {len(paths)} expected; missing {missing}, "
+                f"{path}: checkpoint does not match the expected structure{' under ' + prefix if prefix else ''} "
+                f"({len(stored_paths)} leaves saved, {len(paths)} expected; missing {missing}, "
                 f"unexpected {extra}). Was it written for another model or optimiser?"
             )
+        index = {p: i for i, p in enumerate(header["paths"])}
         leaves = []
-        for i, ((p, ref), shape, dtype) in enumerate(zip(template, header["shapes"], header["dtypes"])):
+        for (p, ref), name in zip(template, paths):
+            i = index[name]
+            shape, dtype = header["shapes"][i], header["dtypes"][i]
             ref_shape = tuple(ref.shape) if hasattr(ref, "shape") else np.shape(ref)
             ref_dtype = np.dtype(ref.dtype if hasattr(ref, "dtype") else np.asarray(ref).dtype)
-            where = f"{path}: leaf {jax.tree_util.keystr(p)}"
+            where = f"{path}: leaf {name}"
             if tuple(shape) != ref_shape or dtype != ref_dtype.name:
                 raise ValueError(f"{where} is {dtype}{tuple(shape)} in the checkpoint but {ref_dtype}{ref_shape} is "
                                  f"expected.")
@@ -318,6 +331,32 @@ def load(path: str, like: Any) -> tuple[Any, dict]:
             leaves.append(_read_member(where, archive, f"leaf_{i}.npy", ref_shape, stored, legacy).view(ref_dtype))
     tree = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves)
     return tree, header["metadata"]
+
+
+def load_params(path: str, model: Any, *, input_shape: Optional[Sequence[int]] = None) -> tuple[Any, Any]:
+    """The trained ``(params, model_state)`` of a checkpoint written by :func:`jaxcnn.train.fit`
+    or ``jaxcnn train``, for inference with ``model.apply(params, model_state, x)``: no train
+    state (optimiser, step, key) to rebuild. ``model`` is the network trained (e.g.
+    ``models.resnet20()``); its structure comes from ``model.init`` at the input shape and
+    dtype the checkpoint records (``input_shape`` for a checkpoint that records none).
+
+    Raises:
+      ValueError: the checkpoint records no input shape and none is given, or its params or
+        state do not match ``model``'s (another model: the paths, shapes or dtypes differ).
+    """
+    settings = read_header(path)["metadata"].get("settings") or {}
+    shape = input_shape if input_shape is not None else settings.get("input_shape")
+    if shape is None:
+        raise ValueError(f"load_params: {path} records no input shape (it was not written by train.fit); pass "
+                         f"`input_shape`, e.g. (-1, 28, 28, 1).")
+    shape = tuple(int(n) for n in shape)
+    dtype = jnp.dtype(settings.get("dtype", "float32"))
+    params, model_state = jax.tree_util.tree_map(  # in the dtype fit trained in (its floating leaves)
+        lambda a: jax.ShapeDtypeStruct(a.shape, dtype if jnp.issubdtype(a.dtype, jnp.floating) else a.dtype),
+        jax.eval_shape(lambda key: model.init(key, shape)[:2], jax.random.PRNGKey(0)))
+    params, _ = _load(path, params, ".params")
+    model_state, _ = _load(path, model_state, ".model_state")
+    return jax.device_put(params), jax.device_put(model_state)
 
 
 def _read_member(where: str, archive: zipfile.ZipFile, name: str, shape: tuple | None, dtype: np.dtype,

@@ -123,10 +123,13 @@ def _parser() -> argparse.ArgumentParser:
     length = train.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=_positive_int, help="epochs to train")
     length.add_argument("--steps", type=_positive_int, help="optimiser steps to train (default 6000)")
-    train.add_argument("--batch-size", type=_positive_int, default=100)
+    train.add_argument("--batch-size", type=_positive_int, default=100,
+                       help="examples per optimiser step, split over --devices (default 100); a trailing partial "
+                       "batch is dropped every epoch")
     train.add_argument("--lr", type=_positive_float, default=1e-2, help="learning rate α (default 1e-2)")
-    train.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
-    train.add_argument("--momentum", type=_momentum, default=0.0, help="SGD momentum in [0, 1) (default 0)")
+    train.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="default adam")
+    train.add_argument("--momentum", type=_momentum,
+                       help="SGD momentum in [0, 1), with --optimizer sgd only (default 0)")
     train.add_argument("--weight-decay", type=_non_negative_float, default=0.0,
                        help="L2 penalty λ >= 0 on the weights (default 0)")
     train.add_argument("--seed", type=_seed, default=0, help="PRNG seed, a signed 64-bit integer (default 0)")
@@ -135,6 +138,9 @@ def _parser() -> argparse.ArgumentParser:
                        "reference recipe takes the batches in stored order)")
     train.add_argument("--devices", type=_positive_int,
                        help="data-parallel devices (default 1; every device of every process in a multi-process run)")
+    train.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32",
+                       help="float32 (default), or mixed_bfloat16: float32 params, bfloat16 compute, batch norm and "
+                       "the loss in float32")
     train.add_argument("--ops", choices=("hand", "autodiff"), default="hand",
                        help="hand-derived rules (jaxcnn.ops) or autodiff (jaxcnn.reference)")
     train.add_argument("--out", help="output folder (default runs/MODEL)")
@@ -144,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--overwrite", action="store_true", help="start over, replacing OUT/checkpoint.npz")
     train.add_argument("--allow-changed-settings", action="store_true",
                        help="with --resume: continue a checkpoint written with other settings")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--quiet", action="store_true", help="no loading line, no progress bar")
     multi = train.add_argument_group(
         "multi-process training", "Join a run of several processes (hosts) on JAX's distributed runtime: every "
         "process runs the same command; process 0 writes the outputs. Give --coordinator, --num-processes and "
@@ -230,6 +236,13 @@ def _train(args) -> int:
 
         distributed.initialize(*multi)  # first: before any JAX computation
     # Everything that can be checked before the data is loaded and the first step runs.
+    if args.momentum is not None and args.optimizer != "sgd":
+        raise ValueError(f"--momentum goes with --optimizer sgd; {args.optimizer} keeps its own moment estimates "
+                         f"(got --momentum {args.momentum} with --optimizer {args.optimizer}).")
+    if args.optimizer == "sgd" and args.momentum is None:
+        args.momentum = 0.0  # recorded as used; with adam it stays None (null in metrics.json): none was used
+    if args.devices is not None:
+        train.check_devices(args.devices, "--devices {}")
     missing = _missing_train_packages(args)
     if missing:
         raise ValueError(f"jaxcnn train needs {', '.join(missing)}, not installed; install the train extra: "
@@ -256,10 +269,10 @@ def _train(args) -> int:
     run = train.Config(
         epochs=args.epochs, steps=steps if not args.epochs else None, batch_size=args.batch_size,
         loss=_loss(entry.loss, backend), penalty=backend.l2_penalty, optimizer=args.optimizer, lr=args.lr,
-        momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed, devices=args.devices,
-        shuffle=shuffle, input_shape=entry.input_shape, checkpoint_path=checkpoint_path, resume=args.resume,
-        overwrite=args.overwrite, allow_changed_settings=args.allow_changed_settings, quiet=args.quiet,
-        settings={k: getattr(args, k) for k in ("model", "data", "ops")},
+        momentum=args.momentum or 0.0, weight_decay=args.weight_decay, seed=args.seed, devices=args.devices,
+        precision=args.precision, shuffle=shuffle, input_shape=entry.input_shape, checkpoint_path=checkpoint_path,
+        resume=args.resume, overwrite=args.overwrite, allow_changed_settings=args.allow_changed_settings,
+        quiet=args.quiet, settings={k: getattr(args, k) for k in ("model", "data", "ops")},
     )
     with checkpoint.locked(out) if jax.process_index() == 0 else contextlib.nullcontext():  # one run per --out
         result = train.fit(entry.build(ops=backend), dataset, run)
@@ -579,6 +592,8 @@ def _main(argv: Optional[Sequence[str]], program: bool) -> int:
         try:
             _import_numpy_held()
             argv = sys.argv[1:] if argv is None else list(argv)
+            if argv[:1] == ["train"] and not {"-h", "--help", "--quiet"} & set(argv):
+                print("jaxcnn train: loading JAX, the model and the data ...", flush=True)  # before the slow imports
             if argv[:1] == ["verify"] and not {"-h", "--help"} & set(argv):
                 print("jaxcnn verify: loading JAX and the checks ...", flush=True)  # before the slow imports
                 if "--fast-compile" in argv:  # before JAX's backend starts, which reads $XLA_FLAGS once

@@ -1,8 +1,9 @@
 """The model zoo: the networks of the lectures and of the papers the experiments reproduce.
 
 Every function returns a :class:`jaxcnn.nn.Layer` and takes ``ops=`` (default
-:mod:`jaxcnn.ops`; :mod:`jaxcnn.reference` for plain autodiff), bound once to every layer
-with :func:`jaxcnn.nn.bind`. Classifiers end in
+:mod:`jaxcnn.ops`; :mod:`jaxcnn.reference` for plain autodiff) and ``conventions=``
+(:data:`jaxcnn.nn.bound.CONVENTIONS`: ``"flax"`` or ``"pytorch"`` for ReLU′(0) = 0 and the plain
+convolutions), bound once to every layer with :func:`jaxcnn.nn.bind`. Classifiers end in
 logits: train them with :func:`jaxcnn.ops.softmax_cross_entropy`, which applies the
 softmax (the "softmax output" of the lectures). :data:`ZOO` lists each model with its
 input shape and loss.
@@ -27,7 +28,8 @@ _TORCH_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 # --------------------------------------------------------------------------- Jearanaitanakij: seesaw
 
 
-def seesaw_mlp(output: str = "softmax", hidden: int = 2, *, ops: Optional[ModuleType] = None) -> nn.Layer:
+def seesaw_mlp(output: str = "softmax", hidden: int = 2, *, ops: Optional[ModuleType] = None,
+               conventions: str = "lectures") -> nn.Layer:
     """The seesaw multilayer NN: 5 board positions → ``hidden`` sigmoid units → 2 outputs.
 
     ``output="sigmoid"`` ends in a sigmoid layer (trained with the Euclidean loss on the
@@ -36,14 +38,15 @@ def seesaw_mlp(output: str = "softmax", hidden: int = 2, *, ops: Optional[Module
     """
     if output not in ("sigmoid", "softmax"):
         raise ValueError(f"seesaw_mlp: `output` must be 'sigmoid' or 'softmax', got {output!r}.")
-    L = nn.bind(ops)
+    L = nn.bind(ops, conventions=conventions)
     layers = [L.Dense(hidden), L.Sigmoid(), L.Dense(2)]
     if output == "sigmoid":
         layers.append(L.Sigmoid())
     return L.serial(*layers, name=f"seesaw_mlp({output})")
 
 
-def seesaw_cnn(pool: int = 3, pool_stride: int = 1, *, ops: Optional[ModuleType] = None) -> nn.Layer:
+def seesaw_cnn(pool: int = 3, pool_stride: int = 1, *, ops: Optional[ModuleType] = None,
+               conventions: str = "lectures") -> nn.Layer:
     """The seesaw CNN: conv (window 2, stride 1) → ReLU → max-pool (window ``pool``,
     stride ``pool_stride``) → fully connected to 2 sigmoid units → 2 logits. Input ``(N, 5, 1)``.
 
@@ -61,7 +64,7 @@ def seesaw_cnn(pool: int = 3, pool_stride: int = 1, *, ops: Optional[ModuleType]
         raise ValueError(f"seesaw_cnn: max-pool window {pool}, stride {pool_stride} over the 4 conv outputs gives "
                          f"{max(0, (4 - pool) // max(pool_stride, 1) + 1)} pooled units, not the lecture's two (A, B); "
                          f"use window 3 stride 1 or window 2 stride 2.")
-    L = nn.bind(ops)
+    L = nn.bind(ops, conventions=conventions)
     return L.serial(
         L.Conv(1, 2), L.Relu(), L.MaxPool(pool, stride=pool_stride), L.Flatten(),  # w1, w2 → A, B
         L.Dense(2), L.Sigmoid(),  # C, D
@@ -73,29 +76,33 @@ def seesaw_cnn(pool: int = 3, pool_stride: int = 1, *, ops: Optional[ModuleType]
 # --------------------------------------------------------------------------- Park: homework networks
 
 
-def linear_perceptron(num_classes: int = 10, *, ops: Optional[ModuleType] = None) -> nn.Layer:
+def linear_perceptron(num_classes: int = 10, *, ops: Optional[ModuleType] = None,
+                      conventions: str = "lectures") -> nn.Layer:
     """Single-layer linear perceptron: flatten → fully connected; trained with the
     Euclidean loss against one-hot labels (Park's homework). Input ``(N, 14, 14, 1)``."""
-    L = nn.bind(ops)
+    L = nn.bind(ops, conventions=conventions)
     return L.serial(L.Flatten(), L.Dense(num_classes), name="linear_perceptron")
 
 
-def perceptron(num_classes: int = 10, *, ops: Optional[ModuleType] = None) -> nn.Layer:
+def perceptron(num_classes: int = 10, *, ops: Optional[ModuleType] = None,
+               conventions: str = "lectures") -> nn.Layer:
     """Single-layer perceptron: flatten → fully connected → softmax cross-entropy."""
-    L = nn.bind(ops)
+    L = nn.bind(ops, conventions=conventions)
     return L.serial(L.Flatten(), L.Dense(num_classes), name="perceptron")
 
 
-def mlp(hidden: int = 30, num_classes: int = 10, *, ops: Optional[ModuleType] = None) -> nn.Layer:
+def mlp(hidden: int = 30, num_classes: int = 10, *, ops: Optional[ModuleType] = None,
+        conventions: str = "lectures") -> nn.Layer:
     """Park's MLP: flatten → fc(``hidden``) → ReLU → fc(10)."""
-    L = nn.bind(ops)
+    L = nn.bind(ops, conventions=conventions)
     return L.serial(L.Flatten(), L.Dense(hidden), L.Relu(), L.Dense(num_classes), name="mlp")
 
 
-def homework_cnn(num_classes: int = 10, *, ops: Optional[ModuleType] = None) -> nn.Layer:
+def homework_cnn(num_classes: int = 10, *, ops: Optional[ModuleType] = None,
+                 conventions: str = "lectures") -> nn.Layer:
     """Park's CNN: conv 3×3, 3 channels (SAME) → ReLU → 2×2 max-pool → flatten (147 for
     14×14 input) → fc(10)."""
-    L = nn.bind(ops)
+    L = nn.bind(ops, conventions=conventions)
     return L.serial(
         L.Conv(3, (3, 3), padding="SAME"), L.Relu(), L.MaxPool((2, 2)),
         L.Flatten(), L.Dense(num_classes),
@@ -107,7 +114,8 @@ def homework_cnn(num_classes: int = 10, *, ops: Optional[ModuleType] = None) -> 
 
 
 def lenet5(num_classes: int = 10, *, full_c3: bool = False, activation: str = "tanh",
-           ops: Optional[ModuleType] = None) -> nn.Layer:
+           ops: Optional[ModuleType] = None,
+           conventions: str = "lectures") -> nn.Layer:
     """LeNet-5 (LeCun et al. 1998, in Hu & Zhu) for ``(N, 32, 32, 1)`` input.
 
     C1 conv 5×5, 6 maps → S2 2×2 mean pooling → C3 conv 5×5, 16 maps through the
@@ -117,7 +125,7 @@ def lenet5(num_classes: int = 10, *, full_c3: bool = False, activation: str = "t
     60,806 trainable parameters (C3: 1,516); 61,706 with the full C3. Params are keyed by the
     paper's layer names: ``c1``, ``c3``, ``c5``, ``f6``, ``output``.
     """
-    L = nn.bind(ops)
+    L = nn.bind(ops, conventions=conventions)
     act = {"tanh": L.Tanh, "relu": L.Relu, "sigmoid": L.Sigmoid}.get(activation)
     if act is None:
         raise ValueError(f"lenet5: `activation` must be 'tanh', 'relu' or 'sigmoid', got {activation!r}.")
@@ -135,10 +143,11 @@ def lenet5(num_classes: int = 10, *, full_c3: bool = False, activation: str = "t
 # --------------------------------------------------------------------------- MNIST-1D (Greydanus)
 
 
-def mnist1d_cnn(channels: int = 25, num_classes: int = 10, *, ops: Optional[ModuleType] = None) -> nn.Layer:
+def mnist1d_cnn(channels: int = 25, num_classes: int = 10, *, ops: Optional[ModuleType] = None,
+                conventions: str = "lectures") -> nn.Layer:
     """Greydanus' ConvBase: conv1d 1→25 k5 s2 p1, 25→25 k3 s2 p1, 25→25 k3 s2 p1, each
     ReLU → flatten (125 for length 40) → fc 10. Input ``(N, 40, 1)``."""
-    L = nn.bind(ops)
+    L = nn.bind(ops, conventions=conventions)
 
     def conv(window):
         return L.Conv(channels, (window,), stride=2, padding=1, w_init=_TORCH_INIT, b_init=_TORCH_INIT)
@@ -150,9 +159,10 @@ def mnist1d_cnn(channels: int = 25, num_classes: int = 10, *, ops: Optional[Modu
     )
 
 
-def mnist1d_mlp(hidden: int = 100, num_classes: int = 10, *, ops: Optional[ModuleType] = None) -> nn.Layer:
+def mnist1d_mlp(hidden: int = 100, num_classes: int = 10, *, ops: Optional[ModuleType] = None,
+                conventions: str = "lectures") -> nn.Layer:
     """Greydanus' MLPBase: ``h = relu(W₁x)``, ``h = h + relu(W₂h)``, ``y = W₃h``. Input ``(N, 40)``."""
-    L = nn.bind(ops)
+    L = nn.bind(ops, conventions=conventions)
 
     def dense(n):
         return L.Dense(n, w_init=_TORCH_INIT, b_init=_TORCH_INIT)
@@ -161,19 +171,21 @@ def mnist1d_mlp(hidden: int = 100, num_classes: int = 10, *, ops: Optional[Modul
                     name="mnist1d_mlp")
 
 
-def mnist1d_logistic(num_classes: int = 10, *, ops: Optional[ModuleType] = None) -> nn.Layer:
+def mnist1d_logistic(num_classes: int = 10, *, ops: Optional[ModuleType] = None,
+                     conventions: str = "lectures") -> nn.Layer:
     """Greydanus' LinearBase: logistic regression. Input ``(N, 40)``."""
-    L = nn.bind(ops)
+    L = nn.bind(ops, conventions=conventions)
     return L.serial(L.Dense(num_classes, w_init=_TORCH_INIT, b_init=_TORCH_INIT), name="mnist1d_logistic")
 
 
 # --------------------------------------------------------------------------- small ResNet / DenseNet
 
 
-def small_resnet(channels: int = 16, num_classes: int = 10, *, ops: Optional[ModuleType] = None) -> nn.Layer:
+def small_resnet(channels: int = 16, num_classes: int = 10, *, ops: Optional[ModuleType] = None,
+                 conventions: str = "lectures") -> nn.Layer:
     """Conv 3×3 → two stages of [residual block of two 3×3 convs → ReLU → 2×2 max-pool]
     → flatten → fc. Image input ``(N, H, W, C)``."""
-    L = nn.bind(ops)
+    L = nn.bind(ops, conventions=conventions)
 
     def block():
         he = L.initializers.he_normal()
@@ -192,10 +204,11 @@ def small_resnet(channels: int = 16, num_classes: int = 10, *, ops: Optional[Mod
 
 
 def small_densenet(growth: int = 8, layers: int = 3, num_classes: int = 10, *,
-                   ops: Optional[ModuleType] = None) -> nn.Layer:
+                   ops: Optional[ModuleType] = None,
+                   conventions: str = "lectures") -> nn.Layer:
     """Raj's DenseNet outline: conv → a dense block (each 3×3 conv sees the concatenation of
     all earlier maps) → 1×1 transition conv → 2×2 max-pool → flatten → fc."""
-    L = nn.bind(ops)
+    L = nn.bind(ops, conventions=conventions)
     grow = [L.serial(L.Conv(growth, (3, 3), padding="SAME"), L.Relu()) for _ in range(layers)]
     return L.serial(
         L.Conv(2 * growth, (3, 3), padding="SAME"), L.Relu(),
@@ -218,7 +231,8 @@ def _pad_channels(extra: int) -> nn.Layer:
 
 
 def resnet20(num_classes: int = 10, *, norm: str = "batch", groups: int = 8,
-             ops: Optional[ModuleType] = None) -> nn.Layer:
+             ops: Optional[ModuleType] = None,
+             conventions: str = "lectures") -> nn.Layer:
     """ResNet-20, He et al. (2016), §4.2's CIFAR network, for ``(N, H, W, C)`` images.
 
     conv 3×3, 16 → three stages of three basic blocks with 16, 32 and 64 maps → global
@@ -254,7 +268,7 @@ def resnet20(num_classes: int = 10, *, norm: str = "batch", groups: int = 8,
     if norm == "group" and (not isinstance(groups, int) or groups < 1 or 16 % groups):
         raise ValueError(f"resnet20: group norm's `groups` must divide every stage's channels (16, 32, 64), "
                          f"got {groups!r}.")
-    L = nn.bind(ops)
+    L = nn.bind(ops, conventions=conventions)
 
     def conv(features, stride=1, w_init=nn.initializers.he_normal()):
         return L.Conv(features, (3, 3), stride=stride, padding=1, use_bias=norm == "none", w_init=w_init)
@@ -309,13 +323,14 @@ def _basic_block(body: nn.Layer, shortcut: list[nn.Layer], relu: nn.Layer, *, na
 
 
 def vgg_small(num_classes: int = 10, *, dropout: float = 0.25, dropout_fc: float = 0.5,
-              ops: Optional[ModuleType] = None) -> nn.Layer:
+              ops: Optional[ModuleType] = None,
+              conventions: str = "lectures") -> nn.Layer:
     """A small VGG-style network (Simonyan & Zisserman's stacks of 3×3 convolutions, with
     batch norm and dropout) for ``(N, H, W, C)`` images:
     ``[conv 3×3 → BN → ReLU] × 2 → 2×2 max-pool → dropout`` with 32 and then 64 maps →
     flatten → fc 256 → ReLU → dropout → fc ``num_classes``. Params and state are keyed
     ``conv1``…``conv4``, ``bn1``…``bn4``, ``fc1``, ``fc2``."""
-    L = nn.bind(ops)
+    L = nn.bind(ops, conventions=conventions)
 
     def conv_bn_relu(i, features):
         return [(f"conv{i}", L.Conv(features, (3, 3), padding="SAME", use_bias=False,

@@ -88,17 +88,50 @@ def init_state(model: Layer, optimizer: optax.GradientTransformation, input_shap
     return TrainState(params, model_state, optimizer.init(params), jnp.zeros((), jnp.int32), key)
 
 
+#: The precision policies ``fit(precision=...)`` takes, as Keras names them: ``"float32"``
+#: (everything in ``Config.dtype``) and ``"mixed_bfloat16"`` (:func:`mixed_precision`).
+PRECISIONS = ("float32", "mixed_bfloat16")
+
+
+def mixed_precision(model: Layer, compute: Any = jnp.bfloat16) -> Layer:
+    """``model`` computed in ``compute`` while its params and state stay as stored (float32):
+    the usual mixed-precision recipe, every cast at the model's boundary.
+
+    ``apply`` casts the floating params and the input to ``compute``, runs ``model`` and casts
+    its output to float32, so the loss (and its gradient's first step) is float32; the
+    gradient reaches the float32 params through the casts, so the optimiser updates float32
+    params. :class:`jaxcnn.nn.BatchNorm` normalises in its state's dtype (float32: batch
+    statistics, running statistics and the normalisation; cast in and out). ``init`` is the
+    model's: the same params, saved and loaded as the model's.
+    """
+    dtype = jnp.dtype(compute)
+
+    def cast(tree):
+        return jax.tree_util.tree_map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+    def apply(params, state, x, *, training=False, key=None):
+        y, state = model.apply(cast(params), state, cast(x), training=training, key=key)
+        return y.astype(jnp.float32), state
+
+    return Layer(model.init, apply, name=f"mixed_precision({model.name}, {dtype.name})", children=(model,))
+
+
 def make_optimizer(name: str = "adam", lr: float = 1e-2, momentum: float = 0.0) -> optax.GradientTransformation:
     """``"sgd"`` (with optional ``momentum``, the lectures' recipe) or ``"adam"``.
 
     Raises:
-      ValueError: an unknown ``name``, ``lr`` not finite and positive, ``momentum`` not in ``[0, 1)``.
+      ValueError: an unknown ``name``, ``lr`` not finite and positive, ``momentum`` not in ``[0, 1)``,
+        or a ``momentum`` with ``"adam"`` (which keeps its own moment estimates: pass an optax
+        ``adam(lr, b1=...)`` as the optimizer to set them).
     """
     _checks.number("make_optimizer", "lr", lr, low=0.0, low_open=True)
     _checks.number("make_optimizer", "momentum", momentum, low=0.0, high=1.0)
     if name == "sgd":
         return optax.sgd(lr, momentum=momentum or None)
     if name == "adam":
+        if momentum:
+            raise ValueError(f"make_optimizer: `momentum` is SGD's; 'adam' keeps its own moment estimates, got "
+                             f"momentum={momentum} with 'adam' (pass optimizer='sgd', or optax.adam(lr, b1=...)).")
         return optax.adam(lr)
     raise ValueError(f"make_optimizer: unknown optimizer {name!r}; use 'sgd' or 'adam'.")
 
@@ -527,6 +560,9 @@ class Config:
       devices: data-parallel devices; None: 1, or every device of every process in a
         multi-process run.
       dtype: the floating dtype of the params and the inputs.
+      precision: ``"float32"`` (default: everything in ``dtype``) or ``"mixed_bfloat16"``: params,
+        optimiser and model state in float32 (``dtype`` must be float32), the model computed in
+        bfloat16 with batch norm and the loss in float32 (:func:`mixed_precision`).
       shuffle: reshuffle the training set every epoch; ``False`` visits it in stored
         order (the lectures' pattern-by-pattern updates with ``batch_size=1``).
       input_shape: the model's input shape ``(-1, *dims)``; None: the data's.
@@ -554,6 +590,7 @@ class Config:
     seed: int = 0
     devices: Optional[int] = None
     dtype: Any = "float32"
+    precision: str = "float32"
     shuffle: bool = True
     input_shape: Optional[tuple[int, ...]] = None
     eval_every: int = 1
@@ -594,6 +631,12 @@ class Config:
         if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(f"fit: `dtype` must be a floating dtype (float32, float64, bfloat16), got {dtype}.")
         object.__setattr__(self, "dtype", dtype.name)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"fit: `precision` must be one of {', '.join(map(repr, PRECISIONS))}, got "
+                             f"{self.precision!r}.")
+        if self.precision != "float32" and dtype != jnp.float32:
+            raise ValueError(f"fit: precision={self.precision!r} keeps the params in float32 and computes in "
+                             f"bfloat16; `dtype` must be float32, got {dtype.name}.")
         if self.input_shape is not None:
             object.__setattr__(self, "input_shape", _checks.input_shape("fit", self.input_shape))
         try:
@@ -620,8 +663,9 @@ class Config:
         return json.loads(json.dumps(fields))
 
     def _fingerprinted(self) -> dict:
+        # The default precision leaves no trace: checkpoints written before the field resume.
         return {k: v for k, v in self.to_json().items() if k not in (*self.RUN_CONTROL, "penalty", "settings")
-                and not (k in ("lr", "momentum") and v is None)}
+                and not (k in ("lr", "momentum") and v is None) and not (k == "precision" and v == "float32")}
 
     def fingerprint(self, data: Dataset, input_shape: Sequence[int]) -> dict:
         """What a resumed run must share: the fields less :attr:`RUN_CONTROL` and ``penalty``
@@ -764,13 +808,23 @@ class FitResult:
     test: Evaluation
 
 
+def check_devices(devices: int, argument: str = "devices={}") -> None:
+    """Raises unless ``devices`` (1 or more) are present; on CPU the message names the XLA flag
+    that gives one process more. ``argument`` is how the caller spells the setting."""
+    available = jax.devices()
+    if not 1 <= devices <= len(available):
+        hint = (f"; on CPU, XLA_FLAGS=--xla_force_host_platform_device_count={devices} (set before JAX starts) "
+                f"gives one process {devices} devices" if available[0].platform == "cpu" else "")
+        raise ValueError(f"{argument.format(devices)} requested but {len(available)} available "
+                         f"({available[0].platform}){hint}.")
+
+
 def make_mesh(devices: int) -> Mesh:
     """A 1-D mesh named ``"batch"`` over the first ``devices`` of ``jax.devices()`` (every
     process's devices once :func:`jaxcnn.distributed.initialize` has run; then it must
     span all of them, or some processes would have no device in the program)."""
+    check_devices(devices)
     available = jax.devices()
-    if not 1 <= devices <= len(available):
-        raise ValueError(f"devices={devices} requested but {len(available)} available ({available[0].platform}).")
     if distributed.is_multiprocess() and devices != len(available):
         raise ValueError(f"devices={devices} requested, but a run over {jax.process_count()} processes trains on "
                          f"all of their {len(available)} devices: pass devices={len(available)} or None.")
@@ -796,6 +850,8 @@ def fit(model: Layer, data: Dataset, config: Optional[Config] = None, /, *, call
       NonFiniteError: the training diverged (the checkpoint keeps the last finite epoch).
     """
     config = _configure(config, options)
+    if config.precision == "mixed_bfloat16":
+        model = mixed_precision(model, jnp.bfloat16)
     x_train, x_test, input_shape = _inputs(data, config)
     fingerprint = config.fingerprint(data, input_shape)
     _checks.run_location(config.checkpoint_path, config.resume, config.overwrite)
@@ -879,6 +935,7 @@ def _resume(config: Config, state: TrainState, fingerprint: dict) -> tuple[Train
 
 __all__ = [
     "Callback", "Config", "Evaluation", "FitResult", "NonFiniteError", "OneHotTargets", "Progress", "TrainState",
-    "checkpointing", "epochs", "evaluate", "evaluation", "fit", "init_state", "make_epoch", "make_evaluator",
-    "make_loss", "make_mesh", "make_optimizer", "make_step", "stop_on_non_finite", "weights",
+    "check_devices", "checkpointing", "epochs", "evaluate", "evaluation", "fit", "init_state", "make_epoch",
+    "make_evaluator", "make_loss", "make_mesh", "make_optimizer", "make_step", "mixed_precision", "stop_on_non_finite",
+    "weights",
 ]

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+import optax
 import pytest
 from conftest import examples
 from hypothesis import given
@@ -437,3 +438,53 @@ def test_a_full_disk_names_the_file_and_keeps_the_one_before(tmp_path, monkeypat
     with pytest.raises(OSError, match=r"d.npz: could not be written .*; no file was there before"):
         checkpoint.save(str(tmp_path / "d.npz"), TREE)
     assert os.listdir(tmp_path) == ["c.npz"]
+
+
+# --------------------------------------------------------------------------- load_params: for inference
+
+
+def _bn_model():
+    return nn.serial(nn.Conv(3, (3, 3)), nn.BatchNorm(), nn.Relu(), nn.Flatten(), nn.Dense(4))
+
+
+def _bn_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6, 6, 1)).astype(np.float32)
+    y = (x.sum((1, 2, 3)) > 0).astype(np.int32) + 2 * (x[:, 0, 0, 0] > 0)
+    return data.Dataset(x[:32], y[:32], x[32:], y[32:], 4)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_load_params_gives_the_trained_params_and_state_from_the_model_alone(tmp_path, dtype):
+    path = str(tmp_path / "checkpoint.npz")
+    result = train.fit(_bn_model(), _bn_data(), epochs=2, batch_size=8, optimizer="sgd", lr=0.1, momentum=0.9,
+                       dtype=dtype, checkpoint_path=path, quiet=True)
+    params, model_state = checkpoint.load_params(path, _bn_model())
+    for got, want in [(params, result.state.params), (model_state, result.state.model_state)]:
+        assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+        for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+    x = jnp.asarray(_bn_data().x_test, dtype)
+    logits, _ = _bn_model().apply(params, model_state, x)  # evaluation mode: the running statistics
+    want, _ = _bn_model().apply(result.state.params, result.state.model_state, x)
+    np.testing.assert_array_equal(np.asarray(logits, np.float32), np.asarray(want, np.float32))
+
+
+def test_load_params_refuses_another_model_and_a_checkpoint_without_its_input_shape(tmp_path):
+    path = str(tmp_path / "checkpoint.npz")
+    train.fit(_bn_model(), _bn_data(), epochs=1, batch_size=8, checkpoint_path=path, quiet=True)
+    other = nn.serial(nn.Conv(5, (3, 3)), nn.BatchNorm(), nn.Relu(), nn.Flatten(), nn.Dense(4))
+    with pytest.raises(ValueError, match=r"checkpoint.npz: leaf .params\[0\]\['b'\] is float32\(3,\) in the checkpoint "
+                                         r"but float32\(5,\) is expected"):
+        checkpoint.load_params(path, other)
+    with pytest.raises(ValueError, match=r"checkpoint does not match the expected structure under .params \(6 leaves "
+                                         r"saved, 2 expected"):
+        checkpoint.load_params(path, nn.serial(nn.Flatten(), nn.Dense(4)))
+    bare = str(tmp_path / "bare.npz")
+    checkpoint.save(bare, train.init_state(_bn_model(), optax.sgd(0.1), (-1, 6, 6, 1), 0))
+    with pytest.raises(ValueError, match=r"load_params: .*bare.npz records no input shape \(it was not written by "
+                                         r"train.fit\); pass `input_shape`"):
+        checkpoint.load_params(bare, _bn_model())
+    params, _ = checkpoint.load_params(bare, _bn_model(), input_shape=(-1, 6, 6, 1))
+    assert params[0]["w"].shape == (3, 3, 1, 3)

@@ -84,10 +84,12 @@ def test_dense_errors(rng):
         reference.dense(x, w.T, b)
 
 
-@pytest.mark.parametrize("x_shape,bias", [((4, 3), True), ((2, 5, 3), False), ((3,), True)])
-def test_dense_forward_mode_every_transform_against_the_reference(rng, x_shape, bias):
+@pytest.mark.parametrize("x_shape,bias,method", [((4, 3), True, "lectures"), ((2, 5, 3), False, "lectures"),
+                                                  ((3,), True, "lectures"), ((4, 3), True, "transposed"),
+                                                  ((2, 5, 3), False, "transposed")])
+def test_dense_forward_mode_every_transform_against_the_reference(rng, x_shape, bias, method):
     x, w, b = _args(rng, x_shape, 5, jnp.float64, bias)
-    opcheck.assert_forward_mode("dense", *((x, w) if b is None else (x, w, b)))
+    opcheck.assert_forward_mode("dense", *((x, w) if b is None else (x, w, b)), method=method)
 
 
 def test_dense_tangent_is_bilinear_and_works_under_vmap_and_in_float32(rng):

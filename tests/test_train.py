@@ -691,6 +691,77 @@ def test_cli_train_checks_the_output_folder_and_the_run_before_loading_data(tmp_
         assert re.search(message, err) and err.startswith("jaxcnn: error: ") and "Traceback" not in err
 
 
+def _data_never_loaded(monkeypatch):
+    def loaded(**kwargs):
+        raise AssertionError("the data was loaded")
+
+    monkeypatch.setitem(data.DATASETS, "seesaw", loaded)
+
+
+def test_cli_train_refuses_momentum_with_adam_before_loading_data(tmp_path, capsys, monkeypatch):
+    _data_never_loaded(monkeypatch)
+    argv = ["train", "--model", "seesaw_cnn", "--data", "seesaw", "--epochs", "1", "--out", str(tmp_path), "--quiet"]
+    assert cli.main([*argv, "--momentum", "0.9"]) == 2  # the default optimizer is adam
+    assert capsys.readouterr().err == ("jaxcnn: error: --momentum goes with --optimizer sgd; adam keeps its own moment "
+                                       "estimates (got --momentum 0.9 with --optimizer adam).\n")
+    assert cli.main([*argv, "--optimizer", "adam", "--momentum", "0"]) == 2  # given at all: it would be ignored
+    with pytest.raises(AssertionError, match="the data was loaded"):  # sgd takes it
+        cli.main([*argv, "--optimizer", "sgd", "--momentum", "0.9"])
+
+
+@pytest.mark.parametrize("optimizer, momentum, recorded", [("adam", [], None), ("sgd", [], 0.0),
+                                                           ("sgd", ["--momentum", "0.5"], 0.5)])
+def test_metrics_json_records_the_momentum_used_and_none_for_adam(tmp_path, capsys, optimizer, momentum, recorded):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--model", "seesaw_cnn", "--data", "seesaw", "--epochs", "1", "--batch-size", "4",
+                     "--optimizer", optimizer, *momentum, "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["momentum"] == recorded
+
+
+def test_make_optimizer_and_config_refuse_momentum_with_adam():
+    message = (r"make_optimizer: `momentum` is SGD's; 'adam' keeps its own moment estimates, got momentum=0.9 with "
+               r"'adam' \(pass optimizer='sgd', or optax.adam\(lr, b1=...\)\)")
+    with pytest.raises(ValueError, match=message):
+        train.make_optimizer("adam", 1e-3, 0.9)
+    with pytest.raises(ValueError, match=message):
+        train.Config(epochs=1, optimizer="adam", momentum=0.9)
+    train.Config(epochs=1, optimizer="sgd", momentum=0.9)
+
+
+def test_cli_train_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--batch-size BATCH_SIZE examples per optimiser step, split over --devices (default 100)" in text
+    assert "SGD momentum in [0, 1), with --optimizer sgd only" in text
+
+
+def test_cli_train_with_more_devices_than_present_fails_before_loading_data_naming_the_flag(tmp_path, capsys,
+                                                                                            monkeypatch):
+    _data_never_loaded(monkeypatch)
+    n = jax.device_count() + 1
+    assert cli.main([*SEESAW, "--epochs", "1", "--devices", str(n), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"jaxcnn: error: --devices {n} requested but {n - 1} available (cpu); on CPU, "
+                   f"XLA_FLAGS=--xla_force_host_platform_device_count={n} (set before JAX starts) gives one process "
+                   f"{n} devices.\n")
+    with pytest.raises(ValueError, match=rf"devices={n} requested but {n - 1} available \(cpu\); on CPU, "
+                                         rf"XLA_FLAGS=--xla_force_host_platform_device_count={n} "):
+        train.make_mesh(n)
+
+
+def test_cli_train_prints_a_loading_line_before_anything_slow(tmp_path, capsys, monkeypatch):
+    _data_never_loaded(monkeypatch)
+    loud = [a for a in SEESAW if a != "--quiet"]
+    with pytest.raises(AssertionError, match="the data was loaded"):
+        cli.main([*loud, "--epochs", "1", "--out", str(tmp_path)])
+    assert capsys.readouterr().out == "jaxcnn train: loading JAX, the model and the data ...\n"
+    with pytest.raises(AssertionError, match="the data was loaded"):
+        cli.main([*SEESAW, "--epochs", "1", "--out", str(tmp_path)])
+    assert capsys.readouterr().out == ""  # --quiet: nothing
+
+
 def test_cli_train_names_the_extra_to_install_before_training(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as on a bare install: import fails
     assert cli.main([*SEESAW, "--epochs", "1", "--out", str(tmp_path)]) == 2
@@ -1140,3 +1211,79 @@ def test_resnet20_shows_progress_within_an_epoch_and_a_ctrl_c_3_s_into_epoch_2_r
     resumed = train.fit(models.resnet20(), d, **options, checkpoint_path=path, resume=True)
     for a, b in zip(jax.tree_util.tree_leaves(straight.state), jax.tree_util.tree_leaves(resumed.state)):
         np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- the precision policy
+
+
+def _four_quadrants(n=600, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 8, 8, 1)).astype(np.float32)
+    y = (x[:, :4].sum((1, 2, 3)) > 0).astype(np.int32) + 2 * (x[:, :, :4].sum((1, 2, 3)) > 0)
+    return data.Dataset(x[:512], y[:512], x[512:], y[512:], 4)
+
+
+def _bn_cnn():
+    return nn.serial(nn.Conv(8, (3, 3), padding="SAME"), nn.BatchNorm(), nn.Relu(), nn.MaxPool(2), nn.Flatten(),
+                     nn.Dense(32), nn.Relu(), nn.Dense(4))
+
+
+def test_mixed_bfloat16_keeps_float32_state_and_trains_as_well_as_float32():
+    options = dict(epochs=8, batch_size=32, optimizer="sgd", lr=0.05, momentum=0.9, quiet=True)
+    full = train.fit(_bn_cnn(), _four_quadrants(), **options)
+    mixed = train.fit(_bn_cnn(), _four_quadrants(), **options, precision="mixed_bfloat16")
+    leaves = jax.tree_util.tree_leaves((mixed.state.params, mixed.state.model_state, mixed.state.opt_state))
+    assert {a.dtype for a in leaves if jnp.issubdtype(a.dtype, jnp.floating)} == {jnp.dtype(jnp.float32)}
+    assert mixed.history[-1]["train_loss"] != full.history[-1]["train_loss"]  # it did compute in bfloat16
+    assert full.test.accuracy > 0.6  # the task is learnt, and as well in mixed precision
+    assert abs(mixed.test.accuracy - full.test.accuracy) <= 0.05
+    assert abs(mixed.test.loss - full.test.loss) <= 0.1 * full.test.loss
+
+
+def test_mixed_precision_casts_at_the_model_boundary_and_runs_batch_norm_in_float32():
+    model = train.mixed_precision(_bn_cnn())
+    params, state, _ = model.init(KEY, (-1, 8, 8, 1))
+    program = jax.make_jaxpr(lambda p: model.apply(p, state, jnp.ones((2, 8, 8, 1)), training=True))(params)
+    types = {}
+    for eqn in program.jaxpr.eqns:
+        if eqn.primitive.name == "jit":
+            types[eqn.params["name"]] = {str(v.aval.dtype) for v in eqn.invars}
+    assert types["_conv"] == types["_dense"] == types["_relu"] == {"bfloat16"}
+    assert types["_batch_norm_train"] == {"float32"}
+    (out,), new_state = program.out_avals[:1], program.out_avals[1:]
+    assert out.dtype == jnp.float32 and {a.dtype for a in new_state} == {jnp.dtype(jnp.float32)}
+    grads = jax.grad(lambda p: model.apply(p, state, jnp.ones((2, 8, 8, 1)), training=True)[0].sum())(params)
+    assert {a.dtype for a in jax.tree_util.tree_leaves(grads)} == {jnp.dtype(jnp.float32)}
+
+
+def test_precision_is_checked_and_in_the_fingerprint_only_when_mixed():
+    with pytest.raises(ValueError, match=r"fit: `precision` must be one of 'float32', 'mixed_bfloat16', got 'fp16'"):
+        train.Config(epochs=1, precision="fp16")
+    with pytest.raises(ValueError, match=r"fit: precision='mixed_bfloat16' keeps the params in float32 and computes "
+                                         r"in bfloat16; `dtype` must be float32, got float64"):
+        train.Config(epochs=1, precision="mixed_bfloat16", dtype=jnp.float64)
+    assert "precision" not in train.Config(epochs=1).fingerprint(_toy(), (-1, 8))  # older checkpoints resume
+    assert train.Config(epochs=1, precision="mixed_bfloat16").fingerprint(_toy(), (-1, 8))["precision"] == \
+        "mixed_bfloat16"
+
+
+def test_cli_train_takes_precision(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = [*SEESAW, "--epochs", "1", "--out", str(out)]
+    assert cli.main([*argv, "--precision", "mixed_bfloat16"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["precision"] == "mixed_bfloat16"
+    assert set(checkpoint.read_header(str(out / "checkpoint.npz"))["dtypes"]) <= {"float32", "int32", "uint32"}
+    assert cli.main([*argv, "--epochs", "2", "--resume"]) == 2  # the policy is part of the run's settings
+    assert "precision 'mixed_bfloat16' -> '(unset)'" in capsys.readouterr().err
+
+
+def test_the_precision_benchmark_runs_in_quick_mode(tmp_path):
+    """Its figures are printed, not asserted (experiments/bench_precision.py)."""
+    out = tmp_path / "result.json"
+    proc = subprocess.run([sys.executable, "bench_precision.py", "--quick", "--repeats", "1", "--json", str(out)],
+                          cwd=Path(__file__).parents[1] / "experiments", capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1])))
+    assert proc.returncode == 0, proc.stderr
+    assert "| network | batch | float32 ms | mixed_bfloat16 ms | speed-up |" in proc.stdout
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["network"] == "LeNet-5" and set(row["ms_per_step"]) == {"float32", "mixed_bfloat16"}

@@ -59,12 +59,14 @@ def Dense(
     use_bias: bool = True,
     w_init: initializers.Initializer = initializers.lecun_normal(),
     b_init: initializers.Initializer = initializers.zeros(),
+    method: str = "lectures",
     dtype: Any = jnp.float32,
     ops: Optional[ModuleType] = None,
 ) -> Layer:
     """Fully connected layer ``y = x Wᵀ + b`` with ``W`` of shape ``(n_out, n_in)``.
 
     Params: ``{"w": (n_out, n_in), "b": (n_out,)}`` (no ``"b"`` when ``use_bias=False``).
+    ``method`` is :func:`jaxcnn.ops.dense`'s (``"transposed"``: Flax's rounding).
     """
     ops = _backend(ops)
     if not isinstance(n_out, (int, np.integer)) or n_out < 1:
@@ -81,7 +83,7 @@ def Dense(
         return params, (*input_shape[:-1], n_out)
 
     def apply(params, x):
-        return ops.dense(x, params["w"], params.get("b"))
+        return ops.dense(x, params["w"], params.get("b"), method=method)
 
     return Layer.stateless(init, apply, name=f"Dense({n_out})")
 
@@ -340,9 +342,17 @@ def Flatten(*, ops: Optional[ModuleType] = None) -> Layer:
     return Layer.stateless(init, lambda params, x: ops.flatten(x), name="Flatten")
 
 
-def LeakyRelu(negative_slope: float = 0.01, *, ops: Optional[ModuleType] = None) -> Layer:
-    """``x`` for ``x ≥ 0``, ``negative_slope · x`` below (:func:`jaxcnn.ops.leaky_relu`)."""
-    return _elementwise(f"LeakyRelu({negative_slope})", "leaky_relu", ops, negative_slope=negative_slope)
+def LeakyRelu(negative_slope: float = 0.01, *, derivative_at_zero: float = 1.0,
+              ops: Optional[ModuleType] = None) -> Layer:
+    """``x`` for ``x ≥ 0``, ``negative_slope · x`` below (:func:`jaxcnn.ops.leaky_relu`).
+
+    ``derivative_at_zero``: ``1.0`` (default: the lectures, ``jax.nn.leaky_relu``, Flax) or
+    ``negative_slope`` (PyTorch).
+    """
+    if derivative_at_zero == 1.0:
+        return _elementwise(f"LeakyRelu({negative_slope})", "leaky_relu", ops, negative_slope=negative_slope)
+    return _elementwise(f"LeakyRelu({negative_slope}, derivative_at_zero={derivative_at_zero!r})", "leaky_relu",
+                        ops, negative_slope=negative_slope, derivative_at_zero=derivative_at_zero)
 
 
 def LogSoftmax(axis: int = -1, *, ops: Optional[ModuleType] = None) -> Layer:
@@ -420,6 +430,10 @@ def BatchNorm(
     (PyTorch's default 0.1 is this default 0.9). Under data parallelism (a batch split
     over a :class:`jax.sharding.Mesh` inside ``jit``) ``μ`` and ``σ²`` are those of the
     global batch: XLA adds the cross-device reductions.
+
+    The layer normalises in its state's dtype (``dtype``): an input of another floating dtype
+    (``train.mixed_precision``'s bfloat16) is cast to it, with ``gamma`` and ``beta``, and the
+    output cast back, so the statistics stay in float32 under a mixed-precision policy.
     """
     ops = _backend(ops)
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
@@ -437,15 +451,19 @@ def BatchNorm(
         return _scale_shift((c,), use_scale, use_bias, dtype), state, tuple(input_shape)
 
     def apply(params, state, x, *, training=False, key=None):
+        compute, stats = x.dtype, state["mean"].dtype
+        if compute != stats:  # the statistics' dtype: cast in here, out at the end
+            x, params = x.astype(stats), {k: v.astype(stats) for k, v in params.items()}
         gamma, beta = params.get("gamma"), params.get("beta")
         if not training:
-            return ops.batch_norm(x, gamma, beta, axis=axis, eps=eps, mean=state["mean"], var=state["var"]), state
+            y = ops.batch_norm(x, gamma, beta, axis=axis, eps=eps, mean=state["mean"], var=state["var"])
+            return y.astype(compute), state
         y, mean, var = ops.batch_norm(x, gamma, beta, axis=axis, eps=eps)
         n = x.size // x.shape[axis]
         mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var * (n / max(n - 1, 1)))
         new = {"mean": momentum * state["mean"] + (1 - momentum) * mean.astype(state["mean"].dtype),
                "var": momentum * state["var"] + (1 - momentum) * var.astype(state["var"].dtype)}
-        return y, new
+        return y.astype(compute), new
 
     return Layer(init, apply, name=name)
 
