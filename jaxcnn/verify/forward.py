@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn.verify._core import Leaves, as_cotangent, collect, name_of, random_like
+from jaxcnn.verify._core import Leaves, as_cotangent, collect, name_of, outputs, random_like
 from jaxcnn.verify._report import CheckResult, Tolerance, compare, tolerance_for
 
 
@@ -81,7 +81,7 @@ def check_adjoint(fn: Callable, *args: Any, pairs: int = 3, seed: int = 0, rtol:
             tangents, g = [random_like(rng, x) for x in leaves.arrays], random_like(rng, out)
             found.append(jax.device_get(evaluate(leaves.arrays, tangents, g)))
         out, out_t, _ = found[0]
-        yield compare("output", out_t, out, base, what="jvp primal = vjp primal")
+        yield from (compare(n, a, b, base, what="jvp primal = vjp primal") for n, a, b in outputs(out_t, out))
         for k, name in enumerate(leaves.names):
             forward, reverse, bound = (np.array([float(f[2][k][i]) for f in found]) for i in range(3))
             yield compare(name, forward, reverse, tol, scale=bound, index=[("pair", i) for i in range(pairs)],
