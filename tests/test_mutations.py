@@ -2,17 +2,24 @@
 argument it breaks; where its mistake cannot show, the mutant passes (so the mutants are
 the right rules but for the one mistake, and the checker is not merely strict)."""
 
+import functools
+
+import jax
 import numpy as np
 import pytest
 
 from jaxcnn import ops
 from jaxcnn._certify import mutants, runner
+from jaxcnn._certify.forward_mutants import FORWARD_MUTANTS, ForwardMutant
 from jaxcnn._certify.registry import REGISTRY
 
 LISTED = [  # the mistakes the issue names, and one per remaining op
     "conv.no_kernel_flip", "conv.no_stride_upsampling", "conv.padding_not_cropped",
     "softmax_cross_entropy.missing_1_over_N", "max_pool.spread_over_window", "max_pool.overwrite_on_overlap",
     "conv.transposed_kernel", "conv.channels_permuted", "conv.bias_not_summed_over_batch",
+    # wrong forward rules (issue 33); all but relu's need the ops' hand JVPs
+    "conv.tangent_without_conv_x_tw", "batch_norm.tangent_without_statistics", "max_pool.tangent_to_last_maximum",
+    "relu.tangent_other_convention_at_zero",
 ]
 
 
@@ -30,9 +37,11 @@ def test_mutant_is_caught_blamed_on_its_argument_and_diagnosed(name):
     assert o.blamed == (o.mutant.argument,)
     assert not o.record.result[_first_leaf(o)].ok
     # the verdict: the rule is wrong, except at a kink a sample pins on purpose, where a
-    # different valid choice is "non-smooth" (routing to every tied maximum is no valid one)
+    # different valid choice is "non-smooth" (routing to every tied maximum is no valid one);
+    # a wrong JVP beside a right VJP fails only under the forward check that caught it
     valid_at_kink = o.record.kink and name not in NO_SUBGRADIENT
-    assert o.record.verdict == ("non-smooth point" if valid_at_kink else "rule wrong"), str(o)
+    wrong = f"fails only under {o.record.transform}" if isinstance(o.mutant, ForwardMutant) else "rule wrong"
+    assert o.record.verdict == ("non-smooth point" if valid_at_kink else wrong), str(o)
 
 
 NO_SUBGRADIENT = {"max_pool.routes_to_every_tied_maximum"}
@@ -92,3 +101,58 @@ def test_a_mutant_keeps_the_real_forward_and_the_other_arguments_rules(rng):
     np.testing.assert_allclose(mutated(x, w, b, stride=2), ops.conv(x, w, b, stride=2))
     record = runner.check_sample("conv", 0, "float64", "eager", op=mutated)
     assert record.result["w"].ok and record.result["b"].ok and not record.result["x"].ok
+
+
+# --------------------------------------------------------------------------- wrong forward rules
+
+
+def _with_reference_jvp(name):
+    """``ops.<name>`` with the reference's JVP as its forward rule (its VJP the real one): a
+    stand-in for the hand JVP, so that the forward mutants' checks run without it."""
+    from jaxcnn import reference
+    from jaxcnn.ops._rule import custom_rule
+
+    real, ref = getattr(ops, name), getattr(reference, name)
+
+    @functools.wraps(real)
+    def op(*args, **settings):
+        bound, bound_ref = functools.partial(real, **settings), functools.partial(ref, **settings)
+
+        def fun(*a):
+            return bound(*a)
+
+        rule = custom_rule(fun).defvjp(lambda *a: (bound(*a), a), lambda a, g: tuple(jax.vjp(bound, *a)[1](g)))
+        return rule.defjvp(lambda p, t: jax.jvp(bound_ref, tuple(p), tuple(t)))(*args)
+
+    return op
+
+
+def test_the_forward_mutants_are_the_three_the_issue_names_and_relus_convention():
+    assert [m.name for m in FORWARD_MUTANTS] == LISTED[-4:]
+    assert all(mutants.MUTANTS[m.name] is m for m in FORWARD_MUTANTS)
+
+
+@pytest.mark.parametrize("name", [m.name for m in FORWARD_MUTANTS])
+def test_a_forward_mutant_is_caught_and_blamed_with_stand_in_jvps_and_the_right_rule_passes(name, monkeypatch):
+    m = mutants.MUTANTS[name]
+    if m.op != "relu":  # relu has its hand JVP already
+        monkeypatch.setattr(ops, m.op, _with_reference_jvp(m.op))
+    o = mutants.run_one(m)
+    assert o.ok and o.blamed == (m.argument,) and o.record.transform == "adjoint", str(o)
+    assert o.record.result.forward.ok  # the primal is the real one
+    # the same check of the right rule passes: the adjoint identity is not merely strict
+    right = runner.check_sample(m.op, o.record.index, "float64", "adjoint", op=getattr(ops, m.op))
+    assert right.ok, str(right)
+
+
+def test_a_forward_mutant_keeps_the_real_forward_and_vjp_and_passes_where_its_mistake_cannot_show(rng, monkeypatch):
+    m = mutants.MUTANTS["conv.tangent_without_conv_x_tw"]
+    x, w, b = rng.normal(size=(2, 6, 3)), rng.normal(size=(3, 3, 2)), rng.normal(size=2)
+    np.testing.assert_allclose(m.build()(x, w, b, stride=2), ops.conv(x, w, b, stride=2))
+    assert runner.check_sample("conv", 0, "float64", "eager", op=m.build()).ok  # reverse mode: the lectures' VJP
+    monkeypatch.setattr(ops, "max_pool", _with_reference_jvp("max_pool"))
+    tie = mutants.MUTANTS["max_pool.tangent_to_last_maximum"]
+    samples = REGISTRY["max_pool"].samples(np.random.default_rng(0))
+    assert not tie.applies(samples[0]) and tie.applies(samples[6])
+    assert mutants.reproduce(tie.name, 0).ok  # no tie: the first and last maximum are the same element
+    assert not mutants.reproduce(tie.name, 6).ok

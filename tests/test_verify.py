@@ -171,7 +171,7 @@ def test_contract_reports_a_wrong_number_of_cotangents_as_an_error():
 
 def test_every_transform_passes_a_right_rule_with_weights_and_labels(rng):
     x, w, b = (jnp.asarray(rng.normal(size=s)) for s in ((4, 3), (5, 3), (5,)))
-    forward_mode = {"jvp", "jvp finite differences"}  # a custom_vjp has none: checked on plain autodiff
+    forward_mode = set(verify.checks.FORWARD_MODE)  # ops.dense has no hand JVP here: checked on plain autodiff
     for transform in set(verify.TRANSFORMS) - {"sharding"} - forward_mode:
         assert verify.check_transform(transform, ops.dense, reference.dense, x, w, b).ok, transform
     for transform in forward_mode:
@@ -424,7 +424,8 @@ def test_verdict_agree_and_projections_for_large_arguments(rng):
 
 def test_the_public_checker_is_a_dozen_names_and_the_audits_entry_points():
     assert sorted(verify.__all__) == sorted([
-        "TRANSFORMS", "CheckResult", "Diagnosis", "GradientMismatch", "Registry", "Sample", "check_contract",
+        "TRANSFORMS", "CheckResult", "Diagnosis", "GradientMismatch", "Registry", "Sample", "check_adjoint",
+        "check_contract",
         "check_jvp", "check_numerical", "check_transform", "check_vjp", "diagnose",
         "audit", "AuditReport", "Finding", "find_nonfinite"])  # the audit of a whole program (issue 32)
     assert all(hasattr(verify, name) for name in verify.__all__)
@@ -465,3 +466,108 @@ def test_flags_the_user_set_are_kept_and_not_added_twice():
 
     assert compilation.with_flags(compilation.FAST_COMPILE_FLAGS, "--xla_backend_optimization_level=2") == (
         "--xla_backend_optimization_level=2 --xla_cpu_use_fusion_emitters=false")
+
+
+# --------------------------------------------------------------------------- forward mode
+
+
+def _rule(fun, jvp, bwd=None):
+    """A toy hand rule (jaxcnn.ops._rule.custom_rule): ``bwd`` defaults to autodiff of ``fun``."""
+    from jaxcnn.ops._rule import custom_rule
+
+    rule = custom_rule(fun)
+    rule.defvjp(lambda *a: (fun(*a), a), bwd or (lambda a, g: tuple(jax.vjp(fun, *a)[1](g))))
+    return rule.defjvp(jvp)
+
+
+def _scaled_product(x, w):
+    return jnp.sin(x) * w
+
+
+def _product_jvp(primals, tangents):
+    (x, w), (tx, tw) = primals, tangents
+    return _scaled_product(x, w), jnp.cos(x) * w * tx + jnp.sin(x) * tw
+
+
+def test_the_adjoint_identity_holds_for_right_rules_and_scales_with_their_magnitude(rng):
+    x, w = rng.normal(size=(3, 4)), rng.normal(size=(3, 4))
+    right = _rule(_scaled_product, _product_jvp)
+    for dtype in (jnp.float32, jnp.bfloat16):
+        assert verify.check_adjoint(right, x.astype(dtype), w.astype(dtype)).ok, dtype
+    assert verify.check_adjoint(ops.relu, jnp.asarray(x, jnp.float32)).ok
+    # a million times larger: the tolerance is relative to |J ṫ| |g|, not absolute
+    huge = _rule(lambda x: 1e6 * jnp.tanh(x),
+                 lambda p, t: (1e6 * jnp.tanh(p[0]), 1e6 * (1 - jnp.tanh(p[0]) ** 2) * t[0]))
+    result = verify.check_adjoint(huge, jnp.asarray(rng.normal(size=(64, 64)), jnp.float32))
+    assert result.ok and result["x"].max_abs_error > 0, str(result)
+
+
+def test_the_adjoint_identity_blames_the_argument_whose_tangent_is_wrong(rng):
+    x, w = rng.normal(size=(3, 4)), rng.normal(size=(3, 4))
+
+    def without_w_term(primals, tangents):
+        (x, w), (tx, _) = primals, tangents
+        return _scaled_product(x, w), jnp.cos(x) * w * tx
+
+    def slightly_off(primals, tangents):
+        out, t = _product_jvp(primals, tangents)
+        return out, t * (1 + 1e-6)
+
+    result = verify.check_adjoint(_rule(_scaled_product, without_w_term), x, w)
+    assert not result.ok and result["x"].ok and not result["w"].ok, str(result)
+    assert result["w"].index[0] == "pair" and result["w"].rule == 0.0
+    text = str(result)
+    assert "adjoint identity" in text and "⟨ṫ, Jᵀ g⟩" in text and "MISMATCH at [pair" in text
+    with jax.enable_x64(True):  # a relative error of 1e-6: caught in float64, within float32's rounding
+        assert not verify.check_adjoint(_rule(_scaled_product, slightly_off), x, w).ok
+    assert verify.check_adjoint(_rule(_scaled_product, slightly_off), x.astype(np.float32), w.astype(np.float32)).ok
+
+
+def test_the_adjoint_identity_reports_a_function_without_forward_mode_as_an_error(rng):
+    result = verify.check_adjoint(_one_wrong_element(0), jnp.asarray(rng.normal(size=3)))
+    assert not result.ok and "custom_vjp" in result.error
+    result = verify.check_adjoint(ops.tanh, jnp.ones((2, 3)))  # a jaxcnn op without a hand JVP
+    assert not result.ok and "has no forward-mode rule" in result.error
+
+
+def test_forward_mode_under_vmap_and_of_the_gradient_checks_the_jvp_and_the_vjps_own_derivative(rng):
+    x, w = rng.normal(size=(3, 4)), rng.normal(size=(3, 4))
+    reference_ = _scaled_product
+    right = _rule(_scaled_product, _product_jvp)
+    for transform in ("jvp", "adjoint", "jvp vmap", "jvp-of-grad"):
+        assert verify.check_transform(transform, right, reference_, x, w).ok, transform
+    result = verify.check_transform("jvp vmap", right, reference_, x, w)
+    assert result["x"].shape == (3, 3, 4) and "loop over examples" in str(result)
+
+    def first_order_only(a, g):  # right VJP, but its own derivative misses cos(x)'s
+        x, w = a
+        x = jax.lax.stop_gradient(x)
+        return g * jnp.cos(x) * w, g * jnp.sin(x)
+
+    frozen = _rule(_scaled_product, _product_jvp, bwd=first_order_only)
+    assert verify.check_transform("jvp", frozen, reference_, x, w).ok
+    assert verify.check_transform("adjoint", frozen, reference_, x, w).ok
+    hvp = verify.check_transform("jvp-of-grad", frozen, reference_, x, w)
+    assert not hvp.ok and not hvp["x"].ok and hvp["w"].ok, str(hvp)
+    wrong = _rule(_scaled_product, lambda p, t: (_scaled_product(*p), 2 * _product_jvp(p, t)[1]))
+    assert not verify.check_transform("jvp vmap", wrong, reference_, x, w).ok
+
+
+def test_jaxcnn_verify_checks_every_ops_forward_rules_and_fails_an_op_without_them():
+    from jaxcnn._certify import display, runner
+
+    units = runner.plan(["relu", "tanh"])
+    planned = {(u.name, dtype, t) for u in units for dtype, t in u.checks}
+    forward = {("float64", "jvp"), ("float64", "jvp finite differences"), ("float64", "adjoint"),
+               ("float32", "jvp"), ("float32", "adjoint"), ("float32", "jvp vmap"), ("float32", "jvp-of-grad")}
+    assert all((op, *check) in planned for op in ("relu", "tanh") for check in forward)
+    records = runner.run(units=[runner.Unit(u.name, u.index, tuple(c for c in u.checks if c[1] == "adjoint"))
+                                for u in units if u.index == 0])
+    by_op = {r.op: r for r in records if r.dtype == "float32"}
+    assert by_op["relu"].ok, str(by_op["relu"])
+    assert not by_op["tanh"].ok and "has no forward-mode rule" in by_op["tanh"].result.error  # never skipped
+    table = display.format_table(records)
+    relu_row, tanh_row = (next(line.split() for line in table.splitlines() if line.startswith(op))
+                          for op in ("relu", "tanh"))
+    assert table.split()[:9] == ["op", "checks", "worst", "abs", "(where)", "worst", "rel", "(where)", "forward"]
+    assert relu_row[-2:] == ["ok", "ok"] and tanh_row[-4:] == ["2", "FAILED", "2", "FAILED"]

@@ -16,6 +16,7 @@ from jaxcnn import cli, ops
 from jaxcnn._certify import display, runner
 from jaxcnn._certify.registry import normal
 from jaxcnn.verify import GradientMismatch, Registry, Sample
+from jaxcnn.verify.checks import FORWARD_MODE
 from jaxcnn.verify.registry import rule_of
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -147,12 +148,12 @@ def test_pytest_cases_make_one_test_per_check_and_fail_a_wrong_rule(at_root, tmp
 def test_the_rule_kind_is_found_by_tracing_or_given():
     x = np.ones(3)
     assert (rule_of(jax.nn.relu, x), rule_of(ops.relu, x), rule_of(jnp.sin, x)) == (
-        "custom_jvp", "custom_vjp", "autodiff")
+        "custom_jvp", "custom_rule", "autodiff")  # a jaxcnn op: both modes, so forward mode is certified
     assert rule_of(jax.jit(jax.nn.softplus), x) == "custom_jvp"  # found inside a jit
     registry = Registry()
     info = registry.register("sin", jnp.sin, jnp.sin, [(normal(3),)], rule="custom_vjp")
     assert info.rule_at(info.samples(None)[0]) == "custom_vjp"
-    assert not any("jvp" in t for u in runner.plan(module=registry) for _, t in u.checks)
+    assert not any(t in FORWARD_MODE for u in runner.plan(module=registry) for _, t in u.checks)
 
 
 def test_registration_errors():
@@ -162,8 +163,8 @@ def test_registration_errors():
         registry.register("sin", jnp.sin, jnp.sin, [Sample((normal(3),))])
     with pytest.raises(TypeError, match="`reference` of 'cos' must be callable, got str"):
         registry.register("cos", jnp.cos, "cos", [Sample((normal(3),))])
-    with pytest.raises(ValueError, match="`rule` of 'cos' must be one of custom_vjp, custom_jvp, autodiff or 'auto', "
-                                         "got 'vjp'"):
+    with pytest.raises(ValueError, match="`rule` of 'cos' must be one of custom_vjp, custom_jvp, custom_rule, "
+                                         "autodiff or 'auto', got 'vjp'"):
         registry.register("cos", jnp.cos, jnp.cos, [Sample((normal(3),))], rule="vjp")
     with pytest.raises(ValueError, match="'cos' needs at least one sample, got none"):
         registry.register("cos", jnp.cos, jnp.cos, [])

@@ -9,10 +9,11 @@ import time
 from typing import Optional
 
 from jaxcnn._certify.runner import Record
+from jaxcnn.verify.checks import FORWARD_MODE
 
 #: Short names for the table (the JSON report has the full ones).
 SHORT_DTYPES = {"float64": "f64", "float32": "f32", "bfloat16": "bf16", "float16": "f16"}
-SHORT_TRANSFORMS = {"finite differences": "fd", "jvp finite differences": "jvp-fd"}
+SHORT_TRANSFORMS = {"finite differences": "fd", "jvp finite differences": "jvp-fd", "jvp-of-grad": "jvp∘grad"}
 
 #: The table's width, and the most of it an op's name takes (longer names are cut, "…").
 TABLE_WIDTH, NAME_WIDTH = 100, 30
@@ -24,16 +25,20 @@ def _pinned(r: Record) -> bool:
 
 def summary_rows(records: list[Record]) -> list[tuple]:
     """One row per op: checks, worst absolute and relative errors each with the dtype and
-    transform it came from, status. The worst errors leave out finite differences at a
-    kink pinned on purpose (large by design); the status counts them as passed when they
-    were found non-smooth."""
+    transform it came from, the status of its forward-mode checks (:data:`~jaxcnn.verify.checks.FORWARD_MODE`:
+    the hand JVP against the reference, finite differences and the hand VJP; ``-``: none run), status. The
+    worst errors leave out finite differences at a kink pinned on purpose (large by design);
+    the status counts them as passed when they were found non-smooth."""
     rows = []
     for name in dict.fromkeys(r.op for r in records):
         mine = [r for r in records if r.op == name]
         measured = [r for r in mine if not _pinned(r)]
         failed = sum(not r.ok for r in mine)
+        forward = [r for r in mine if r.transform in FORWARD_MODE]
+        forward_failed = sum(not r.ok for r in forward)
         rows.append((name if len(name) <= NAME_WIDTH else name[: NAME_WIDTH - 1] + "…", len(mine),
                      _worst_with_source(measured, 0), _worst_with_source(measured, 1),
+                     "-" if not forward else "ok" if not forward_failed else f"{forward_failed} FAILED",
                      "ok" if not failed else f"{failed} FAILED"))
     return rows
 
@@ -59,7 +64,7 @@ def format_rows(header: tuple, rows: list[tuple]) -> str:
 def format_table(records: list[Record]) -> str:
     """The summary, at most :data:`TABLE_WIDTH` columns: one row per op, then the transforms
     and dtypes run, the short names, and the kinks pinned on purpose."""
-    header = ("op", "checks", "worst abs error (where)", "worst rel error (where)", "status")
+    header = ("op", "checks", "worst abs (where)", "worst rel (where)", "forward", "status")
     table = format_rows(header, summary_rows(records))
     transforms, dtypes = dict.fromkeys(r.transform for r in records), dict.fromkeys(r.dtype for r in records)
     short = [f"{v} = {k}" for k, v in {**SHORT_DTYPES, **SHORT_TRANSFORMS}.items() if k in transforms or k in dtypes]

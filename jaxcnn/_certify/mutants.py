@@ -1,4 +1,5 @@
-"""The mutation suite: deliberately wrong backward rules, to prove the checker catches them.
+"""The mutation suite: deliberately wrong backward rules (and, in
+:mod:`jaxcnn._certify.forward_mutants`, forward rules), to prove the checker catches them.
 
 Each :class:`Mutant` is an op of :mod:`jaxcnn.ops` with the real forward and the real
 backward rule, except for the cotangent of one argument, which a classic mistake
@@ -33,6 +34,7 @@ from jax import lax
 
 from jaxcnn import _shapes, ops
 from jaxcnn._certify import display, runner
+from jaxcnn._certify.forward_mutants import FORWARD_MUTANTS, ForwardMutant
 from jaxcnn._certify.registry import REGISTRY
 from jaxcnn._certify.runner import Record
 from jaxcnn.verify import Sample
@@ -565,7 +567,8 @@ def _elementwise(formula: Callable) -> Callable:
     return lambda right, g, args, settings: formula(g, args.x, settings)
 
 
-MUTANTS: dict[str, Mutant] = {m.name: m for m in [
+#: Every mutant by name: the backward ones, then the forward ones (:class:`ForwardMutant`).
+MUTANTS: dict[str, "Mutant | ForwardMutant"] = {m.name: m for m in [
     Mutant("conv.no_kernel_flip", "x", "δ correlated with w itself, not rot180(w)",
            lambda right, g, a, s: right(g, w=_flip(a.w)), _window_gt_1,
            lecture="Hu & Zhu's quiz, option C; Raj's poll 3: δ *full w correlates with rot180(w), not w"),
@@ -737,6 +740,7 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in [
            _dropping),
     Mutant("downsample.nearest_neighbour_adjoint", "x", "δ copied over the block instead of zeros",
            _downsample_nearest_adjoint, _any_factor_gt_1),
+    *FORWARD_MUTANTS,
 ]}
 
 
@@ -784,9 +788,12 @@ class Outcome:
         }
 
 
-def reproduce(name: str, index: int, transform: str = "eager", seed: int = 0) -> Record:
-    """The check of mutant ``name`` at registry sample ``index`` (float64), diagnosed when it fails."""
+def reproduce(name: str, index: int, transform: Optional[str] = None, seed: int = 0) -> Record:
+    """The check of mutant ``name`` at registry sample ``index`` (float64), diagnosed when it
+    fails: ``transform``, by default the first its kind runs (``"eager"``, or ``"adjoint"``
+    for a forward mutant)."""
     m = MUTANTS[name]
+    transform = transform or _transforms(m)[0]
     snippet = f"from jaxcnn._certify import mutants\nprint(mutants.reproduce({name!r}, {index}, {transform!r}))"
     return runner.check_sample(m.op, index, "float64", transform, op=m.build(), label=name, snippet=snippet, seed=seed)
 
@@ -799,10 +806,16 @@ def run_one(m: Mutant, seed: int = 0) -> Outcome:
         if not m.applies(sample):
             continue
         tried += 1
-        record = reproduce(m.name, index, seed=seed)
-        if not record.ok:
-            return Outcome(m, record, tried)
+        for transform in _transforms(m):
+            record = reproduce(m.name, index, transform, seed=seed)
+            if not record.ok:
+                return Outcome(m, record, tried)
     return Outcome(m, None, tried)
+
+
+def _transforms(m: "Mutant | ForwardMutant") -> tuple[str, ...]:
+    """The checks that must catch ``m``: the hand VJP against autodiff, or a forward mutant's."""
+    return m.transforms if isinstance(m, ForwardMutant) else ("eager",)
 
 
 def run(names: Optional[Iterable[str]] = None, seed: int = 0) -> list[Outcome]:

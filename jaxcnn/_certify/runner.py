@@ -36,16 +36,20 @@ DTYPES = ("float32", "float64", "bfloat16")
 #: bfloat16 has too few bits for compiled code, second derivatives or per-example
 #: comparisons to say more than float32 does, but it is where a rule that returns the
 #: wrong dtype shows (the contract).
+#: Forward mode (a hand JVP) has its own rows: against the reference's JVP ("jvp", compiled,
+#: and under "jvp vmap" and "jvp-of-grad"), against central differences, and against the
+#: op's own VJP by the adjoint identity ("adjoint").
 PLAN = {
-    "float64": ("eager", "grad-of-grad", "finite differences", "jvp", "jvp finite differences"),
-    "float32": ("contract", "eager", "jit", "vmap", "grad-of-grad", "checkpoint", "sharding", "jvp"),
+    "float64": ("eager", "grad-of-grad", "finite differences", "jvp", "jvp finite differences", "adjoint"),
+    "float32": ("contract", "eager", "jit", "vmap", "grad-of-grad", "checkpoint", "sharding", "jvp", "adjoint",
+                "jvp vmap", "jvp-of-grad"),
     "bfloat16": ("contract", "eager"),
 }
 
 #: ``--quick``: the first ``OpInfo.quick`` samples of each op, these transforms.
 QUICK_PLAN = {
-    "float64": ("eager", "finite differences", "jvp finite differences"),
-    "float32": ("eager", "jit", "vmap", "grad-of-grad", "checkpoint", "sharding", "jvp"),
+    "float64": ("eager", "finite differences", "jvp finite differences", "adjoint"),
+    "float32": ("eager", "jit", "vmap", "grad-of-grad", "checkpoint", "sharding", "jvp", "adjoint"),
     "bfloat16": ("contract",),
 }
 
@@ -55,7 +59,7 @@ QUICK_PLAN = {
 PROBED = ("float32", "float64")
 
 #: Transforms that run only on the first ``OpInfo.few`` samples of each op.
-FEW_SAMPLES = frozenset({"contract", "vmap", "grad-of-grad", "checkpoint", "sharding"})
+FEW_SAMPLES = frozenset({"contract", "vmap", "grad-of-grad", "checkpoint", "sharding", "jvp vmap", "jvp-of-grad"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,10 +125,10 @@ def transforms_for(info: OpInfo, index: int, sample: Sample, dtype: str, quick: 
     for t in (QUICK_PLAN if quick else PLAN)[dtype]:
         if t in FEW_SAMPLES and index >= info.few:
             continue
-        if t in ("grad-of-grad", "jvp finite differences") and sample.kink:
+        if t in ("grad-of-grad", "jvp-of-grad", "jvp finite differences") and sample.kink:
             continue  # second derivatives, and finite differences of a JVP, at a kink are ill-defined
         if t in FORWARD_MODE and (rule or rule_at(info, sample)) == "custom_vjp":
-            continue  # no forward mode: JAX refuses jvp of a custom_vjp
+            continue  # a user's jax.custom_vjp: JAX refuses its jvp (a jaxcnn op without a JVP fails instead)
         if t == "sharding" and sharded_arguments(info.reference, cast(sample.args, dtype), info.batched,
                                                  cast_settings(sample.settings, dtype)) is None:
             continue

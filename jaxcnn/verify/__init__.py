@@ -4,10 +4,12 @@
 * :func:`check_numerical`: the rule against float64 central finite differences.
 * :func:`check_contract`: the ``custom_vjp`` contract (fwd = primal, one cotangent per
   argument with its shape and dtype, ``vjp(0) = 0``, linear in the cotangent).
-* :func:`check_jvp`: forward mode (a ``custom_jvp`` rule) against the reference's.
+* :func:`check_jvp`: forward mode (a hand JVP) against the reference's.
+* :func:`check_adjoint`: a function's forward mode against its reverse mode,
+  ``⟨J ṫ, g⟩ = ⟨ṫ, Jᵀ g⟩`` (the dot-product test: a hand JVP against a hand VJP).
 * :func:`check_transform`: any of these by name, or :func:`check_vjp` under ``jit``,
-  ``vmap`` (per-example gradients), grad-of-grad, ``jax.checkpoint`` or sharding
-  (:data:`TRANSFORMS`).
+  ``vmap`` (per-example gradients), grad-of-grad, ``jax.checkpoint`` or sharding, and
+  forward mode under ``vmap`` and of a gradient (:data:`TRANSFORMS`).
 * :func:`diagnose`: when they disagree, the verdict: rule wrong, finite differences
   untrustworthy, or a non-smooth point.
 * :func:`audit`: every ``custom_vjp``/``custom_jvp`` rule inside any JAX program (a Flax or
@@ -25,6 +27,7 @@ from jaxcnn.verify._nans import locate_nonfinite as find_nonfinite
 from jaxcnn.verify._report import CheckResult, Diagnosis, GradientMismatch
 from jaxcnn.verify.checks import TRANSFORMS, check_contract, check_jvp, check_numerical, check_transform, check_vjp
 from jaxcnn.verify.diagnose import diagnose
+from jaxcnn.verify.forward import check_adjoint
 from jaxcnn.verify.audit import AuditReport, Finding, audit
 from jaxcnn.verify.registry import Registry, Sample
 
@@ -38,6 +41,7 @@ __all__ = [
     "Registry",
     "Sample",
     "audit",
+    "check_adjoint",
     "check_contract",
     "check_jvp",
     "check_numerical",

@@ -133,6 +133,7 @@ class CheckResult:
             lines.append(f"  error: {self.error}")
         lines.extend(f"  note: {note}" for note in self.notes)
         label = ("finite-diff" if self.against.startswith("finite differences") else
+                 "⟨ṫ, Jᵀ g⟩" if "adjoint identity" in self.against else
                  "expected" if self.against == "custom_vjp contract" else "autodiff")
         if self.forward is not None:
             lines.append("  " + self.forward.describe("reference"))

@@ -25,10 +25,10 @@ from jaxcnn.verify._report import (FINITE_DIFFERENCE_TOLERANCE, ArgumentReport, 
 
 #: Every transform :func:`check_transform` knows, in the order reports list them.
 TRANSFORMS = ("contract", "eager", "jit", "vmap", "grad-of-grad", "checkpoint", "sharding", "finite differences",
-              "jvp", "jvp finite differences")
+              "jvp", "jvp finite differences", "adjoint", "jvp vmap", "jvp-of-grad")
 
-#: The transforms that need forward mode, which a ``custom_vjp`` does not have.
-FORWARD_MODE = ("jvp", "jvp finite differences")
+#: The transforms that need forward mode, which a ``custom_vjp`` does not have (jaxcnn.verify.forward).
+FORWARD_MODE = ("jvp", "jvp finite differences", "adjoint", "jvp vmap", "jvp-of-grad")
 
 
 def _vjp_check(op: Callable, against: str, leaves: Leaves, tol: Tolerance, rule: Callable, expected: Callable,
@@ -377,8 +377,12 @@ def check_transform(transform: str, op: Callable, reference: Callable, *args: An
       their leading axis and split over a ``jax.sharding.Mesh`` of all devices, the others
       replicated: the jitted op's VJP against the reference on a single device;
     * ``"contract"``: :func:`check_contract`; ``"finite differences"``: :func:`check_numerical`;
-    * ``"jvp"``: :func:`check_jvp`; ``"jvp finite differences"``: ``jax.jvp`` of the op
-      against central differences along the same tangents, in float64.
+    * ``"jvp"``: :func:`check_jvp` (compiled); ``"jvp finite differences"``: ``jax.jvp`` of
+      the op against central differences along the same tangents, in float64;
+    * ``"adjoint"``: :func:`check_adjoint`, the op's JVP against its own VJP (no reference);
+      ``"jvp vmap"``: the JVP of ``jax.vmap`` of the op (the batched arguments as for
+      ``"vmap"``) against a loop of the reference's; ``"jvp-of-grad"``: the JVP of the
+      gradient (forward over reverse, Hessian-vector products) against the reference's.
 
     ``batched``: for ``"vmap"`` and ``"sharding"``, the positions of the per-example arguments
     (inputs, labels); the others (weights, settings arrays) are shared.
@@ -406,6 +410,14 @@ def check_transform(transform: str, op: Callable, reference: Callable, *args: An
         return _check_sharded(op, reference, args, tuple(batched), settings, tol)
     if transform == "jvp":
         return check_jvp(op, reference, *args, **tol, **settings)
+    if transform in ("adjoint", "jvp vmap", "jvp-of-grad"):
+        from jaxcnn.verify import forward
+
+        if transform == "adjoint":
+            return forward.check_adjoint(op, *args, seed=seed, rtol=rtol, **settings)
+        if transform == "jvp vmap":
+            return forward.check_jvp_vmap(op, reference, *args, batched=batched, **tol, **settings)
+        return forward.check_jvp_of_grad(op, reference, *args, **tol, **settings)
     without_reference = {"contract": check_contract, "finite differences": check_numerical,
                          "jvp finite differences": _check_jvp_numerical}
     if transform not in without_reference:

@@ -70,6 +70,10 @@ EXPLANATIONS = {
                 "dtype or shape, fwd = primal, vjp(0) = 0 or linearity: see the check's report)",
     "jvp": "the VJP is right at the sample; the forward-mode (JVP) rule is wrong",
     "jvp finite differences": "the VJP is right at the sample; the forward-mode (JVP) rule is wrong",
+    "adjoint": "the VJP is right at the sample; the JVP is not its adjoint (⟨J ṫ, g⟩ ≠ ⟨ṫ, Jᵀ g⟩: a tangent term "
+               "missing, or routed to another element than the VJP's)",
+    "jvp vmap": "the VJP is right at the sample; the forward-mode (JVP) rule's batching is wrong",
+    "jvp-of-grad": "the VJP is right at the sample; the JVP of its backward (forward over reverse) is wrong",
 }
 
 

@@ -46,8 +46,9 @@ def _describe(arg: Any) -> str:
 
 
 #: How an op's derivative is defined: a ``jax.custom_vjp`` (reverse mode only), a
-#: ``jax.custom_jvp`` (forward mode; reverse mode by transposing it), or plain autodiff.
-RULES = ("custom_vjp", "custom_jvp", "autodiff")
+#: ``jax.custom_jvp`` (forward mode; reverse mode by transposing it), a jaxcnn
+#: ``custom_rule`` (a hand VJP and a hand JVP, :mod:`jaxcnn.ops._rule`), or plain autodiff.
+RULES = ("custom_vjp", "custom_jvp", "custom_rule", "autodiff")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +88,8 @@ def rule_of(op: Callable, *args: Any, **settings: Any) -> str:
     def visit(jaxpr):
         for eqn in jaxpr.eqns:
             found.update(kind for kind in RULES[:2] if eqn.primitive.name.startswith(kind))
+            if type(eqn.params.get("_prim")).__name__ == "_Call":  # a jaxcnn.ops._rule.custom_rule
+                found.add("custom_rule")
             for param in eqn.params.values():
                 for sub in param if isinstance(param, (tuple, list)) else (param,):
                     if isinstance(getattr(sub, "jaxpr", sub), jax.extend.core.Jaxpr):
