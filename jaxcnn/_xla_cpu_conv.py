@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from jaxcnn import _shapes, _xla_cpu
+from jaxcnn.ops._conv_formulas import IM2COL
 from jaxcnn.ops._conv_plan import Plan, Problem
 from jaxcnn.ops._im2col import whole_window
 
@@ -36,6 +37,8 @@ COL2IM_MAX_PAIRS = 1024
 #: samples each (performance.md, "Weight gradient in batch chunks"); over at most
 #: :data:`CORRELATE_CHUNK_MAX_RANK` spatial axes (a 3-D ``dW`` runs slower in chunks).
 CORRELATE_CHUNK_MAX_RANK = 2
+#: 1-D: chunks of at least this many samples, or none (a long window's few-sample chunks are slower).
+CORRELATE_CHUNK_MIN_SAMPLES_1D = 8
 CORRELATE_CHUNK_MIN_TERMS = 8192
 CORRELATE_CHUNK_MACS = 1 << 21
 CORRELATE_CHUNK_BYTES = 1 << 20
@@ -53,8 +56,14 @@ def auto_policy(problem: Problem) -> Plan:
 
 
 def transpose_policy(problem: Problem) -> Plan:
-    """``method="auto"`` of :func:`jaxcnn.ops.conv_transpose`: XLA's convolutions, tuned on the CPU."""
-    return tuned(Plan.of("xla"), problem) if problem.platform == "cpu" else Plan.of("xla")
+    """``method="auto"`` of :func:`jaxcnn.ops.conv_transpose`: XLA's convolutions off the CPU; on
+    the CPU im2col in 1-D where it applies (col2im's ``y`` multiplies none of the upsampled
+    input's zeros), XLA's convolutions otherwise, tuned."""
+    if problem.platform != "cpu":
+        return Plan.of("xla")
+    if len(problem.geometry.window) == 1 and IM2COL.refuses(problem.geometry) is None:
+        return tuned(Plan.of("im2col"), problem)
+    return tuned(Plan.of("xla"), problem)
 
 
 def cpu_formulas(problem: Problem) -> Plan:
@@ -116,7 +125,8 @@ def weight_chunk(formula: str, problem: Problem) -> int:
     XLA's convolution over a long contracted batch runs several times slower than over a few
     samples: a power of two samples within :data:`CORRELATE_CHUNK_MACS` and
     :data:`CORRELATE_CHUNK_BYTES`, once it contracts :data:`CORRELATE_CHUNK_MIN_TERMS` terms, in
-    1-D and 2-D (:data:`CORRELATE_CHUNK_MAX_RANK`).
+    1-D and 2-D (:data:`CORRELATE_CHUNK_MAX_RANK`), in 1-D only chunks of at least
+    :data:`CORRELATE_CHUNK_MIN_SAMPLES_1D` samples.
     Winograd's products keep a chunk's transformed tiles in the cache: about
     :data:`WINOGRAD_CHUNK_BYTES` of input. Shapes are one group's (``dW`` runs per group)."""
     n, in_shape, out_shape = problem.x_shape[0], problem.x_shape[1:-1], problem.geometry.out_shape
@@ -131,4 +141,5 @@ def weight_chunk(formula: str, problem: Problem) -> int:
     macs = max(1, math.prod(out_shape) * c_in * c_out)  # per sample and tap
     size = max(1, (math.prod(in_shape) * c_in + math.prod(out_shape) * c_out) * itemsize)
     fits = max(1, min(CORRELATE_CHUNK_MACS // macs, CORRELATE_CHUNK_BYTES // size))
-    return 1 << (fits.bit_length() - 1)
+    chunk = 1 << (fits.bit_length() - 1)
+    return 0 if len(out_shape) == 1 and chunk < CORRELATE_CHUNK_MIN_SAMPLES_1D else chunk

@@ -600,7 +600,13 @@ def test_the_cpu_policy_chunks_xla_and_winograd_weight_gradients(monkeypatch):
 def test_the_cpu_policy_chunks_no_3d_weight_gradient():
     # a 3-D dW runs slower in batch chunks (docs/performance.md, "The convolution family"); 2-D ones chunk
     assert _plan((8, 16, 16, 16, 16), (3, 3, 3, 16, 16), padding=1, platform="cpu") == Plan.of("xla")
-    assert _plan((128, 16, 16, 16), (3, 3, 16, 16), padding=1, platform="cpu").weight_chunk == 32  # 2^21 / (16·16·16·16)
+    assert _plan((128, 16, 16, 16), (3, 3, 16, 16), padding=1, platform="cpu").weight_chunk == 32  # 2^21 / 16·16·16·16
+
+
+def test_the_cpu_policy_chunks_1d_weight_gradients_by_at_least_8_samples():
+    # a long 1-D window's chunks of 2 or 4 samples run slower than none (docs/performance.md, "The convolution family")
+    assert _plan((16, 1000, 32), (63, 32, 32), padding=31, platform="cpu") == Plan.of("xla")  # the budget: 2
+    assert _plan((64, 512, 16), (33, 16, 16), padding=16, platform="cpu").weight_chunk == 16
 
 
 @pytest.mark.parametrize("w_shape,settings,got", [
