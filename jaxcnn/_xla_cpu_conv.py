@@ -14,8 +14,8 @@ import math
 import numpy as np
 
 from jaxcnn import _shapes, _xla_cpu
+from jaxcnn.ops._conv_formulas import IM2COL
 from jaxcnn.ops._conv_plan import Plan, Problem
-from jaxcnn.ops._conv_winograd import refuses as winograd_refuses
 from jaxcnn.ops._im2col import whole_window
 
 #: 1-D: taps for at most this many input channels.
@@ -28,19 +28,17 @@ ROWS_MAX_C_IN = 4
 #: blocks for ``dW``, col2im for ``dx``; XLA:CPU's grouped convolutions are slow
 #: (performance.md, "Grouped and depthwise convolution").
 GROUPED_MAX_C_IN = 8
-#: 2-D 3 × 3, stride 1, no dilation: Winograd's F(2×2, 3×3) for ``y`` from this many input
-#: channels (per group) and for ``dx`` from this many output channels, where the outputs (for
-#: ``dx`` the inputs) are at least :data:`WINOGRAD_MIN_OUT` on each axis; in 32 and 64 bits only
-#: (in bfloat16 and float16 its transforms lose more than XLA's convolution, issue 36).
-#: ``dW`` stays XLA's, summed in batch chunks.
-WINOGRAD_MIN_CHANNELS = 32
-WINOGRAD_MIN_OUT = 6
-#: 1-D: ``dx`` by col2im at stride 1 for at most this many channel pairs (strided: always col2im).
+#: 1-D: ``dx`` by col2im at stride 1 for at most this many channel pairs, beside taps or im2col
+#: products only (beside XLA's, XLA's transposed convolution; strided: always col2im).
 COL2IM_MAX_PAIRS = 1024
 #: XLA's weight gradient (:func:`jaxcnn._xla_cpu.correlate_over_batch`) sums the batch in chunks
 #: when it contracts more than this many terms per output (batch × positions), of at most this
 #: many multiply-adds per kernel tap and this many bytes of ``x`` and ``δ``, a power of two
-#: samples each (performance.md, "Weight gradient in batch chunks").
+#: samples each (performance.md, "Weight gradient in batch chunks"); over at most
+#: :data:`CORRELATE_CHUNK_MAX_RANK` spatial axes (a 3-D ``dW`` runs slower in chunks).
+CORRELATE_CHUNK_MAX_RANK = 2
+#: 1-D: chunks of at least this many samples, or none (a long window's few-sample chunks are slower).
+CORRELATE_CHUNK_MIN_SAMPLES_1D = 8
 CORRELATE_CHUNK_MIN_TERMS = 8192
 CORRELATE_CHUNK_MACS = 1 << 21
 CORRELATE_CHUNK_BYTES = 1 << 20
@@ -58,8 +56,14 @@ def auto_policy(problem: Problem) -> Plan:
 
 
 def transpose_policy(problem: Problem) -> Plan:
-    """``method="auto"`` of :func:`jaxcnn.ops.conv_transpose`: XLA's convolutions, tuned on the CPU."""
-    return tuned(Plan.of("xla"), problem) if problem.platform == "cpu" else Plan.of("xla")
+    """``method="auto"`` of :func:`jaxcnn.ops.conv_transpose`: XLA's convolutions off the CPU; on
+    the CPU im2col in 1-D where it applies (col2im's ``y`` multiplies none of the upsampled
+    input's zeros), XLA's convolutions otherwise, tuned."""
+    if problem.platform != "cpu":
+        return Plan.of("xla")
+    if len(problem.geometry.window) == 1 and IM2COL.refuses(problem.geometry) is None:
+        return tuned(Plan.of("im2col"), problem)
+    return tuned(Plan.of("xla"), problem)
 
 
 def cpu_formulas(problem: Problem) -> Plan:
@@ -68,16 +72,17 @@ def cpu_formulas(problem: Problem) -> Plan:
     A window covering the whole input (LeNet-5's C5) is a dense layer, im2col without a copy;
     few input channels (LeNet-5's C1, RGB images) use row blocks for ``y`` and ``dW``, whose
     column matrix the two share inside one jitted step; more input channels (C3's 6) use XLA's
-    convolutions, which need no ``K``-times larger column matrix; 3 × 3 windows at stride 1 (a
-    ResNet's or VGG's) use Winograd's F(2×2, 3×3) for ``y`` and ``dx`` from 32 channels, in 32
-    and 64 bits (:func:`_winograd_where_faster`). 1-D convolutions use taps for few input
-    channels, im2col while a sample's forward is small, and XLA's convolutions above. A 1 × 1
-    window without padding (a pointwise convolution) is one matrix product per product, im2col
-    and col2im. ``dx`` overlap-adds ``δ Wᵀ`` (col2im) in 1-D where XLA's transposed convolution
-    would multiply the zeros of a strided δ or the channels are few; in 2-D and 3-D only where
-    the channels are too few to vectorise. Elsewhere XLA's own convolutions win. All of them are
-    written in XLA:CPU's canonical form, which it also runs fast inside the loop of
-    :func:`jaxcnn.train.make_epoch`.
+    convolutions, which need no ``K``-times larger column matrix; so do 3 × 3 windows at stride 1
+    (a ResNet's or VGG's): Winograd's F(2×2, 3×3) (``method="winograd"``) no longer beats XLA's
+    convolutions with ``dW`` in batch chunks (performance.md, "The convolution family"). 1-D
+    convolutions use taps for few input channels, im2col while a sample's forward is small, and
+    XLA's convolutions above. A 1 × 1 window without padding (a pointwise convolution) is one
+    matrix product per product, im2col and col2im. ``dx`` overlap-adds ``δ Wᵀ`` (col2im) in 1-D
+    where XLA's transposed convolution would multiply the zeros of a strided δ, or at stride 1
+    beside taps or im2col products with few channel pairs (a long window's ``δ Wᵀ`` costs more
+    than XLA's convolution); in 2-D and 3-D only where the channels are too few to vectorise.
+    Elsewhere XLA's own convolutions win. All of them are written in XLA:CPU's canonical form,
+    which it also runs fast inside the loop of :func:`jaxcnn.train.make_epoch`.
 
     Grouped convolutions (``groups > 1``) run every product per group; with few input channels
     per group (depthwise: one) the forward is the window's scaled taps, ``dW`` row blocks and
@@ -95,24 +100,11 @@ def cpu_formulas(problem: Problem) -> Plan:
     if len(geom.window) == 1:
         macs = int(np.prod(geom.out_shape)) * int(np.prod(geom.window)) * c_in * c_out  # per sample, forward
         products = "taps" if c_in <= TAPS_MAX_C_IN else "im2col" if macs < IM2COL_1D_MAX_MACS else "xla"
-        col2im = max(geom.stride) > 1 or c_in * c_out <= COL2IM_MAX_PAIRS
+        col2im = max(geom.stride) > 1 or (products != "xla" and c_in * c_out <= COL2IM_MAX_PAIRS)
     else:
         products = "rows" if c_in <= ROWS_MAX_C_IN else "xla"
         col2im = c_in <= ROWS_MAX_C_IN
-    plan = Plan(products, products, "im2col" if col2im else "xla")
-    if winograd_refuses(geom) or np.dtype(problem.dtype).itemsize < 4:
-        return plan
-    return _winograd_where_faster(plan, geom, in_shape, c_in, c_out)
-
-
-def _winograd_where_faster(plan: Plan, geom: _shapes.Geometry, in_shape, c_in: int, c_out: int) -> Plan:
-    """``plan`` with Winograd's F(2×2, 3×3) for ``y`` over many input channels and for
-    ``dx`` (the same forward on δ) over many output channels, each with enough tiles."""
-    if c_in >= WINOGRAD_MIN_CHANNELS and min(geom.out_shape) >= WINOGRAD_MIN_OUT:
-        plan = plan._replace(forward="winograd")
-    if c_out >= WINOGRAD_MIN_CHANNELS and min(in_shape) >= WINOGRAD_MIN_OUT:
-        plan = plan._replace(input="winograd")
-    return plan
+    return Plan(products, products, "im2col" if col2im else "xla")
 
 
 def _pointwise(geom: _shapes.Geometry) -> bool:
@@ -132,7 +124,9 @@ def weight_chunk(formula: str, problem: Problem) -> int:
 
     XLA's convolution over a long contracted batch runs several times slower than over a few
     samples: a power of two samples within :data:`CORRELATE_CHUNK_MACS` and
-    :data:`CORRELATE_CHUNK_BYTES`, once it contracts :data:`CORRELATE_CHUNK_MIN_TERMS` terms.
+    :data:`CORRELATE_CHUNK_BYTES`, once it contracts :data:`CORRELATE_CHUNK_MIN_TERMS` terms, in
+    1-D and 2-D (:data:`CORRELATE_CHUNK_MAX_RANK`), in 1-D only chunks of at least
+    :data:`CORRELATE_CHUNK_MIN_SAMPLES_1D` samples.
     Winograd's products keep a chunk's transformed tiles in the cache: about
     :data:`WINOGRAD_CHUNK_BYTES` of input. Shapes are one group's (``dW`` runs per group)."""
     n, in_shape, out_shape = problem.x_shape[0], problem.x_shape[1:-1], problem.geometry.out_shape
@@ -140,9 +134,12 @@ def weight_chunk(formula: str, problem: Problem) -> int:
     itemsize = np.dtype(problem.dtype).itemsize
     if formula == "winograd":
         return max(1, WINOGRAD_CHUNK_BYTES // max(1, math.prod(in_shape) * c_in * itemsize))
-    if formula != "xla" or n * math.prod(out_shape) <= CORRELATE_CHUNK_MIN_TERMS:
+    if formula != "xla" or len(out_shape) > CORRELATE_CHUNK_MAX_RANK:
+        return 0
+    if n * math.prod(out_shape) <= CORRELATE_CHUNK_MIN_TERMS:
         return 0
     macs = max(1, math.prod(out_shape) * c_in * c_out)  # per sample and tap
     size = max(1, (math.prod(in_shape) * c_in + math.prod(out_shape) * c_out) * itemsize)
     fits = max(1, min(CORRELATE_CHUNK_MACS // macs, CORRELATE_CHUNK_BYTES // size))
-    return 1 << (fits.bit_length() - 1)
+    chunk = 1 << (fits.bit_length() - 1)
+    return 0 if len(out_shape) == 1 and chunk < CORRELATE_CHUNK_MIN_SAMPLES_1D else chunk

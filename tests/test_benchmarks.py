@@ -85,3 +85,19 @@ def test_winograd_products_prints_the_three_products_and_the_plan():
     assert proc.returncode == 0, proc.stderr
     assert "y ms: xla / winograd (ratio)" in proc.stdout and "auto: y / dW / dx" in proc.stdout
     assert "2 × 6×6, 12 → 12" in proc.stdout and "1 × 4×4, 2 → 3" in proc.stdout
+
+
+def test_bench_conv_family_quick_mode_on_two_layers(tmp_path):
+    out, table = tmp_path / "result.json", tmp_path / "table.md"
+    proc = subprocess.run([sys.executable, "bench_conv_family.py", "--quick", "--cases", "3-D", "--cases", "transposed",
+                           "--json", str(out), "--out", str(table)], cwd=EXPERIMENTS, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    text = table.read_text()
+    assert "ops / reference (95%)" in text and "ops / PyTorch" in text and "noise floor" in text
+    assert "load average" in text and "commit" in text
+    rows = json.loads(out.read_text())["results"]
+    assert [r["family"] for r in rows] == ["quick 3-D 3×3×3", "quick transposed 1-D, stride 2"]
+    assert all(r["ms"]["ops"] > 0 and r["ms"]["reference"] > 0 and r["ms"]["reference again"] > 0 for r in rows)
+    assert rows[0]["plan"] == "rows / rows / im2col" and rows[1]["plan"] == "im2col / im2col / im2col"  # auto's
+    assert all(set(r.get("torch_ms", {"ops": 1})) <= {"ops", "PyTorch CPU"} for r in rows)

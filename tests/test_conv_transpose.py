@@ -15,6 +15,7 @@ from jax import lax
 import opcheck
 from conftest import covering, examples
 from jaxcnn import _shapes, nn, ops, reference, verify
+from jaxcnn.ops import _conv_transpose as _conv_transpose_module
 from jaxcnn.ops._conv_plan import Plan
 
 LAYOUT = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}
@@ -455,3 +456,23 @@ def test_jvp_and_vjp_are_adjoint(rng, method):
     g = _normal(rng, *y.shape)
     cotangents = jax.vjp(conv_transpose, x, w, b)[1](g)
     np.testing.assert_allclose(jnp.vdot(ty, g), sum(jnp.vdot(a, c) for a, c in zip(t, cotangents)), rtol=1e-12)
+
+def _auto_plan(x_shape, w_shape, **settings):
+    """The plan ``conv_transpose(method="auto")`` resolves on XLA:CPU."""
+    x, w = jnp.zeros(x_shape, jnp.float32), jnp.zeros(w_shape, jnp.float32)
+    x, w, b, geom, groups = _conv_transpose_module._validate(x, w, None, settings.pop("stride", 1),
+                                                             settings.pop("padding", "VALID"), 1,
+                                                             settings.pop("output_padding", 0), 1)
+    return _conv_transpose_module._spec(x, w, b, geom, groups, "auto", "cpu").plan
+
+
+@pytest.mark.parametrize("x_shape,w_shape,settings,plan", [
+    ((2, 16, 8), (5, 8, 4), dict(stride=2, padding=2, output_padding=1), Plan.of("im2col")),  # 1-D: col2im's y
+    ((2, 16, 8), (3, 8, 4), dict(stride=2, output_padding=1), Plan.of("xla")),  # past the high padding: XLA's
+    ((2, 6, 6, 8), (3, 3, 8, 4), dict(stride=2, padding=1, output_padding=1), Plan.of("xla")),  # 2-D: XLA's
+])
+def test_auto_plan_on_the_cpu_stays_exact(rng, x_shape, w_shape, settings, plan):
+    # 1-D on XLA:CPU: im2col's three products where they apply (docs/performance.md, "The convolution family")
+    assert _auto_plan(x_shape, w_shape, **settings)[:3] == plan[:3]
+    x, w, b = _normal(rng, *x_shape), _normal(rng, *w_shape), _normal(rng, w_shape[-1])
+    verify.check_vjp(ops.conv_transpose, reference.conv_transpose, x, w, b, **settings, platform="cpu").assert_ok()

@@ -509,7 +509,8 @@ def test_auto_loop_steps_on_the_cpu_only_when_a_convolution_is_slow_in_a_loop():
     xla_model = nn.serial(nn.Conv(3, (3,), padding=1, method="xla"), nn.Relu(), nn.Flatten(), nn.Dense(2))
     autodiff_model = nn.serial(nn.Conv(3, (3,), stride=2, padding=1, ops=reference), nn.Relu(), nn.Flatten(),
                                nn.Dense(2))
-    transpose_model = nn.serial(nn.ConvTranspose(3, (3,), stride=2), nn.Relu(), nn.Flatten(), nn.Dense(2))
+    transpose_model = nn.serial(nn.ConvTranspose(3, (3,), stride=2, method="xla"), nn.Relu(), nn.Flatten(),
+                                nn.Dense(2))  # 1-D auto: im2col, no XLA convolution
     transpose_autodiff = nn.serial(nn.ConvTranspose(3, (3,), stride=2, ops=reference), nn.Relu(), nn.Flatten(),
                                    nn.Dense(2))
     taps_model = nn.serial(nn.Conv(3, (3, 3), padding=1, method="taps"), nn.Relu(), nn.Flatten(), nn.Dense(2))
