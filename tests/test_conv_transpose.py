@@ -457,6 +457,7 @@ def test_jvp_and_vjp_are_adjoint(rng, method):
     cotangents = jax.vjp(conv_transpose, x, w, b)[1](g)
     np.testing.assert_allclose(jnp.vdot(ty, g), sum(jnp.vdot(a, c) for a, c in zip(t, cotangents)), rtol=1e-12)
 
+
 def _auto_plan(x_shape, w_shape, **settings):
     """The plan ``conv_transpose(method="auto")`` resolves on XLA:CPU."""
     x, w = jnp.zeros(x_shape, jnp.float32), jnp.zeros(w_shape, jnp.float32)
