@@ -104,18 +104,22 @@ def assert_forward_mode(name, *args, rtol=1e-10, atol=1e-12, seed=0, **settings)
 
     argnums = tuple(range(len(primals)))
     cases = {
-        "jvp": lambda fn: jax.jvp(of(fn), primals, tangents),
-        "linearize": lambda fn: jax.linearize(of(fn), *primals)[1](*tangents),
-        "jacfwd": lambda fn: jax.jacfwd(of(fn), argnums=argnums)(*primals),
-        "hessian": lambda fn: jax.hessian(scalar(fn), argnums=argnums)(*primals),
-        "jvp-of-grad": lambda fn: jax.jvp(jax.grad(scalar(fn), argnums=argnums), primals, tangents),
-        "grad-of-jvp": lambda fn: jax.grad(lambda *p: sum(jnp.sum(jnp.cos(t) * c) for t, c in zip(
-                jax.tree_util.tree_leaves(jax.jvp(of(fn), p, tangents)[1]),
-                jax.tree_util.tree_leaves(weights))), argnums=argnums)(*primals),
+        "jvp": lambda fn, p, t: jax.jvp(of(fn), p, t),
+        "linearize": lambda fn, p, t: jax.linearize(of(fn), *p)[1](*t),
+        "jacfwd": lambda fn, p, t: jax.jacfwd(of(fn), argnums=argnums)(*p),
+        "hessian": lambda fn, p, t: jax.hessian(scalar(fn), argnums=argnums)(*p),
+        "jvp-of-grad": lambda fn, p, t: jax.jvp(jax.grad(scalar(fn), argnums=argnums), p, t),
+        "grad-of-jvp": lambda fn, p, t: jax.grad(lambda *q: sum(jnp.sum(jnp.cos(u) * c) for u, c in zip(
+                jax.tree_util.tree_leaves(jax.jvp(of(fn), q, t)[1]),
+                jax.tree_util.tree_leaves(weights))), argnums=argnums)(*p),
     }
-    for transform, run in cases.items():
-        got, expected = run(op), run(ref)
-        for g, e in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected)):
+
+    def every(fn):  # one compiled program per side: a dozen small ones cost the suite minutes
+        return jax.jit(lambda p, t: {transform: run(fn, p, t) for transform, run in cases.items()})(primals, tangents)
+
+    got, expected = every(op), every(ref)
+    for transform in cases:
+        for g, e in zip(jax.tree_util.tree_leaves(got[transform]), jax.tree_util.tree_leaves(expected[transform])):
             np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=rtol, atol=atol,
                                        err_msg=f"{name}: {transform} of the op vs of the reference")
     rules = r"jaxcnn\.\w+\.(jvp|vjp)"
