@@ -601,3 +601,12 @@ def test_max_pool_tangent_of_an_all_equal_window_is_its_first_entry():
                          ids=["max_pool", "mean_pool"])
 def test_forward_mode_under_vmap_and_float32(rng, op):
     opcheck.assert_jvp_vmaps_and_keeps_float32(op, jnp.asarray(rng.standard_normal((3, 1, 5, 5, 2))))
+
+
+@pytest.mark.parametrize("op", [lambda x: ops.max_pool(x, 2, return_indices=True),
+                                lambda x: ops.adaptive_max_pool(x, 3, return_indices=True)], ids=["max", "adaptive"])
+def test_forward_mode_with_return_indices(rng, op):
+    x = jnp.asarray(rng.standard_normal((2, 4, 5, 3)))
+    (y, indices), (t_y, t_indices) = jax.jvp(op, (x,), (x,))
+    np.testing.assert_array_equal(t_y, y)  # max(x + εx) = (1 + ε) max(x): the tangent along x is y itself
+    assert t_indices.dtype == jax.dtypes.float0 and t_indices.shape == indices.shape
