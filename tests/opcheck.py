@@ -196,3 +196,47 @@ def assert_adjoint(name, *args, rtol=1e-12, seed=0, **settings):
 
     np.testing.assert_allclose(dot(jt, g), dot(tangents, jtg), rtol=rtol,
                                err_msg=f"{name}: ⟨J ṫ, g⟩ (hand JVP) vs ⟨ṫ, Jᵀ g⟩ (hand VJP), {settings}")
+
+
+def assert_adjoint_identity(fn, *primals, rtol=1e-12, seed=0):
+    """``⟨J ṫ, g⟩ = ⟨ṫ, Jᵀ g⟩`` for random ``ṫ`` and ``g``: ``jax.jvp`` (the hand JVP) against
+    ``jax.vjp`` (the hand VJP) of ``fn`` at ``primals``, every output and floating argument.
+    Ties the two hand derivations together where the reference's autodiff may route ties
+    differently."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    keys = iter(jax.random.split(jax.random.PRNGKey(seed), 64))
+    tangents = tuple(jax.random.normal(next(keys), p.shape, p.dtype) for p in primals)
+    out, t_out = jax.jvp(fn, primals, tangents)
+    g = jax.tree_util.tree_map(lambda o: jax.random.normal(next(keys), o.shape, o.dtype), out)
+    cts = jax.vjp(fn, *primals)[1](g)
+    dot = lambda a, b: sum(float(jnp.vdot(u, v)) for u, v in zip(jax.tree_util.tree_leaves(a),  # noqa: E731
+                                                                 jax.tree_util.tree_leaves(b)))
+    lhs, rhs = dot(t_out, g), dot(tangents, cts)
+    np.testing.assert_allclose(lhs, rhs, rtol=rtol, err_msg="⟨J ṫ, g⟩ ≠ ⟨ṫ, Jᵀ g⟩: the hand JVP and VJP disagree")
+
+
+def assert_jvp_vmaps_and_keeps_float32(fn, *samples, seed=0):
+    """``jax.vmap`` of ``jax.jvp(fn)`` over ``samples`` (a leading sample axis on every argument)
+    equals the samples' JVPs one by one, and the JVP of the first sample in float32 runs, keeps
+    float32 and agrees with float64 to float32 precision."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    keys = iter(jax.random.split(jax.random.PRNGKey(seed), len(samples)))
+    tangents = tuple(jax.random.normal(next(keys), s.shape, s.dtype) for s in samples)
+    leaves = lambda tree: jax.tree_util.tree_leaves(tree)  # noqa: E731
+    batched = jax.vmap(lambda p, t: jax.jvp(fn, p, t)[1])(samples, tangents)
+    for i in range(samples[0].shape[0]):
+        one = jax.jvp(fn, tuple(s[i] for s in samples), tuple(t[i] for t in tangents))[1]
+        for b, o in zip(leaves(batched), leaves(one)):
+            np.testing.assert_allclose(b[i], o, rtol=1e-13, atol=1e-14, err_msg="vmap of jvp vs one by one")
+    first = lambda arrays, dtype: tuple(a[0].astype(dtype) for a in arrays)  # noqa: E731
+    y32, t32 = jax.jvp(fn, first(samples, jnp.float32), first(tangents, jnp.float32))
+    t64 = jax.jvp(fn, first(samples, jnp.float64), first(tangents, jnp.float64))[1]
+    for y, t, e in zip(leaves(y32), leaves(t32), leaves(t64)):
+        assert y.dtype == t.dtype == jnp.float32, (y.dtype, t.dtype)
+        np.testing.assert_allclose(t, e, rtol=1e-4, atol=1e-4, err_msg="float32 jvp vs float64")

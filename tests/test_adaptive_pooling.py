@@ -241,3 +241,26 @@ def test_layers_init_and_apply_agree(rng, layer, name, shape, out):
         assert out_shape == (-1, *y.shape[1:]) and y.shape[0] == 2
     with pytest.raises(ValueError, match=rf"{layer.__name__}: `output_size` must be >= 1 on every axis"):
         layer(0).init(jax.random.key(0), shape)
+
+
+# --------------------------------------------------------------------------- forward mode
+
+
+@pytest.mark.parametrize("shape, out", [((2, 5, 6, 3), (3, 4)), ((2, 4, 3), 7), ((1, 3, 4, 5, 2), (2, None, 3))])
+@pytest.mark.parametrize("name", ["adaptive_max_pool", "adaptive_mean_pool"])
+def test_forward_mode_matches_the_reference(rng, name, shape, out):
+    opcheck.assert_forward_mode(name, jnp.asarray(rng.standard_normal(shape)), output_size=out)  # tie-free
+
+
+@pytest.mark.parametrize("out", [(3, 4), 7])
+def test_max_tangent_at_a_tie_is_the_vjps_maximum(rng, out):
+    x = jnp.asarray(rng.integers(0, 2, (2, 5, 6, 2)), jnp.float64)  # exact ties, shared maxima
+    opcheck.assert_adjoint_identity(lambda x: ops.adaptive_max_pool(x, out), x)
+    t = jnp.arange(1.0, 4.0).reshape(1, 3, 1)
+    assert jax.jvp(lambda x: ops.adaptive_max_pool(x, 1), (jnp.ones((1, 3, 1)),), (t,))[1].ravel().tolist() == [1.0]
+
+
+@pytest.mark.parametrize("name", ["adaptive_max_pool", "adaptive_mean_pool"])
+def test_forward_mode_under_vmap_and_float32(rng, name):
+    opcheck.assert_jvp_vmaps_and_keeps_float32(lambda x: getattr(ops, name)(x, (2, 3)),
+                                               jnp.asarray(rng.standard_normal((3, 1, 5, 4, 2))))

@@ -58,3 +58,25 @@ def test_global_pool_keepdims_must_be_a_bool(name):
             with pytest.raises(TypeError, match=rf"{name}: `keepdims` must be True or False, got {bad!r}"):
                 op(x, keepdims=bad)
         assert op(x, keepdims=np.True_).shape == (2, 1, 1, 4)
+
+
+# --------------------------------------------------------------------------- forward mode
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 3), (2, 3, 4, 2), (1, 2, 3, 2, 2)])
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("name", ["global_max_pool", "global_mean_pool"])
+def test_forward_mode_matches_the_reference(rng, name, shape, keepdims):
+    opcheck.assert_forward_mode(name, jnp.asarray(rng.standard_normal(shape)), keepdims=keepdims)  # tie-free
+
+
+def test_max_tangent_at_a_tie_is_the_vjps_maximum(rng):
+    x = jnp.asarray(rng.integers(0, 2, (3, 4, 3, 2)), jnp.float64)  # exact ties
+    opcheck.assert_adjoint_identity(ops.global_max_pool, x)
+    t = jnp.array([[[1.0], [2.0], [3.0]]])
+    assert jax.jvp(ops.global_max_pool, (jnp.array([[[1.0], [5.0], [5.0]]]),), (t,))[1].tolist() == [[2.0]]
+
+
+@pytest.mark.parametrize("name", ["global_max_pool", "global_mean_pool"])
+def test_forward_mode_under_vmap_and_float32(rng, name):
+    opcheck.assert_jvp_vmaps_and_keeps_float32(getattr(ops, name), jnp.asarray(rng.standard_normal((3, 2, 4, 3, 2))))

@@ -210,3 +210,76 @@ def test_normalisation_of_a_nearly_constant_huge_channel_stays_finite(rng):
         y, mu, var = module.batch_norm(x, None, None, eps=1e-5)
         np.testing.assert_allclose(y, exact, rtol=1e-3, atol=1e-3)
         assert np.all(np.isfinite(mu)) and np.all(np.isinf(var))
+
+
+# --------------------------------------------------------------------------- forward mode
+
+
+def _params(rng, *shapes):
+    return tuple(jnp.asarray(rng.normal(size=s)) for s in shapes)
+
+
+@pytest.mark.parametrize("shape, settings", [((6, 3), {}), ((3, 2, 3, 4), {}), ((3, 4, 2, 2), {"axis": 1, "eps": 0.1})])
+def test_batch_norm_training_forward_mode_matches_the_reference(rng, shape, settings):
+    c = shape[settings.get("axis", -1)]
+    x, gamma, beta = _params(rng, shape, c, c)
+    opcheck.assert_forward_mode("batch_norm", x, gamma, beta, **settings)  # y, μ and σ² and their tangents
+    opcheck.assert_adjoint_identity(lambda *a: ops.batch_norm(*a, **settings), x, gamma, beta)
+
+
+def test_batch_norm_evaluation_forward_mode_includes_the_running_statistics(rng):
+    x, gamma, beta, mean = _params(rng, (3, 2, 2, 4), 4, 4, 4)
+    var = jnp.exp(jnp.asarray(rng.normal(size=4)))
+    opcheck.assert_forward_mode("batch_norm", x, gamma, beta, mean=mean, var=var)
+    primals, tangents = (x, gamma, beta, mean, var), _params(rng, x.shape, 4, 4, 4, 4)
+    hand, auto = (functools.partial(lambda m, *a: m.batch_norm(*a[:3], mean=a[3], var=a[4], eps=0.01), m)
+                  for m in (ops, reference))  # every argument differentiated, the statistics too
+    np.testing.assert_allclose(jax.jvp(hand, primals, tangents)[1], jax.jvp(auto, primals, tangents)[1],
+                               rtol=1e-12, atol=1e-12)
+    for a, b in zip(jax.jacfwd(hand, argnums=(3, 4))(*primals), jax.jacfwd(auto, argnums=(3, 4))(*primals)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    opcheck.assert_adjoint_identity(hand, *primals)
+
+
+@pytest.mark.parametrize("shape, axis", [((3, 5), -1), ((2, 3, 2, 4), (1, 2, 3))])
+def test_layer_norm_forward_mode_matches_the_reference(rng, shape, axis):
+    normalised = tuple(shape[a] for a in ((axis,) if isinstance(axis, int) else axis))
+    x, gamma, beta = _params(rng, shape, normalised, normalised)
+    opcheck.assert_forward_mode("layer_norm", x, gamma, beta, axis=axis)
+    opcheck.assert_adjoint_identity(lambda *a: ops.layer_norm(*a, axis=axis), x, gamma, beta)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 6])
+def test_group_norm_forward_mode_matches_the_reference(rng, groups):
+    x, gamma, beta = _params(rng, (2, 3, 6), 6, 6)
+    opcheck.assert_forward_mode("group_norm", x, gamma, beta, groups)
+    opcheck.assert_adjoint_identity(lambda *a: ops.group_norm(*a, groups), x, gamma, beta)
+
+
+@pytest.mark.parametrize("name", sorted(NORMS))
+def test_normalisation_forward_mode_under_vmap_float32_and_bfloat16(rng, name):
+    f = functools.partial(NORMS[name], getattr(ops, name))
+    opcheck.assert_jvp_vmaps_and_keeps_float32(f, jnp.asarray(rng.normal(size=(3, 4, 2, 2, 4))))
+    x = jnp.asarray(rng.normal(size=(4, 2, 2, 4)), jnp.bfloat16)
+    y, t_y = jax.jvp(f, (x,), (jnp.ones_like(x),))
+    assert y.dtype == t_y.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("name", sorted(NORMS))
+def test_normalisation_forward_mode_survives_an_overflowing_variance(rng, name):
+    """The JVP reads the fallback's exact x̂ and 1/σ: at 2^64 times the input and the tangent (the
+    plain σ² overflows float32) the output tangent is the unscaled one."""
+    x = rng.normal(size=(8, 3, 3, 4)) + rng.normal(size=4) * 3
+    t = rng.normal(size=x.shape)
+    for module in (ops, reference):
+        f = functools.partial(NORMS[name], getattr(module, name))
+        small = jax.jvp(f, (jnp.asarray(x, jnp.float32),), (jnp.asarray(t, jnp.float32),))[1]
+        big = jax.jvp(f, (jnp.asarray(x * 2.0**64, jnp.float32),), (jnp.asarray(t * 2.0**64, jnp.float32),))[1]
+        np.testing.assert_allclose(big, small, rtol=1e-4, atol=1e-4)
+    if name == "batch_norm":  # the statistics' tangents scale as the statistics: 2^p and 4^p
+        x32, t32 = jnp.asarray(x * 2.0**40, jnp.float32), jnp.asarray(t * 2.0**40, jnp.float32)
+        hand = jax.jvp(lambda x: ops.batch_norm(x, None, None), (x32,), (t32,))[1]
+        auto = jax.jvp(lambda x: reference.batch_norm(x, None, None), (x32,), (t32,))[1]
+        for a, b in zip(hand, auto):  # y's, μ's and σ²'s tangents, each to its own scale
+            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.max(np.abs(b)))

@@ -552,3 +552,61 @@ def test_max_pool_ties_go_to_the_first_maximum_with_dilation_in_rule_and_referen
     for op in (ops.max_pool, reference.max_pool):
         dx = _grad(op, jnp.asarray(x), g, window=k, stride=s, padding=p, dilation=d, ceil_mode=ceil)
         np.testing.assert_allclose(dx, expected, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- forward mode
+
+FORWARD_CASES = [
+    ((2, 4, 6, 3), dict(window=2)),  # tiled
+    ((2, 5, 6, 3), dict(window=3, stride=1, padding="SAME")),  # overlapping, padded
+    ((1, 7, 6, 2), dict(window=2, stride=2, dilation=2, ceil_mode=True)),
+    ((2, 7, 3), dict(window=3, stride=2, padding=1)),  # 1-D
+    ((1, 3, 4, 4, 2), dict(window=2, stride=(1, 2, 2))),  # 3-D
+]
+
+
+@pytest.mark.parametrize("shape, settings", FORWARD_CASES)
+@pytest.mark.parametrize("name", ["max_pool", "mean_pool"])
+def test_forward_mode_matches_the_reference(rng, name, shape, settings):
+    x = jnp.asarray(rng.standard_normal(shape))  # tie-free
+    opcheck.assert_forward_mode(name, x, **settings)
+
+
+@pytest.mark.parametrize("settings", [dict(count_padding=False, padding=1, stride=2, ceil_mode=True),
+                                      dict(count_padding=True, padding=((1, 0), (0, 1)), stride=1)])
+def test_mean_pool_forward_mode_divisors(rng, settings):
+    opcheck.assert_forward_mode("mean_pool", jnp.asarray(rng.standard_normal((2, 5, 4, 2))), 3, **settings)
+
+
+def test_mean_pool_forward_mode_block_sum(rng):  # the tiled forward that sums reshaped blocks (≥ 8 channels)
+    opcheck.assert_forward_mode("mean_pool", jnp.asarray(rng.standard_normal((2, 4, 4, 8))), 2)
+
+
+@pytest.mark.parametrize("settings", [dict(window=2), dict(window=3, stride=1, padding="SAME"),
+                                      dict(window=2, stride=1, dilation=2, ceil_mode=True)])
+def test_max_pool_tangent_at_a_tie_is_the_vjps_maximum(rng, settings):
+    """Exact ties everywhere (values in {0, 1}): the JVP and the VJP route through the same maximum."""
+    x = jnp.asarray(rng.integers(0, 2, (2, 6, 6, 2)), jnp.float64)
+    opcheck.assert_adjoint_identity(lambda x: ops.max_pool(x, **settings), x)
+
+
+def test_max_pool_tangent_of_an_all_equal_window_is_its_first_entry():
+    x, t = jnp.ones((1, 2, 2, 1)), jnp.arange(1.0, 5.0).reshape(1, 2, 2, 1)
+    _, t_y = jax.jvp(lambda x: ops.max_pool(x, 2), (x,), (t,))
+    assert t_y.ravel().tolist() == [1.0]  # the first entry in window order, as the VJP's δ
+    assert _grad(ops.max_pool, x, jnp.ones((1, 1, 1, 1)), window=2).ravel().tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("op", [lambda x: ops.max_pool(x, 3, 2, padding=1), lambda x: ops.mean_pool(x, 3, 2, 1)],
+                         ids=["max_pool", "mean_pool"])
+def test_forward_mode_under_vmap_and_float32(rng, op):
+    opcheck.assert_jvp_vmaps_and_keeps_float32(op, jnp.asarray(rng.standard_normal((3, 1, 5, 5, 2))))
+
+
+@pytest.mark.parametrize("op", [lambda x: ops.max_pool(x, 2, return_indices=True),
+                                lambda x: ops.adaptive_max_pool(x, 3, return_indices=True)], ids=["max", "adaptive"])
+def test_forward_mode_with_return_indices(rng, op):
+    x = jnp.asarray(rng.standard_normal((2, 4, 5, 3)))
+    (y, indices), (t_y, t_indices) = jax.jvp(op, (x,), (x,))
+    np.testing.assert_array_equal(t_y, y)  # max(x + εx) = (1 + ε) max(x): the tangent along x is y itself
+    assert t_indices.dtype == jax.dtypes.float0 and t_indices.shape == indices.shape

@@ -155,3 +155,18 @@ def test_errors(name):
         op(jnp.zeros((2, 5, 5, 3), jnp.int32), 2)
     with pytest.raises(ValueError, match=rf"{name}: `factor` has 3 entries"):  # the reference validates alike
         ref(x, (2, 2, 2))
+
+
+# --------------------------------------------------------------------------- forward mode
+
+
+@pytest.mark.parametrize("shape, factor", [((2, 5, 3), 2), ((2, 5, 6, 2), (2, 3)), ((1, 3, 4, 5, 2), (1, 2, 3))])
+@pytest.mark.parametrize("name", ["downsample", "upsample"])
+def test_forward_mode_matches_the_reference(rng, name, shape, factor):
+    opcheck.assert_forward_mode(name, jnp.asarray(rng.standard_normal(shape)), factor=factor)
+
+
+@pytest.mark.parametrize("name", ["downsample", "upsample"])
+def test_forward_mode_under_vmap_and_float32(rng, name):
+    opcheck.assert_jvp_vmaps_and_keeps_float32(lambda x: getattr(ops, name)(x, 2),
+                                               jnp.asarray(rng.standard_normal((3, 1, 5, 4, 2))))

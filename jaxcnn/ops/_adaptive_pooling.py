@@ -31,11 +31,16 @@ never counts (−∞ for the max, 0 for the sum). The backward is a gather too, 
 along every axis the windows holding a position ``p`` are a run of consecutive outputs (at
 most two when ``m ≤ n``), so ``dx[p]`` sums ``g`` over that run, read through a zero
 appended past the run's end.
+
+Forward mode: the mean is linear, its tangent the mean pool of the tangent
+(``ṫ_y[i] = (1 / |W_i|) Σ_{p ∈ W_i} ṫ_x[p]``); the max's tangent is the input tangent at the
+saved maximum, ``ṫ_y[i] = ṫ_x[P(i)]`` (the transpose of the VJP's routing, the same tie rule).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -104,7 +109,14 @@ def _adaptive_mean_pool_bwd(in_shape, out_shape, res, g):
     return (jnp.sum(holding, axis=-1),)
 
 
+def _adaptive_mean_pool_jvp(in_shape, out_shape, primals, tangents):
+    (x,), (t,) = primals, tangents
+    return (_adaptive_mean_pool(x, in_shape, out_shape),
+            _adaptive_mean_pool(t, in_shape, out_shape))  # linear: ṫ_y = pool(ṫ_x)
+
+
 _adaptive_mean_pool.defvjp(_adaptive_mean_pool_fwd, _adaptive_mean_pool_bwd)
+_adaptive_mean_pool.defjvp(_adaptive_mean_pool_jvp)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _adaptive_mean_pool = jax.jit(_adaptive_mean_pool, static_argnums=(1, 2))
 
@@ -186,7 +198,16 @@ def _adaptive_max_pool_bwd(in_shape, out_shape, res: AdaptiveMaxPoolResiduals, g
     return (jnp.sum(jnp.where(at_max, deltas, jnp.zeros((), g.dtype)), axis=-1),)
 
 
+def _adaptive_max_pool_jvp(in_shape, out_shape, primals, tangents):
+    (x,), (t,) = primals, tangents
+    y, res = _adaptive_max_pool_fwd(x, in_shape, out_shape)
+    # ṫ_y[i] = ṫ_x[P(i)]: the tangent at the maximum the VJP routes δ to, read from its input plane.
+    plane, at = (a.reshape(a.shape[0], math.prod(a.shape[1:-1]), a.shape[-1]) for a in (t, res.indices))
+    return y, jnp.take_along_axis(plane, at, axis=1).reshape(y.shape)
+
+
 _adaptive_max_pool.defvjp(_adaptive_max_pool_fwd, _adaptive_max_pool_bwd)
+_adaptive_max_pool.defjvp(_adaptive_max_pool_jvp)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _adaptive_max_pool = jax.jit(_adaptive_max_pool, static_argnums=(1, 2))
 

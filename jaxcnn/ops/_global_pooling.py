@@ -3,7 +3,9 @@
 They are the window pooling of the lectures (Raj: mean pooling spreads ``δ / K``; Park,
 Jearanaitanakij: max pooling routes ``δ`` to the arg-max) with one window the size of
 the whole map, so the backward needs no window bookkeeping: a broadcast for the mean,
-a one-hot comparison against the saved arg-max for the max.
+a one-hot comparison against the saved arg-max for the max. Forward mode transposes
+them: the mean of the tangent, ``ṫ_y = (1/S) Σ_s ṫ_x``, and the tangent at the saved arg-max,
+``ṫ_y = ṫ_x[s*]`` (the VJP's first maximum).
 """
 
 from __future__ import annotations
@@ -61,7 +63,13 @@ def _global_mean_pool_bwd(keepdims, shape, g):
     return (jnp.broadcast_to(g / math.prod(shape[1:-1]), shape),)  # dx = g / S everywhere
 
 
+def _global_mean_pool_jvp(keepdims, primals, tangents):
+    (x,), (t,) = primals, tangents
+    return _global_mean_pool(x, keepdims), _global_mean_pool(t, keepdims)  # linear: ṫ_y = mean_s ṫ_x
+
+
 _global_mean_pool.defvjp(_global_mean_pool_fwd, _global_mean_pool_bwd)
+_global_mean_pool.defjvp(_global_mean_pool_jvp)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _global_mean_pool = jax.jit(_global_mean_pool, static_argnums=1)
 
@@ -121,7 +129,15 @@ def _global_max_pool_bwd(keepdims, res: ArgmaxResiduals, g):
     return (jnp.where(at_max, g, jnp.zeros((), g.dtype)).reshape(shape),)  # δ routed to the arg-max
 
 
+def _global_max_pool_jvp(keepdims, primals, tangents):
+    (x,), (t,) = primals, tangents
+    y, res = _global_max_pool_fwd(x, keepdims)
+    t_y = jnp.take_along_axis(_flat(t), res.argmax[:, None, :], axis=1)  # ṫ_y = ṫ_x at the saved arg-max
+    return y, t_y.reshape(y.shape)
+
+
 _global_max_pool.defvjp(_global_max_pool_fwd, _global_max_pool_bwd)
+_global_max_pool.defjvp(_global_max_pool_jvp)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _global_max_pool = jax.jit(_global_max_pool, static_argnums=1)
 

@@ -16,6 +16,16 @@ x̂ · mean(g x̂))`` and the two means are ``dβ / n`` and ``dγ / n``: the bac
 reductions and one fused elementwise pass, from the saved ``x̂`` and ``1/σ`` alone. Layer
 and group normalisation give ``γ`` per normalised element, so ``gγ`` is formed first.
 
+Forward mode differentiates the same chain forwards, the statistics' tangents included
+(``ṫ_μ = mean(ṫ_x)``, ``ṫ_σ² = 2 mean((x − μ) ṫ_x) = 2σ mean(x̂ ṫ_x)``, ``ṫ_σ = ṫ_σ² / 2σ``):
+
+    ṫ_x̂ = (ṫ_x − ṫ_μ − x̂ ṫ_σ) / σ = (1/σ) (ṫ_x − mean(ṫ_x) − x̂ · mean(x̂ ṫ_x))
+    ṫ_y = γ ṫ_x̂ + ṫ_γ x̂ + ṫ_β
+
+from the same saved ``x̂`` and ``1/σ`` (the overflow fallback's, exact): two reductions and
+one elementwise pass, the transpose of the backward's. In evaluation mode ``μ``, ``σ²`` are
+inputs: ``ṫ_y = (γ/σ)(ṫ_x − ṫ_μ) − ½ (γ/σ²) x̂ ṫ_σ² + ṫ_γ x̂ + ṫ_β``.
+
 bfloat16 (and float16) inputs are normalised in float32 and the results cast back, as
 PyTorch and Flax do; float32 and float64 stay in their own precision.
 
@@ -201,7 +211,22 @@ def _batch_norm_train_bwd(axes, eps, res: NormResiduals, cotangents):
     return dx.astype(dtype), d_gamma.reshape(shape).astype(dtype), d_beta.reshape(shape).astype(dtype)
 
 
+def _batch_norm_train_jvp(axes, eps, primals, tangents):
+    (x, gamma, _), (t_x, t_gamma, t_beta) = primals, tangents
+    out, (x_hat, inv_sigma, gamma_b) = _batch_norm_train_fwd(*primals, axes, eps)
+    ct, dtype = x_hat.dtype, x.dtype
+    t = t_x.astype(ct)
+    t_mu = jnp.mean(t, axes, keepdims=True)  # ṫ_μ = mean(ṫ_x)
+    t_spread = jnp.mean(x_hat * t, axes, keepdims=True)  # mean(x̂ ṫ_x) = ṫ_σ² / 2σ
+    t_x_hat = inv_sigma * (t - t_mu - x_hat * t_spread)  # (1/σ)(ṫ_x − mean(ṫ_x) − x̂ · mean(x̂ ṫ_x))
+    t_y = gamma_b * t_x_hat + x_hat * _per_channel(t_gamma.astype(ct), x, axes) + _per_channel(
+        t_beta.astype(ct), x, axes)  # γ ṫ_x̂ + ṫ_γ x̂ + ṫ_β
+    t_var = 2 * t_spread / inv_sigma  # ṫ_σ² = 2σ mean(x̂ ṫ_x)
+    return out, (t_y.astype(dtype), t_mu.reshape(gamma.shape).astype(dtype), t_var.reshape(gamma.shape).astype(dtype))
+
+
 _batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+_batch_norm_train.defjvp(_batch_norm_train_jvp)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _batch_norm_train = jax.jit(_batch_norm_train, static_argnums=(3, 4))
 
@@ -235,7 +260,23 @@ def _batch_norm_eval_bwd(axes, eps, res: NormResiduals, g):
                  for i, a in enumerate((dx, d_gamma, d_beta, d_mean, d_var)))
 
 
+def _batch_norm_eval_jvp(axes, eps, primals, tangents):
+    x, t_x, (t_gamma, t_beta, t_mean, t_var) = primals[0], tangents[0], tangents[1:]
+    y, (x_hat, inv_sigma, gamma) = _batch_norm_eval_fwd(*primals, axes, eps)
+    ct = x_hat.dtype
+
+    def channel(v):  # a (C,) tangent, broadcastable to x
+        return _per_channel(v.astype(ct), x, axes)
+
+    scale = gamma * inv_sigma
+    t_y = (scale * (t_x.astype(ct) - channel(t_mean))  # (γ/σ)(ṫ_x − ṫ_μ)
+           - 0.5 * scale * inv_sigma * x_hat * channel(t_var)  # − ½ (γ/σ²) x̂ ṫ_σ²
+           + x_hat * channel(t_gamma) + channel(t_beta))  # + ṫ_γ x̂ + ṫ_β
+    return y, t_y.astype(x.dtype)
+
+
 _batch_norm_eval.defvjp(_batch_norm_eval_fwd, _batch_norm_eval_bwd)
+_batch_norm_eval.defjvp(_batch_norm_eval_jvp)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _batch_norm_eval = jax.jit(_batch_norm_eval, static_argnums=(5, 6))
 
@@ -427,7 +468,19 @@ def _normalise_bwd(axes, eps, res: NormResiduals, g):
     return dx.astype(dtype), d_gamma.astype(dtype), d_beta.astype(dtype)
 
 
+def _normalise_jvp(axes, eps, primals, tangents):
+    x, (t_x, t_gamma, t_beta) = primals[0], tangents
+    y, (x_hat, inv_sigma, gamma) = _normalise_fwd(*primals, axes, eps)
+    ct = x_hat.dtype
+    t = t_x.astype(ct)
+    t_x_hat = inv_sigma * (t - jnp.mean(t, axes, keepdims=True)
+                           - x_hat * jnp.mean(x_hat * t, axes, keepdims=True))  # ṫ_x̂, the statistics' tangents in
+    t_y = gamma * t_x_hat + x_hat * t_gamma.astype(ct) + t_beta.astype(ct)  # γ ṫ_x̂ + ṫ_γ x̂ + ṫ_β
+    return y, t_y.astype(x.dtype)
+
+
 _normalise.defvjp(_normalise_fwd, _normalise_bwd)
+_normalise.defjvp(_normalise_jvp)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _normalise = jax.jit(_normalise, static_argnums=(3, 4))
 

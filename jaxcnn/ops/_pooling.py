@@ -10,6 +10,10 @@ Both ops visit the window one offset at a time (a strided slice of the padded in
 offset), and their backward is the transpose of those slices with ``+=`` where windows
 overlap; the slices, their transposes and the tiled (``stride == window``) shortcuts are
 in :mod:`jaxcnn.ops._windows`.
+
+Forward mode transposes the backward: max pooling's tangent is the input tangent at the
+saved arg-max (``ṫ_y[i] = ṫ_x[s·i − lo + d·P(i)]``, the same first maximum the VJP routes δ
+to); mean pooling is linear, so its tangent is the mean pool of the tangent.
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ def max_pool(x: jax.Array, window, stride=None, padding: Padding = "VALID", *, d
     (``stride < window``) receives the sum of their δ. The residual is the arg-max alone,
     one small integer per output element (int8 when the window has at most 127 entries,
     else int32) — not a copy of the input.
+
+    Forward mode (the JVP, the transpose of that routing): ``ṫ_y[i] = ṫ_x[s·i − lo + d·P(i)]``,
+    the tangent at the same arg-max (the same tie rule), so ``⟨J ṫ, g⟩ = ⟨ṫ, Jᵀ g⟩`` exactly.
 
     Ties: the gradient goes to the *first* maximum in window order (row-major over the
     window offsets: smallest offset along the first spatial axis, then the next axis), so
@@ -155,7 +162,19 @@ def _max_pool_bwd(geom: Geometry, in_shape, res: MaxPoolResiduals, g):
     return (_windows.place_all(lambda j: jnp.where(res.argmax == j, g, zero), geom, in_shape),)
 
 
+def _max_pool_jvp(geom: Geometry, in_shape, primals, tangents):
+    (x,), (t,) = primals, tangents
+    y, res = _max_pool_fwd(x, geom, in_shape)
+    tp = _windows.pad(t, geom.pads, 0)  # a padded position never wins
+    # ṫ_y[i] = ṫ_x[s·i − lo + d·P(i)]: the tangent at the arg-max the VJP routes δ to.
+    t_y = jnp.zeros(y.shape, t.dtype)
+    for j, offset in enumerate(_windows.entries(geom)):
+        t_y = jnp.where(res.argmax == j, _windows.window_entry(tp, offset, geom), t_y)
+    return y, t_y
+
+
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+_max_pool.defjvp(_max_pool_jvp)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _max_pool = jax.jit(_max_pool, static_argnums=(1, 2))
 
@@ -179,7 +198,8 @@ def mean_pool(
     * ``dx[s·i − lo + j] += g[i] / K`` for every offset ``j`` of the window.
 
     ``+=`` because overlapping windows (``stride < window``) share entries. The op is
-    linear, so it keeps no residual.
+    linear, so it keeps no residual, and its JVP is the op on the tangent:
+    ``ṫ_y[i] = (1 / K) Σ_j ṫ_x[s·i − lo + j]`` (the same divisor).
 
     Padding is with zeros. With ``count_padding=True`` (default, as ``lax``/Flax
     ``avg_pool`` and PyTorch's ``count_include_pad``) every window divides by ``K``; with
@@ -263,7 +283,13 @@ def _mean_pool_bwd(geom: Geometry, in_shape, counted, res, g):
     return (_windows.place_all(lambda j: share, geom, in_shape),)
 
 
+def _mean_pool_jvp(geom: Geometry, in_shape, counted, primals, tangents):
+    (x,), (t,) = primals, tangents
+    return _mean_pool(x, geom, in_shape, counted), _mean_pool(t, geom, in_shape, counted)  # linear: ṫ_y = pool(ṫ_x)
+
+
 _mean_pool.defvjp(_mean_pool_fwd, _mean_pool_bwd)
+_mean_pool.defjvp(_mean_pool_jvp)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _mean_pool = jax.jit(_mean_pool, static_argnums=(1, 2, 3))
 

@@ -6,6 +6,7 @@ adjacent entries; "upsampling followed by a convolutional layer" is the transpos
 ("fractionally strided") convolution (:func:`jaxcnn.ops.conv_transpose`), and a strided
 conv is a stride-1 conv followed by downsampling. In the backward pass the derivative
 maps are upsampled where the forward downsampled, and downsampled where it upsampled.
+Both are linear, so in forward mode each resamples the tangent as it does its input.
 """
 
 from __future__ import annotations
@@ -58,9 +59,16 @@ def downsample(x: jax.Array, factor) -> jax.Array:
 # `_downsample`, the output of `_upsample`. With it each is exactly the other's adjoint.
 
 
+def _keep_every(x, factor, fine_shape):
+    """``y[i] = x[S·i]``: the forward of :func:`downsample`, the backward of :func:`upsample`."""
+    return lax.slice(x, (0,) * x.ndim, x.shape, (1, *factor, 1))
+
+
+# Each backward is the other op's plain forward, not its rule: jax.hessian (jacfwd over jacrev)
+# fails on a rule bound inside another rule's backward.
 @functools.partial(_rule.custom_rule, nondiff_argnums=(1, 2))
 def _downsample(x, factor, fine_shape):
-    return lax.slice(x, (0,) * x.ndim, x.shape, (1, *factor, 1))
+    return _keep_every(x, factor, fine_shape)
 
 
 def _downsample_fwd(x, factor, fine_shape):
@@ -68,10 +76,16 @@ def _downsample_fwd(x, factor, fine_shape):
 
 
 def _downsample_bwd(factor, fine_shape, res, g):
-    return (_upsample(g, factor, fine_shape),)  # dx[S·i] = g[i], zeros where rows were dropped
+    return (_insert_zeros(g, factor, fine_shape),)  # dx[S·i] = g[i], zeros where rows were dropped
+
+
+def _downsample_jvp(factor, fine_shape, primals, tangents):
+    (x,), (t,) = primals, tangents
+    return _downsample(x, factor, fine_shape), _downsample(t, factor, fine_shape)  # linear: ṫ_y = downsample(ṫ_x)
 
 
 _downsample.defvjp(_downsample_fwd, _downsample_bwd)
+_downsample.defjvp(_downsample_jvp)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _downsample = jax.jit(_downsample, static_argnums=(1, 2))
 
@@ -116,8 +130,9 @@ def upsample(x: jax.Array, factor) -> jax.Array:
     return _upsample(x, factor, _shapes.upsampled_shape("upsample", x.shape[1:-1], factor))
 
 
-@functools.partial(_rule.custom_rule, nondiff_argnums=(1, 2))
-def _upsample(x, factor, fine_shape):
+def _insert_zeros(x, factor, fine_shape):
+    """``y[S·i] = x[i]``, zeros between and up to ``fine_shape``: the forward of :func:`upsample`,
+    the backward of :func:`downsample`."""
     if 0 in x.shape[1:-1]:  # an empty axis stays empty (fine_shape is 0 there too)
         return jnp.zeros((x.shape[0], *fine_shape, x.shape[-1]), x.dtype)
     # S − 1 interior zeros, then zeros at the end up to fine_shape (none for `upsample`).
@@ -126,15 +141,26 @@ def _upsample(x, factor, fine_shape):
     return lax.pad(x, jnp.zeros((), x.dtype), config)
 
 
+@functools.partial(_rule.custom_rule, nondiff_argnums=(1, 2))
+def _upsample(x, factor, fine_shape):
+    return _insert_zeros(x, factor, fine_shape)
+
+
 def _upsample_fwd(x, factor, fine_shape):
     return _upsample(x, factor, fine_shape), ()  # linear: no residual
 
 
 def _upsample_bwd(factor, fine_shape, res, g):
-    return (_downsample(g, factor, fine_shape),)  # dx[i] = g[S·i]
+    return (_keep_every(g, factor, fine_shape),)  # dx[i] = g[S·i]
+
+
+def _upsample_jvp(factor, fine_shape, primals, tangents):
+    (x,), (t,) = primals, tangents
+    return _upsample(x, factor, fine_shape), _upsample(t, factor, fine_shape)  # linear: ṫ_y = upsample(ṫ_x)
 
 
 _upsample.defvjp(_upsample_fwd, _upsample_bwd)
+_upsample.defjvp(_upsample_jvp)
 # Called outside jit, one compiled program each way, not one per primitive (docs/performance.md).
 _upsample = jax.jit(_upsample, static_argnums=(1, 2))
 
