@@ -129,3 +129,18 @@ def test_without_hijax_the_ops_fall_back_to_custom_vjp():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "refused:" in out.stdout and "custom_vjp" in out.stdout
+
+
+def test_a_rule_whose_backward_calls_a_rule_survives_every_second_order_transform():
+    # downsample's VJP is upsample: a rule bound inside another rule's bwd, under jacfwd of jacrev
+    @_rule.custom_rule
+    def double(x):
+        return 2.0 * x
+
+    double.defvjp(lambda x: (double(x), None), lambda _, g: (double(g),))
+    double.defjvp(lambda p, t: (double(p[0]), double(t[0])))
+    f = lambda x: jnp.sum(jnp.cos(double(x)))  # noqa: E731
+    expected = np.diag(-4.0 * np.cos(2.0 * np.asarray(X)))
+    for transform in (jax.hessian, lambda g: jax.jacfwd(jax.jacrev(g)), lambda g: jax.jacrev(jax.jacfwd(g)),
+                      lambda g: jax.jacrev(jax.jacrev(g))):
+        np.testing.assert_allclose(transform(f)(X), expected, rtol=1e-6)

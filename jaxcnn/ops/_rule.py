@@ -122,13 +122,23 @@ def _instantiate(tree: Any) -> Any:
 
 if FORWARD_MODE:
 
+    def _batch(vmapped):
+        """The batching rule: ``vmapped(prim, ...)`` maps the rules, every output along axis 0; a
+        call with nothing mapped (JAX's vmap asks hijax primitives anyway) stays unbatched."""
+
+        def batch(self, axis_data, args, dims):
+            if all(d is None for d in jax.tree_util.tree_leaves(dims, is_leaf=lambda d: d is None)):
+                return self(*args), jax.tree_util.tree_map(lambda _: None, self.out_aval)
+            out_dim = self.batch_dim_rule(axis_data, dims)
+            return vmapped(self, axis_data, dims, out_dim)(*args), out_dim
+
+        return batch
+
     class _Primitive(VJPHiPrimitive):
         """vmap maps the rules themselves; every output is batched along axis 0."""
 
         def batch(self, axis_data, args, dims):
-            if all(d is None for d in jax.tree_util.tree_leaves(dims, is_leaf=lambda d: d is None)):
-                return self(*args), jax.tree_util.tree_map(lambda _: None, self.out_aval)  # nothing mapped
-            return super().batch(axis_data, args, dims)
+            return _batch(_VmapCall)(self, axis_data, args, dims)
 
         def batch_dim_rule(self, axis_data, in_dims):
             return jax.tree_util.tree_map(lambda _: 0, self.out_aval)
@@ -243,10 +253,7 @@ if FORWARD_MODE:
             _accumulate(linear, self.linear_cotangents(primals, arrays, _instantiate(g)))
 
         def batch(self, axis_data, args, dims):
-            if all(d is None for d in jax.tree_util.tree_leaves(dims, is_leaf=lambda d: d is None)):
-                return self(*args), jax.tree_util.tree_map(lambda _: None, self.out_aval)
-            out_dim = self.batch_dim_rule(axis_data, dims)
-            return _VmapTangent(self, axis_data, dims, out_dim)(*args), out_dim
+            return _batch(_VmapTangent)(self, axis_data, args, dims)
 
         def jvp(self, primals, tangents):  # higher orders: autodiff of the hand JVP's code
             return jax.jvp(self.expand, primals, _instantiate(tangents))
@@ -260,6 +267,12 @@ if FORWARD_MODE:
         def __repr__(self):
             return f"jaxcnn.{self.call.rule.name}.tangent"
 
+    class _VmapCall(_hijax.VmapOf):
+        """A vmapped :class:`_Call` (or a vmapped vmap of one)."""
+
+        def batch(self, axis_data, args, dims):
+            return _batch(_VmapCall)(self, axis_data, args, dims)
+
     class _VmapTangent(_hijax.VmapOf):
         """A vmapped :class:`_Tangent`, still transposed by the (vmapped) hand VJP."""
 
@@ -270,7 +283,9 @@ if FORWARD_MODE:
                             out_axes=out_dims, **self._vmap_params, sum_match=True)(primals, arrays, g)
 
         transpose = _Tangent.transpose
-        batch = _Tangent.batch
+
+        def batch(self, axis_data, args, dims):
+            return _batch(_VmapTangent)(self, axis_data, args, dims)
 
     def _accumulate(accums, cts) -> None:
         for acc, ct in zip(accums, cts):
