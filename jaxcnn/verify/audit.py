@@ -2,15 +2,17 @@
 
 :func:`audit` runs ``fn(*args, **kwargs)`` once (a loss, a model's apply, a whole train
 step) and records every ``jax.custom_vjp`` and ``jax.custom_jvp`` call made in it: jaxcnn's
-ops, ``jax.nn``'s, optax's, Flax's, Equinox's and your own, inside ``jit``, ``vmap``,
-``scan``, ``while``, ``cond`` and ``checkpoint`` bodies, with the call's real operands and
+ops (each a :class:`jaxcnn.ops._rule.custom_rule`, recorded as such), ``jax.nn``'s, optax's,
+Flax's, Equinox's and your own, inside ``jit``, ``vmap``, ``scan``, ``while``, ``cond`` and
+``checkpoint`` bodies, with the call's real operands and
 the real cotangent that reaches its output (``_capture``). Each distinct rule (the same
 custom function, settings and operand shapes) is then checked once, at those operands,
 against autodiff of **its own primal function** (no reference to write):
 
-* the rule's forward and VJP (and JVP, for a ``custom_jvp``) against autodiff of the primal,
-  with the real cotangent and with random ones (:func:`~jaxcnn.verify.check_vjp`), eager and
-  compiled (``jax.jit``, under the user's own flags and defaults);
+* the rule's forward and VJP (and JVP, for a ``custom_jvp`` and a ``custom_rule`` with a hand
+  JVP) against autodiff of the primal, with the real cotangent and with random ones
+  (:func:`~jaxcnn.verify.check_vjp`), eager and compiled (``jax.jit``, under the user's own
+  flags and defaults);
 * against float64 central finite differences (:func:`~jaxcnn.verify.check_numerical`);
 * when any of these disagree, :func:`~jaxcnn.verify.diagnose` gives the verdict. A
   "non-smooth point" or "finite differences untrustworthy" is no finding; "rule wrong",
@@ -219,7 +221,7 @@ def _check(group: list[_capture.Call], seed: int) -> Finding:
                        seconds=time.perf_counter() - start)
     in_place = _in_place(rule, primal, dynamic, call, seed)
     results = [in_place]
-    if call.kind == "custom_jvp":
+    if call.kind == "custom_jvp" or call.kind == "custom_rule" and call.custom.jvp is not None:  # a hand JVP
         results.append(check_jvp(rule, primal, *dynamic, seed=seed))
     numerical = check_numerical(rule, *dynamic, seed=seed)
     results.append(numerical)
