@@ -16,6 +16,7 @@ import optax
 import pytest
 
 from jaxcnn import cli, models, train
+from jaxcnn.ops._rule import custom_rule
 from jaxcnn.verify import AuditReport, audit
 
 
@@ -184,6 +185,37 @@ def test_a_jaxcnn_train_step_has_every_op_certified_in_place(model, shape):
     assert {"_conv", "_dense", "_softmax_cross_entropy"} <= rules
     assert all(f.verdict in ("agree", "non-smooth point") for f in report.findings)
     assert all("jaxcnn/ops/" not in f.source for f in report.findings)  # where the layer calls it
+
+
+def _cube(wrong: str):
+    """x³ as a jaxcnn ``custom_rule`` (an op's mechanism): hand VJP and hand JVP, one of them
+    wrong (``"bwd"``/``"jvp"``: 3x instead of 3x²) or neither (``""``)."""
+    def cube(x):
+        return x ** 3
+
+    def bwd(x, g):
+        return (g * 3 * (x if wrong == "bwd" else x ** 2),)
+
+    def jvp(primals, tangents):
+        (x,), (t,) = primals, tangents
+        return x ** 3, t * 3 * (x if wrong == "jvp" else x ** 2)
+
+    return custom_rule(cube).defvjp(lambda x: (x ** 3, x), bwd).defjvp(jvp)
+
+
+@pytest.mark.parametrize("wrong", ["", "bwd", "jvp"])
+def test_a_custom_rule_is_checked_in_both_modes_and_a_wrong_bwd_or_jvp_is_caught(wrong):
+    x = jnp.array([0.7, -0.4, 1.3])
+    report = audit(jax.jit(lambda x: jnp.sum(jnp.sin(_cube(wrong)(x)))), x)
+    (finding,) = report.findings
+    assert (finding.rule, finding.kind, finding.ok) == ("cube", "custom_rule", not wrong), report
+    assert any("JVP vs forward mode" in c for c in finding.checks)
+    failed = {c.split(": ")[1].split(" (")[0] for c in finding.checks if c.splitlines()[0].endswith("FAILED")}
+    assert failed == {"": set(), "jvp": {"JVP vs forward mode of cube's primal"},
+                      "bwd": {"hand VJP vs autodiff of cube's primal, at the program's operands",
+                              "hand VJP vs finite differences"}}[wrong], finding.checks
+    if wrong:
+        assert finding.verdict == "rule wrong" and finding.worst.startswith("x[")
 
 
 def test_audit_rejects_a_program_that_is_not_callable():

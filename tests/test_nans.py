@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import pytest
 from jax import lax
 
+from jaxcnn.ops._rule import custom_rule
 from jaxcnn.verify import find_nonfinite
 from jaxcnn.verify._nans import NonFiniteReport
 
@@ -89,6 +90,30 @@ def test_a_custom_vjp_bwd_dividing_by_zero_is_named_inside_the_bwd():
     assert (report.phase, report.primitive, report.source) == ("backward", "div", _here(_sine_bwd, 1))
     assert report.within[-1] == "its bwd _sine_bwd" and "custom_vjp _sine called at" in report.within[-2]
     assert "div(1.0, 0.0) = inf" in report.message
+
+
+def _op_sine_bwd(x, g):
+    return (g * jnp.cos(x) / x,)  # wrong: divides by x
+
+
+def _op_log(x):
+    return jnp.log(x)
+
+
+_op_sine = custom_rule(jnp.sin).defvjp(lambda x: (jnp.sin(x), x), _op_sine_bwd)
+_op_log_rule = custom_rule(_op_log).defvjp(lambda x: (jnp.log(x), x), lambda x, g: (g / x,))
+
+
+def test_a_jaxcnn_op_bwd_dividing_by_zero_is_named_inside_the_bwd():
+    report = find_nonfinite(jax.jit(lambda x: jnp.sum(_op_sine(x - 1.0))), jnp.array([1.0, 2.0]))
+    assert (report.phase, report.primitive, report.source) == ("backward", "div", _here(_op_sine_bwd, 1))
+    assert report.within[-1] == "its bwd _op_sine_bwd" and "jaxcnn op sin called at" in report.within[-2]
+    assert "div(1.0, 0.0) = inf" in report.message
+
+
+def test_a_nan_born_inside_a_jaxcnn_ops_primal_is_named_there():
+    report = find_nonfinite(jax.jit(lambda x: jnp.sum(_op_log_rule(x - 1.0))), jnp.array([1.0, 2.0]))
+    assert (report.phase, report.primitive, report.source) == ("forward", "log", _here(_op_log, 1))
 
 
 def test_a_nan_born_in_a_scan_body_reports_the_iteration():

@@ -199,7 +199,8 @@ def test_grad_of_grad_catches_a_backward_that_is_right_only_to_first_order(rng):
 
 
 def test_eager_jit_and_checkpoint_share_one_expected_side(rng):
-    # the reference is traced for one compiled forward and one pullback, not once per transform;
+    # the reference is traced for its output's type and for one compiled program (its forward and
+    # every cotangent's pullback), not once per transform;
     # a wrong rule is still caught under each transform against that shared side (the probes
     # beyond the sample, eager's own program, are left out here)
     traced = []

@@ -1,10 +1,12 @@
-"""One run of a program that records every ``custom_vjp``/``custom_jvp`` call in it, where it
-runs: the rule, the call's place (``file:line``, the model path), its real operands and the
-cotangent that reaches its output in the program's backward pass.
+"""One run of a program that records every ``custom_vjp``/``custom_jvp`` call in it (and every
+call of a jaxcnn op, a :class:`jaxcnn.ops._rule.custom_rule`), where it runs: the rule, the
+call's place (``file:line``, the model path), its real operands and the cotangent that reaches
+its output in the program's backward pass.
 
 A traced program no longer holds a ``custom_vjp`` call once ``jax.grad`` has gone through it
 (the rule is linearised into plain equations), so the calls are caught where they are made:
-while the program is traced, ``custom_vjp.__call__`` and ``custom_jvp.__call__`` are wrapped;
+while the program is traced, ``custom_vjp.__call__``, ``custom_jvp.__call__`` and
+``custom_rule.__call__`` are wrapped;
 each call sends its array operands to the host with ``jax.debug.callback`` (which runs under
 ``jit``, ``vmap`` (per example), ``scan``/``while`` (every iteration; the first is kept),
 ``cond`` (the branch taken) and ``checkpoint``), and its output passes through an identity
@@ -27,6 +29,8 @@ import numpy as np
 from jax._src import custom_derivatives as _cd
 from jax._src import source_info_util
 
+from jaxcnn.ops import _rule
+
 _JAX_DIR = os.path.dirname(os.path.dirname(jax.__file__))  # site-packages/jax/..
 _HERE = os.path.dirname(__file__)
 _JAXCNN = os.path.dirname(_HERE)
@@ -40,8 +44,8 @@ class Call:
     """One call of a custom rule while tracing: the custom function object, its positional
     arguments with the array leaves replaced by their recorded values once the program ran."""
 
-    kind: str  # "custom_vjp" or "custom_jvp"
-    custom: Any  # the jax.custom_vjp / jax.custom_jvp object
+    kind: str  # "custom_vjp", "custom_jvp" or "custom_rule"
+    custom: Any  # the jax.custom_vjp / jax.custom_jvp / jaxcnn custom_rule object
     static: tuple  # nondiff_argnums
     tree: Any  # treedef of the positional arguments
     leaves: list  # every leaf; arrays are replaced by their values (None until recorded)
@@ -77,12 +81,13 @@ def _place() -> Optional[tuple[str, str]]:
     """``(file:line (function), model path)`` of the call: the first frame outside JAX, the
     standard library and this capture, and the modules it is made inside (Flax linen's bound
     path, else the classes of the ``self`` of Flax nnx/Equinox/Haiku module frames). None for
-    a call made by another rule's own derivative (a ``custom_jvp`` rule calling its primal)."""
+    a call made by another rule's own derivative (a ``custom_jvp`` rule calling its primal, a
+    ``custom_rule``'s primal, fwd, bwd or jvp traced by JAX)."""
     source, flax_path, classes = "", None, []
     frame = sys._getframe(2)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if filename == _cd.__file__ and frame.f_code.co_name in _RULE_TRACERS:
+        if filename == _cd.__file__ and frame.f_code.co_name in _RULE_TRACERS or filename == _rule.__file__:
             return None
         if not source and not filename.startswith(_SKIP) and not filename.startswith("<frozen"):
             shown = os.path.relpath(filename) if filename.startswith(os.getcwd() + os.sep) else filename
@@ -214,6 +219,7 @@ def _watch(out: Any, call: Call) -> Any:
 
 _original_vjp_call = _cd.custom_vjp.__call__
 _original_jvp_call = _cd.custom_jvp.__call__
+_original_rule_call = _rule.custom_rule.__call__
 
 
 @contextlib.contextmanager
@@ -224,11 +230,13 @@ def recording(recorder: _Recorder):
     _recorder = recorder
     _cd.custom_vjp.__call__ = _wrapped("custom_vjp", _original_vjp_call)
     _cd.custom_jvp.__call__ = _wrapped("custom_jvp", _original_jvp_call)
+    _rule.custom_rule.__call__ = _wrapped("custom_rule", _original_rule_call)
     try:
         yield recorder
     finally:
         _cd.custom_vjp.__call__ = _original_vjp_call
         _cd.custom_jvp.__call__ = _original_jvp_call
+        _rule.custom_rule.__call__ = _original_rule_call
         _recorder = None
         jax.effects_barrier()
         jax.clear_caches()

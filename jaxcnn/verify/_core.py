@@ -64,7 +64,8 @@ class Leaves:
 
     def cast(self, dtype: Any) -> "Leaves":
         """The same arguments with the floating leaves in ``dtype``."""
-        return Leaves(self.op, self.rebuild([jnp.asarray(a, dtype) for a in self.arrays]))
+        # on the host: an eager conversion (even jnp.asarray of a NumPy array) compiles a program per shape
+        return Leaves(self.op, self.rebuild([jax.device_put(np.asarray(a).astype(dtype)) for a in self.arrays]))
 
     @property
     def dtype(self) -> str:
@@ -102,7 +103,7 @@ def scaled(floats: Sequence[Any], which: Sequence[bool], s: float) -> list:
 def random_like(rng: np.random.Generator, tree: Any) -> Any:
     """A standard-normal pytree with the shapes and dtypes of ``tree``'s leaves."""
     return jax.tree_util.tree_map(
-        lambda t: jnp.asarray(rng.standard_normal(np.shape(t)), dtype=jnp.result_type(t)), tree)
+        lambda t: jax.device_put(np.asarray(rng.standard_normal(np.shape(t))).astype(jnp.result_type(t))), tree)
 
 
 def as_cotangent(ct: Any, like: Any) -> Any:
@@ -121,11 +122,20 @@ def projection(fn: Callable, v: Any) -> Callable:
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled(fn: Callable, tree: Any, where: tuple) -> tuple[Callable, Callable]:
+def _compiled(fn: Callable, tree: Any, where: tuple) -> tuple[Callable, Callable, Callable]:
     def vjp(floats, flat):
         return jax.vjp(lambda *f: fn(*_rebuild(tree, where, f, flat)), *floats)
 
-    return jax.jit(lambda floats, flat: vjp(floats, flat)[0]), jax.jit(lambda v, floats, flat: vjp(floats, flat)[1](v))
+    def together(floats, flat, stacked):  # the output and the pullback of every cotangent, mapped
+        out, pullback = vjp(floats, flat)
+        return out, jax.lax.map(pullback, stacked)
+
+    return (jax.jit(lambda floats, flat: vjp(floats, flat)[0]),
+            jax.jit(lambda v, floats, flat: vjp(floats, flat)[1](v)), jax.jit(together))
+
+
+def _bound(fn: Callable, settings: dict) -> Callable:
+    return functools.partial(fn, **settings) if settings else fn
 
 
 def compiled_vjp(fn: Callable, leaves: Leaves, settings: dict) -> tuple[Any, Callable]:
@@ -136,9 +146,29 @@ def compiled_vjp(fn: Callable, leaves: Leaves, settings: dict) -> tuple[Any, Cal
     value): the runner's eager, jit and checkpoint checks of one sample, which pass one
     bound reference, trace and compile its expected side once.
     """
-    forward, pullback = _compiled(functools.partial(fn, **settings) if settings else fn, leaves.tree,
-                                  tuple(leaves.where))
+    forward, pullback, _ = _compiled(_bound(fn, settings), leaves.tree, tuple(leaves.where))
     return forward(leaves.arrays, leaves.flat), lambda v: pullback(v, leaves.arrays, leaves.flat)
+
+
+def expected_type(fn: Callable, leaves: Leaves, settings: dict) -> Any:
+    """The output's type (``jax.ShapeDtypeStruct`` s) of ``fn(*args, **settings)``, traced once
+    per function as :func:`compiled_vjp` keeps its programs."""
+    forward, _, _ = _compiled(_bound(fn, settings), leaves.tree, tuple(leaves.where))
+    return forward.eval_shape(leaves.arrays, leaves.flat)
+
+
+def stack(trees: Sequence[Any]) -> Any:
+    """The pytrees stacked leaf by leaf along a new leading axis, on the host."""
+    return jax.tree_util.tree_map(lambda *leaves: np.stack([np.asarray(x) for x in leaves]), *trees)
+
+
+def expected_vjp(fn: Callable, leaves: Leaves, settings: dict, cotangents: Sequence[Any]) -> tuple[Any, list]:
+    """``(out, [pullback(v) for v in cotangents])`` of ``jax.vjp`` of ``fn`` over the floating
+    leaves, as NumPy values, from one compiled program (kept as :func:`compiled_vjp` keeps
+    its own: eager, jit and checkpoint share it)."""
+    _, _, together = _compiled(_bound(fn, settings), leaves.tree, tuple(leaves.where))
+    out, cts = jax.device_get(together(leaves.arrays, leaves.flat, stack(cotangents)))
+    return out, [tuple(c[k] for c in cts) for k in range(len(cotangents))]
 
 
 def central_differences(phi: Callable, arrays: Sequence[Any], directions: Sequence[np.ndarray],
@@ -146,16 +176,18 @@ def central_differences(phi: Callable, arrays: Sequence[Any], directions: Sequen
     """Per leaf ``k``: ``φ`` at ``x_k ± h·d`` for every step ``h`` and row ``d`` of
     ``directions[k]`` (the other leaves at ``x``), shape ``(len(steps), 2, P)``; then
     ``φ(x)``. One compiled program maps over every direction of every leaf."""
-    def evaluate(directions):
-        found = []
-        for k, (x, u) in enumerate(zip(arrays, directions)):
-            moved = jnp.concatenate([s * h * u for h in steps for s in (1, -1)])
-            at = lambda d, k=k, x=x: phi(*arrays[:k], x + d.reshape(x.shape), *arrays[k + 1:])  # noqa: E731
-            found.append(jax.lax.map(at, moved, batch_size=64).reshape(len(steps), 2, len(u)))
-        return found, phi(*arrays)
-
     # numpy out: eager jnp arithmetic on the results would compile a program per primitive and shape
-    return jax.device_get(jax.jit(evaluate)([jnp.asarray(u) for u in directions]))
+    return jax.device_get(jax.jit(lambda u: differences(phi, arrays, u, steps))(list(directions)))
+
+
+def differences(phi: Callable, arrays: Sequence[Any], directions: Sequence[Any], steps: Sequence[float]):
+    """:func:`central_differences`' values, traceable: to compute them in a check's own program."""
+    found = []
+    for k, (x, u) in enumerate(zip(arrays, directions)):
+        moved = jnp.concatenate([s * h * u for h in steps for s in (1, -1)])
+        at = lambda d, k=k, x=x: phi(*arrays[:k], x + d.reshape(x.shape), *arrays[k + 1:])  # noqa: E731
+        found.append(jax.lax.map(at, moved, batch_size=64).reshape(len(steps), 2, len(u)))
+    return found, phi(*arrays)
 
 
 def probe_directions(arrays: Sequence[Any], elementwise_max: int, count: int, rng: np.random.Generator):

@@ -5,11 +5,12 @@ cotangent of ones with respect to every floating-point leaf of the positional ar
 If both stay finite, it returns ``None``. Otherwise it evaluates the traced program one
 equation at a time, into ``jit``, ``remat``, the taken ``cond`` branch, ``scan`` and
 ``while`` bodies iteration by iteration, and the primal bodies of ``custom_vjp`` and
-``custom_jvp`` calls:
+``custom_jvp`` calls and of jaxcnn's ops (``call_hi_primitive`` equations of a
+:class:`jaxcnn.ops._rule.custom_rule`):
 
 * forward: the first equation whose output holds a NaN/inf while none of its inputs does;
-* backward: each operation's VJP in reverse order (a ``custom_vjp`` call through its own
-  ``bwd``, which is then traced and searched with its own source lines), the first whose
+* backward: each operation's VJP in reverse order (a ``custom_vjp`` call or a jaxcnn op
+  through its own ``bwd``, which is then traced and searched with its own source lines), the first whose
   input cotangent turns non-finite from finite output cotangents.
 
 ``jax_debug_nans`` names the compiled function in the backward pass; this names the
@@ -27,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax._src import core
 from jax._src import source_info_util as siu
+
+from jaxcnn.ops import _rule
 
 _CALLS = ("jit", "pjit", "closed_call", "core_call", "remat2", "checkpoint")
 
@@ -74,7 +77,7 @@ class _Site:
         info = self.eqn.source_info
         for e in (self.eqn, *self.outer[::-1]):
             frames = [f"{f.file_name}:{f.start_line} ({f.function_name})"
-                      for f in siu.user_frames(e.source_info.traceback) if f.file_name != __file__]
+                      for f in siu.user_frames(e.source_info.traceback) if f.file_name not in _PLUMBING]
             if frames:
                 break
         stack = (self.prefix + info.name_stack).stack
@@ -85,6 +88,30 @@ class _Site:
         within += self.within
         return NonFiniteReport(phase, primitive or self.eqn.primitive.name, source, path, message,
                                within, tuple(frames))
+
+
+#: Frames that are the search's or jaxcnn's rule machinery, never the place a value is made.
+_PLUMBING = (__file__, _rule.__file__)
+
+
+def _hi(eqn):
+    """The hijax primitive of a ``call_hi_primitive`` equation (a jaxcnn op's call, or its
+    tangent under ``jvp``), or None."""
+    prim = eqn.params.get("_prim") if eqn.primitive.name == "call_hi_primitive" else None
+    return prim if hasattr(prim, "expand") else None
+
+
+def _hi_name(prim) -> str:
+    rule = getattr(prim, "rule", None) or getattr(getattr(prim, "call", None), "rule", None)
+    return f"jaxcnn.{rule.name}" if rule is not None else type(prim).__name__
+
+
+def _hi_primal(prim, vals):
+    """The primal of a hijax call (``prim.expand``) traced at ``vals``, its flat operands."""
+    def primal(*flat):
+        return jax.tree_util.tree_leaves(prim.expand(*jax.tree_util.tree_unflatten(prim.in_tree, flat)))
+
+    return jax.make_jaxpr(primal)(*vals)
 
 
 def _is_array(x) -> bool:
@@ -178,6 +205,15 @@ class _Interpreter:
             if self.stop:
                 outs = [_Node(n.value) for n in self.run(*_open(params["call_jaxpr"]), ins, inner, within, False)]
             else:  # on the way to the backward pass: one compiled call, not op by op
+                call = self.compiled.setdefault(id(eqn), jax.jit(lambda *v: _bind(eqn, v)))
+                outs = [_Node(v) for v in call(*[n.value for n in ins])]
+            self._record(_eqn_pullback(eqn, ins, self.compiled), ins, outs, site, record)
+            return outs
+        if _hi(eqn) is not None:  # a jaxcnn op: differentiated by its hand rule, searched through its primal
+            if self.stop:
+                closed = self.compiled.setdefault(("primal", id(eqn)), _hi_primal(_hi(eqn), [n.value for n in ins]))
+                outs = [_Node(n.value) for n in self.run(closed.jaxpr, closed.consts, ins, inner, within, False)]
+            else:
                 call = self.compiled.setdefault(id(eqn), jax.jit(lambda *v: _bind(eqn, v)))
                 outs = [_Node(v) for v in call(*[n.value for n in ins])]
             self._record(_eqn_pullback(eqn, ins, self.compiled), ins, outs, site, record)
@@ -292,12 +328,22 @@ def _backward_report(site, ins, cts_out, ct, k, forward_birth):
         bwd = eqn.params["bwd"].debug_info.func_src_info
         return site.report("backward", f"the custom_vjp bwd rule {bwd} returns a non-finite cotangent for "
                                        f"input {k} from finite cotangents (its residuals are not finite){note}")
+    prim = _hi(eqn)
+    if prim is not None and hasattr(prim, "rule"):
+        inside = _inside_rule_bwd(site, prim, [n.value for n in ins], cts_out)
+        if inside is not None:
+            return inside
+        return site.report("backward", f"the bwd rule {prim.rule.bwd.__name__} of {_hi_name(prim)} returns a "
+                                       f"non-finite cotangent for input {k} from finite cotangents (its residuals "
+                                       f"are not finite){note}", _hi_name(prim))
     given = ", ".join(_at(n.value, idx, ct.shape) for n in ins)
     incoming = ", ".join(_at(c, idx, ct.shape) for c in cts_out if c is not None)
     where = f" at {list(idx)}" if idx else ""
     value, name = np.asarray(ct)[idx].item(), eqn.primitive.name
     if name == "custom_jvp_call":  # differentiated by its jvp rule: name the function it belongs to
         name = f"custom_jvp_call[{eqn.params['call_jaxpr'].jaxpr.debug_info.func_name}]"
+    elif prim is not None:
+        name = _hi_name(prim)
     return site.report("backward", f"the cotangent of {name}'s input {k} becomes {value!r}{where} "
                                    f"(inputs {given}; incoming cotangent {incoming}; {_count(ct)}){note}", name)
 
@@ -323,6 +369,43 @@ def _inside_bwd(site, invals, cts_out):
         return dataclasses.replace(b, phase="backward",
                                    message=b.message.replace("from finite inputs", "in the bwd rule"))
     except Exception:  # noqa: BLE001 - the rule's internals vary across JAX versions; fall back to the call
+        return None
+    return None
+
+
+def _inside_rule_bwd(site, prim, invals, cts_out):
+    """Trace a jaxcnn op's hand bwd at its real residuals (from its ``fwd``) and search it as a
+    forward program, as :func:`_inside_bwd` does for a ``custom_vjp``."""
+    rule, structure = prim.rule, {}
+
+    def residual_arrays(*flat):  # the residuals' arrays; their other leaves (settings) kept aside
+        res = rule.fwd(*prim.args(jax.tree_util.tree_unflatten(prim.in_tree, flat)))[1]
+        leaves, structure["tree"] = jax.tree_util.tree_flatten(res)
+        structure["constants"] = [None if _rule._is_array(leaf) else leaf for leaf in leaves]
+        return [leaf for leaf in leaves if _rule._is_array(leaf)]
+
+    def bwd(arrays, g):
+        it = iter(arrays)
+        res = jax.tree_util.tree_unflatten(structure["tree"], [next(it) if c is None else c
+                                                               for c in structure["constants"]])
+        return jax.tree_util.tree_leaves(prim.cotangents(res, g))
+
+    interp = _Interpreter(tape=False, stop=True)
+    try:
+        arrays = jax.jit(residual_arrays)(*invals)
+        out_tree = jax.tree_util.tree_structure(prim.out_aval)
+        g = jax.tree_util.tree_unflatten(out_tree, [_zero_ct(jnp.zeros(a.shape, a.dtype)) if ct is None else ct
+                                                    for ct, a in zip(cts_out, jax.tree_util.tree_leaves(
+                                                        prim.out_aval))])
+        closed = jax.make_jaxpr(bwd)(arrays, g)
+        call = f"jaxcnn op {rule.name} called at {site.report('', '').source}"
+        interp.run(closed.jaxpr, closed.consts, [_Node(v) for v in jax.tree.leaves((arrays, g))],
+                   site.prefix + site.eqn.source_info.name_stack, (*site.within, call, f"its bwd {rule.bwd.__name__}"))
+    except _Birth:
+        b = interp.birth
+        return dataclasses.replace(b, phase="backward",
+                                   message=b.message.replace("from finite inputs", "in the bwd rule"))
+    except Exception:  # noqa: BLE001 - a rule that cannot be traced apart: the report names the call
         return None
     return None
 

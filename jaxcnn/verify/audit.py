@@ -2,15 +2,17 @@
 
 :func:`audit` runs ``fn(*args, **kwargs)`` once (a loss, a model's apply, a whole train
 step) and records every ``jax.custom_vjp`` and ``jax.custom_jvp`` call made in it: jaxcnn's
-ops, ``jax.nn``'s, optax's, Flax's, Equinox's and your own, inside ``jit``, ``vmap``,
-``scan``, ``while``, ``cond`` and ``checkpoint`` bodies, with the call's real operands and
+ops (each a :class:`jaxcnn.ops._rule.custom_rule`, recorded as such), ``jax.nn``'s, optax's,
+Flax's, Equinox's and your own, inside ``jit``, ``vmap``, ``scan``, ``while``, ``cond`` and
+``checkpoint`` bodies, with the call's real operands and
 the real cotangent that reaches its output (``_capture``). Each distinct rule (the same
 custom function, settings and operand shapes) is then checked once, at those operands,
 against autodiff of **its own primal function** (no reference to write):
 
-* the rule's forward and VJP (and JVP, for a ``custom_jvp``) against autodiff of the primal,
-  with the real cotangent and with random ones (:func:`~jaxcnn.verify.check_vjp`), eager and
-  compiled (``jax.jit``, under the user's own flags and defaults);
+* the rule's forward and VJP (and JVP, for a ``custom_jvp`` and a ``custom_rule`` with a hand
+  JVP) against autodiff of the primal, with the real cotangent and with random ones
+  (:func:`~jaxcnn.verify.check_vjp`), eager and compiled (``jax.jit``, under the user's own
+  flags and defaults);
 * against float64 central finite differences (:func:`~jaxcnn.verify.check_numerical`);
 * when any of these disagree, :func:`~jaxcnn.verify.diagnose` gives the verdict. A
   "non-smooth point" or "finite differences untrustworthy" is no finding; "rule wrong",
@@ -34,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn.verify import _capture
-from jaxcnn.verify._core import Leaves, as_cotangent, collect, compiled_vjp, name_of, outputs, random_like
+from jaxcnn.verify._core import Leaves, as_cotangent, collect, name_of, outputs, random_like
 from jaxcnn.verify._report import (AGREE, ALL_DISAGREE, FD_UNTRUSTWORTHY, NON_SMOOTH, REFERENCE_WRONG, RULE_WRONG,
                                    CheckResult, compare, tolerance_for)
 from jaxcnn.verify.checks import check_jvp, check_numerical
@@ -219,7 +221,7 @@ def _check(group: list[_capture.Call], seed: int) -> Finding:
                        seconds=time.perf_counter() - start)
     in_place = _in_place(rule, primal, dynamic, call, seed)
     results = [in_place]
-    if call.kind == "custom_jvp":
+    if call.kind == "custom_jvp" or call.kind == "custom_rule" and call.custom.jvp is not None:  # a hand JVP
         results.append(check_jvp(rule, primal, *dynamic, seed=seed))
     numerical = check_numerical(rule, *dynamic, seed=seed)
     results.append(numerical)
@@ -290,44 +292,54 @@ def _in_place(rule: Callable, primal: Callable, dynamic: tuple, call: _capture.C
     """The rule at the call's operands: its forward and VJP compiled (``jax.jit``, under the
     user's flags) against the compiled autodiff of its primal, at the cotangent the program
     sent it (where one reached it) and at ``cotangents`` random ones; and the eager rule
-    against the compiled one at the first of these cotangents."""
+    against the compiled one at the first of these cotangents.
+
+    The compiled side is one program: both forwards, and both pullbacks mapped over the
+    stacked cotangents (``lax.map``: each pullback traced and compiled once, whatever their number).
+    """
     leaves = Leaves(rule, dynamic)
     tol = tolerance_for(leaves.dtype, None, None)
 
     def reports():
-        out_ref, pullback_ref = compiled_vjp(primal, leaves, {})
-        forward = jax.jit(leaves.bind(rule, {}))
-        pullback = jax.jit(lambda v, *xs: jax.vjp(leaves.bind(rule, {}), *xs)[1](v))
-        yield from (compare(n, a, b, tol) for n, a, b in outputs(forward(*leaves.arrays), out_ref))
+        rule_at, primal_at = leaves.call(rule, {}), leaves.call(primal, {})
+        out_type = jax.eval_shape(primal_at, leaves.arrays, leaves.flat)
         rng = np.random.default_rng(seed)
-        vs = ([_program_cotangent(call, out_ref)] if call.cotangent is not None else [])
-        vs = [v for v in vs if v is not None] + [random_like(rng, out_ref) for _ in range(cotangents)]
-        for k, v in enumerate(vs):
-            compiled = pullback(v, *leaves.arrays)
-            for n, a, b in zip(leaves.names, compiled, pullback_ref(v)):
-                yield compare(n, as_cotangent(a, b), b, tol)
-            if k == 0:  # the eager rule: the same numbers as the compiled one, within the dtype's tolerance
-                out, eager_pullback = jax.vjp(leaves.bind(rule, {}), *leaves.arrays)
-                yield from (compare(n, a, b, tol, what=COMPILED_EQUALS_EAGER)
-                            for n, a, b in outputs(forward(*leaves.arrays), out))
-                for n, a, b in zip(leaves.names, compiled, eager_pullback(v)):
-                    yield compare(n, as_cotangent(a, b), as_cotangent(b, a), tol, what=COMPILED_EQUALS_EAGER)
+        vs = [_program_cotangent(call, out_type)] if call.cotangent is not None else []
+        vs = [v for v in vs if v is not None] + [random_like(rng, out_type) for _ in range(cotangents)]
+
+        @jax.jit
+        def evaluate(floats, flat, stacked):
+            (out, pullback), (out_ref, pullback_ref) = (jax.vjp(lambda *f, g=g: g(f, flat), *floats)
+                                                        for g in (rule_at, primal_at))
+            return out, out_ref, jax.lax.map(lambda v: (pullback(v), pullback_ref(v)), stacked)
+
+        stacked = jax.tree_util.tree_map(lambda *v: np.stack([np.asarray(w) for w in v]), *vs)  # on the host
+        out, out_ref, (cts, cts_ref) = jax.device_get(evaluate(leaves.arrays, leaves.flat, stacked))
+        yield from (compare(n, a, b, tol) for n, a, b in outputs(out, out_ref))
+        for k in range(len(vs)):
+            for n, a, b in zip(leaves.names, cts, cts_ref):
+                yield compare(n, as_cotangent(a[k], b[k]), b[k], tol)
+        # the eager rule: the same numbers as the compiled one, within the dtype's tolerance
+        eager_out, eager_pullback = jax.vjp(leaves.bind(rule, {}), *leaves.arrays)
+        yield from (compare(n, a, b, tol, what=COMPILED_EQUALS_EAGER) for n, a, b in outputs(out, eager_out))
+        for n, a, b in zip(leaves.names, cts, eager_pullback(vs[0])):
+            yield compare(n, as_cotangent(a[0], b), as_cotangent(b, a[0]), tol, what=COMPILED_EQUALS_EAGER)
 
     return collect(rule.__name__, f"autodiff of {primal.__name__}, at the program's operands", leaves.dtype,
                    reports)
 
 
 def _program_cotangent(call: _capture.Call, out_ref: Any) -> Any:
-    """The cotangent the program sent to the call's output, as a pytree like ``out_ref``
+    """The cotangent the program sent to the call's output, as a pytree like ``out_ref`` (its type)
     (zeros for its integer leaves); None when its shapes do not match."""
     flat, tree = jax.tree_util.tree_flatten(out_ref)
     floats = [k for k, o in enumerate(flat) if jnp.issubdtype(jnp.result_type(o), jnp.inexact)]
     if len(floats) != len(call.cotangent) or any(np.shape(flat[k]) != np.shape(g)
                                                  for k, g in zip(floats, call.cotangent)):
         return None
-    v = [jnp.zeros_like(o) for o in flat]
+    v = [np.zeros(np.shape(o), jnp.result_type(o)) for o in flat]  # numpy: no program compiled per shape
     for k, g in zip(floats, call.cotangent):
-        v[k] = jnp.asarray(g, jnp.result_type(flat[k]))
+        v[k] = np.asarray(g, jnp.result_type(flat[k]))
     return jax.tree_util.tree_unflatten(tree, v)
 
 

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxcnn.verify._core import (Leaves, as_cotangent, central_differences, collect, compiled_vjp, name_of,
-                                 outputs, probe_directions, projection, random_like, scaled, signed)
+from jaxcnn.verify._core import (Leaves, as_cotangent, collect, differences, expected_type, expected_vjp, name_of,
+                                 outputs, probe_directions, projection, random_like, scaled, signed, stack)
 from jaxcnn.verify._report import (FINITE_DIFFERENCE_TOLERANCE, ArgumentReport, CheckResult, Tolerance, compare,
                                    factor, tolerance_for)
 
@@ -32,16 +32,18 @@ FORWARD_MODE = ("jvp", "jvp finite differences", "adjoint", "jvp vmap", "jvp-of-
 
 
 def _vjp_check(op: Callable, against: str, leaves: Leaves, tol: Tolerance, rule: Callable, expected: Callable,
-               cotangents: int = 3, seed: int = 0) -> CheckResult:
-    """``rule()`` and ``expected()`` each give ``(output, pullback)``, the pullback one cotangent
-    per floating leaf: the outputs compared, then both pullbacks at random cotangents."""
+               out_type: Callable, cotangents: int = 3, seed: int = 0) -> CheckResult:
+    """``rule(vs)`` and ``expected(vs)`` each give ``(output, [pullback(v) for v in vs])``, each
+    pullback one cotangent per floating leaf, at ``cotangents`` random cotangents shaped like
+    ``out_type()``: the outputs compared, then both pullbacks at every cotangent."""
     def reports():
-        (out, pullback), (out_ref, pullback_ref) = rule(), expected()
-        yield from (compare(name, a, b, tol) for name, a, b in outputs(out, out_ref))
         rng = np.random.default_rng(seed)
-        for _ in range(cotangents):
-            v = random_like(rng, out_ref)
-            for name, a, b in zip(leaves.names, pullback(v), pullback_ref(v)):
+        like = out_type()
+        vs = [random_like(rng, like) for _ in range(cotangents)]
+        (out, cts), (out_ref, cts_ref) = rule(vs), expected(vs)
+        yield from (compare(name, a, b, tol) for name, a, b in outputs(out, out_ref))
+        for ct, ct_ref in zip(cts, cts_ref):
+            for name, a, b in zip(leaves.names, ct, ct_ref):
                 yield compare(name, as_cotangent(a, b), b, tol)
 
     return collect(name_of(op), against, leaves.dtype, reports)
@@ -82,9 +84,13 @@ def _rule_vs_autodiff(op, reference, args, settings, transform, cotangents=3, se
     """``transform(op)``'s VJP against the compiled autodiff of ``reference`` (eager, jit, checkpoint)."""
     leaves = Leaves(op, args)
     tol = tolerance_for(leaves.dtype, rtol, atol)
-    result = _vjp_check(op, f"autodiff of {name_of(reference)}", leaves, tol,
-                        lambda: jax.vjp(transform(leaves.bind(op, settings)), *leaves.arrays),
-                        lambda: compiled_vjp(reference, leaves, settings), cotangents, seed)
+    def rule(vs):
+        out, pullback = jax.vjp(transform(leaves.bind(op, settings)), *leaves.arrays)
+        return out, [pullback(v) for v in vs]
+
+    result = _vjp_check(op, f"autodiff of {name_of(reference)}", leaves, tol, rule,
+                        lambda vs: expected_vjp(reference, leaves, settings, vs),
+                        lambda: expected_type(reference, leaves, settings), cotangents, seed)
     if not probe or result.error:
         return result
 
@@ -106,31 +112,38 @@ COTANGENT_SCALES = (2.0 ** -14, 2.0 ** 14)
 
 def _beyond(op: Callable, reference: Callable, leaves: Leaves, settings: dict, tol: Tolerance, seed: int):
     """The probes of :func:`check_vjp`: the rule against autodiff of the reference at the
-    scaled inputs and cotangents, all evaluated in one compiled program; a scale where the
-    reference is less finite than at the sample (outside the op's domain) is a note."""
+    scaled inputs and cotangents, all evaluated in one compiled program (one copy of each
+    side, mapped over the inputs and the cotangents); a scale where the reference is less
+    finite than at the sample (outside the op's domain) is a note."""
     which = signed(leaves.arrays)
     scales = INPUT_SCALES if any(which) else ()
     if not scales:
         yield "inputs not scaled: no floating argument takes both signs (a single sign may be its domain)"
     rule, expected = leaves.call(op, settings), leaves.call(reference, settings)
-    v = random_like(np.random.default_rng(seed), compiled_vjp(reference, leaves, settings)[0])  # kept, not traced
-    cotangents = [v] + [jax.tree_util.tree_map(lambda w, c=c: w * jnp.asarray(c, w.dtype), v)
+    v = random_like(np.random.default_rng(seed), expected_type(reference, leaves, settings))
+    cotangents = [v] + [jax.tree_util.tree_map(lambda w, c=c: np.asarray(w) * np.asarray(c, w.dtype), v)  # host
                         for c in COTANGENT_SCALES]
 
     @jax.jit
-    def evaluate(floats, flat, cotangents):
-        def both(xs, vs):
+    def evaluate(stacked_floats, flat, cotangents):
+        def both(xs):  # one copy of each side in the program: mapped over the inputs, then the cotangents
             (out, pullback), (out_ref, pullback_ref) = (jax.vjp(lambda *f, g=g: g(f, flat), *xs)
                                                         for g in (rule, expected))
-            return out, out_ref, [(pullback(w), pullback_ref(w)) for w in vs]
+            return out, out_ref, jax.lax.map(lambda w: (pullback(w), pullback_ref(w)), cotangents)
 
-        return both(floats, cotangents), [both(scaled(floats, which, s), cotangents[:1]) for s in scales]
+        return jax.lax.map(both, stacked_floats)
 
-    (_, sample_out, ((_, sample_ct), *at_cotangents)), at_inputs = jax.device_get(
-        evaluate(leaves.arrays, leaves.flat, cotangents))
-    probes = [(("inputs", s), out, out_ref, ct, ct_ref)
-              for s, (out, out_ref, ((ct, ct_ref),)) in zip(scales, at_inputs)]
-    probes += [(("cotangent", c), None, None, ct, ct_ref) for c, (ct, ct_ref) in zip(COTANGENT_SCALES, at_cotangents)]
+    inputs = stack([leaves.arrays] + [_scaled_on_host(leaves.arrays, which, s) for s in scales])
+    outs, out_refs, (cts, cts_ref) = jax.device_get(evaluate(inputs, leaves.flat, stack(cotangents)))
+
+    def at(tree, *index):
+        return jax.tree_util.tree_map(lambda a: a[index], tree)
+
+    sample_out, sample_ct = at(out_refs, 0), at(cts_ref, 0, 0)
+    probes = [(("inputs", s), at(outs, i), at(out_refs, i), at(cts, i, 0), at(cts_ref, i, 0))
+              for i, s in enumerate(scales, 1)]
+    probes += [(("cotangent", c), None, None, at(cts, 0, j), at(cts_ref, 0, j))
+               for j, c in enumerate(COTANGENT_SCALES, 1)]
     for probe, out, out_ref, ct, ct_ref in probes:
         if _not_finite(out_ref, ct_ref) > _not_finite(sample_out if out_ref is not None else None, sample_ct):
             yield f"{probe[0]} {factor(probe[1])} skipped: the reference is not finite there (outside the op's domain)"
@@ -145,6 +158,11 @@ def _beyond(op: Callable, reference: Callable, leaves: Leaves, settings: dict, t
                       f"it is not accurate there)"
                 reports = wide
         yield from reports
+
+
+def _scaled_on_host(floats: Sequence[Any], which: Sequence[bool], s: float) -> list:
+    """:func:`~jaxcnn.verify._core.scaled` in NumPy (a power of two: exact in every format)."""
+    return [np.asarray(x) * np.asarray(s, np.asarray(x).dtype) if w else np.asarray(x) for x, w in zip(floats, which)]
 
 
 def _judged(leaves: Leaves, probe: tuple, out, out_ref, ct, ct_ref, tol: Tolerance) -> list[ArgumentReport]:
@@ -214,12 +232,17 @@ def check_numerical(op: Callable, *args: Any, step: float = 1e-5, elementwise_ma
     def reports():
         leaves = Leaves(op, args).cast(jnp.float64)
         rng = np.random.default_rng(seed)
-        out, pullback = compiled_vjp(op, leaves, settings)
-        v = random_like(rng, out)
-        rule = [np.asarray(as_cotangent(c, x), np.float64).reshape(-1) for c, x in zip(pullback(v), leaves.arrays)]
+        g = leaves.call(op, settings)
+        v = random_like(rng, jax.eval_shape(g, leaves.arrays, leaves.flat))
         probes = list(probe_directions(leaves.arrays, elementwise_max, directions, rng))
-        phi, _ = central_differences(projection(leaves.bind(op, settings), v), leaves.arrays,
-                                     [u for u, *_ in probes], [step])
+
+        @jax.jit  # the rule's VJP and every finite difference: one program
+        def evaluate(floats, flat, v, directions):
+            at = lambda *f: g(f, flat)  # noqa: E731
+            return jax.vjp(at, *floats)[1](v), differences(projection(at, v), floats, directions, [step])[0]
+
+        cts, phi = jax.device_get(evaluate(leaves.arrays, leaves.flat, v, [u for u, *_ in probes]))
+        rule = [np.asarray(as_cotangent(c, x), np.float64).reshape(-1) for c, x in zip(cts, leaves.arrays)]
         for name, x, r, (u, index, elementwise), ((plus, minus),) in zip(leaves.names, leaves.arrays, rule, probes,
                                                                           phi):
             numeric = (plus - minus) / (2 * step)
@@ -269,12 +292,20 @@ def check_contract(op: Callable, *args: Any, seed: int = 0, rtol: Optional[float
     a, b = LINEARITY
 
     def reports():
-        primal = jax.jit(leaves.bind(op, settings))(*leaves.arrays)
-        out, pullback = compiled_vjp(op, leaves, settings)
+        g = leaves.call(op, settings)
+        like = jax.eval_shape(g, leaves.arrays, leaves.flat)
         rng = np.random.default_rng(seed)
-        g1, g2 = random_like(rng, out), random_like(rng, out)
-        mixed = jax.tree_util.tree_map(lambda u, w: a * u + b * w, g1, g2)
-        cts = [pullback(g) for g in (g1, g2, mixed, jax.tree_util.tree_map(jnp.zeros_like, out))]
+        g1, g2 = random_like(rng, like), random_like(rng, like)
+        mixed = jax.tree_util.tree_map(lambda u, w: a * np.asarray(u) + b * np.asarray(w), g1, g2)
+        zero = jax.tree_util.tree_map(lambda t: np.zeros(t.shape, t.dtype), like)
+
+        @jax.jit  # the primal call, and jax.vjp's forward and pullback at the four cotangents: one program
+        def evaluate(floats, flat, stacked):
+            out, pullback = jax.vjp(lambda *f: g(f, flat), *floats)
+            return g(floats, flat), out, jax.lax.map(pullback, stacked)
+
+        primal, out, stacked = jax.device_get(evaluate(leaves.arrays, leaves.flat, stack([g1, g2, mixed, zero])))
+        cts = [tuple(c[k] for c in stacked) for k in range(4)]
         yield from (compare(name, o, p, tol, what="fwd = primal") for name, o, p in outputs(out, primal))
         for name, x, c1, c2, c_mixed, c_zero in zip(leaves.names, leaves.arrays, *cts):
             yield _type_report(name, c1, x)
@@ -448,28 +479,36 @@ def _check_vmap(op, reference, leaves: Leaves, batched: tuple, settings: dict, t
     mapped = [leaves.argument[k] in batched for k in range(len(leaves.flat))]
     examples = [Leaves(op, leaves.rebuild([x * jnp.asarray(c, x.dtype) if mapped[k] else x
                                            for k, x in zip(leaves.where, leaves.arrays)])) for c in VMAP_SCALES]
-    stack = functools.partial(jax.tree_util.tree_map, lambda *l: np.stack([np.asarray(x) for x in l]))
-    floats = [stack(*(e.arrays[j] for e in examples)) if mapped[k] else x
+    floats = [stack([e.arrays[j] for e in examples]) if mapped[k] else x
               for j, (k, x) in enumerate(zip(leaves.where, leaves.arrays))]
-    flat = [stack(*(e.flat[k] for e in examples)) if m else x for k, (m, x) in enumerate(zip(mapped, leaves.flat))]
+    flat = [stack([e.flat[k] for e in examples]) if m else x for k, (m, x) in enumerate(zip(mapped, leaves.flat))]
     axes = ([0 if mapped[k] else None for k in leaves.where], [0 if m else None for m in mapped])
 
     def pullback_of(fn):
         return lambda f, c, v: jax.vjp(lambda *f: leaves.call(fn, settings)(f, c), *f)[1](v)
 
-    def rule():  # each side compiled whole, one program per side and role; eager is "eager"'s
-        out = jax.jit(jax.vmap(leaves.call(op, settings), in_axes=axes))(floats, flat)
-        pullback = jax.jit(jax.vmap(pullback_of(op), in_axes=(*axes, 0)))
-        return out, lambda vs: pullback(floats, flat, vs)
+    def rule(vs):  # one program: the vmapped forward and pullback, mapped over the cotangents
+        @jax.jit
+        def evaluate(floats, flat, stacked):
+            out = jax.vmap(leaves.call(op, settings), in_axes=axes)(floats, flat)
+            return out, jax.lax.map(lambda v: jax.vmap(pullback_of(op), in_axes=(*axes, 0))(floats, flat, v), stacked)
 
-    def expected():
-        forward, pullback = jax.jit(leaves.call(reference, settings)), jax.jit(pullback_of(reference))
-        return stack(*(forward(e.arrays, e.flat) for e in examples)), lambda vs: stack(*(
-            pullback(e.arrays, e.flat, jax.tree_util.tree_map(lambda a: a[k], vs)) for k, e in enumerate(examples)))
+        out, cts = jax.device_get(evaluate(floats, flat, stack(vs)))
+        return out, [tuple(c[k] for c in cts) for k in range(len(vs))]
+
+    def expected(vs):  # a loop over the examples of one compiled program (forward and every pullback)
+        bound = functools.partial(reference, **settings)
+        per_example = [expected_vjp(bound, e, {}, [jax.tree_util.tree_map(lambda a: a[k], v) for v in vs])
+                       for k, e in enumerate(examples)]
+        return stack([out for out, _ in per_example]), [stack([cts[j] for _, cts in per_example])
+                                                        for j in range(len(vs))]
+
+    def out_type():
+        return jax.eval_shape(jax.vmap(leaves.call(reference, settings), in_axes=axes), floats, flat)
 
     against = f"a loop over examples of autodiff of {name_of(reference)}"
     return _vjp_check(op, against, leaves, tolerance_for(leaves.dtype, tol["rtol"], tol["atol"]), rule, expected,
-                      seed=tol["seed"])
+                      out_type, seed=tol["seed"])
 
 
 def sharded_arguments(op: Callable, args: Sequence[Any], batched: Sequence[int], settings: dict) -> Optional[tuple]:
@@ -507,8 +546,13 @@ def _check_sharded(op, reference, args, batched: tuple, settings: dict, tol: dic
     flat = [jax.device_put(x, split if leaves.argument[k] in batched else replicated)
             for k, x in enumerate(leaves.flat)]
     floats = [flat[k] for k in leaves.where]
-    rule = jax.jit(leaves.call(op, settings))
+    jitted = jax.jit(leaves.call(op, settings))
+
+    def rule(vs):
+        out, pullback = jax.vjp(lambda *f: jitted(f, flat), *floats)
+        return out, [pullback(v) for v in vs]
+
     return _vjp_check(op, f"autodiff of {name_of(reference)} on one device", leaves,
-                      tolerance_for(leaves.dtype, tol["rtol"], tol["atol"]),
-                      lambda: jax.vjp(lambda *f: rule(f, flat), *floats),
-                      lambda: compiled_vjp(reference, leaves, settings), seed=tol["seed"])
+                      tolerance_for(leaves.dtype, tol["rtol"], tol["atol"]), rule,
+                      lambda vs: expected_vjp(reference, leaves, settings, vs),
+                      lambda: expected_type(reference, leaves, settings), seed=tol["seed"])
