@@ -166,12 +166,10 @@ def assert_jvp(name, *args, in_axes=None, rtol=1e-10, atol=1e-12, seed=0, **sett
 
 
 def assert_adjoint(name, *args, rtol=1e-12, seed=0, **settings):
-    """The hand JVP and the hand VJP of ``jaxcnn.ops.<name>`` are one derivative: the
-    dot-product test ``⟨J ṫ, g⟩ = ⟨ṫ, Jᵀ g⟩`` for random ``ṫ`` (every floating argument) and
-    ``g`` (the output), to rounding (float64 advised). Integer arguments stay fixed."""
+    """:func:`assert_adjoint_identity` of ``jaxcnn.ops.<name>`` over its floating arguments
+    (arrays or pytrees of them; integer ones, labels and keys, stay fixed)."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     leaves_of = jax.tree_util.tree_leaves
     where = [i for i, a in enumerate(args)
@@ -184,38 +182,30 @@ def assert_adjoint(name, *args, rtol=1e-12, seed=0, **settings):
         return getattr(ops, name)(*full, **settings)
 
     primals = tuple(jax.tree_util.tree_map(jnp.asarray, args[i]) for i in where)
-    keys = iter(jax.random.split(jax.random.PRNGKey(seed), len(leaves_of(primals)) + 1))
-    tangents = jax.tree_util.tree_map(lambda p: jax.random.normal(next(keys), p.shape, p.dtype), primals)
-    out, jt = jax.jvp(f, primals, tangents)
-    g = jax.random.normal(next(keys), out.shape, out.dtype)
-    jtg = jax.vjp(f, *primals)[1](g)
-
-    def dot(a, b):
-        return sum(np.vdot(np.asarray(x, np.float64), np.asarray(y, np.float64)) for x, y in zip(leaves_of(a),
-                                                                                               leaves_of(b)))
-
-    np.testing.assert_allclose(dot(jt, g), dot(tangents, jtg), rtol=rtol,
-                               err_msg=f"{name}: ⟨J ṫ, g⟩ (hand JVP) vs ⟨ṫ, Jᵀ g⟩ (hand VJP), {settings}")
+    assert_adjoint_identity(f, *primals, rtol=rtol, seed=seed, what=f"{name} {settings}")
 
 
-def assert_adjoint_identity(fn, *primals, rtol=1e-12, seed=0):
+def assert_adjoint_identity(fn, *primals, rtol=1e-12, seed=0, what=""):
     """``⟨J ṫ, g⟩ = ⟨ṫ, Jᵀ g⟩`` for random ``ṫ`` and ``g``: ``jax.jvp`` (the hand JVP) against
-    ``jax.vjp`` (the hand VJP) of ``fn`` at ``primals``, every output and floating argument.
-    Ties the two hand derivations together where the reference's autodiff may route ties
-    differently."""
+    ``jax.vjp`` (the hand VJP) of ``fn`` at ``primals`` (arrays or pytrees), every output and
+    floating argument, to rounding (float64 advised). Ties the two hand derivations together
+    where the reference's autodiff may route ties differently."""
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
-    keys = iter(jax.random.split(jax.random.PRNGKey(seed), 64))
-    tangents = tuple(jax.random.normal(next(keys), p.shape, p.dtype) for p in primals)
+    leaves_of = jax.tree_util.tree_leaves
+    keys = iter(jax.random.split(jax.random.PRNGKey(seed), len(leaves_of(primals)) + 64))
+    tangents = jax.tree_util.tree_map(lambda p: jax.random.normal(next(keys), p.shape, p.dtype), primals)
     out, t_out = jax.jvp(fn, primals, tangents)
     g = jax.tree_util.tree_map(lambda o: jax.random.normal(next(keys), o.shape, o.dtype), out)
     cts = jax.vjp(fn, *primals)[1](g)
-    dot = lambda a, b: sum(float(jnp.vdot(u, v)) for u, v in zip(jax.tree_util.tree_leaves(a),  # noqa: E731
-                                                                 jax.tree_util.tree_leaves(b)))
-    lhs, rhs = dot(t_out, g), dot(tangents, cts)
-    np.testing.assert_allclose(lhs, rhs, rtol=rtol, err_msg="⟨J ṫ, g⟩ ≠ ⟨ṫ, Jᵀ g⟩: the hand JVP and VJP disagree")
+
+    def dot(a, b):
+        return sum(np.vdot(np.asarray(u, np.float64), np.asarray(v, np.float64))
+                   for u, v in zip(leaves_of(a), leaves_of(b)))
+
+    np.testing.assert_allclose(dot(t_out, g), dot(tangents, cts), rtol=rtol,
+                               err_msg=f"{what}: ⟨J ṫ, g⟩ (hand JVP) ≠ ⟨ṫ, Jᵀ g⟩ (hand VJP)")
 
 
 def assert_jvp_vmaps_and_keeps_float32(fn, *samples, seed=0):

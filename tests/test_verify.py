@@ -524,9 +524,18 @@ def test_the_adjoint_identity_blames_the_argument_whose_tangent_is_wrong(rng):
     assert verify.check_adjoint(_rule(_scaled_product, slightly_off), x.astype(np.float32), w.astype(np.float32)).ok
 
 
-def test_the_adjoint_identity_reports_a_function_without_forward_mode_as_an_error(rng):
+def _without_hand_jvp(monkeypatch, op):
+    """jaxcnn's ``op`` as if its hand JVP were missing (its custom_rule's ``jvp`` unset)."""
+    from jaxcnn.ops import _activations
+
+    monkeypatch.setattr(getattr(_activations, f"_{op}").__wrapped__, "jvp", None)
+    jax.clear_caches()
+
+
+def test_the_adjoint_identity_reports_a_function_without_forward_mode_as_an_error(rng, monkeypatch):
     result = verify.check_adjoint(_one_wrong_element(0), jnp.asarray(rng.normal(size=3)))
     assert not result.ok and "custom_vjp" in result.error
+    _without_hand_jvp(monkeypatch, "tanh")
     result = verify.check_adjoint(ops.tanh, jnp.ones((2, 3)))  # a jaxcnn op without a hand JVP
     assert not result.ok and "has no forward-mode rule" in result.error
 
@@ -554,8 +563,10 @@ def test_forward_mode_under_vmap_and_of_the_gradient_checks_the_jvp_and_the_vjps
     assert not verify.check_transform("jvp vmap", wrong, reference_, x, w).ok
 
 
-def test_jaxcnn_verify_checks_every_ops_forward_rules_and_fails_an_op_without_them():
+def test_jaxcnn_verify_checks_every_ops_forward_rules_and_fails_an_op_without_them(monkeypatch):
     from jaxcnn._certify import display, runner
+
+    _without_hand_jvp(monkeypatch, "tanh")
 
     units = runner.plan(["relu", "tanh"])
     planned = {(u.name, dtype, t) for u in units for dtype, t in u.checks}
