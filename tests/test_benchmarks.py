@@ -101,3 +101,12 @@ def test_bench_conv_family_quick_mode_on_two_layers(tmp_path):
     assert all(r["ms"]["ops"] > 0 and r["ms"]["reference"] > 0 and r["ms"]["reference again"] > 0 for r in rows)
     assert rows[0]["plan"] == "rows / rows / im2col" and rows[1]["plan"] == "im2col / im2col / im2col"  # auto's
     assert all(set(r.get("torch_ms", {"ops": 1})) <= {"ops", "PyTorch CPU"} for r in rows)
+
+
+def test_bench_forward_mode_quick_mode(tmp_path):
+    out = tmp_path / "forward.md"
+    proc = subprocess.run([sys.executable, "bench_forward_mode.py", "--quick", "--out", str(out)], cwd=EXPERIMENTS,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    table = out.read_text()
+    assert table.count("\n| quick") == 3 and "HVP" in table and "jacfwd" in table

@@ -99,3 +99,12 @@ def test_audit_ecosystem_quick_catches_and_names_the_planted_flax_rule(experimen
     assert "`swish` at `experiments/audit_ecosystem.py:" in planted and "(Block_0): rule wrong" in planted
     loss = next(line for line in report.splitlines() if line.startswith("| optax.log_cosh"))
     assert "| none |" in loss
+
+
+def test_curvature_quick_mode_agrees_on_the_top_eigenvalue(tmp_path, fake_fashion):
+    command = [sys.executable, str(EXPERIMENTS / "curvature.py"), "--quick", "--out", str(tmp_path),
+               "--data-dir", str(fake_fashion)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = (tmp_path / "curvature.md").read_text()
+    assert "|---|" in report and "QUICK SMOKE RUN" in report and "the same to float32 precision" in report
