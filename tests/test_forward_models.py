@@ -53,7 +53,13 @@ def _close(got, want, what):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-8, atol=1e-10 * scale, err_msg=what)
 
 
-@pytest.mark.parametrize("name", sorted(models.ZOO))
+#: The zoo's largest networks run in the slow suite; small_resnet (convolutions, batch norm, residual
+#: sums) is their quick twin in the default one.
+SLOW = {"resnet20", "resnet20_gn", "resnet20_plain", "vgg_small"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+                                  for n in sorted(models.ZOO)])
 def test_zoo_model_in_forward_mode_matches_autodiff(name):
     (loss_hand, loss_auto), (logits_hand, logits_auto), params, x, draw, rng = _setup(name)
     v, u = draw(), jnp.asarray(rng.normal(size=x.shape))
