@@ -21,14 +21,15 @@ KEY = jax.random.PRNGKey(0)
 DIRECTIONS = 3
 
 
-def _setup(name):
+def _setup(name, input_shape=None):
     entry = models.ZOO[name]
+    input_shape = input_shape or entry.input_shape
     hand, auto = entry.build(ops=ops), entry.build(ops=reference)
-    params, state, _ = hand.init(KEY, entry.input_shape)
+    params, state, _ = hand.init(KEY, input_shape)
     params, state = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64)
                                            if jnp.issubdtype(a.dtype, jnp.floating) else a, (params, state))
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(2, *entry.input_shape[1:])))
+    x = jnp.asarray(rng.normal(size=(2, *input_shape[1:])))
     labels = jnp.arange(2) % 2
 
     def loss(model, backend):
@@ -53,15 +54,16 @@ def _close(got, want, what):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-8, atol=1e-10 * scale, err_msg=what)
 
 
-#: The zoo's largest networks run in the slow suite; small_resnet (convolutions, batch norm, residual
-#: sums) is their quick twin in the default one.
+#: The zoo's largest networks run in the slow suite; the same networks on 8×8 inputs are their quick
+#: twins in the default one.
 SLOW = {"resnet20", "resnet20_gn", "resnet20_plain", "vgg_small"}
+SMALL = {"resnet20": (-1, 8, 8, 3), "vgg_small": (-1, 8, 8, 1)}  # batch norm, residuals, dropout
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
-                                  for n in sorted(models.ZOO)])
-def test_zoo_model_in_forward_mode_matches_autodiff(name):
-    (loss_hand, loss_auto), (logits_hand, logits_auto), params, x, draw, rng = _setup(name)
+@pytest.mark.parametrize("name,input_shape", [pytest.param(n, None, marks=pytest.mark.slow) if n in SLOW else (n, None)
+                                              for n in sorted(models.ZOO)] + sorted(SMALL.items()))
+def test_zoo_model_in_forward_mode_matches_autodiff(name, input_shape):
+    (loss_hand, loss_auto), (logits_hand, logits_auto), params, x, draw, rng = _setup(name, input_shape)
     v, u = draw(), jnp.asarray(rng.normal(size=x.shape))
     def jvp_logits(f):
         return jax.jit(lambda p, x: jax.jvp(f, (p, x), (v, u)))(params, x)
