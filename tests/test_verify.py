@@ -583,3 +583,22 @@ def test_jaxcnn_verify_checks_every_ops_forward_rules_and_fails_an_op_without_th
                           for op in ("relu", "tanh"))
     assert table.split()[:9] == ["op", "checks", "worst", "abs", "(where)", "worst", "rel", "(where)", "forward"]
     assert relu_row[-2:] == ["ok", "ok"] and tanh_row[-4:] == ["2", "FAILED", "2", "FAILED"]
+
+
+def test_the_adjoint_identity_agrees_on_nan_by_design_and_fails_a_nan_on_one_side():
+    from jaxcnn.ops import _rule
+
+    def nan_rule(jvp_nan, vjp_nan):
+        @_rule.custom_rule
+        def f(x):
+            return x * 2.0
+
+        f.defvjp(lambda x: (f(x), None), lambda _, g: (g * (jnp.nan if vjp_nan else 2.0),))
+        f.defjvp(lambda p, t: (f(p[0]), t[0] * (jnp.nan if jvp_nan else 2.0)))
+        return f
+
+    x = jnp.arange(3.0)
+    assert verify.check_adjoint(nan_rule(True, True), x).ok  # a NaN-by-design sample: both sides NaN
+    assert not verify.check_adjoint(nan_rule(True, False), x).ok
+    assert not verify.check_adjoint(nan_rule(False, True), x).ok
+    assert verify.check_adjoint(nan_rule(False, False), x).ok
