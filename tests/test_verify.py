@@ -602,3 +602,12 @@ def test_the_adjoint_identity_agrees_on_nan_by_design_and_fails_a_nan_on_one_sid
     assert not verify.check_adjoint(nan_rule(True, False), x).ok
     assert not verify.check_adjoint(nan_rule(False, True), x).ok
     assert verify.check_adjoint(nan_rule(False, False), x).ok
+
+
+@pytest.mark.parametrize("transform", ["jvp", "adjoint", "jvp finite differences"])
+def test_forward_checks_pass_an_op_with_an_integer_output_beside_its_values(rng, transform):
+    # max pools with return_indices: the indices' tangent is float0, there is nothing to compare
+    x = jnp.asarray(rng.normal(size=(2, 9, 2)))
+    result = verify.check_transform(transform, ops.adaptive_max_pool, reference.adaptive_max_pool, x, output_size=4,
+                                    return_indices=True)
+    assert result.ok, str(result)

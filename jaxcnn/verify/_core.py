@@ -234,4 +234,6 @@ def _first_line(e: Exception) -> str:
 def outputs(out: Any, expected: Any) -> Iterator[tuple[str, Any, Any]]:
     """``("output<path>", leaf, expected leaf)`` for every leaf of a forward value."""
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(out), jax.tree_util.tree_leaves(expected)):
+        if jax.dtypes.float0 in (getattr(a, "dtype", None), getattr(b, "dtype", None)):
+            continue  # the tangent of an integer output (arg-max indices): nothing to compare
         yield "output" + jax.tree_util.keystr(path), a, b

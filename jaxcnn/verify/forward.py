@@ -28,7 +28,9 @@ from jaxcnn.verify._report import CheckResult, Tolerance, compare, tolerance_for
 def _dot(a: Any, b: Any) -> Any:
     """``Σ⟨a, b⟩`` over the leaves, accumulated in float32 at least (bfloat16 sums lose the test)."""
     wide = lambda t: jnp.asarray(t, jnp.promote_types(jnp.result_type(t), jnp.float32))  # noqa: E731
-    return sum(jnp.vdot(wide(u), wide(w)) for u, w in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    inexact = lambda t: jnp.issubdtype(jnp.result_type(t), jnp.inexact)  # noqa: E731 (not an index's float0)
+    return sum(jnp.vdot(wide(u), wide(w)) for u, w in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+               if inexact(u) and inexact(w))
 
 
 def _norm(a: Any) -> Any:
