@@ -124,7 +124,7 @@ def conv(
     tunings); a policy, ``policy(problem) -> Plan``, chooses from the geometry, shapes, dtype
     and platform (:class:`~jaxcnn.ops._conv_plan.Problem`); ``"auto"`` (default) is the policy
     :func:`jaxcnn._xla_cpu_conv.auto_policy`: XLA's convolutions off the CPU, per product the
-    fastest formula for the shapes at hand on XLA:CPU (never Winograd in bfloat16 or float16).
+    fastest formula for the shapes at hand on XLA:CPU (never Winograd: name it to run it).
     The residuals are ``x`` and the connected ``w``.
 
     Args:

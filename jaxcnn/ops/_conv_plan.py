@@ -10,7 +10,8 @@ lecture's three convolutions, first). ``method`` is one of
 * a policy, any callable ``policy(problem: Problem) -> Plan`` (``jaxcnn.ops.ConvProblem``) (the geometry, shapes, dtype
   and platform of the call at hand);
 * ``"auto"`` (default), the policy :func:`jaxcnn._xla_cpu_conv.auto_policy`: XLA's
-  convolutions off the CPU, the shape-tuned plan on XLA:CPU, never Winograd in 16 bits.
+  convolutions off the CPU, the shape-tuned plan on XLA:CPU, never Winograd (docs/performance.md,
+  "The convolution family").
 
 The platform a policy sees is resolved once per call, by :func:`jaxcnn._xla_cpu.resolve_platform`
 (an explicit ``platform=`` wins over ``jax.default_backend()``).
